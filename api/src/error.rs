@@ -1,0 +1,230 @@
+//! Machine-readable error codes shared by the server, the client and the
+//! tools. Every refusal carries one [`ErrorCode`] plus a human message; the
+//! HTTP status and gRPC code follow from the code alone, so both surfaces
+//! always agree.
+
+use serde::{Deserialize, Serialize};
+
+/// Stable error codes (the wire form is the SCREAMING_SNAKE_CASE name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// The request body or message could not be parsed.
+    MalformedRequest,
+    /// A field has a bad value (wrong type, out of range, empty, too long).
+    InvalidArgument,
+    /// The request body is larger than the server accepts.
+    PayloadTooLarge,
+    /// No or unknown credentials.
+    Unauthenticated,
+    /// The caller's role may not do this.
+    PermissionDenied,
+    /// The named thing does not exist.
+    NotFound,
+    AccountNotFound,
+    AccountExists,
+    AccountClosed,
+    /// Same request_id, different payload.
+    IdempotencyConflict,
+    /// Same (bank_code, bank_ref) already posted under another request_id.
+    DuplicatePayment,
+    InvalidAmount,
+    TooManyDecimals,
+    AmountTooSmall,
+    AmountOverLimit,
+    InvalidUnits,
+    UnitsTooSmall,
+    UnitsOverLimit,
+    /// No leader or no quorum right now; retry later (same request_id).
+    Unavailable,
+    /// The request did not finish within its deadline; the outcome is unknown.
+    DeadlineExceeded,
+    /// Cluster administration.
+    AlreadyInitialized,
+    NotInitialized,
+    UnknownNode,
+    DuplicateNode,
+    /// A membership change that would leave the cluster without a quorum.
+    NoQuorum,
+    /// A bug or a storage failure on the server.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedRequest => "MALFORMED_REQUEST",
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::AccountNotFound => "ACCOUNT_NOT_FOUND",
+            ErrorCode::AccountExists => "ACCOUNT_EXISTS",
+            ErrorCode::AccountClosed => "ACCOUNT_CLOSED",
+            ErrorCode::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
+            ErrorCode::DuplicatePayment => "DUPLICATE_PAYMENT",
+            ErrorCode::InvalidAmount => "INVALID_AMOUNT",
+            ErrorCode::TooManyDecimals => "TOO_MANY_DECIMALS",
+            ErrorCode::AmountTooSmall => "AMOUNT_TOO_SMALL",
+            ErrorCode::AmountOverLimit => "AMOUNT_OVER_LIMIT",
+            ErrorCode::InvalidUnits => "INVALID_UNITS",
+            ErrorCode::UnitsTooSmall => "UNITS_TOO_SMALL",
+            ErrorCode::UnitsOverLimit => "UNITS_OVER_LIMIT",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            ErrorCode::AlreadyInitialized => "ALREADY_INITIALIZED",
+            ErrorCode::NotInitialized => "NOT_INITIALIZED",
+            ErrorCode::UnknownNode => "UNKNOWN_NODE",
+            ErrorCode::DuplicateNode => "DUPLICATE_NODE",
+            ErrorCode::NoQuorum => "NO_QUORUM",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+
+    /// Parse the wire form back (for clients reading gRPC statuses).
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+
+    pub fn http_status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            MalformedRequest | InvalidArgument | InvalidAmount | TooManyDecimals
+            | AmountTooSmall | AmountOverLimit | InvalidUnits | UnitsTooSmall | UnitsOverLimit => 400,
+            Unauthenticated => 401,
+            PermissionDenied => 403,
+            NotFound | AccountNotFound | UnknownNode => 404,
+            AccountExists | AccountClosed | IdempotencyConflict | DuplicatePayment
+            | AlreadyInitialized | DuplicateNode => 409,
+            PayloadTooLarge => 413,
+            NotInitialized | NoQuorum => 422,
+            Internal => 500,
+            Unavailable => 503,
+            DeadlineExceeded => 504,
+        }
+    }
+
+    pub fn grpc_code(self) -> tonic::Code {
+        use ErrorCode::*;
+        match self {
+            MalformedRequest | InvalidArgument | InvalidAmount | TooManyDecimals
+            | AmountTooSmall | AmountOverLimit | InvalidUnits | UnitsTooSmall | UnitsOverLimit => {
+                tonic::Code::InvalidArgument
+            }
+            Unauthenticated => tonic::Code::Unauthenticated,
+            PermissionDenied => tonic::Code::PermissionDenied,
+            NotFound | AccountNotFound | UnknownNode => tonic::Code::NotFound,
+            AccountExists | DuplicateNode | AlreadyInitialized => tonic::Code::AlreadyExists,
+            AccountClosed | IdempotencyConflict | DuplicatePayment | NotInitialized | NoQuorum => {
+                tonic::Code::FailedPrecondition
+            }
+            PayloadTooLarge => tonic::Code::ResourceExhausted,
+            Internal => tonic::Code::Internal,
+            Unavailable => tonic::Code::Unavailable,
+            DeadlineExceeded => tonic::Code::DeadlineExceeded,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal: code, human message and optional structured details. This is
+/// the HTTP error body `{"code","message","details"}` verbatim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+/// gRPC metadata key that carries the error code.
+pub const GRPC_CODE_METADATA: &str = "billdb-code";
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into(), details: serde_json::Value::Null }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    pub fn to_status(&self) -> tonic::Status {
+        let mut status = tonic::Status::new(self.code.grpc_code(), format!("{}: {}", self.code, self.message));
+        if let Ok(v) = tonic::metadata::MetadataValue::try_from(self.code.as_str()) {
+            status.metadata_mut().insert(GRPC_CODE_METADATA, v);
+        }
+        status
+    }
+
+    /// Recover an [`ApiError`] from a gRPC status produced by [`ApiError::to_status`];
+    /// statuses from elsewhere map to UNAVAILABLE/INTERNAL by gRPC code.
+    pub fn from_status(status: &tonic::Status) -> ApiError {
+        let code = status
+            .metadata()
+            .get(GRPC_CODE_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ErrorCode::parse)
+            .unwrap_or(match status.code() {
+                tonic::Code::Unavailable | tonic::Code::Cancelled => ErrorCode::Unavailable,
+                tonic::Code::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+                tonic::Code::InvalidArgument => ErrorCode::InvalidArgument,
+                _ => ErrorCode::Internal,
+            });
+        let prefix = format!("{}: ", code.as_str());
+        let message = status.message().strip_prefix(&prefix).unwrap_or(status.message()).to_string();
+        ApiError::new(code, message)
+    }
+}
+
+impl From<crate::money::MoneyError> for ApiError {
+    fn from(e: crate::money::MoneyError) -> Self {
+        let code = ErrorCode::parse(e.code()).unwrap_or(ErrorCode::InvalidArgument);
+        ApiError::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_wire_form_round_trips() {
+        for code in [ErrorCode::IdempotencyConflict, ErrorCode::Unavailable, ErrorCode::NoQuorum] {
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json, serde_json::Value::String(code.as_str().to_string()));
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::parse("NOPE"), None);
+    }
+
+    #[test]
+    fn every_money_error_has_its_own_code() {
+        for input in ["abc", "1.234", "0", "-1", "1000000.01"] {
+            let e = crate::money::parse_amount(input).unwrap_err();
+            let api: ApiError = e.clone().into();
+            assert_eq!(api.code.as_str(), e.code(), "{input}");
+        }
+        for input in ["x", "0", "1000000.001"] {
+            let e = crate::money::parse_units(input).unwrap_err();
+            let api: ApiError = e.clone().into();
+            assert_eq!(api.code.as_str(), e.code(), "{input}");
+        }
+    }
+
+    #[test]
+    fn status_round_trip_keeps_code_and_message() {
+        let e = ApiError::new(ErrorCode::UnknownNode, "node 9 is not a member");
+        let back = ApiError::from_status(&e.to_status());
+        assert_eq!(back.code, ErrorCode::UnknownNode);
+        assert_eq!(back.message, "node 9 is not a member");
+    }
+}

@@ -1,0 +1,18 @@
+//! billdb wire types: the protobuf (gRPC) messages and services, and the
+//! domain types shared by the server, the client and the tools.
+//!
+//! This crate does no I/O.
+
+/// Client-facing gRPC API (`billdb.v1`).
+pub mod pb {
+    tonic::include_proto!("billdb.v1");
+}
+
+/// Node-to-node Raft transport (`billdb.raft.v1`).
+pub mod raftpb {
+    tonic::include_proto!("billdb.raft.v1");
+}
+
+pub mod error;
+pub mod money;
+pub mod tariff;

@@ -1,0 +1,812 @@
+//! `billdb` command line: the local cluster manager (`billdb local ...`) and thin
+//! wrappers over a node's HTTP admin API (`billdb cluster ...`).
+//!
+//! Scope: `local` commands touch only the cluster directory given with `--dir`
+//! (default `./.billdb/local`) and the node processes started from it; `cluster`
+//! commands only send HTTP requests to `--endpoint`. Exit status is 0 on
+//! success, 1 on any failure (2 for usage errors, from clap).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use billdb_client::admin::{AdminClient, NodeAddrs};
+use billdb_client::local::{
+    self, DEFAULT_BASE_PORT, DEFAULT_NODES, LocalCluster, NodeId, StopOutcome, find_node_bin,
+    render_status_table,
+};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(
+    name = "billdb",
+    version,
+    about = "billdb command line: run a local cluster, administer a cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Manage a local cluster of billdb-node processes on this machine.
+    #[command(subcommand)]
+    Local(LocalCmd),
+    /// Call a node's HTTP admin API.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Args, Clone)]
+struct DirArg {
+    /// Cluster directory (cluster.json, nodeN/{node.toml,data,node.log,pid}).
+    #[arg(long, env = "BILLDB_LOCAL_DIR", default_value = "./.billdb/local")]
+    dir: PathBuf,
+}
+
+#[derive(Args, Clone)]
+struct NodeBinArg {
+    /// billdb-node binary (default: $BILLDB_NODE_BIN, next to this executable or
+    /// its parent directory, then $PATH; an existing cluster keeps its binary).
+    #[arg(long)]
+    node_bin: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum LocalCmd {
+    /// Create the cluster (if needed), start all nodes, initialise, wait for a leader.
+    Up {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        bin: NodeBinArg,
+        /// Number of nodes of a new cluster [default: 5].
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Node N listens on HTTP B+N, gRPC B+100+N, Raft B+200+N [default: 7000].
+        #[arg(long)]
+        base_port: Option<u16>,
+        /// Overall bound on waiting for health and for a leader.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+    /// Show every node: pid, state, role, term, leader, log indexes, lag.
+    Status {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start node N (and wait until it is healthy).
+    Start {
+        node: NodeId,
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        bin: NodeBinArg,
+        /// Do not wait for /healthz.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
+    /// Stop node N: SIGTERM, then SIGKILL after the timeout.
+    Stop {
+        node: NodeId,
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
+    },
+    /// SIGKILL node N.
+    Kill {
+        node: NodeId,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Freeze node N (SIGSTOP).
+    Pause {
+        node: NodeId,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Unfreeze node N (SIGCONT).
+    Resume {
+        node: NodeId,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Delete node N's data directory (node must be stopped).
+    Wipe {
+        node: NodeId,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Stop all nodes (data is kept; `up` brings them back).
+    Down {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Print the last lines of node N's log.
+    Logs {
+        node: NodeId,
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+    },
+    /// Add node N (e.g. 6) to the local cluster directory and start it; then add
+    /// it to Raft with `billdb cluster add-learner` / `change-membership`.
+    AddNode {
+        node: NodeId,
+        #[command(flatten)]
+        dir: DirArg,
+        /// Only write its config, do not start it.
+        #[arg(long)]
+        no_start: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct EndpointArg {
+    /// Admin HTTP endpoint of any node.
+    #[arg(long, env = "BILLDB_ENDPOINT", default_value = "http://127.0.0.1:7001")]
+    endpoint: String,
+    /// Print the raw JSON answer.
+    #[arg(long)]
+    json: bool,
+    /// Bound on the request.
+    #[arg(long, default_value_t = 10)]
+    timeout_secs: u64,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// GET /v1/cluster/status.
+    Status {
+        #[command(flatten)]
+        ep: EndpointArg,
+    },
+    /// POST /v1/cluster/init (once, on one node).
+    Init {
+        #[command(flatten)]
+        ep: EndpointArg,
+        /// A voter: `id=1,raft=127.0.0.1:7201,grpc=127.0.0.1:7101,http=127.0.0.1:7001`
+        /// (repeat for each node).
+        #[arg(long = "node", value_name = "SPEC")]
+        nodes: Vec<String>,
+        /// Instead of --node: voters 1..=N with the local port scheme.
+        #[arg(long, value_name = "N", conflicts_with = "nodes")]
+        local: Option<u64>,
+        /// Base port for --local.
+        #[arg(long, default_value_t = DEFAULT_BASE_PORT)]
+        base_port: u16,
+    },
+    /// POST /v1/cluster/learners: add node ID as a learner.
+    AddLearner {
+        id: NodeId,
+        #[command(flatten)]
+        ep: EndpointArg,
+        /// Default: 127.0.0.1:(base+200+ID).
+        #[arg(long)]
+        raft_addr: Option<String>,
+        /// Default: 127.0.0.1:(base+100+ID).
+        #[arg(long)]
+        grpc_addr: Option<String>,
+        /// Default: 127.0.0.1:(base+ID).
+        #[arg(long)]
+        http_addr: Option<String>,
+        #[arg(long, default_value_t = DEFAULT_BASE_PORT)]
+        base_port: u16,
+    },
+    /// POST /v1/cluster/membership: set the voters, e.g. --voters 1,2,3,4,6.
+    ChangeMembership {
+        #[command(flatten)]
+        ep: EndpointArg,
+        #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+        voters: Vec<NodeId>,
+    },
+    /// POST /v1/cluster/remove: remove node ID from the cluster.
+    Remove {
+        id: NodeId,
+        #[command(flatten)]
+        ep: EndpointArg,
+    },
+    /// POST /v1/cluster/transfer-leader: make node TO the leader.
+    TransferLeader {
+        to: NodeId,
+        #[command(flatten)]
+        ep: EndpointArg,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Local(c) => run_local(c),
+        Cmd::Cluster(c) => run_cluster(c),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// billdb local
+// ---------------------------------------------------------------------------
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn run_local(cmd: LocalCmd) -> Result<()> {
+    match cmd {
+        LocalCmd::Up {
+            dir,
+            bin,
+            nodes,
+            base_port,
+            timeout_secs,
+        } => local_up(
+            &dir.dir,
+            bin.node_bin.as_deref(),
+            nodes,
+            base_port,
+            secs(timeout_secs),
+        ),
+        LocalCmd::Status { dir, json } => {
+            let c = LocalCluster::open(&dir.dir)?;
+            let report = c.report();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", render_status_table(&report));
+            }
+            Ok(())
+        }
+        LocalCmd::Start {
+            node,
+            dir,
+            bin,
+            no_wait,
+            timeout_secs,
+        } => {
+            let c = LocalCluster::open(&dir.dir)?;
+            c.node(node)?;
+            c.ensure_node_bin(bin.node_bin.as_deref())?;
+            let pid = c.start(node)?;
+            println!(
+                "node {node}: started (pid {pid}), log {}",
+                c.log_path(node).display()
+            );
+            if !no_wait {
+                c.wait_healthy(node, secs(timeout_secs))?;
+                println!("node {node}: healthy at http://{}", c.http_addr(node)?);
+            }
+            Ok(())
+        }
+        LocalCmd::Stop {
+            node,
+            dir,
+            timeout_secs,
+        } => {
+            let c = LocalCluster::open(&dir.dir)?;
+            let pid = c.pid(node);
+            let outcome = c.stop_with_timeout(node, secs(timeout_secs))?;
+            println!("node {node}: {}", describe_stop(outcome, pid));
+            Ok(())
+        }
+        LocalCmd::Kill { node, dir } => {
+            let c = LocalCluster::open(&dir.dir)?;
+            let pid = c.pid(node);
+            if c.kill(node)? {
+                println!("node {node}: killed (pid {})", fmt_pid(pid));
+            } else {
+                println!("node {node}: was not running");
+            }
+            Ok(())
+        }
+        LocalCmd::Pause { node, dir } => {
+            let c = LocalCluster::open(&dir.dir)?;
+            c.pause(node)?;
+            println!("node {node}: paused (SIGSTOP); `billdb local resume {node}` to continue");
+            Ok(())
+        }
+        LocalCmd::Resume { node, dir } => {
+            let c = LocalCluster::open(&dir.dir)?;
+            c.resume(node)?;
+            println!("node {node}: resumed");
+            Ok(())
+        }
+        LocalCmd::Wipe { node, dir } => {
+            let c = LocalCluster::open(&dir.dir)?;
+            if c.wipe(node)? {
+                println!("node {node}: deleted {}", c.data_dir(node).display());
+            } else {
+                println!("node {node}: no data to delete");
+            }
+            Ok(())
+        }
+        LocalCmd::Down { dir } => {
+            let c = LocalCluster::open(&dir.dir)?;
+            let pids: Vec<(NodeId, Option<u32>)> =
+                c.node_ids().into_iter().map(|n| (n, c.pid(n))).collect();
+            for (n, outcome) in c.down()? {
+                let pid = pids.iter().find(|(id, _)| *id == n).and_then(|(_, p)| *p);
+                println!("node {n}: {}", describe_stop(outcome, pid));
+            }
+            Ok(())
+        }
+        LocalCmd::Logs { node, dir, lines } => {
+            let c = LocalCluster::open(&dir.dir)?;
+            c.node(node)?;
+            println!("{}", c.log_tail(node, lines));
+            Ok(())
+        }
+        LocalCmd::AddNode {
+            node,
+            dir,
+            no_start,
+        } => {
+            let c = LocalCluster::open(&dir.dir)?;
+            let spec = c.add_node(node)?;
+            println!(
+                "node {node}: added (http {}, grpc {}, raft {})",
+                spec.http_addr, spec.grpc_addr, spec.raft_addr
+            );
+            if !no_start {
+                let pid = c.start(node)?;
+                c.wait_healthy(node, secs(30))?;
+                println!("node {node}: started (pid {pid})");
+            }
+            println!(
+                "next: billdb cluster add-learner {node} --base-port {} --endpoint http://{}",
+                c.base_port(),
+                c.http_addr(c.node_ids()[0])?
+            );
+            Ok(())
+        }
+    }
+}
+
+fn fmt_pid(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "?".into(), |p| p.to_string())
+}
+
+fn describe_stop(o: StopOutcome, pid: Option<u32>) -> String {
+    match o {
+        StopOutcome::NotRunning => "was not running".into(),
+        StopOutcome::Terminated => format!("stopped (pid {})", fmt_pid(pid)),
+        StopOutcome::Killed => format!("did not exit after SIGTERM, killed (pid {})", fmt_pid(pid)),
+    }
+}
+
+fn local_up(
+    dir: &Path,
+    node_bin: Option<&Path>,
+    nodes: Option<usize>,
+    base_port: Option<u16>,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    let c = if LocalCluster::exists(dir) {
+        let c = LocalCluster::open(dir)?;
+        let spec = c.spec();
+        if let Some(n) = nodes
+            && n != spec.nodes.len()
+        {
+            bail!(
+                "cluster at {} already has {} nodes (asked for {n}); `billdb local down` and \
+                 delete the directory to recreate it",
+                c.dir().display(),
+                spec.nodes.len()
+            );
+        }
+        if let Some(b) = base_port
+            && b != spec.base_port
+        {
+            bail!(
+                "cluster at {} uses base port {} (asked for {b}); use another --dir for a \
+                 second cluster",
+                c.dir().display(),
+                spec.base_port
+            );
+        }
+        c.ensure_node_bin(node_bin)?;
+        c
+    } else {
+        let bin = find_node_bin(node_bin)?;
+        let c = LocalCluster::create(
+            dir,
+            &bin,
+            base_port.unwrap_or(DEFAULT_BASE_PORT),
+            nodes.unwrap_or(DEFAULT_NODES),
+        )?;
+        println!("created cluster in {}", c.dir().display());
+        c
+    };
+    println!("node binary: {}", c.node_bin().display());
+
+    for n in c.node_ids() {
+        match c.pid(n) {
+            Some(pid) => println!("node {n}: already running (pid {pid})"),
+            None => {
+                let pid = c.start(n)?;
+                println!("node {n}: started (pid {pid})");
+            }
+        }
+    }
+    c.wait_all_healthy(left())
+        .context("waiting for the nodes to become healthy (stop them with `billdb local down`)")?;
+    println!("all nodes healthy");
+
+    if !c.initialized() {
+        if local::any_initialized(&c.status_all()) {
+            c.set_initialized()?;
+            println!("cluster already initialised");
+        } else if c.init()? {
+            println!("initialised cluster with voters {:?}", c.node_ids());
+        } else {
+            println!("cluster already initialised");
+        }
+    }
+    let leader = c
+        .wait_leader(left().max(Duration::from_secs(1)))
+        .context("waiting for a leader")?;
+    println!("leader: node {leader}\n");
+    print!("{}", render_status_table(&c.report()));
+    println!("\nendpoints:");
+    for node in c.spec().nodes {
+        println!(
+            "  node {}  http http://{}  grpc http://{}  raft {}  log {}",
+            node.id,
+            node.http_addr,
+            node.grpc_addr,
+            node.raft_addr,
+            c.log_path(node.id).display()
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// billdb cluster
+// ---------------------------------------------------------------------------
+
+fn client(ep: &EndpointArg) -> AdminClient {
+    AdminClient::with_timeout(&ep.endpoint, secs(ep.timeout_secs))
+}
+
+fn run_cluster(cmd: ClusterCmd) -> Result<()> {
+    match cmd {
+        ClusterCmd::Status { ep } => {
+            let v = client(&ep).status()?;
+            if ep.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", format_status(&v));
+            }
+            Ok(())
+        }
+        ClusterCmd::Init {
+            ep,
+            nodes,
+            local,
+            base_port,
+        } => {
+            let addrs: Vec<NodeAddrs> = match local {
+                Some(n) => (1..=n)
+                    .map(|id| local::node_spec(base_port, id).map(|s| s.addrs()))
+                    .collect::<Result<_>>()?,
+                None => nodes
+                    .iter()
+                    .map(|s| parse_node_spec(s))
+                    .collect::<Result<_>>()?,
+            };
+            if addrs.is_empty() {
+                bail!("no voters given: use --node SPEC (repeatable) or --local N");
+            }
+            let v = client(&ep).init(&addrs)?;
+            let ids: Vec<NodeId> = addrs.iter().map(|a| a.id).collect();
+            done(&ep, &v, &format!("initialised cluster with voters {ids:?}"))
+        }
+        ClusterCmd::AddLearner {
+            id,
+            ep,
+            raft_addr,
+            grpc_addr,
+            http_addr,
+            base_port,
+        } => {
+            let needs_default = raft_addr.is_none() || grpc_addr.is_none() || http_addr.is_none();
+            let def = if needs_default {
+                Some(local::node_spec(base_port, id)?)
+            } else {
+                None
+            };
+            let pick = |given: Option<String>, f: fn(&local::NodeSpec) -> &String| {
+                given
+                    .or_else(|| def.as_ref().map(|d| f(d).clone()))
+                    .unwrap_or_default()
+            };
+            let node = NodeAddrs {
+                id,
+                raft_addr: pick(raft_addr, |d| &d.raft_addr),
+                grpc_addr: pick(grpc_addr, |d| &d.grpc_addr),
+                http_addr: pick(http_addr, |d| &d.http_addr),
+            };
+            let v = client(&ep).add_learner(&node)?;
+            done(
+                &ep,
+                &v,
+                &format!(
+                    "node {id} added as learner (raft {}, grpc {}, http {})",
+                    node.raft_addr, node.grpc_addr, node.http_addr
+                ),
+            )
+        }
+        ClusterCmd::ChangeMembership { ep, voters } => {
+            let v = client(&ep).change_membership(&voters)?;
+            done(&ep, &v, &format!("voters are now {voters:?}"))
+        }
+        ClusterCmd::Remove { id, ep } => {
+            let v = client(&ep).remove(id)?;
+            done(&ep, &v, &format!("node {id} removed"))
+        }
+        ClusterCmd::TransferLeader { to, ep } => {
+            let v = client(&ep).transfer_leader(to)?;
+            done(
+                &ep,
+                &v,
+                &format!("leadership transfer to node {to} requested"),
+            )
+        }
+    }
+}
+
+fn done(ep: &EndpointArg, v: &Value, msg: &str) -> Result<()> {
+    if ep.json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        println!("ok: {msg}");
+        match v {
+            Value::Null => {}
+            Value::Object(m) if m.is_empty() => {}
+            other => println!("{}", serde_json::to_string_pretty(other)?),
+        }
+    }
+    Ok(())
+}
+
+/// Parses `id=1,raft=H:P,grpc=H:P,http=H:P`.
+fn parse_node_spec(s: &str) -> Result<NodeAddrs> {
+    let (mut id, mut raft, mut grpc, mut http) = (None, None, None, None);
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--node {s:?}: expected key=value, got {part:?}"))?;
+        let v = v.trim().to_string();
+        match k.trim() {
+            "id" => {
+                id = Some(
+                    v.parse::<NodeId>()
+                        .with_context(|| format!("--node {s:?}: bad id"))?,
+                )
+            }
+            "raft" | "raft_addr" => raft = Some(v),
+            "grpc" | "grpc_addr" => grpc = Some(v),
+            "http" | "http_addr" => http = Some(v),
+            other => bail!("--node {s:?}: unknown key {other:?} (expected id, raft, grpc, http)"),
+        }
+    }
+    let missing = |what: &str| anyhow!("--node {s:?}: missing {what}=");
+    Ok(NodeAddrs {
+        id: id.ok_or_else(|| missing("id"))?,
+        raft_addr: raft.ok_or_else(|| missing("raft"))?,
+        grpc_addr: grpc.ok_or_else(|| missing("grpc"))?,
+        http_addr: http.ok_or_else(|| missing("http"))?,
+    })
+}
+
+/// Human-readable rendering of `GET /v1/cluster/status`.
+fn format_status(v: &Value) -> String {
+    let s = |k: &str| match v.get(k) {
+        None | Some(Value::Null) => "-".to_string(),
+        Some(Value::String(x)) => x.clone(),
+        Some(x) => x.to_string(),
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "node {}  role {}  term {}  leader {}\n",
+        s("node_id"),
+        s("role"),
+        s("term"),
+        s("leader_id")
+    ));
+    out.push_str(&format!(
+        "log: last {}  committed {}  applied {}  snapshot {}  purged {}\n",
+        s("last_log_index"),
+        s("committed_index"),
+        s("applied_index"),
+        s("snapshot_index"),
+        s("purged_index")
+    ));
+    out.push_str(&format!(
+        "voters: {}  learners: {}\n",
+        s("voters"),
+        s("learners")
+    ));
+    if let Some(b) = v.get("db_size_bytes").and_then(Value::as_u64) {
+        out.push_str(&format!("db size: {}\n", human_bytes(b)));
+    }
+    if let Some(rep) = v.get("replication").and_then(Value::as_object)
+        && !rep.is_empty()
+    {
+        out.push_str("replication:\n");
+        let mut rows: Vec<_> = rep.iter().collect();
+        rows.sort_by_key(|(k, _)| k.parse::<u64>().unwrap_or(u64::MAX));
+        for (id, r) in rows {
+            let f = |k: &str| r.get(k).map_or("-".to_string(), |x| x.to_string());
+            out.push_str(&format!(
+                "  node {id}: matched {}  lag {}\n",
+                f("matched_index"),
+                f("lag")
+            ));
+        }
+    }
+    if let Some(nodes) = v.get("nodes").and_then(Value::as_object)
+        && !nodes.is_empty()
+    {
+        out.push_str("nodes:\n");
+        let mut rows: Vec<_> = nodes.iter().collect();
+        rows.sort_by_key(|(k, _)| k.parse::<u64>().unwrap_or(u64::MAX));
+        for (id, n) in rows {
+            let f = |k: &str| n.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+            out.push_str(&format!(
+                "  {id}: http {}  grpc {}  raft {}\n",
+                f("http_addr"),
+                f("grpc_addr"),
+                f("raft_addr")
+            ));
+        }
+    }
+    out
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_local_and_cluster_commands() {
+        let cli = Cli::try_parse_from([
+            "billdb",
+            "local",
+            "up",
+            "--base-port",
+            "9000",
+            "--dir",
+            "/x",
+        ])
+        .unwrap();
+        match cli.cmd {
+            Cmd::Local(LocalCmd::Up {
+                base_port,
+                dir,
+                nodes,
+                ..
+            }) => {
+                assert_eq!(base_port, Some(9000));
+                assert_eq!(dir.dir, PathBuf::from("/x"));
+                assert_eq!(nodes, None);
+            }
+            _ => panic!("wrong command"),
+        }
+        let cli = Cli::try_parse_from([
+            "billdb",
+            "cluster",
+            "change-membership",
+            "--voters",
+            "1,2,3,4,6",
+        ])
+        .unwrap();
+        match cli.cmd {
+            Cmd::Cluster(ClusterCmd::ChangeMembership { voters, ep }) => {
+                assert_eq!(voters, vec![1, 2, 3, 4, 6]);
+                assert!(ep.endpoint.starts_with("http://"));
+            }
+            _ => panic!("wrong command"),
+        }
+        assert!(
+            Cli::try_parse_from(["billdb", "local", "kill"]).is_err(),
+            "N is required"
+        );
+        assert!(
+            Cli::try_parse_from(["billdb", "cluster", "change-membership"]).is_err(),
+            "--voters is required"
+        );
+    }
+
+    #[test]
+    fn node_spec_parsing() {
+        let n = parse_node_spec("id=2,raft=127.0.0.1:7202,grpc=127.0.0.1:7102,http=127.0.0.1:7002")
+            .unwrap();
+        assert_eq!(n.id, 2);
+        assert_eq!(n.raft_addr, "127.0.0.1:7202");
+        assert_eq!(n.grpc_addr, "127.0.0.1:7102");
+        assert_eq!(n.http_addr, "127.0.0.1:7002");
+        assert!(
+            parse_node_spec("id=2,raft=a,grpc=b")
+                .unwrap_err()
+                .to_string()
+                .contains("http")
+        );
+        assert!(parse_node_spec("id=x,raft=a,grpc=b,http=c").is_err());
+        assert!(
+            parse_node_spec("id=1,foo=a")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown key")
+        );
+    }
+
+    #[test]
+    fn status_formatting() {
+        let v = serde_json::json!({
+            "node_id": 1, "role": "leader", "term": 3, "leader_id": 1,
+            "last_log_index": 1000, "committed_index": 999, "applied_index": 998,
+            "snapshot_index": null, "voters": [1,2,3], "learners": [],
+            "replication": {"10": {"matched_index": 5, "lag": 995}, "2": {"matched_index": 1000, "lag": 0}},
+            "nodes": {"1": {"http_addr": "127.0.0.1:7001", "grpc_addr": "g", "raft_addr": "r"}},
+            "db_size_bytes": 12345
+        });
+        let out = format_status(&v);
+        assert!(
+            out.contains("node 1  role leader  term 3  leader 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("committed 999  applied 998  snapshot -"),
+            "{out}"
+        );
+        assert!(out.contains("voters: [1,2,3]"), "{out}");
+        assert!(out.contains("db size: 12.1 KiB"), "{out}");
+        let n2 = out.find("node 2: matched 1000").unwrap();
+        let n10 = out.find("node 10: matched 5  lag 995").unwrap();
+        assert!(n2 < n10, "numeric order: {out}");
+        assert!(
+            out.contains("1: http 127.0.0.1:7001  grpc g  raft r"),
+            "{out}"
+        );
+    }
+}
