@@ -5,9 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Stable error codes (the wire form is the SCREAMING_SNAKE_CASE name).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+/// Stable error codes. The wire form, in every encoding (JSON, bincode in
+/// the Raft log), is the SCREAMING_SNAKE_CASE name, so reordering or adding
+/// variants never changes what stored data means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// The request body or message could not be parsed.
     MalformedRequest,
@@ -82,16 +83,47 @@ impl ErrorCode {
         }
     }
 
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::MalformedRequest,
+        ErrorCode::InvalidArgument,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
+        ErrorCode::NotFound,
+        ErrorCode::AccountNotFound,
+        ErrorCode::AccountExists,
+        ErrorCode::AccountClosed,
+        ErrorCode::IdempotencyConflict,
+        ErrorCode::DuplicatePayment,
+        ErrorCode::InvalidAmount,
+        ErrorCode::TooManyDecimals,
+        ErrorCode::AmountTooSmall,
+        ErrorCode::AmountOverLimit,
+        ErrorCode::InvalidUnits,
+        ErrorCode::UnitsTooSmall,
+        ErrorCode::UnitsOverLimit,
+        ErrorCode::Unavailable,
+        ErrorCode::DeadlineExceeded,
+        ErrorCode::AlreadyInitialized,
+        ErrorCode::NotInitialized,
+        ErrorCode::UnknownNode,
+        ErrorCode::DuplicateNode,
+        ErrorCode::NoQuorum,
+        ErrorCode::Internal,
+    ];
+
     /// Parse the wire form back (for clients reading gRPC statuses).
     pub fn parse(s: &str) -> Option<ErrorCode> {
-        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+        ErrorCode::ALL.iter().copied().find(|c| c.as_str() == s)
     }
 
     pub fn http_status(self) -> u16 {
         use ErrorCode::*;
         match self {
             MalformedRequest | InvalidArgument | InvalidAmount | TooManyDecimals
-            | AmountTooSmall | AmountOverLimit | InvalidUnits | UnitsTooSmall | UnitsOverLimit => 400,
+            | AmountTooSmall | AmountOverLimit | InvalidUnits | UnitsTooSmall | UnitsOverLimit => {
+                400
+            }
             Unauthenticated => 401,
             PermissionDenied => 403,
             NotFound | AccountNotFound | UnknownNode => 404,
@@ -127,6 +159,43 @@ impl ErrorCode {
     }
 }
 
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ErrorCode::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown error code {s:?}")))
+    }
+}
+
+/// `details` is a JSON value; encodings that are not self-describing
+/// (bincode, in the Raft log and between nodes) carry it as JSON text.
+mod details_serde {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &serde_json::Value, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            v.serialize(s)
+        } else {
+            v.to_string().serialize(s)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+        if d.is_human_readable() {
+            serde_json::Value::deserialize(d)
+        } else {
+            let text = String::deserialize(d)?;
+            serde_json::from_str(&text).map_err(serde::de::Error::custom)
+        }
+    }
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -140,7 +209,7 @@ impl std::fmt::Display for ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    #[serde(default, with = "details_serde")]
     pub details: serde_json::Value,
 }
 
@@ -149,7 +218,11 @@ pub const GRPC_CODE_METADATA: &str = "billdb-code";
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), details: serde_json::Value::Null }
+        ApiError {
+            code,
+            message: message.into(),
+            details: serde_json::Value::Null,
+        }
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
@@ -158,7 +231,10 @@ impl ApiError {
     }
 
     pub fn to_status(&self) -> tonic::Status {
-        let mut status = tonic::Status::new(self.code.grpc_code(), format!("{}: {}", self.code, self.message));
+        let mut status = tonic::Status::new(
+            self.code.grpc_code(),
+            format!("{}: {}", self.code, self.message),
+        );
         if let Ok(v) = tonic::metadata::MetadataValue::try_from(self.code.as_str()) {
             status.metadata_mut().insert(GRPC_CODE_METADATA, v);
         }
@@ -180,7 +256,11 @@ impl ApiError {
                 _ => ErrorCode::Internal,
             });
         let prefix = format!("{}: ", code.as_str());
-        let message = status.message().strip_prefix(&prefix).unwrap_or(status.message()).to_string();
+        let message = status
+            .message()
+            .strip_prefix(&prefix)
+            .unwrap_or(status.message())
+            .to_string();
         ApiError::new(code, message)
     }
 }
@@ -198,7 +278,11 @@ mod tests {
 
     #[test]
     fn code_wire_form_round_trips() {
-        for code in [ErrorCode::IdempotencyConflict, ErrorCode::Unavailable, ErrorCode::NoQuorum] {
+        for code in [
+            ErrorCode::IdempotencyConflict,
+            ErrorCode::Unavailable,
+            ErrorCode::NoQuorum,
+        ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, serde_json::Value::String(code.as_str().to_string()));
             assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
@@ -218,6 +302,27 @@ mod tests {
             let api: ApiError = e.clone().into();
             assert_eq!(api.code.as_str(), e.code(), "{input}");
         }
+    }
+
+    #[test]
+    fn every_code_round_trips_and_is_listed_once() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "{code} listed twice");
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(*code));
+        }
+    }
+
+    #[test]
+    fn api_error_survives_json_and_bincode() {
+        let e = ApiError::new(ErrorCode::DuplicatePayment, "again")
+            .with_details(serde_json::json!({"original_request_id": "r1", "n": 3}));
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["code"], "DUPLICATE_PAYMENT");
+        assert_eq!(json["details"]["n"], 3);
+        assert_eq!(serde_json::from_value::<ApiError>(json).unwrap(), e);
+        let bin = bincode::serialize(&e).unwrap();
+        assert_eq!(bincode::deserialize::<ApiError>(&bin).unwrap(), e);
     }
 
     #[test]

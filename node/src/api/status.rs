@@ -1,0 +1,101 @@
+//! The node status document (`GET /v1/cluster/status`, gRPC `Status`),
+//! built from openraft's metrics.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+use crate::app::App;
+use crate::types::{NodeId, NodeInfo};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Replication {
+    pub matched_index: Option<u64>,
+    pub lag: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub node_id: NodeId,
+    pub role: String,
+    pub term: u64,
+    pub leader_id: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// Leader only: per follower, matched index and lag in entries.
+    pub replication: BTreeMap<NodeId, Replication>,
+    pub db_size_bytes: u64,
+}
+
+pub fn status(app: &App) -> Status {
+    let m = app.metrics();
+    let membership = m.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let learners: Vec<NodeId> = membership.learner_ids().collect();
+    let role = match m.state {
+        openraft::ServerState::Leader => "leader",
+        openraft::ServerState::Candidate => "candidate",
+        openraft::ServerState::Follower if learners.contains(&app.id) => "learner",
+        openraft::ServerState::Follower => "follower",
+        openraft::ServerState::Learner => "learner",
+        openraft::ServerState::Shutdown => "shutdown",
+    };
+    let last = m.last_log_index.unwrap_or(0);
+    let replication = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .map(|(id, matched)| {
+                    let mi = matched.as_ref().map(|l| l.index);
+                    (
+                        *id,
+                        Replication {
+                            matched_index: mi,
+                            lag: last.saturating_sub(mi.unwrap_or(0)),
+                        },
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Status {
+        node_id: app.id,
+        role: role.to_string(),
+        term: m.current_term,
+        leader_id: m.current_leader,
+        last_log_index: m.last_log_index,
+        committed_index: m.local_committed.as_ref().map(|l| l.index),
+        applied_index: m.last_applied.as_ref().map(|l| l.index),
+        snapshot_index: m.snapshot.as_ref().map(|l| l.index),
+        purged_index: m.purged.as_ref().map(|l| l.index),
+        voters,
+        learners,
+        nodes: membership.nodes().map(|(k, v)| (*k, v.clone())).collect(),
+        replication,
+        db_size_bytes: app.db_size_bytes(),
+    }
+}
+
+/// Ready: a member that knows a leader and has applied what it knows is committed.
+pub fn ready(app: &App) -> Result<(), String> {
+    let s = status(app);
+    if !s.voters.contains(&app.id) && !s.learners.contains(&app.id) {
+        return Err("not a member of any cluster yet".into());
+    }
+    if s.leader_id.is_none() {
+        return Err("no leader known".into());
+    }
+    if s.applied_index < s.committed_index {
+        return Err(format!(
+            "applying: {:?} of {:?}",
+            s.applied_index, s.committed_index
+        ));
+    }
+    Ok(())
+}

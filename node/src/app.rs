@@ -1,0 +1,606 @@
+//! The request core shared by the gRPC and HTTP front-ends: writes through
+//! Raft (forwarded to the leader from any node), linearizable reads
+//! (ReadIndex), and cluster administration. It may touch the Raft handle,
+//! the local RocksDB for reads, and peers through the forwarding RPC.
+//!
+//! Every call is bounded by `limits.request_timeout_ms`: with no leader or
+//! no quorum the caller gets UNAVAILABLE with a retry hint, never a hang.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use billdb_api::error::{ApiError, ErrorCode};
+use billdb_api::raftpb::RaftMsg;
+use openraft::errors::{ClientWriteError, InitializeError, LinearizableReadError, RaftError};
+use openraft::{ChangeMembers, ReadPolicy, ServerState};
+use rocksdb::DB;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::domain::{Op, Outcome};
+use crate::raft_net::{Channels, decode, encode};
+use crate::types::{Command, NodeId, NodeInfo, Raft};
+
+/// How long a node without a known leader waits for one inside a request
+/// before it gives up (bounded by the request deadline too).
+const LEADER_POLL_INTERVAL_MS: u64 = 20;
+
+/// A request one node hands to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Forward {
+    Write {
+        request_id: String,
+        operator: String,
+        op: Op,
+    },
+    ReadIndex,
+    Admin(AdminOp),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardReply {
+    Write { outcome: Outcome, log_index: u64 },
+    ReadIndex(u64),
+    Admin(AdminReply),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AdminOp {
+    AddLearner { id: NodeId, node: NodeInfo },
+    ChangeMembership { voters: BTreeSet<NodeId> },
+    Remove { id: NodeId },
+    TransferLeader { to: NodeId },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminReply {
+    pub message: String,
+    pub log_index: u64,
+}
+
+fn unavailable(msg: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, msg)
+        .with_details(serde_json::json!({"retry_after_ms": 500}))
+}
+
+fn internal(msg: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, msg.to_string())
+}
+
+#[derive(Clone)]
+pub struct App {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub db: Arc<DB>,
+    pub config: Arc<Config>,
+    pub channels: Channels,
+    /// Last timestamp this node stamped as leader; stamps never go back.
+    last_ts_ms: Arc<AtomicI64>,
+}
+
+impl App {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        db: Arc<DB>,
+        config: Arc<Config>,
+        channels: Channels,
+    ) -> Self {
+        App {
+            id,
+            raft,
+            db,
+            config,
+            channels,
+            last_ts_ms: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    /// The latest Raft metrics of this node.
+    pub fn metrics(&self) -> openraft::RaftMetrics<crate::types::TypeConfig> {
+        use openraft::async_runtime::WatchReceiver;
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.config.limits.request_timeout_ms)
+    }
+
+    /// The leader as this node knows it, with its addresses.
+    fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let m = self.metrics();
+        let id = m.current_leader?;
+        let info = m.membership_config.membership().get_node(&id).cloned()?;
+        Some((id, info))
+    }
+
+    /// Wait (bounded) until some leader is known.
+    async fn wait_leader(&self, deadline: Instant) -> Result<(NodeId, NodeInfo), ApiError> {
+        loop {
+            if let Some(l) = self.leader() {
+                return Ok(l);
+            }
+            if Instant::now() >= deadline {
+                return Err(unavailable(
+                    "no leader is known (no quorum?); retry with the same request_id",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(LEADER_POLL_INTERVAL_MS)).await;
+        }
+    }
+
+    /// Send a request to the leader's Raft port and wait (bounded).
+    async fn forward(
+        &self,
+        leader: &NodeInfo,
+        req: &Forward,
+        deadline: Instant,
+    ) -> Result<ForwardReply, ApiError> {
+        let mut client = self
+            .channels
+            .get(&leader.raft_addr)
+            .map_err(|e| unavailable(format!("leader unreachable: {e}")))?;
+        let data = encode(req).map_err(internal)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let resp = tokio::time::timeout(left, client.forward(RaftMsg { data }))
+            .await
+            .map_err(|_| {
+                unavailable("the leader did not answer in time; retry with the same request_id")
+            })?
+            .map_err(|s| {
+                unavailable(format!("forwarding to the leader failed: {}", s.message()))
+            })?;
+        let reply: Result<ForwardReply, ApiError> =
+            decode(&resp.into_inner().data).map_err(internal)?;
+        metrics::counter!("billdb_forwarded_requests_total").increment(1);
+        reply
+    }
+
+    /// Handle a request forwarded by another node: only the leader serves.
+    pub async fn serve_forwarded(&self, req: Forward) -> Result<ForwardReply, ApiError> {
+        let deadline = self.deadline();
+        match req {
+            Forward::Write {
+                request_id,
+                operator,
+                op,
+            } => {
+                let (outcome, log_index) = self
+                    .propose_local(request_id, operator, op, deadline)
+                    .await?;
+                Ok(ForwardReply::Write { outcome, log_index })
+            }
+            Forward::ReadIndex => Ok(ForwardReply::ReadIndex(
+                self.read_index_local(deadline).await?,
+            )),
+            Forward::Admin(op) => Ok(ForwardReply::Admin(self.admin_local(op, deadline).await?)),
+        }
+    }
+
+    // ---- writes ----
+
+    /// Replicate a client command; from any node. Returns the outcome and
+    /// the log index it was applied at.
+    pub async fn write(
+        &self,
+        request_id: String,
+        operator: String,
+        op: Op,
+    ) -> Result<(Outcome, u64), ApiError> {
+        let started = Instant::now();
+        let deadline = self.deadline();
+        let result = loop {
+            let (leader_id, info) = self.wait_leader(deadline).await?;
+            let r = if leader_id == self.id {
+                self.propose_local(request_id.clone(), operator.clone(), op.clone(), deadline)
+                    .await
+            } else {
+                let req = Forward::Write {
+                    request_id: request_id.clone(),
+                    operator: operator.clone(),
+                    op: op.clone(),
+                };
+                self.forward(&info, &req, deadline)
+                    .await
+                    .and_then(|r| match r {
+                        ForwardReply::Write { outcome, log_index } => Ok((outcome, log_index)),
+                        other => Err(internal(format!("unexpected forward reply {other:?}"))),
+                    })
+            };
+            match r {
+                // Leadership moved under us: try the new leader while time is left.
+                Err(e)
+                    if e.code == ErrorCode::Unavailable
+                        && Instant::now() + Duration::from_millis(50) < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(LEADER_POLL_INTERVAL_MS)).await;
+                    continue;
+                }
+                other => break other,
+            }
+        };
+        metrics::histogram!("billdb_write_seconds").record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn stamp(&self) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        // Monotonic across this leader's proposals.
+        let prev = self.last_ts_ms.fetch_max(now, Ordering::SeqCst);
+        prev.max(now)
+    }
+
+    async fn propose_local(
+        &self,
+        request_id: String,
+        operator: String,
+        op: Op,
+        deadline: Instant,
+    ) -> Result<(Outcome, u64), ApiError> {
+        let cmd = Command {
+            request_id,
+            ts_ms: self.stamp(),
+            operator,
+            op,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let started = Instant::now();
+        let r = tokio::time::timeout(left, self.raft.client_write(cmd)).await.map_err(|_| {
+            unavailable("not committed in time (no quorum?); the outcome is unknown: retry with the same request_id")
+        })?;
+        match r {
+            Ok(resp) => {
+                metrics::histogram!("billdb_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                let outcome = resp
+                    .data
+                    .outcome
+                    .ok_or_else(|| internal("applied command produced no outcome"))?;
+                Ok((outcome, resp.log_id.index))
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
+            | Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(unavailable(
+                "leadership changed; retry with the same request_id",
+            )),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    // ---- reads ----
+
+    async fn read_index_local(&self, deadline: Instant) -> Result<u64, ApiError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let r = tokio::time::timeout(left, self.raft.get_read_linearizer(ReadPolicy::ReadIndex))
+            .await
+            .map_err(|_| unavailable("leadership not confirmed in time (no quorum?)"))?;
+        match r {
+            Ok(lin) => Ok(lin.read_log_id().index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
+                Err(unavailable("not the leader"))
+            }
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
+                Err(unavailable(e.to_string()))
+            }
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    /// Make this node's state machine current for a linearizable read:
+    /// get a read index from the leader (ReadIndex) and wait until the local
+    /// state machine has applied it.
+    pub async fn linearize(&self) -> Result<(), ApiError> {
+        let started = Instant::now();
+        let deadline = self.deadline();
+        let (leader_id, info) = self.wait_leader(deadline).await?;
+        let index = if leader_id == self.id {
+            self.read_index_local(deadline).await?
+        } else {
+            match self.forward(&info, &Forward::ReadIndex, deadline).await? {
+                ForwardReply::ReadIndex(i) => i,
+                other => return Err(internal(format!("unexpected forward reply {other:?}"))),
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|_| unavailable("this node did not catch up in time"))?;
+        metrics::histogram!("billdb_read_index_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    // ---- administration ----
+
+    pub async fn initialize(
+        &self,
+        nodes: BTreeMap<NodeId, NodeInfo>,
+    ) -> Result<AdminReply, ApiError> {
+        if nodes.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                "nodes must not be empty",
+            ));
+        }
+        validate_nodes(&nodes)?;
+        if !nodes.contains_key(&self.id) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "initialise on a node that is one of the members (this is node {})",
+                    self.id
+                ),
+            ));
+        }
+        match self.raft.initialize(nodes.clone()).await {
+            Ok(()) => Ok(AdminReply {
+                message: format!(
+                    "initialised with voters {:?}",
+                    nodes.keys().collect::<Vec<_>>()
+                ),
+                log_index: 0,
+            }),
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => Err(ApiError::new(
+                ErrorCode::AlreadyInitialized,
+                format!("cluster is already initialised: {e}"),
+            )),
+            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
+                Err(ApiError::new(ErrorCode::InvalidArgument, e.to_string()))
+            }
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    /// Membership administration; from any node (forwarded to the leader).
+    pub async fn admin(&self, op: AdminOp) -> Result<AdminReply, ApiError> {
+        let deadline = self.deadline();
+        let (leader_id, info) = self.wait_leader(deadline).await?;
+        if leader_id == self.id {
+            return self.admin_local(op, deadline).await;
+        }
+        match self.forward(&info, &Forward::Admin(op), deadline).await? {
+            ForwardReply::Admin(r) => Ok(r),
+            other => Err(internal(format!("unexpected forward reply {other:?}"))),
+        }
+    }
+
+    async fn admin_local(&self, op: AdminOp, deadline: Instant) -> Result<AdminReply, ApiError> {
+        let m = self.metrics();
+        if m.state != ServerState::Leader {
+            return Err(unavailable("not the leader"));
+        }
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let known: BTreeMap<NodeId, NodeInfo> =
+            membership.nodes().map(|(k, v)| (*k, v.clone())).collect();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timed = |e| unavailable(format!("membership change not committed in time: {e}"));
+        match op {
+            AdminOp::AddLearner { id, node } => {
+                if id == 0 {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidArgument,
+                        "node id must be > 0",
+                    ));
+                }
+                let mut one = BTreeMap::new();
+                one.insert(id, node.clone());
+                validate_nodes(&one)?;
+                if known.contains_key(&id) {
+                    return Err(ApiError::new(
+                        ErrorCode::DuplicateNode,
+                        format!("node {id} is already a member"),
+                    ));
+                }
+                if let Some((other, _)) = known.iter().find(|(_, n)| n.raft_addr == node.raft_addr)
+                {
+                    return Err(ApiError::new(
+                        ErrorCode::DuplicateNode,
+                        format!(
+                            "raft address {} already belongs to node {other}",
+                            node.raft_addr
+                        ),
+                    ));
+                }
+                let r = tokio::time::timeout(left, self.raft.add_learner(id, node, false))
+                    .await
+                    .map_err(|_| timed("timeout"))?
+                    .map_err(|e| admin_err(e))?;
+                Ok(AdminReply {
+                    message: format!("node {id} added as learner"),
+                    log_index: r.log_id.index,
+                })
+            }
+            AdminOp::ChangeMembership { voters: new_voters } => {
+                self.check_new_voters(&new_voters, &known, &m)?;
+                let r = tokio::time::timeout(
+                    left,
+                    self.raft.change_membership(new_voters.clone(), false),
+                )
+                .await
+                .map_err(|_| timed("timeout"))?
+                .map_err(|e| admin_err(e))?;
+                Ok(AdminReply {
+                    message: format!("voters are now {new_voters:?}"),
+                    log_index: r.log_id.index,
+                })
+            }
+            AdminOp::Remove { id } => {
+                if !known.contains_key(&id) {
+                    return Err(ApiError::new(
+                        ErrorCode::UnknownNode,
+                        format!("node {id} is not a member"),
+                    ));
+                }
+                let new_voters: BTreeSet<NodeId> =
+                    voters.iter().copied().filter(|v| *v != id).collect();
+                if voters.contains(&id) {
+                    self.check_new_voters(&new_voters, &known, &m)?;
+                }
+                let mut remove = BTreeSet::new();
+                remove.insert(id);
+                let change = if voters.contains(&id) {
+                    ChangeMembers::RemoveVoters(remove)
+                } else {
+                    ChangeMembers::RemoveNodes(remove)
+                };
+                let r = tokio::time::timeout(left, self.raft.change_membership(change, false))
+                    .await
+                    .map_err(|_| timed("timeout"))?
+                    .map_err(|e| admin_err(e))?;
+                Ok(AdminReply {
+                    message: format!("node {id} removed"),
+                    log_index: r.log_id.index,
+                })
+            }
+            AdminOp::TransferLeader { to } => {
+                if !voters.contains(&to) {
+                    return Err(ApiError::new(
+                        ErrorCode::UnknownNode,
+                        format!("node {to} is not a voter"),
+                    ));
+                }
+                if to == self.id {
+                    return Ok(AdminReply {
+                        message: format!("node {to} is already the leader"),
+                        log_index: 0,
+                    });
+                }
+                self.raft
+                    .trigger()
+                    .transfer_leader(to)
+                    .await
+                    .map_err(internal)?;
+                let waited = self
+                    .raft
+                    .wait(Some(left))
+                    .current_leader(to, "transfer leader")
+                    .await;
+                match waited {
+                    Ok(_) => Ok(AdminReply {
+                        message: format!("leadership transferred to node {to}"),
+                        log_index: 0,
+                    }),
+                    Err(_) => Err(unavailable(format!("node {to} did not take over in time"))),
+                }
+            }
+        }
+    }
+
+    /// Refuse voter sets that are empty, name unknown nodes, or could not
+    /// reach a quorum from the nodes the leader hears from now.
+    fn check_new_voters(
+        &self,
+        new_voters: &BTreeSet<NodeId>,
+        known: &BTreeMap<NodeId, NodeInfo>,
+        m: &openraft::RaftMetrics<crate::types::TypeConfig>,
+    ) -> Result<(), ApiError> {
+        if new_voters.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::NoQuorum,
+                "a cluster needs at least one voter",
+            ));
+        }
+        if let Some(unknown) = new_voters.iter().find(|v| !known.contains_key(v)) {
+            return Err(ApiError::new(
+                ErrorCode::UnknownNode,
+                format!("node {unknown} is not a member; add it as a learner first"),
+            ));
+        }
+        let live = self.live_nodes(m);
+        let live_voters = new_voters.iter().filter(|v| live.contains(v)).count();
+        if live_voters * 2 <= new_voters.len() {
+            return Err(ApiError::new(
+                ErrorCode::NoQuorum,
+                format!(
+                    "only {live_voters} of the {} proposed voters are reachable and caught up; the change would leave no quorum",
+                    new_voters.len()
+                ),
+            )
+            .with_details(serde_json::json!({"live": live, "proposed": new_voters})));
+        }
+        Ok(())
+    }
+
+    /// Nodes the leader has heard from recently and that are within the
+    /// replication lag threshold, plus the leader itself.
+    fn live_nodes(&self, m: &openraft::RaftMetrics<crate::types::TypeConfig>) -> BTreeSet<NodeId> {
+        let mut live = BTreeSet::new();
+        live.insert(self.id);
+        let fresh_ms = (self.config.raft.election_timeout_max_ms * 2) as u128;
+        let last_index = m.last_log_index.unwrap_or(0);
+        let lag_max = self.config.raft.logs_to_keep_after_snapshot.max(1000);
+        if let (Some(hb), Some(repl)) = (&m.heartbeat, &m.replication) {
+            for (id, acked) in hb {
+                let recent = acked.as_ref().is_some_and(|t| {
+                    use openraft::async_runtime::Instant as _;
+                    t.elapsed().as_millis() <= fresh_ms
+                });
+                let matched = repl
+                    .get(id)
+                    .cloned()
+                    .flatten()
+                    .map(|l| l.index)
+                    .unwrap_or(0);
+                if recent && last_index.saturating_sub(matched) <= lag_max {
+                    live.insert(*id);
+                }
+            }
+        }
+        live
+    }
+
+    pub fn db_size_bytes(&self) -> u64 {
+        crate::store::db_size_bytes(&self.db)
+    }
+}
+
+fn admin_err(
+    e: RaftError<crate::types::TypeConfig, ClientWriteError<crate::types::TypeConfig>>,
+) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            unavailable("leadership changed; retry")
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ApiError::new(ErrorCode::InvalidArgument, e.to_string())
+        }
+        other => internal(other),
+    }
+}
+
+fn validate_nodes(nodes: &BTreeMap<NodeId, NodeInfo>) -> Result<(), ApiError> {
+    let mut seen = BTreeSet::new();
+    for (id, n) in nodes {
+        if *id == 0 {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                "node ids must be > 0",
+            ));
+        }
+        for (field, addr) in [
+            ("raft_addr", &n.raft_addr),
+            ("grpc_addr", &n.grpc_addr),
+            ("http_addr", &n.http_addr),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("node {id}: {field} {addr:?} is not host:port"),
+                ));
+            }
+        }
+        if !seen.insert(n.raft_addr.clone()) {
+            return Err(ApiError::new(
+                ErrorCode::DuplicateNode,
+                format!("raft address {} is listed twice", n.raft_addr),
+            ));
+        }
+    }
+    Ok(())
+}

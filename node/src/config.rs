@@ -1,0 +1,253 @@
+//! Node configuration: a TOML file, overridden by environment variables
+//! (`BILLDB_*`) and then by command-line flags. Reads files only.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::types::NodeId;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RaftTuning {
+    #[serde(default = "d_heartbeat")]
+    pub heartbeat_interval_ms: u64,
+    #[serde(default = "d_elect_min")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "d_elect_max")]
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    #[serde(default = "d_snap_logs")]
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind a snapshot (for slow followers).
+    #[serde(default = "d_keep")]
+    pub logs_to_keep_after_snapshot: u64,
+    #[serde(default = "d_install_timeout")]
+    pub install_snapshot_timeout_ms: u64,
+    /// Entries in one AppendEntries message.
+    #[serde(default = "d_payload")]
+    pub max_payload_entries: u64,
+}
+
+fn d_heartbeat() -> u64 {
+    100
+}
+fn d_elect_min() -> u64 {
+    500
+}
+fn d_elect_max() -> u64 {
+    1000
+}
+fn d_snap_logs() -> u64 {
+    50_000
+}
+fn d_keep() -> u64 {
+    10_000
+}
+fn d_install_timeout() -> u64 {
+    60_000
+}
+fn d_payload() -> u64 {
+    512
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or(RaftTuning {
+            heartbeat_interval_ms: d_heartbeat(),
+            election_timeout_min_ms: d_elect_min(),
+            election_timeout_max_ms: d_elect_max(),
+            snapshot_logs_since_last: d_snap_logs(),
+            logs_to_keep_after_snapshot: d_keep(),
+            install_snapshot_timeout_ms: d_install_timeout(),
+            max_payload_entries: d_payload(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// A client request gets an answer (or UNAVAILABLE) within this time.
+    #[serde(default = "d_request_timeout")]
+    pub request_timeout_ms: u64,
+    /// Largest HTTP request body accepted.
+    #[serde(default = "d_body")]
+    pub request_body_bytes_max: usize,
+}
+
+fn d_request_timeout() -> u64 {
+    3000
+}
+fn d_body() -> usize {
+    64 * 1024
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_timeout_ms: d_request_timeout(),
+            request_body_bytes_max: d_body(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub raft_addr: String,
+    pub grpc_addr: String,
+    pub http_addr: String,
+    #[serde(default)]
+    pub raft: RaftTuning,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `billdb-node` command line. Every flag can also come from the
+/// environment variable named beside it; both override the file.
+#[derive(Debug, Parser)]
+#[command(name = "billdb-node", version, about = "billdb server node")]
+pub struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "BILLDB_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "BILLDB_NODE_ID")]
+    pub node_id: Option<NodeId>,
+    #[arg(long, env = "BILLDB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "BILLDB_RAFT_ADDR")]
+    pub raft_addr: Option<String>,
+    #[arg(long, env = "BILLDB_GRPC_ADDR")]
+    pub grpc_addr: Option<String>,
+    #[arg(long, env = "BILLDB_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+}
+
+impl Config {
+    /// Merge file and overrides; refuse incomplete or inconsistent settings.
+    pub fn load(args: &Args) -> anyhow::Result<Config> {
+        let mut doc: toml::Table = match &args.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("parsing {}: {e}", p.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        let mut set = |k: &str, v: Option<toml::Value>| {
+            if let Some(v) = v {
+                doc.insert(k.to_string(), v);
+            }
+        };
+        set(
+            "node_id",
+            args.node_id.map(|v| toml::Value::Integer(v as i64)),
+        );
+        set(
+            "data_dir",
+            args.data_dir
+                .as_ref()
+                .map(|v| toml::Value::String(v.display().to_string())),
+        );
+        set("raft_addr", args.raft_addr.clone().map(toml::Value::String));
+        set("grpc_addr", args.grpc_addr.clone().map(toml::Value::String));
+        set("http_addr", args.http_addr.clone().map(toml::Value::String));
+        let cfg: Config = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.node_id > 0, "node_id must be > 0");
+        let r = &self.raft;
+        anyhow::ensure!(
+            r.heartbeat_interval_ms > 0,
+            "raft.heartbeat_interval_ms must be > 0"
+        );
+        anyhow::ensure!(
+            r.heartbeat_interval_ms * 2 < r.election_timeout_min_ms,
+            "raft.heartbeat_interval_ms must be under half of election_timeout_min_ms"
+        );
+        anyhow::ensure!(
+            r.election_timeout_min_ms < r.election_timeout_max_ms,
+            "raft.election_timeout_min_ms must be < election_timeout_max_ms"
+        );
+        anyhow::ensure!(
+            r.max_payload_entries > 0 && r.max_payload_entries <= 10_000,
+            "raft.max_payload_entries in 1..=10000"
+        );
+        anyhow::ensure!(
+            self.limits.request_timeout_ms >= 100,
+            "limits.request_timeout_ms must be >= 100"
+        );
+        for (name, addr) in [
+            ("raft_addr", &self.raft_addr),
+            ("grpc_addr", &self.grpc_addr),
+            ("http_addr", &self.http_addr),
+        ] {
+            addr.parse::<std::net::SocketAddr>()
+                .map_err(|e| anyhow::anyhow!("{name} {addr:?}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(config: Option<PathBuf>) -> Args {
+        Args {
+            config,
+            node_id: None,
+            data_dir: None,
+            raft_addr: None,
+            grpc_addr: None,
+            http_addr: None,
+        }
+    }
+
+    #[test]
+    fn file_then_flags_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        std::fs::write(
+            &p,
+            "node_id = 1\ndata_dir = \"/tmp/x\"\nraft_addr = \"127.0.0.1:7201\"\ngrpc_addr = \"127.0.0.1:7101\"\nhttp_addr = \"127.0.0.1:7001\"\n[raft]\nheartbeat_interval_ms = 50\n",
+        )
+        .unwrap();
+        let mut a = args(Some(p));
+        let c = Config::load(&a).unwrap();
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.raft.heartbeat_interval_ms, 50);
+        assert_eq!(c.raft.election_timeout_min_ms, 500);
+        a.node_id = Some(3);
+        a.http_addr = Some("127.0.0.1:9003".into());
+        let c = Config::load(&a).unwrap();
+        assert_eq!((c.node_id, c.http_addr.as_str()), (3, "127.0.0.1:9003"));
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        let base = "node_id = 1\ndata_dir = \"/tmp/x\"\nraft_addr = \"127.0.0.1:7201\"\ngrpc_addr = \"127.0.0.1:7101\"\nhttp_addr = \"127.0.0.1:7001\"\n";
+        std::fs::write(&p, format!("{base}[raft]\nheartbeat_interval_ms = 400\n")).unwrap();
+        assert!(
+            Config::load(&args(Some(p.clone()))).is_err(),
+            "heartbeat too close to election timeout"
+        );
+        std::fs::write(&p, format!("{base}bogus = 1\n")).unwrap();
+        assert!(Config::load(&args(Some(p.clone()))).is_err(), "unknown key");
+        std::fs::write(&p, base.replace("127.0.0.1:7001", "nowhere")).unwrap();
+        assert!(Config::load(&args(Some(p))).is_err(), "bad address");
+        assert!(Config::load(&args(None)).is_err(), "missing everything");
+    }
+}

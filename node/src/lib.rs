@@ -1,0 +1,13 @@
+//! billdb node: a Raft (openraft) replica of the billing database on
+//! RocksDB, serving gRPC and HTTP. See ARCHITECTURE.md for the codemap.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod metrics;
+pub mod raft_net;
+pub mod raft_service;
+pub mod server;
+pub mod store;
+pub mod types;

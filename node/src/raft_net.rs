@@ -1,0 +1,361 @@
+//! Raft transport, client side: openraft's network traits over tonic gRPC.
+//!
+//! One lazily connected channel per peer address, reused by every RPC and
+//! replication stream; each unary RPC is bounded by its `RPCOption`
+//! deadline; appends are pipelined over one bidirectional stream; HTTP/2
+//! keepalive tears down silently dead connections. Messages are openraft's
+//! own types encoded with bincode inside `billdb.raft.v1.RaftMsg`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use billdb_api::raftpb::raft_internal_client::RaftInternalClient;
+use billdb_api::raftpb::{RaftMsg, SnapshotChunk};
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::errors::{
+    NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::store::snapshot::{CHUNK_SIZE_BYTES, SnapshotFile};
+use crate::types::{NodeId, NodeInfo, TypeConfig, Vote};
+
+/// Largest gRPC message between nodes (a batch of entries, a snapshot chunk).
+pub const MESSAGE_SIZE_BYTES_MAX: usize = 64 << 20;
+const CONNECT_TIMEOUT_MS: u64 = 500;
+const KEEPALIVE_INTERVAL_MS: u64 = 1000;
+const KEEPALIVE_TIMEOUT_MS: u64 = 2000;
+/// Snapshot chunks buffered ahead of the wire.
+const SNAPSHOT_CHUNKS_IN_FLIGHT_MAX: usize = 4;
+
+type RpcErr<E = openraft::errors::Infallible> = RPCError<TypeConfig, E>;
+
+pub fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, bincode::Error> {
+    bincode::serialize(v)
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, bincode::Error> {
+    bincode::deserialize(b)
+}
+
+/// Build a channel to `addr` (`host:port`) with the node-to-node settings.
+pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
+        .keep_alive_timeout(Duration::from_millis(KEEPALIVE_TIMEOUT_MS))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+pub fn client(ch: Channel) -> RaftInternalClient<Channel> {
+    RaftInternalClient::new(ch)
+        .max_decoding_message_size(MESSAGE_SIZE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_SIZE_BYTES_MAX)
+}
+
+/// Channels by address, shared by the Raft network and request forwarding.
+#[derive(Clone, Default)]
+pub struct Channels {
+    inner: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    pub fn get(&self, addr: &str) -> Result<RaftInternalClient<Channel>, tonic::transport::Error> {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = map.get(addr) {
+            return Ok(client(ch.clone()));
+        }
+        let ch = channel(addr)?;
+        map.insert(addr.to_string(), ch.clone());
+        Ok(client(ch))
+    }
+}
+
+#[derive(Clone)]
+pub struct Network {
+    pub self_id: NodeId,
+    pub channels: Channels,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Conn;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Conn {
+        Conn {
+            self_id: self.self_id,
+            target,
+            addr: node.raft_addr.clone(),
+            channels: self.channels.clone(),
+        }
+    }
+}
+
+pub struct Conn {
+    self_id: NodeId,
+    target: NodeId,
+    addr: String,
+    channels: Channels,
+}
+
+fn unreachable<E: std::error::Error + 'static>(e: &E) -> Unreachable<TypeConfig> {
+    Unreachable::new(e)
+}
+
+fn status_err<E: std::error::Error>(s: tonic::Status) -> RpcErr<E> {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
+            RPCError::Unreachable(unreachable(&s))
+        }
+        _ => RPCError::Network(NetworkError::new(&s)),
+    }
+}
+
+fn codec_err<E: std::error::Error>(e: bincode::Error) -> RpcErr<E> {
+    RPCError::Network(NetworkError::new(&AnyError::error(format!(
+        "raft message codec: {e}"
+    ))))
+}
+
+impl Conn {
+    fn client<E: std::error::Error>(&self) -> Result<RaftInternalClient<Channel>, RpcErr<E>> {
+        self.channels
+            .get(&self.addr)
+            .map_err(|e| RPCError::Unreachable(unreachable(&e)))
+    }
+
+    fn timeout<E: std::error::Error>(&self, action: RPCTypes, ttl: Duration) -> RpcErr<E> {
+        RPCError::Timeout(Timeout {
+            action,
+            id: self.self_id,
+            target: self.target,
+            timeout: ttl,
+        })
+    }
+
+    /// One unary RPC: encode, send with the deadline, decode.
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        action: RPCTypes,
+        req: &Req,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RpcErr>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: FnOnce(RaftInternalClient<Channel>, RaftMsg) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMsg>, tonic::Status>>,
+    {
+        let data = encode(req).map_err(codec_err)?;
+        let ttl = option.hard_ttl();
+        let fut = call(self.client()?, RaftMsg { data });
+        match tokio::time::timeout(ttl, fut).await {
+            Err(_) => Err(self.timeout(action, ttl)),
+            Ok(Err(s)) => Err(status_err(s)),
+            Ok(Ok(resp)) => decode(&resp.into_inner().data).map_err(codec_err),
+        }
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Conn {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
+        self.unary(
+            RPCTypes::AppendEntries,
+            &rpc,
+            &option,
+            |mut c, m| async move { c.append_entries(m).await },
+        )
+        .await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RpcErr>>, RpcErr>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let fut = async move {
+            let mut client = self.client()?;
+            let ttl = option.hard_ttl();
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            let sent = in_flight.clone();
+            let outbound = input.filter_map(move |req| {
+                let sent = sent.clone();
+                async move {
+                    match encode(&req) {
+                        Ok(data) => {
+                            sent.fetch_add(1, Ordering::SeqCst);
+                            Some(RaftMsg { data })
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot encode append request; dropping the stream item");
+                            None
+                        }
+                    }
+                }
+            });
+            let resp = match tokio::time::timeout(ttl, client.stream_append(outbound)).await {
+                Err(_) => return Err(self.timeout(RPCTypes::AppendEntries, ttl)),
+                Ok(Err(s)) => return Err(status_err(s)),
+                Ok(Ok(r)) => r.into_inner(),
+            };
+            let (self_id, target) = (self.self_id, self.target);
+            // A response must arrive within the deadline while requests are
+            // outstanding; an idle stream may stay quiet forever.
+            let out = futures::stream::unfold(Some(resp), move |state| {
+                let in_flight = in_flight.clone();
+                async move {
+                    let mut resp = state?;
+                    loop {
+                        match tokio::time::timeout(ttl, resp.next()).await {
+                            Err(_) if in_flight.load(Ordering::SeqCst) == 0 => continue,
+                            Err(_) => {
+                                let e = RPCError::Timeout(Timeout {
+                                    action: RPCTypes::AppendEntries,
+                                    id: self_id,
+                                    target,
+                                    timeout: ttl,
+                                });
+                                return Some((Err(e), None));
+                            }
+                            Ok(None) => return None,
+                            Ok(Some(Err(s))) => return Some((Err(status_err(s)), None)),
+                            Ok(Some(Ok(msg))) => {
+                                in_flight.fetch_sub(1, Ordering::SeqCst);
+                                let item = decode::<StreamAppendResult<TypeConfig>>(&msg.data)
+                                    .map_err(codec_err);
+                                let next = if item.is_ok() { Some(resp) } else { None };
+                                return Some((item, next));
+                            }
+                        }
+                    }
+                }
+            });
+            Ok(Box::pin(out) as BoxStream<'s, _>)
+        };
+        Box::pin(fut)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
+        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, m| async move {
+            c.vote(m).await
+        })
+        .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
+        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, m| async move {
+            c.pre_vote(m).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let meta = encode(&(vote, snapshot.meta.clone())).map_err(|e| {
+            StreamingError::Network(NetworkError::new(&AnyError::error(e.to_string())))
+        })?;
+        let file = snapshot.snapshot;
+        let total = file.size_bytes;
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(SNAPSHOT_CHUNKS_IN_FLIGHT_MAX);
+        // Reader task: file → chunks. Stops when the receiver goes away.
+        let target = self.target;
+        let reader = tokio::task::spawn_blocking(move || -> Result<(), std::io::Error> {
+            let mut offset = 0u64;
+            let mut first = Some(meta);
+            loop {
+                let mut buf = vec![0u8; CHUNK_SIZE_BYTES];
+                let n = file.read_at(offset, &mut buf)?;
+                buf.truncate(n);
+                let chunk = SnapshotChunk {
+                    meta: first.take().unwrap_or_default(),
+                    data: buf,
+                };
+                if tx.blocking_send(chunk).is_err() {
+                    return Ok(());
+                }
+                offset += n as u64;
+                metrics::counter!("billdb_snapshot_sent_bytes_total").increment(n as u64);
+                if n == 0 || offset >= total {
+                    tracing::info!(target, bytes = offset, "snapshot streamed");
+                    return Ok(());
+                }
+            }
+        });
+        let mut client = self
+            .client::<openraft::errors::Infallible>()
+            .map_err(|e| match e {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                other => {
+                    StreamingError::Network(NetworkError::new(&AnyError::error(other.to_string())))
+                }
+            })?;
+        let send = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let result = tokio::select! {
+            closed = cancel => {
+                reader.abort();
+                return Err(StreamingError::Closed(closed));
+            }
+            r = send => r,
+        };
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StreamingError::Network(NetworkError::new(&e))),
+            Err(e) => return Err(StreamingError::Network(NetworkError::new(&e))),
+        }
+        let resp = result.map_err(|s| match s.code() {
+            tonic::Code::Unavailable => StreamingError::Unreachable(unreachable(&s)),
+            _ => StreamingError::Network(NetworkError::new(&s)),
+        })?;
+        decode(&resp.into_inner().data).map_err(|e| {
+            StreamingError::Network(NetworkError::new(&AnyError::error(e.to_string())))
+        })
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RpcErr> {
+        self.unary(
+            RPCTypes::TransferLeader,
+            &req,
+            &option,
+            |mut c, m| async move { c.transfer_leader(m).await },
+        )
+        .await
+    }
+}

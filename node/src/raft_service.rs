@@ -1,0 +1,158 @@
+//! Raft transport, server side: the `billdb.raft.v1.RaftInternal` gRPC
+//! service on the node's Raft port. It hands openraft messages to the local
+//! Raft, stages incoming snapshots on disk, and serves requests forwarded
+//! by other nodes.
+
+use std::io::Write;
+use std::pin::Pin;
+
+use billdb_api::raftpb::raft_internal_server::RaftInternal;
+use billdb_api::raftpb::{RaftMsg, SnapshotChunk};
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::app::{App, Forward, ForwardReply};
+use crate::raft_net::{decode, encode};
+use crate::store::StateMachine;
+use crate::store::snapshot::SnapshotFile;
+use crate::types::{SnapshotMeta, TypeConfig, Vote};
+
+/// Largest snapshot a node accepts (guards the disk against a bad peer).
+const SNAPSHOT_SIZE_BYTES_MAX: u64 = 256 << 30;
+
+pub struct RaftService {
+    pub app: App,
+    pub sm: StateMachine,
+}
+
+fn bad(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("bad raft message: {e}"))
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> Result<Response<RaftMsg>, Status> {
+    encode(v)
+        .map(|data| Response::new(RaftMsg { data }))
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+fn fatal(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft is not running: {e}"))
+}
+
+#[tonic::async_trait]
+impl RaftInternal for RaftService {
+    async fn vote(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
+        let rpc = decode(&req.into_inner().data).map_err(bad)?;
+        let resp = self.app.raft.vote(rpc).await.map_err(fatal)?;
+        enc(&resp)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
+        let rpc = decode(&req.into_inner().data).map_err(bad)?;
+        let resp = self.app.raft.pre_vote(rpc).await.map_err(fatal)?;
+        enc(&resp)
+    }
+
+    async fn append_entries(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
+        let rpc = decode(&req.into_inner().data).map_err(bad)?;
+        let resp = self.app.raft.append_entries(rpc).await.map_err(fatal)?;
+        enc(&resp)
+    }
+
+    type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<RaftMsg, Status>> + Send>>;
+
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<RaftMsg>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let input = tokio_stream::StreamExt::map_while(req.into_inner(), |m| {
+            // A transport error or an undecodable message ends the stream.
+            m.ok().and_then(|m| {
+                decode::<openraft::raft::AppendEntriesRequest<TypeConfig>>(&m.data).ok()
+            })
+        });
+        let output = self.app.raft.stream_append(input).map(|r| match r {
+            Ok(result) => encode(&result)
+                .map(|data| RaftMsg { data })
+                .map_err(|e| Status::internal(e.to_string())),
+            Err(e) => Err(fatal(e)),
+        });
+        Ok(Response::new(Box::pin(output)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMsg>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let (vote, meta): (Vote, SnapshotMeta) = decode(&first.meta).map_err(bad)?;
+        let part = self.sm.incoming_path(&meta);
+        let started = std::time::Instant::now();
+        let mut file = std::fs::File::create(&part).map_err(|e| Status::internal(e.to_string()))?;
+        let mut received = 0u64;
+        let mut chunk = Some(first);
+        while let Some(c) = chunk.take() {
+            received += c.data.len() as u64;
+            if received > SNAPSHOT_SIZE_BYTES_MAX {
+                let _ = std::fs::remove_file(&part);
+                return Err(Status::resource_exhausted("snapshot too large"));
+            }
+            file.write_all(&c.data)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            metrics::counter!("billdb_snapshot_received_bytes_total")
+                .increment(c.data.len() as u64);
+            chunk = match stream.next().await {
+                Some(Ok(c)) => Some(c),
+                Some(Err(e)) => {
+                    let _ = std::fs::remove_file(&part);
+                    return Err(e);
+                }
+                None => None,
+            };
+        }
+        file.sync_all()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        drop(file);
+        let recv = part.with_extension("recv");
+        std::fs::rename(&part, &recv).map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(
+            bytes = received,
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot received"
+        );
+        let data = SnapshotFile::open(&recv).map_err(|e| Status::internal(e.to_string()))?;
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotFile> {
+            meta,
+            snapshot: data,
+        };
+        let resp = self
+            .app
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(fatal)?;
+        enc(&resp)
+    }
+
+    async fn transfer_leader(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
+        let rpc = decode(&req.into_inner().data).map_err(bad)?;
+        let resp = self
+            .app
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(fatal)?;
+        enc(&resp)
+    }
+
+    async fn forward(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
+        let fwd: Forward = decode(&req.into_inner().data).map_err(bad)?;
+        let reply: Result<ForwardReply, billdb_api::error::ApiError> =
+            self.app.serve_forwarded(fwd).await;
+        enc(&reply)
+    }
+}

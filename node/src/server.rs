@@ -1,0 +1,154 @@
+//! Node startup and shutdown: open storage, start Raft, serve the Raft,
+//! client gRPC and HTTP ports, stop cleanly on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use billdb_api::pb::billing_server::BillingServer;
+use billdb_api::pb::cluster_server::ClusterServer;
+use billdb_api::raftpb::raft_internal_server::RaftInternalServer;
+use openraft::SnapshotPolicy;
+
+use crate::api::grpc::GrpcApi;
+use crate::api::http::{HttpState, router};
+use crate::app::App;
+use crate::config::Config;
+use crate::raft_net::{Channels, MESSAGE_SIZE_BYTES_MAX, Network};
+use crate::raft_service::RaftService;
+use crate::store::{LogStore, StateMachine, open_db};
+use crate::types::Raft;
+
+/// Largest client gRPC message.
+const CLIENT_MESSAGE_SIZE_BYTES_MAX: usize = 4 << 20;
+
+pub fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {
+    let r = &c.raft;
+    let cfg = openraft::Config {
+        cluster_name: "billdb".into(),
+        heartbeat_interval: r.heartbeat_interval_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        install_snapshot_timeout: r.install_snapshot_timeout_ms,
+        max_payload_entries: r.max_payload_entries,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: r.logs_to_keep_after_snapshot,
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    };
+    Ok(cfg.validate()?)
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BILLDB_LOG")
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .try_init();
+    let prometheus = crate::metrics::install()?;
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
+    let log_store = LogStore::new(db.clone())?;
+    let sm = StateMachine::open(db.clone(), config.data_dir.join("snapshots"))
+        .context("opening state machine")?;
+    let channels = Channels::default();
+    let network = Network {
+        self_id: config.node_id,
+        channels: channels.clone(),
+    };
+    let raft = Raft::new(
+        config.node_id,
+        Arc::new(raft_config(&config)?),
+        network,
+        log_store,
+        sm.clone(),
+    )
+    .await
+    .context("starting raft")?;
+    let app = App::new(
+        config.node_id,
+        raft.clone(),
+        db.clone(),
+        config.clone(),
+        channels,
+    );
+    crate::metrics::spawn_leader_watch(app.clone());
+
+    let raft_addr = config.raft_addr.parse().context("raft_addr")?;
+    let grpc_addr = config.grpc_addr.parse().context("grpc_addr")?;
+    let raft_svc = RaftInternalServer::new(RaftService {
+        app: app.clone(),
+        sm,
+    })
+    .max_decoding_message_size(MESSAGE_SIZE_BYTES_MAX)
+    .max_encoding_message_size(MESSAGE_SIZE_BYTES_MAX);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let raft_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(1)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+            .add_service(raft_svc)
+            .serve_with_shutdown(raft_addr, stopped(stop_rx.clone())),
+    );
+    let grpc_api = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            ClusterServer::new(GrpcApi { app: app.clone() })
+                .max_decoding_message_size(CLIENT_MESSAGE_SIZE_BYTES_MAX),
+        )
+        .add_service(
+            BillingServer::new(GrpcApi { app: app.clone() })
+                .max_decoding_message_size(CLIENT_MESSAGE_SIZE_BYTES_MAX),
+        )
+        .serve_with_shutdown(grpc_addr, stopped(stop_rx.clone()));
+    let grpc_server = tokio::spawn(grpc_api);
+    let listener = tokio::net::TcpListener::bind(&config.http_addr)
+        .await
+        .with_context(|| format!("binding http {}", config.http_addr))?;
+    let http = axum::serve(
+        listener,
+        router(HttpState {
+            app: app.clone(),
+            prometheus,
+        }),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http_server = tokio::spawn(async move { http.await });
+    tracing::info!(
+        node = config.node_id,
+        raft = %config.raft_addr,
+        grpc = %config.grpc_addr,
+        http = %config.http_addr,
+        "billdb-node serving"
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), raft.shutdown()).await;
+    for h in [raft_server, grpc_server] {
+        let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), http_server).await;
+    db.flush_wal(true).context("final WAL sync")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

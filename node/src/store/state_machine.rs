@@ -1,0 +1,456 @@
+//! The replicated state machine on RocksDB: applies committed entries
+//! through [`crate::domain::apply`], builds and installs snapshots.
+//!
+//! Each apply call is one atomic write batch holding the domain writes, the
+//! request (idempotency) entries, `applied` and, when it changed,
+//! `membership`. Responders are answered only after the batch is written.
+//! The batch is not fsync'd itself: the next synced Raft write (log fsync,
+//! vote) makes it durable through the shared WAL, and after a crash the
+//! state is a consistent prefix that openraft re-applies from the log.
+//!
+//! Snapshot install is redo-logged: the verified file stays on disk and
+//! `installing` in `sm_meta` names it until the swap is complete, so a
+//! crash mid-install is finished on the next open.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, entry::RaftEntry};
+use rocksdb::{DB, IteratorMode, WriteBatch, WriteOptions};
+use sha2::{Digest, Sha256};
+
+use super::snapshot::{SnapshotFile, SnapshotReader, SnapshotWriter, verify};
+use super::{CF_SM_META, cf, decode, encode, io_err};
+use crate::domain::{self, FAMILIES, Family, Txn};
+use crate::types::{CommandReply, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+const KEY_INSTALLING: &[u8] = b"installing";
+/// Most entries applied in one write batch.
+const APPLY_BATCH_ENTRIES_MAX: usize = 4096;
+/// Bytes per write batch when loading a snapshot.
+const INSTALL_BATCH_BYTES_MAX: usize = 8 << 20;
+
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+
+/// A write set over the state machine's families; reads see its own writes.
+pub struct RocksTxn<'a> {
+    db: &'a DB,
+    overlay: BTreeMap<(Family, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl<'a> RocksTxn<'a> {
+    pub fn new(db: &'a DB) -> Self {
+        RocksTxn {
+            db,
+            overlay: BTreeMap::new(),
+        }
+    }
+
+    fn into_batch(self, batch: &mut WriteBatch) -> Result<(), std::io::Error> {
+        for ((family, key), value) in self.overlay {
+            let cf = cf(self.db, family.name())?;
+            match value {
+                Some(v) => batch.put_cf(cf, key, v),
+                None => batch.delete_cf(cf, key),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Txn for RocksTxn<'_> {
+    fn get(&self, family: Family, key: &[u8]) -> Result<Option<Vec<u8>>, std::io::Error> {
+        if let Some(v) = self.overlay.get(&(family, key.to_vec())) {
+            return Ok(v.clone());
+        }
+        self.db
+            .get_cf(cf(self.db, family.name())?, key)
+            .map_err(io_err)
+    }
+    fn put(&mut self, family: Family, key: Vec<u8>, value: Vec<u8>) {
+        self.overlay.insert((family, key), Some(value));
+    }
+    fn delete(&mut self, family: Family, key: Vec<u8>) {
+        self.overlay.insert((family, key), None);
+    }
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<DB>,
+    snap_dir: PathBuf,
+    current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
+}
+
+fn snap_name(meta: &SnapshotMeta) -> String {
+    match &meta.last_log_id {
+        Some(l) => format!("snap-{:020}-t{}", l.index, l.leader_id.term),
+        None => "snap-empty".to_string(),
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), std::io::Error> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn sync_opts() -> WriteOptions {
+    let mut o = WriteOptions::default();
+    o.set_sync(true);
+    o
+}
+
+impl StateMachine {
+    /// Open the state machine over `db`; finishes an interrupted snapshot
+    /// install and finds the newest complete snapshot in `snap_dir`.
+    pub fn open(db: Arc<DB>, snap_dir: PathBuf) -> Result<Self, std::io::Error> {
+        std::fs::create_dir_all(&snap_dir)?;
+        let sm = StateMachine {
+            db,
+            snap_dir,
+            current: Arc::new(Mutex::new(None)),
+        };
+        if let Some(raw) = sm
+            .db
+            .get_cf(cf(&sm.db, CF_SM_META)?, KEY_INSTALLING)
+            .map_err(io_err)?
+        {
+            let meta: SnapshotMeta = decode(&raw)?;
+            let path = sm.snap_dir.join(format!("{}.snap", snap_name(&meta)));
+            tracing::warn!(snapshot = %path.display(), "finishing an interrupted snapshot install");
+            sm.load_snapshot_file(&path, &meta)?;
+        }
+        let mut best: Option<(SnapshotMeta, PathBuf)> = None;
+        for entry in std::fs::read_dir(&sm.snap_dir)? {
+            let path = entry?.path();
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext == "tmp" || ext == "part" || ext == "recv" {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            if ext != "meta" {
+                continue;
+            }
+            let snap = path.with_extension("snap");
+            let Ok(raw) = std::fs::read(&path) else {
+                continue;
+            };
+            let Ok(meta) = decode::<SnapshotMeta>(&raw) else {
+                continue;
+            };
+            if !snap.exists() {
+                continue;
+            }
+            if best
+                .as_ref()
+                .is_none_or(|(b, _)| b.last_log_id < meta.last_log_id)
+            {
+                best = Some((meta, snap));
+            }
+        }
+        *sm.current.lock().map_err(io_err)? = best;
+        Ok(sm)
+    }
+
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    fn set_current(&self, meta: SnapshotMeta, path: PathBuf) -> Result<(), std::io::Error> {
+        let mut cur = self.current.lock().map_err(io_err)?;
+        *cur = Some((meta, path.clone()));
+        drop(cur);
+        // Keep only the newest snapshot; open handles keep transfers alive.
+        for entry in std::fs::read_dir(&self.snap_dir)? {
+            let p = entry?.path();
+            if p.with_extension("snap") != path
+                && (p.extension().is_some_and(|e| e == "snap" || e == "meta"))
+            {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_meta_file(&self, meta: &SnapshotMeta) -> Result<PathBuf, std::io::Error> {
+        let name = snap_name(meta);
+        let tmp = self.snap_dir.join(format!("{name}.meta.tmp"));
+        std::fs::write(&tmp, encode(meta)?)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        let dest = self.snap_dir.join(format!("{name}.meta"));
+        std::fs::rename(&tmp, &dest)?;
+        fsync_dir(&self.snap_dir)?;
+        Ok(self.snap_dir.join(format!("{name}.snap")))
+    }
+
+    /// Replace every domain family with the file's contents, then record
+    /// `applied`/`membership` and clear `installing`, in one synced batch.
+    fn load_snapshot_file(&self, path: &Path, meta: &SnapshotMeta) -> Result<(), std::io::Error> {
+        let db = &*self.db;
+        for family in FAMILIES {
+            let cf = cf(db, family.name())?;
+            let last = db
+                .iterator_cf(cf, IteratorMode::End)
+                .next()
+                .transpose()
+                .map_err(io_err)?;
+            if let Some((k, _)) = last {
+                let mut end = k.to_vec();
+                end.push(0);
+                db.delete_range_cf(cf, &b""[..], end.as_slice())
+                    .map_err(io_err)?;
+            }
+        }
+        let mut reader = SnapshotReader::open(path)?;
+        let mut batch = WriteBatch::default();
+        let mut items = 0u64;
+        while let Some((fam, k, v)) = reader.next_item()? {
+            let family = FAMILIES
+                .get(fam as usize)
+                .ok_or_else(|| io_err(format!("snapshot names unknown family {fam}")))?;
+            batch.put_cf(cf(db, family.name())?, k, v);
+            items += 1;
+            if batch.size_in_bytes() >= INSTALL_BATCH_BYTES_MAX {
+                db.write(std::mem::take(&mut batch)).map_err(io_err)?;
+                metrics::counter!("billdb_snapshot_install_items_total").increment(items);
+                items = 0;
+            }
+        }
+        let meta_cf = cf(db, CF_SM_META)?;
+        batch.put_cf(meta_cf, KEY_APPLIED, encode(&meta.last_log_id)?);
+        batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode(&meta.last_membership)?);
+        batch.delete_cf(meta_cf, KEY_INSTALLING);
+        db.write_opt(batch, &sync_opts()).map_err(io_err)?;
+        metrics::counter!("billdb_snapshot_install_items_total").increment(items);
+        Ok(())
+    }
+
+    fn read_applied(&self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
+        let meta_cf = cf(&self.db, CF_SM_META)?;
+        let applied = match self.db.get_cf(meta_cf, KEY_APPLIED).map_err(io_err)? {
+            Some(v) => decode::<Option<LogId>>(&v)?,
+            None => None,
+        };
+        let membership = match self.db.get_cf(meta_cf, KEY_MEMBERSHIP).map_err(io_err)? {
+            Some(v) => decode(&v)?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+}
+
+/// A digest of the domain state from one consistent view: every family's
+/// keys and values in order. Equal digests mean identical replicas.
+pub fn state_digest(db: &DB) -> Result<(Option<LogId>, String), std::io::Error> {
+    let snap = db.snapshot();
+    let applied = match snap
+        .get_cf(cf(db, CF_SM_META)?, KEY_APPLIED)
+        .map_err(io_err)?
+    {
+        Some(v) => decode::<Option<LogId>>(&v)?,
+        None => None,
+    };
+    let mut h = Sha256::new();
+    for (i, family) in FAMILIES.iter().enumerate() {
+        for item in snap.iterator_cf(cf(db, family.name())?, IteratorMode::Start) {
+            let (k, v) = item.map_err(io_err)?;
+            h.update([i as u8]);
+            h.update((k.len() as u32).to_be_bytes());
+            h.update(&k);
+            h.update((v.len() as u32).to_be_bytes());
+            h.update(&v);
+        }
+    }
+    Ok((applied, hex::encode(h.finalize())))
+}
+
+fn build_snapshot_blocking(
+    db: &DB,
+    snap_dir: &Path,
+) -> Result<(SnapshotMeta, PathBuf), std::io::Error> {
+    let view = db.snapshot();
+    let meta_cf = cf(db, CF_SM_META)?;
+    let last_log_id = match view.get_cf(meta_cf, KEY_APPLIED).map_err(io_err)? {
+        Some(v) => decode::<Option<LogId>>(&v)?,
+        None => None,
+    };
+    let last_membership = match view.get_cf(meta_cf, KEY_MEMBERSHIP).map_err(io_err)? {
+        Some(v) => decode(&v)?,
+        None => StoredMembership::default(),
+    };
+    let meta = SnapshotMeta {
+        last_log_id,
+        last_membership,
+    };
+    let name = snap_name(&meta);
+    let tmp = snap_dir.join(format!("{name}.tmp"));
+    let mut w = SnapshotWriter::create(&tmp)?;
+    for (i, family) in FAMILIES.iter().enumerate() {
+        for item in view.iterator_cf(cf(db, family.name())?, IteratorMode::Start) {
+            let (k, v) = item.map_err(io_err)?;
+            w.add(i as u8, &k, &v)?;
+        }
+    }
+    let items = w.finish()?;
+    let dest = snap_dir.join(format!("{name}.snap"));
+    std::fs::rename(&tmp, &dest)?;
+    tracing::info!(snapshot = %dest.display(), items, "snapshot built");
+    Ok((meta, dest))
+}
+
+pub struct SnapshotBuilder {
+    sm: StateMachine,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
+        let sm = self.sm.clone();
+        let started = std::time::Instant::now();
+        let (meta, path) = tokio::task::spawn_blocking(move || -> Result<_, std::io::Error> {
+            let (meta, path) = build_snapshot_blocking(&sm.db, &sm.snap_dir)?;
+            sm.write_meta_file(&meta)?;
+            sm.set_current(meta.clone(), path.clone())?;
+            Ok((meta, path))
+        })
+        .await
+        .map_err(io_err)??;
+        metrics::histogram!("billdb_snapshot_build_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(Snapshot {
+            meta,
+            snapshot: SnapshotFile::open(&path)?,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
+        self.read_applied()
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), std::io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        let db = self.db.clone();
+        let meta_cf = cf(&db, CF_SM_META)?;
+        let mut txn = RocksTxn::new(&db);
+        let mut replies = Vec::new();
+        let mut last_applied: Option<LogId> = None;
+        let mut membership: Option<StoredMembership> = None;
+        loop {
+            let next = entries.next().await;
+            let done = next.is_none();
+            if let Some(item) = next {
+                let (entry, responder) = item?;
+                let log_id = entry.log_id();
+                let reply = match entry.payload {
+                    EntryPayload::Blank => CommandReply::default(),
+                    EntryPayload::Normal(cmd) => CommandReply {
+                        outcome: Some(domain::apply(&mut txn, log_id.index, &cmd)?),
+                    },
+                    EntryPayload::Membership(m) => {
+                        membership = Some(StoredMembership::new(Some(log_id.clone()), m));
+                        CommandReply::default()
+                    }
+                };
+                last_applied = Some(log_id);
+                replies.push((responder, reply));
+            }
+            if (done && !replies.is_empty()) || replies.len() >= APPLY_BATCH_ENTRIES_MAX {
+                let mut batch = WriteBatch::default();
+                std::mem::replace(&mut txn, RocksTxn::new(&db)).into_batch(&mut batch)?;
+                batch.put_cf(meta_cf, KEY_APPLIED, encode(&last_applied)?);
+                if let Some(m) = membership.take() {
+                    batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode(&m)?);
+                }
+                db.write(batch).map_err(io_err)?;
+                metrics::counter!("billdb_applied_entries_total").increment(replies.len() as u64);
+                for (responder, reply) in replies.drain(..) {
+                    if let Some(r) = responder {
+                        r.send(reply);
+                    }
+                }
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { sm: self.clone() }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> Result<(), std::io::Error> {
+        let sm = self.clone();
+        let meta = meta.clone();
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || -> Result<(), std::io::Error> {
+            let dest = sm.snap_dir.join(format!("{}.snap", snap_name(&meta)));
+            if snapshot.path.parent() == Some(sm.snap_dir.as_path()) {
+                // Received by this node's Raft service: move it into place.
+                if snapshot.path != dest {
+                    std::fs::rename(&snapshot.path, &dest)?;
+                }
+            } else {
+                let tmp = dest.with_extension("tmp");
+                snapshot.copy_to(&tmp)?;
+                std::fs::rename(&tmp, &dest)?;
+            }
+            verify(&dest)?;
+            sm.write_meta_file(&meta)?;
+            sm.db
+                .put_cf_opt(
+                    cf(&sm.db, CF_SM_META)?,
+                    KEY_INSTALLING,
+                    encode(&meta)?,
+                    &sync_opts(),
+                )
+                .map_err(io_err)?;
+            sm.load_snapshot_file(&dest, &meta)?;
+            sm.set_current(meta, dest)?;
+            Ok(())
+        })
+        .await
+        .map_err(io_err)??;
+        metrics::histogram!("billdb_snapshot_install_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
+        let cur = self.current.lock().map_err(io_err)?.clone();
+        match cur {
+            Some((meta, path)) => Ok(Some(Snapshot {
+                meta,
+                snapshot: SnapshotFile::open(&path)?,
+            })),
+            None => Ok(None),
+        }
+    }
+}
+
+impl StateMachine {
+    /// Where the Raft service stages a snapshot being received; a `.part`
+    /// file until complete, then `.recv` until installed.
+    pub fn incoming_path(&self, meta: &SnapshotMeta) -> PathBuf {
+        self.snap_dir
+            .join(format!("incoming-{}.part", snap_name(meta)))
+    }
+}

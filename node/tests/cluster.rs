@@ -1,0 +1,447 @@
+//! The replicated core against real processes: five `billdb-node`s on
+//! loopback, real RocksDB, real SIGKILLs. Every acknowledged write must
+//! survive; replicas must converge to one state digest.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use billdb_client::local::RaftTimings;
+use common::*;
+use rust_decimal::Decimal;
+use serde_json::json;
+
+const ACCOUNTS: usize = 10;
+
+fn account(i: usize) -> String {
+    format!("ACC-{:03}", i % ACCOUNTS)
+}
+
+fn open_accounts(c: &TestCluster) {
+    let h = c.http(c.leader());
+    for i in 0..ACCOUNTS {
+        open_account(&h, &account(i)).expect("open account");
+    }
+}
+
+/// Write `count` payments of 1.00 from `threads` threads through every
+/// listed node; returns the acknowledged request ids.
+fn write_load(
+    c: &TestCluster,
+    nodes: &[NodeId],
+    prefix: &str,
+    count: usize,
+    threads: usize,
+) -> Vec<String> {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let acked = acked.clone();
+            s.spawn(move || {
+                for i in (t..count).step_by(threads) {
+                    let id = format!("{prefix}-{i}");
+                    pay_until_ok(c, nodes, &id, &account(i), "1.00", Duration::from_secs(60));
+                    acked.lock().unwrap().push(id);
+                }
+            });
+        }
+    });
+    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
+}
+
+fn total_balance(c: &TestCluster, n: NodeId) -> Decimal {
+    (0..ACCOUNTS).map(|i| balance(c, n, &account(i))).sum()
+}
+
+/// Issue item 2: commit 1,000; SIGKILL the leader and a follower; writes
+/// resume within an election; restart both; all five converge and every
+/// acknowledged command is present exactly once.
+#[test]
+fn kill_leader_and_follower_then_catch_up() {
+    let c = TestCluster::start(21000, 5);
+    open_accounts(&c);
+    let all: Vec<NodeId> = (1..=5).collect();
+    let mut acked = write_load(&c, &all, "pre", 1000, 4);
+    assert_eq!(acked.len(), 1000);
+
+    let leader = c.leader();
+    let follower = all.iter().copied().find(|n| *n != leader).unwrap();
+    c.c.kill(leader).expect("kill leader");
+    c.c.kill(follower).expect("kill follower");
+    let killed_at = Instant::now();
+    let alive: Vec<NodeId> = all
+        .iter()
+        .copied()
+        .filter(|n| *n != leader && *n != follower)
+        .collect();
+
+    // The first write after the kills: how long until commits resume?
+    pay_until_ok(
+        &c,
+        &alive,
+        "gap-0",
+        &account(0),
+        "1.00",
+        Duration::from_secs(30),
+    );
+    let gap = killed_at.elapsed();
+    acked.push("gap-0".into());
+    println!("write gap after killing leader {leader} and follower {follower}: {gap:?}");
+    // Election timeout is 500-1000 ms; allow detection + one election (+ slack
+    // for a loaded 2-core machine), never an indefinite stall.
+    assert!(
+        gap < Duration::from_secs(5),
+        "commits resumed only after {gap:?}"
+    );
+
+    acked.extend(write_load(&c, &alive, "during", 200, 2));
+    c.c.start(leader).expect("restart");
+    c.c.start(follower).expect("restart");
+    c.c.wait_healthy(leader, Duration::from_secs(30)).unwrap();
+    c.c.wait_healthy(follower, Duration::from_secs(30)).unwrap();
+    acked.extend(write_load(&c, &all, "after", 100, 2));
+
+    let digest = c.wait_converged(&all, Duration::from_secs(60));
+    println!("converged digest {digest}");
+    for id in &acked {
+        let o = outcome(&c, 1 + (id.len() as u64 % 5), id)
+            .unwrap_or_else(|| panic!("acknowledged {id} lost"));
+        assert_eq!(o["result"], "payment_posted", "{id}: {o}");
+    }
+    // Each payment is 1.00 and each was acknowledged once: exactly-once
+    // means the balances add up to exactly the number acknowledged.
+    assert_eq!(total_balance(&c, 2), Decimal::from(acked.len() as u64));
+}
+
+/// Issue item 3: three of five down → writes and linearizable reads are
+/// refused with UNAVAILABLE within a bounded time; after restart they work
+/// and nothing acknowledged is lost.
+#[test]
+fn no_quorum_is_unavailable_not_a_hang() {
+    let c = TestCluster::start(22000, 5);
+    open_accounts(&c);
+    let all: Vec<NodeId> = (1..=5).collect();
+    let acked = write_load(&c, &all, "pre", 100, 2);
+
+    let leader = c.leader();
+    let mut down: Vec<NodeId> = vec![leader];
+    down.extend(all.iter().copied().filter(|n| *n != leader).take(2));
+    for n in &down {
+        c.c.kill(*n).unwrap();
+    }
+    let alive: Vec<NodeId> = all.iter().copied().filter(|n| !down.contains(n)).collect();
+    for n in &alive {
+        let h = c.http(*n);
+        let t = Instant::now();
+        let err = pay(&h, &format!("noquorum-{n}"), &account(0), "1.00")
+            .expect_err("write without quorum");
+        let took = t.elapsed();
+        assert_eq!(err.code(), Some("UNAVAILABLE"), "write: {err}");
+        assert_eq!(err.status(), Some(503));
+        assert!(took < Duration::from_secs(6), "write refusal took {took:?}");
+
+        let t = Instant::now();
+        let err = h
+            .get(&format!("/v1/accounts/{}", account(0)))
+            .expect_err("read without quorum");
+        let took = t.elapsed();
+        assert_eq!(err.code(), Some("UNAVAILABLE"), "read: {err}");
+        assert!(took < Duration::from_secs(6), "read refusal took {took:?}");
+    }
+
+    for n in &down {
+        c.c.start(*n).unwrap();
+    }
+    for n in &down {
+        c.c.wait_healthy(*n, Duration::from_secs(30)).unwrap();
+    }
+    // The refused writes may or may not have been logged; retried with the
+    // same request id they take effect exactly once.
+    let mut all_acked = acked.clone();
+    for n in &alive {
+        let id = format!("noquorum-{n}");
+        pay_until_ok(&c, &all, &id, &account(0), "1.00", Duration::from_secs(30));
+        all_acked.push(id);
+    }
+    c.wait_converged(&all, Duration::from_secs(60));
+    for id in &all_acked {
+        assert!(outcome(&c, 3, id).is_some(), "acknowledged {id} lost");
+    }
+    assert_eq!(total_balance(&c, 1), Decimal::from(all_acked.len() as u64));
+}
+
+/// Issue item 4: all five SIGKILLed together mid-load (power loss); every
+/// acknowledged command survives the restart.
+#[test]
+fn power_loss_of_all_five_keeps_acknowledged_writes() {
+    let c = TestCluster::start(23000, 5);
+    open_accounts(&c);
+    let all: Vec<NodeId> = (1..=5).collect();
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let issued = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    std::thread::scope(|s| {
+        for t in 0..4usize {
+            let (acked, issued, stop, c) = (acked.clone(), issued.clone(), stop.clone(), &c);
+            s.spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let id = format!("pl-{t}-{i}");
+                    issued.lock().unwrap().push(id.clone());
+                    if pay(&c.http(1 + (i % 5) as u64), &id, &account(i), "1.00").is_ok() {
+                        acked.lock().unwrap().push(id);
+                    }
+                    i += 1;
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        for n in 1..=5 {
+            c.c.kill(n).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let acked = acked.lock().unwrap().clone();
+    let issued = issued.lock().unwrap().clone();
+    assert!(
+        acked.len() > 50,
+        "too few writes before the power loss: {}",
+        acked.len()
+    );
+
+    c.c.start_all().unwrap();
+    c.c.wait_all_healthy(Duration::from_secs(30)).unwrap();
+    c.leader();
+    c.wait_converged(&all, Duration::from_secs(60));
+    for id in &acked {
+        assert!(
+            outcome(&c, 2, id).is_some(),
+            "acknowledged {id} lost in power loss"
+        );
+    }
+    // Unacknowledged ones may or may not have committed; whatever committed
+    // counts exactly once in the balances.
+    let committed = issued
+        .iter()
+        .filter(|id| outcome(&c, 4, id).is_some())
+        .count();
+    println!(
+        "power loss: {} acknowledged, {} issued, {} committed",
+        acked.len(),
+        issued.len(),
+        committed
+    );
+    assert_eq!(total_balance(&c, 5), Decimal::from(committed as u64));
+}
+
+/// Issue item 5: a node whose data is wiped is replaced through membership
+/// change (as a new node id) and catches up by snapshot, because the leader
+/// has already purged the log it would need.
+#[test]
+fn wiped_node_is_replaced_and_catches_up_by_snapshot() {
+    let raft = RaftTimings {
+        snapshot_logs_since_last: Some(200),
+        logs_to_keep_after_snapshot: Some(50),
+        ..RaftTimings::default()
+    };
+    let c = TestCluster::start_with(24000, 5, raft);
+    open_accounts(&c);
+    let all: Vec<NodeId> = (1..=5).collect();
+    let mut acked = write_load(&c, &all, "pre", 600, 4);
+    let leader = c.leader();
+    let victim = all.iter().copied().find(|n| *n != leader).unwrap();
+    c.c.kill(victim).unwrap();
+    c.c.wipe(victim).unwrap();
+    let rest: Vec<NodeId> = all.iter().copied().filter(|n| *n != victim).collect();
+    acked.extend(write_load(&c, &rest, "mid", 400, 4));
+
+    // The leader has snapshotted and purged beyond what a new node would need.
+    let st = c.status(c.leader());
+    let purged = st["purged_index"].as_u64().unwrap_or(0);
+    assert!(purged > 100, "leader has not purged its log: {st}");
+
+    let h = c.http(c.leader());
+    h.remove(victim).expect("remove wiped node");
+    let spec = c.c.add_node(6).expect("add node 6");
+    c.c.start(6).unwrap();
+    c.c.wait_healthy(6, Duration::from_secs(30)).unwrap();
+    h.add_learner(&spec.addrs()).expect("add learner");
+    let mut voters: Vec<NodeId> = rest.clone();
+    voters.push(6);
+    // Wait for the learner to catch up, then promote it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s6 = c.status(6);
+        let committed = c.status(c.leader())["committed_index"]
+            .as_u64()
+            .unwrap_or(0);
+        if s6["applied_index"].as_u64().unwrap_or(0) + 5 >= committed {
+            assert!(
+                s6["snapshot_index"].as_u64().unwrap_or(0) > 0,
+                "node 6 caught up without a snapshot: {s6}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 6 did not catch up: {s6}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.http(3)
+        .change_membership(&voters)
+        .expect("promote node 6");
+    let st = c.status(c.leader());
+    let mut got: Vec<u64> = st["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    got.sort();
+    assert_eq!(got, voters);
+    let metrics = c.http(6).get("/healthz").unwrap();
+    assert_eq!(metrics["node_id"], 6);
+
+    acked.extend(write_load(&c, &voters, "post", 50, 2));
+    c.wait_converged(&voters, Duration::from_secs(60));
+    for id in &acked {
+        assert!(
+            outcome(&c, 6, id).is_some(),
+            "acknowledged {id} missing on the new node"
+        );
+    }
+}
+
+/// Issue item 6: bad administrative input gets a clear code and changes
+/// nothing (membership and state digest unchanged).
+#[test]
+fn bad_admin_input_is_refused_and_changes_nothing() {
+    let c = TestCluster::start(25000, 5);
+    open_accounts(&c);
+    let leader = c.leader();
+    let h = c.http(if leader == 1 { 2 } else { 1 });
+    let before = c.status(leader);
+    let digest_before = c.wait_converged(&[1, 2, 3, 4, 5], Duration::from_secs(30));
+
+    let code = |r: Result<serde_json::Value, billdb_client::admin::AdminError>| {
+        r.expect_err("must be refused")
+            .code()
+            .unwrap_or("NONE")
+            .to_string()
+    };
+    let n1 = c.c.node(1).unwrap().addrs();
+    assert_eq!(code(h.add_learner(&n1)), "DUPLICATE_NODE");
+    let mut same_addr = n1.clone();
+    same_addr.id = 9;
+    assert_eq!(code(h.add_learner(&same_addr)), "DUPLICATE_NODE");
+    let mut bad_addr = n1.clone();
+    bad_addr.id = 9;
+    bad_addr.raft_addr = "not-an-address".into();
+    assert_eq!(code(h.add_learner(&bad_addr)), "INVALID_ARGUMENT");
+    assert_eq!(code(h.change_membership(&[1, 2, 3, 9])), "UNKNOWN_NODE");
+    assert_eq!(code(h.change_membership(&[])), "NO_QUORUM");
+    assert_eq!(code(h.remove(42)), "UNKNOWN_NODE");
+    assert_eq!(code(h.transfer_leader(42)), "UNKNOWN_NODE");
+    assert_eq!(code(h.init(&[n1.clone()])), "ALREADY_INITIALIZED");
+    assert_eq!(
+        code(h.post("/v1/cluster/membership", &json!({"voters": "1,2"}))),
+        "INVALID_ARGUMENT"
+    );
+    assert_eq!(
+        code(h.post("/v1/cluster/remove", &json!({"id": 1, "force": true}))),
+        "INVALID_ARGUMENT"
+    );
+    assert_eq!(
+        code(h.post("/v1/cluster/remove", &json!({"id": -1}))),
+        "INVALID_ARGUMENT"
+    );
+    let big = "x".repeat(200_000);
+    assert_eq!(
+        code(h.post("/v1/cluster/remove", &json!({"id": 1, "pad": big}))),
+        "PAYLOAD_TOO_LARGE"
+    );
+    // Malformed JSON straight on the wire.
+    let (status, body) = raw_post(
+        &c.c.http_addr(1).unwrap(),
+        "/v1/cluster/membership",
+        "{\"voters\": [1,",
+    );
+    assert_eq!(status, 400);
+    assert_eq!(body["code"], "MALFORMED_REQUEST", "{body}");
+
+    // The same refusals over gRPC, with the code in the status metadata.
+    let grpc = format!("http://{}", c.c.grpc_addr(2).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use billdb_api::error::{ApiError, ErrorCode};
+        use billdb_api::pb;
+        let mut g = pb::cluster_client::ClusterClient::connect(grpc)
+            .await
+            .expect("grpc connect");
+        let e = g
+            .add_learner(pb::AddLearnerRequest { node: None })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let e = g
+            .change_membership(pb::ChangeMembershipRequest {
+                voters: vec![1, 2, 9],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            ApiError::from_status(&e).code,
+            ErrorCode::UnknownNode,
+            "{e:?}"
+        );
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        let e = g
+            .remove_node(pb::RemoveNodeRequest { id: 42 })
+            .await
+            .unwrap_err();
+        assert_eq!(ApiError::from_status(&e).code, ErrorCode::UnknownNode);
+        let e = g
+            .initialize(pb::InitializeRequest { nodes: vec![] })
+            .await
+            .unwrap_err();
+        assert_eq!(ApiError::from_status(&e).code, ErrorCode::InvalidArgument);
+        let e = g
+            .transfer_leader(pb::TransferLeaderRequest { to: 0 })
+            .await
+            .unwrap_err();
+        assert_eq!(ApiError::from_status(&e).code, ErrorCode::UnknownNode);
+        let st = g
+            .status(pb::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        assert_eq!(st.voters.len(), 5);
+    });
+
+    // A change that would leave no quorum: with two voters down, removing a
+    // live voter leaves 2 live of 4.
+    let down: Vec<NodeId> = (1..=5).filter(|n| *n != leader).take(2).collect();
+    for n in &down {
+        c.c.kill(*n).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let live_other = (1..=5).find(|n| *n != leader && !down.contains(n)).unwrap();
+    let hl = c.http(leader);
+    assert_eq!(code(hl.remove(live_other)), "NO_QUORUM");
+    let mut to: Vec<u64> = down.clone();
+    to.push(leader);
+    assert_eq!(code(hl.change_membership(&to)), "NO_QUORUM");
+    for n in &down {
+        c.c.start(*n).unwrap();
+        c.c.wait_healthy(*n, Duration::from_secs(30)).unwrap();
+    }
+
+    let after = c.status(c.leader());
+    assert_eq!(before["voters"], after["voters"]);
+    assert_eq!(before["learners"], after["learners"]);
+    assert_eq!(before["nodes"], after["nodes"]);
+    let digest_after = c.wait_converged(&[1, 2, 3, 4, 5], Duration::from_secs(30));
+    assert_eq!(
+        digest_before, digest_after,
+        "bad admin input changed the state"
+    );
+}

@@ -1,0 +1,178 @@
+//! Shared helpers for tests that run real `billdb-node` processes through
+//! the local cluster manager. Each test picks its own base port so tests
+//! can run in parallel.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use billdb_client::admin::{AdminClient, AdminError};
+use billdb_client::local::{LocalCluster, RaftTimings};
+use serde_json::{Value, json};
+
+pub type NodeId = u64;
+
+pub fn node_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_billdb-node"))
+}
+
+/// A running, initialised five-node cluster in a temp dir (killed on drop).
+pub struct TestCluster {
+    pub c: LocalCluster,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    pub fn start(base_port: u16, n: usize) -> TestCluster {
+        Self::start_with(base_port, n, RaftTimings::default())
+    }
+
+    pub fn start_with(base_port: u16, n: usize, raft: RaftTimings) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = LocalCluster::create_with(dir.path(), node_bin(), base_port, n, raft)
+            .expect("create cluster");
+        c.set_kill_on_drop(true);
+        c.start_all().expect("start nodes");
+        c.wait_all_healthy(Duration::from_secs(30))
+            .expect("nodes healthy");
+        c.init().expect("init");
+        c.wait_leader(Duration::from_secs(30))
+            .expect("leader elected");
+        TestCluster { c, _dir: dir }
+    }
+
+    pub fn http(&self, n: NodeId) -> AdminClient {
+        AdminClient::with_timeout(&self.c.http_addr(n).expect("addr"), Duration::from_secs(10))
+    }
+
+    pub fn leader(&self) -> NodeId {
+        self.c.wait_leader(Duration::from_secs(30)).expect("leader")
+    }
+
+    pub fn status(&self, n: NodeId) -> Value {
+        self.http(n).status().expect("status")
+    }
+
+    pub fn digest(&self, n: NodeId) -> (Option<u64>, String) {
+        let v = self.http(n).get("/v1/cluster/digest").expect("digest");
+        (
+            v["applied_index"].as_u64(),
+            v["digest"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+
+    /// Wait until every listed node has applied at least what `leader`
+    /// has committed and all report the same digest; returns it.
+    pub fn wait_converged(&self, nodes: &[NodeId], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leader = self.leader();
+            let committed = self.status(leader)["committed_index"].as_u64().unwrap_or(0);
+            let digests: BTreeMap<NodeId, (Option<u64>, String)> =
+                nodes.iter().map(|n| (*n, self.digest(*n))).collect();
+            let all_applied = digests.values().all(|(a, _)| a.unwrap_or(0) >= committed);
+            let first = digests
+                .values()
+                .next()
+                .map(|(_, d)| d.clone())
+                .unwrap_or_default();
+            if all_applied && digests.values().all(|(_, d)| *d == first) {
+                return first;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not converge: committed {committed}, {digests:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+pub fn open_account(h: &AdminClient, account: &str) -> Result<Value, AdminError> {
+    h.post(
+        "/v1/accounts",
+        &json!({"request_id": format!("open-{account}"), "account_id": account, "name": "Test", "branch": "B01", "utility": "heat"}),
+    )
+}
+
+pub fn pay(
+    h: &AdminClient,
+    request_id: &str,
+    account: &str,
+    amount: &str,
+) -> Result<Value, AdminError> {
+    h.post(
+        "/v1/payments",
+        &json!({"request_id": request_id, "account_id": account, "amount": amount, "bank_code": "TESTBANK", "bank_ref": request_id}),
+    )
+}
+
+/// Retry a write with the same request_id until it is acknowledged.
+pub fn pay_until_ok(
+    c: &TestCluster,
+    nodes: &[NodeId],
+    request_id: &str,
+    account: &str,
+    amount: &str,
+    timeout: Duration,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    let mut i = 0usize;
+    loop {
+        let n = nodes[i % nodes.len()];
+        match pay(&c.http(n), request_id, account, amount) {
+            Ok(v) => return v,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "{request_id} not acknowledged in time: {e}"
+            ),
+        }
+        i += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The outcome stored for a request, read linearizably through node `n`.
+pub fn outcome(c: &TestCluster, n: NodeId, request_id: &str) -> Option<Value> {
+    match c.http(n).get(&format!("/v1/requests/{request_id}")) {
+        Ok(v) => Some(v["outcome"].clone()),
+        Err(e) if e.code() == Some("NOT_FOUND") => None,
+        Err(e) => panic!("reading request {request_id}: {e}"),
+    }
+}
+
+pub fn balance(c: &TestCluster, n: NodeId, account: &str) -> rust_decimal::Decimal {
+    let v = c
+        .http(n)
+        .get(&format!("/v1/accounts/{account}"))
+        .expect("account");
+    v["balance"]
+        .as_str()
+        .expect("balance")
+        .parse()
+        .expect("decimal")
+}
+
+/// POST raw bytes (not necessarily JSON) and return (status, JSON body).
+pub fn raw_post(addr: &str, path: &str, body: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let status: u16 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .expect("status line");
+    let json_start = out.find("\r\n\r\n").map(|i| i + 4).unwrap_or(out.len());
+    let v = serde_json::from_str(out[json_start..].trim()).unwrap_or(Value::Null);
+    (status, v)
+}
