@@ -328,6 +328,12 @@ impl App {
             ));
         }
         validate_nodes(&nodes)?;
+        if self.raft.is_initialized().await.map_err(internal)? {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyInitialized,
+                "this node already belongs to an initialised cluster",
+            ));
+        }
         if !nodes.contains_key(&self.id) {
             return Err(ApiError::new(
                 ErrorCode::InvalidArgument,
@@ -410,7 +416,7 @@ impl App {
                 let r = tokio::time::timeout(left, self.raft.add_learner(id, node, false))
                     .await
                     .map_err(|_| timed("timeout"))?
-                    .map_err(|e| admin_err(e))?;
+                    .map_err(admin_err)?;
                 Ok(AdminReply {
                     message: format!("node {id} added as learner"),
                     log_index: r.log_id.index,
@@ -424,7 +430,7 @@ impl App {
                 )
                 .await
                 .map_err(|_| timed("timeout"))?
-                .map_err(|e| admin_err(e))?;
+                .map_err(admin_err)?;
                 Ok(AdminReply {
                     message: format!("voters are now {new_voters:?}"),
                     log_index: r.log_id.index,
@@ -452,7 +458,7 @@ impl App {
                 let r = tokio::time::timeout(left, self.raft.change_membership(change, false))
                     .await
                     .map_err(|_| timed("timeout"))?
-                    .map_err(|e| admin_err(e))?;
+                    .map_err(admin_err)?;
                 Ok(AdminReply {
                     message: format!("node {id} removed"),
                     log_index: r.log_id.index,

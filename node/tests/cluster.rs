@@ -341,7 +341,10 @@ fn bad_admin_input_is_refused_and_changes_nothing() {
     assert_eq!(code(h.change_membership(&[])), "NO_QUORUM");
     assert_eq!(code(h.remove(42)), "UNKNOWN_NODE");
     assert_eq!(code(h.transfer_leader(42)), "UNKNOWN_NODE");
-    assert_eq!(code(h.init(&[n1.clone()])), "ALREADY_INITIALIZED");
+    assert_eq!(
+        code(h.init(std::slice::from_ref(&n1))),
+        "ALREADY_INITIALIZED"
+    );
     assert_eq!(
         code(h.post("/v1/cluster/membership", &json!({"voters": "1,2"}))),
         "INVALID_ARGUMENT"
@@ -434,6 +437,19 @@ fn bad_admin_input_is_refused_and_changes_nothing() {
         c.c.start(*n).unwrap();
         c.c.wait_healthy(*n, Duration::from_secs(30)).unwrap();
     }
+
+    // Transfer leadership to a chosen follower (through another node).
+    let old_leader = c.leader();
+    let target = (1..=5).find(|n| *n != old_leader).unwrap();
+    let via = (1..=5).find(|n| *n != old_leader && *n != target).unwrap();
+    c.http(via)
+        .transfer_leader(target)
+        .expect("transfer leader");
+    assert_eq!(
+        c.leader(),
+        target,
+        "leadership did not move to node {target}"
+    );
 
     let after = c.status(c.leader());
     assert_eq!(before["voters"], after["voters"]);

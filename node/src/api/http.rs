@@ -83,7 +83,28 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/requests/{request_id}", get(get_request))
         .fallback(|| async { HttpError(ApiError::new(ErrorCode::NotFound, "no such route")) })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(record_latency))
         .with_state(state)
+}
+
+/// Request latency per route template and status (Prometheus histogram).
+async fn record_latency(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    metrics::histogram!(
+        "billdb_http_request_seconds",
+        "route" => route,
+        "method" => method,
+        "status" => resp.status().as_u16().to_string()
+    )
+    .record(started.elapsed().as_secs_f64());
+    resp
 }
 
 async fn healthz(State(s): State<HttpState>) -> HttpResult {

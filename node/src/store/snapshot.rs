@@ -67,6 +67,9 @@ impl SnapshotFile {
     }
 }
 
+/// One snapshot item: (family index, key, value).
+pub type SnapshotItem = (u8, Vec<u8>, Vec<u8>);
+
 /// Streams `(family index, key, value)` into a snapshot file.
 pub struct SnapshotWriter {
     out: BufWriter<File>,
@@ -166,7 +169,7 @@ impl SnapshotReader {
     }
 
     /// The next item, or `None` after a verified trailer.
-    pub fn next_item(&mut self) -> Result<Option<(u8, Vec<u8>, Vec<u8>)>, std::io::Error> {
+    pub fn next_item(&mut self) -> Result<Option<SnapshotItem>, std::io::Error> {
         if self.done {
             return Ok(None);
         }

@@ -361,7 +361,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         outcome: Some(domain::apply(&mut txn, log_id.index, &cmd)?),
                     },
                     EntryPayload::Membership(m) => {
-                        membership = Some(StoredMembership::new(Some(log_id.clone()), m));
+                        membership = Some(StoredMembership::new(Some(log_id), m));
                         CommandReply::default()
                     }
                 };
