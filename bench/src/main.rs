@@ -11,6 +11,9 @@ use billdb_api::pb::billing_client::BillingClient;
 use billdb_api::pb::{OpenAccountRequest, PaymentRequest};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser)]
@@ -43,20 +46,46 @@ enum Cmd {
         single_endpoint: bool,
         #[arg(long)]
         json: bool,
+        /// Bearer token (ops), e.g. from `billdb local token ops`.
+        #[arg(long, env = "BILLDB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
 /// Most clients one run may start.
 const CLIENTS_MAX: usize = 1024;
 
-async fn connect(addr: &str) -> anyhow::Result<BillingClient<Channel>> {
+type Client = BillingClient<InterceptedService<Channel, Auth>>;
+
+/// Adds the bearer token to every request.
+#[derive(Clone)]
+struct Auth(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+async fn connect(addr: &str, token: &Option<String>) -> anyhow::Result<Client> {
     let ch = Endpoint::from_shared(format!("http://{addr}"))?
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(10))
         .connect()
         .await
         .with_context(|| format!("connecting {addr}"))?;
-    Ok(BillingClient::new(ch))
+    let header = match token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .context("token is not ASCII")?,
+        ),
+        None => None,
+    };
+    Ok(BillingClient::with_interceptor(ch, Auth(header)))
 }
 
 #[tokio::main]
@@ -70,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
             accounts,
             single_endpoint,
             json,
+            token,
         } => {
             anyhow::ensure!(
                 (1..=CLIENTS_MAX).contains(&clients),
@@ -83,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
                 .collect();
             anyhow::ensure!(!eps.is_empty(), "no endpoints");
             let run = std::process::id();
-            let mut setup = connect(&eps[0]).await?;
+            let mut setup = connect(&eps[0], &token).await?;
             eprintln!("bench: opening {accounts} accounts");
             for a in 0..accounts {
                 let id = format!("BENCH-{run}-{a}");
@@ -109,8 +139,9 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     eps[c % eps.len()].clone()
                 };
+                let token = token.clone();
                 tasks.push(tokio::spawn(async move {
-                    let mut client = connect(&ep).await?;
+                    let mut client = connect(&ep, &token).await?;
                     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
                     let mut errors = 0u64;
                     let mut i = 0u64;

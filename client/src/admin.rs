@@ -87,6 +87,8 @@ impl AdminError {
 pub struct AdminClient {
     base: String,
     agent: ureq::Agent,
+    /// Bearer token sent with every request (never printed).
+    token: Option<String>,
 }
 
 impl fmt::Debug for AdminClient {
@@ -129,7 +131,18 @@ impl AdminClient {
         AdminClient {
             base: normalize_endpoint(endpoint),
             agent: config.into(),
+            token: None,
         }
+    }
+
+    /// The same client, authenticating with `token` (a bearer token).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    fn auth_header(&self) -> Option<String> {
+        self.token.as_ref().map(|t| format!("Bearer {t}"))
     }
 
     /// The normalized base URL, e.g. `http://127.0.0.1:7001`.
@@ -191,18 +204,25 @@ impl AdminClient {
     /// string for a non-JSON 2xx body such as `ok`).
     pub fn get(&self, path: &str) -> Result<Value, AdminError> {
         let url = format!("{}{}", self.base, path);
-        let resp = self.agent.get(&url).call();
+        let mut req = self.agent.get(&url);
+        if let Some(h) = self.auth_header() {
+            req = req.header("authorization", h);
+        }
+        let resp = req.call();
         handle_response(&url, resp)
     }
 
     /// `POST path` with a JSON body.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value, AdminError> {
         let url = format!("{}{}", self.base, path);
-        let resp = self
+        let mut req = self
             .agent
             .post(&url)
-            .header("content-type", "application/json")
-            .send(body.to_string());
+            .header("content-type", "application/json");
+        if let Some(h) = self.auth_header() {
+            req = req.header("authorization", h);
+        }
+        let resp = req.send(body.to_string());
         handle_response(&url, resp)
     }
 }

@@ -184,6 +184,40 @@ pub struct NodeConfig {
     pub grpc_addr: String,
     pub http_addr: String,
     pub raft: RaftTimings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<NodeAuth>,
+}
+
+/// `[auth]` of node.toml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAuth {
+    pub tokens_file: PathBuf,
+}
+
+/// Demo identities every local cluster gets a token for.
+pub const DEMO_IDENTITIES: &[(&str, &str)] = &[
+    ("ops", "role = \"ops\"\noperator_id = \"ops-1\""),
+    ("auditor", "role = \"auditor\"\noperator_id = \"audit-1\""),
+    (
+        "counter",
+        "role = \"counter\"\noperator_id = \"C-0101\"\nbranch = \"B01\"",
+    ),
+    ("bank", "role = \"bank\"\nbank_code = \"ICBC\""),
+];
+
+/// A fresh random token (128 bits from the OS, hex).
+pub fn random_token() -> Result<String> {
+    let mut buf = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .context("reading /dev/urandom")?;
+    Ok(hex::encode(buf))
+}
+
+/// Hex SHA-256 of a token, as the node's tokens file stores it.
+pub fn token_sha256(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
 impl NodeConfig {
@@ -635,6 +669,7 @@ impl LocalCluster {
             nodes,
         };
         let cluster = Self::from_spec(dir, spec);
+        cluster.write_tokens()?;
         for node in cluster.spec().nodes {
             cluster.write_node_config(&node)?;
         }
@@ -697,6 +732,9 @@ impl LocalCluster {
             grpc_addr: node.grpc_addr.clone(),
             http_addr: node.http_addr.clone(),
             raft: self.spec().raft,
+            auth: self.tokens_toml_path().exists().then(|| NodeAuth {
+                tokens_file: self.tokens_toml_path(),
+            }),
         };
         write_atomic(&self.config_path(node.id), cfg.to_toml()?.as_bytes())
     }
@@ -811,11 +849,54 @@ impl LocalCluster {
 
     /// Admin client of node `n` with the default timeout.
     pub fn admin(&self, n: NodeId) -> Result<AdminClient> {
-        Ok(AdminClient::new(&self.http_addr(n)?))
+        Ok(AdminClient::new(&self.http_addr(n)?).with_token(self.token("ops").ok()))
     }
 
     fn admin_with_timeout(&self, n: NodeId, t: Duration) -> Result<AdminClient> {
-        Ok(AdminClient::with_timeout(&self.http_addr(n)?, t))
+        Ok(AdminClient::with_timeout(&self.http_addr(n)?, t).with_token(self.token("ops").ok()))
+    }
+
+    // --- tokens -------------------------------------------------------------
+
+    /// `DIR/tokens.toml`: hashed tokens the nodes load.
+    pub fn tokens_toml_path(&self) -> PathBuf {
+        self.dir().join("tokens.toml")
+    }
+
+    /// `DIR/tokens.json`: the plaintext demo tokens (mode 0600).
+    pub fn tokens_json_path(&self) -> PathBuf {
+        self.dir().join("tokens.json")
+    }
+
+    /// Generate one random token per demo identity.
+    fn write_tokens(&self) -> Result<()> {
+        let mut plain = serde_json::Map::new();
+        let mut toml = String::from("# billdb tokens: SHA-256 of each bearer token and its role\n");
+        for (name, body) in DEMO_IDENTITIES {
+            let token = random_token()?;
+            toml.push_str(&format!(
+                "\n[[token]]\nsha256 = \"{}\"\n{body}\n",
+                token_sha256(&token)
+            ));
+            plain.insert((*name).to_string(), Value::String(token));
+        }
+        write_atomic(&self.tokens_toml_path(), toml.as_bytes())?;
+        let json = serde_json::to_vec_pretty(&Value::Object(plain)).context("encoding tokens")?;
+        write_atomic(&self.tokens_json_path(), &json)?;
+        fs::set_permissions(self.tokens_json_path(), fs::Permissions::from_mode(0o600))
+            .context("restricting tokens.json")?;
+        Ok(())
+    }
+
+    /// The demo token of `identity` (ops, auditor, counter, bank).
+    pub fn token(&self, identity: &str) -> Result<String> {
+        let raw = fs::read(self.tokens_json_path())
+            .with_context(|| format!("reading {}", self.tokens_json_path().display()))?;
+        let v: Value = serde_json::from_slice(&raw).context("parsing tokens.json")?;
+        v.get(identity)
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .with_context(|| format!("no token for {identity:?}"))
     }
 
     // --- membership of the local cluster ---------------------------------

@@ -131,6 +131,12 @@ enum LocalCmd {
         #[command(flatten)]
         dir: DirArg,
     },
+    /// Print the demo bearer token of an identity (ops, auditor, counter, bank).
+    Token {
+        identity: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
     /// Print the last lines of node N's log.
     Logs {
         node: NodeId,
@@ -162,6 +168,9 @@ struct EndpointArg {
     /// Bound on the request.
     #[arg(long, default_value_t = 10)]
     timeout_secs: u64,
+    /// Bearer token (an ops token for administration).
+    #[arg(long, env = "BILLDB_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -345,6 +354,11 @@ fn run_local(cmd: LocalCmd) -> Result<()> {
             }
             Ok(())
         }
+        LocalCmd::Token { identity, dir } => {
+            let c = LocalCluster::open(&dir.dir)?;
+            println!("{}", c.token(&identity)?);
+            Ok(())
+        }
         LocalCmd::Logs { node, dir, lines } => {
             let c = LocalCluster::open(&dir.dir)?;
             c.node(node)?;
@@ -475,6 +489,13 @@ fn local_up(
             c.log_path(node.id).display()
         );
     }
+    if c.tokens_json_path().exists() {
+        println!(
+            "\ndemo bearer tokens (ops, auditor, counter C-0101@B01, bank ICBC): {}\n  e.g. billdb local token ops --dir {}",
+            c.tokens_json_path().display(),
+            c.dir().display()
+        );
+    }
     Ok(())
 }
 
@@ -483,7 +504,7 @@ fn local_up(
 // ---------------------------------------------------------------------------
 
 fn client(ep: &EndpointArg) -> AdminClient {
-    AdminClient::with_timeout(&ep.endpoint, secs(ep.timeout_secs))
+    AdminClient::with_timeout(&ep.endpoint, secs(ep.timeout_secs)).with_token(ep.token.clone())
 }
 
 fn run_cluster(cmd: ClusterCmd) -> Result<()> {

@@ -76,6 +76,7 @@ pub struct App {
     pub db: Arc<DB>,
     pub config: Arc<Config>,
     pub channels: Channels,
+    pub auth: Arc<crate::auth::Auth>,
     /// Last timestamp this node stamped as leader; stamps never go back.
     last_ts_ms: Arc<AtomicI64>,
 }
@@ -87,6 +88,7 @@ impl App {
         db: Arc<DB>,
         config: Arc<Config>,
         channels: Channels,
+        auth: Arc<crate::auth::Auth>,
     ) -> Self {
         App {
             id,
@@ -94,6 +96,7 @@ impl App {
             db,
             config,
             channels,
+            auth,
             last_ts_ms: Arc::new(AtomicI64::new(0)),
         }
     }

@@ -105,6 +105,17 @@ pub struct Config {
     pub raft: RaftTuning,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Bearer tokens (SHA-256 hashes) and their roles. Without it the node
+    /// runs with authentication off, for development only.
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// `billdb-node` command line. Every flag can also come from the

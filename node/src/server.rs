@@ -68,12 +68,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("starting raft")?;
+    let auth = match &config.auth.tokens_file {
+        Some(path) => crate::auth::Auth::load(path)?,
+        None => {
+            tracing::warn!(
+                "no auth.tokens_file configured: authentication is OFF (development only)"
+            );
+            crate::auth::Auth::disabled()
+        }
+    };
     let app = App::new(
         config.node_id,
         raft.clone(),
         db.clone(),
         config.clone(),
         channels,
+        Arc::new(auth),
     );
     crate::metrics::spawn_leader_watch(app.clone());
 

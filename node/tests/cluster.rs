@@ -367,12 +367,14 @@ fn bad_admin_input_is_refused_and_changes_nothing() {
         &c.c.http_addr(1).unwrap(),
         "/v1/cluster/membership",
         "{\"voters\": [1,",
+        &c.c.token("ops").unwrap(),
     );
     assert_eq!(status, 400);
     assert_eq!(body["code"], "MALFORMED_REQUEST", "{body}");
 
     // The same refusals over gRPC, with the code in the status metadata.
     let grpc = format!("http://{}", c.c.grpc_addr(2).unwrap());
+    let ops = c.c.token("ops").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use billdb_api::error::{ApiError, ErrorCode};
@@ -381,14 +383,17 @@ fn bad_admin_input_is_refused_and_changes_nothing() {
             .await
             .expect("grpc connect");
         let e = g
-            .add_learner(pb::AddLearnerRequest { node: None })
+            .add_learner(authed(pb::AddLearnerRequest { node: None }, &ops))
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         let e = g
-            .change_membership(pb::ChangeMembershipRequest {
-                voters: vec![1, 2, 9],
-            })
+            .change_membership(authed(
+                pb::ChangeMembershipRequest {
+                    voters: vec![1, 2, 9],
+                },
+                &ops,
+            ))
             .await
             .unwrap_err();
         assert_eq!(
@@ -398,22 +403,22 @@ fn bad_admin_input_is_refused_and_changes_nothing() {
         );
         assert_eq!(e.code(), tonic::Code::NotFound);
         let e = g
-            .remove_node(pb::RemoveNodeRequest { id: 42 })
+            .remove_node(authed(pb::RemoveNodeRequest { id: 42 }, &ops))
             .await
             .unwrap_err();
         assert_eq!(ApiError::from_status(&e).code, ErrorCode::UnknownNode);
         let e = g
-            .initialize(pb::InitializeRequest { nodes: vec![] })
+            .initialize(authed(pb::InitializeRequest { nodes: vec![] }, &ops))
             .await
             .unwrap_err();
         assert_eq!(ApiError::from_status(&e).code, ErrorCode::InvalidArgument);
         let e = g
-            .transfer_leader(pb::TransferLeaderRequest { to: 0 })
+            .transfer_leader(authed(pb::TransferLeaderRequest { to: 0 }, &ops))
             .await
             .unwrap_err();
         assert_eq!(ApiError::from_status(&e).code, ErrorCode::UnknownNode);
         let st = g
-            .status(pb::StatusRequest {})
+            .status(authed(pb::StatusRequest {}, &ops))
             .await
             .expect("status")
             .into_inner();
@@ -460,4 +465,120 @@ fn bad_admin_input_is_refused_and_changes_nothing() {
         digest_before, digest_after,
         "bad admin input changed the state"
     );
+}
+
+/// Tokens and roles: missing or unknown tokens are UNAUTHENTICATED, wrong
+/// roles PERMISSION_DENIED, on HTTP and gRPC alike; refusals change nothing.
+#[test]
+fn tokens_and_roles_are_enforced() {
+    let c = TestCluster::start(26000, 5);
+    open_accounts(&c);
+    let digest_before = c.wait_converged(&[1, 2, 3, 4, 5], Duration::from_secs(30));
+    let code = |r: Result<serde_json::Value, billdb_client::admin::AdminError>| {
+        let e = r.expect_err("must be refused");
+        (
+            e.status().unwrap_or(0),
+            e.code().unwrap_or("NONE").to_string(),
+        )
+    };
+    let pay_body = |bank: &str| json!({"request_id": format!("auth-{bank}"), "account_id": account(0), "amount": "5.00", "bank_code": bank, "bank_ref": format!("auth-{bank}")});
+    // Liveness needs no token.
+    c.http_as(3, "none")
+        .get("/healthz")
+        .expect("healthz without a token");
+    assert_eq!(
+        code(c.http_as(3, "none").post("/v1/payments", &pay_body("ICBC"))),
+        (401, "UNAUTHENTICATED".into())
+    );
+    assert_eq!(
+        code(c.http_as(3, "none").status()),
+        (401, "UNAUTHENTICATED".into())
+    );
+    let forged = billdb_client::admin::AdminClient::new(&c.c.http_addr(3).unwrap())
+        .with_token(Some("forged".into()));
+    assert_eq!(code(forged.status()), (401, "UNAUTHENTICATED".into()));
+    assert_eq!(
+        code(c.http_as(3, "counter").change_membership(&[1, 2, 3])),
+        (403, "PERMISSION_DENIED".into())
+    );
+    assert_eq!(
+        code(
+            c.http_as(3, "counter")
+                .post("/v1/payments", &pay_body("ICBC"))
+        ),
+        (403, "PERMISSION_DENIED".into())
+    );
+    assert_eq!(
+        code(
+            c.http_as(3, "auditor")
+                .post("/v1/payments", &pay_body("ICBC"))
+        ),
+        (403, "PERMISSION_DENIED".into())
+    );
+    assert_eq!(
+        code(c.http_as(3, "bank").post("/v1/payments", &pay_body("ABC"))),
+        (403, "PERMISSION_DENIED".into())
+    );
+    assert_eq!(
+        code(c.http_as(3, "bank").remove(5)),
+        (403, "PERMISSION_DENIED".into())
+    );
+    // Reads are open to every role; the auditor sees cluster status.
+    c.http_as(3, "auditor")
+        .status()
+        .expect("auditor reads status");
+    c.http_as(3, "counter")
+        .get(&format!("/v1/accounts/{}", account(0)))
+        .expect("counter reads an account");
+
+    let grpc = format!("http://{}", c.c.grpc_addr(4).unwrap());
+    let counter = c.c.token("counter").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use billdb_api::pb;
+        let mut g = pb::cluster_client::ClusterClient::connect(grpc.clone())
+            .await
+            .expect("connect");
+        let e = g.status(pb::StatusRequest {}).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let mut r = tonic::Request::new(pb::RemoveNodeRequest { id: 5 });
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {counter}").parse().unwrap(),
+        );
+        assert_eq!(
+            g.remove_node(r).await.unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        let mut b = pb::billing_client::BillingClient::connect(grpc)
+            .await
+            .expect("connect");
+        let mut r = tonic::Request::new(pb::PaymentRequest {
+            request_id: "auth-grpc".into(),
+            account_id: account(0),
+            amount: "5.00".into(),
+            bank_code: "ICBC".into(),
+            bank_ref: "auth-grpc".into(),
+        });
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {counter}").parse().unwrap(),
+        );
+        assert_eq!(
+            b.post_payment(r).await.unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+    });
+    let digest_after = c.wait_converged(&[1, 2, 3, 4, 5], Duration::from_secs(30));
+    assert_eq!(
+        digest_before, digest_after,
+        "a refused request changed the state"
+    );
+
+    // The right bank posts its own payment; the operator comes from the token.
+    let v = c
+        .http_as(3, "bank")
+        .post("/v1/payments", &pay_body("ICBC"))
+        .expect("bank pays");
+    assert_eq!(v["result"], "payment_posted");
 }

@@ -9,12 +9,32 @@ use tonic::{Request, Response, Status};
 
 use super::{status, validate};
 use crate::app::{AdminOp, App};
+use crate::auth::{Caller, Role};
 use crate::domain::Outcome;
 use crate::types::NodeInfo;
 
 pub struct GrpcApi {
     pub app: App,
 }
+
+impl GrpcApi {
+    /// Authenticate from the `authorization` metadata and check the role.
+    fn caller<T>(&self, req: &Request<T>, allowed: &[Role]) -> Result<Caller, Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let caller = self
+            .app
+            .auth
+            .authenticate(header)
+            .map_err(|e| e.to_status())?;
+        caller.require(allowed).map_err(|e| e.to_status())?;
+        Ok(caller)
+    }
+}
+
+const ALL_ROLES: &[Role] = &[Role::Counter, Role::Bank, Role::Ops, Role::Auditor];
 
 fn node_info(n: &pb::NodeAddr) -> NodeInfo {
     NodeInfo {
@@ -38,6 +58,7 @@ impl pb::cluster_server::Cluster for GrpcApi {
         &self,
         req: Request<pb::InitializeRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
+        self.caller(&req, &[Role::Ops])?;
         let mut nodes = BTreeMap::new();
         for n in &req.get_ref().nodes {
             if nodes.insert(n.id, node_info(n)).is_some() {
@@ -55,6 +76,7 @@ impl pb::cluster_server::Cluster for GrpcApi {
         &self,
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
+        self.caller(&req, &[Role::Ops])?;
         let n = req.get_ref().node.as_ref().ok_or_else(|| {
             ApiError::new(ErrorCode::InvalidArgument, "node is required").to_status()
         })?;
@@ -72,6 +94,7 @@ impl pb::cluster_server::Cluster for GrpcApi {
         &self,
         req: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
+        self.caller(&req, &[Role::Ops])?;
         let voters = req.get_ref().voters.iter().copied().collect();
         admin(self.app.admin(AdminOp::ChangeMembership { voters }).await)
     }
@@ -80,6 +103,7 @@ impl pb::cluster_server::Cluster for GrpcApi {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
+        self.caller(&req, &[Role::Ops])?;
         admin(
             self.app
                 .admin(AdminOp::Remove {
@@ -93,6 +117,7 @@ impl pb::cluster_server::Cluster for GrpcApi {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
+        self.caller(&req, &[Role::Ops])?;
         admin(
             self.app
                 .admin(AdminOp::TransferLeader {
@@ -104,8 +129,9 @@ impl pb::cluster_server::Cluster for GrpcApi {
 
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
+        self.caller(&req, &[Role::Ops, Role::Auditor])?;
         let s = status::status(&self.app);
         Ok(Response::new(pb::StatusReply {
             node_id: s.node_id,
@@ -144,8 +170,9 @@ impl pb::cluster_server::Cluster for GrpcApi {
 
     async fn digest(
         &self,
-        _req: Request<pb::DigestRequest>,
+        req: Request<pb::DigestRequest>,
     ) -> Result<Response<pb::DigestReply>, Status> {
+        self.caller(&req, &[Role::Ops, Role::Auditor])?;
         let db = self.app.db.clone();
         let (applied, digest) =
             tokio::task::spawn_blocking(move || crate::store::state_machine::state_digest(&db))
@@ -158,8 +185,6 @@ impl pb::cluster_server::Cluster for GrpcApi {
         }))
     }
 }
-
-const ANONYMOUS_OPERATOR: &str = "anonymous";
 
 fn write_reply(r: Result<(Outcome, u64), ApiError>) -> Result<Response<pb::WriteReply>, Status> {
     let (outcome, log_index) = r.map_err(|e| e.to_status())?;
@@ -178,6 +203,7 @@ impl pb::billing_server::Billing for GrpcApi {
         &self,
         req: Request<pb::OpenAccountRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
+        let caller = self.caller(&req, &[Role::Counter, Role::Ops])?;
         let r = req.get_ref();
         let request_id = validate::id("request_id", &r.request_id).map_err(|e| e.to_status())?;
         let op = validate::open_account(validate::OpenAccountInput {
@@ -190,32 +216,27 @@ impl pb::billing_server::Billing for GrpcApi {
             tariff_id: &r.tariff_id,
         })
         .map_err(|e| e.to_status())?;
-        write_reply(
-            self.app
-                .write(request_id, ANONYMOUS_OPERATOR.into(), op)
-                .await,
-        )
+        write_reply(self.app.write(request_id, caller.operator(), op).await)
     }
 
     async fn post_payment(
         &self,
         req: Request<pb::PaymentRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
+        let caller = self.caller(&req, &[Role::Bank, Role::Ops])?;
         let r = req.get_ref();
         let request_id = validate::id("request_id", &r.request_id).map_err(|e| e.to_status())?;
+        caller.check_bank(&r.bank_code).map_err(|e| e.to_status())?;
         let op = validate::payment(&r.account_id, &r.amount, &r.bank_code, &r.bank_ref)
             .map_err(|e| e.to_status())?;
-        write_reply(
-            self.app
-                .write(request_id, ANONYMOUS_OPERATOR.into(), op)
-                .await,
-        )
+        write_reply(self.app.write(request_id, caller.operator(), op).await)
     }
 
     async fn get_account(
         &self,
         req: Request<pb::GetAccountRequest>,
     ) -> Result<Response<pb::Account>, Status> {
+        self.caller(&req, ALL_ROLES)?;
         let account_id =
             validate::id("account_id", &req.get_ref().account_id).map_err(|e| e.to_status())?;
         self.app.linearize().await.map_err(|e| e.to_status())?;

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 
 use super::{status, validate};
 use crate::app::{AdminOp, App};
+use crate::auth::{Caller, Role};
 use crate::types::{NodeId, NodeInfo};
 
 #[derive(Clone)]
@@ -107,6 +108,21 @@ async fn record_latency(req: axum::extract::Request, next: axum::middleware::Nex
     resp
 }
 
+impl axum::extract::FromRequestParts<HttpState> for Caller {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &HttpState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        state.app.auth.authenticate(header).map_err(HttpError)
+    }
+}
+
 async fn healthz(State(s): State<HttpState>) -> HttpResult {
     ok(serde_json::json!({"status": "ok", "node_id": s.app.id}))
 }
@@ -128,12 +144,14 @@ async fn metrics_route(State(s): State<HttpState>) -> Response {
         .into_response()
 }
 
-async fn cluster_status(State(s): State<HttpState>) -> HttpResult {
+async fn cluster_status(State(s): State<HttpState>, caller: Caller) -> HttpResult {
+    caller.require(&[Role::Ops, Role::Auditor])?;
     ok(serde_json::to_value(status::status(&s.app))
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?)
 }
 
-async fn cluster_digest(State(s): State<HttpState>) -> HttpResult {
+async fn cluster_digest(State(s): State<HttpState>, caller: Caller) -> HttpResult {
+    caller.require(&[Role::Ops, Role::Auditor])?;
     let db = s.app.db.clone();
     let (applied, digest) =
         tokio::task::spawn_blocking(move || crate::store::state_machine::state_digest(&db))
@@ -182,16 +200,20 @@ fn admin_json(r: crate::app::AdminReply) -> HttpResult {
 
 async fn cluster_init(
     State(s): State<HttpState>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
+    caller.require(&[Role::Ops])?;
     let req: InitJson = parse(body)?;
     admin_json(s.app.initialize(node_map(req.nodes)?).await?)
 }
 
 async fn cluster_add_learner(
     State(s): State<HttpState>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
+    caller.require(&[Role::Ops])?;
     let n: NodeJson = parse(body)?;
     let node = NodeInfo {
         raft_addr: n.raft_addr,
@@ -209,8 +231,10 @@ struct MembershipJson {
 
 async fn cluster_membership(
     State(s): State<HttpState>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
+    caller.require(&[Role::Ops])?;
     let req: MembershipJson = parse(body)?;
     let voters = req.voters.into_iter().collect();
     admin_json(s.app.admin(AdminOp::ChangeMembership { voters }).await?)
@@ -224,8 +248,10 @@ struct RemoveJson {
 
 async fn cluster_remove(
     State(s): State<HttpState>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
+    caller.require(&[Role::Ops])?;
     let req: RemoveJson = parse(body)?;
     admin_json(s.app.admin(AdminOp::Remove { id: req.id }).await?)
 }
@@ -238,8 +264,10 @@ struct TransferJson {
 
 async fn cluster_transfer(
     State(s): State<HttpState>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
+    caller.require(&[Role::Ops])?;
     let req: TransferJson = parse(body)?;
     admin_json(s.app.admin(AdminOp::TransferLeader { to: req.to }).await?)
 }
@@ -260,13 +288,12 @@ struct OpenAccountJson {
     tariff_id: String,
 }
 
-/// Until tokens arrive (billing issue), writes carry this operator.
-const ANONYMOUS_OPERATOR: &str = "anonymous";
-
 async fn open_account(
     State(s): State<HttpState>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult {
+    caller.require(&[Role::Counter, Role::Ops])?;
     let r: OpenAccountJson = parse(body)?;
     let request_id = validate::id("request_id", &r.request_id)?;
     let op = validate::open_account(validate::OpenAccountInput {
@@ -278,11 +305,7 @@ async fn open_account(
         meter_id: &r.meter_id,
         tariff_id: &r.tariff_id,
     })?;
-    write_reply(
-        s.app
-            .write(request_id, ANONYMOUS_OPERATOR.into(), op)
-            .await?,
-    )
+    write_reply(s.app.write(request_id, caller.operator(), op).await?)
 }
 
 #[derive(Deserialize)]
@@ -295,15 +318,17 @@ struct PaymentJson {
     bank_ref: String,
 }
 
-async fn payment(State(s): State<HttpState>, body: Result<Bytes, BytesRejection>) -> HttpResult {
+async fn payment(
+    State(s): State<HttpState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResult {
+    caller.require(&[Role::Bank, Role::Ops])?;
     let r: PaymentJson = parse(body)?;
     let request_id = validate::id("request_id", &r.request_id)?;
+    caller.check_bank(&r.bank_code)?;
     let op = validate::payment(&r.account_id, &r.amount, &r.bank_code, &r.bank_ref)?;
-    write_reply(
-        s.app
-            .write(request_id, ANONYMOUS_OPERATOR.into(), op)
-            .await?,
-    )
+    write_reply(s.app.write(request_id, caller.operator(), op).await?)
 }
 
 /// A refused command is an error response; its code says why.
@@ -316,7 +341,11 @@ fn write_reply((outcome, log_index): (crate::domain::Outcome, u64)) -> HttpResul
     ok(v)
 }
 
-async fn get_account(State(s): State<HttpState>, Path(account_id): Path<String>) -> HttpResult {
+async fn get_account(
+    State(s): State<HttpState>,
+    _caller: Caller,
+    Path(account_id): Path<String>,
+) -> HttpResult {
     let account_id = validate::id("account_id", &account_id)?;
     s.app.linearize().await?;
     let txn = crate::store::state_machine::RocksTxn::new(&s.app.db);
@@ -335,7 +364,11 @@ async fn get_account(State(s): State<HttpState>, Path(account_id): Path<String>)
     }))
 }
 
-async fn get_request(State(s): State<HttpState>, Path(request_id): Path<String>) -> HttpResult {
+async fn get_request(
+    State(s): State<HttpState>,
+    _caller: Caller,
+    Path(request_id): Path<String>,
+) -> HttpResult {
     let request_id = validate::id("request_id", &request_id)?;
     s.app.linearize().await?;
     let txn = crate::store::state_machine::RocksTxn::new(&s.app.db);

@@ -43,8 +43,21 @@ impl TestCluster {
         TestCluster { c, _dir: dir }
     }
 
+    /// HTTP client of node `n` with the ops token.
     pub fn http(&self, n: NodeId) -> AdminClient {
+        self.http_as(n, "ops")
+    }
+
+    /// HTTP client of node `n` as a demo identity (ops, auditor, counter,
+    /// bank), or without a token for "none".
+    pub fn http_as(&self, n: NodeId, identity: &str) -> AdminClient {
+        let token = if identity == "none" {
+            None
+        } else {
+            Some(self.c.token(identity).expect("token"))
+        };
         AdminClient::with_timeout(&self.c.http_addr(n).expect("addr"), Duration::from_secs(10))
+            .with_token(token)
     }
 
     pub fn leader(&self) -> NodeId {
@@ -156,12 +169,12 @@ pub fn balance(c: &TestCluster, n: NodeId, account: &str) -> rust_decimal::Decim
 }
 
 /// POST raw bytes (not necessarily JSON) and return (status, JSON body).
-pub fn raw_post(addr: &str, path: &str, body: &str) -> (u16, Value) {
+pub fn raw_post(addr: &str, path: &str, body: &str, token: &str) -> (u16, Value) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).expect("write");
@@ -175,4 +188,14 @@ pub fn raw_post(addr: &str, path: &str, body: &str) -> (u16, Value) {
     let json_start = out.find("\r\n\r\n").map(|i| i + 4).unwrap_or(out.len());
     let v = serde_json::from_str(out[json_start..].trim()).unwrap_or(Value::Null);
     (status, v)
+}
+
+/// A gRPC request carrying a bearer token.
+pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("token is ascii"),
+    );
+    r
 }
