@@ -9,4 +9,5 @@
 //!   `billdb local ...`, also used by integration tests, chaos and benchmarks.
 
 pub mod admin;
+pub mod client;
 pub mod local;

@@ -6,6 +6,8 @@
 //! commands only send HTTP requests to `--endpoint`. Exit status is 0 on
 //! success, 1 on any failure (2 for usage errors, from clap).
 
+mod billing_cli;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,6 +40,11 @@ enum Cmd {
     /// Call a node's HTTP admin API.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Counter commands on accounts (gRPC client).
+    #[command(subcommand)]
+    Account(billing_cli::AccountCmd),
+    /// Post a bank payment (gRPC client; retries keep the request_id).
+    Pay(billing_cli::PayArgs),
 }
 
 #[derive(Args, Clone)]
@@ -238,6 +245,8 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Local(c) => run_local(c),
         Cmd::Cluster(c) => run_cluster(c),
+        Cmd::Account(c) => billing_cli::run_account(c),
+        Cmd::Pay(p) => billing_cli::run_pay(p),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
