@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::snapshot::{SnapshotFile, SnapshotReader, SnapshotWriter, verify};
 use super::{CF_SM_META, cf, decode, encode, io_err};
-use crate::domain::{self, FAMILIES, Family, Txn};
+use crate::domain::{self, FAMILIES, Family, Get, ReadView, Txn};
 use crate::types::{CommandReply, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 const KEY_APPLIED: &[u8] = b"applied";
@@ -63,7 +63,7 @@ impl<'a> RocksTxn<'a> {
     }
 }
 
-impl Txn for RocksTxn<'_> {
+impl Get for RocksTxn<'_> {
     fn get(&self, family: Family, key: &[u8]) -> Result<Option<Vec<u8>>, std::io::Error> {
         if let Some(v) = self.overlay.get(&(family, key.to_vec())) {
             return Ok(v.clone());
@@ -72,11 +72,79 @@ impl Txn for RocksTxn<'_> {
             .get_cf(cf(self.db, family.name())?, key)
             .map_err(io_err)
     }
+}
+
+impl Txn for RocksTxn<'_> {
     fn put(&mut self, family: Family, key: Vec<u8>, value: Vec<u8>) {
         self.overlay.insert((family, key), Some(value));
     }
     fn delete(&mut self, family: Family, key: Vec<u8>) {
         self.overlay.insert((family, key), None);
+    }
+}
+
+/// A read-only view of the state machine for the domain's read functions:
+/// point reads and bounded range scans (RocksDB iterators with
+/// `iterate_lower_bound` / `iterate_upper_bound`), all from one RocksDB
+/// snapshot so a multi-read answer is consistent.
+pub struct RocksRead<'a> {
+    db: &'a DB,
+    snap: rocksdb::Snapshot<'a>,
+}
+
+impl<'a> RocksRead<'a> {
+    pub fn new(db: &'a DB) -> Self {
+        RocksRead {
+            db,
+            snap: db.snapshot(),
+        }
+    }
+}
+
+impl Get for RocksRead<'_> {
+    fn get(&self, family: Family, key: &[u8]) -> Result<Option<Vec<u8>>, std::io::Error> {
+        self.snap
+            .get_cf(cf(self.db, family.name())?, key)
+            .map_err(io_err)
+    }
+}
+
+impl ReadView for RocksRead<'_> {
+    fn scan(
+        &self,
+        family: Family,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, std::io::Error> {
+        let limit = limit.min(domain::txn::SCAN_LIMIT_MAX);
+        if limit == 0 || (!end.is_empty() && start >= end) {
+            return Ok(Vec::new());
+        }
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_snapshot(&self.snap);
+        opts.set_iterate_lower_bound(start.to_vec());
+        if !end.is_empty() {
+            opts.set_iterate_upper_bound(end.to_vec());
+        }
+        let mode = if reverse {
+            IteratorMode::End
+        } else {
+            IteratorMode::Start
+        };
+        let mut out = Vec::with_capacity(limit.min(64));
+        for item in self
+            .db
+            .iterator_cf_opt(cf(self.db, family.name())?, opts, mode)
+        {
+            let (k, v) = item.map_err(io_err)?;
+            out.push((k.to_vec(), v.to_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 
