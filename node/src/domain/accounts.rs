@@ -218,7 +218,9 @@ pub(crate) fn update_contact<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome>
         account.area = *v;
     }
     save(txn, &account)?;
-    Ok(Outcome::AccountUpdated { account })
+    Ok(Outcome::AccountUpdated {
+        account: Box::new(account),
+    })
 }
 
 /// Suspend (active → suspended), resume (suspended → active), close
@@ -262,5 +264,7 @@ pub(crate) fn lifecycle<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
         }
     }
     save(txn, &account)?;
-    Ok(Outcome::AccountUpdated { account })
+    Ok(Outcome::AccountUpdated {
+        account: Box::new(account),
+    })
 }

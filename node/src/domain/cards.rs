@@ -125,7 +125,9 @@ pub(crate) fn issue<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     account.active_card = Some(card_no.clone());
     put_card(txn, &card)?;
     accounts::save(txn, &account)?;
-    Ok(Outcome::CardIssued { card })
+    Ok(Outcome::CardIssued {
+        card: Box::new(card),
+    })
 }
 
 pub(crate) fn replace<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
@@ -166,7 +168,10 @@ pub(crate) fn replace<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     put_card(txn, &old)?;
     put_card(txn, &new)?;
     accounts::save(txn, &account)?;
-    Ok(Outcome::CardReplaced { old, new })
+    Ok(Outcome::CardReplaced {
+        old: Box::new(old),
+        new: Box::new(new),
+    })
 }
 
 /// Revoke a card (account closed).

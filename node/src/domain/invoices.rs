@@ -80,7 +80,7 @@ pub(crate) fn print<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     inv.last_printed_ms = Some(ctx.ts());
     write(txn, Family::Invoices, keys::invoice(invoice_no), &inv)?;
     Ok(Outcome::InvoicePrinted {
-        invoice: inv,
+        invoice: Box::new(inv),
         reprint,
     })
 }

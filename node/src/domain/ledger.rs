@@ -269,7 +269,7 @@ pub(crate) fn reverse<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     put_meta(txn, &orig.account_id, orig.seq, &orig_meta)?;
     accounts::save(txn, &account)?;
     Ok(Outcome::RecordPosted {
-        record: rec,
+        record: Box::new(rec),
         balance: account.balance,
         warnings: Vec::new(),
     })

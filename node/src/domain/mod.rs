@@ -237,18 +237,18 @@ pub enum Outcome {
     },
     /// Contact update, suspend, resume, close: the account after it.
     AccountUpdated {
-        account: Account,
+        account: Box<Account>,
     },
     CardIssued {
-        card: Card,
+        card: Box<Card>,
     },
     CardReplaced {
-        old: Card,
-        new: Card,
+        old: Box<Card>,
+        new: Box<Card>,
     },
     /// Purchase, charge, reissue, reversal, adjustment: the new record.
     RecordPosted {
-        record: Record,
+        record: Box<Record>,
         balance: Decimal,
         /// e.g. `CREDIT_NOT_LOADED` when the previous sale was never loaded.
         warnings: Vec<String>,
@@ -261,7 +261,7 @@ pub enum Outcome {
         boundary_ms: i64,
     },
     SeasonOpened {
-        season: Season,
+        season: Box<Season>,
     },
     Imported {
         accounts: u32,
@@ -272,7 +272,7 @@ pub enum Outcome {
         versions: u32,
     },
     InvoicePrinted {
-        invoice: Invoice,
+        invoice: Box<Invoice>,
         reprint: bool,
     },
     Refused(ApiError),

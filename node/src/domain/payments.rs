@@ -79,7 +79,7 @@ pub(crate) fn charge<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     let rec = ledger::post(txn, &mut account, rec, true)?;
     accounts::save(txn, &account)?;
     Ok(Outcome::RecordPosted {
-        record: rec,
+        record: Box::new(rec),
         balance: account.balance,
         warnings: Vec::new(),
     })
@@ -129,7 +129,7 @@ pub(crate) fn adjust<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     let rec = ledger::post(txn, &mut account, rec, true)?;
     accounts::save(txn, &account)?;
     Ok(Outcome::RecordPosted {
-        record: rec,
+        record: Box::new(rec),
         balance: account.balance,
         warnings: Vec::new(),
     })

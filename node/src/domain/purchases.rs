@@ -82,14 +82,14 @@ pub(crate) fn purchase<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     let quote = tariff::price(&tariff, before, by).map_err(ApiError::from)?;
 
     let mut warnings = Vec::new();
-    if let Some((prev, prev_meta)) = last_purchase(txn, &account)? {
-        if !confirm_duplicate
-            && prev_meta.reversed_by.is_none()
-            && prev.card_no == card_no
-            && prev.amount == quote.amount
-            && (ctx.ts() - prev.ts_ms).abs() <= DUPLICATE_WINDOW_MS
-        {
-            return Err(ApiError::new(
+    if let Some((prev, prev_meta)) = last_purchase(txn, &account)?
+        && !confirm_duplicate
+        && prev_meta.reversed_by.is_none()
+        && prev.card_no == card_no
+        && prev.amount == quote.amount
+        && (ctx.ts() - prev.ts_ms).abs() <= DUPLICATE_WINDOW_MS
+    {
+        return Err(ApiError::new(
                 ErrorCode::PossibleDuplicate,
                 format!(
                     "a sale of {} on this card was made {} ms ago; resend with confirm_duplicate to sell again",
@@ -103,7 +103,6 @@ pub(crate) fn purchase<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
                 "previous_ts_ms": prev.ts_ms,
             }))
             .into());
-        }
     }
     if cards::unloaded_purchase(txn, &account)?.is_some() {
         warnings.push(ErrorCode::CreditNotLoaded.as_str().to_string());
@@ -129,7 +128,7 @@ pub(crate) fn purchase<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     account.last_purchase_seq = Some(rec.seq);
     accounts::save(txn, &account)?;
     Ok(Outcome::RecordPosted {
-        record: rec,
+        record: Box::new(rec),
         balance: account.balance,
         warnings,
     })
@@ -183,7 +182,7 @@ pub(crate) fn reissue<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     ledger::put_meta(txn, &orig.account_id, orig.seq, &meta)?;
     accounts::save(txn, &account)?;
     Ok(Outcome::RecordPosted {
-        record: rec,
+        record: Box::new(rec),
         balance: account.balance,
         warnings: Vec::new(),
     })

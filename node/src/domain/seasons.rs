@@ -83,5 +83,7 @@ pub(crate) fn open<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
         opened_ms: ctx.ts(),
     };
     write(txn, Family::Meta, keys::META_SEASON.to_vec(), &season)?;
-    Ok(Outcome::SeasonOpened { season })
+    Ok(Outcome::SeasonOpened {
+        season: Box::new(season),
+    })
 }
