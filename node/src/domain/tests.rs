@@ -1979,3 +1979,160 @@ fn scans_are_bounded() {
         2
     );
 }
+
+/// Commands travel in the Raft log and outcomes sit in `requests` as
+/// bincode: every op and every outcome must come back equal.
+#[test]
+fn ops_and_outcomes_round_trip_through_bincode() {
+    let ops = vec![
+        open("A", "heat", "T"),
+        pay("A", "1.00", "R"),
+        Op::UpdateContact {
+            account_id: "A".into(),
+            name: None,
+            address: Some("x".into()),
+            phone: None,
+            area: Some(d("1.5")),
+        },
+        issue("A", "C"),
+        Op::ReplaceCard {
+            card_no: "C".into(),
+            new_card_no: "D".into(),
+            reason: "r".into(),
+        },
+        buy_card("C", "1.00"),
+        buy_units("A", "1.234"),
+        Op::PostCharge {
+            account_id: "A".into(),
+            amount: d("2.00"),
+            period: "p".into(),
+            reason: "r".into(),
+        },
+        Op::Reissue {
+            record_id: "A:1".into(),
+        },
+        Op::ConfirmLoaded {
+            record_id: "A:1".into(),
+        },
+        Op::Reverse {
+            record_id: "A:1".into(),
+            reason: "r".into(),
+        },
+        Op::Adjust {
+            account_id: "A".into(),
+            amount: d("-1.00"),
+            reason: "r".into(),
+        },
+        Op::Suspend {
+            account_id: "A".into(),
+            reason: "r".into(),
+        },
+        Op::Resume {
+            account_id: "A".into(),
+        },
+        Op::Close {
+            account_id: "A".into(),
+            reason: "r".into(),
+        },
+        Op::SetSegmentBoundary { boundary_ms: 5 },
+        Op::OpenHeatingSeason {
+            season_id: "S".into(),
+        },
+        Op::Import {
+            accounts: vec![import_account("L", Some("LC"))],
+            records: vec![import_record("L", "payment", "1.00", "0", 5)],
+        },
+        define_tariff("T", ladder(), 0),
+        define_tariff("F", TariffSpec::Flat { price: d("0.5") }, 0),
+        Op::PrintInvoice {
+            invoice_no: "INV1".into(),
+        },
+    ];
+    for op in ops {
+        let c = Command {
+            request_id: "r".into(),
+            ts_ms: 1,
+            operator: "o".into(),
+            branch: "b".into(),
+            channel: "app".into(),
+            op,
+        };
+        let back: Command = bincode::deserialize(&bincode::serialize(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+    // Outcomes from a real run, one of each kind.
+    let mut w = World::standard();
+    let mut outs = vec![
+        w.ok("b", t0(), buy_card("C1", "3000.00")),
+        w.ok(
+            "u",
+            t0(),
+            Op::UpdateContact {
+                account_id: "A1".into(),
+                name: None,
+                address: None,
+                phone: Some("1".into()),
+                area: None,
+            },
+        ),
+        w.ok(
+            "s",
+            t0(),
+            Op::OpenHeatingSeason {
+                season_id: "S".into(),
+            },
+        ),
+        w.ok("sb", t0(), Op::SetSegmentBoundary { boundary_ms: 1 }),
+        w.ok(
+            "r",
+            t0(),
+            Op::ReplaceCard {
+                card_no: "C1".into(),
+                new_card_no: "C2".into(),
+                reason: String::new(),
+            },
+        ),
+        w.ok("p", t0(), pay("A1", "1.00", "X")),
+        w.ok(
+            "pr",
+            t0(),
+            Op::PrintInvoice {
+                invoice_no: format!("INV{:012}", 4),
+            },
+        ),
+        w.ok(
+            "l",
+            t0(),
+            Op::ConfirmLoaded {
+                record_id: "A1:1".into(),
+            },
+        ),
+        w.ok(
+            "t2",
+            t0(),
+            define_tariff("Z", TariffSpec::Flat { price: d("1") }, 0),
+        ),
+        w.refused("x", t0(), pay("A1", "1.00", "X")).into_outcome(),
+    ];
+    assert!(matches!(&outs[0], Outcome::RecordPosted { record, .. } if record.tiers.len() == 3));
+    outs.push(w.ok("o", t0(), open("Q", "gas", "")));
+    for o in outs {
+        let back: Outcome = bincode::deserialize(&bincode::serialize(&o).unwrap()).unwrap();
+        assert_eq!(back, o);
+        let json = o.to_json();
+        assert!(
+            json.get("result").is_some() || json.get("code").is_some(),
+            "{json}"
+        );
+    }
+}
+
+trait IntoOutcome {
+    fn into_outcome(self) -> Outcome;
+}
+
+impl IntoOutcome for billdb_api::error::ApiError {
+    fn into_outcome(self) -> Outcome {
+        Outcome::Refused(self)
+    }
+}
