@@ -47,6 +47,46 @@ pub enum ErrorCode {
     DuplicateNode,
     /// A membership change that would leave the cluster without a quorum.
     NoQuorum,
+    /// The account is suspended: sales and card changes are refused.
+    AccountSuspended,
+    /// No such card (or its generation does not match).
+    CardUnknown,
+    /// The card was replaced; details name the replacement.
+    CardReplaced,
+    /// The card number is already in use (card numbers are never reused).
+    CardExists,
+    /// The account already has an active card (one meter, one card).
+    CardAlreadyIssued,
+    /// The latest purchase's credit has not been confirmed loaded.
+    CreditNotLoaded,
+    /// Same card, same amount within 30 s: resend with confirm_duplicate.
+    PossibleDuplicate,
+    /// The record was already reversed (a record is reversed once only).
+    AlreadyReversed,
+    /// Reversals and reissues cannot be reversed.
+    NotReversible,
+    /// No unloaded latest purchase to reissue, or it was already reissued.
+    NothingToReissue,
+    /// No such record.
+    RecordNotFound,
+    /// No such invoice.
+    InvoiceNotFound,
+    /// No tariff (version) in force for the account at this time.
+    TariffNotFound,
+    /// A malformed tariff definition.
+    InvalidTariff,
+    /// Year-to-date units out of range (tariff arithmetic).
+    InvalidYearUnits,
+    /// The tariff's tiers are too narrow for the breakdown rule.
+    TariffBreakdownNegative,
+    /// An exact computation left the representable range.
+    ArithmeticOverflow,
+    /// The operation does not apply in the current state (e.g. resume an active account).
+    InvalidState,
+    /// That heating season was already opened.
+    SeasonExists,
+    /// The page token is not one this server issued for this query.
+    InvalidPageToken,
     /// A bug or a storage failure on the server.
     Internal,
 }
@@ -79,6 +119,26 @@ impl ErrorCode {
             ErrorCode::UnknownNode => "UNKNOWN_NODE",
             ErrorCode::DuplicateNode => "DUPLICATE_NODE",
             ErrorCode::NoQuorum => "NO_QUORUM",
+            ErrorCode::AccountSuspended => "ACCOUNT_SUSPENDED",
+            ErrorCode::CardUnknown => "CARD_UNKNOWN",
+            ErrorCode::CardReplaced => "CARD_REPLACED",
+            ErrorCode::CardExists => "CARD_EXISTS",
+            ErrorCode::CardAlreadyIssued => "CARD_ALREADY_ISSUED",
+            ErrorCode::CreditNotLoaded => "CREDIT_NOT_LOADED",
+            ErrorCode::PossibleDuplicate => "POSSIBLE_DUPLICATE",
+            ErrorCode::AlreadyReversed => "ALREADY_REVERSED",
+            ErrorCode::NotReversible => "NOT_REVERSIBLE",
+            ErrorCode::NothingToReissue => "NOTHING_TO_REISSUE",
+            ErrorCode::RecordNotFound => "RECORD_NOT_FOUND",
+            ErrorCode::InvoiceNotFound => "INVOICE_NOT_FOUND",
+            ErrorCode::TariffNotFound => "TARIFF_NOT_FOUND",
+            ErrorCode::InvalidTariff => "INVALID_TARIFF",
+            ErrorCode::InvalidYearUnits => "INVALID_YEAR_UNITS",
+            ErrorCode::TariffBreakdownNegative => "TARIFF_BREAKDOWN_NEGATIVE",
+            ErrorCode::ArithmeticOverflow => "ARITHMETIC_OVERFLOW",
+            ErrorCode::InvalidState => "INVALID_STATE",
+            ErrorCode::SeasonExists => "SEASON_EXISTS",
+            ErrorCode::InvalidPageToken => "INVALID_PAGE_TOKEN",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -109,6 +169,26 @@ impl ErrorCode {
         ErrorCode::UnknownNode,
         ErrorCode::DuplicateNode,
         ErrorCode::NoQuorum,
+        ErrorCode::AccountSuspended,
+        ErrorCode::CardUnknown,
+        ErrorCode::CardReplaced,
+        ErrorCode::CardExists,
+        ErrorCode::CardAlreadyIssued,
+        ErrorCode::CreditNotLoaded,
+        ErrorCode::PossibleDuplicate,
+        ErrorCode::AlreadyReversed,
+        ErrorCode::NotReversible,
+        ErrorCode::NothingToReissue,
+        ErrorCode::RecordNotFound,
+        ErrorCode::InvoiceNotFound,
+        ErrorCode::TariffNotFound,
+        ErrorCode::InvalidTariff,
+        ErrorCode::InvalidYearUnits,
+        ErrorCode::TariffBreakdownNegative,
+        ErrorCode::ArithmeticOverflow,
+        ErrorCode::InvalidState,
+        ErrorCode::SeasonExists,
+        ErrorCode::InvalidPageToken,
         ErrorCode::Internal,
     ];
 
@@ -121,17 +201,19 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             MalformedRequest | InvalidArgument | InvalidAmount | TooManyDecimals
-            | AmountTooSmall | AmountOverLimit | InvalidUnits | UnitsTooSmall | UnitsOverLimit => {
-                400
-            }
+            | AmountTooSmall | AmountOverLimit | InvalidUnits | UnitsTooSmall | UnitsOverLimit
+            | InvalidTariff | InvalidYearUnits | InvalidPageToken => 400,
             Unauthenticated => 401,
             PermissionDenied => 403,
-            NotFound | AccountNotFound | UnknownNode => 404,
+            NotFound | AccountNotFound | UnknownNode | CardUnknown | RecordNotFound
+            | InvoiceNotFound | TariffNotFound => 404,
             AccountExists | AccountClosed | IdempotencyConflict | DuplicatePayment
-            | AlreadyInitialized | DuplicateNode => 409,
+            | AlreadyInitialized | DuplicateNode | AccountSuspended | CardReplaced | CardExists
+            | CardAlreadyIssued | CreditNotLoaded | PossibleDuplicate | AlreadyReversed
+            | NotReversible | NothingToReissue | InvalidState | SeasonExists => 409,
             PayloadTooLarge => 413,
-            NotInitialized | NoQuorum => 422,
-            Internal => 500,
+            NotInitialized | NoQuorum | TariffBreakdownNegative => 422,
+            Internal | ArithmeticOverflow => 500,
             Unavailable => 503,
             DeadlineExceeded => 504,
         }
@@ -141,18 +223,32 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             MalformedRequest | InvalidArgument | InvalidAmount | TooManyDecimals
-            | AmountTooSmall | AmountOverLimit | InvalidUnits | UnitsTooSmall | UnitsOverLimit => {
-                tonic::Code::InvalidArgument
-            }
+            | AmountTooSmall | AmountOverLimit | InvalidUnits | UnitsTooSmall | UnitsOverLimit
+            | InvalidTariff | InvalidYearUnits | InvalidPageToken => tonic::Code::InvalidArgument,
             Unauthenticated => tonic::Code::Unauthenticated,
             PermissionDenied => tonic::Code::PermissionDenied,
-            NotFound | AccountNotFound | UnknownNode => tonic::Code::NotFound,
-            AccountExists | DuplicateNode | AlreadyInitialized => tonic::Code::AlreadyExists,
-            AccountClosed | IdempotencyConflict | DuplicatePayment | NotInitialized | NoQuorum => {
-                tonic::Code::FailedPrecondition
+            NotFound | AccountNotFound | UnknownNode | CardUnknown | RecordNotFound
+            | InvoiceNotFound | TariffNotFound => tonic::Code::NotFound,
+            AccountExists | DuplicateNode | AlreadyInitialized | CardExists | SeasonExists => {
+                tonic::Code::AlreadyExists
             }
+            AccountClosed
+            | IdempotencyConflict
+            | DuplicatePayment
+            | NotInitialized
+            | NoQuorum
+            | AccountSuspended
+            | CardReplaced
+            | CardAlreadyIssued
+            | CreditNotLoaded
+            | PossibleDuplicate
+            | AlreadyReversed
+            | NotReversible
+            | NothingToReissue
+            | InvalidState
+            | TariffBreakdownNegative => tonic::Code::FailedPrecondition,
             PayloadTooLarge => tonic::Code::ResourceExhausted,
-            Internal => tonic::Code::Internal,
+            Internal | ArithmeticOverflow => tonic::Code::Internal,
             Unavailable => tonic::Code::Unavailable,
             DeadlineExceeded => tonic::Code::DeadlineExceeded,
         }
@@ -267,6 +363,13 @@ impl ApiError {
 
 impl From<crate::money::MoneyError> for ApiError {
     fn from(e: crate::money::MoneyError) -> Self {
+        let code = ErrorCode::parse(e.code()).unwrap_or(ErrorCode::InvalidArgument);
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<crate::tariff::TariffError> for ApiError {
+    fn from(e: crate::tariff::TariffError) -> Self {
         let code = ErrorCode::parse(e.code()).unwrap_or(ErrorCode::InvalidArgument);
         ApiError::new(code, e.to_string())
     }

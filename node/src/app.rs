@@ -249,6 +249,8 @@ impl App {
             request_id,
             ts_ms: self.stamp(),
             operator,
+            branch: String::new(),
+            channel: String::new(),
             op,
         };
         let left = deadline.saturating_duration_since(Instant::now());

@@ -40,6 +40,10 @@ pub struct Command {
     pub ts_ms: i64,
     /// Who asked (from the caller's credentials, never from the body).
     pub operator: String,
+    /// The caller's branch (counter credentials); empty: the account's.
+    pub branch: String,
+    /// counter | bank | app | import; empty: the op's natural channel.
+    pub channel: String,
     pub op: Op,
 }
 

@@ -1,54 +1,139 @@
-//! Accounts and payments.
+//! Accounts: open, contact data, suspend / resume / close (freeze). May
+//! touch the `accounts` family only (and read the season in `domain_meta`
+//! for the lazy carry-forward, see `seasons`).
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use billdb_api::error::{ApiError, ErrorCode};
+use billdb_api::error::ErrorCode;
 
-use super::keys;
-use super::txn::{Family, Txn};
-use super::{Op, Outcome};
-use crate::types::Command;
+use super::seasons::{self, AccountSeason};
+use super::txn::{Family, Get, Txn};
+use super::{Ctx, Op, Outcome, Res, check_id, check_text, keys, read, refuse, write};
+
+pub const UTILITIES: &[&str] = &["electricity", "heat", "water", "gas"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Account {
     pub account_id: String,
     pub name: String,
     pub address: String,
+    pub phone: String,
     pub branch: String,
     pub utility: String,
     pub meter_id: String,
     pub tariff_id: String,
+    /// Heated area (heat accounts), m².
+    pub area: Decimal,
+    /// active | suspended | closed
     pub status: String,
+    /// Receivable balance: payments and credits add, charges subtract.
     pub balance: Decimal,
     pub opened_ms: i64,
+    pub closed_ms: Option<i64>,
     /// Sequence number of the account's newest record (0: none yet).
     pub last_seq: u64,
+    /// The purchase sequence number last written to the card (0: none).
+    pub last_card_seq: u64,
+    /// `seq` of the newest purchase record, if any.
+    pub last_purchase_seq: Option<u64>,
+    /// The active card, if any (one meter, one card).
+    pub active_card: Option<String>,
+    /// Generation of the newest card issued to this account (0: none).
+    pub card_generation: u32,
+    /// The heating season this account was carried forward into (heat).
+    pub season: Option<AccountSeason>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    pub account_id: String,
-    pub seq: u64,
-    pub kind: String,
-    pub amount: Decimal,
-    pub operator_id: String,
-    pub channel: String,
-    pub request_id: String,
-    pub ts_ms: i64,
-    pub invoice_no: String,
-    pub bank_code: String,
-    pub bank_ref: String,
-}
+impl Account {
+    pub fn is_closed(&self) -> bool {
+        self.status == "closed"
+    }
 
-pub fn get<T: Txn>(txn: &T, account_id: &str) -> Result<Option<Account>, std::io::Error> {
-    match txn.get(Family::Accounts, &keys::account(account_id))? {
-        Some(raw) => Ok(Some(keys::decode(&raw)?)),
-        None => Ok(None),
+    /// Refuses writes to a closed account, and (unless `allow_suspended`)
+    /// to a suspended one.
+    pub(crate) fn check_writable(&self, allow_suspended: bool) -> Res<()> {
+        match self.status.as_str() {
+            "closed" => refuse(
+                ErrorCode::AccountClosed,
+                format!(
+                    "account {:?} is closed; its records are frozen",
+                    self.account_id
+                ),
+            ),
+            "suspended" if !allow_suspended => refuse(
+                ErrorCode::AccountSuspended,
+                format!("account {:?} is suspended", self.account_id),
+            ),
+            _ => Ok(()),
+        }
     }
 }
 
-pub fn open<T: Txn>(txn: &mut T, cmd: &Command) -> Result<Outcome, std::io::Error> {
+/// The account as stored, with the lazy heating-season carry-forward
+/// applied (what the next write would see).
+pub fn get_account<G: Get + ?Sized>(
+    view: &G,
+    account_id: &str,
+) -> Result<Option<Account>, std::io::Error> {
+    let Some(mut account) = read::<_, Account>(view, Family::Accounts, &keys::account(account_id))?
+    else {
+        return Ok(None);
+    };
+    let season = seasons::current_season(view)?;
+    seasons::carry_forward(&mut account, season.as_ref());
+    Ok(Some(account))
+}
+
+/// Load for a write: ACCOUNT_NOT_FOUND if absent.
+pub(crate) fn load<G: Get + ?Sized>(view: &G, account_id: &str) -> Res<Account> {
+    match get_account(view, account_id)? {
+        Some(a) => Ok(a),
+        None => refuse(
+            ErrorCode::AccountNotFound,
+            format!("no account {account_id:?}"),
+        ),
+    }
+}
+
+pub(crate) fn save<T: Txn + ?Sized>(txn: &mut T, account: &Account) -> Res<()> {
+    write(
+        txn,
+        Family::Accounts,
+        keys::account(&account.account_id),
+        account,
+    )?;
+    Ok(())
+}
+
+/// Insert a new account (open or import): ACCOUNT_EXISTS if the id was
+/// ever used (closed accounts stay, so ids are never reused).
+pub(crate) fn create<T: Txn + ?Sized>(txn: &mut T, account: &Account) -> Res<()> {
+    check_id("account_id", &account.account_id)?;
+    check_text("name", &account.name)?;
+    check_text("address", &account.address)?;
+    if !UTILITIES.contains(&account.utility.as_str()) {
+        return refuse(
+            ErrorCode::InvalidArgument,
+            format!("utility: must be one of {UTILITIES:?}"),
+        );
+    }
+    if txn
+        .get(Family::Accounts, &keys::account(&account.account_id))?
+        .is_some()
+    {
+        return refuse(
+            ErrorCode::AccountExists,
+            format!(
+                "account {:?} already exists (account ids are never reused)",
+                account.account_id
+            ),
+        );
+    }
+    save(txn, account)
+}
+
+pub(crate) fn open<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     let Op::OpenAccount {
         account_id,
         name,
@@ -57,209 +142,129 @@ pub fn open<T: Txn>(txn: &mut T, cmd: &Command) -> Result<Outcome, std::io::Erro
         utility,
         meter_id,
         tariff_id,
-    } = &cmd.op
+    } = &ctx.cmd.op
     else {
-        return Err(std::io::Error::other("open called with another op"));
+        return Err(std::io::Error::other("open called with another op").into());
     };
-    if get(txn, account_id)?.is_some() {
-        return Ok(Outcome::Refused(ApiError::new(
-            ErrorCode::AccountExists,
-            format!("account {account_id:?} already exists (account ids are never reused)"),
-        )));
-    }
-    let account = Account {
+    let mut account = Account {
         account_id: account_id.clone(),
         name: name.clone(),
         address: address.clone(),
+        phone: String::new(),
         branch: branch.clone(),
         utility: utility.clone(),
         meter_id: meter_id.clone(),
         tariff_id: tariff_id.clone(),
+        area: Decimal::ZERO,
         status: "active".to_string(),
         balance: Decimal::ZERO,
-        opened_ms: cmd.ts_ms,
+        opened_ms: ctx.ts(),
+        closed_ms: None,
         last_seq: 0,
+        last_card_seq: 0,
+        last_purchase_seq: None,
+        active_card: None,
+        card_generation: 0,
+        season: None,
     };
-    txn.put(
-        Family::Accounts,
-        keys::account(account_id),
-        keys::encode(&account)?,
-    );
+    // A heat account opened during a season starts in it.
+    let season = seasons::current_season(txn)?;
+    seasons::carry_forward(&mut account, season.as_ref());
+    create(txn, &account)?;
     Ok(Outcome::AccountOpened {
         account_id: account_id.clone(),
-        opened_ms: cmd.ts_ms,
+        opened_ms: ctx.ts(),
     })
 }
 
-pub fn payment<T: Txn>(
-    txn: &mut T,
-    log_index: u64,
-    cmd: &Command,
-) -> Result<Outcome, std::io::Error> {
-    let Op::Payment {
+/// Heated area: 0..=1,000,000 m², at most 2 decimal places.
+fn check_area(area: Decimal) -> Res<()> {
+    if area < Decimal::ZERO || area > Decimal::from(1_000_000) || area.scale() > 2 {
+        return refuse(
+            ErrorCode::InvalidArgument,
+            "area: 0..=1000000 with at most 2 decimal places",
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn update_contact<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
+    let Op::UpdateContact {
         account_id,
-        amount,
-        bank_code,
-        bank_ref,
-    } = &cmd.op
+        name,
+        address,
+        phone,
+        area,
+    } = &ctx.cmd.op
     else {
-        return Err(std::io::Error::other("payment called with another op"));
+        return Err(std::io::Error::other("update_contact called with another op").into());
     };
-    let ref_key = keys::bank_ref(bank_code, bank_ref);
-    if let Some(raw) = txn.get(Family::BankRefs, &ref_key)? {
-        let original_request: String = keys::decode(&raw)?;
-        return Ok(Outcome::Refused(
-            ApiError::new(
-                ErrorCode::DuplicatePayment,
-                format!("bank {bank_code} reference {bank_ref} was already posted"),
-            )
-            .with_details(serde_json::json!({"original_request_id": original_request})),
-        ));
+    let mut account = load(txn, account_id)?;
+    account.check_writable(true)?;
+    if let Some(v) = name {
+        check_text("name", v)?;
+        account.name = v.clone();
     }
-    let Some(mut account) = get(txn, account_id)? else {
-        return Ok(Outcome::Refused(ApiError::new(
-            ErrorCode::AccountNotFound,
-            format!("no account {account_id:?}"),
-        )));
-    };
-    if account.status == "closed" {
-        return Ok(Outcome::Refused(ApiError::new(
-            ErrorCode::AccountClosed,
-            format!("account {account_id:?} is closed"),
-        )));
+    if let Some(v) = address {
+        check_text("address", v)?;
+        account.address = v.clone();
     }
-    let Some(balance) = account.balance.checked_add(*amount) else {
-        return Ok(Outcome::Refused(ApiError::new(
-            ErrorCode::AmountOverLimit,
-            "balance would overflow",
-        )));
-    };
-    account.balance = balance;
-    account.last_seq += 1;
-    let invoice_no = format!("INV{log_index:012}");
-    let record = Record {
-        account_id: account_id.clone(),
-        seq: account.last_seq,
-        kind: "payment".to_string(),
-        amount: *amount,
-        operator_id: cmd.operator.clone(),
-        channel: "bank".to_string(),
-        request_id: cmd.request_id.clone(),
-        ts_ms: cmd.ts_ms,
-        invoice_no: invoice_no.clone(),
-        bank_code: bank_code.clone(),
-        bank_ref: bank_ref.clone(),
-    };
-    txn.put(
-        Family::Records,
-        keys::record(account_id, cmd.ts_ms, record.seq),
-        keys::encode(&record)?,
-    );
-    txn.put(
-        Family::Accounts,
-        keys::account(account_id),
-        keys::encode(&account)?,
-    );
-    txn.put(Family::BankRefs, ref_key, keys::encode(&cmd.request_id)?);
-    Ok(Outcome::PaymentPosted {
-        account_id: account_id.clone(),
-        record_seq: record.seq,
-        amount: *amount,
-        balance,
-        invoice_no,
+    if let Some(v) = phone {
+        check_text("phone", v)?;
+        account.phone = v.clone();
+    }
+    if let Some(v) = area {
+        check_area(*v)?;
+        account.area = *v;
+    }
+    save(txn, &account)?;
+    Ok(Outcome::AccountUpdated {
+        account: Box::new(account),
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{apply, txn::MemTxn};
-    use std::str::FromStr;
-
-    fn cmd(request_id: &str, op: Op) -> Command {
-        Command {
-            request_id: request_id.into(),
-            ts_ms: 1_700_000_000_000,
-            operator: "bank:ICBC".into(),
-            op,
+/// Suspend (active → suspended), resume (suspended → active), close
+/// (active | suspended → closed: frozen, the active card revoked).
+pub(crate) fn lifecycle<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
+    let (account_id, reason) = match &ctx.cmd.op {
+        Op::Suspend { account_id, reason } | Op::Close { account_id, reason } => {
+            (account_id, reason.as_str())
+        }
+        Op::Resume { account_id } => (account_id, ""),
+        _ => return Err(std::io::Error::other("lifecycle called with another op").into()),
+    };
+    check_text("reason", reason)?;
+    let mut account = load(txn, account_id)?;
+    account.check_writable(true)?;
+    match &ctx.cmd.op {
+        Op::Suspend { .. } => {
+            if account.status == "suspended" {
+                return refuse(
+                    ErrorCode::AccountSuspended,
+                    format!("account {account_id:?} is already suspended"),
+                );
+            }
+            account.status = "suspended".into();
+        }
+        Op::Resume { .. } => {
+            if account.status != "suspended" {
+                return refuse(
+                    ErrorCode::InvalidState,
+                    format!("account {account_id:?} is not suspended"),
+                );
+            }
+            account.status = "active".into();
+        }
+        _ => {
+            account.status = "closed".into();
+            account.closed_ms = Some(ctx.ts());
+            if let Some(card_no) = account.active_card.take() {
+                super::cards::revoke(txn, &card_no, ctx.ts())?;
+            }
         }
     }
-    fn open_op(id: &str) -> Op {
-        Op::OpenAccount {
-            account_id: id.into(),
-            name: "n".into(),
-            address: "a".into(),
-            branch: "b1".into(),
-            utility: "heat".into(),
-            meter_id: "m".into(),
-            tariff_id: "t".into(),
-        }
-    }
-    fn pay(id: &str, amount: &str, bank_ref: &str) -> Op {
-        Op::Payment {
-            account_id: id.into(),
-            amount: Decimal::from_str(amount).unwrap(),
-            bank_code: "ICBC".into(),
-            bank_ref: bank_ref.into(),
-        }
-    }
-
-    #[test]
-    fn payment_is_exactly_once_by_request_and_bank_ref() {
-        let mut t = MemTxn::default();
-        assert!(matches!(
-            apply(&mut t, 1, &cmd("r1", open_op("A1"))).unwrap(),
-            Outcome::AccountOpened { .. }
-        ));
-        let first = apply(&mut t, 2, &cmd("r2", pay("A1", "10.50", "X1"))).unwrap();
-        assert!(matches!(
-            first,
-            Outcome::PaymentPosted { record_seq: 1, .. }
-        ));
-        // Retry with the same request id: the original outcome, nothing new.
-        assert_eq!(
-            apply(&mut t, 3, &cmd("r2", pay("A1", "10.50", "X1"))).unwrap(),
-            first
-        );
-        // Same request id, other payload: conflict.
-        let Outcome::Refused(e) = apply(&mut t, 4, &cmd("r2", pay("A1", "99.00", "X1"))).unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(e.code, ErrorCode::IdempotencyConflict);
-        // Same bank reference under a new request id: refused.
-        let Outcome::Refused(e) = apply(&mut t, 5, &cmd("r3", pay("A1", "10.50", "X1"))).unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(e.code, ErrorCode::DuplicatePayment);
-        let acct = get(&t, "A1").unwrap().unwrap();
-        assert_eq!(acct.balance, Decimal::from_str("10.50").unwrap());
-        assert_eq!(acct.last_seq, 1);
-    }
-
-    #[test]
-    fn refusals_change_nothing_but_the_request_entry() {
-        let mut t = MemTxn::default();
-        apply(&mut t, 1, &cmd("r1", open_op("A1"))).unwrap();
-        let Outcome::Refused(e) = apply(&mut t, 2, &cmd("r2", open_op("A1"))).unwrap() else {
-            panic!()
-        };
-        assert_eq!(e.code, ErrorCode::AccountExists);
-        let Outcome::Refused(e) = apply(&mut t, 3, &cmd("r3", pay("NOPE", "1.00", "Y"))).unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(e.code, ErrorCode::AccountNotFound);
-        let non_request: Vec<_> = t
-            .data
-            .keys()
-            .filter(|(f, _)| *f != Family::Requests)
-            .collect();
-        assert_eq!(
-            non_request.len(),
-            1,
-            "only the one account exists: {non_request:?}"
-        );
-    }
+    save(txn, &account)?;
+    Ok(Outcome::AccountUpdated {
+        account: Box::new(account),
+    })
 }

@@ -1,34 +1,88 @@
 //! The billing domain: what a committed [`Command`](crate::types::Command)
-//! does to state. Plain functions over a [`Txn`]; they may not touch
-//! RocksDB, the network, a clock or randomness, so that apply is
-//! deterministic and unit-testable without a cluster.
+//! does to state. Plain functions over a [`Txn`] (writes) or a
+//! [`ReadView`] (reads); they may not touch RocksDB, the network, a clock or
+//! randomness, so that apply is deterministic and unit-testable without a
+//! cluster. Time comes only from `Command::ts_ms` (fixed by the leader).
 //!
 //! The storage layer calls [`apply`] once per log entry inside one write
 //! batch; that call is the only boundary between Raft and billing.
+//!
+//! Module map (each module says what it may touch):
+//! `accounts` (accounts, lifecycle), `cards`, `purchases` (sales, reissue,
+//! loaded), `payments` (payments, charges, adjustments), `ledger` (records,
+//! reversal, record listing, segment boundary), `invoices`, `tariffs`
+//! (versions, year units), `reports` (incremental report rows), `seasons`
+//! (heating season, lazy carry-forward), `import` (bulk legacy import),
+//! `calendar` (UTC civil dates), `keys`, `txn`.
+//!
+//! Every command runs against a [`Scratch`] overlay: its writes reach the
+//! transaction only if it succeeds, so a refusal writes nothing but its
+//! request entry, by construction.
 
 mod accounts;
+pub mod calendar;
+mod cards;
+mod import;
+mod invoices;
 mod keys;
+mod ledger;
+mod payments;
+mod purchases;
+mod reports;
+mod seasons;
+mod tariffs;
 pub mod txn;
+
+#[cfg(test)]
+mod tests;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use accounts::Account;
 use billdb_api::error::{ApiError, ErrorCode};
-pub use txn::{Family, Txn};
+
+pub use accounts::{Account, get_account};
+pub use cards::{Card, CardCheck, get_card, verify_card};
+pub use import::{IMPORT_ITEMS_MAX, ImportAccount, ImportRecord};
+pub use invoices::{Invoice, get_invoice};
+pub use ledger::{
+    LIST_LIMIT_MAX, Record, RecordMeta, RecordPage, RecordQuery, Segment, get_record, list_records,
+    parse_record_id, record_id, segment_boundary,
+};
+pub use reports::{GroupBy, Report, ReportLine, bank_daily_report, monthly_report};
+pub use seasons::{Season, current_season};
+pub use tariffs::{TariffSpec, get_tariff, year_units};
+pub use txn::{Family, Get, MemTxn, ReadView, Scratch, Txn};
 
 use crate::types::Command;
 
 /// Every domain column family, in a fixed order (snapshots, digests).
+/// Append only: snapshot files store the index into this list.
 pub const FAMILIES: &[Family] = &[
     Family::Accounts,
     Family::Records,
     Family::Requests,
     Family::BankRefs,
+    Family::Cards,
+    Family::RecordIndex,
+    Family::YearUnits,
+    Family::Tariffs,
+    Family::Invoices,
+    Family::Reports,
+    Family::Meta,
 ];
 
-/// What a client asked for, validated at the edge.
+/// How a purchase is asked for: pay exactly this money, or buy exactly
+/// these units (priced by the server with the account's tariff).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Buy {
+    Money(Decimal),
+    Units(Decimal),
+}
+
+/// What a client asked for, validated at the edge (and checked again here
+/// where stored state depends on it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     OpenAccount {
@@ -46,6 +100,91 @@ pub enum Op {
         bank_code: String,
         bank_ref: String,
     },
+    /// Contact data (and the heated area of a heat account); `None` keeps.
+    UpdateContact {
+        account_id: String,
+        name: Option<String>,
+        address: Option<String>,
+        phone: Option<String>,
+        area: Option<Decimal>,
+    },
+    IssueCard {
+        account_id: String,
+        card_no: String,
+    },
+    /// Replace the active card `card_no` by `new_card_no`; the old card is
+    /// refused (CARD_REPLACED) from then on.
+    ReplaceCard {
+        card_no: String,
+        new_card_no: String,
+        reason: String,
+    },
+    /// A sale by card (preferred) or by account.
+    Purchase {
+        card_no: Option<String>,
+        account_id: Option<String>,
+        buy: Buy,
+        confirm_duplicate: bool,
+    },
+    /// A charge (heating) that the account owes: balance decreases.
+    PostCharge {
+        account_id: String,
+        amount: Decimal,
+        period: String,
+        reason: String,
+    },
+    /// Re-issue the credit of the latest purchase that was not loaded (no
+    /// money, same card seq, once).
+    Reissue {
+        record_id: String,
+    },
+    ConfirmLoaded {
+        record_id: String,
+    },
+    /// A compensating record for `record_id` (once per record).
+    Reverse {
+        record_id: String,
+        reason: String,
+    },
+    /// A signed correction of the balance, with a reason.
+    Adjust {
+        account_id: String,
+        amount: Decimal,
+        reason: String,
+    },
+    Suspend {
+        account_id: String,
+        reason: String,
+    },
+    Resume {
+        account_id: String,
+    },
+    Close {
+        account_id: String,
+        reason: String,
+    },
+    /// Records with `ts_ms >= boundary_ms` are the recent segment.
+    SetSegmentBoundary {
+        boundary_ms: i64,
+    },
+    /// Open a heating season: carry-forward of every heat account (lazy).
+    OpenHeatingSeason {
+        season_id: String,
+    },
+    Import {
+        accounts: Vec<ImportAccount>,
+        records: Vec<ImportRecord>,
+    },
+    /// Add (or replace) the version of `tariff_id` effective from
+    /// `effective_from_ms`.
+    DefineTariff {
+        tariff_id: String,
+        tariff: TariffSpec,
+        effective_from_ms: i64,
+    },
+    PrintInvoice {
+        invoice_no: String,
+    },
 }
 
 impl Op {
@@ -53,6 +192,23 @@ impl Op {
         match self {
             Op::OpenAccount { .. } => "open_account",
             Op::Payment { .. } => "payment",
+            Op::UpdateContact { .. } => "update_contact",
+            Op::IssueCard { .. } => "issue_card",
+            Op::ReplaceCard { .. } => "replace_card",
+            Op::Purchase { .. } => "purchase",
+            Op::PostCharge { .. } => "post_charge",
+            Op::Reissue { .. } => "reissue",
+            Op::ConfirmLoaded { .. } => "confirm_loaded",
+            Op::Reverse { .. } => "reverse",
+            Op::Adjust { .. } => "adjust",
+            Op::Suspend { .. } => "suspend",
+            Op::Resume { .. } => "resume",
+            Op::Close { .. } => "close",
+            Op::SetSegmentBoundary { .. } => "set_segment_boundary",
+            Op::OpenHeatingSeason { .. } => "open_heating_season",
+            Op::Import { .. } => "import",
+            Op::DefineTariff { .. } => "define_tariff",
+            Op::PrintInvoice { .. } => "print_invoice",
         }
     }
 
@@ -79,17 +235,67 @@ pub enum Outcome {
         balance: Decimal,
         invoice_no: String,
     },
+    /// Contact update, suspend, resume, close: the account after it.
+    AccountUpdated {
+        account: Box<Account>,
+    },
+    CardIssued {
+        card: Box<Card>,
+    },
+    CardReplaced {
+        old: Box<Card>,
+        new: Box<Card>,
+    },
+    /// Purchase, charge, reissue, reversal, adjustment: the new record.
+    RecordPosted {
+        record: Box<Record>,
+        balance: Decimal,
+        /// e.g. `CREDIT_NOT_LOADED` when the previous sale was never loaded.
+        warnings: Vec<String>,
+    },
+    CreditLoaded {
+        record_id: String,
+        already_loaded: bool,
+    },
+    BoundarySet {
+        boundary_ms: i64,
+    },
+    SeasonOpened {
+        season: Box<Season>,
+    },
+    Imported {
+        accounts: u32,
+        records: u32,
+    },
+    TariffDefined {
+        tariff_id: String,
+        versions: u32,
+    },
+    InvoicePrinted {
+        invoice: Box<Invoice>,
+        reprint: bool,
+    },
     Refused(ApiError),
 }
 
+fn json_with(result: &str, v: impl Serialize) -> serde_json::Value {
+    let mut v = serde_json::to_value(v).unwrap_or_default();
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert("result".into(), serde_json::Value::String(result.into()));
+    }
+    v
+}
+
 impl Outcome {
+    /// The HTTP JSON body (decimals as strings).
     pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
         match self {
             Outcome::AccountOpened {
                 account_id,
                 opened_ms,
             } => {
-                serde_json::json!({"result":"account_opened","account_id":account_id,"opened_ms":opened_ms})
+                json!({"result":"account_opened","account_id":account_id,"opened_ms":opened_ms})
             }
             Outcome::PaymentPosted {
                 account_id,
@@ -97,10 +303,113 @@ impl Outcome {
                 amount,
                 balance,
                 invoice_no,
-            } => serde_json::json!({
+            } => json!({
                 "result":"payment_posted","account_id":account_id,"seq":record_seq,
+                "record_id": record_id(account_id, *record_seq),
                 "amount":amount.to_string(),"balance":balance.to_string(),"invoice_no":invoice_no}),
+            Outcome::AccountUpdated { account } => {
+                json!({"result":"account_updated","account":account})
+            }
+            Outcome::CardIssued { card } => json!({"result":"card_issued","card":card}),
+            Outcome::CardReplaced { old, new } => {
+                json!({"result":"card_replaced","old_card":old,"card":new})
+            }
+            Outcome::RecordPosted {
+                record,
+                balance,
+                warnings,
+            } => json!({
+                "result":"record_posted",
+                "record_id": record_id(&record.account_id, record.seq),
+                "record":record,"balance":balance.to_string(),"warnings":warnings}),
+            Outcome::CreditLoaded {
+                record_id,
+                already_loaded,
+            } => {
+                json!({"result":"credit_loaded","record_id":record_id,"already_loaded":already_loaded})
+            }
+            Outcome::BoundarySet { boundary_ms } => {
+                json!({"result":"boundary_set","boundary_ms":boundary_ms})
+            }
+            Outcome::SeasonOpened { season } => json_with("season_opened", season),
+            Outcome::Imported { accounts, records } => {
+                json!({"result":"imported","accounts":accounts,"records":records})
+            }
+            Outcome::TariffDefined {
+                tariff_id,
+                versions,
+            } => json!({"result":"tariff_defined","tariff_id":tariff_id,"versions":versions}),
+            Outcome::InvoicePrinted { invoice, reprint } => {
+                json!({"result":"invoice_printed","invoice":invoice,"reprint":reprint,"print_count":invoice.print_count})
+            }
             Outcome::Refused(e) => serde_json::to_value(e).unwrap_or_default(),
+        }
+    }
+}
+
+/// Why an operation did not produce an outcome: refused (a client-visible
+/// code, nothing written) or a storage error.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    Io(std::io::Error),
+    Refused(ApiError),
+}
+
+impl From<std::io::Error> for Fail {
+    fn from(e: std::io::Error) -> Self {
+        Fail::Io(e)
+    }
+}
+
+impl From<ApiError> for Fail {
+    fn from(e: ApiError) -> Self {
+        Fail::Refused(e)
+    }
+}
+
+pub(crate) type Res<T> = Result<T, Fail>;
+
+pub(crate) fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> Res<T> {
+    Err(Fail::Refused(ApiError::new(code, message)))
+}
+
+/// What an operation knows about the command it runs for.
+pub(crate) struct Ctx<'a> {
+    pub log_index: u64,
+    pub cmd: &'a Command,
+}
+
+impl Ctx<'_> {
+    pub fn ts(&self) -> i64 {
+        self.cmd.ts_ms
+    }
+    /// The branch of the caller, or the account's branch when the caller
+    /// has none (bank, app, ops).
+    pub fn branch(&self, account: &Account) -> String {
+        if self.cmd.branch.is_empty() {
+            account.branch.clone()
+        } else {
+            self.cmd.branch.clone()
+        }
+    }
+    /// The caller's channel, or the op's natural one.
+    pub fn channel(&self) -> String {
+        if !self.cmd.channel.is_empty() {
+            return self.cmd.channel.clone();
+        }
+        match self.cmd.op {
+            Op::Payment { .. } => "bank",
+            Op::Import { .. } => "import",
+            _ => "counter",
+        }
+        .to_string()
+    }
+    /// The invoice number of the n-th invoice this command issues.
+    pub fn invoice_no(&self, n: u32) -> String {
+        if n == 0 {
+            format!("INV{:012}", self.log_index)
+        } else {
+            format!("INV{:012}-{n:04}", self.log_index)
         }
     }
 }
@@ -111,6 +420,28 @@ struct RequestEntry {
     fingerprint: [u8; 32],
     log_index: u64,
     outcome: Outcome,
+}
+
+fn dispatch<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
+    match &ctx.cmd.op {
+        Op::OpenAccount { .. } => accounts::open(txn, ctx),
+        Op::UpdateContact { .. } => accounts::update_contact(txn, ctx),
+        Op::Suspend { .. } | Op::Resume { .. } | Op::Close { .. } => accounts::lifecycle(txn, ctx),
+        Op::Payment { .. } => payments::payment(txn, ctx),
+        Op::PostCharge { .. } => payments::charge(txn, ctx),
+        Op::Adjust { .. } => payments::adjust(txn, ctx),
+        Op::IssueCard { .. } => cards::issue(txn, ctx),
+        Op::ReplaceCard { .. } => cards::replace(txn, ctx),
+        Op::Purchase { .. } => purchases::purchase(txn, ctx),
+        Op::Reissue { .. } => purchases::reissue(txn, ctx),
+        Op::ConfirmLoaded { .. } => purchases::confirm_loaded(txn, ctx),
+        Op::Reverse { .. } => ledger::reverse(txn, ctx),
+        Op::SetSegmentBoundary { .. } => ledger::set_boundary(txn, ctx),
+        Op::OpenHeatingSeason { .. } => seasons::open(txn, ctx),
+        Op::Import { .. } => import::import(txn, ctx),
+        Op::DefineTariff { .. } => tariffs::define(txn, ctx),
+        Op::PrintInvoice { .. } => invoices::print(txn, ctx),
+    }
 }
 
 /// Apply one committed command. Deterministic: the same state and command
@@ -137,9 +468,22 @@ pub fn apply<T: Txn>(
             ),
         )));
     }
-    let outcome = match &cmd.op {
-        Op::OpenAccount { .. } => accounts::open(txn, cmd)?,
-        Op::Payment { .. } => accounts::payment(txn, log_index, cmd)?,
+    let ctx = Ctx { log_index, cmd };
+    let mut scratch = Scratch::new(&*txn);
+    let result = dispatch(&mut scratch, &ctx);
+    let writes = scratch.into_writes();
+    let outcome = match result {
+        Ok(outcome) => {
+            for ((family, key), value) in writes {
+                match value {
+                    Some(v) => txn.put(family, key, v),
+                    None => txn.delete(family, key),
+                }
+            }
+            outcome
+        }
+        Err(Fail::Refused(e)) => Outcome::Refused(e),
+        Err(Fail::Io(e)) => return Err(e),
     };
     let entry = RequestEntry {
         fingerprint,
@@ -151,16 +495,76 @@ pub fn apply<T: Txn>(
 }
 
 /// Look up the stored outcome of a request_id.
-pub fn request_outcome<T: Txn>(
-    txn: &T,
+pub fn request_outcome<G: Get + ?Sized>(
+    view: &G,
     request_id: &str,
 ) -> Result<Option<Outcome>, std::io::Error> {
-    match txn.get(Family::Requests, &keys::request(request_id))? {
+    match view.get(Family::Requests, &keys::request(request_id))? {
         Some(raw) => Ok(Some(keys::decode::<RequestEntry>(&raw)?.outcome)),
         None => Ok(None),
     }
 }
 
-pub fn get_account<T: Txn>(txn: &T, account_id: &str) -> Result<Option<Account>, std::io::Error> {
-    accounts::get(txn, account_id)
+/// Read a bincode value, if present.
+pub(crate) fn read<G: Get + ?Sized, V: serde::de::DeserializeOwned>(
+    view: &G,
+    family: Family,
+    key: &[u8],
+) -> Result<Option<V>, std::io::Error> {
+    match view.get(family, key)? {
+        Some(raw) => Ok(Some(keys::decode(&raw)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn write<T: Txn + ?Sized, V: Serialize>(
+    txn: &mut T,
+    family: Family,
+    key: Vec<u8>,
+    value: &V,
+) -> Result<(), std::io::Error> {
+    txn.put(family, key, keys::encode(value)?);
+    Ok(())
+}
+
+/// Checked money arithmetic: an overflow is a refusal, never a panic.
+pub(crate) fn add(a: Decimal, b: Decimal) -> Res<Decimal> {
+    match a.checked_add(b) {
+        Some(v) => Ok(v),
+        None => refuse(ErrorCode::ArithmeticOverflow, "amount out of range"),
+    }
+}
+
+pub(crate) fn sub(a: Decimal, b: Decimal) -> Res<Decimal> {
+    match a.checked_sub(b) {
+        Some(v) => Ok(v),
+        None => refuse(ErrorCode::ArithmeticOverflow, "amount out of range"),
+    }
+}
+
+/// A short free-text field (reason, name, ...): bounded, no control chars.
+pub(crate) fn check_text(field: &str, v: &str) -> Res<()> {
+    if v.chars().count() > 200 || v.chars().any(char::is_control) {
+        return refuse(
+            ErrorCode::InvalidArgument,
+            format!("{field}: at most 200 characters, no control characters"),
+        );
+    }
+    Ok(())
+}
+
+/// An identifier: 1..=64 bytes, no control characters.
+pub(crate) fn check_id(field: &str, v: &str) -> Res<()> {
+    if v.is_empty() || v.len() > 64 || v.chars().any(char::is_control) {
+        return refuse(
+            ErrorCode::InvalidArgument,
+            format!("{field}: must be 1..=64 bytes without control characters"),
+        );
+    }
+    Ok(())
+}
+
+/// A positive money amount (2 dp, within limits).
+pub(crate) fn check_amount(v: Decimal) -> Res<Decimal> {
+    billdb_api::money::validate_amount(v).map_err(|e| Fail::Refused(e.into()))
 }

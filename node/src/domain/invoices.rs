@@ -1,0 +1,86 @@
+//! Invoices: one number per purchase or payment, assigned once when the
+//! record is posted (`INV` ‖ log index, 12 digits; a command issuing several,
+//! i.e. an import, adds `-NNNN`; imported legacy numbers are kept as is).
+//! Printing is a write because the print count changes: the first print is
+//! the original, every later one a reprint with the same number and its
+//! count. May touch the `invoices` family only.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use billdb_api::error::ErrorCode;
+
+use super::ledger::Record;
+use super::txn::{Family, Get, Txn};
+use super::{Ctx, Op, Outcome, Res, accounts, keys, read, refuse, write};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invoice {
+    pub invoice_no: String,
+    pub account_id: String,
+    pub seq: u64,
+    pub kind: String,
+    pub amount: Decimal,
+    pub units: Decimal,
+    pub issued_ms: i64,
+    /// 0 until first printed.
+    pub print_count: u32,
+    pub first_printed_ms: Option<i64>,
+    pub last_printed_ms: Option<i64>,
+}
+
+pub fn get_invoice<G: Get + ?Sized>(
+    view: &G,
+    invoice_no: &str,
+) -> Result<Option<Invoice>, std::io::Error> {
+    read(view, Family::Invoices, &keys::invoice(invoice_no))
+}
+
+/// Record the invoice of a newly posted record (its number must be new).
+pub(crate) fn issue<T: Txn + ?Sized>(txn: &mut T, r: &Record) -> Res<()> {
+    if get_invoice(txn, &r.invoice_no)?.is_some() {
+        return refuse(
+            ErrorCode::InvalidArgument,
+            format!("invoice number {:?} is already assigned", r.invoice_no),
+        );
+    }
+    let inv = Invoice {
+        invoice_no: r.invoice_no.clone(),
+        account_id: r.account_id.clone(),
+        seq: r.seq,
+        kind: r.kind.clone(),
+        amount: r.amount,
+        units: r.units,
+        issued_ms: r.ts_ms,
+        print_count: 0,
+        first_printed_ms: None,
+        last_printed_ms: None,
+    };
+    write(txn, Family::Invoices, keys::invoice(&r.invoice_no), &inv)?;
+    Ok(())
+}
+
+pub(crate) fn print<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
+    let Op::PrintInvoice { invoice_no } = &ctx.cmd.op else {
+        return Err(std::io::Error::other("print called with another op").into());
+    };
+    let Some(mut inv) = get_invoice(txn, invoice_no)? else {
+        return refuse(
+            ErrorCode::InvoiceNotFound,
+            format!("no invoice {invoice_no:?}"),
+        );
+    };
+    let account = accounts::load(txn, &inv.account_id)?;
+    account.check_writable(true)?;
+    let reprint = inv.print_count > 0;
+    inv.print_count = inv.print_count.saturating_add(1);
+    if inv.first_printed_ms.is_none() {
+        inv.first_printed_ms = Some(ctx.ts());
+    }
+    inv.last_printed_ms = Some(ctx.ts());
+    write(txn, Family::Invoices, keys::invoice(invoice_no), &inv)?;
+    Ok(Outcome::InvoicePrinted {
+        invoice: Box::new(inv),
+        reprint,
+    })
+}

@@ -1,0 +1,2138 @@
+//! Domain unit and property tests on [`MemTxn`]: every operation's happy
+//! path and refusals, reports vs records, ladder pricing across the year,
+//! determinism, and the cost of the recent segment.
+
+use std::cell::Cell;
+use std::str::FromStr;
+
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+
+use billdb_api::error::ErrorCode;
+use billdb_api::tariff::{self, PurchaseBy};
+
+use super::calendar::days_ms;
+use super::txn::SCAN_LIMIT_MAX;
+use super::*;
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+const DAY: i64 = 86_400_000;
+
+fn t0() -> i64 {
+    days_ms(2026, 3, 1)
+}
+
+fn ladder() -> TariffSpec {
+    TariffSpec::Ladder {
+        tiers: vec![
+            (Some(d("2160")), d("0.4883")),
+            (Some(d("4200")), d("0.5383")),
+            (None, d("0.7883")),
+        ],
+    }
+}
+
+fn api_ladder() -> billdb_api::tariff::Tariff {
+    ladder().to_tariff("RES")
+}
+
+struct World {
+    t: MemTxn,
+    index: u64,
+    operator: String,
+    branch: String,
+}
+
+impl World {
+    fn new() -> Self {
+        World {
+            t: MemTxn::default(),
+            index: 0,
+            operator: "op1".into(),
+            branch: String::new(),
+        }
+    }
+
+    fn run(&mut self, rid: &str, ts: i64, op: Op) -> Outcome {
+        self.index += 1;
+        let cmd = Command {
+            request_id: rid.into(),
+            ts_ms: ts,
+            operator: self.operator.clone(),
+            branch: self.branch.clone(),
+            channel: String::new(),
+            op,
+        };
+        apply(&mut self.t, self.index, &cmd).unwrap()
+    }
+
+    fn ok(&mut self, rid: &str, ts: i64, op: Op) -> Outcome {
+        let o = self.run(rid, ts, op);
+        if let Outcome::Refused(e) = &o {
+            panic!("{rid} refused: {e:?}");
+        }
+        o
+    }
+
+    /// Runs `op`, expects a refusal, and checks that nothing but the
+    /// request entry was written.
+    fn refused(&mut self, rid: &str, ts: i64, op: Op) -> billdb_api::error::ApiError {
+        let before = self.non_request();
+        let o = self.run(rid, ts, op);
+        let Outcome::Refused(e) = o else {
+            panic!("{rid} not refused: {o:?}")
+        };
+        assert_eq!(before, self.non_request(), "{rid}: a refusal wrote data");
+        assert!(request_outcome(&self.t, rid).unwrap().is_some());
+        e
+    }
+
+    fn code(&mut self, rid: &str, ts: i64, op: Op) -> ErrorCode {
+        self.refused(rid, ts, op).code
+    }
+
+    fn non_request(&self) -> Vec<(Family, Vec<u8>, Vec<u8>)> {
+        self.t
+            .data
+            .iter()
+            .filter(|((f, _), _)| *f != Family::Requests)
+            .map(|((f, k), v)| (*f, k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn account(&self, id: &str) -> Account {
+        get_account(&self.t, id).unwrap().unwrap()
+    }
+
+    /// Tariff RES, account A1 (electricity), card C1.
+    fn standard() -> Self {
+        let mut w = World::new();
+        w.ok("t", 0, define_tariff("RES", ladder(), 0));
+        w.ok("o1", t0(), open("A1", "electricity", "RES"));
+        w.ok("c1", t0() + 1, issue("A1", "C1"));
+        w
+    }
+}
+
+fn open(id: &str, utility: &str, tariff: &str) -> Op {
+    Op::OpenAccount {
+        account_id: id.into(),
+        name: "n".into(),
+        address: "a".into(),
+        branch: "b1".into(),
+        utility: utility.into(),
+        meter_id: "m".into(),
+        tariff_id: tariff.into(),
+    }
+}
+
+fn define_tariff(id: &str, spec: TariffSpec, from: i64) -> Op {
+    Op::DefineTariff {
+        tariff_id: id.into(),
+        tariff: spec,
+        effective_from_ms: from,
+    }
+}
+
+fn issue(account: &str, card: &str) -> Op {
+    Op::IssueCard {
+        account_id: account.into(),
+        card_no: card.into(),
+    }
+}
+
+fn buy_card(card: &str, money: &str) -> Op {
+    Op::Purchase {
+        card_no: Some(card.into()),
+        account_id: None,
+        buy: Buy::Money(d(money)),
+        confirm_duplicate: false,
+    }
+}
+
+fn buy_units(account: &str, units: &str) -> Op {
+    Op::Purchase {
+        card_no: None,
+        account_id: Some(account.into()),
+        buy: Buy::Units(d(units)),
+        confirm_duplicate: false,
+    }
+}
+
+fn pay(id: &str, amount: &str, bank_ref: &str) -> Op {
+    Op::Payment {
+        account_id: id.into(),
+        amount: d(amount),
+        bank_code: "ICBC".into(),
+        bank_ref: bank_ref.into(),
+    }
+}
+
+fn posted(o: &Outcome) -> (&Record, Decimal, &Vec<String>) {
+    match o {
+        Outcome::RecordPosted {
+            record,
+            balance,
+            warnings,
+        } => (record, *balance, warnings),
+        other => panic!("not a record: {other:?}"),
+    }
+}
+
+fn rid_of(o: &Outcome) -> String {
+    match o {
+        Outcome::PaymentPosted {
+            account_id,
+            record_seq,
+            ..
+        } => record_id(account_id, *record_seq),
+        o => {
+            let (r, _, _) = posted(o);
+            record_id(&r.account_id, r.seq)
+        }
+    }
+}
+
+// ---------------------------------------------------------------- accounts
+
+#[test]
+fn open_account_and_its_refusals() {
+    let mut w = World::new();
+    let o = w.ok("r1", t0(), open("A1", "heat", ""));
+    assert_eq!(
+        o,
+        Outcome::AccountOpened {
+            account_id: "A1".into(),
+            opened_ms: t0()
+        }
+    );
+    let a = w.account("A1");
+    assert_eq!(
+        (a.status.as_str(), a.balance, a.last_seq),
+        ("active", d("0"), 0)
+    );
+    assert_eq!(
+        w.code("r2", t0(), open("A1", "heat", "")),
+        ErrorCode::AccountExists
+    );
+    assert_eq!(
+        w.code("r3", t0(), open("A2", "steam", "")),
+        ErrorCode::InvalidArgument
+    );
+    // Closed ids are never reused.
+    w.ok(
+        "r4",
+        t0(),
+        Op::Close {
+            account_id: "A1".into(),
+            reason: "moved".into(),
+        },
+    );
+    assert_eq!(
+        w.code("r5", t0(), open("A1", "heat", "")),
+        ErrorCode::AccountExists
+    );
+}
+
+#[test]
+fn idempotency_same_payload_same_outcome_other_payload_conflict() {
+    let mut w = World::standard();
+    let first = w.ok("p1", t0() + 10, pay("A1", "10.50", "X1"));
+    let again = w.run("p1", t0() + 20, pay("A1", "10.50", "X1"));
+    assert_eq!(first, again);
+    assert_eq!(w.account("A1").balance, d("10.50"));
+    assert_eq!(
+        w.code("p1", t0() + 30, pay("A1", "99.00", "X1")),
+        ErrorCode::IdempotencyConflict
+    );
+}
+
+#[test]
+fn update_contact_and_refusals() {
+    let mut w = World::standard();
+    let op = |id: &str, area: Option<&str>| Op::UpdateContact {
+        account_id: id.into(),
+        name: Some("New Name".into()),
+        address: None,
+        phone: Some("555".into()),
+        area: area.map(d),
+    };
+    let Outcome::AccountUpdated { account } = w.ok("u1", t0() + 5, op("A1", Some("88.50"))) else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            account.name.as_str(),
+            account.address.as_str(),
+            account.phone.as_str(),
+            account.area
+        ),
+        ("New Name", "a", "555", d("88.50"))
+    );
+    assert_eq!(w.account("A1").name, "New Name");
+    assert_eq!(
+        w.code("u2", t0(), op("NOPE", None)),
+        ErrorCode::AccountNotFound
+    );
+    assert_eq!(
+        w.code("u3", t0(), op("A1", Some("-1"))),
+        ErrorCode::InvalidArgument
+    );
+    w.ok(
+        "c",
+        t0() + 6,
+        Op::Close {
+            account_id: "A1".into(),
+            reason: String::new(),
+        },
+    );
+    assert_eq!(
+        w.code("u4", t0() + 7, op("A1", None)),
+        ErrorCode::AccountClosed
+    );
+}
+
+#[test]
+fn suspend_resume_close_lifecycle() {
+    let mut w = World::standard();
+    let susp = || Op::Suspend {
+        account_id: "A1".into(),
+        reason: "arrears".into(),
+    };
+    let resume = || Op::Resume {
+        account_id: "A1".into(),
+    };
+    assert_eq!(w.code("r0", t0(), resume()), ErrorCode::InvalidState);
+    w.ok("s1", t0() + 10, susp());
+    assert_eq!(w.account("A1").status, "suspended");
+    assert_eq!(w.code("s2", t0() + 11, susp()), ErrorCode::AccountSuspended);
+    // Sales and card changes are refused while suspended; payments are not.
+    assert_eq!(
+        w.code("b1", t0() + 12, buy_card("C1", "10.00")),
+        ErrorCode::AccountSuspended
+    );
+    w.ok("p1", t0() + 13, pay("A1", "5.00", "R1"));
+    w.ok("r1", t0() + 14, resume());
+    assert_eq!(w.account("A1").status, "active");
+    w.ok(
+        "cl",
+        t0() + 15,
+        Op::Close {
+            account_id: "A1".into(),
+            reason: "moved".into(),
+        },
+    );
+    let a = w.account("A1");
+    assert_eq!(
+        (a.status.as_str(), a.closed_ms, a.active_card),
+        ("closed", Some(t0() + 15), None)
+    );
+    assert_eq!(get_card(&w.t, "C1").unwrap().unwrap().status, "revoked");
+    // Frozen: every write refused, records kept.
+    for (i, op) in [
+        pay("A1", "1.00", "R2"),
+        buy_units("A1", "1"),
+        susp(),
+        resume(),
+        Op::Close {
+            account_id: "A1".into(),
+            reason: String::new(),
+        },
+        Op::Adjust {
+            account_id: "A1".into(),
+            amount: d("1.00"),
+            reason: "x".into(),
+        },
+        Op::PostCharge {
+            account_id: "A1".into(),
+            amount: d("1.00"),
+            period: String::new(),
+            reason: String::new(),
+        },
+        issue("A1", "C9"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(
+            w.code(&format!("x{i}"), t0() + 20, op),
+            ErrorCode::AccountClosed
+        );
+    }
+    let page = list_records(&w.t, &all_query("A1")).unwrap().unwrap();
+    assert_eq!(page.records.len(), 1);
+}
+
+// ------------------------------------------------------------------- cards
+
+#[test]
+fn issue_card_and_refusals() {
+    let mut w = World::standard();
+    let c = get_card(&w.t, "C1").unwrap().unwrap();
+    assert_eq!(
+        (c.generation, c.status.as_str(), c.account_id.as_str()),
+        (1, "active", "A1")
+    );
+    assert_eq!(w.account("A1").active_card.as_deref(), Some("C1"));
+    assert_eq!(
+        w.code("i1", t0(), issue("A1", "C2")),
+        ErrorCode::CardAlreadyIssued
+    );
+    w.ok("o2", t0(), open("A2", "electricity", "RES"));
+    assert_eq!(w.code("i2", t0(), issue("A2", "C1")), ErrorCode::CardExists);
+    assert_eq!(
+        w.code("i3", t0(), issue("NOPE", "C3")),
+        ErrorCode::AccountNotFound
+    );
+    w.ok(
+        "s",
+        t0(),
+        Op::Suspend {
+            account_id: "A2".into(),
+            reason: String::new(),
+        },
+    );
+    assert_eq!(
+        w.code("i4", t0(), issue("A2", "C3")),
+        ErrorCode::AccountSuspended
+    );
+}
+
+#[test]
+fn replace_card_refuses_the_old_card_from_then_on() {
+    let mut w = World::standard();
+    let rep = |old: &str, new: &str| Op::ReplaceCard {
+        card_no: old.into(),
+        new_card_no: new.into(),
+        reason: "lost".into(),
+    };
+    let Outcome::CardReplaced { old, new } = w.ok("r1", t0() + 100, rep("C1", "C2")) else {
+        panic!()
+    };
+    assert_eq!(
+        (old.status.as_str(), old.replaced_by.as_deref()),
+        ("replaced", Some("C2"))
+    );
+    assert_eq!((new.generation, new.status.as_str()), (2, "active"));
+    assert_eq!(w.account("A1").active_card.as_deref(), Some("C2"));
+    let e = w.refused("b1", t0() + 200, buy_card("C1", "10.00"));
+    assert_eq!(e.code, ErrorCode::CardReplaced);
+    assert_eq!(e.details["current_card"], "C2");
+    assert_eq!(e.details["replaced_ms"], t0() + 100);
+    assert_eq!(w.code("r2", t0(), rep("C1", "C3")), ErrorCode::CardReplaced);
+    assert_eq!(
+        w.code("r3", t0(), rep("NOPE", "C3")),
+        ErrorCode::CardUnknown
+    );
+    assert_eq!(w.code("r4", t0(), rep("C2", "C1")), ErrorCode::CardExists);
+    w.ok("b2", t0() + 300, buy_card("C2", "10.00"));
+}
+
+#[test]
+fn verify_card_verdicts_and_recent_records() {
+    let mut w = World::standard();
+    let v = verify_card(&w.t, "C1", 1, 0, 10).unwrap();
+    assert_eq!(v.verdict, "OK");
+    assert_eq!(
+        verify_card(&w.t, "ZZ", 1, 0, 10).unwrap().verdict,
+        "CARD_UNKNOWN"
+    );
+    assert_eq!(
+        verify_card(&w.t, "C1", 7, 0, 10).unwrap().verdict,
+        "CARD_UNKNOWN"
+    );
+    let o = w.ok("b1", t0() + 10, buy_card("C1", "100.00"));
+    let v = verify_card(&w.t, "C1", 1, 0, 10).unwrap();
+    assert_eq!(v.verdict, "CREDIT_NOT_LOADED");
+    assert_eq!(v.unloaded_record_id, Some(rid_of(&o)));
+    assert_eq!(v.expected_seq, 1);
+    assert_eq!(v.recent.len(), 1);
+    w.ok(
+        "l1",
+        t0() + 20,
+        Op::ConfirmLoaded {
+            record_id: rid_of(&o),
+        },
+    );
+    assert_eq!(verify_card(&w.t, "C1", 1, 1, 10).unwrap().verdict, "OK");
+    w.ok(
+        "r",
+        t0() + 30,
+        Op::ReplaceCard {
+            card_no: "C1".into(),
+            new_card_no: "C2".into(),
+            reason: String::new(),
+        },
+    );
+    let v = verify_card(&w.t, "C1", 1, 1, 10).unwrap();
+    assert_eq!(v.verdict, "CARD_REPLACED");
+    assert_eq!(
+        (v.replaced_ms, v.current_card.as_deref()),
+        (Some(t0() + 30), Some("C2"))
+    );
+    assert_eq!(verify_card(&w.t, "C2", 2, 1, 10).unwrap().verdict, "OK");
+    w.ok(
+        "s",
+        t0() + 40,
+        Op::Suspend {
+            account_id: "A1".into(),
+            reason: String::new(),
+        },
+    );
+    assert_eq!(
+        verify_card(&w.t, "C2", 2, 1, 10).unwrap().verdict,
+        "ACCOUNT_SUSPENDED"
+    );
+    w.ok(
+        "c",
+        t0() + 50,
+        Op::Close {
+            account_id: "A1".into(),
+            reason: String::new(),
+        },
+    );
+    let v = verify_card(&w.t, "C2", 2, 1, 10).unwrap();
+    assert_eq!(v.verdict, "ACCOUNT_CLOSED");
+    assert_eq!(v.recent.len(), 1);
+}
+
+// --------------------------------------------------------------- purchases
+
+#[test]
+fn purchase_by_money_and_by_units_use_the_ladder_and_year_counter() {
+    let mut w = World::standard();
+    let o = w.ok("b1", t0() + 10, buy_card("C1", "100.00"));
+    let (r, _, warnings) = posted(&o);
+    assert_eq!(
+        (r.kind.as_str(), r.amount, r.units),
+        ("purchase", d("100.00"), d("204.79"))
+    );
+    assert_eq!((r.card_no.as_str(), r.card_seq, r.seq), ("C1", 1, 1));
+    assert_eq!(r.invoice_no, "INV000000000004");
+    assert!(warnings.is_empty());
+    assert_eq!(year_units(&w.t, "A1", 2026).unwrap(), d("204.79"));
+    // By units, crossing into tier 2: priced after the 204.79 bought.
+    let o = w.ok("b2", t0() + 100_000, buy_units("A1", "2000"));
+    let (r, _, warnings) = posted(&o);
+    let expect = tariff::price(&api_ladder(), d("204.79"), PurchaseBy::Units(d("2000"))).unwrap();
+    assert_eq!(
+        (r.amount, r.units, &r.tiers),
+        (expect.amount, expect.units, &expect.tiers)
+    );
+    assert_eq!(r.tiers.len(), 2);
+    assert_eq!(warnings, &vec!["CREDIT_NOT_LOADED".to_string()]);
+    assert_eq!(year_units(&w.t, "A1", 2026).unwrap(), d("2204.79"));
+    let a = w.account("A1");
+    assert_eq!(
+        (a.last_card_seq, a.last_seq, a.last_purchase_seq),
+        (2, 2, Some(2))
+    );
+    // Invoice exists.
+    let inv = get_invoice(&w.t, &r.invoice_no).unwrap().unwrap();
+    assert_eq!((inv.amount, inv.print_count), (r.amount, 0));
+}
+
+#[test]
+fn purchase_refusals() {
+    let mut w = World::standard();
+    assert_eq!(
+        w.code("b0", t0(), buy_card("ZZ", "10.00")),
+        ErrorCode::CardUnknown
+    );
+    assert_eq!(
+        w.code("b1", t0(), buy_card("C1", "0.00")),
+        ErrorCode::AmountTooSmall
+    );
+    assert_eq!(
+        w.code("b2", t0(), buy_card("C1", "1.234")),
+        ErrorCode::TooManyDecimals
+    );
+    assert_eq!(
+        w.code("b3", t0(), buy_units("A1", "0.001")),
+        ErrorCode::AmountTooSmall
+    );
+    assert_eq!(
+        w.code("b4", t0(), buy_units("NOPE", "1")),
+        ErrorCode::AccountNotFound
+    );
+    w.ok("o2", t0(), open("A2", "electricity", ""));
+    assert_eq!(
+        w.code("b5", t0(), buy_units("A2", "1")),
+        ErrorCode::TariffNotFound
+    );
+    w.ok("o3", t0(), open("A3", "electricity", "LATER"));
+    w.ok(
+        "t2",
+        t0(),
+        define_tariff("LATER", TariffSpec::Flat { price: d("1") }, t0() + DAY),
+    );
+    assert_eq!(
+        w.code("b6", t0(), buy_units("A3", "1")),
+        ErrorCode::TariffNotFound
+    );
+    w.ok("b7", t0() + DAY, buy_units("A3", "1"));
+    assert_eq!(
+        w.code(
+            "b8",
+            t0(),
+            Op::Purchase {
+                card_no: None,
+                account_id: None,
+                buy: Buy::Units(d("1")),
+                confirm_duplicate: false
+            }
+        ),
+        ErrorCode::InvalidArgument
+    );
+    // A card that is not the account's.
+    assert_eq!(
+        w.code(
+            "b9",
+            t0(),
+            Op::Purchase {
+                card_no: Some("C1".into()),
+                account_id: Some("A3".into()),
+                buy: Buy::Units(d("1")),
+                confirm_duplicate: false
+            }
+        ),
+        ErrorCode::InvalidArgument
+    );
+}
+
+#[test]
+fn near_duplicate_sale_is_held_unless_confirmed() {
+    let mut w = World::standard();
+    let first = w.ok("b1", t0(), buy_card("C1", "50.00"));
+    let e = w.refused("b2", t0() + 29_000, buy_card("C1", "50.00"));
+    assert_eq!(e.code, ErrorCode::PossibleDuplicate);
+    assert_eq!(e.details["previous_record_id"], rid_of(&first));
+    assert_eq!(e.details["previous_request_id"], "b1");
+    // Another amount is fine; so is a confirmed duplicate.
+    w.ok("b3", t0() + 29_500, buy_card("C1", "51.00"));
+    w.ok(
+        "b4",
+        t0() + 29_600,
+        Op::Purchase {
+            card_no: Some("C1".into()),
+            account_id: None,
+            buy: Buy::Money(d("51.00")),
+            confirm_duplicate: true,
+        },
+    );
+    // And the same amount after the window.
+    w.ok("b5", t0() + 29_600 + 30_001, buy_card("C1", "51.00"));
+    assert_eq!(w.account("A1").last_card_seq, 4);
+}
+
+#[test]
+fn reissue_lost_credit_once_for_the_latest_unloaded_purchase() {
+    let mut w = World::standard();
+    let p1 = w.ok("b1", t0(), buy_card("C1", "20.00"));
+    let p2 = w.ok("b2", t0() + 60_000, buy_card("C1", "30.00"));
+    assert_eq!(
+        w.code(
+            "x0",
+            t0(),
+            Op::Reissue {
+                record_id: rid_of(&p1)
+            }
+        ),
+        ErrorCode::NothingToReissue
+    );
+    assert_eq!(
+        w.code(
+            "x1",
+            t0(),
+            Op::Reissue {
+                record_id: "A1:99".into()
+            }
+        ),
+        ErrorCode::RecordNotFound
+    );
+    assert_eq!(
+        w.code(
+            "x2",
+            t0(),
+            Op::Reissue {
+                record_id: "junk".into()
+            }
+        ),
+        ErrorCode::RecordNotFound
+    );
+    let o = w.ok(
+        "ri",
+        t0() + 70_000,
+        Op::Reissue {
+            record_id: rid_of(&p2),
+        },
+    );
+    let (r, _, _) = posted(&o);
+    let (orig, _, _) = posted(&p2);
+    assert_eq!(
+        (r.kind.as_str(), r.amount, r.units),
+        ("reissue", d("0"), orig.units)
+    );
+    assert_eq!((r.card_seq, r.refers_to), (orig.card_seq, Some(orig.seq)));
+    assert_eq!(w.account("A1").last_card_seq, 2, "no new card seq");
+    assert!(r.invoice_no.is_empty());
+    let e = w.refused(
+        "ri2",
+        t0() + 80_000,
+        Op::Reissue {
+            record_id: rid_of(&p2),
+        },
+    );
+    assert_eq!(e.code, ErrorCode::NothingToReissue);
+    // Loaded purchases have nothing to reissue.
+    let p3 = w.ok("b3", t0() + 200_000, buy_card("C1", "40.00"));
+    w.ok(
+        "l3",
+        t0() + 200_001,
+        Op::ConfirmLoaded {
+            record_id: rid_of(&p3),
+        },
+    );
+    assert_eq!(
+        w.code(
+            "ri3",
+            t0() + 200_002,
+            Op::Reissue {
+                record_id: rid_of(&p3)
+            }
+        ),
+        ErrorCode::NothingToReissue
+    );
+    // Nor is a payment a purchase.
+    let pay1 = w.ok("p", t0() + 200_003, pay("A1", "1.00", "Q"));
+    assert_eq!(
+        w.code(
+            "ri4",
+            t0(),
+            Op::Reissue {
+                record_id: rid_of(&pay1)
+            }
+        ),
+        ErrorCode::NothingToReissue
+    );
+}
+
+#[test]
+fn confirm_loaded_and_refusals() {
+    let mut w = World::standard();
+    let p = w.ok("b1", t0(), buy_card("C1", "20.00"));
+    let o = w.ok(
+        "l1",
+        t0() + 1,
+        Op::ConfirmLoaded {
+            record_id: rid_of(&p),
+        },
+    );
+    assert_eq!(
+        o,
+        Outcome::CreditLoaded {
+            record_id: rid_of(&p),
+            already_loaded: false
+        }
+    );
+    let o = w.ok(
+        "l2",
+        t0() + 2,
+        Op::ConfirmLoaded {
+            record_id: rid_of(&p),
+        },
+    );
+    assert_eq!(
+        o,
+        Outcome::CreditLoaded {
+            record_id: rid_of(&p),
+            already_loaded: true
+        }
+    );
+    let pay1 = w.ok("p", t0() + 3, pay("A1", "1.00", "Q"));
+    assert_eq!(
+        w.code(
+            "l3",
+            t0(),
+            Op::ConfirmLoaded {
+                record_id: rid_of(&pay1)
+            }
+        ),
+        ErrorCode::InvalidState
+    );
+    assert_eq!(
+        w.code(
+            "l4",
+            t0(),
+            Op::ConfirmLoaded {
+                record_id: "A1:77".into()
+            }
+        ),
+        ErrorCode::RecordNotFound
+    );
+    // No warning on the next sale once loaded.
+    let o = w.ok("b2", t0() + 100_000, buy_card("C1", "20.00"));
+    assert!(posted(&o).2.is_empty());
+}
+
+// -------------------------------------------------- payments, charges, ...
+
+#[test]
+fn payment_exactly_once_by_bank_ref_and_refusals() {
+    let mut w = World::standard();
+    let o = w.ok("p1", t0(), pay("A1", "10.50", "X1"));
+    let Outcome::PaymentPosted {
+        record_seq,
+        balance,
+        ref invoice_no,
+        ..
+    } = o
+    else {
+        panic!()
+    };
+    assert_eq!((record_seq, balance), (1, d("10.50")));
+    assert!(get_invoice(&w.t, invoice_no).unwrap().is_some());
+    let e = w.refused("p2", t0(), pay("A1", "10.50", "X1"));
+    assert_eq!(
+        (e.code, e.details["original_request_id"].as_str()),
+        (ErrorCode::DuplicatePayment, Some("p1"))
+    );
+    assert_eq!(
+        w.code("p3", t0(), pay("NOPE", "1.00", "X2")),
+        ErrorCode::AccountNotFound
+    );
+    assert_eq!(
+        w.code("p4", t0(), pay("A1", "-1.00", "X3")),
+        ErrorCode::AmountTooSmall
+    );
+    assert_eq!(
+        w.code("p5", t0(), pay("A1", "1000000.01", "X4")),
+        ErrorCode::AmountOverLimit
+    );
+    let a = w.account("A1");
+    assert_eq!((a.balance, a.last_seq), (d("10.50"), 1));
+}
+
+#[test]
+fn charge_and_adjustment() {
+    let mut w = World::standard();
+    let o = w.ok(
+        "ch1",
+        t0(),
+        Op::PostCharge {
+            account_id: "A1".into(),
+            amount: d("120.00"),
+            period: "2026-27".into(),
+            reason: "heating".into(),
+        },
+    );
+    let (r, bal, _) = posted(&o);
+    assert_eq!(
+        (r.kind.as_str(), r.amount, r.balance_effect, bal),
+        ("charge", d("120.00"), d("-120.00"), d("-120.00"))
+    );
+    assert_eq!(
+        w.code(
+            "c2",
+            t0(),
+            Op::PostCharge {
+                account_id: "A1".into(),
+                amount: d("0"),
+                period: String::new(),
+                reason: String::new()
+            }
+        ),
+        ErrorCode::AmountTooSmall
+    );
+    let adj = |amount: &str, reason: &str| Op::Adjust {
+        account_id: "A1".into(),
+        amount: d(amount),
+        reason: reason.into(),
+    };
+    let o = w.ok("a1", t0() + 1, adj("-0.50", "meter misread"));
+    assert_eq!(posted(&o).1, d("-120.50"));
+    let o = w.ok("a2", t0() + 2, adj("20", "goodwill"));
+    assert_eq!(
+        (posted(&o).0.amount.to_string(), posted(&o).1),
+        ("20.00".to_string(), d("-100.50"))
+    );
+    assert_eq!(w.code("a3", t0(), adj("0", "x")), ErrorCode::AmountTooSmall);
+    assert_eq!(
+        w.code("a4", t0(), adj("1.001", "x")),
+        ErrorCode::TooManyDecimals
+    );
+    assert_eq!(
+        w.code("a5", t0(), adj("1.00", " ")),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        w.code("a6", t0(), adj("-1000000.01", "x")),
+        ErrorCode::AmountOverLimit
+    );
+    assert_eq!(
+        w.code(
+            "a7",
+            t0(),
+            Op::Adjust {
+                account_id: "NOPE".into(),
+                amount: d("1"),
+                reason: "x".into()
+            }
+        ),
+        ErrorCode::AccountNotFound
+    );
+}
+
+#[test]
+fn reversal_compensates_once() {
+    let mut w = World::standard();
+    let p = w.ok("p1", t0(), pay("A1", "10.00", "X1"));
+    let rev = |rid: &str| Op::Reverse {
+        record_id: rid.into(),
+        reason: "bank recall".into(),
+    };
+    let o = w.ok("r1", t0() + 1, rev(&rid_of(&p)));
+    let (r, bal, _) = posted(&o);
+    assert_eq!(
+        (r.kind.as_str(), r.amount, bal),
+        ("reversal", d("-10.00"), d("0.00"))
+    );
+    assert_eq!((r.bank_code.as_str(), r.refers_to), ("ICBC", Some(1)));
+    let e = w.refused("r2", t0() + 2, rev(&rid_of(&p)));
+    assert_eq!(
+        (e.code, e.details["reversed_by"].as_str()),
+        (ErrorCode::AlreadyReversed, Some("A1:2"))
+    );
+    assert_eq!(
+        w.code("r3", t0(), rev(&rid_of(&o))),
+        ErrorCode::NotReversible
+    );
+    assert_eq!(w.code("r4", t0(), rev("A1:9")), ErrorCode::RecordNotFound);
+    assert_eq!(
+        w.code(
+            "r5",
+            t0(),
+            Op::Reverse {
+                record_id: rid_of(&p),
+                reason: String::new()
+            }
+        ),
+        ErrorCode::InvalidArgument
+    );
+    // A purchase reversal gives the ladder counter its units back.
+    let b = w.ok("b1", t0() + 10, buy_card("C1", "100.00"));
+    assert_eq!(year_units(&w.t, "A1", 2026).unwrap(), d("204.79"));
+    let o = w.ok("r6", t0() + 11, rev(&rid_of(&b)));
+    assert_eq!(posted(&o).0.units, d("-204.79"));
+    assert_eq!(year_units(&w.t, "A1", 2026).unwrap(), d("0.00"));
+    // A reversed purchase is not unloaded credit.
+    assert_eq!(verify_card(&w.t, "C1", 1, 1, 5).unwrap().verdict, "OK");
+}
+
+// -------------------------------------------------- boundary, list records
+
+fn all_query(account: &str) -> RecordQuery {
+    RecordQuery {
+        account_id: account.into(),
+        segment: Segment::All,
+        from_ms: None,
+        to_ms: None,
+        limit: 100,
+        page_token: None,
+        descending: false,
+    }
+}
+
+#[test]
+fn segment_boundary_and_listing() {
+    let mut w = World::standard();
+    for i in 0..10 {
+        w.ok(
+            &format!("p{i}"),
+            t0() + i * DAY,
+            pay("A1", "1.00", &format!("R{i}")),
+        );
+    }
+    assert_eq!(
+        w.code(
+            "sb0",
+            t0() + 10 * DAY,
+            Op::SetSegmentBoundary {
+                boundary_ms: t0() + 11 * DAY
+            }
+        ),
+        ErrorCode::InvalidArgument
+    );
+    // No boundary: all recent.
+    let q = |seg, desc, limit, token: Option<String>| RecordQuery {
+        segment: seg,
+        descending: desc,
+        limit,
+        page_token: token,
+        ..all_query("A1")
+    };
+    assert_eq!(
+        list_records(&w.t, &q(Segment::Recent, false, 100, None))
+            .unwrap()
+            .unwrap()
+            .records
+            .len(),
+        10
+    );
+    assert_eq!(
+        list_records(&w.t, &q(Segment::History, false, 100, None))
+            .unwrap()
+            .unwrap()
+            .records
+            .len(),
+        0
+    );
+    w.ok(
+        "sb",
+        t0() + 10 * DAY,
+        Op::SetSegmentBoundary {
+            boundary_ms: t0() + 7 * DAY,
+        },
+    );
+    let recent = list_records(&w.t, &q(Segment::Recent, false, 100, None))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        recent.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![8, 9, 10]
+    );
+    let hist = list_records(&w.t, &q(Segment::History, true, 100, None))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        hist.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![7, 6, 5, 4, 3, 2, 1]
+    );
+    // Paging, both directions, covers everything exactly once.
+    for desc in [false, true] {
+        let mut seen = Vec::new();
+        let mut token = None;
+        loop {
+            let page = list_records(&w.t, &q(Segment::All, desc, 3, token))
+                .unwrap()
+                .unwrap();
+            seen.extend(page.records.iter().map(|r| r.seq));
+            token = page.next_page_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        let mut expect: Vec<u64> = (1..=10).collect();
+        if desc {
+            expect.reverse();
+        }
+        assert_eq!(seen, expect);
+    }
+    // Time range [from, to).
+    let ranged = RecordQuery {
+        from_ms: Some(t0() + 2 * DAY),
+        to_ms: Some(t0() + 4 * DAY),
+        ..all_query("A1")
+    };
+    assert_eq!(
+        list_records(&w.t, &ranged)
+            .unwrap()
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    // Bad and foreign tokens.
+    let bad = q(Segment::All, false, 3, Some("zz".into()));
+    assert_eq!(
+        list_records(&w.t, &bad).unwrap().unwrap_err().code,
+        ErrorCode::InvalidPageToken
+    );
+    let t = list_records(&w.t, &q(Segment::All, false, 3, None))
+        .unwrap()
+        .unwrap()
+        .next_page_token;
+    let foreign = RecordQuery {
+        page_token: t,
+        ..all_query("A2")
+    };
+    assert_eq!(
+        list_records(&w.t, &foreign).unwrap().unwrap_err().code,
+        ErrorCode::InvalidPageToken
+    );
+    // Limits are bounded.
+    let big = RecordQuery {
+        limit: 1_000_000,
+        ..all_query("A1")
+    };
+    assert_eq!(list_records(&w.t, &big).unwrap().unwrap().records.len(), 10);
+}
+
+/// Counts the items every scan returns.
+struct Counting<'a> {
+    inner: &'a MemTxn,
+    items: Cell<usize>,
+}
+
+impl Get for Counting<'_> {
+    fn get(&self, family: Family, key: &[u8]) -> Result<Option<Vec<u8>>, std::io::Error> {
+        self.inner.get(family, key)
+    }
+}
+
+impl ReadView for Counting<'_> {
+    fn scan(
+        &self,
+        family: Family,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, std::io::Error> {
+        let v = self.inner.scan(family, start, end, reverse, limit)?;
+        self.items.set(self.items.get() + v.len());
+        Ok(v)
+    }
+}
+
+#[test]
+fn recent_segment_costs_what_the_recent_records_cost() {
+    let mut w = World::new();
+    w.ok("t", 0, define_tariff("RES", ladder(), 0));
+    let start = days_ms(2019, 1, 1);
+    let now = days_ms(2026, 1, 1);
+    w.ok("oo", start, open("OLD", "electricity", "RES"));
+    w.ok("on", now - 30 * DAY, open("NEW", "electricity", "RES"));
+    w.ok("co", start, issue("OLD", "CO"));
+    w.ok("cn", now - 30 * DAY, issue("NEW", "CN"));
+    // 7 years × 12 purchases vs one month of purchases.
+    for i in 0..84 {
+        w.ok(
+            &format!("o{i}"),
+            start + i * 30 * DAY,
+            buy_card("CO", "10.00"),
+        );
+    }
+    w.ok("n0", now - 20 * DAY, buy_card("CN", "10.00"));
+    w.ok("o84", now - 10 * DAY, buy_card("CO", "10.00"));
+    w.ok("n1", now - 10 * DAY, buy_card("CN", "10.00"));
+    w.ok(
+        "sb",
+        now,
+        Op::SetSegmentBoundary {
+            boundary_ms: now - 31 * DAY,
+        },
+    );
+    let count = |card: &str, account: &str| {
+        let c = Counting {
+            inner: &w.t,
+            items: Cell::new(0),
+        };
+        let v = verify_card(&c, card, 1, 0, 50).unwrap();
+        let n_verify = c.items.get();
+        c.items.set(0);
+        let q = RecordQuery {
+            segment: Segment::Recent,
+            limit: 500,
+            ..all_query(account)
+        };
+        let page = list_records(&c, &q).unwrap().unwrap();
+        (v.recent.len(), n_verify, page.records.len(), c.items.get())
+    };
+    let old = count("CO", "OLD");
+    let new = count("CN", "NEW");
+    assert_eq!(
+        list_records(
+            &w.t,
+            &RecordQuery {
+                limit: 500,
+                ..all_query("OLD")
+            }
+        )
+        .unwrap()
+        .unwrap()
+        .records
+        .len(),
+        85
+    );
+    // 85 records in all, but the card check and the recent listing of OLD
+    // scan exactly its one recent record, as NEW's scan its two.
+    assert_eq!(old, (1, 1, 1, 1), "old scanned {old:?}");
+    assert_eq!(new, (2, 2, 2, 2), "new scanned {new:?}");
+}
+
+// ---------------------------------------------------- seasons and import
+
+#[test]
+fn heating_season_carry_forward_is_lazy_and_exact() {
+    let mut w = World::new();
+    w.ok("h1", t0(), open("H1", "heat", ""));
+    w.ok("h2", t0(), open("H2", "heat", ""));
+    w.ok("e1", t0(), open("E1", "electricity", ""));
+    w.ok(
+        "c1",
+        t0() + 1,
+        Op::PostCharge {
+            account_id: "H1".into(),
+            amount: d("300.00"),
+            period: String::new(),
+            reason: "2025-26".into(),
+        },
+    );
+    w.ok("p2", t0() + 2, pay("H2", "50.00", "B1"));
+    w.ok("x", t0() + 3, open("H3", "heat", ""));
+    w.ok(
+        "cl",
+        t0() + 4,
+        Op::Close {
+            account_id: "H3".into(),
+            reason: String::new(),
+        },
+    );
+    let before = w.t.data.len();
+    let o = w.ok(
+        "s1",
+        t0() + 10,
+        Op::OpenHeatingSeason {
+            season_id: "2026-27".into(),
+        },
+    );
+    let Outcome::SeasonOpened { season } = o else {
+        panic!()
+    };
+    assert_eq!((season.number, season.season_id.as_str()), (1, "2026-27"));
+    // Bounded: one meta key and one request entry, whatever the accounts.
+    assert_eq!(w.t.data.len(), before + 2);
+    let h1 = w.account("H1");
+    assert_eq!(
+        h1.season.as_ref().map(|s| (s.number, s.opening_balance)),
+        Some((1, d("-300.00")))
+    );
+    assert_eq!(
+        w.account("H2").season.map(|s| s.opening_balance),
+        Some(d("50.00"))
+    );
+    assert_eq!(w.account("E1").season, None);
+    assert_eq!(w.account("H3").season, None, "closed accounts are frozen");
+    // The next write saves the carry-forward; a later payment does not change it.
+    w.ok("p1", t0() + 20, pay("H1", "100.00", "B2"));
+    let stored: Account =
+        keys::decode(&w.t.data[&(Family::Accounts, keys::account("H1"))]).unwrap();
+    assert_eq!(stored.season.map(|s| s.opening_balance), Some(d("-300.00")));
+    assert_eq!(w.account("H1").balance, d("-200.00"));
+    assert_eq!(
+        w.code(
+            "s2",
+            t0() + 30,
+            Op::OpenHeatingSeason {
+                season_id: "2026-27".into()
+            }
+        ),
+        ErrorCode::SeasonExists
+    );
+    w.ok(
+        "s3",
+        t0() + 40,
+        Op::OpenHeatingSeason {
+            season_id: "2027-28".into(),
+        },
+    );
+    assert_eq!(
+        w.account("H1")
+            .season
+            .map(|s| (s.number, s.opening_balance)),
+        Some((2, d("-200.00")))
+    );
+    // A heat account opened during a season starts in it.
+    w.ok("h4", t0() + 50, open("H4", "heat", ""));
+    assert_eq!(w.account("H4").season.map(|s| s.number), Some(2));
+}
+
+fn import_account(id: &str, card: Option<&str>) -> ImportAccount {
+    ImportAccount {
+        account_id: id.into(),
+        name: "legacy".into(),
+        address: "x".into(),
+        branch: "b9".into(),
+        utility: "electricity".into(),
+        meter_id: "m".into(),
+        tariff_id: "RES".into(),
+        area: d("0"),
+        status: "active".into(),
+        balance: d("12.34"),
+        opened_ms: days_ms(2015, 5, 5),
+        closed_ms: None,
+        card_no: card.map(str::to_string),
+        card_generation: 3,
+    }
+}
+
+fn import_record(id: &str, kind: &str, amount: &str, units: &str, ts: i64) -> ImportRecord {
+    ImportRecord {
+        account_id: id.into(),
+        kind: kind.into(),
+        amount: d(amount),
+        units: d(units),
+        ts_ms: ts,
+        operator_id: "legacy-op".into(),
+        branch: String::new(),
+        tariff_id: String::new(),
+        invoice_no: String::new(),
+        bank_code: if kind == "payment" {
+            "BOC".into()
+        } else {
+            String::new()
+        },
+        bank_ref: if kind == "payment" {
+            format!("L{ts}")
+        } else {
+            String::new()
+        },
+        card_no: String::new(),
+        card_seq: if kind == "purchase" { 7 } else { 0 },
+    }
+}
+
+#[test]
+fn bulk_import_keeps_legacy_ids_and_is_all_or_nothing() {
+    let mut w = World::new();
+    w.ok("t", 0, define_tariff("RES", ladder(), 0));
+    let ts = days_ms(2020, 6, 15);
+    let o = w.ok(
+        "i1",
+        t0(),
+        Op::Import {
+            accounts: vec![
+                import_account("0001-77.A:x", Some("LC1")),
+                import_account("0002", None),
+            ],
+            records: vec![
+                import_record("0001-77.A:x", "purchase", "50.00", "102.39", ts),
+                import_record("0001-77.A:x", "payment", "20.00", "0", ts + 1),
+                import_record("0002", "adjustment", "-3.00", "0", ts + 2),
+            ],
+        },
+    );
+    assert_eq!(
+        o,
+        Outcome::Imported {
+            accounts: 2,
+            records: 3
+        }
+    );
+    let a = w.account("0001-77.A:x");
+    assert_eq!(
+        (a.balance, a.last_seq, a.last_card_seq, a.card_generation),
+        (d("12.34"), 2, 7, 3)
+    );
+    assert_eq!(a.active_card.as_deref(), Some("LC1"));
+    assert_eq!(year_units(&w.t, "0001-77.A:x", 2020).unwrap(), d("102.39"));
+    let (rec, meta) = get_record(&w.t, "0001-77.A:x", 1).unwrap().unwrap();
+    assert_eq!(
+        (rec.channel.as_str(), rec.branch.as_str(), meta.loaded),
+        ("import", "b9", true)
+    );
+    assert_eq!(rec.invoice_no, format!("INV{:012}-0001", 2));
+    assert_eq!(verify_card(&w.t, "LC1", 3, 7, 5).unwrap().verdict, "OK");
+    let r = monthly_report(&w.t, "2020-06", GroupBy::Operator).unwrap();
+    assert_eq!(r.lines.len(), 3);
+    let bank = bank_daily_report(&w.t, "2020-06-15", Some("BOC")).unwrap();
+    assert_eq!((bank.lines.len(), bank.lines[0].amount), (1, d("20.00")));
+    // All or nothing: a bad item refuses the whole batch, writing nothing.
+    let e = w.refused(
+        "i2",
+        t0(),
+        Op::Import {
+            accounts: vec![import_account("0003", None)],
+            records: vec![
+                import_record("0003", "purchase", "1.00", "1", ts),
+                import_record("0003", "teleport", "1.00", "0", ts),
+            ],
+        },
+    );
+    assert_eq!(
+        (e.code, e.details["index"].as_u64()),
+        (ErrorCode::InvalidArgument, Some(1))
+    );
+    assert!(get_account(&w.t, "0003").unwrap().is_none());
+    assert_eq!(
+        w.code(
+            "i3",
+            t0(),
+            Op::Import {
+                accounts: vec![import_account("0002", None)],
+                records: vec![]
+            }
+        ),
+        ErrorCode::AccountExists
+    );
+    assert_eq!(
+        w.code(
+            "i4",
+            t0(),
+            Op::Import {
+                accounts: vec![],
+                records: vec![]
+            }
+        ),
+        ErrorCode::PayloadTooLarge
+    );
+    let many = (0..=IMPORT_ITEMS_MAX)
+        .map(|i| import_account(&format!("M{i}"), None))
+        .collect();
+    assert_eq!(
+        w.code(
+            "i5",
+            t0(),
+            Op::Import {
+                accounts: many,
+                records: vec![]
+            }
+        ),
+        ErrorCode::PayloadTooLarge
+    );
+    // Duplicate bank reference inside history.
+    let mut dup = import_record("0002", "payment", "5.00", "0", ts + 1);
+    dup.bank_ref = format!("L{}", ts + 1);
+    assert_eq!(
+        w.code(
+            "i6",
+            t0(),
+            Op::Import {
+                accounts: vec![],
+                records: vec![dup]
+            }
+        ),
+        ErrorCode::DuplicatePayment
+    );
+}
+
+// -------------------------------------------------------- tariffs, invoices
+
+#[test]
+fn define_tariff_versions_and_refusals() {
+    let mut w = World::new();
+    let o = w.ok(
+        "t1",
+        0,
+        define_tariff("T", TariffSpec::Flat { price: d("0.50") }, 0),
+    );
+    assert_eq!(
+        o,
+        Outcome::TariffDefined {
+            tariff_id: "T".into(),
+            versions: 1
+        }
+    );
+    let o = w.ok(
+        "t2",
+        0,
+        define_tariff("T", TariffSpec::Flat { price: d("0.60") }, t0()),
+    );
+    assert_eq!(
+        o,
+        Outcome::TariffDefined {
+            tariff_id: "T".into(),
+            versions: 2
+        }
+    );
+    // Same effective time replaces.
+    let o = w.ok(
+        "t3",
+        0,
+        define_tariff("T", TariffSpec::Flat { price: d("0.70") }, t0()),
+    );
+    assert_eq!(
+        o,
+        Outcome::TariffDefined {
+            tariff_id: "T".into(),
+            versions: 2
+        }
+    );
+    assert_eq!(
+        w.code(
+            "t4",
+            0,
+            define_tariff("T", TariffSpec::Flat { price: d("-1") }, 5)
+        ),
+        ErrorCode::InvalidTariff
+    );
+    assert_eq!(
+        w.code(
+            "t5",
+            0,
+            define_tariff(
+                "T",
+                TariffSpec::Ladder {
+                    tiers: vec![
+                        (Some(d("10")), d("1")),
+                        (Some(d("5")), d("2")),
+                        (None, d("3"))
+                    ]
+                },
+                5
+            )
+        ),
+        ErrorCode::InvalidTariff
+    );
+    // Effective dating: a sale before t0 uses 0.50, after it 0.70.
+    w.ok("o", 0, open("A", "electricity", "T"));
+    let o = w.ok("b1", t0() - 1, buy_units("A", "10"));
+    assert_eq!(posted(&o).0.amount, d("5.00"));
+    let o = w.ok("b2", t0() + 60_000, buy_units("A", "10"));
+    assert_eq!(posted(&o).0.amount, d("7.00"));
+    assert_eq!(get_tariff(&w.t, "T").unwrap().unwrap().versions.len(), 2);
+}
+
+#[test]
+fn print_invoice_first_print_then_reprints_with_count() {
+    let mut w = World::standard();
+    let o = w.ok("b1", t0(), buy_card("C1", "10.00"));
+    let inv = posted(&o).0.invoice_no.clone();
+    let print = || Op::PrintInvoice {
+        invoice_no: inv.clone(),
+    };
+    let Outcome::InvoicePrinted { invoice, reprint } = w.ok("pr1", t0() + 1, print()) else {
+        panic!()
+    };
+    assert_eq!(
+        (reprint, invoice.print_count, invoice.amount),
+        (false, 1, d("10.00"))
+    );
+    let Outcome::InvoicePrinted { invoice, reprint } = w.ok("pr2", t0() + 2, print()) else {
+        panic!()
+    };
+    assert_eq!(
+        (reprint, invoice.print_count, invoice.first_printed_ms),
+        (true, 2, Some(t0() + 1))
+    );
+    // A retried print is the same print.
+    let again = w.run("pr2", t0() + 3, print());
+    assert_eq!(again.to_json()["print_count"], 2);
+    assert_eq!(get_invoice(&w.t, &inv).unwrap().unwrap().print_count, 2);
+    assert_eq!(
+        w.code(
+            "pr3",
+            t0(),
+            Op::PrintInvoice {
+                invoice_no: "NOPE".into()
+            }
+        ),
+        ErrorCode::InvoiceNotFound
+    );
+    assert_eq!(o.to_json()["record"]["amount"], "10.00");
+}
+
+// ------------------------------------------------------------------ reports
+
+#[test]
+fn reports_by_operator_branch_tariff_kind_and_bank_day() {
+    let mut w = World::standard();
+    w.operator = "clerk7".into();
+    w.branch = "hall2".into();
+    let b = w.ok("b1", t0(), buy_card("C1", "100.00"));
+    w.operator = "bank:ICBC".into();
+    w.branch = String::new();
+    let p = w.ok("p1", t0() + DAY, pay("A1", "30.00", "R1"));
+    w.ok("p2", t0() + DAY + 5, pay("A1", "20.00", "R2"));
+    w.operator = "ops".into();
+    w.ok(
+        "rv",
+        t0() + 2 * DAY,
+        Op::Reverse {
+            record_id: rid_of(&p),
+            reason: "recall".into(),
+        },
+    );
+    w.ok(
+        "ri",
+        t0() + 2 * DAY,
+        Op::Reissue {
+            record_id: rid_of(&b),
+        },
+    );
+    let by_op = monthly_report(&w.t, "2026-03", GroupBy::Operator).unwrap();
+    let line = |r: &Report, v: &str, k: &str| {
+        r.lines
+            .iter()
+            .find(|l| l.value == v && l.kind == k)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(line(&by_op, "clerk7", "purchase").amount, d("100.00"));
+    assert_eq!(line(&by_op, "bank:ICBC", "payment").count, 2);
+    assert_eq!(line(&by_op, "bank:ICBC", "payment").amount, d("50.00"));
+    assert_eq!(line(&by_op, "ops", "reversal").amount, d("-30.00"));
+    let by_branch = monthly_report(&w.t, "2026-03", GroupBy::Branch).unwrap();
+    assert_eq!(line(&by_branch, "hall2", "purchase").units, d("204.79"));
+    assert_eq!(line(&by_branch, "b1", "payment").amount, d("50.00"));
+    let by_kind = monthly_report(&w.t, "2026-03", GroupBy::Kind).unwrap();
+    assert_eq!(
+        (
+            line(&by_kind, "reissue", "reissue").count,
+            line(&by_kind, "reissue", "reissue").units
+        ),
+        (1, d("204.79"))
+    );
+    assert_eq!(line(&by_kind, "reversal", "reversal").amount, d("-30.00"));
+    let by_tariff = monthly_report(&w.t, "2026-03", GroupBy::Tariff).unwrap();
+    assert_eq!(line(&by_tariff, "RES", "purchase").amount, d("100.00"));
+    let day2 = bank_daily_report(&w.t, "2026-03-02", Some("ICBC")).unwrap();
+    assert_eq!(
+        (day2.lines.len(), day2.lines[0].amount, day2.lines[0].count),
+        (1, d("50.00"), 2)
+    );
+    let day3 = bank_daily_report(&w.t, "2026-03-03", None).unwrap();
+    assert_eq!(
+        (
+            day3.lines[0].value.as_str(),
+            day3.lines[0].kind.as_str(),
+            day3.lines[0].amount
+        ),
+        ("ICBC", "reversal", d("-30.00"))
+    );
+    assert!(
+        monthly_report(&w.t, "2026-04", GroupBy::Operator)
+            .unwrap()
+            .lines
+            .is_empty()
+    );
+}
+
+// -------------------------------------------------------------- properties
+
+#[derive(Debug, Clone)]
+enum Step {
+    Buy {
+        acct: u8,
+        cents: u32,
+        units: bool,
+        day: u16,
+    },
+    Pay {
+        acct: u8,
+        cents: u32,
+        day: u16,
+    },
+    Charge {
+        acct: u8,
+        cents: u32,
+        day: u16,
+    },
+    Adjust {
+        acct: u8,
+        cents: i32,
+        day: u16,
+    },
+    Reverse {
+        pick: u16,
+        day: u16,
+    },
+    Reissue {
+        acct: u8,
+        day: u16,
+    },
+    Loaded {
+        acct: u8,
+    },
+    Operator {
+        op: u8,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0..3u8, 1..50_000u32, any::<bool>(), 0..800u16).prop_map(|(acct, cents, units, day)| {
+            Step::Buy {
+                acct,
+                cents,
+                units,
+                day,
+            }
+        }),
+        (0..3u8, 1..50_000u32, 0..800u16).prop_map(|(acct, cents, day)| Step::Pay {
+            acct,
+            cents,
+            day
+        }),
+        (0..3u8, 1..50_000u32, 0..800u16).prop_map(|(acct, cents, day)| Step::Charge {
+            acct,
+            cents,
+            day
+        }),
+        (0..3u8, -50_000..50_000i32, 0..800u16).prop_map(|(acct, cents, day)| Step::Adjust {
+            acct,
+            cents,
+            day
+        }),
+        (any::<u16>(), 0..800u16).prop_map(|(pick, day)| Step::Reverse { pick, day }),
+        (0..3u8, 0..800u16).prop_map(|(acct, day)| Step::Reissue { acct, day }),
+        (0..3u8).prop_map(|acct| Step::Loaded { acct }),
+        (0..4u8).prop_map(|op| Step::Operator { op }),
+    ]
+}
+
+/// Plays `steps` (ts non-decreasing, as the leader stamps them).
+fn play(steps: &[Step]) -> (World, Vec<Outcome>) {
+    let mut w = World::standard();
+    for a in 2..=3 {
+        w.ok(
+            &format!("oa{a}"),
+            t0(),
+            open(&format!("A{a}"), "heat", "RES"),
+        );
+        w.ok(
+            &format!("ca{a}"),
+            t0(),
+            issue(&format!("A{a}"), &format!("C{a}")),
+        );
+    }
+    let mut outs = Vec::new();
+    let mut ts = t0();
+    let mut posted_ids: Vec<String> = Vec::new();
+    for (i, s) in steps.iter().enumerate() {
+        let rid = format!("s{i}");
+        let acct = |a: &u8| format!("A{}", a + 1);
+        let at = |day: &u16, ts: &mut i64| {
+            *ts = (*ts).max(t0() + *day as i64 * DAY / 2) + 1;
+            *ts
+        };
+        let money = |c: u32| Decimal::new(c as i64, 2);
+        let o = match s {
+            Step::Buy {
+                acct: a,
+                cents,
+                units,
+                day,
+            } => {
+                let buy = if *units {
+                    Buy::Units(Decimal::new(*cents as i64, 2))
+                } else {
+                    Buy::Money(money(*cents))
+                };
+                let t = at(day, &mut ts);
+                w.run(
+                    &rid,
+                    t,
+                    Op::Purchase {
+                        card_no: Some(format!("C{}", a + 1)),
+                        account_id: None,
+                        buy,
+                        confirm_duplicate: i % 2 == 0,
+                    },
+                )
+            }
+            Step::Pay {
+                acct: a,
+                cents,
+                day,
+            } => {
+                let t = at(day, &mut ts);
+                w.run(
+                    &rid,
+                    t,
+                    Op::Payment {
+                        account_id: acct(a),
+                        amount: money(*cents),
+                        bank_code: format!("BK{}", cents % 3),
+                        bank_ref: rid.clone(),
+                    },
+                )
+            }
+            Step::Charge {
+                acct: a,
+                cents,
+                day,
+            } => {
+                let t = at(day, &mut ts);
+                w.run(
+                    &rid,
+                    t,
+                    Op::PostCharge {
+                        account_id: acct(a),
+                        amount: money(*cents),
+                        period: String::new(),
+                        reason: "heat".into(),
+                    },
+                )
+            }
+            Step::Adjust {
+                acct: a,
+                cents,
+                day,
+            } => {
+                let t = at(day, &mut ts);
+                w.run(
+                    &rid,
+                    t,
+                    Op::Adjust {
+                        account_id: acct(a),
+                        amount: Decimal::new(*cents as i64, 2),
+                        reason: "fix".into(),
+                    },
+                )
+            }
+            Step::Reverse { pick, day } => {
+                let t = at(day, &mut ts);
+                let target = if posted_ids.is_empty() {
+                    "A1:1".to_string()
+                } else {
+                    posted_ids[*pick as usize % posted_ids.len()].clone()
+                };
+                w.run(
+                    &rid,
+                    t,
+                    Op::Reverse {
+                        record_id: target,
+                        reason: "r".into(),
+                    },
+                )
+            }
+            Step::Reissue { acct: a, day } => {
+                let t = at(day, &mut ts);
+                let last = w.account(&acct(a)).last_purchase_seq.unwrap_or(0);
+                w.run(
+                    &rid,
+                    t,
+                    Op::Reissue {
+                        record_id: record_id(&acct(a), last),
+                    },
+                )
+            }
+            Step::Loaded { acct: a } => {
+                let last = w.account(&acct(a)).last_purchase_seq.unwrap_or(0);
+                w.run(
+                    &rid,
+                    ts,
+                    Op::ConfirmLoaded {
+                        record_id: record_id(&acct(a), last),
+                    },
+                )
+            }
+            Step::Operator { op } => {
+                w.operator = format!("op{op}");
+                w.branch = if op % 2 == 0 {
+                    String::new()
+                } else {
+                    format!("hall{op}")
+                };
+                continue;
+            }
+        };
+        if matches!(
+            o,
+            Outcome::RecordPosted { .. } | Outcome::PaymentPosted { .. }
+        ) {
+            posted_ids.push(rid_of(&o));
+        }
+        outs.push(o);
+    }
+    (w, outs)
+}
+
+fn all_records(t: &MemTxn) -> Vec<Record> {
+    t.data
+        .iter()
+        .filter(|((f, _), _)| *f == Family::Records)
+        .map(|(_, v)| keys::decode::<Record>(v).unwrap())
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Every report row equals the sum of the records it covers (reversals
+    /// and reissues included), and balances equal the sum of effects.
+    #[test]
+    fn reports_equal_the_records_they_cover(steps in prop::collection::vec(step(), 1..60)) {
+        let (w, _) = play(&steps);
+        let records = all_records(&w.t);
+        let mut months: Vec<String> = records.iter().map(|r| calendar::month_str(r.ts_ms)).collect();
+        months.sort();
+        months.dedup();
+        for month in &months {
+            let in_month: Vec<&Record> = records.iter().filter(|r| &calendar::month_str(r.ts_ms) == month).collect();
+            for (g, field) in [(GroupBy::Operator, 0), (GroupBy::Branch, 1), (GroupBy::Tariff, 2), (GroupBy::Kind, 3)] {
+                let report = monthly_report(&w.t, month, g).unwrap();
+                prop_assert!(!report.truncated);
+                let mut total = (0u64, Decimal::ZERO, Decimal::ZERO);
+                for line in &report.lines {
+                    let covered: Vec<&&Record> = in_month.iter().filter(|r| {
+                        let v = match field { 0 => &r.operator_id, 1 => &r.branch, 2 => &r.tariff_id, _ => &r.kind };
+                        *v == line.value && r.kind == line.kind
+                    }).collect();
+                    prop_assert_eq!(line.count, covered.len() as u64);
+                    prop_assert_eq!(line.amount, covered.iter().map(|r| r.amount).sum::<Decimal>());
+                    prop_assert_eq!(line.units, covered.iter().map(|r| r.units).sum::<Decimal>());
+                    total.0 += line.count;
+                    total.1 += line.amount;
+                    total.2 += line.units;
+                }
+                prop_assert_eq!(total.0, in_month.len() as u64);
+                prop_assert_eq!(total.1, in_month.iter().map(|r| r.amount).sum::<Decimal>());
+                prop_assert_eq!(total.2, in_month.iter().map(|r| r.units).sum::<Decimal>());
+            }
+        }
+        // Bank day reports cover every record with a bank code.
+        let mut days: Vec<String> = records.iter().filter(|r| !r.bank_code.is_empty()).map(|r| calendar::day_str(r.ts_ms)).collect();
+        days.sort();
+        days.dedup();
+        let mut bank_total = Decimal::ZERO;
+        for day in &days {
+            for line in bank_daily_report(&w.t, day, None).unwrap().lines {
+                bank_total += line.amount;
+            }
+        }
+        prop_assert_eq!(bank_total, records.iter().filter(|r| !r.bank_code.is_empty()).map(|r| r.amount).sum::<Decimal>());
+        for a in 1..=3 {
+            let id = format!("A{a}");
+            let effects: Decimal = records.iter().filter(|r| r.account_id == id).map(|r| r.balance_effect).sum();
+            prop_assert_eq!(w.account(&id).balance, effects);
+        }
+    }
+
+    /// The same commands on two stores give identical data and outcomes.
+    #[test]
+    fn apply_is_deterministic(steps in prop::collection::vec(step(), 1..40)) {
+        let (a, oa) = play(&steps);
+        let (b, ob) = play(&steps);
+        prop_assert_eq!(oa, ob);
+        prop_assert!(a.t.data == b.t.data);
+    }
+
+    /// Ladder purchases over a year (and into the next) price exactly as
+    /// `billdb_api::tariff` does with the running year total, including at
+    /// the tier boundaries; the year counter is the sum of the year's units.
+    #[test]
+    fn ladder_purchases_across_the_year_are_exact(
+        buys in prop::collection::vec((any::<bool>(), 1..300_000u32, 0..3u8), 1..30)
+    ) {
+        let mut w = World::standard();
+        let year_start = days_ms(2026, 1, 1);
+        let mut running = Decimal::ZERO;
+        let mut next_year = Decimal::ZERO;
+        let n = buys.len() as i64;
+        for (i, (by_units, cents, snap)) in buys.iter().enumerate() {
+            // The last purchases fall in 2027: a new year starts from 0.
+            let in_2027 = i as i64 >= n - 2 && n > 3;
+            let ts = if in_2027 { days_ms(2027, 1, 1) + i as i64 * 60_000 } else { year_start + i as i64 * 60_000 };
+            let before = if in_2027 { next_year } else { running };
+            // Sometimes buy exactly up to the next tier boundary.
+            let by = match snap {
+                0 if before < d("2160") => PurchaseBy::Units(d("2160") - before),
+                1 if before < d("4200") && before >= d("2160") => PurchaseBy::Units(d("4200") - before),
+                _ if *by_units => PurchaseBy::Units(Decimal::new(*cents as i64, 2)),
+                _ => PurchaseBy::Money(Decimal::new(*cents as i64, 2)),
+            };
+            let expect = tariff::price(&api_ladder(), before, by);
+            let buy = match by { PurchaseBy::Units(u) => Buy::Units(u), PurchaseBy::Money(m) => Buy::Money(m) };
+            let o = w.run(&format!("b{i}"), ts, Op::Purchase { card_no: Some("C1".into()), account_id: None, buy, confirm_duplicate: true });
+            match (expect, &o) {
+                (Ok(q), Outcome::RecordPosted { record, .. }) => {
+                    prop_assert_eq!(record.amount, q.amount);
+                    prop_assert_eq!(record.units, q.units);
+                    prop_assert_eq!(&record.tiers, &q.tiers);
+                    if in_2027 { next_year += q.units } else { running += q.units }
+                }
+                (Err(e), Outcome::Refused(r)) => prop_assert_eq!(r.code.as_str(), e.code()),
+                (e, o) => prop_assert!(false, "mismatch {:?} vs {:?}", e, o),
+            }
+            prop_assert_eq!(year_units(&w.t, "A1", 2026).unwrap(), running);
+            prop_assert_eq!(year_units(&w.t, "A1", 2027).unwrap(), next_year);
+        }
+    }
+}
+
+#[test]
+fn scans_are_bounded() {
+    let mut t = MemTxn::default();
+    for i in 0..(SCAN_LIMIT_MAX as u32 + 10) {
+        t.put(Family::Reports, i.to_be_bytes().to_vec(), vec![]);
+    }
+    t.put(Family::Meta, b"x".to_vec(), vec![]);
+    assert_eq!(
+        t.scan(Family::Reports, b"", b"", false, usize::MAX)
+            .unwrap()
+            .len(),
+        SCAN_LIMIT_MAX
+    );
+    let last = t.scan(Family::Reports, b"", b"", true, 1).unwrap();
+    assert_eq!(
+        last[0].0,
+        (SCAN_LIMIT_MAX as u32 + 9).to_be_bytes().to_vec()
+    );
+    assert_eq!(
+        t.scan(
+            Family::Reports,
+            &5u32.to_be_bytes(),
+            &7u32.to_be_bytes(),
+            false,
+            10
+        )
+        .unwrap()
+        .len(),
+        2
+    );
+}
+
+/// Commands travel in the Raft log and outcomes sit in `requests` as
+/// bincode: every op and every outcome must come back equal.
+#[test]
+fn ops_and_outcomes_round_trip_through_bincode() {
+    let ops = vec![
+        open("A", "heat", "T"),
+        pay("A", "1.00", "R"),
+        Op::UpdateContact {
+            account_id: "A".into(),
+            name: None,
+            address: Some("x".into()),
+            phone: None,
+            area: Some(d("1.5")),
+        },
+        issue("A", "C"),
+        Op::ReplaceCard {
+            card_no: "C".into(),
+            new_card_no: "D".into(),
+            reason: "r".into(),
+        },
+        buy_card("C", "1.00"),
+        buy_units("A", "1.234"),
+        Op::PostCharge {
+            account_id: "A".into(),
+            amount: d("2.00"),
+            period: "p".into(),
+            reason: "r".into(),
+        },
+        Op::Reissue {
+            record_id: "A:1".into(),
+        },
+        Op::ConfirmLoaded {
+            record_id: "A:1".into(),
+        },
+        Op::Reverse {
+            record_id: "A:1".into(),
+            reason: "r".into(),
+        },
+        Op::Adjust {
+            account_id: "A".into(),
+            amount: d("-1.00"),
+            reason: "r".into(),
+        },
+        Op::Suspend {
+            account_id: "A".into(),
+            reason: "r".into(),
+        },
+        Op::Resume {
+            account_id: "A".into(),
+        },
+        Op::Close {
+            account_id: "A".into(),
+            reason: "r".into(),
+        },
+        Op::SetSegmentBoundary { boundary_ms: 5 },
+        Op::OpenHeatingSeason {
+            season_id: "S".into(),
+        },
+        Op::Import {
+            accounts: vec![import_account("L", Some("LC"))],
+            records: vec![import_record("L", "payment", "1.00", "0", 5)],
+        },
+        define_tariff("T", ladder(), 0),
+        define_tariff("F", TariffSpec::Flat { price: d("0.5") }, 0),
+        Op::PrintInvoice {
+            invoice_no: "INV1".into(),
+        },
+    ];
+    for op in ops {
+        let c = Command {
+            request_id: "r".into(),
+            ts_ms: 1,
+            operator: "o".into(),
+            branch: "b".into(),
+            channel: "app".into(),
+            op,
+        };
+        let back: Command = bincode::deserialize(&bincode::serialize(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+    // Outcomes from a real run, one of each kind.
+    let mut w = World::standard();
+    let mut outs = vec![
+        w.ok("b", t0(), buy_card("C1", "3000.00")),
+        w.ok(
+            "u",
+            t0(),
+            Op::UpdateContact {
+                account_id: "A1".into(),
+                name: None,
+                address: None,
+                phone: Some("1".into()),
+                area: None,
+            },
+        ),
+        w.ok(
+            "s",
+            t0(),
+            Op::OpenHeatingSeason {
+                season_id: "S".into(),
+            },
+        ),
+        w.ok("sb", t0(), Op::SetSegmentBoundary { boundary_ms: 1 }),
+        w.ok(
+            "r",
+            t0(),
+            Op::ReplaceCard {
+                card_no: "C1".into(),
+                new_card_no: "C2".into(),
+                reason: String::new(),
+            },
+        ),
+        w.ok("p", t0(), pay("A1", "1.00", "X")),
+        w.ok(
+            "pr",
+            t0(),
+            Op::PrintInvoice {
+                invoice_no: format!("INV{:012}", 4),
+            },
+        ),
+        w.ok(
+            "l",
+            t0(),
+            Op::ConfirmLoaded {
+                record_id: "A1:1".into(),
+            },
+        ),
+        w.ok(
+            "t2",
+            t0(),
+            define_tariff("Z", TariffSpec::Flat { price: d("1") }, 0),
+        ),
+        w.refused("x", t0(), pay("A1", "1.00", "X")).into_outcome(),
+    ];
+    assert!(matches!(&outs[0], Outcome::RecordPosted { record, .. } if record.tiers.len() == 3));
+    outs.push(w.ok("o", t0(), open("Q", "gas", "")));
+    for o in outs {
+        let back: Outcome = bincode::deserialize(&bincode::serialize(&o).unwrap()).unwrap();
+        assert_eq!(back, o);
+        let json = o.to_json();
+        assert!(
+            json.get("result").is_some() || json.get("code").is_some(),
+            "{json}"
+        );
+    }
+}
+
+trait IntoOutcome {
+    fn into_outcome(self) -> Outcome;
+}
+
+impl IntoOutcome for billdb_api::error::ApiError {
+    fn into_outcome(self) -> Outcome {
+        Outcome::Refused(self)
+    }
+}
