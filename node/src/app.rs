@@ -33,10 +33,23 @@ pub enum Forward {
     Write {
         request_id: String,
         operator: String,
+        /// The caller's branch (counter tokens); empty: the account's.
+        branch: String,
+        /// counter | bank | import; empty: the op's natural channel.
+        channel: String,
         op: Op,
     },
     ReadIndex,
     Admin(AdminOp),
+}
+
+/// Who a write comes from, taken from the caller's credentials (never the
+/// body): the operator, branch and channel the records will name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub operator: String,
+    pub branch: String,
+    pub channel: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,11 +181,17 @@ impl App {
             Forward::Write {
                 request_id,
                 operator,
+                branch,
+                channel,
                 op,
             } => {
-                let (outcome, log_index) = self
-                    .propose_local(request_id, operator, op, deadline)
-                    .await?;
+                let origin = Origin {
+                    operator,
+                    branch,
+                    channel,
+                };
+                let (outcome, log_index) =
+                    self.propose_local(request_id, origin, op, deadline).await?;
                 Ok(ForwardReply::Write { outcome, log_index })
             }
             Forward::ReadIndex => Ok(ForwardReply::ReadIndex(
@@ -189,7 +208,7 @@ impl App {
     pub async fn write(
         &self,
         request_id: String,
-        operator: String,
+        origin: Origin,
         op: Op,
     ) -> Result<(Outcome, u64), ApiError> {
         let started = Instant::now();
@@ -197,12 +216,14 @@ impl App {
         let result = loop {
             let (leader_id, info) = self.wait_leader(deadline).await?;
             let r = if leader_id == self.id {
-                self.propose_local(request_id.clone(), operator.clone(), op.clone(), deadline)
+                self.propose_local(request_id.clone(), origin.clone(), op.clone(), deadline)
                     .await
             } else {
                 let req = Forward::Write {
                     request_id: request_id.clone(),
-                    operator: operator.clone(),
+                    operator: origin.operator.clone(),
+                    branch: origin.branch.clone(),
+                    channel: origin.channel.clone(),
                     op: op.clone(),
                 };
                 self.forward(&info, &req, deadline)
@@ -241,16 +262,16 @@ impl App {
     async fn propose_local(
         &self,
         request_id: String,
-        operator: String,
+        origin: Origin,
         op: Op,
         deadline: Instant,
     ) -> Result<(Outcome, u64), ApiError> {
         let cmd = Command {
             request_id,
             ts_ms: self.stamp(),
-            operator,
-            branch: String::new(),
-            channel: String::new(),
+            operator: origin.operator,
+            branch: origin.branch,
+            channel: origin.channel,
             op,
         };
         let left = deadline.saturating_duration_since(Instant::now());

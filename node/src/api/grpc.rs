@@ -7,6 +7,7 @@ use billdb_api::error::{ApiError, ErrorCode};
 use billdb_api::pb;
 use tonic::{Request, Response, Status};
 
+use super::ops::{self, Endpoint};
 use super::{status, validate};
 use crate::app::{AdminOp, App};
 use crate::auth::{Caller, Role};
@@ -186,6 +187,28 @@ impl pb::cluster_server::Cluster for GrpcApi {
     }
 }
 
+type JsonResult = Result<Response<pb::JsonReply>, Status>;
+
+impl GrpcApi {
+    /// Run an operation through the code path HTTP uses (`ops::call`).
+    async fn json(&self, req: Request<pb::JsonRequest>, ep: Endpoint) -> JsonResult {
+        let caller = self.caller(&req, ep.roles())?;
+        let raw = &req.get_ref().args_json;
+        if raw.len() > self.app.config.limits.request_body_bytes_max {
+            return Err(ApiError::new(ErrorCode::PayloadTooLarge, "request too large").to_status());
+        }
+        let args: serde_json::Value = serde_json::from_str(raw).map_err(|e| {
+            ApiError::new(ErrorCode::MalformedRequest, format!("malformed JSON: {e}")).to_status()
+        })?;
+        let v = ops::call(&self.app, &caller, ep, args)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::JsonReply {
+            json: v.to_string(),
+        }))
+    }
+}
+
 fn write_reply(r: Result<(Outcome, u64), ApiError>) -> Result<Response<pb::WriteReply>, Status> {
     let (outcome, log_index) = r.map_err(|e| e.to_status())?;
     if let Outcome::Refused(e) = outcome {
@@ -203,33 +226,33 @@ impl pb::billing_server::Billing for GrpcApi {
         &self,
         req: Request<pb::OpenAccountRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let caller = self.caller(&req, &[Role::Counter, Role::Ops])?;
+        let caller = self.caller(&req, Endpoint::OpenAccount.roles())?;
         let r = req.get_ref();
-        let request_id = validate::id("request_id", &r.request_id).map_err(|e| e.to_status())?;
-        let op = validate::open_account(validate::OpenAccountInput {
-            account_id: &r.account_id,
-            name: &r.name,
-            address: &r.address,
-            branch: &r.branch,
-            utility: &r.utility,
-            meter_id: &r.meter_id,
-            tariff_id: &r.tariff_id,
-        })
-        .map_err(|e| e.to_status())?;
-        write_reply(self.app.write(request_id, caller.operator(), op).await)
+        let args = serde_json::json!({
+            "request_id": r.request_id, "account_id": r.account_id, "name": r.name,
+            "address": r.address, "branch": r.branch, "utility": r.utility,
+            "meter_id": r.meter_id, "tariff_id": r.tariff_id,
+        });
+        let (request_id, op) =
+            ops::write_op(&caller, Endpoint::OpenAccount, args).map_err(|e| e.to_status())?;
+        let origin = ops::origin(&caller, &op);
+        write_reply(self.app.write(request_id, origin, op).await)
     }
 
     async fn post_payment(
         &self,
         req: Request<pb::PaymentRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let caller = self.caller(&req, &[Role::Bank, Role::Ops])?;
+        let caller = self.caller(&req, Endpoint::Payment.roles())?;
         let r = req.get_ref();
-        let request_id = validate::id("request_id", &r.request_id).map_err(|e| e.to_status())?;
-        caller.check_bank(&r.bank_code).map_err(|e| e.to_status())?;
-        let op = validate::payment(&r.account_id, &r.amount, &r.bank_code, &r.bank_ref)
-            .map_err(|e| e.to_status())?;
-        write_reply(self.app.write(request_id, caller.operator(), op).await)
+        let args = serde_json::json!({
+            "request_id": r.request_id, "account_id": r.account_id, "amount": r.amount,
+            "bank_code": r.bank_code, "bank_ref": r.bank_ref,
+        });
+        let (request_id, op) =
+            ops::write_op(&caller, Endpoint::Payment, args).map_err(|e| e.to_status())?;
+        let origin = ops::origin(&caller, &op);
+        write_reply(self.app.write(request_id, origin, op).await)
     }
 
     async fn get_account(
@@ -263,5 +286,101 @@ impl pb::billing_server::Billing for GrpcApi {
             opened_ms: a.opened_ms,
             last_seq: a.last_seq,
         }))
+    }
+
+    async fn update_contact(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::UpdateContact).await
+    }
+
+    async fn close_account(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::Close).await
+    }
+
+    async fn suspend_account(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::Suspend).await
+    }
+
+    async fn resume_account(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::Resume).await
+    }
+
+    async fn issue_card(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::IssueCard).await
+    }
+
+    async fn replace_card(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::ReplaceCard).await
+    }
+
+    async fn verify_card(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::VerifyCard).await
+    }
+
+    async fn purchase(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::Purchase).await
+    }
+
+    async fn reissue(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::Reissue).await
+    }
+
+    async fn confirm_loaded(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::ConfirmLoaded).await
+    }
+
+    async fn payment(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::Payment).await
+    }
+
+    async fn reverse(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::Reverse).await
+    }
+
+    async fn adjust(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::Adjust).await
+    }
+
+    async fn post_charge(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::PostCharge).await
+    }
+
+    async fn print_invoice(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::PrintInvoice).await
+    }
+
+    async fn set_segment_boundary(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::SetBoundary).await
+    }
+
+    async fn open_heating_season(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::OpenSeason).await
+    }
+
+    async fn define_tariff(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::DefineTariff).await
+    }
+
+    async fn import(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::Import).await
+    }
+
+    async fn get_account_json(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::GetAccount).await
+    }
+
+    async fn list_records(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::ListRecords).await
+    }
+
+    async fn get_request(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::GetRequest).await
+    }
+
+    async fn monthly_report(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::MonthlyReport).await
+    }
+
+    async fn bank_daily_report(&self, req: Request<pb::JsonRequest>) -> JsonResult {
+        self.json(req, Endpoint::BankDailyReport).await
     }
 }

@@ -5,17 +5,19 @@ use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use billdb_api::error::{ApiError, ErrorCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::{status, validate};
+use super::ops::{self, Endpoint};
+use super::status;
 use crate::app::{AdminOp, App};
 use crate::auth::{Caller, Role};
 use crate::types::{NodeId, NodeInfo};
@@ -79,8 +81,31 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/cluster/remove", post(cluster_remove))
         .route("/v1/cluster/transfer-leader", post(cluster_transfer))
         .route("/v1/accounts", post(open_account))
-        .route("/v1/accounts/{account_id}", get(get_account))
+        .route(
+            "/v1/accounts/{account_id}",
+            get(get_account).patch(update_contact),
+        )
+        .route("/v1/accounts/{account_id}/close", post(close_account))
+        .route("/v1/accounts/{account_id}/suspend", post(suspend_account))
+        .route("/v1/accounts/{account_id}/resume", post(resume_account))
+        .route("/v1/accounts/{account_id}/records", get(list_records))
+        .route("/v1/cards", post(issue_card))
+        .route("/v1/cards/verify", post(verify_card))
+        .route("/v1/cards/{card_no}/replace", post(replace_card))
+        .route("/v1/purchases", post(purchase))
+        .route("/v1/purchases/{record_id}/reissue", post(reissue))
+        .route("/v1/purchases/{record_id}/loaded", post(confirm_loaded))
         .route("/v1/payments", post(payment))
+        .route("/v1/records/{record_id}/reverse", post(reverse))
+        .route("/v1/adjustments", post(adjust))
+        .route("/v1/charges", post(post_charge))
+        .route("/v1/invoices/{invoice_no}/print", post(print_invoice))
+        .route("/v1/reports/monthly", get(monthly_report))
+        .route("/v1/reports/bank-daily", get(bank_daily_report))
+        .route("/v1/segments/boundary", put(set_boundary))
+        .route("/v1/seasons", post(open_season))
+        .route("/v1/tariffs/{tariff_id}", put(define_tariff))
+        .route("/v1/import", post(import))
         .route("/v1/requests/{request_id}", get(get_request))
         .fallback(|| async { HttpError(ApiError::new(ErrorCode::NotFound, "no such route")) })
         .layer(DefaultBodyLimit::max(limit))
@@ -272,113 +297,155 @@ async fn cluster_transfer(
     admin_json(s.app.admin(AdminOp::TransferLeader { to: req.to }).await?)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OpenAccountJson {
-    request_id: String,
-    account_id: String,
-    name: String,
-    #[serde(default)]
-    address: String,
-    branch: String,
-    utility: String,
-    #[serde(default)]
-    meter_id: String,
-    #[serde(default)]
-    tariff_id: String,
+// ---- billing: every route goes through `ops::call` (shared with gRPC) ----
+
+/// Parse a body into a JSON value: unreadable or oversized bodies and
+/// syntax errors are refused here; types and fields are checked by `ops`.
+fn parse_value(body: Result<Bytes, BytesRejection>) -> Result<serde_json::Value, ApiError> {
+    parse::<serde_json::Value>(body)
 }
 
-async fn open_account(
-    State(s): State<HttpState>,
-    caller: Caller,
-    body: Result<Bytes, BytesRejection>,
-) -> HttpResult {
-    caller.require(&[Role::Counter, Role::Ops])?;
-    let r: OpenAccountJson = parse(body)?;
-    let request_id = validate::id("request_id", &r.request_id)?;
-    let op = validate::open_account(validate::OpenAccountInput {
-        account_id: &r.account_id,
-        name: &r.name,
-        address: &r.address,
-        branch: &r.branch,
-        utility: &r.utility,
-        meter_id: &r.meter_id,
-        tariff_id: &r.tariff_id,
-    })?;
-    write_reply(s.app.write(request_id, caller.operator(), op).await?)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PaymentJson {
-    request_id: String,
-    account_id: String,
-    amount: String,
-    bank_code: String,
-    bank_ref: String,
-}
-
-async fn payment(
-    State(s): State<HttpState>,
-    caller: Caller,
-    body: Result<Bytes, BytesRejection>,
-) -> HttpResult {
-    caller.require(&[Role::Bank, Role::Ops])?;
-    let r: PaymentJson = parse(body)?;
-    let request_id = validate::id("request_id", &r.request_id)?;
-    caller.check_bank(&r.bank_code)?;
-    let op = validate::payment(&r.account_id, &r.amount, &r.bank_code, &r.bank_ref)?;
-    write_reply(s.app.write(request_id, caller.operator(), op).await?)
-}
-
-/// A refused command is an error response; its code says why.
-fn write_reply((outcome, log_index): (crate::domain::Outcome, u64)) -> HttpResult {
-    if let crate::domain::Outcome::Refused(e) = outcome {
-        return Err(HttpError(e));
+/// Merge path and query parameters into the arguments object. A body
+/// field that contradicts the path is refused.
+fn merge(
+    mut args: serde_json::Value,
+    extra: Vec<(String, String)>,
+) -> Result<serde_json::Value, ApiError> {
+    let Some(obj) = args.as_object_mut() else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            "the request body must be a JSON object",
+        ));
+    };
+    for (k, v) in extra {
+        if let Some(prev) = obj.get(&k)
+            && prev.as_str() != Some(v.as_str())
+        {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("{k}: the body disagrees with the URL"),
+            ));
+        }
+        obj.insert(k, serde_json::Value::String(v));
     }
-    let mut v = outcome.to_json();
-    v["log_index"] = serde_json::json!(log_index);
-    ok(v)
+    Ok(args)
 }
+
+async fn run(
+    s: &HttpState,
+    caller: &Caller,
+    ep: Endpoint,
+    body: Option<Result<Bytes, BytesRejection>>,
+    extra: Vec<(String, String)>,
+) -> HttpResult {
+    caller.require(ep.roles())?;
+    let args = match body {
+        Some(b) => parse_value(b)?,
+        None => serde_json::json!({}),
+    };
+    let args = merge(args, extra)?;
+    ok(ops::call(&s.app, caller, ep, args).await?)
+}
+
+type QueryArgs = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+/// Query parameters as (name, value); a name given twice is refused.
+fn query(q: QueryArgs) -> Result<Vec<(String, String)>, ApiError> {
+    let Query(pairs) = q.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, _) in &pairs {
+        if !seen.insert(k.clone()) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("query parameter {k} given twice"),
+            ));
+        }
+    }
+    Ok(pairs)
+}
+
+macro_rules! body_route {
+    ($name:ident, $ep:expr) => {
+        async fn $name(
+            State(s): State<HttpState>,
+            caller: Caller,
+            body: Result<Bytes, BytesRejection>,
+        ) -> HttpResult {
+            run(&s, &caller, $ep, Some(body), Vec::new()).await
+        }
+    };
+    ($name:ident, $ep:expr, $key:literal) => {
+        async fn $name(
+            State(s): State<HttpState>,
+            caller: Caller,
+            Path(p): Path<String>,
+            body: Result<Bytes, BytesRejection>,
+        ) -> HttpResult {
+            run(&s, &caller, $ep, Some(body), vec![($key.to_string(), p)]).await
+        }
+    };
+}
+
+body_route!(open_account, Endpoint::OpenAccount);
+body_route!(update_contact, Endpoint::UpdateContact, "account_id");
+body_route!(close_account, Endpoint::Close, "account_id");
+body_route!(suspend_account, Endpoint::Suspend, "account_id");
+body_route!(resume_account, Endpoint::Resume, "account_id");
+body_route!(issue_card, Endpoint::IssueCard);
+body_route!(replace_card, Endpoint::ReplaceCard, "card_no");
+body_route!(verify_card, Endpoint::VerifyCard);
+body_route!(purchase, Endpoint::Purchase);
+body_route!(reissue, Endpoint::Reissue, "record_id");
+body_route!(confirm_loaded, Endpoint::ConfirmLoaded, "record_id");
+body_route!(payment, Endpoint::Payment);
+body_route!(reverse, Endpoint::Reverse, "record_id");
+body_route!(adjust, Endpoint::Adjust);
+body_route!(post_charge, Endpoint::PostCharge);
+body_route!(print_invoice, Endpoint::PrintInvoice, "invoice_no");
+body_route!(set_boundary, Endpoint::SetBoundary);
+body_route!(open_season, Endpoint::OpenSeason);
+body_route!(define_tariff, Endpoint::DefineTariff, "tariff_id");
+body_route!(import, Endpoint::Import);
 
 async fn get_account(
     State(s): State<HttpState>,
-    _caller: Caller,
+    caller: Caller,
     Path(account_id): Path<String>,
+    q: QueryArgs,
 ) -> HttpResult {
-    let account_id = validate::id("account_id", &account_id)?;
-    s.app.linearize().await?;
-    let txn = crate::store::state_machine::RocksTxn::new(&s.app.db);
-    let acct = crate::domain::get_account(&txn, &account_id)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::AccountNotFound,
-                format!("no account {account_id:?}"),
-            )
-        })?;
-    ok(serde_json::json!({
-        "account_id": acct.account_id, "name": acct.name, "address": acct.address, "branch": acct.branch,
-        "utility": acct.utility, "meter_id": acct.meter_id, "tariff_id": acct.tariff_id, "status": acct.status,
-        "balance": acct.balance.to_string(), "opened_ms": acct.opened_ms, "last_seq": acct.last_seq,
-    }))
+    let mut extra = query(q)?;
+    extra.push(("account_id".into(), account_id));
+    run(&s, &caller, Endpoint::GetAccount, None, extra).await
+}
+
+async fn list_records(
+    State(s): State<HttpState>,
+    caller: Caller,
+    Path(account_id): Path<String>,
+    q: QueryArgs,
+) -> HttpResult {
+    let mut extra = query(q)?;
+    extra.push(("account_id".into(), account_id));
+    run(&s, &caller, Endpoint::ListRecords, None, extra).await
 }
 
 async fn get_request(
     State(s): State<HttpState>,
-    _caller: Caller,
+    caller: Caller,
     Path(request_id): Path<String>,
+    q: QueryArgs,
 ) -> HttpResult {
-    let request_id = validate::id("request_id", &request_id)?;
-    s.app.linearize().await?;
-    let txn = crate::store::state_machine::RocksTxn::new(&s.app.db);
-    match crate::domain::request_outcome(&txn, &request_id)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
-    {
-        Some(o) => ok(serde_json::json!({"request_id": request_id, "outcome": o.to_json()})),
-        None => Err(HttpError(ApiError::new(
-            ErrorCode::NotFound,
-            format!("no request {request_id:?} was applied"),
-        ))),
-    }
+    let mut extra = query(q)?;
+    extra.push(("request_id".into(), request_id));
+    run(&s, &caller, Endpoint::GetRequest, None, extra).await
+}
+
+async fn monthly_report(State(s): State<HttpState>, caller: Caller, q: QueryArgs) -> HttpResult {
+    let extra = query(q)?;
+    run(&s, &caller, Endpoint::MonthlyReport, None, extra).await
+}
+
+async fn bank_daily_report(State(s): State<HttpState>, caller: Caller, q: QueryArgs) -> HttpResult {
+    let extra = query(q)?;
+    run(&s, &caller, Endpoint::BankDailyReport, None, extra).await
 }

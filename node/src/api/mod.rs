@@ -4,5 +4,6 @@
 
 pub mod grpc;
 pub mod http;
+pub mod ops;
 pub mod status;
 pub mod validate;

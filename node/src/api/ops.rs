@@ -1,0 +1,824 @@
+//! Every billing operation, once, for both client surfaces. HTTP and gRPC
+//! hand an [`Endpoint`] plus its arguments as one JSON object (body fields,
+//! path parameters and query parameters merged) to [`call`]; it checks the
+//! caller's role, parses strictly (unknown fields refused), validates into a
+//! domain [`Op`] (writes) or runs a read function over a linearized
+//! [`RocksRead`], and renders the JSON answer. So both surfaces share one
+//! code path and return the same codes.
+
+use billdb_api::error::{ApiError, ErrorCode};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::validate;
+use crate::app::{App, Origin};
+use crate::auth::{Caller, Role};
+use crate::domain::{self, Buy, GroupBy, Op, Outcome, RecordQuery, Segment, TariffSpec};
+use crate::store::state_machine::RocksRead;
+
+/// Every billing operation of the client API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    OpenAccount,
+    GetAccount,
+    UpdateContact,
+    Close,
+    Suspend,
+    Resume,
+    IssueCard,
+    ReplaceCard,
+    VerifyCard,
+    Purchase,
+    Reissue,
+    ConfirmLoaded,
+    Payment,
+    Reverse,
+    Adjust,
+    PostCharge,
+    ListRecords,
+    GetRequest,
+    PrintInvoice,
+    MonthlyReport,
+    BankDailyReport,
+    SetBoundary,
+    OpenSeason,
+    DefineTariff,
+    Import,
+}
+
+const ALL: &[Role] = &[Role::Counter, Role::Bank, Role::Ops, Role::Auditor];
+const COUNTER: &[Role] = &[Role::Counter, Role::Ops];
+const OPS: &[Role] = &[Role::Ops];
+
+impl Endpoint {
+    /// Which roles may call it (SPEC Security).
+    pub fn roles(self) -> &'static [Role] {
+        use Endpoint::*;
+        match self {
+            GetAccount | GetRequest => ALL,
+            ListRecords => &[Role::Counter, Role::Ops, Role::Auditor],
+            VerifyCard => &[Role::Counter, Role::Ops, Role::Auditor],
+            MonthlyReport => &[Role::Ops, Role::Auditor],
+            BankDailyReport => &[Role::Bank, Role::Ops, Role::Auditor],
+            OpenAccount | UpdateContact | IssueCard | ReplaceCard | Purchase | Reissue
+            | ConfirmLoaded | PrintInvoice => COUNTER,
+            Payment => &[Role::Bank, Role::Ops],
+            Close | Suspend | Resume | Reverse | Adjust | PostCharge | SetBoundary | OpenSeason
+            | DefineTariff | Import => OPS,
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, e.to_string())
+}
+
+/// Strict decode of the merged arguments: wrong types and unknown fields
+/// are INVALID_ARGUMENT.
+fn args<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    serde_json::from_value(v).map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))
+}
+
+/// The operator, branch and channel a write records, from the token.
+pub fn origin(caller: &Caller, op: &Op) -> Origin {
+    let channel = match caller.role {
+        Role::Counter => "counter",
+        Role::Bank => "bank",
+        _ => match op {
+            Op::Import { .. } => "import",
+            Op::Payment { .. } => "bank",
+            _ => "counter",
+        },
+    };
+    Origin {
+        operator: caller.operator(),
+        branch: if caller.role == Role::Counter {
+            caller.branch.clone()
+        } else {
+            String::new()
+        },
+        channel: channel.to_string(),
+    }
+}
+
+/// Run one operation for `caller`.
+pub async fn call(app: &App, caller: &Caller, ep: Endpoint, a: Value) -> Result<Value, ApiError> {
+    caller.require(ep.roles())?;
+    if !a.is_object() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            "the request must be a JSON object",
+        ));
+    }
+    match ep {
+        Endpoint::GetAccount => read_account(app, a).await,
+        Endpoint::GetRequest => read_request(app, a).await,
+        Endpoint::ListRecords => read_records(app, a).await,
+        Endpoint::VerifyCard => read_verify(app, a).await,
+        Endpoint::MonthlyReport => read_monthly(app, a).await,
+        Endpoint::BankDailyReport => read_bank_daily(app, caller, a).await,
+        _ => {
+            let (request_id, op) = write_op(caller, ep, a)?;
+            let origin = origin(caller, &op);
+            let (outcome, log_index) = app.write(request_id, origin, op).await?;
+            write_json(outcome, log_index)
+        }
+    }
+}
+
+/// A refused command is an error; its code says why.
+pub fn write_json(outcome: Outcome, log_index: u64) -> Result<Value, ApiError> {
+    if let Outcome::Refused(e) = outcome {
+        return Err(e);
+    }
+    let mut v = outcome.to_json();
+    v["log_index"] = json!(log_index);
+    Ok(v)
+}
+
+// ---- writes: wire → Op ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenAccountArgs {
+    request_id: String,
+    account_id: String,
+    name: String,
+    #[serde(default)]
+    address: String,
+    branch: String,
+    utility: String,
+    #[serde(default)]
+    meter_id: String,
+    #[serde(default)]
+    tariff_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateContactArgs {
+    request_id: String,
+    account_id: String,
+    name: Option<String>,
+    address: Option<String>,
+    phone: Option<String>,
+    area: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LifecycleArgs {
+    request_id: String,
+    account_id: String,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueCardArgs {
+    request_id: String,
+    account_id: String,
+    card_no: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplaceCardArgs {
+    request_id: String,
+    card_no: String,
+    new_card_no: String,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurchaseArgs {
+    request_id: String,
+    card_no: Option<String>,
+    account_id: Option<String>,
+    amount: Option<String>,
+    units: Option<String>,
+    #[serde(default)]
+    confirm_duplicate: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordArgs {
+    request_id: String,
+    record_id: String,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PaymentArgs {
+    request_id: String,
+    account_id: String,
+    amount: String,
+    bank_code: String,
+    bank_ref: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdjustArgs {
+    request_id: String,
+    account_id: String,
+    amount: String,
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChargeArgs {
+    request_id: String,
+    account_id: String,
+    amount: String,
+    period: String,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvoiceArgs {
+    request_id: String,
+    invoice_no: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BoundaryArgs {
+    request_id: String,
+    /// RFC 3339 UTC.
+    boundary: Option<String>,
+    boundary_ms: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeasonArgs {
+    request_id: String,
+    season_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierArgs {
+    /// Upper bound of the tier in units; absent for the last tier.
+    up_to: Option<String>,
+    price: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TariffArgs {
+    request_id: String,
+    tariff_id: String,
+    /// flat | ladder
+    kind: String,
+    price: Option<String>,
+    tiers: Option<Vec<TierArgs>>,
+    /// RFC 3339 UTC.
+    effective_from: Option<String>,
+    effective_from_ms: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportArgs {
+    request_id: String,
+    #[serde(default)]
+    accounts: Vec<domain::ImportAccount>,
+    #[serde(default)]
+    records: Vec<domain::ImportRecord>,
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidArgument, msg)
+}
+
+fn price(field: &str, v: &str) -> Result<rust_decimal::Decimal, ApiError> {
+    // Prices may carry more decimals than money (e.g. 0.5283 per kWh).
+    let d: rust_decimal::Decimal = v
+        .parse()
+        .map_err(|_| invalid(format!("{field}: not a decimal")))?;
+    if d <= rust_decimal::Decimal::ZERO || d.scale() > 6 || d > billdb_api::money::AMOUNT_MAX {
+        return Err(invalid(format!(
+            "{field}: must be > 0, at most 6 decimals and within limits"
+        )));
+    }
+    Ok(d)
+}
+
+fn time_ms(field: &str, rfc: Option<String>, ms: Option<i64>) -> Result<i64, ApiError> {
+    let t = match (rfc, ms) {
+        (Some(s), None) => validate::rfc3339(field, &s)?,
+        (None, Some(ms)) => ms,
+        _ => {
+            return Err(invalid(format!(
+                "give exactly one of {field} (RFC 3339) or {field}_ms"
+            )));
+        }
+    };
+    if !(domain::calendar::TS_MIN_MS..=domain::calendar::TS_MAX_MS).contains(&t) {
+        return Err(invalid(format!("{field}: out of range")));
+    }
+    Ok(t)
+}
+
+/// Validate a write's arguments into (request_id, Op).
+pub fn write_op(caller: &Caller, ep: Endpoint, a: Value) -> Result<(String, Op), ApiError> {
+    use validate::{amount, id, text};
+    let (rid, op) = match ep {
+        Endpoint::OpenAccount => {
+            let r: OpenAccountArgs = args(a)?;
+            if caller.role == Role::Counter && r.branch != caller.branch {
+                return Err(ApiError::new(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "this counter token is for branch {}, not {}",
+                        caller.branch, r.branch
+                    ),
+                ));
+            }
+            let op = validate::open_account(validate::OpenAccountInput {
+                account_id: &r.account_id,
+                name: &r.name,
+                address: &r.address,
+                branch: &r.branch,
+                utility: &r.utility,
+                meter_id: &r.meter_id,
+                tariff_id: &r.tariff_id,
+            })?;
+            (r.request_id, op)
+        }
+        Endpoint::UpdateContact => {
+            let r: UpdateContactArgs = args(a)?;
+            let op = Op::UpdateContact {
+                account_id: id("account_id", &r.account_id)?,
+                name: r.name.as_deref().map(|v| text("name", v)).transpose()?,
+                address: r
+                    .address
+                    .as_deref()
+                    .map(|v| text("address", v))
+                    .transpose()?,
+                phone: r.phone.as_deref().map(|v| text("phone", v)).transpose()?,
+                area: r
+                    .area
+                    .as_deref()
+                    .map(|v| validate::area("area", v))
+                    .transpose()?,
+            };
+            (r.request_id, op)
+        }
+        Endpoint::Close | Endpoint::Suspend | Endpoint::Resume => {
+            let r: LifecycleArgs = args(a)?;
+            let account_id = id("account_id", &r.account_id)?;
+            let reason = text("reason", &r.reason)?;
+            let op = match ep {
+                Endpoint::Close => Op::Close { account_id, reason },
+                Endpoint::Suspend => Op::Suspend { account_id, reason },
+                _ => Op::Resume { account_id },
+            };
+            (r.request_id, op)
+        }
+        Endpoint::IssueCard => {
+            let r: IssueCardArgs = args(a)?;
+            let op = Op::IssueCard {
+                account_id: id("account_id", &r.account_id)?,
+                card_no: id("card_no", &r.card_no)?,
+            };
+            (r.request_id, op)
+        }
+        Endpoint::ReplaceCard => {
+            let r: ReplaceCardArgs = args(a)?;
+            let op = Op::ReplaceCard {
+                card_no: id("card_no", &r.card_no)?,
+                new_card_no: id("new_card_no", &r.new_card_no)?,
+                reason: text("reason", &r.reason)?,
+            };
+            (r.request_id, op)
+        }
+        Endpoint::Purchase => {
+            let r: PurchaseArgs = args(a)?;
+            let card_no = validate::opt_id("card_no", r.card_no.as_deref())?;
+            let account_id = validate::opt_id("account_id", r.account_id.as_deref())?;
+            if card_no.is_some() == account_id.is_some() {
+                return Err(invalid("give exactly one of card_no or account_id"));
+            }
+            let buy = match (r.amount.as_deref(), r.units.as_deref()) {
+                (Some(m), None) => Buy::Money(amount("amount", m)?),
+                (None, Some(u)) => Buy::Units(validate::units("units", u)?),
+                _ => return Err(invalid("give exactly one of amount or units")),
+            };
+            let op = Op::Purchase {
+                card_no,
+                account_id,
+                buy,
+                confirm_duplicate: r.confirm_duplicate,
+            };
+            (r.request_id, op)
+        }
+        Endpoint::Reissue | Endpoint::ConfirmLoaded | Endpoint::Reverse => {
+            let r: RecordArgs = args(a)?;
+            let record_id = id("record_id", &r.record_id)?;
+            if domain::parse_record_id(&record_id).is_none() {
+                return Err(invalid("record_id: expected ACCOUNT:SEQ"));
+            }
+            let op = match ep {
+                Endpoint::Reissue => Op::Reissue { record_id },
+                Endpoint::ConfirmLoaded => Op::ConfirmLoaded { record_id },
+                _ => Op::Reverse {
+                    record_id,
+                    reason: text("reason", &r.reason)?,
+                },
+            };
+            (r.request_id, op)
+        }
+        Endpoint::Payment => {
+            let r: PaymentArgs = args(a)?;
+            caller.check_bank(&r.bank_code)?;
+            let op = validate::payment(&r.account_id, &r.amount, &r.bank_code, &r.bank_ref)?;
+            (r.request_id, op)
+        }
+        Endpoint::Adjust => {
+            let r: AdjustArgs = args(a)?;
+            if r.reason.trim().is_empty() {
+                return Err(invalid("reason: an adjustment needs a reason"));
+            }
+            let op = Op::Adjust {
+                account_id: id("account_id", &r.account_id)?,
+                amount: validate::signed_amount("amount", &r.amount)?,
+                reason: text("reason", &r.reason)?,
+            };
+            (r.request_id, op)
+        }
+        Endpoint::PostCharge => {
+            let r: ChargeArgs = args(a)?;
+            let op = Op::PostCharge {
+                account_id: id("account_id", &r.account_id)?,
+                amount: amount("amount", &r.amount)?,
+                period: id("period", &r.period)?,
+                reason: text("reason", &r.reason)?,
+            };
+            (r.request_id, op)
+        }
+        Endpoint::PrintInvoice => {
+            let r: InvoiceArgs = args(a)?;
+            let op = Op::PrintInvoice {
+                invoice_no: id("invoice_no", &r.invoice_no)?,
+            };
+            (r.request_id, op)
+        }
+        Endpoint::SetBoundary => {
+            let r: BoundaryArgs = args(a)?;
+            let op = Op::SetSegmentBoundary {
+                boundary_ms: time_ms("boundary", r.boundary, r.boundary_ms)?,
+            };
+            (r.request_id, op)
+        }
+        Endpoint::OpenSeason => {
+            let r: SeasonArgs = args(a)?;
+            let op = Op::OpenHeatingSeason {
+                season_id: id("season_id", &r.season_id)?,
+            };
+            (r.request_id, op)
+        }
+        Endpoint::DefineTariff => {
+            let r: TariffArgs = args(a)?;
+            let tariff = match (r.kind.as_str(), r.price, r.tiers) {
+                ("flat", Some(p), None) => TariffSpec::Flat {
+                    price: price("price", &p)?,
+                },
+                ("ladder", None, Some(tiers)) => {
+                    if tiers.is_empty() || tiers.len() > 16 {
+                        return Err(invalid("tiers: 1..=16 tiers"));
+                    }
+                    let mut out = Vec::with_capacity(tiers.len());
+                    for t in &tiers {
+                        let up = t
+                            .up_to
+                            .as_deref()
+                            .map(|u| validate::units("tiers.up_to", u))
+                            .transpose()?;
+                        out.push((up, price("tiers.price", &t.price)?));
+                    }
+                    TariffSpec::Ladder { tiers: out }
+                }
+                _ => {
+                    return Err(invalid(
+                        "kind must be flat (with price) or ladder (with tiers)",
+                    ));
+                }
+            };
+            let op = Op::DefineTariff {
+                tariff_id: id("tariff_id", &r.tariff_id)?,
+                tariff,
+                effective_from_ms: time_ms(
+                    "effective_from",
+                    r.effective_from,
+                    r.effective_from_ms,
+                )?,
+            };
+            (r.request_id, op)
+        }
+        Endpoint::Import => {
+            let r: ImportArgs = args(a)?;
+            if r.accounts.len() + r.records.len() > domain::IMPORT_ITEMS_MAX {
+                return Err(invalid(format!(
+                    "at most {} accounts + records per import",
+                    domain::IMPORT_ITEMS_MAX
+                )));
+            }
+            let op = Op::Import {
+                accounts: r.accounts,
+                records: r.records,
+            };
+            (r.request_id, op)
+        }
+        _ => return Err(internal(format!("{ep:?} is not a write"))),
+    };
+    Ok((id("request_id", &rid)?, op))
+}
+
+// ---- reads ----
+
+fn record_json(r: &domain::Record) -> Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    v["record_id"] = json!(domain::record_id(&r.account_id, r.seq));
+    v["ts"] = json!(validate::to_rfc3339(r.ts_ms));
+    v
+}
+
+/// Run a read over one consistent RocksDB view, off the async runtime.
+async fn with_view<T: Send + 'static>(
+    app: &App,
+    f: impl FnOnce(&RocksRead<'_>) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let db = app.db.clone();
+    tokio::task::spawn_blocking(move || {
+        let view = RocksRead::new(&db);
+        f(&view)
+    })
+    .await
+    .map_err(internal)?
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountIdArgs {
+    account_id: String,
+}
+
+async fn read_account(app: &App, a: Value) -> Result<Value, ApiError> {
+    let r: AccountIdArgs = args(a)?;
+    let account_id = validate::id("account_id", &r.account_id)?;
+    app.linearize().await?;
+    with_view(app, move |view| {
+        let acct = domain::get_account(view, &account_id)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::AccountNotFound,
+                    format!("no account {account_id:?}"),
+                )
+            })?;
+        let mut v = serde_json::to_value(&acct).map_err(internal)?;
+        v["balance"] = json!(acct.balance.to_string());
+        v["opened"] = json!(validate::to_rfc3339(acct.opened_ms));
+        Ok(v)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestIdArgs {
+    request_id: String,
+}
+
+async fn read_request(app: &App, a: Value) -> Result<Value, ApiError> {
+    let r: RequestIdArgs = args(a)?;
+    let request_id = validate::id("request_id", &r.request_id)?;
+    app.linearize().await?;
+    with_view(app, move |view| {
+        match domain::request_outcome(view, &request_id).map_err(internal)? {
+            Some(o) => Ok(json!({"request_id": request_id, "outcome": o.to_json()})),
+            None => Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no request {request_id:?} was applied"),
+            )),
+        }
+    })
+    .await
+}
+
+/// Query parameters arrive as strings (HTTP query, gRPC JSON alike).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListArgs {
+    account_id: String,
+    segment: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<String>,
+    page_token: Option<String>,
+    order: Option<String>,
+}
+
+pub const LIST_LIMIT_DEFAULT: usize = 100;
+
+async fn read_records(app: &App, a: Value) -> Result<Value, ApiError> {
+    let r: ListArgs = args(a)?;
+    let account_id = validate::id("account_id", &r.account_id)?;
+    let segment = match r.segment.as_deref() {
+        None | Some("all") => Segment::All,
+        Some("recent") => Segment::Recent,
+        Some("history") => Segment::History,
+        Some(_) => return Err(invalid("segment: recent | history | all")),
+    };
+    let descending = match r.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => return Err(invalid("order: asc | desc")),
+    };
+    let limit = match r.limit.as_deref() {
+        None => LIST_LIMIT_DEFAULT,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=domain::LIST_LIMIT_MAX).contains(&n) => n,
+            _ => {
+                return Err(invalid(format!("limit: 1..={}", domain::LIST_LIMIT_MAX)));
+            }
+        },
+    };
+    let from_ms = r
+        .from
+        .as_deref()
+        .map(|v| validate::rfc3339("from", v))
+        .transpose()?;
+    let to_ms =
+        r.to.as_deref()
+            .map(|v| validate::rfc3339("to", v))
+            .transpose()?;
+    let page_token = match r.page_token {
+        Some(t) if t.len() > 512 => return Err(invalid("page_token: too long")),
+        other => other.filter(|t| !t.is_empty()),
+    };
+    let q = RecordQuery {
+        account_id: account_id.clone(),
+        segment,
+        from_ms,
+        to_ms,
+        limit,
+        page_token,
+        descending,
+    };
+    app.linearize().await?;
+    with_view(app, move |view| {
+        if domain::get_account(view, &account_id)
+            .map_err(internal)?
+            .is_none()
+        {
+            return Err(ApiError::new(
+                ErrorCode::AccountNotFound,
+                format!("no account {account_id:?}"),
+            ));
+        }
+        let page = domain::list_records(view, &q).map_err(internal)??;
+        Ok(json!({
+            "account_id": account_id,
+            "records": page.records.iter().map(record_json).collect::<Vec<_>>(),
+            "next_page_token": page.next_page_token,
+            "boundary_ms": page.boundary_ms,
+            "boundary": page.boundary_ms.map(validate::to_rfc3339),
+        }))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyArgs {
+    card_no: String,
+    #[serde(default)]
+    generation: u32,
+    #[serde(default)]
+    seq_on_card: u64,
+    /// Accepted and ignored: a check writes nothing.
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+async fn read_verify(app: &App, a: Value) -> Result<Value, ApiError> {
+    let r: VerifyArgs = args(a)?;
+    let _ = r.request_id;
+    let card_no = validate::id("card_no", &r.card_no)?;
+    app.linearize().await?;
+    with_view(app, move |view| {
+        let check = domain::verify_card(view, &card_no, r.generation, r.seq_on_card, 20)
+            .map_err(internal)?;
+        let mut v = serde_json::to_value(&check).map_err(internal)?;
+        v["recent"] = json!(check.recent.iter().map(record_json).collect::<Vec<_>>());
+        Ok(v)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MonthlyArgs {
+    month: String,
+    group_by: Option<String>,
+    consistency: Option<String>,
+}
+
+/// Linearize unless the caller asked for a stale read; say how stale.
+async fn consistency(app: &App, c: Option<&str>) -> Result<Value, ApiError> {
+    match c {
+        None | Some("linearizable") => {
+            app.linearize().await?;
+            Ok(json!({"consistency": "linearizable"}))
+        }
+        Some("stale") => {
+            let m = app.metrics();
+            let applied = m.last_applied.map(|l| l.index);
+            // The quorum commit index as last reported by the leader.
+            let committed = m.cluster_committed.map(|l| l.index);
+            Ok(json!({
+                "consistency": "stale",
+                "applied_index": applied,
+                "leader_commit_index": committed,
+                "behind_by": committed.zip(applied).map(|(c, a)| c.saturating_sub(a)),
+                "leader": m.current_leader,
+                "node_id": app.id,
+            }))
+        }
+        Some(_) => Err(invalid("consistency: linearizable | stale")),
+    }
+}
+
+fn report_json(rep: domain::Report, meta: Value) -> Result<Value, ApiError> {
+    let mut v = serde_json::to_value(&rep).map_err(internal)?;
+    let mut count = 0u64;
+    let mut amount = rust_decimal::Decimal::ZERO;
+    let mut units = rust_decimal::Decimal::ZERO;
+    for l in &rep.lines {
+        count = count.saturating_add(l.count);
+        amount = amount.checked_add(l.amount).unwrap_or(amount);
+        units = units.checked_add(l.units).unwrap_or(units);
+    }
+    v["total"] = json!({"count": count, "amount": amount.to_string(), "units": units.to_string()});
+    v["read"] = meta;
+    Ok(v)
+}
+
+async fn read_monthly(app: &App, a: Value) -> Result<Value, ApiError> {
+    let r: MonthlyArgs = args(a)?;
+    let month = validate::month("month", &r.month)?;
+    let group_by = match r.group_by.as_deref() {
+        None | Some("operator") => GroupBy::Operator,
+        Some("branch") => GroupBy::Branch,
+        Some("tariff") => GroupBy::Tariff,
+        Some("kind") => GroupBy::Kind,
+        Some(_) => return Err(invalid("group_by: operator | branch | tariff | kind")),
+    };
+    let meta = consistency(app, r.consistency.as_deref()).await?;
+    let rep = with_view(app, move |view| {
+        domain::monthly_report(view, &month, group_by).map_err(internal)
+    })
+    .await?;
+    report_json(rep, meta)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BankDailyArgs {
+    date: String,
+    bank_code: Option<String>,
+    consistency: Option<String>,
+}
+
+async fn read_bank_daily(app: &App, caller: &Caller, a: Value) -> Result<Value, ApiError> {
+    let r: BankDailyArgs = args(a)?;
+    validate::date("date", &r.date)?;
+    let mut bank = validate::opt_id("bank_code", r.bank_code.as_deref())?;
+    if caller.role == Role::Bank {
+        match &bank {
+            None => bank = Some(caller.bank_code.clone()),
+            Some(b) => caller.check_bank(b)?,
+        }
+    }
+    let meta = consistency(app, r.consistency.as_deref()).await?;
+    let day = r.date;
+    let rep = with_view(app, move |view| {
+        domain::bank_daily_report(view, &day, bank.as_deref()).map_err(internal)
+    })
+    .await?;
+    report_json(rep, meta)
+}
