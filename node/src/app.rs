@@ -322,13 +322,27 @@ impl App {
     pub async fn linearize(&self) -> Result<(), ApiError> {
         let started = Instant::now();
         let deadline = self.deadline();
-        let (leader_id, info) = self.wait_leader(deadline).await?;
-        let index = if leader_id == self.id {
-            self.read_index_local(deadline).await?
-        } else {
-            match self.forward(&info, &Forward::ReadIndex, deadline).await? {
-                ForwardReply::ReadIndex(i) => i,
-                other => return Err(internal(format!("unexpected forward reply {other:?}"))),
+        let index = loop {
+            let (leader_id, info) = self.wait_leader(deadline).await?;
+            let r = if leader_id == self.id {
+                self.read_index_local(deadline).await
+            } else {
+                match self.forward(&info, &Forward::ReadIndex, deadline).await {
+                    Ok(ForwardReply::ReadIndex(i)) => Ok(i),
+                    Ok(other) => Err(internal(format!("unexpected forward reply {other:?}"))),
+                    Err(e) => Err(e),
+                }
+            };
+            match r {
+                // Leadership moved (or the leader died): ask the next one
+                // while time is left, as writes do.
+                Err(e)
+                    if e.code == ErrorCode::Unavailable
+                        && Instant::now() + Duration::from_millis(50) < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(LEADER_POLL_INTERVAL_MS)).await;
+                }
+                other => break other?,
             }
         };
         let left = deadline.saturating_duration_since(Instant::now());
