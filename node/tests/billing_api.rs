@@ -166,6 +166,7 @@ fn every_operation_happy_path_and_refusals() {
     assert_eq!(p1["record"]["operator_id"], "C-0101");
     assert_eq!(p1["record"]["branch"], "B01");
     assert_eq!(p1["record"]["channel"], "counter");
+    assert!(p1["record"]["ts"].as_str().unwrap().ends_with('Z'));
     assert_eq!(dec(&p1["record"]["units"]), Decimal::from(20));
     let rid1 = p1["record_id"].as_str().unwrap().to_string();
     // Same card, same amount within 30 s: held unless confirmed.
@@ -457,6 +458,30 @@ fn every_operation_happy_path_and_refusals() {
         .expect("stale report");
     assert_eq!(stale["read"]["consistency"], "stale");
     assert!(stale["read"]["applied_index"].is_u64());
+
+    // Bulk import (ops): a legacy account with one record.
+    let imp = ops
+        .post(
+            "/v1/import",
+            &json!({"request_id": "import-1",
+                "accounts": [{"account_id": "LEG-1", "name": "Legacy", "address": "", "branch": "B01",
+                    "utility": "electricity", "meter_id": "", "tariff_id": "T1", "area": "0",
+                    "status": "active", "balance": "12.50", "opened_ms": 1_000_000_000_000i64,
+                    "closed_ms": null, "card_no": null, "card_generation": 0}],
+                "records": [{"account_id": "LEG-1", "kind": "payment", "amount": "12.50", "units": "0",
+                    "ts_ms": 1_000_000_100_000i64, "operator_id": "legacy", "branch": "B01", "tariff_id": "",
+                    "invoice_no": "", "bank_code": "OLD", "bank_ref": "L1", "card_no": "", "card_seq": 0}]}),
+        )
+        .expect("import");
+    assert_eq!(imp["result"], "imported", "{imp}");
+    let legacy = auditor
+        .get("/v1/accounts/LEG-1/records?segment=all")
+        .expect("legacy records");
+    assert_eq!(legacy["records"][0]["channel"], "import");
+    assert_eq!(
+        code(counter.post("/v1/import", &json!({"request_id": "import-2"}))),
+        "PERMISSION_DENIED"
+    );
 
     // Lifecycle (ops): suspend, resume, close.
     ops.post(

@@ -134,6 +134,9 @@ pub fn write_json(outcome: Outcome, log_index: u64) -> Result<Value, ApiError> {
     }
     let mut v = outcome.to_json();
     v["log_index"] = json!(log_index);
+    if let Some(ts) = v["record"]["ts_ms"].as_i64() {
+        v["record"]["ts"] = json!(validate::to_rfc3339(ts));
+    }
     Ok(v)
 }
 
