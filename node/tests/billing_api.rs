@@ -631,44 +631,115 @@ fn bad_input_is_refused_and_changes_nothing() {
         let mut b = pb::billing_client::BillingClient::connect(grpc)
             .await
             .expect("connect");
-        let cases: Vec<(String, &str, tonic::Code, &str)> = vec![
-            ("{\"request_id\":".into(), &ct, tonic::Code::InvalidArgument, "MALFORMED_REQUEST"),
-            (json!({"request_id": "g-1", "card_no": "CARD-B1", "amount": 10}).to_string(), &ct, tonic::Code::InvalidArgument, "INVALID_ARGUMENT"),
-            (json!({"request_id": "g-2", "card_no": "CARD-B1", "amount": "1.00", "x": 1}).to_string(), &ct, tonic::Code::InvalidArgument, "INVALID_ARGUMENT"),
-            (json!({"request_id": "g-3", "card_no": "CARD-B1", "amount": "-1.00"}).to_string(), &ct, tonic::Code::InvalidArgument, "AMOUNT_TOO_SMALL"),
-            (json!({"request_id": "g-4", "card_no": "CARD-B1", "amount": "1.234"}).to_string(), &ct, tonic::Code::InvalidArgument, "TOO_MANY_DECIMALS"),
-            (json!({"request_id": "g-5", "card_no": "CARD-B1", "amount": "1.00", "pad": "x".repeat(70_000)}).to_string(), &ct, tonic::Code::ResourceExhausted, "PAYLOAD_TOO_LARGE"),
-            (json!({"request_id": "g-6", "card_no": "CARD-B1", "amount": "1.00"}).to_string(), &bt, tonic::Code::PermissionDenied, "PERMISSION_DENIED"),
+        let buy = |rid: &str, amount: Option<&str>, units: Option<&str>| pb::PurchaseRequest {
+            request_id: rid.into(),
+            card_no: Some("CARD-B1".into()),
+            account_id: None,
+            amount: amount.map(String::from),
+            units: units.map(String::from),
+            confirm_duplicate: false,
+        };
+        let big = "x".repeat(70_000);
+        let cases: Vec<(pb::PurchaseRequest, &str, &str)> = vec![
+            (buy("g-1", Some("-1.00"), None), &ct, "AMOUNT_TOO_SMALL"),
+            (buy("g-2", Some("0"), None), &ct, "AMOUNT_TOO_SMALL"),
+            (buy("g-3", Some("1.234"), None), &ct, "TOO_MANY_DECIMALS"),
+            (
+                buy("g-4", Some("1000000.01"), None),
+                &ct,
+                "AMOUNT_OVER_LIMIT",
+            ),
+            (buy("g-5", Some("ten"), None), &ct, "INVALID_AMOUNT"),
+            (buy("g-6", Some("1.00"), Some("1")), &ct, "INVALID_ARGUMENT"),
+            (buy("g-7", None, Some("0.0001")), &ct, "TOO_MANY_DECIMALS"),
+            (buy("", Some("1.00"), None), &ct, "INVALID_ARGUMENT"),
+            (buy(&big, Some("1.00"), None), &ct, "PAYLOAD_TOO_LARGE"),
+            (buy("g-8", Some("1.00"), None), &bt, "PERMISSION_DENIED"),
+            (
+                buy("g-9", Some("1.00"), None),
+                "wrong-token",
+                "UNAUTHENTICATED",
+            ),
         ];
-        for (args, tok, _grpc_code, want) in cases {
-            let args: String = args;
-            let e = b
-                .purchase(authed(pb::JsonRequest { args_json: args.clone() }, tok))
-                .await
-                .expect_err("refused");
+        for (msg, tok, want) in cases {
+            let e = b.purchase(authed(msg, tok)).await.expect_err("refused");
             assert_eq!(
                 billdb_api::error::ApiError::from_status(&e).code.as_str(),
                 want,
                 "gRPC: {e:?}"
             );
         }
+        // Malformed / unknown fields in the one JSON-carrying RPC (import).
+        let ot = c.c.token("ops").unwrap();
+        for (args, want) in [
+            ("{\"request_id\":", "MALFORMED_REQUEST"),
+            (
+                "{\"request_id\": \"g-imp\", \"extra\": 1}",
+                "INVALID_ARGUMENT",
+            ),
+            ("{\"request_id\": 7}", "INVALID_ARGUMENT"),
+        ] {
+            let e = b
+                .import(authed(
+                    pb::JsonRequest {
+                        args_json: args.into(),
+                    },
+                    &ot,
+                ))
+                .await
+                .expect_err("refused");
+            assert_eq!(
+                billdb_api::error::ApiError::from_status(&e).code.as_str(),
+                want
+            );
+        }
         let e = b
             .list_records(authed(
-                pb::JsonRequest { args_json: json!({"account_id": "B1", "limit": "501"}).to_string() },
+                pb::ListRecordsRequest {
+                    account_id: "B1".into(),
+                    limit: Some(501),
+                    ..Default::default()
+                },
                 &ct,
             ))
             .await
             .expect_err("page too large");
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let e = b
+            .monthly_report(authed(
+                pb::MonthlyReportRequest {
+                    month: "2026-1".into(),
+                    ..Default::default()
+                },
+                &ot,
+            ))
+            .await
+            .expect_err("bad month");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
         // A good gRPC read for contrast.
         let ok = b
             .get_request(authed(
-                pb::JsonRequest { args_json: json!({"request_id": "good-1"}).to_string() },
+                pb::GetRequestRequest {
+                    request_id: "good-1".into(),
+                },
                 &ct,
             ))
             .await
             .expect("read");
         assert!(ok.get_ref().json.contains("record_posted"));
+        let page = b
+            .list_records(authed(
+                pb::ListRecordsRequest {
+                    account_id: "B1".into(),
+                    limit: Some(10),
+                    ..Default::default()
+                },
+                &ct,
+            ))
+            .await
+            .expect("list");
+        let v: Value = serde_json::from_str(&page.get_ref().json).unwrap();
+        assert_eq!(v["records"].as_array().unwrap().len(), 1);
     });
 
     // A replayed request returns the stored outcome and changes nothing.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use billdb_api::error::{ApiError, ErrorCode};
 use billdb_api::pb;
+use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use super::ops::{self, Endpoint};
@@ -190,7 +191,28 @@ impl pb::cluster_server::Cluster for GrpcApi {
 type JsonResult = Result<Response<pb::JsonReply>, Status>;
 
 impl GrpcApi {
-    /// Run an operation through the code path HTTP uses (`ops::call`).
+    /// Run a typed request through the code path HTTP uses: its fields
+    /// become the same arguments object, then `ops::call`.
+    async fn typed<T: prost::Message>(
+        &self,
+        req: Request<T>,
+        ep: Endpoint,
+        to_args: impl FnOnce(T) -> serde_json::Value,
+    ) -> JsonResult {
+        let caller = self.caller(&req, ep.roles())?;
+        if req.get_ref().encoded_len() > self.app.config.limits.request_body_bytes_max {
+            return Err(ApiError::new(ErrorCode::PayloadTooLarge, "request too large").to_status());
+        }
+        let args = to_args(req.into_inner());
+        let v = ops::call(&self.app, &caller, ep, args)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::JsonReply {
+            json: v.to_string(),
+        }))
+    }
+
+    /// Run a JSON request (bulk import) through `ops::call`.
     async fn json(&self, req: Request<pb::JsonRequest>, ep: Endpoint) -> JsonResult {
         let caller = self.caller(&req, ep.roles())?;
         let raw = &req.get_ref().args_json;
@@ -288,99 +310,146 @@ impl pb::billing_server::Billing for GrpcApi {
         }))
     }
 
-    async fn update_contact(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::UpdateContact).await
+    async fn update_contact(&self, req: Request<pb::UpdateContactRequest>) -> JsonResult {
+        self.typed(req, Endpoint::UpdateContact, |r| json!({"request_id": r.request_id, "account_id": r.account_id, "name": r.name, "address": r.address, "phone": r.phone, "area": r.area})).await
     }
 
-    async fn close_account(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::Close).await
+    async fn close_account(&self, req: Request<pb::LifecycleRequest>) -> JsonResult {
+        self.typed(
+            req,
+            Endpoint::Close,
+            |r| json!({"request_id": r.request_id, "account_id": r.account_id, "reason": r.reason}),
+        )
+        .await
     }
 
-    async fn suspend_account(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::Suspend).await
+    async fn suspend_account(&self, req: Request<pb::LifecycleRequest>) -> JsonResult {
+        self.typed(
+            req,
+            Endpoint::Suspend,
+            |r| json!({"request_id": r.request_id, "account_id": r.account_id, "reason": r.reason}),
+        )
+        .await
     }
 
-    async fn resume_account(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::Resume).await
+    async fn resume_account(&self, req: Request<pb::LifecycleRequest>) -> JsonResult {
+        self.typed(
+            req,
+            Endpoint::Resume,
+            |r| json!({"request_id": r.request_id, "account_id": r.account_id, "reason": r.reason}),
+        )
+        .await
     }
 
-    async fn issue_card(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::IssueCard).await
+    async fn issue_card(&self, req: Request<pb::IssueCardRequest>) -> JsonResult {
+        self.typed(req, Endpoint::IssueCard, |r| json!({"request_id": r.request_id, "account_id": r.account_id, "card_no": r.card_no})).await
     }
 
-    async fn replace_card(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::ReplaceCard).await
+    async fn replace_card(&self, req: Request<pb::ReplaceCardRequest>) -> JsonResult {
+        self.typed(req, Endpoint::ReplaceCard, |r| json!({"request_id": r.request_id, "card_no": r.card_no, "new_card_no": r.new_card_no, "reason": r.reason})).await
     }
 
-    async fn verify_card(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::VerifyCard).await
+    async fn verify_card(&self, req: Request<pb::VerifyCardRequest>) -> JsonResult {
+        self.typed(req, Endpoint::VerifyCard, |r| json!({"card_no": r.card_no, "generation": r.generation, "seq_on_card": r.seq_on_card})).await
     }
 
-    async fn purchase(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::Purchase).await
+    async fn purchase(&self, req: Request<pb::PurchaseRequest>) -> JsonResult {
+        self.typed(req, Endpoint::Purchase, |r| json!({"request_id": r.request_id, "card_no": r.card_no, "account_id": r.account_id, "amount": r.amount, "units": r.units, "confirm_duplicate": r.confirm_duplicate})).await
     }
 
-    async fn reissue(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::Reissue).await
+    async fn reissue(&self, req: Request<pb::RecordRequest>) -> JsonResult {
+        self.typed(
+            req,
+            Endpoint::Reissue,
+            |r| json!({"request_id": r.request_id, "record_id": r.record_id, "reason": r.reason}),
+        )
+        .await
     }
 
-    async fn confirm_loaded(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::ConfirmLoaded).await
+    async fn confirm_loaded(&self, req: Request<pb::RecordRequest>) -> JsonResult {
+        self.typed(
+            req,
+            Endpoint::ConfirmLoaded,
+            |r| json!({"request_id": r.request_id, "record_id": r.record_id, "reason": r.reason}),
+        )
+        .await
     }
 
-    async fn payment(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::Payment).await
+    async fn reverse(&self, req: Request<pb::RecordRequest>) -> JsonResult {
+        self.typed(
+            req,
+            Endpoint::Reverse,
+            |r| json!({"request_id": r.request_id, "record_id": r.record_id, "reason": r.reason}),
+        )
+        .await
     }
 
-    async fn reverse(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::Reverse).await
+    async fn adjust(&self, req: Request<pb::AdjustRequest>) -> JsonResult {
+        self.typed(req, Endpoint::Adjust, |r| json!({"request_id": r.request_id, "account_id": r.account_id, "amount": r.amount, "reason": r.reason})).await
     }
 
-    async fn adjust(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::Adjust).await
+    async fn post_charge(&self, req: Request<pb::ChargeRequest>) -> JsonResult {
+        self.typed(req, Endpoint::PostCharge, |r| json!({"request_id": r.request_id, "account_id": r.account_id, "amount": r.amount, "period": r.period, "reason": r.reason})).await
     }
 
-    async fn post_charge(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::PostCharge).await
+    async fn print_invoice(&self, req: Request<pb::PrintInvoiceRequest>) -> JsonResult {
+        self.typed(
+            req,
+            Endpoint::PrintInvoice,
+            |r| json!({"request_id": r.request_id, "invoice_no": r.invoice_no}),
+        )
+        .await
     }
 
-    async fn print_invoice(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::PrintInvoice).await
+    async fn set_segment_boundary(&self, req: Request<pb::SetBoundaryRequest>) -> JsonResult {
+        self.typed(req, Endpoint::SetBoundary, |r| json!({"request_id": r.request_id, "boundary": r.boundary, "boundary_ms": r.boundary_ms})).await
     }
 
-    async fn set_segment_boundary(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::SetBoundary).await
+    async fn open_heating_season(&self, req: Request<pb::OpenSeasonRequest>) -> JsonResult {
+        self.typed(
+            req,
+            Endpoint::OpenSeason,
+            |r| json!({"request_id": r.request_id, "season_id": r.season_id}),
+        )
+        .await
     }
 
-    async fn open_heating_season(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::OpenSeason).await
+    async fn define_tariff(&self, req: Request<pb::DefineTariffRequest>) -> JsonResult {
+        self.typed(req, Endpoint::DefineTariff, |r| json!({"request_id": r.request_id, "tariff_id": r.tariff_id, "kind": r.kind, "price": r.price, "tiers": if r.tiers.is_empty() { serde_json::Value::Null } else { r.tiers.iter().map(|t| json!({"up_to": t.up_to, "price": t.price})).collect() }, "effective_from": r.effective_from, "effective_from_ms": r.effective_from_ms})).await
     }
 
-    async fn define_tariff(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::DefineTariff).await
+    async fn list_records(&self, req: Request<pb::ListRecordsRequest>) -> JsonResult {
+        self.typed(req, Endpoint::ListRecords, |r| json!({"account_id": r.account_id, "segment": r.segment, "from": r.from, "to": r.to, "limit": r.limit.map(|l| l.to_string()), "page_token": r.page_token, "order": r.order})).await
+    }
+
+    async fn get_request(&self, req: Request<pb::GetRequestRequest>) -> JsonResult {
+        self.typed(
+            req,
+            Endpoint::GetRequest,
+            |r| json!({"request_id": r.request_id}),
+        )
+        .await
+    }
+
+    async fn monthly_report(&self, req: Request<pb::MonthlyReportRequest>) -> JsonResult {
+        self.typed(
+            req,
+            Endpoint::MonthlyReport,
+            |r| json!({"month": r.month, "group_by": r.group_by, "consistency": r.consistency}),
+        )
+        .await
+    }
+
+    async fn bank_daily_report(&self, req: Request<pb::BankDailyReportRequest>) -> JsonResult {
+        self.typed(
+            req,
+            Endpoint::BankDailyReport,
+            |r| json!({"date": r.date, "bank_code": r.bank_code, "consistency": r.consistency}),
+        )
+        .await
     }
 
     async fn import(&self, req: Request<pb::JsonRequest>) -> JsonResult {
         self.json(req, Endpoint::Import).await
-    }
-
-    async fn get_account_json(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::GetAccount).await
-    }
-
-    async fn list_records(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::ListRecords).await
-    }
-
-    async fn get_request(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::GetRequest).await
-    }
-
-    async fn monthly_report(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::MonthlyReport).await
-    }
-
-    async fn bank_daily_report(&self, req: Request<pb::JsonRequest>) -> JsonResult {
-        self.json(req, Endpoint::BankDailyReport).await
     }
 }
