@@ -459,6 +459,85 @@ fn every_operation_happy_path_and_refusals() {
     assert_eq!(stale["read"]["consistency"], "stale");
     assert!(stale["read"]["applied_index"].is_u64());
 
+    // The same operations over gRPC, same answers.
+    let grpc = format!("http://{}", c.c.grpc_addr(4).unwrap());
+    let ct = c.c.token("counter").unwrap();
+    let at = c.c.token("auditor").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use billdb_api::pb;
+        let mut b = pb::billing_client::BillingClient::connect(grpc)
+            .await
+            .expect("connect");
+        let r = b
+            .purchase(authed(
+                pb::PurchaseRequest {
+                    request_id: "grpc-buy-1".into(),
+                    account_id: Some("A1".into()),
+                    amount: Some("6.00".into()),
+                    ..Default::default()
+                },
+                &ct,
+            ))
+            .await
+            .expect("gRPC purchase");
+        let v: Value = serde_json::from_str(&r.get_ref().json).unwrap();
+        assert_eq!(v["result"], "record_posted");
+        assert_eq!(v["record"]["operator_id"], "C-0101");
+        let e = b
+            .purchase(authed(
+                pb::PurchaseRequest {
+                    request_id: "grpc-buy-2".into(),
+                    card_no: Some("CARD-1".into()),
+                    amount: Some("6.00".into()),
+                    ..Default::default()
+                },
+                &ct,
+            ))
+            .await
+            .expect_err("old card");
+        assert_eq!(
+            billdb_api::error::ApiError::from_status(&e).code.as_str(),
+            "CARD_REPLACED"
+        );
+        let chk = b
+            .verify_card(authed(
+                pb::VerifyCardRequest {
+                    card_no: "CARD-1B".into(),
+                    generation: 2,
+                    seq_on_card: 0,
+                },
+                &ct,
+            ))
+            .await
+            .expect("verify");
+        assert!(chk.get_ref().json.contains("verdict"));
+        let e = b
+            .reverse(authed(
+                pb::RecordRequest {
+                    request_id: "grpc-rev".into(),
+                    record_id: rid1.clone(),
+                    reason: "x".into(),
+                },
+                &ct,
+            ))
+            .await
+            .expect_err("counter may not reverse");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        let rep = b
+            .monthly_report(authed(
+                pb::MonthlyReportRequest {
+                    month: month.clone(),
+                    group_by: Some("kind".into()),
+                    consistency: None,
+                },
+                &at,
+            ))
+            .await
+            .expect("report");
+        assert!(rep.get_ref().json.contains("\"purchase\""));
+    });
+
     // Bulk import (ops): a legacy account with one record.
     let imp = ops
         .post(
