@@ -259,6 +259,27 @@ impl App {
         prev.max(now)
     }
 
+    /// Refuse a command naming an unknown account or card without writing
+    /// anything. A miss is confirmed after a ReadIndex round (this leader
+    /// may not have applied everything committed yet) before refusing.
+    async fn precheck(&self, op: &Op, deadline: Instant) -> Result<Option<ApiError>, ApiError> {
+        let check = |db: &DB| {
+            let view = crate::store::state_machine::RocksRead::new(db);
+            crate::domain::precheck(&view, op).map_err(internal)
+        };
+        if check(&self.db)?.is_none() {
+            return Ok(None);
+        }
+        let index = self.read_index_local(deadline).await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "precheck")
+            .await
+            .map_err(|_| unavailable("this node did not catch up in time"))?;
+        check(&self.db)
+    }
+
     async fn propose_local(
         &self,
         request_id: String,
@@ -266,6 +287,9 @@ impl App {
         op: Op,
         deadline: Instant,
     ) -> Result<(Outcome, u64), ApiError> {
+        if let Some(refusal) = self.precheck(&op, deadline).await? {
+            return Ok((Outcome::Refused(refusal), 0));
+        }
         let cmd = Command {
             request_id,
             ts_ms: self.stamp(),

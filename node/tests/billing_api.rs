@@ -650,6 +650,12 @@ fn bad_input_is_refused_and_changes_nothing() {
         ("/v1/payments", json!({"request_id": "bad-11", "account_id": "B1", "amount": "1.00", "bank_code": "ABC", "bank_ref": "Z"}).to_string(), &bt, 403, "PERMISSION_DENIED"),
         ("/v1/purchases", json!({"request_id": "bad-12", "card_no": "CARD-B1", "amount": "1.00"}).to_string(), "wrong-token", 401, "UNAUTHENTICATED"),
         ("/v1/adjustments", json!({"request_id": "bad-13", "account_id": "B1", "amount": "1.00", "reason": "x"}).to_string(), &ct, 403, "PERMISSION_DENIED"),
+        // Unknown account or card: refused by the leader before proposing,
+        // so not even a request entry is written.
+        ("/v1/purchases", json!({"request_id": "bad-14", "card_no": "NO-SUCH-CARD", "amount": "1.00"}).to_string(), &ct, 404, "CARD_UNKNOWN"),
+        ("/v1/purchases", json!({"request_id": "bad-15", "account_id": "NO-SUCH-ACCT", "amount": "1.00"}).to_string(), &ct, 404, "ACCOUNT_NOT_FOUND"),
+        ("/v1/payments", json!({"request_id": "bad-16", "account_id": "NO-SUCH-ACCT", "amount": "1.00", "bank_code": "ICBC", "bank_ref": "Z16"}).to_string(), &bt, 404, "ACCOUNT_NOT_FOUND"),
+        ("/v1/cards", json!({"request_id": "bad-17", "account_id": "NO-SUCH-ACCT", "card_no": "NEW-CARD-17"}).to_string(), &ct, 404, "ACCOUNT_NOT_FOUND"),
     ];
     for (path, body, tok, status, want) in &cases {
         let (st, v) = post(path, body, tok);

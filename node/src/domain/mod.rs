@@ -444,6 +444,55 @@ fn dispatch<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     }
 }
 
+/// Refusals that need no log entry: a command naming an account or card
+/// that does not exist. The leader checks these against its applied state
+/// before proposing, so such a command writes nothing, not even a request
+/// entry. Accounts and cards are never deleted, so a command whose
+/// request_id already holds an outcome always passes this check.
+pub fn precheck<G: Get + ?Sized>(view: &G, op: &Op) -> Result<Option<ApiError>, std::io::Error> {
+    let account = match op {
+        Op::Payment { account_id, .. }
+        | Op::UpdateContact { account_id, .. }
+        | Op::IssueCard { account_id, .. }
+        | Op::PostCharge { account_id, .. }
+        | Op::Adjust { account_id, .. }
+        | Op::Suspend { account_id, .. }
+        | Op::Resume { account_id, .. }
+        | Op::Close { account_id, .. } => Some(account_id),
+        Op::Purchase {
+            account_id: Some(a),
+            ..
+        } => Some(a),
+        _ => None,
+    };
+    if let Some(a) = account
+        && get_account(view, a)?.is_none()
+    {
+        return Ok(Some(ApiError::new(
+            ErrorCode::AccountNotFound,
+            format!("no account {a:?}"),
+        )));
+    }
+    let card = match op {
+        Op::ReplaceCard { card_no, .. } => Some(card_no),
+        Op::Purchase {
+            card_no: Some(c),
+            account_id: None,
+            ..
+        } => Some(c),
+        _ => None,
+    };
+    if let Some(c) = card
+        && cards::get_card(view, c)?.is_none()
+    {
+        return Ok(Some(ApiError::new(
+            ErrorCode::CardUnknown,
+            format!("no card {c:?}"),
+        )));
+    }
+    Ok(None)
+}
+
 /// Apply one committed command. Deterministic: the same state and command
 /// always give the same writes and outcome. Errors are storage failures
 /// only; a refused command is an `Ok(Outcome::Refused)` that writes nothing
