@@ -212,6 +212,20 @@ impl AdminClient {
         handle_response(&url, resp)
     }
 
+    /// `PUT path` with a JSON body.
+    pub fn put_json(&self, path: &str, body: &Value) -> Result<Value, AdminError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self
+            .agent
+            .put(&url)
+            .header("content-type", "application/json");
+        if let Some(h) = self.auth_header() {
+            req = req.header("authorization", h);
+        }
+        let resp = req.send(body.to_string());
+        handle_response(&url, resp)
+    }
+
     /// `POST path` with a JSON body.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value, AdminError> {
         let url = format!("{}{}", self.base, path);
