@@ -73,6 +73,9 @@ pub struct AdminReply {
     pub log_index: u64,
 }
 
+/// Floor of the silence after which the leader counts a peer as down.
+const LIVE_PEER_SILENCE_MS_MIN: u64 = 2_000;
+
 fn unavailable(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, msg)
         .with_details(serde_json::json!({"retry_after_ms": 500}))
@@ -602,7 +605,11 @@ impl App {
     fn live_nodes(&self, m: &openraft::RaftMetrics<crate::types::TypeConfig>) -> BTreeSet<NodeId> {
         let mut live = BTreeSet::new();
         live.insert(self.id);
-        let fresh_ms = (self.config.raft.election_timeout_max_ms * 2) as u128;
+        // A peer silent for this long counts as down (at least 2 s, so a
+        // loaded machine's scheduling stalls do not refuse a healthy change).
+        let fresh_ms = u128::from(
+            (self.config.raft.election_timeout_max_ms * 2).max(LIVE_PEER_SILENCE_MS_MIN),
+        );
         let last_index = m.last_log_index.unwrap_or(0);
         let lag_max = self.config.raft.logs_to_keep_after_snapshot.max(1000);
         if let (Some(hb), Some(repl)) = (&m.heartbeat, &m.replication) {

@@ -30,14 +30,18 @@ pub struct RaftTuning {
     pub max_payload_entries: u64,
 }
 
+// openraft starts an election only once the leader lease (= the maximum
+// election timeout) has run out, and the first round often splits, so the
+// write gap after a leader dies is about twice the maximum: 200–400 ms keeps
+// it under a second (measured: docs/BENCHMARKS.md, leader kill).
 fn d_heartbeat() -> u64 {
-    100
+    50
 }
 fn d_elect_min() -> u64 {
-    500
+    200
 }
 fn d_elect_max() -> u64 {
-    1000
+    400
 }
 fn d_snap_logs() -> u64 {
     50_000
@@ -238,7 +242,7 @@ mod tests {
         let c = Config::load(&a).unwrap();
         assert_eq!(c.node_id, 1);
         assert_eq!(c.raft.heartbeat_interval_ms, 50);
-        assert_eq!(c.raft.election_timeout_min_ms, 500);
+        assert_eq!(c.raft.election_timeout_min_ms, 200);
         a.node_id = Some(3);
         a.http_addr = Some("127.0.0.1:9003".into());
         let c = Config::load(&a).unwrap();

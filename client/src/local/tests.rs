@@ -189,7 +189,7 @@ fn create_writes_configs_and_cluster_json_round_trips() {
     let raw: toml::Table = toml::from_str(&text).unwrap();
     assert_eq!(
         raw["raft"]["election_timeout_max_ms"].as_integer(),
-        Some(1000)
+        Some(400)
     );
 
     // cluster.json round trip.
