@@ -1,10 +1,12 @@
-//! `billdb account …` and `billdb pay`: counter and bank commands over the
-//! gRPC client ([`billdb_client::client::Client`]). Readable output by
+//! Counter, bank, report and ops commands (`billdb account|card|purchase|
+//! record|invoice|pay|report|ops …`) over the gRPC client ([`billdb_client::client::Client`]). Readable output by
 //! default, the raw JSON with `--json`. Touches only the network.
 
 use anyhow::{Result, anyhow};
+use billdb_api::error::ApiError;
 use billdb_api::pb;
 use billdb_client::client::{Client, new_request_id};
+use billdb_client::render;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -55,15 +57,274 @@ pub enum AccountCmd {
         meter_id: String,
         #[arg(long, default_value = "")]
         tariff_id: String,
-        /// Reuse to retry safely; a new one is made if absent.
-        #[arg(long)]
-        request_id: Option<String>,
         #[command(flatten)]
-        conn: ConnArg,
+        w: WriteArg,
     },
     /// Show an account (linearizable read).
     Get {
         account_id: String,
+        #[command(flatten)]
+        conn: ConnArg,
+    },
+    /// Change contact details (only the fields given).
+    Contact {
+        account_id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        phone: Option<String>,
+        /// Heated area in m² (heating accounts).
+        #[arg(long)]
+        area: Option<String>,
+        #[command(flatten)]
+        w: WriteArg,
+    },
+    /// Close (freeze) an account: its records stay, writes are refused.
+    Close {
+        account_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        w: WriteArg,
+    },
+    /// Suspend an account (writes refused until resumed).
+    Suspend {
+        account_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        w: WriteArg,
+    },
+    /// Resume a suspended account.
+    Resume {
+        account_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        w: WriteArg,
+    },
+    /// An account's records: the recent segment by default.
+    Records {
+        account_id: String,
+        /// recent | history | all
+        #[arg(long)]
+        segment: Option<String>,
+        /// From this time (RFC 3339), inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// Up to this time (RFC 3339), exclusive.
+        #[arg(long)]
+        to: Option<String>,
+        /// Records per page (1..=500).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        page_token: Option<String>,
+        /// Oldest first (default: newest first).
+        #[arg(long)]
+        asc: bool,
+        #[command(flatten)]
+        conn: ConnArg,
+    },
+}
+
+/// Connection options plus the request id of a write.
+#[derive(Args, Clone)]
+pub struct WriteArg {
+    /// Reuse to retry safely; a new one is made if absent.
+    #[arg(long)]
+    request_id: Option<String>,
+    #[command(flatten)]
+    conn: ConnArg,
+}
+
+impl WriteArg {
+    fn id(&self, prefix: &str) -> String {
+        self.request_id
+            .clone()
+            .unwrap_or_else(|| new_request_id(prefix))
+    }
+}
+
+#[derive(Subcommand)]
+pub enum CardCmd {
+    /// Issue the account's card.
+    Issue {
+        account_id: String,
+        card_no: String,
+        #[command(flatten)]
+        w: WriteArg,
+    },
+    /// Replace a card (lost, broken): the old one is refused from then on.
+    Replace {
+        card_no: String,
+        new_card_no: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        w: WriteArg,
+    },
+    /// Card check at the counter: verdict, account and recent records.
+    Verify {
+        card_no: String,
+        /// Card generation read from the card (a new card is 1).
+        #[arg(long)]
+        generation: u32,
+        /// Purchase sequence number read from the card (0 before the first sale).
+        #[arg(long)]
+        seq_on_card: u64,
+        #[command(flatten)]
+        conn: ConnArg,
+    },
+}
+
+/// A purchase (counter sale): by card or account, money or units.
+#[derive(Args)]
+pub struct PurchaseArgs {
+    #[arg(long, conflicts_with = "account", required_unless_present = "account")]
+    card: Option<String>,
+    #[arg(long)]
+    account: Option<String>,
+    /// Money to spend, e.g. 100.00
+    #[arg(long, conflicts_with = "units", required_unless_present = "units")]
+    amount: Option<String>,
+    /// Units to buy, e.g. 150.5
+    #[arg(long)]
+    units: Option<String>,
+    /// Same card, same amount within 30 s is refused unless confirmed.
+    #[arg(long)]
+    confirm_duplicate: bool,
+    #[command(flatten)]
+    w: WriteArg,
+}
+
+#[derive(Subcommand)]
+pub enum RecordCmd {
+    /// Re-issue the credit of an unloaded purchase (once, no money).
+    Reissue {
+        record_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        w: WriteArg,
+    },
+    /// Confirm that a purchase's credit was loaded onto the card.
+    Loaded {
+        record_id: String,
+        #[command(flatten)]
+        w: WriteArg,
+    },
+    /// Reverse a record (once); the reversal is a new record.
+    Reverse {
+        record_id: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        w: WriteArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum InvoiceCmd {
+    /// Reprint an invoice: same number, marked as a reprint and counted.
+    Print {
+        invoice_no: String,
+        #[command(flatten)]
+        w: WriteArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ReportCmd {
+    /// A month's totals by operator, branch, tariff or kind.
+    Monthly {
+        /// YYYY-MM
+        month: String,
+        /// operator | branch | tariff | kind
+        #[arg(long)]
+        group_by: Option<String>,
+        /// Read this node's state without a leader round (says how stale).
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        conn: ConnArg,
+    },
+    /// A day's bank payments by bank.
+    BankDaily {
+        /// YYYY-MM-DD
+        date: String,
+        #[arg(long)]
+        bank_code: Option<String>,
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        conn: ConnArg,
+    },
+}
+
+/// Operations staff commands (ops role).
+#[derive(Subcommand)]
+pub enum OpsCmd {
+    /// Define a tariff version: `--price P` (flat) or `--tier UP_TO:PRICE`
+    /// repeated, the last as `-:PRICE` (ladder over a year's units).
+    Tariff {
+        tariff_id: String,
+        #[arg(long, conflicts_with = "tier", required_unless_present = "tier")]
+        price: Option<String>,
+        #[arg(long)]
+        tier: Vec<String>,
+        /// RFC 3339; default: now.
+        #[arg(long)]
+        effective_from: Option<String>,
+        #[command(flatten)]
+        w: WriteArg,
+    },
+    /// Post a charge (heating by area, fees).
+    Charge {
+        account_id: String,
+        amount: String,
+        /// Billing period, e.g. 2026-11
+        #[arg(long)]
+        period: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        w: WriteArg,
+    },
+    /// A signed balance adjustment with a reason.
+    Adjust {
+        account_id: String,
+        /// Signed amount, e.g. -12.50
+        #[arg(allow_hyphen_values = true)]
+        amount: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        w: WriteArg,
+    },
+    /// Open a heating season (carry-forward for every heating account).
+    Season {
+        season_id: String,
+        #[command(flatten)]
+        w: WriteArg,
+    },
+    /// Move the history/recent boundary (RFC 3339).
+    Boundary {
+        boundary: String,
+        #[command(flatten)]
+        w: WriteArg,
+    },
+    /// Bulk import from a JSON file (the body of POST /v1/import).
+    Import {
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        conn: ConnArg,
+    },
+    /// The stored outcome of a request id.
+    Request {
+        request_id: String,
         #[command(flatten)]
         conn: ConnArg,
     },
@@ -78,10 +339,8 @@ pub struct PayArgs {
     bank_code: String,
     #[arg(long)]
     bank_ref: String,
-    #[arg(long)]
-    request_id: Option<String>,
     #[command(flatten)]
-    conn: ConnArg,
+    w: WriteArg,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -90,7 +349,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn api_err(e: billdb_api::error::ApiError) -> anyhow::Error {
+/// A refusal or failure: with `--json` the error document (code, message,
+/// details) goes to stdout for scripts; the exit status is 1 either way.
+fn api_err(e: ApiError, json_out: bool) -> anyhow::Error {
+    if json_out {
+        println!("{}", json!({"error": e}));
+    }
     anyhow!("{}: {}", e.code, e.message)
 }
 
@@ -104,22 +368,69 @@ fn print_write(reply: pb::WriteReply, json_out: bool, request_id: &str) -> Resul
         );
     } else {
         println!("ok  request {request_id}  (log index {})", reply.log_index);
-        if let Value::Object(m) = outcome {
-            for (k, v) in m {
-                println!(
-                    "  {k:<12} {}",
-                    v.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string())
-                );
-            }
-        }
+        print!("{}", render::key_values(&outcome));
     }
     Ok(())
 }
 
-pub fn run_account(cmd: AccountCmd) -> Result<()> {
+/// The answer of a JSON-reply write: `ok request …` and its fields.
+fn print_outcome(v: &Value, json_out: bool, request_id: &str) {
+    if json_out {
+        println!("{v}");
+    } else {
+        println!("ok  request {request_id}");
+        print!("{}", render::key_values(v));
+        if let Some(w) = v.get("warnings").and_then(Value::as_array)
+            && !w.is_empty()
+        {
+            for warning in w {
+                println!("WARNING  {}", render::scalar(warning));
+            }
+        }
+    }
+}
+
+fn print_read(v: &Value, json_out: bool, render: fn(&Value) -> String) {
+    if json_out {
+        println!("{v}");
+    } else {
+        print!("{}", render(v));
+    }
+}
+
+/// Run one call on a fresh client (inside the runtime: channels spawn tasks).
+fn call<T, F, Fut>(conn: &ConnArg, f: F) -> Result<T>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
     let rt = runtime()?;
+    let _entered = rt.enter();
+    let client = conn.client()?;
+    rt.block_on(f(client)).map_err(|e| api_err(e, conn.json))
+}
+
+fn write<F, Fut>(w: &WriteArg, prefix: &str, f: F) -> Result<()>
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, ApiError>>,
+{
+    let request_id = w.id(prefix);
+    let id = request_id.clone();
+    let v = call(&w.conn, move |c| f(c, id))?;
+    print_outcome(&v, w.conn.json, &request_id);
+    Ok(())
+}
+
+fn lifecycle(account_id: String, reason: String, request_id: String) -> pb::LifecycleRequest {
+    pb::LifecycleRequest {
+        request_id,
+        account_id,
+        reason,
+    }
+}
+
+pub fn run_account(cmd: AccountCmd) -> Result<()> {
     match cmd {
         AccountCmd::Open {
             account_id,
@@ -129,10 +440,9 @@ pub fn run_account(cmd: AccountCmd) -> Result<()> {
             utility,
             meter_id,
             tariff_id,
-            request_id,
-            conn,
+            w,
         } => {
-            let request_id = request_id.unwrap_or_else(|| new_request_id("open"));
+            let request_id = w.id("open");
             let req = pb::OpenAccountRequest {
                 request_id: request_id.clone(),
                 account_id,
@@ -143,15 +453,11 @@ pub fn run_account(cmd: AccountCmd) -> Result<()> {
                 meter_id,
                 tariff_id,
             };
-            let reply = rt
-                .block_on(conn.client()?.open_account(req))
-                .map_err(api_err)?;
-            print_write(reply, conn.json, &request_id)
+            let reply = call(&w.conn, |c| async move { c.open_account(req).await })?;
+            print_write(reply, w.conn.json, &request_id)
         }
         AccountCmd::Get { account_id, conn } => {
-            let a = rt
-                .block_on(conn.client()?.get_account(&account_id))
-                .map_err(api_err)?;
+            let a = call(&conn, |c| async move { c.get_account(&account_id).await })?;
             if conn.json {
                 println!(
                     "{}",
@@ -162,18 +468,332 @@ pub fn run_account(cmd: AccountCmd) -> Result<()> {
             } else {
                 println!("account  {}  ({}, {})", a.account_id, a.utility, a.status);
                 println!("  name     {}", a.name);
+                println!("  address  {}", a.address);
                 println!("  branch   {}", a.branch);
+                println!("  tariff   {}", a.tariff_id);
                 println!("  balance  {}", a.balance);
                 println!("  last seq {}", a.last_seq);
             }
+            Ok(())
+        }
+        AccountCmd::Contact {
+            account_id,
+            name,
+            address,
+            phone,
+            area,
+            w,
+        } => write(&w, "contact", |c, request_id| async move {
+            c.update_contact(pb::UpdateContactRequest {
+                request_id,
+                account_id,
+                name,
+                address,
+                phone,
+                area,
+            })
+            .await
+        }),
+        AccountCmd::Close {
+            account_id,
+            reason,
+            w,
+        } => write(&w, "close", |c, id| async move {
+            c.close_account(lifecycle(account_id, reason, id)).await
+        }),
+        AccountCmd::Suspend {
+            account_id,
+            reason,
+            w,
+        } => write(&w, "suspend", |c, id| async move {
+            c.suspend_account(lifecycle(account_id, reason, id)).await
+        }),
+        AccountCmd::Resume {
+            account_id,
+            reason,
+            w,
+        } => write(&w, "resume", |c, id| async move {
+            c.resume_account(lifecycle(account_id, reason, id)).await
+        }),
+        AccountCmd::Records {
+            account_id,
+            segment,
+            from,
+            to,
+            limit,
+            page_token,
+            asc,
+            conn,
+        } => {
+            let req = pb::ListRecordsRequest {
+                account_id,
+                segment,
+                from,
+                to,
+                limit,
+                page_token,
+                order: Some(if asc { "asc" } else { "desc" }.to_string()),
+            };
+            let v = call(&conn, |c| async move { c.list_records(req).await })?;
+            print_read(&v, conn.json, render::records);
+            Ok(())
+        }
+    }
+}
+
+pub fn run_card(cmd: CardCmd) -> Result<()> {
+    match cmd {
+        CardCmd::Issue {
+            account_id,
+            card_no,
+            w,
+        } => write(&w, "card", |c, request_id| async move {
+            c.issue_card(pb::IssueCardRequest {
+                request_id,
+                account_id,
+                card_no,
+            })
+            .await
+        }),
+        CardCmd::Replace {
+            card_no,
+            new_card_no,
+            reason,
+            w,
+        } => write(&w, "replace", |c, request_id| async move {
+            c.replace_card(pb::ReplaceCardRequest {
+                request_id,
+                card_no,
+                new_card_no,
+                reason,
+            })
+            .await
+        }),
+        CardCmd::Verify {
+            card_no,
+            generation,
+            seq_on_card,
+            conn,
+        } => {
+            let req = pb::VerifyCardRequest {
+                card_no,
+                generation,
+                seq_on_card,
+            };
+            let v = call(&conn, |c| async move { c.verify_card(req).await })?;
+            print_read(&v, conn.json, render::card_check);
+            Ok(())
+        }
+    }
+}
+
+pub fn run_purchase(p: PurchaseArgs) -> Result<()> {
+    write(&p.w, "sale", |c, request_id| async move {
+        c.purchase(pb::PurchaseRequest {
+            request_id,
+            card_no: p.card,
+            account_id: p.account,
+            amount: p.amount,
+            units: p.units,
+            confirm_duplicate: p.confirm_duplicate,
+        })
+        .await
+    })
+}
+
+pub fn run_record(cmd: RecordCmd) -> Result<()> {
+    match cmd {
+        RecordCmd::Reissue {
+            record_id,
+            reason,
+            w,
+        } => write(&w, "reissue", |c, request_id| async move {
+            c.reissue(pb::RecordRequest {
+                request_id,
+                record_id,
+                reason,
+            })
+            .await
+        }),
+        RecordCmd::Loaded { record_id, w } => write(&w, "loaded", |c, request_id| async move {
+            c.confirm_loaded(pb::RecordRequest {
+                request_id,
+                record_id,
+                reason: String::new(),
+            })
+            .await
+        }),
+        RecordCmd::Reverse {
+            record_id,
+            reason,
+            w,
+        } => write(&w, "reverse", |c, request_id| async move {
+            c.reverse(pb::RecordRequest {
+                request_id,
+                record_id,
+                reason,
+            })
+            .await
+        }),
+    }
+}
+
+pub fn run_invoice(cmd: InvoiceCmd) -> Result<()> {
+    match cmd {
+        InvoiceCmd::Print { invoice_no, w } => write(&w, "print", |c, request_id| async move {
+            c.print_invoice(pb::PrintInvoiceRequest {
+                request_id,
+                invoice_no,
+            })
+            .await
+        }),
+    }
+}
+
+fn consistency(stale: bool) -> Option<String> {
+    Some(if stale { "stale" } else { "linearizable" }.to_string())
+}
+
+pub fn run_report(cmd: ReportCmd) -> Result<()> {
+    match cmd {
+        ReportCmd::Monthly {
+            month,
+            group_by,
+            stale,
+            conn,
+        } => {
+            let req = pb::MonthlyReportRequest {
+                month,
+                group_by,
+                consistency: consistency(stale),
+            };
+            let v = call(&conn, |c| async move { c.monthly_report(req).await })?;
+            print_read(&v, conn.json, render::report);
+            Ok(())
+        }
+        ReportCmd::BankDaily {
+            date,
+            bank_code,
+            stale,
+            conn,
+        } => {
+            let req = pb::BankDailyReportRequest {
+                date,
+                bank_code,
+                consistency: consistency(stale),
+            };
+            let v = call(&conn, |c| async move { c.bank_daily_report(req).await })?;
+            print_read(&v, conn.json, render::report);
+            Ok(())
+        }
+    }
+}
+
+/// `--tier 100:0.52 --tier -:0.80` → ladder tiers (the last open-ended).
+fn parse_tiers(tiers: &[String]) -> Result<Vec<pb::TariffTier>> {
+    tiers
+        .iter()
+        .map(|t| {
+            let (up_to, price) = t
+                .split_once(':')
+                .ok_or_else(|| anyhow!("tier {t:?}: expected UP_TO:PRICE or -:PRICE"))?;
+            Ok(pb::TariffTier {
+                up_to: (up_to != "-").then(|| up_to.to_string()),
+                price: price.to_string(),
+            })
+        })
+        .collect()
+}
+
+pub fn run_ops(cmd: OpsCmd) -> Result<()> {
+    match cmd {
+        OpsCmd::Tariff {
+            tariff_id,
+            price,
+            tier,
+            effective_from,
+            w,
+        } => {
+            let tiers = parse_tiers(&tier)?;
+            let kind = if tiers.is_empty() { "flat" } else { "ladder" }.to_string();
+            write(&w, "tariff", |c, request_id| async move {
+                c.define_tariff(pb::DefineTariffRequest {
+                    request_id,
+                    tariff_id,
+                    kind,
+                    price,
+                    tiers,
+                    effective_from,
+                    effective_from_ms: None,
+                })
+                .await
+            })
+        }
+        OpsCmd::Charge {
+            account_id,
+            amount,
+            period,
+            reason,
+            w,
+        } => write(&w, "charge", |c, request_id| async move {
+            c.post_charge(pb::ChargeRequest {
+                request_id,
+                account_id,
+                amount,
+                period,
+                reason,
+            })
+            .await
+        }),
+        OpsCmd::Adjust {
+            account_id,
+            amount,
+            reason,
+            w,
+        } => write(&w, "adjust", |c, request_id| async move {
+            c.adjust(pb::AdjustRequest {
+                request_id,
+                account_id,
+                amount,
+                reason,
+            })
+            .await
+        }),
+        OpsCmd::Season { season_id, w } => write(&w, "season", |c, request_id| async move {
+            c.open_heating_season(pb::OpenSeasonRequest {
+                request_id,
+                season_id,
+            })
+            .await
+        }),
+        OpsCmd::Boundary { boundary, w } => write(&w, "boundary", |c, request_id| async move {
+            c.set_segment_boundary(pb::SetBoundaryRequest {
+                request_id,
+                boundary: Some(boundary),
+                boundary_ms: None,
+            })
+            .await
+        }),
+        OpsCmd::Import { file, conn } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow!("reading {}: {e}", file.display()))?;
+            let rows: Value = serde_json::from_str(&text)
+                .map_err(|e| anyhow!("{} is not JSON: {e}", file.display()))?;
+            let v = call(&conn, |c| async move { c.import(&rows).await })?;
+            print_read(&v, conn.json, render::key_values);
+            Ok(())
+        }
+        OpsCmd::Request { request_id, conn } => {
+            let req = pb::GetRequestRequest { request_id };
+            let v = call(&conn, |c| async move { c.get_request(req).await })?;
+            print_read(&v, conn.json, render::key_values);
             Ok(())
         }
     }
 }
 
 pub fn run_pay(p: PayArgs) -> Result<()> {
-    let rt = runtime()?;
-    let request_id = p.request_id.unwrap_or_else(|| new_request_id("pay"));
+    let request_id = p.w.id("pay");
     let req = pb::PaymentRequest {
         request_id: request_id.clone(),
         account_id: p.account_id,
@@ -181,8 +801,21 @@ pub fn run_pay(p: PayArgs) -> Result<()> {
         bank_code: p.bank_code,
         bank_ref: p.bank_ref,
     };
-    let reply = rt
-        .block_on(p.conn.client()?.post_payment(req))
-        .map_err(api_err)?;
-    print_write(reply, p.conn.json, &request_id)
+    let reply = call(&p.w.conn, |c| async move { c.post_payment(req).await })?;
+    print_write(reply, p.w.conn.json, &request_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_parse_with_an_open_last_tier() {
+        let t = parse_tiers(&["100:0.52".into(), "-:0.80".into()]).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].up_to.as_deref(), Some("100"));
+        assert_eq!(t[0].price, "0.52");
+        assert_eq!(t[1].up_to, None);
+        assert!(parse_tiers(&["0.52".into()]).is_err());
+    }
 }

@@ -48,6 +48,31 @@ pub fn new_request_id(prefix: &str) -> String {
     format!("{prefix}-{ms}-{random:016x}")
 }
 
+/// The answer of a JSON-reply RPC: the same document the HTTP route returns.
+fn json_reply(reply: pb::JsonReply) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_str(&reply.json).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("the node answered a reply that is not JSON: {e}"),
+        )
+    })
+}
+
+/// One client method per billing RPC answering a `JsonReply`, each retried
+/// like every call (same request, same request_id).
+macro_rules! json_rpcs {
+    ($($(#[$doc:meta])* $name:ident($req:ty);)*) => {
+        $(
+            $(#[$doc])*
+            pub async fn $name(&self, req: $req) -> Result<serde_json::Value, ApiError> {
+                let reply = self
+                    .retry(req, |mut c, r| async move { c.$name(r).await })
+                    .await?;
+                json_reply(reply)
+            }
+        )*
+    };
+}
 fn retryable(e: &ApiError) -> bool {
     matches!(e.code, ErrorCode::Unavailable | ErrorCode::DeadlineExceeded)
 }
@@ -140,6 +165,53 @@ impl Client {
     pub async fn post_payment(&self, req: pb::PaymentRequest) -> Result<pb::WriteReply, ApiError> {
         self.retry(req, |mut c, r| async move { c.post_payment(r).await })
             .await
+    }
+
+    /// Bulk import: `rows` is the JSON body of `POST /v1/import`.
+    pub async fn import(&self, rows: &serde_json::Value) -> Result<serde_json::Value, ApiError> {
+        let req = pb::JsonRequest {
+            args_json: rows.to_string(),
+        };
+        let reply = self
+            .retry(req, |mut c, r| async move { c.import(r).await })
+            .await?;
+        json_reply(reply)
+    }
+
+    json_rpcs! {
+        /// `PATCH /v1/accounts/{id}`: name, address, phone, area.
+        update_contact(pb::UpdateContactRequest);
+        /// Close (freeze) an account: kept in every query, refuses writes.
+        close_account(pb::LifecycleRequest);
+        suspend_account(pb::LifecycleRequest);
+        resume_account(pb::LifecycleRequest);
+        /// Issue the account's card (one active card per account).
+        issue_card(pb::IssueCardRequest);
+        /// Replace a card; the old one is refused from then on.
+        replace_card(pb::ReplaceCardRequest);
+        /// Card check: verdict, account, expected seq, recent records.
+        verify_card(pb::VerifyCardRequest);
+        /// A purchase by card or account, by money or units.
+        purchase(pb::PurchaseRequest);
+        /// Re-issue the latest unloaded purchase's credit (once, no money).
+        reissue(pb::RecordRequest);
+        /// The card reader confirmed the credit was loaded.
+        confirm_loaded(pb::RecordRequest);
+        /// Reverse a record (once).
+        reverse(pb::RecordRequest);
+        adjust(pb::AdjustRequest);
+        post_charge(pb::ChargeRequest);
+        /// Reprint an invoice: same number, marked and counted.
+        print_invoice(pb::PrintInvoiceRequest);
+        set_segment_boundary(pb::SetBoundaryRequest);
+        open_heating_season(pb::OpenSeasonRequest);
+        define_tariff(pb::DefineTariffRequest);
+        /// A page of an account's records (segment, range, order, page token).
+        list_records(pb::ListRecordsRequest);
+        /// The stored outcome of a request id.
+        get_request(pb::GetRequestRequest);
+        monthly_report(pb::MonthlyReportRequest);
+        bank_daily_report(pb::BankDailyReportRequest);
     }
 
     pub async fn get_account(&self, account_id: &str) -> Result<pb::Account, ApiError> {

@@ -11,3 +11,4 @@
 pub mod admin;
 pub mod client;
 pub mod local;
+pub mod render;

@@ -1,5 +1,6 @@
-//! `billdb` command line: the local cluster manager (`billdb local ...`) and thin
-//! wrappers over a node's HTTP admin API (`billdb cluster ...`).
+//! `billdb` command line: the local cluster manager (`billdb local ...`), thin
+//! wrappers over a node's HTTP admin API (`billdb cluster ...`), and the
+//! counter, bank, report and ops commands over gRPC (`billing_cli.rs`).
 //!
 //! Scope: `local` commands touch only the cluster directory given with `--dir`
 //! (default `./.billdb/local`) and the node processes started from it; `cluster`
@@ -40,11 +41,28 @@ enum Cmd {
     /// Call a node's HTTP admin API.
     #[command(subcommand)]
     Cluster(ClusterCmd),
-    /// Counter commands on accounts (gRPC client).
+    /// Accounts: open, show, contact, close/suspend/resume, records.
     #[command(subcommand)]
     Account(billing_cli::AccountCmd),
-    /// Post a bank payment (gRPC client; retries keep the request_id).
+    /// Cards: issue, replace, verify (the counter's card check).
+    #[command(subcommand)]
+    Card(billing_cli::CardCmd),
+    /// Sell credit at the counter (by card or account, money or units).
+    Purchase(billing_cli::PurchaseArgs),
+    /// Act on a record: reissue lost credit, confirm loaded, reverse.
+    #[command(subcommand)]
+    Record(billing_cli::RecordCmd),
+    /// Invoices: reprint.
+    #[command(subcommand)]
+    Invoice(billing_cli::InvoiceCmd),
+    /// Post a bank payment (retries keep the request_id).
     Pay(billing_cli::PayArgs),
+    /// Reports: monthly (operator/branch/tariff/kind), bank daily.
+    #[command(subcommand)]
+    Report(billing_cli::ReportCmd),
+    /// Operations: tariffs, charges, adjustments, seasons, boundary, import, request lookup.
+    #[command(subcommand)]
+    Ops(billing_cli::OpsCmd),
 }
 
 #[derive(Args, Clone)]
@@ -247,6 +265,12 @@ fn main() -> ExitCode {
         Cmd::Cluster(c) => run_cluster(c),
         Cmd::Account(c) => billing_cli::run_account(c),
         Cmd::Pay(p) => billing_cli::run_pay(p),
+        Cmd::Card(c) => billing_cli::run_card(c),
+        Cmd::Purchase(p) => billing_cli::run_purchase(p),
+        Cmd::Record(c) => billing_cli::run_record(c),
+        Cmd::Invoice(c) => billing_cli::run_invoice(c),
+        Cmd::Report(c) => billing_cli::run_report(c),
+        Cmd::Ops(c) => billing_cli::run_ops(c),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,309 @@
+//! The `billdb` CLI end to end against a real five-node local cluster that
+//! the CLI itself starts (`billdb local up`): a counter day (tariff, account,
+//! card, verify, purchase, duplicate guard, reissue, loaded, reprint), a
+//! bank payment, reports and record lists, in `--json` and readable form.
+//! Ports 17001–17205.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const BASE_PORT: u16 = 17000;
+
+fn billdb() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_billdb"))
+}
+
+/// Run the CLI; returns (exit success, stdout, stderr).
+fn run(args: &[&str], token: Option<&str>) -> (bool, String, String) {
+    let mut c = Command::new(billdb());
+    c.args(args)
+        .env_remove("BILLDB_TOKEN")
+        .env("BILLDB_GRPC", grpc_endpoints());
+    if let Some(t) = token {
+        c.env("BILLDB_TOKEN", t);
+    }
+    let out: Output = c.output().expect("billdb runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn grpc_endpoints() -> String {
+    (1..=5)
+        .map(|n| format!("127.0.0.1:{}", BASE_PORT + 100 + n))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Run and parse `--json` output; panics with the output on failure.
+fn ok_json(args: &[&str], token: &str) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let (ok, out, err) = run(&a, Some(token));
+    assert!(ok, "billdb {args:?} failed:\nstdout {out}\nstderr {err}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+}
+
+/// Run expecting a refusal; returns the error document printed by `--json`.
+fn refused_json(args: &[&str], token: &str) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let (ok, out, err) = run(&a, Some(token));
+    assert!(!ok, "billdb {args:?} should fail:\n{out}");
+    assert!(!err.is_empty(), "a refusal says why on stderr");
+    let v: Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    v["error"].clone()
+}
+
+struct Down(String);
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = Command::new(billdb())
+            .args(["local", "down", "--dir", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn counter_bank_and_report_commands_against_a_real_cluster() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("lc");
+    let dir_s = dir.to_string_lossy().into_owned();
+    let (ok, out, err) = run(
+        &[
+            "local",
+            "up",
+            "--dir",
+            &dir_s,
+            "--base-port",
+            &BASE_PORT.to_string(),
+        ],
+        None,
+    );
+    let _down = Down(dir_s.clone());
+    assert!(ok, "local up failed:\n{out}\n{err}");
+    let token = |who: &str| {
+        let (ok, out, err) = run(&["local", "token", who, "--dir", &dir_s], None);
+        assert!(ok, "{err}");
+        out.trim().to_string()
+    };
+    let (ops, counter, bank, auditor) = (
+        token("ops"),
+        token("counter"),
+        token("bank"),
+        token("auditor"),
+    );
+
+    // Ops: a flat tariff, effective from 2020.
+    let t = ok_json(
+        &[
+            "ops",
+            "tariff",
+            "T-FLAT",
+            "--price",
+            "0.50",
+            "--effective-from",
+            "2020-01-01T00:00:00Z",
+        ],
+        &ops,
+    );
+    assert_eq!(t["result"], "tariff_defined", "{t}");
+
+    // Counter: open, issue a card, verify.
+    let opened = ok_json(
+        &[
+            "account",
+            "open",
+            "CLI-1",
+            "--name",
+            "Li Wei",
+            "--branch",
+            "B01",
+            "--utility",
+            "electricity",
+            "--tariff-id",
+            "T-FLAT",
+        ],
+        &counter,
+    );
+    assert_eq!(opened["outcome"]["result"], "account_opened", "{opened}");
+    let card = ok_json(&["card", "issue", "CLI-1", "CARD-CLI-1"], &counter);
+    assert_eq!(card["result"], "card_issued", "{card}");
+    let check = ok_json(
+        &[
+            "card",
+            "verify",
+            "CARD-CLI-1",
+            "--generation",
+            "1",
+            "--seq-on-card",
+            "0",
+        ],
+        &counter,
+    );
+    assert_eq!(check["verdict"], "OK", "{check}");
+
+    // A purchase of 10.00 at 0.50 → 20 units; the operator comes from the token.
+    let sale = ok_json(
+        &[
+            "purchase",
+            "--card",
+            "CARD-CLI-1",
+            "--amount",
+            "10.00",
+            "--request-id",
+            "cli-sale-1",
+        ],
+        &counter,
+    );
+    let units = sale["record"]["units"].as_str().unwrap_or("");
+    assert_eq!(
+        units.trim_end_matches('0').trim_end_matches('.'),
+        "20",
+        "{sale}"
+    );
+    assert_eq!(sale["record"]["operator_id"], "C-0101", "{sale}");
+    let record_id = sale["record_id"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no record id in {sale}"));
+    let invoice_no = sale["record"]["invoice_no"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(!invoice_no.is_empty(), "{sale}");
+
+    // The same request id again: the same outcome, no second record.
+    let again = ok_json(
+        &[
+            "purchase",
+            "--card",
+            "CARD-CLI-1",
+            "--amount",
+            "10.00",
+            "--request-id",
+            "cli-sale-1",
+        ],
+        &counter,
+    );
+    assert_eq!(again["record"]["seq"], sale["record"]["seq"], "{again}");
+    // Same card and amount, new request id, within 30 s: POSSIBLE_DUPLICATE.
+    let dup = refused_json(
+        &["purchase", "--card", "CARD-CLI-1", "--amount", "10.00"],
+        &counter,
+    );
+    assert_eq!(dup["code"], "POSSIBLE_DUPLICATE", "{dup}");
+    // Bad input is refused with its code and the exit status.
+    let bad = refused_json(
+        &["purchase", "--card", "CARD-CLI-1", "--amount", "1.001"],
+        &counter,
+    );
+    assert_eq!(bad["code"], "TOO_MANY_DECIMALS", "{bad}");
+
+    // Lost credit: reissue once, then loaded.
+    let re = ok_json(&["record", "reissue", &record_id], &counter);
+    assert_eq!(re["record"]["kind"], "reissue", "{re}");
+    let twice = refused_json(&["record", "reissue", &record_id], &counter);
+    assert!(twice["code"].is_string(), "{twice}");
+    let loaded = ok_json(&["record", "loaded", &record_id], &counter);
+    assert!(loaded["result"].is_string(), "{loaded}");
+    let print = ok_json(&["invoice", "print", &invoice_no], &counter);
+    assert!(print.to_string().contains(&invoice_no), "{print}");
+
+    // Bank: a payment, then the same bank_ref under a new request id.
+    let pay = ok_json(
+        &[
+            "pay",
+            "CLI-1",
+            "25.00",
+            "--bank-code",
+            "ICBC",
+            "--bank-ref",
+            "ICBC-REF-1",
+        ],
+        &bank,
+    );
+    assert_eq!(pay["outcome"]["result"], "payment_posted", "{pay}");
+    let dup_ref = refused_json(
+        &[
+            "pay",
+            "CLI-1",
+            "25.00",
+            "--bank-code",
+            "ICBC",
+            "--bank-ref",
+            "ICBC-REF-1",
+        ],
+        &bank,
+    );
+    assert_eq!(dup_ref["code"], "DUPLICATE_PAYMENT", "{dup_ref}");
+
+    // Balance: a counter sale is paid on the spot and a reissue moves no
+    // money, so only the bank payment's 25.00 is on the account.
+    let acct = ok_json(&["account", "get", "CLI-1"], &auditor);
+    assert_eq!(acct["balance"], "25.00", "{acct}");
+
+    // Records: purchase, reissue, payment — newest first, readable too.
+    let recs = ok_json(
+        &["account", "records", "CLI-1", "--segment", "all"],
+        &auditor,
+    );
+    let kinds: Vec<&str> = recs["records"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["kind"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(kinds, ["payment", "reissue", "purchase"], "{recs}");
+    let (ok, text, err) = run(
+        &["account", "records", "CLI-1", "--segment", "all"],
+        Some(&auditor),
+    );
+    assert!(ok, "{err}");
+    assert!(
+        text.contains("record_id") && text.contains(&record_id),
+        "{text}"
+    );
+
+    // Reports: this month's purchases by operator (from the token).
+    let month = sale["record"]["ts"]
+        .as_str()
+        .map(|ts| ts[..7].to_string())
+        .unwrap_or_else(|| panic!("no ts in {sale}"));
+    let rep = ok_json(&["report", "monthly", &month], &auditor);
+    let line = rep["lines"]
+        .as_array()
+        .and_then(|ls| {
+            ls.iter()
+                .find(|l| l["value"] == "C-0101" && l["kind"] == "purchase")
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no C-0101 purchase line in {rep}"));
+    assert_eq!(line["count"], 1, "{rep}");
+    assert_eq!(line["amount"], "10.00", "{rep}");
+    let (ok, text, err) = run(&["report", "monthly", &month], Some(&auditor));
+    assert!(ok, "{err}");
+    assert!(text.contains("C-0101") && text.contains("total:"), "{text}");
+
+    // Roles: a counter may not post bank payments.
+    let denied = refused_json(
+        &[
+            "pay",
+            "CLI-1",
+            "1.00",
+            "--bank-code",
+            "ICBC",
+            "--bank-ref",
+            "X",
+        ],
+        &counter,
+    );
+    assert_eq!(denied["code"], "PERMISSION_DENIED", "{denied}");
+
+    // The stored outcome of the sale's request id.
+    let req = ok_json(&["ops", "request", "cli-sale-1"], &ops);
+    assert_eq!(req["request_id"], "cli-sale-1", "{req}");
+}
