@@ -314,7 +314,12 @@ impl App {
                     .data
                     .outcome
                     .ok_or_else(|| internal("applied command produced no outcome"))?;
-                Ok((outcome, resp.log_id.index))
+                // A replayed request answers with its original entry's index.
+                let index = match resp.data.decided_at {
+                    0 => resp.log_id.index,
+                    original => original,
+                };
+                Ok((outcome, index))
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
             | Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(unavailable(

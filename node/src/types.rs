@@ -58,6 +58,10 @@ impl fmt::Display for Command {
 pub struct CommandReply {
     /// `None` for blank and membership entries.
     pub outcome: Option<Outcome>,
+    /// The log index the outcome was decided at: an earlier entry's when the
+    /// request_id was a replay (0 for blank and membership entries).
+    #[serde(default)]
+    pub decided_at: u64,
 }
 
 openraft::declare_raft_types!(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -348,6 +348,18 @@ async fn run(
 }
 
 type QueryArgs = Result<Query<Vec<(String, String)>>, QueryRejection>;
+type PathArg = Result<Path<String>, PathRejection>;
+
+/// A path parameter that does not decode (bad percent-encoding, not
+/// UTF-8) is refused with the JSON error body like any other bad input.
+fn path(p: PathArg) -> Result<String, ApiError> {
+    p.map(|Path(v)| v).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("path parameter: {}", e.body_text()),
+        )
+    })
+}
 
 /// Query parameters as (name, value); a name given twice is refused.
 fn query(q: QueryArgs) -> Result<Vec<(String, String)>, ApiError> {
@@ -378,9 +390,10 @@ macro_rules! body_route {
         async fn $name(
             State(s): State<HttpState>,
             caller: Caller,
-            Path(p): Path<String>,
+            p: PathArg,
             body: Result<Bytes, BytesRejection>,
         ) -> HttpResult {
+            let p = path(p)?;
             run(&s, &caller, $ep, Some(body), vec![($key.to_string(), p)]).await
         }
     };
@@ -410,9 +423,10 @@ body_route!(import, Endpoint::Import);
 async fn get_account(
     State(s): State<HttpState>,
     caller: Caller,
-    Path(account_id): Path<String>,
+    account_id: PathArg,
     q: QueryArgs,
 ) -> HttpResult {
+    let account_id = path(account_id)?;
     let mut extra = query(q)?;
     extra.push(("account_id".into(), account_id));
     run(&s, &caller, Endpoint::GetAccount, None, extra).await
@@ -421,9 +435,10 @@ async fn get_account(
 async fn list_records(
     State(s): State<HttpState>,
     caller: Caller,
-    Path(account_id): Path<String>,
+    account_id: PathArg,
     q: QueryArgs,
 ) -> HttpResult {
+    let account_id = path(account_id)?;
     let mut extra = query(q)?;
     extra.push(("account_id".into(), account_id));
     run(&s, &caller, Endpoint::ListRecords, None, extra).await
@@ -432,9 +447,10 @@ async fn list_records(
 async fn get_request(
     State(s): State<HttpState>,
     caller: Caller,
-    Path(request_id): Path<String>,
+    request_id: PathArg,
     q: QueryArgs,
 ) -> HttpResult {
+    let request_id = path(request_id)?;
     let mut extra = query(q)?;
     extra.push(("request_id".into(), request_id));
     run(&s, &caller, Endpoint::GetRequest, None, extra).await

@@ -502,20 +502,33 @@ pub fn apply<T: Txn>(
     log_index: u64,
     cmd: &Command,
 ) -> Result<Outcome, std::io::Error> {
+    apply_indexed(txn, log_index, cmd).map(|(outcome, _)| outcome)
+}
+
+/// [`apply`], also returning the log index the outcome was decided at: the
+/// original entry's for a replayed request_id, `log_index` otherwise.
+pub fn apply_indexed<T: Txn>(
+    txn: &mut T,
+    log_index: u64,
+    cmd: &Command,
+) -> Result<(Outcome, u64), std::io::Error> {
     let fingerprint = cmd.op.fingerprint();
     let req_key = keys::request(&cmd.request_id);
     if let Some(raw) = txn.get(Family::Requests, &req_key)? {
         let prev: RequestEntry = keys::decode(&raw)?;
         if prev.fingerprint == fingerprint {
-            return Ok(prev.outcome);
+            return Ok((prev.outcome, prev.log_index));
         }
-        return Ok(Outcome::Refused(ApiError::new(
-            ErrorCode::IdempotencyConflict,
-            format!(
-                "request_id {:?} was already used with a different payload",
-                cmd.request_id
-            ),
-        )));
+        return Ok((
+            Outcome::Refused(ApiError::new(
+                ErrorCode::IdempotencyConflict,
+                format!(
+                    "request_id {:?} was already used with a different payload",
+                    cmd.request_id
+                ),
+            )),
+            log_index,
+        ));
     }
     let ctx = Ctx { log_index, cmd };
     let mut scratch = Scratch::new(&*txn);
@@ -540,7 +553,7 @@ pub fn apply<T: Txn>(
         outcome: outcome.clone(),
     };
     txn.put(Family::Requests, req_key, keys::encode(&entry)?);
-    Ok(outcome)
+    Ok((outcome, log_index))
 }
 
 /// Look up the stored outcome of a request_id.

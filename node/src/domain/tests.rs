@@ -199,6 +199,27 @@ fn rid_of(o: &Outcome) -> String {
 // ---------------------------------------------------------------- accounts
 
 #[test]
+fn a_replay_answers_with_the_original_outcome_and_log_index() {
+    let mut t = MemTxn::default();
+    let cmd = |rid: &str, id: &str| Command {
+        request_id: rid.into(),
+        ts_ms: t0(),
+        operator: "op1".into(),
+        branch: String::new(),
+        channel: String::new(),
+        op: open(id, "heat", ""),
+    };
+    let first = apply_indexed(&mut t, 7, &cmd("r1", "A1")).unwrap();
+    assert_eq!(first.1, 7);
+    // The same request at a later index: the stored outcome, index 7.
+    assert_eq!(apply_indexed(&mut t, 9, &cmd("r1", "A1")).unwrap(), first);
+    // The same id with another payload: refused at the new index.
+    let (o, at) = apply_indexed(&mut t, 10, &cmd("r1", "A2")).unwrap();
+    assert!(matches!(o, Outcome::Refused(ref e) if e.code == ErrorCode::IdempotencyConflict));
+    assert_eq!(at, 10);
+}
+
+#[test]
 fn open_account_and_its_refusals() {
     let mut w = World::new();
     let o = w.ok("r1", t0(), open("A1", "heat", ""));

@@ -425,9 +425,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let log_id = entry.log_id();
                 let reply = match entry.payload {
                     EntryPayload::Blank => CommandReply::default(),
-                    EntryPayload::Normal(cmd) => CommandReply {
-                        outcome: Some(domain::apply(&mut txn, log_id.index, &cmd)?),
-                    },
+                    EntryPayload::Normal(cmd) => {
+                        let (outcome, decided_at) =
+                            domain::apply_indexed(&mut txn, log_id.index, &cmd)?;
+                        CommandReply {
+                            outcome: Some(outcome),
+                            decided_at,
+                        }
+                    }
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(log_id), m));
                         CommandReply::default()
