@@ -14,5 +14,10 @@ pub mod raftpb {
 }
 
 pub mod error;
+
+/// gRPC response metadata naming the leader: `"<node id> <grpc addr>"`.
+/// Clients send their next request there and skip the forwarding hop.
+pub const LEADER_METADATA: &str = "billdb-leader";
+
 pub mod money;
 pub mod tariff;

@@ -1,6 +1,8 @@
 //! The billdb Rust client: gRPC to any node of a cluster.
 //!
-//! - Any node is an entry point (each forwards to the leader); on
+//! - Any node is an entry point (each forwards to the leader). Nodes name
+//!   the leader in every answer (`billdb-leader` metadata) and the client
+//!   sends its next requests there, skipping the forwarding hop. On
 //!   UNAVAILABLE or a transport error the client moves to the next endpoint
 //!   and retries **with the same request_id**, so a retried write takes
 //!   effect once.
@@ -126,6 +128,32 @@ impl Client {
         r
     }
 
+    /// Prefer the endpoint the node named as leader (if it is one of ours):
+    /// the next request goes there and skips the forwarding hop.
+    fn follow_leader(&self, md: &tonic::metadata::MetadataMap) {
+        let Some(addr) = md
+            .get(billdb_api::LEADER_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .map(|(_, addr)| addr)
+        else {
+            return;
+        };
+        if let Some(i) = self
+            .channels
+            .iter()
+            .position(|(url, _)| url.strip_prefix("http://") == Some(addr))
+        {
+            self.next.store(i, Ordering::Relaxed);
+        }
+    }
+
+    /// Which endpoint the next request goes to first (index into the list
+    /// given to [`Client::new`]).
+    pub fn preferred_endpoint(&self) -> usize {
+        self.next.load(Ordering::Relaxed) % self.channels.len()
+    }
+
     /// Run `call` against endpoints in turn until it succeeds, fails with a
     /// non-retryable error, or the deadline passes.
     async fn retry<T, R, F, Fut>(&self, msg: T, mut call: F) -> Result<R, ApiError>
@@ -141,8 +169,14 @@ impl Client {
             let (_, ch) = &self.channels[i];
             let result = call(BillingClient::new(ch.clone()), self.request(msg.clone())).await;
             let err = match result {
-                Ok(resp) => return Ok(resp.into_inner()),
-                Err(status) => ApiError::from_status(&status),
+                Ok(resp) => {
+                    self.follow_leader(resp.metadata());
+                    return Ok(resp.into_inner());
+                }
+                Err(status) => {
+                    self.follow_leader(status.metadata());
+                    ApiError::from_status(&status)
+                }
             };
             if !retryable(&err) || Instant::now() + Duration::from_millis(backoff_ms) >= deadline {
                 return Err(err);

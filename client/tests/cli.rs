@@ -306,4 +306,25 @@ fn counter_bank_and_report_commands_against_a_real_cluster() {
     // The stored outcome of the sale's request id.
     let req = ok_json(&["ops", "request", "cli-sale-1"], &ops);
     assert_eq!(req["request_id"], "cli-sale-1", "{req}");
+
+    // The Rust client follows the leader: given a follower first, after one
+    // answer it prefers the leader's endpoint.
+    let cluster = billdb_client::local::LocalCluster::open(&dir).expect("open cluster");
+    let leader = cluster
+        .wait_leader(std::time::Duration::from_secs(30))
+        .expect("leader");
+    let follower = if leader == 1 { 2 } else { 1 };
+    let endpoints: Vec<String> = [follower, leader]
+        .iter()
+        .map(|n| cluster.grpc_addr(*n).expect("addr"))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client =
+            billdb_client::client::Client::new(&endpoints, Some(&auditor)).expect("client");
+        assert_eq!(client.preferred_endpoint(), 0);
+        let a = client.get_account("CLI-1").await.expect("get account");
+        assert_eq!(a.balance, "25.00");
+        assert_eq!(client.preferred_endpoint(), 1, "the leader is endpoint 1");
+    });
 }

@@ -135,6 +135,13 @@ impl App {
         Some((id, info))
     }
 
+    /// `"<leader id> <leader grpc addr>"` when a leader is known: the hint
+    /// client surfaces send so clients can go to the leader directly.
+    pub fn leader_hint(&self) -> Option<String> {
+        self.leader()
+            .map(|(id, info)| format!("{id} {}", info.grpc_addr))
+    }
+
     /// Wait (bounded) until some leader is known.
     async fn wait_leader(&self, deadline: Instant) -> Result<(NodeId, NodeInfo), ApiError> {
         loop {

@@ -190,10 +190,40 @@ impl pb::cluster_server::Cluster for GrpcApi {
 
 type JsonResult = Result<Response<pb::JsonReply>, Status>;
 
+pub use billdb_api::LEADER_METADATA;
+
 impl GrpcApi {
     /// Run a typed request through the code path HTTP uses: its fields
     /// become the same arguments object, then `ops::call`.
     async fn typed<T: prost::Message>(
+        &self,
+        req: Request<T>,
+        ep: Endpoint,
+        to_args: impl FnOnce(T) -> serde_json::Value,
+    ) -> JsonResult {
+        self.hint(self.typed_unhinted(req, ep, to_args).await)
+    }
+
+    /// Tell the client which node leads (`billdb-leader: <id> <grpc addr>`,
+    /// on answers and refusals alike) so it can send its next request there
+    /// and skip the forwarding hop.
+    fn hint<T>(&self, r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+        let Some(value) = self.app.leader_hint().and_then(|h| h.parse().ok()) else {
+            return r;
+        };
+        match r {
+            Ok(mut resp) => {
+                resp.metadata_mut().insert(LEADER_METADATA, value);
+                Ok(resp)
+            }
+            Err(mut status) => {
+                status.metadata_mut().insert(LEADER_METADATA, value);
+                Err(status)
+            }
+        }
+    }
+
+    async fn typed_unhinted<T: prost::Message>(
         &self,
         req: Request<T>,
         ep: Endpoint,
@@ -214,6 +244,10 @@ impl GrpcApi {
 
     /// Run a JSON request (bulk import) through `ops::call`.
     async fn json(&self, req: Request<pb::JsonRequest>, ep: Endpoint) -> JsonResult {
+        self.hint(self.json_unhinted(req, ep).await)
+    }
+
+    async fn json_unhinted(&self, req: Request<pb::JsonRequest>, ep: Endpoint) -> JsonResult {
         let caller = self.caller(&req, ep.roles())?;
         let raw = &req.get_ref().args_json;
         if raw.len() > self.app.config.limits.request_body_bytes_max {
@@ -258,7 +292,7 @@ impl pb::billing_server::Billing for GrpcApi {
         let (request_id, op) =
             ops::write_op(&caller, Endpoint::OpenAccount, args).map_err(|e| e.to_status())?;
         let origin = ops::origin(&caller, &op);
-        write_reply(self.app.write(request_id, origin, op).await)
+        self.hint(write_reply(self.app.write(request_id, origin, op).await))
     }
 
     async fn post_payment(
@@ -274,40 +308,44 @@ impl pb::billing_server::Billing for GrpcApi {
         let (request_id, op) =
             ops::write_op(&caller, Endpoint::Payment, args).map_err(|e| e.to_status())?;
         let origin = ops::origin(&caller, &op);
-        write_reply(self.app.write(request_id, origin, op).await)
+        self.hint(write_reply(self.app.write(request_id, origin, op).await))
     }
 
     async fn get_account(
         &self,
         req: Request<pb::GetAccountRequest>,
     ) -> Result<Response<pb::Account>, Status> {
-        self.caller(&req, ALL_ROLES)?;
-        let account_id =
-            validate::id("account_id", &req.get_ref().account_id).map_err(|e| e.to_status())?;
-        self.app.linearize().await.map_err(|e| e.to_status())?;
-        let txn = crate::store::state_machine::RocksTxn::new(&self.app.db);
-        let a = crate::domain::get_account(&txn, &account_id)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::AccountNotFound,
-                    format!("no account {account_id:?}"),
-                )
-                .to_status()
-            })?;
-        Ok(Response::new(pb::Account {
-            account_id: a.account_id,
-            name: a.name,
-            address: a.address,
-            branch: a.branch,
-            utility: a.utility,
-            meter_id: a.meter_id,
-            tariff_id: a.tariff_id,
-            status: a.status,
-            balance: a.balance.to_string(),
-            opened_ms: a.opened_ms,
-            last_seq: a.last_seq,
-        }))
+        let r: Result<Response<pb::Account>, Status> = async {
+            self.caller(&req, ALL_ROLES)?;
+            let account_id =
+                validate::id("account_id", &req.get_ref().account_id).map_err(|e| e.to_status())?;
+            self.app.linearize().await.map_err(|e| e.to_status())?;
+            let txn = crate::store::state_machine::RocksTxn::new(&self.app.db);
+            let a = crate::domain::get_account(&txn, &account_id)
+                .map_err(|e| Status::internal(e.to_string()))?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::AccountNotFound,
+                        format!("no account {account_id:?}"),
+                    )
+                    .to_status()
+                })?;
+            Ok(Response::new(pb::Account {
+                account_id: a.account_id,
+                name: a.name,
+                address: a.address,
+                branch: a.branch,
+                utility: a.utility,
+                meter_id: a.meter_id,
+                tariff_id: a.tariff_id,
+                status: a.status,
+                balance: a.balance.to_string(),
+                opened_ms: a.opened_ms,
+                last_seq: a.last_seq,
+            }))
+        }
+        .await;
+        self.hint(r)
     }
 
     async fn update_contact(&self, req: Request<pb::UpdateContactRequest>) -> JsonResult {
