@@ -81,7 +81,7 @@ pub struct Harness {
     members: Vec<u64>,
     next_id: u64,
     firewall: Option<Firewall>,
-    /// Retired node ids (wiped and replaced).
+    /// Retired node ids (wiped, removed and replaced), oldest first.
     retired: Vec<u64>,
 }
 
@@ -275,10 +275,18 @@ impl Harness {
         self.cluster.wipe(victim)?;
         self.remove_member(victim)?;
         self.retired.push(victim);
-        let fresh = self.next_id;
-        ensure!(fresh <= 99, "out of node ids");
-        self.next_id += 1;
-        self.cluster.add_node(fresh)?;
+        let fresh = if self.next_id <= local::MAX_NODE_ID {
+            let id = self.next_id;
+            self.next_id += 1;
+            self.cluster.add_node(id)?;
+            id
+        } else {
+            // Long runs: reuse the oldest retired id (removed from the
+            // membership long ago, its data deleted) as a fresh node.
+            let id = self.retired.remove(0);
+            self.cluster.wipe(id)?;
+            id
+        };
         self.cluster.start(fresh)?;
         self.cluster.wait_healthy(fresh, Duration::from_secs(60))?;
         self.add_member(fresh)?;
