@@ -1,1 +1,19 @@
-//! placeholder
+//! billdb chaos suite: starts five real `billdb-node` processes, drives them
+//! with concurrent clients over the HTTP API while nemeses kill, pause,
+//! partition, wipe, restart and reconfigure them, records every operation,
+//! and checks the history after healing (exactly-once, linearizability per
+//! account, money, replica convergence). See ARCHITECTURE.md "Chaos suite".
+//!
+//! Module map: `history` (recorded operations), `linear` (Wing–Gong search),
+//! `checker` (the checks), `net` (iptables partitions), `nemesis` (faults and
+//! the seeded schedule), `workload` (clients), `run` (the harness), `report`
+//! (table + JSON).
+
+pub mod checker;
+pub mod history;
+pub mod linear;
+pub mod nemesis;
+pub mod net;
+pub mod report;
+pub mod run;
+pub mod workload;

@@ -5,7 +5,8 @@
 //! [`LocalCluster::wipe`] only — `nodeN/data`), sends signals only to processes it
 //! started itself or whose pid file it wrote and whose command line still carries
 //! that node's `--config` path, and talks HTTP only to the nodes' admin addresses
-//! on 127.0.0.1. It is used by the `billdb local ...` CLI and by the integration
+//! on loopback (127.0.0.1, or `{host_prefix}N` per node when the cluster was
+//! created with a host prefix). It is used by the `billdb local ...` CLI and by the integration
 //! tests, chaos suite and benchmarks of other crates.
 //!
 //! # Layout of a cluster directory
@@ -138,6 +139,11 @@ pub struct ClusterSpec {
     pub initialized: bool,
     #[serde(default)]
     pub raft: RaftTimings,
+    /// When set (e.g. `"127.0.1."`), node N listens on `{prefix}N` instead of
+    /// 127.0.0.1 — one loopback address per node, so traffic between two nodes
+    /// can be told apart (the chaos suite cuts links with firewall rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_prefix: Option<String>,
     /// Sorted by id.
     pub nodes: Vec<NodeSpec>,
 }
@@ -166,12 +172,30 @@ pub fn node_ports(base: u16, id: NodeId) -> Result<(u16, u16, u16)> {
 
 /// The spec of node `id` on 127.0.0.1 for base port `base`.
 pub fn node_spec(base: u16, id: NodeId) -> Result<NodeSpec> {
+    node_spec_on(base, id, None)
+}
+
+/// The spec of node `id` for base port `base`, on host `{prefix}{id}` when a
+/// host prefix is given (e.g. `127.0.1.` → `127.0.1.3` for node 3), else on
+/// 127.0.0.1.
+pub fn node_spec_on(base: u16, id: NodeId, host_prefix: Option<&str>) -> Result<NodeSpec> {
     let (http, grpc, raft) = node_ports(base, id)?;
+    let host = match host_prefix {
+        Some(p) => {
+            let host = format!("{p}{id}");
+            ensure!(
+                host.parse::<std::net::IpAddr>().is_ok(),
+                "host prefix {p:?} gives {host:?} for node {id}, which is not an IP address"
+            );
+            host
+        }
+        None => "127.0.0.1".to_string(),
+    };
     Ok(NodeSpec {
         id,
-        http_addr: format!("127.0.0.1:{http}"),
-        grpc_addr: format!("127.0.0.1:{grpc}"),
-        raft_addr: format!("127.0.0.1:{raft}"),
+        http_addr: format!("{host}:{http}"),
+        grpc_addr: format!("{host}:{grpc}"),
+        raft_addr: format!("{host}:{raft}"),
     })
 }
 
@@ -633,6 +657,19 @@ impl LocalCluster {
         n: usize,
         raft: RaftTimings,
     ) -> Result<Self> {
+        Self::create_on_hosts(dir, node_bin, base_port, n, raft, None)
+    }
+
+    /// [`create_with`](Self::create_with), placing node N on host
+    /// `{host_prefix}N` (see [`ClusterSpec::host_prefix`]) when given.
+    pub fn create_on_hosts(
+        dir: &Path,
+        node_bin: &Path,
+        base_port: u16,
+        n: usize,
+        raft: RaftTimings,
+        host_prefix: Option<&str>,
+    ) -> Result<Self> {
         ensure!(
             (1..=MAX_NODE_ID as usize).contains(&n),
             "node count {n} out of range 1..={MAX_NODE_ID}"
@@ -658,7 +695,7 @@ impl LocalCluster {
                 .join(node_bin)
         };
         let nodes = (1..=n as NodeId)
-            .map(|id| node_spec(base_port, id))
+            .map(|id| node_spec_on(base_port, id, host_prefix))
             .collect::<Result<Vec<_>>>()?;
         let spec = ClusterSpec {
             version: CLUSTER_FILE_VERSION,
@@ -666,6 +703,7 @@ impl LocalCluster {
             base_port,
             initialized: false,
             raft,
+            host_prefix: host_prefix.map(str::to_string),
             nodes,
         };
         let cluster = Self::from_spec(dir, spec);
@@ -834,7 +872,7 @@ impl LocalCluster {
         self.node_dir(n).join("pid")
     }
 
-    /// `127.0.0.1:PORT` of node `n`'s HTTP admin API.
+    /// `HOST:PORT` of node `n`'s HTTP admin API (127.0.0.1 unless a host prefix is set).
     pub fn http_addr(&self, n: NodeId) -> Result<String> {
         Ok(self.node(n)?.http_addr)
     }
@@ -908,7 +946,7 @@ impl LocalCluster {
         let spec = {
             let mut s = lock(&self.inner.spec);
             ensure!(s.node(n).is_none(), "node {n} already exists");
-            let spec = node_spec(s.base_port, n)?;
+            let spec = node_spec_on(s.base_port, n, s.host_prefix.as_deref())?;
             s.nodes.push(spec.clone());
             s.nodes.sort_by_key(|x| x.id);
             spec

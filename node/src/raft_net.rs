@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,8 +50,12 @@ pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, bincode::Er
 }
 
 /// Build a channel to `addr` (`host:port`) with the node-to-node settings.
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+/// `local_ip`, when set, is the source address of the outgoing connections
+/// (the IP of this node's own Raft address), so per-link firewall rules between
+/// node addresses (the chaos suite's partitions) see who is talking to whom.
+pub fn channel(addr: &str, local_ip: Option<IpAddr>) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .local_address(local_ip)
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
@@ -65,19 +70,37 @@ pub fn client(ch: Channel) -> RaftInternalClient<Channel> {
         .max_encoding_message_size(MESSAGE_SIZE_BYTES_MAX)
 }
 
-/// Channels by address, shared by the Raft network and request forwarding.
+/// Channels by address, shared by the Raft network and request forwarding
+/// (every node-to-node connection is made here).
 #[derive(Clone, Default)]
 pub struct Channels {
     inner: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Source IP of outgoing connections (`None`: chosen by the kernel).
+    local_ip: Option<IpAddr>,
+}
+
+/// The source IP to bind node-to-node connections to: the IP of this node's
+/// Raft address, unless it is unspecified (`0.0.0.0` / `::`) or not an IP.
+pub fn local_ip_of(raft_addr: &str) -> Option<IpAddr> {
+    let ip = raft_addr.parse::<std::net::SocketAddr>().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 impl Channels {
+    /// Channels whose connections originate from `local_ip` (when set).
+    pub fn with_local_ip(local_ip: Option<IpAddr>) -> Self {
+        Channels {
+            inner: Arc::default(),
+            local_ip,
+        }
+    }
+
     pub fn get(&self, addr: &str) -> Result<RaftInternalClient<Channel>, tonic::transport::Error> {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = map.get(addr) {
             return Ok(client(ch.clone()));
         }
-        let ch = channel(addr)?;
+        let ch = channel(addr, self.local_ip)?;
         map.insert(addr.to_string(), ch.clone());
         Ok(client(ch))
     }
@@ -357,5 +380,25 @@ impl RaftNetworkV2<TypeConfig> for Conn {
             |mut c, m| async move { c.transfer_leader(m).await },
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outgoing_connections_bind_to_the_raft_ip_unless_unspecified() {
+        assert_eq!(
+            local_ip_of("127.0.1.3:7203"),
+            Some(IpAddr::from([127, 0, 1, 3]))
+        );
+        assert_eq!(local_ip_of("0.0.0.0:7203"), None);
+        assert_eq!(local_ip_of("[::]:7203"), None);
+        assert_eq!(local_ip_of("node1.example:7203"), None);
+        assert_eq!(
+            local_ip_of("[::1]:7203"),
+            Some(IpAddr::from(std::net::Ipv6Addr::LOCALHOST))
+        );
     }
 }

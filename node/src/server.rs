@@ -54,7 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let log_store = LogStore::new(db.clone())?;
     let sm = StateMachine::open(db.clone(), config.data_dir.join("snapshots"))
         .context("opening state machine")?;
-    let channels = Channels::default();
+    let channels = Channels::with_local_ip(crate::raft_net::local_ip_of(&config.raft_addr));
     let network = Network {
         self_id: config.node_id,
         channels: channels.clone(),

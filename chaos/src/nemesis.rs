@@ -1,0 +1,385 @@
+//! Nemeses and the seeded schedule. Every fault is really done: SIGKILL,
+//! SIGSTOP/SIGCONT and SIGTERM to node processes, iptables DROP rules between
+//! node addresses, deleting a data directory, membership changes through the
+//! admin API. May touch what [`crate::run::Harness`] owns (the cluster's
+//! processes and directories, its firewall chain).
+//!
+//! The schedule is a function of the seed only: which nemesis, how long the
+//! fault lasts, and which nodes (as positions among "the leader" and "the
+//! followers in id order") are drawn from a `StdRng` seeded with it, so a
+//! failing run can be replayed with the same seed.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::history::{LeaderFault, NemesisEvent};
+use crate::run::Harness;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Nemesis {
+    /// SIGKILL the leader and one other node; restart both later.
+    Kill2,
+    /// SIGSTOP the leader longer than the election timeout, then SIGCONT.
+    Pause,
+    /// Symmetric partition into 2 | 3 at random.
+    PartitionHalves,
+    /// The leader cut off from everyone, both directions.
+    PartitionLeader,
+    /// Asymmetric: the leader's packets to the others dropped, theirs arrive.
+    PartitionOneway,
+    /// The leader and one follower (minority) | the other three (majority).
+    PartitionMinority,
+    /// Two sides of two nodes that cannot talk, and a bridge node seeing both.
+    PartitionBridge,
+    /// Kill a follower, wipe its data, remove it, add a fresh node id as
+    /// learner, promote it.
+    Wipe,
+    /// Restart all members one at a time (SIGTERM, start, wait healthy).
+    RollingRestart,
+    /// Transfer leadership, remove a voter under load, add it back.
+    Membership,
+}
+
+pub const ALL: &[Nemesis] = &[
+    Nemesis::Kill2,
+    Nemesis::Pause,
+    Nemesis::PartitionHalves,
+    Nemesis::PartitionLeader,
+    Nemesis::PartitionOneway,
+    Nemesis::PartitionMinority,
+    Nemesis::PartitionBridge,
+    Nemesis::Wipe,
+    Nemesis::RollingRestart,
+    Nemesis::Membership,
+];
+
+impl Nemesis {
+    pub fn name(self) -> &'static str {
+        match self {
+            Nemesis::Kill2 => "kill2",
+            Nemesis::Pause => "pause",
+            Nemesis::PartitionHalves => "partition-halves",
+            Nemesis::PartitionLeader => "partition-leader",
+            Nemesis::PartitionOneway => "partition-oneway",
+            Nemesis::PartitionMinority => "partition-minority",
+            Nemesis::PartitionBridge => "partition-bridge",
+            Nemesis::Wipe => "wipe",
+            Nemesis::RollingRestart => "rolling-restart",
+            Nemesis::Membership => "membership",
+        }
+    }
+
+    pub fn is_partition(self) -> bool {
+        self.name().starts_with("partition")
+    }
+
+    /// Range of fault durations (ms) drawn by the schedule.
+    fn fault_ms(self) -> (u64, u64) {
+        match self {
+            // Longer than the election timeout (1 s max) so a new leader is elected.
+            Nemesis::Pause => (1_500, 4_000),
+            Nemesis::Kill2 => (1_000, 5_000),
+            Nemesis::Wipe | Nemesis::RollingRestart => (0, 1),
+            Nemesis::Membership => (1_000, 3_000),
+            _ => (2_000, 6_000),
+        }
+    }
+}
+
+impl FromStr for Nemesis {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        ALL.iter().copied().find(|n| n.name() == s).ok_or_else(|| {
+            anyhow!(
+                "unknown nemesis {s:?}; known: all, {}",
+                ALL.iter().map(|n| n.name()).collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+}
+
+/// Parses `all` or a comma-separated list of nemesis names.
+pub fn parse_list(s: &str) -> Result<Vec<Nemesis>> {
+    if s.trim() == "all" {
+        return Ok(ALL.to_vec());
+    }
+    let list = s
+        .split(',')
+        .map(|x| x.trim())
+        .filter(|x| !x.is_empty())
+        .map(Nemesis::from_str)
+        .collect::<Result<Vec<_>>>()?;
+    if list.is_empty() {
+        bail!("no nemesis given");
+    }
+    Ok(list)
+}
+
+/// One planned fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub nemesis: Nemesis,
+    pub fault_ms: u64,
+    /// Seed of this step's own target choices.
+    pub pick_seed: u64,
+}
+
+/// The seeded schedule: `Once` runs each listed nemesis once in list order;
+/// `Random` draws nemeses from the list for as long as the run lasts.
+pub struct Schedule {
+    rng: StdRng,
+    list: Vec<Nemesis>,
+    once: bool,
+    next: usize,
+}
+
+impl Schedule {
+    pub fn new(seed: u64, list: Vec<Nemesis>, once: bool) -> Self {
+        Schedule {
+            rng: StdRng::seed_from_u64(seed),
+            list,
+            once,
+            next: 0,
+        }
+    }
+}
+
+impl Iterator for Schedule {
+    type Item = Step;
+    fn next(&mut self) -> Option<Step> {
+        if self.list.is_empty() || (self.once && self.next >= self.list.len()) {
+            return None;
+        }
+        let nemesis = if self.once {
+            self.list[self.next]
+        } else {
+            self.list[self.rng.random_range(0..self.list.len())]
+        };
+        self.next += 1;
+        let (lo, hi) = nemesis.fault_ms();
+        Some(Step {
+            nemesis,
+            fault_ms: self.rng.random_range(lo..hi.max(lo + 1)),
+            pick_seed: self.rng.random(),
+        })
+    }
+}
+
+/// Picks `k` distinct elements of `from` with `rng` (order of `from` kept stable).
+fn pick(rng: &mut StdRng, from: &[u64], k: usize) -> Vec<u64> {
+    let mut pool = from.to_vec();
+    let mut out = Vec::new();
+    while out.len() < k && !pool.is_empty() {
+        let i = rng.random_range(0..pool.len());
+        out.push(pool.remove(i));
+    }
+    out
+}
+
+fn without(from: &[u64], drop: &[u64]) -> Vec<u64> {
+    from.iter().copied().filter(|n| !drop.contains(n)).collect()
+}
+
+/// Runs one step against the harness: injects the fault, holds it, heals,
+/// and waits until the cluster is whole again. Errors of the nemesis itself
+/// are recorded in the event (and the run carries on after a full recovery).
+pub fn execute(h: &mut Harness, step: &Step) -> NemesisEvent {
+    let mut rng = StdRng::seed_from_u64(step.pick_seed);
+    let mut ev = NemesisEvent {
+        nemesis: step.nemesis.name().to_string(),
+        detail: String::new(),
+        start_ns: h.rec.now_ns(),
+        heal_ns: 0,
+        end_ns: 0,
+        leader_faults: Vec::new(),
+        error: None,
+    };
+    let result = inject(h, step, &mut rng, &mut ev);
+    ev.heal_ns = h.rec.now_ns();
+    let healed = h.heal_all();
+    let recovered = h.wait_recovered(Duration::from_secs(90));
+    ev.end_ns = h.rec.now_ns();
+    let errors: Vec<String> = [result, healed, recovered]
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
+    if !errors.is_empty() {
+        ev.error = Some(errors.join("; "));
+    }
+    ev
+}
+
+fn fault_at(h: &Harness, ev: &mut NemesisEvent, how: &str, node: u64) {
+    ev.leader_faults.push(LeaderFault {
+        how: how.to_string(),
+        node,
+        at_ns: h.rec.now_ns(),
+    });
+}
+
+fn inject(h: &mut Harness, step: &Step, rng: &mut StdRng, ev: &mut NemesisEvent) -> Result<()> {
+    let hold = Duration::from_millis(step.fault_ms);
+    let leader = h.leader(Duration::from_secs(30))?;
+    let members = h.members();
+    let followers = without(&members, &[leader]);
+    match step.nemesis {
+        Nemesis::Kill2 => {
+            let other = pick(rng, &followers, 1);
+            ev.detail = format!("SIGKILL leader {leader} and node {other:?}, down {hold:?}");
+            fault_at(h, ev, "kill", leader);
+            h.cluster.kill(leader)?;
+            for &o in &other {
+                h.cluster.kill(o)?;
+            }
+            std::thread::sleep(hold);
+            // Restarted by heal_all.
+        }
+        Nemesis::Pause => {
+            ev.detail = format!("SIGSTOP leader {leader} for {hold:?}");
+            fault_at(h, ev, "pause", leader);
+            h.cluster.pause(leader)?;
+            std::thread::sleep(hold);
+            h.cluster.resume(leader)?;
+        }
+        Nemesis::PartitionHalves => {
+            let small = pick(rng, &members, 2);
+            let big = without(&members, &small);
+            ev.detail = format!("partition {small:?} | {big:?} for {hold:?}");
+            h.firewall()?.cut_between(&small, &big)?;
+            if small.contains(&leader) {
+                fault_at(h, ev, "isolate", leader);
+            }
+            std::thread::sleep(hold);
+        }
+        Nemesis::PartitionLeader => {
+            ev.detail = format!("leader {leader} isolated from {followers:?} for {hold:?}");
+            h.firewall()?.cut_between(&[leader], &followers)?;
+            fault_at(h, ev, "isolate", leader);
+            std::thread::sleep(hold);
+        }
+        Nemesis::PartitionOneway => {
+            ev.detail =
+                format!("packets leader {leader} -> {followers:?} dropped (one way) for {hold:?}");
+            let links: Vec<(u64, u64)> = followers.iter().map(|&f| (leader, f)).collect();
+            h.firewall()?.cut_links(&links)?;
+            fault_at(h, ev, "isolate-oneway", leader);
+            std::thread::sleep(hold);
+        }
+        Nemesis::PartitionMinority => {
+            let mut minority = vec![leader];
+            minority.extend(pick(rng, &followers, 1));
+            let majority = without(&members, &minority);
+            ev.detail = format!(
+                "minority {minority:?} (with the leader) | majority {majority:?} for {hold:?}"
+            );
+            h.firewall()?.cut_between(&minority, &majority)?;
+            fault_at(h, ev, "isolate", leader);
+            std::thread::sleep(hold);
+        }
+        Nemesis::PartitionBridge => {
+            let order = pick(rng, &members, members.len());
+            let (a, rest) = order.split_at(order.len().min(2));
+            let bridge = rest
+                .first()
+                .copied()
+                .context("too few members for a bridge")?;
+            let b = &rest[1..];
+            ev.detail =
+                format!("bridge {bridge} between {a:?} and {b:?} (which cannot talk) for {hold:?}");
+            h.firewall()?.cut_between(a, b)?;
+            std::thread::sleep(hold);
+        }
+        Nemesis::Wipe => {
+            let victim = pick(rng, &followers, 1)
+                .first()
+                .copied()
+                .context("no follower to wipe")?;
+            let fresh = h.replace_node(victim)?;
+            ev.detail = format!(
+                "node {victim} killed, wiped, removed; fresh node {fresh} added and promoted"
+            );
+        }
+        Nemesis::RollingRestart => {
+            ev.detail = format!("rolling restart of {members:?}");
+            for n in members {
+                let current = h.leader(Duration::from_secs(30)).ok();
+                if current == Some(n) {
+                    fault_at(h, ev, "stop", n);
+                }
+                h.cluster.stop(n)?;
+                h.cluster.start(n)?;
+                h.cluster.wait_healthy(n, Duration::from_secs(60))?;
+                h.leader(Duration::from_secs(60))?;
+            }
+        }
+        Nemesis::Membership => {
+            let to = pick(rng, &followers, 1)
+                .first()
+                .copied()
+                .context("no follower to transfer to")?;
+            h.admin_retry(|a| a.transfer_leader(to), Duration::from_secs(30))
+                .with_context(|| format!("transfer leader {leader} -> {to}"))?;
+            let victim = pick(rng, &without(&members, &[to]), 1)
+                .first()
+                .copied()
+                .context("no voter to remove")?;
+            ev.detail = format!(
+                "leadership {leader} -> {to}; voter {victim} removed for {hold:?} and added back"
+            );
+            h.remove_and_readd(victim, hold)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_schedule() {
+        let a: Vec<Step> = Schedule::new(42, ALL.to_vec(), false).take(50).collect();
+        let b: Vec<Step> = Schedule::new(42, ALL.to_vec(), false).take(50).collect();
+        let c: Vec<Step> = Schedule::new(43, ALL.to_vec(), false).take(50).collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        // Every nemesis shows up in a long random schedule.
+        for n in ALL {
+            assert!(a.iter().any(|s| s.nemesis == *n), "{n:?} never drawn");
+        }
+    }
+
+    #[test]
+    fn once_runs_each_listed_nemesis_in_order() {
+        let s: Vec<Nemesis> = Schedule::new(1, ALL.to_vec(), true)
+            .map(|s| s.nemesis)
+            .collect();
+        assert_eq!(s, ALL.to_vec());
+        // Pauses outlast the election timeout.
+        assert!(
+            Schedule::new(7, vec![Nemesis::Pause], false)
+                .take(100)
+                .all(|s| s.fault_ms >= 1_500)
+        );
+    }
+
+    #[test]
+    fn names_parse() {
+        assert_eq!(parse_list("all").unwrap(), ALL.to_vec());
+        assert_eq!(
+            parse_list("kill2, pause").unwrap(),
+            vec![Nemesis::Kill2, Nemesis::Pause]
+        );
+        assert!(parse_list("kill3").is_err());
+        assert!(parse_list("").is_err());
+        for n in ALL {
+            assert_eq!(n.name().parse::<Nemesis>().unwrap(), *n);
+        }
+    }
+}

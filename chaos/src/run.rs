@@ -1,0 +1,586 @@
+//! The harness: creates a five-node cluster (node N on 127.0.1.N) under a run
+//! directory, sets up tariff/accounts/cards, runs the workload while the
+//! seeded schedule injects faults, heals, waits for the replicas to converge,
+//! reads the final state and runs every checker.
+//!
+//! May touch: the run directory (cluster files, node data, history.jsonl),
+//! the node processes it starts (all SIGKILLed when the harness is dropped,
+//! even on panic), its iptables chain (removed on drop), and HTTP to its nodes.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, ensure};
+use billdb_client::admin::{AdminClient, AdminError};
+use billdb_client::local::{self, LocalCluster, NodeState, RaftTimings};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+use crate::checker::{self, FinalAccount, FinalRecord, FinalState, ReportLine};
+use crate::history::{NemesisEvent, Op, Recorder};
+use crate::nemesis::{self, Nemesis, Schedule};
+use crate::net::{self, Firewall};
+use crate::report::{self, RunReport};
+use crate::workload::{self, Endpoints, Tokens, Workload, WorkloadConfig};
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Run directory (created; must not hold a cluster yet).
+    pub dir: PathBuf,
+    /// Node N uses ports base+N (HTTP), base+100+N (gRPC), base+200+N (Raft);
+    /// base+400 is used by the firewall self-test.
+    pub base_port: u16,
+    pub seed: u64,
+    /// 0: run each nemesis once (in list order); else draw nemeses at random
+    /// until this many seconds have passed.
+    pub duration_s: u64,
+    pub nemeses: Vec<Nemesis>,
+    pub node_bin: Option<PathBuf>,
+    pub accounts: usize,
+    pub counters: usize,
+    pub banks: usize,
+    pub readers: usize,
+    /// Quiet time after each recovery before the next fault.
+    pub settle_ms: u64,
+    /// Budget of the linearizability search per account.
+    pub lin_steps_max: u64,
+}
+
+impl RunConfig {
+    pub fn new(dir: PathBuf, base_port: u16, seed: u64) -> Self {
+        RunConfig {
+            dir,
+            base_port,
+            seed,
+            duration_s: 0,
+            nemeses: nemesis::ALL.to_vec(),
+            node_bin: None,
+            accounts: 24,
+            counters: 3,
+            banks: 2,
+            readers: 2,
+            settle_ms: 1_500,
+            lin_steps_max: 5_000_000,
+        }
+    }
+}
+
+const NODES: u64 = 5;
+const TARIFF: &str = "T1";
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A live chaos cluster and what the nemeses need to act on it.
+pub struct Harness {
+    pub cluster: LocalCluster,
+    pub rec: Recorder,
+    pub endpoints: Arc<Endpoints>,
+    members: Vec<u64>,
+    next_id: u64,
+    firewall: Option<Firewall>,
+    /// Retired node ids (wiped, removed and replaced), oldest first.
+    retired: Vec<u64>,
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Harness {
+    /// Creates and starts the cluster, initialises it.
+    pub fn start(cfg: &RunConfig, firewall: Option<Firewall>) -> Result<Self> {
+        let bin = local::find_node_bin(cfg.node_bin.as_deref())?;
+        let cluster = LocalCluster::create_on_hosts(
+            &cfg.dir.join("cluster"),
+            &bin,
+            cfg.base_port,
+            NODES as usize,
+            RaftTimings::default(),
+            Some(net::HOST_PREFIX),
+        )?;
+        cluster.set_kill_on_drop(true);
+        cluster.start_all()?;
+        cluster.wait_all_healthy(Duration::from_secs(60))?;
+        cluster.init()?;
+        cluster.wait_leader(Duration::from_secs(60))?;
+        let mut h = Harness {
+            cluster,
+            rec: Recorder::new(),
+            endpoints: Arc::new(Endpoints::default()),
+            members: (1..=NODES).collect(),
+            next_id: NODES + 1,
+            firewall,
+            retired: Vec::new(),
+        };
+        h.publish_members()?;
+        Ok(h)
+    }
+
+    pub fn members(&self) -> Vec<u64> {
+        self.members.clone()
+    }
+
+    fn publish_members(&mut self) -> Result<()> {
+        let list = self
+            .members
+            .iter()
+            .map(|&n| Ok((n, self.cluster.http_addr(n)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.endpoints.set(list);
+        Ok(())
+    }
+
+    pub fn firewall(&self) -> Result<&Firewall> {
+        self.firewall
+            .as_ref()
+            .context("partition nemesis without a firewall (needs root and iptables)")
+    }
+
+    /// The leader a majority agrees on.
+    pub fn leader(&self, timeout: Duration) -> Result<u64> {
+        self.cluster.wait_leader(timeout)
+    }
+
+    fn admin(&self, n: u64) -> Result<AdminClient> {
+        Ok(
+            AdminClient::with_timeout(&self.cluster.http_addr(n)?, HTTP_TIMEOUT)
+                .with_token(Some(self.cluster.token("ops")?)),
+        )
+    }
+
+    /// Runs an admin call through the running members until one answers
+    /// definitely (a refusal other than unavailability ends it too).
+    pub fn admin_retry(
+        &self,
+        f: impl Fn(&AdminClient) -> Result<Value, AdminError>,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no member reachable");
+        loop {
+            for n in self.members.clone() {
+                if self.cluster.node_state(n) != NodeState::Running {
+                    continue;
+                }
+                match f(&self.admin(n)?) {
+                    Ok(v) => return Ok(v),
+                    Err(e @ AdminError::Api { .. })
+                        if !matches!(e.code(), Some("UNAVAILABLE" | "NO_QUORUM" | "INTERNAL"))
+                            && !e.code().is_some_and(|c| c.starts_with("HTTP_5")) =>
+                    {
+                        return Err(anyhow::Error::new(e));
+                    }
+                    Err(e) => last = format!("node {n}: {e}"),
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "admin call failed for {timeout:?}: {last}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Removes all partitions, resumes paused members, starts stopped ones.
+    pub fn heal_all(&self) -> Result<()> {
+        if let Some(fw) = &self.firewall {
+            fw.heal()?;
+        }
+        for &n in &self.members {
+            match self.cluster.node_state(n) {
+                NodeState::Paused => self.cluster.resume(n)?,
+                NodeState::Stopped => {
+                    self.cluster.start(n)?;
+                }
+                NodeState::Running => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Every member healthy and a leader agreed by a majority.
+    pub fn wait_recovered(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        for &n in &self.members {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.cluster
+                .wait_healthy(n, left.max(Duration::from_secs(1)))?;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.leader(left.max(Duration::from_secs(1)))?;
+        Ok(())
+    }
+
+    fn wait_caught_up(&self, n: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leader = self.leader(Duration::from_secs(30))?;
+            let committed = self.cluster.status(leader)?["committed_index"]
+                .as_u64()
+                .unwrap_or(0);
+            let applied = self
+                .cluster
+                .status(n)
+                .ok()
+                .and_then(|s| s["applied_index"].as_u64())
+                .unwrap_or(0);
+            if applied + 5 >= committed {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "node {n} did not catch up in {timeout:?} (applied {applied}, committed {committed})"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn remove_member(&mut self, n: u64) -> Result<()> {
+        match self.admin_retry(|a| a.remove(n), Duration::from_secs(60)) {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("UNKNOWN_NODE") => {}
+            Err(e) => return Err(e.context(format!("removing node {n}"))),
+        }
+        self.members.retain(|m| *m != n);
+        self.publish_members()
+    }
+
+    fn add_member(&mut self, n: u64) -> Result<()> {
+        let spec = self.cluster.node(n)?;
+        match self.admin_retry(|a| a.add_learner(&spec.addrs()), Duration::from_secs(60)) {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("DUPLICATE_NODE") => {}
+            Err(e) => return Err(e.context(format!("adding node {n} as learner"))),
+        }
+        self.wait_caught_up(n, Duration::from_secs(120))?;
+        let mut voters = self.members.clone();
+        voters.push(n);
+        voters.sort_unstable();
+        self.admin_retry(|a| a.change_membership(&voters), Duration::from_secs(60))
+            .with_context(|| format!("promoting node {n}: voters {voters:?}"))?;
+        self.members = voters;
+        self.publish_members()
+    }
+
+    /// Kills `victim`, wipes its data, removes it from the membership, adds a
+    /// fresh node id (as learner, then voter). Returns the fresh id.
+    pub fn replace_node(&mut self, victim: u64) -> Result<u64> {
+        self.cluster.kill(victim)?;
+        self.cluster.wipe(victim)?;
+        self.remove_member(victim)?;
+        self.retired.push(victim);
+        let fresh = if self.next_id <= local::MAX_NODE_ID {
+            let id = self.next_id;
+            self.next_id += 1;
+            self.cluster.add_node(id)?;
+            id
+        } else {
+            // Long runs: reuse the oldest retired id (removed from the
+            // membership long ago, its data deleted) as a fresh node.
+            let id = self.retired.remove(0);
+            self.cluster.wipe(id)?;
+            id
+        };
+        self.cluster.start(fresh)?;
+        self.cluster.wait_healthy(fresh, Duration::from_secs(60))?;
+        self.add_member(fresh)?;
+        Ok(fresh)
+    }
+
+    /// Removes voter `victim` (it keeps running), waits `hold`, adds it back.
+    pub fn remove_and_readd(&mut self, victim: u64, hold: Duration) -> Result<()> {
+        self.remove_member(victim)?;
+        std::thread::sleep(hold);
+        self.add_member(victim)
+    }
+
+    /// Retries a setup write (same request_id) until acknowledged.
+    fn setup_write(&self, path: &str, body: &Value, put: bool) -> Result<Value> {
+        let f = |a: &AdminClient| {
+            if put {
+                a.put_json(path, body)
+            } else {
+                a.post(path, body)
+            }
+        };
+        self.admin_retry(f, Duration::from_secs(60))
+            .with_context(|| format!("setup {path}"))
+    }
+
+    /// Tariff, accounts and their cards.
+    pub fn setup_data(&self, accounts: &[String]) -> Result<()> {
+        self.setup_write(
+            &format!("/v1/tariffs/{TARIFF}"),
+            &json!({"request_id": "chaos-tariff", "kind": "flat", "price": "0.50",
+                    "effective_from": "2000-01-01T00:00:00Z"}),
+            true,
+        )?;
+        for a in accounts {
+            self.setup_write(
+                "/v1/accounts",
+                &json!({"request_id": format!("open-{a}"), "account_id": a, "name": format!("Chaos {a}"),
+                        "branch": "B01", "utility": "electricity", "tariff_id": TARIFF}),
+                false,
+            )?;
+            self.setup_write(
+                "/v1/cards",
+                &json!({"request_id": format!("card-{a}"), "account_id": a, "card_no": workload::card_of(a)}),
+                false,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every member has applied the leader's commit index and all
+    /// digests agree; returns the digests (as last read, converged or not).
+    pub fn converge(
+        &self,
+        timeout: Duration,
+    ) -> (std::collections::BTreeMap<u64, Option<String>>, bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let committed = self
+                .leader(Duration::from_secs(10))
+                .ok()
+                .and_then(|l| self.cluster.status(l).ok())
+                .and_then(|s| s["committed_index"].as_u64());
+            let mut digests = std::collections::BTreeMap::new();
+            let mut applied_ok = committed.is_some();
+            for &n in &self.members {
+                let v = self
+                    .admin(n)
+                    .ok()
+                    .and_then(|a| a.get("/v1/cluster/digest").ok());
+                let applied = v.as_ref().and_then(|v| v["applied_index"].as_u64());
+                if applied < committed {
+                    applied_ok = false;
+                }
+                digests.insert(n, v.and_then(|v| v["digest"].as_str().map(str::to_string)));
+            }
+            let distinct: BTreeSet<&Option<String>> = digests.values().collect();
+            if applied_ok && distinct.len() == 1 && !distinct.contains(&None) {
+                return (digests, true);
+            }
+            if Instant::now() >= deadline {
+                return (digests, false);
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn read_retry(&self, path: &str) -> Result<Value> {
+        self.admin_retry(|a| a.get(path), Duration::from_secs(60))
+            .with_context(|| format!("reading {path}"))
+    }
+
+    /// Reads every account with all its records, and the monthly reports of
+    /// every month the records fall in.
+    pub fn read_final(&self, accounts: &[String]) -> Result<FinalState> {
+        let mut fin = FinalState::default();
+        let mut months = BTreeSet::new();
+        for a in accounts {
+            let acct = self.read_retry(&format!("/v1/accounts/{a}"))?;
+            let balance: Decimal = acct["balance"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .with_context(|| format!("account {a}: no balance in {acct}"))?;
+            let last_seq = acct["last_seq"]
+                .as_u64()
+                .with_context(|| format!("account {a}: no last_seq"))?;
+            let mut records = Vec::new();
+            let mut token: Option<String> = None;
+            for _page in 0..10_000 {
+                let mut path = format!("/v1/accounts/{a}/records?segment=all&limit=500&order=asc");
+                if let Some(t) = &token {
+                    path.push_str(&format!("&page_token={t}"));
+                }
+                let page = self.read_retry(&path)?;
+                for r in page["records"].as_array().into_iter().flatten() {
+                    let rec: FinalRecord = serde_json::from_value(r.clone())
+                        .with_context(|| format!("account {a}: record {r}"))?;
+                    months.insert(checker::month_of(rec.ts_ms));
+                    records.push(rec);
+                }
+                token = page["next_page_token"].as_str().map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+            fin.accounts.insert(
+                a.clone(),
+                FinalAccount {
+                    balance,
+                    last_seq,
+                    records,
+                },
+            );
+        }
+        for m in months {
+            let rep = self.read_retry(&format!("/v1/reports/monthly?month={m}&group_by=kind"))?;
+            let lines = rep["lines"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|l| {
+                    Ok(ReportLine {
+                        kind: l["kind"].as_str().context("report line kind")?.to_string(),
+                        count: l["count"].as_u64().context("report line count")?,
+                        amount: l["amount"]
+                            .as_str()
+                            .and_then(|s| s.parse().ok())
+                            .context("report line amount")?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            fin.reports.insert(m, lines);
+        }
+        Ok(fin)
+    }
+
+    /// Lines of any node log that show a panic.
+    pub fn node_panics(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in self.cluster.node_ids() {
+            if let Ok(text) = std::fs::read_to_string(self.cluster.log_path(n)) {
+                for line in text.lines().filter(|l| l.contains("panicked at")) {
+                    out.push(format!(
+                        "node {n}: {}",
+                        line.chars().take(300).collect::<String>()
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Writes the history as JSON lines (one op per line) to `path`.
+pub fn write_history(path: &Path, ops: &[Op], events: &[NemesisEvent]) -> Result<()> {
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for e in events {
+        serde_json::to_writer(&mut f, &json!({"nemesis": e}))?;
+        f.write_all(b"\n")?;
+    }
+    for op in ops {
+        serde_json::to_writer(&mut f, op)?;
+        f.write_all(b"\n")?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// Runs a whole chaos run and returns its report (checkers included). Errors
+/// only when the harness itself cannot work (no binary, ports taken, no
+/// root for partitions, setup failed); faults the cluster mishandles show up
+/// as failures in the report.
+pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport> {
+    ensure!(cfg.accounts > 0, "need at least one account");
+    ensure!(
+        u32::from(cfg.base_port) + 400 <= u32::from(u16::MAX),
+        "base port too high"
+    );
+    let firewall = if cfg.nemeses.iter().any(|n| n.is_partition()) {
+        let fw = Firewall::new(cfg.base_port)?;
+        fw.self_test(cfg.base_port + 400)
+            .context("iptables self-test (DROP must stop loopback TCP between 127.0.1.x)")?;
+        progress(&format!(
+            "firewall: chain {} ready; self-test passed (DROP stops loopback TCP)",
+            fw.chain()
+        ));
+        Some(fw)
+    } else {
+        None
+    };
+    std::fs::create_dir_all(&cfg.dir).with_context(|| format!("creating {}", cfg.dir.display()))?;
+    let started_unix_ms = now_unix_ms();
+    let mut h = Harness::start(cfg, firewall)?;
+    progress(&format!(
+        "cluster up under {} (nodes on {}1..5, base port {})",
+        cfg.dir.display(),
+        net::HOST_PREFIX,
+        cfg.base_port
+    ));
+    let accounts: Vec<String> = (1..=cfg.accounts).map(|i| format!("CH{i:02}")).collect();
+    h.setup_data(&accounts)?;
+    let tokens = Tokens {
+        counter: h.cluster.token("counter")?,
+        bank: h.cluster.token("bank")?,
+        auditor: h.cluster.token("auditor")?,
+    };
+    let wcfg = WorkloadConfig {
+        accounts: accounts.clone(),
+        counters: cfg.counters,
+        banks: cfg.banks,
+        readers: cfg.readers,
+        request_timeout_ms: 5_000,
+        retry_budget_ms: 20_000,
+        writer_think_ms: 10,
+        reader_think_ms: 20,
+        seed: cfg.seed,
+    };
+    let month = checker::month_of(now_unix_ms());
+    let run_start = Instant::now();
+    let workload = Workload::start(wcfg, h.endpoints.clone(), h.rec.clone(), tokens, month);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let once = cfg.duration_s == 0;
+    let deadline = run_start + Duration::from_secs(cfg.duration_s);
+    let mut events = Vec::new();
+    for step in Schedule::new(cfg.seed, cfg.nemeses.clone(), once) {
+        if !once && Instant::now() >= deadline {
+            break;
+        }
+        let ev = nemesis::execute(&mut h, &step);
+        progress(&format!(
+            "[{:>6.1}s] {:<18} {}{}",
+            ev.start_ns as f64 / 1e9,
+            ev.nemesis,
+            ev.detail,
+            ev.error
+                .as_deref()
+                .map(|e| format!("  ERROR: {e}"))
+                .unwrap_or_default()
+        ));
+        let failed = ev.error.is_some();
+        events.push(ev);
+        if failed {
+            // Make sure the cluster is whole before going on.
+            h.heal_all()?;
+            h.wait_recovered(Duration::from_secs(120))?;
+        }
+        std::thread::sleep(Duration::from_millis(cfg.settle_ms));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    workload.stop_and_join();
+    h.heal_all()?;
+    h.wait_recovered(Duration::from_secs(120))?;
+    let (digests, converged) = h.converge(Duration::from_secs(120));
+    progress(&format!(
+        "workload stopped; replicas {}",
+        if converged {
+            "converged"
+        } else {
+            "did NOT converge"
+        }
+    ));
+    let mut fin = h.read_final(&accounts)?;
+    fin.digests = digests;
+    let ops = h.rec.ops();
+    write_history(&cfg.dir.join("history.jsonl"), &ops, &events)?;
+    let mut extra = Vec::new();
+    if !converged {
+        extra.push("replicas did not converge within 120 s after healing".to_string());
+    }
+    extra.extend(h.node_panics());
+    let elapsed_s = run_start.elapsed().as_secs_f64();
+    let rep = report::build(cfg, started_unix_ms, elapsed_s, &ops, &events, &fin, extra);
+    Ok(rep)
+}
