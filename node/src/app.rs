@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use billdb_api::error::{ApiError, ErrorCode};
@@ -26,6 +26,10 @@ use crate::types::{Command, NodeId, NodeInfo, Raft};
 /// How long a node without a known leader waits for one inside a request
 /// before it gives up (bounded by the request deadline too).
 const LEADER_POLL_INTERVAL_MS: u64 = 20;
+/// A request attempt older than this starts checking that its leader still
+/// leads (most writes finish well before).
+const LEADERSHIP_CHECK_AFTER_MS: u64 = 100;
+const LEADERSHIP_CHECK_INTERVAL_MS: u64 = 50;
 
 /// A request one node hands to the leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +99,10 @@ pub struct App {
     pub auth: Arc<crate::auth::Auth>,
     /// Last timestamp this node stamped as leader; stamps never go back.
     last_ts_ms: Arc<AtomicI64>,
+    /// When an AppendEntries (heartbeat or entries) last arrived, in ms
+    /// since `started`; 0 = never.
+    leader_contact_ms: Arc<AtomicU64>,
+    started: Instant,
 }
 
 impl App {
@@ -114,6 +122,37 @@ impl App {
             channels,
             auth,
             last_ts_ms: Arc::new(AtomicI64::new(0)),
+            leader_contact_ms: Arc::new(AtomicU64::new(0)),
+            started: Instant::now(),
+        }
+    }
+
+    /// Called by the Raft service for every AppendEntries received.
+    pub fn note_leader_contact(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.leader_contact_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// A follower that has not heard from any leader for twice the maximum
+    /// election timeout: it is cut off, forwarding from here will not work.
+    fn leader_silent(&self, leader: NodeId) -> bool {
+        if leader == self.id {
+            return false;
+        }
+        let last = self.leader_contact_ms.load(Ordering::Relaxed);
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        last == 0 || now.saturating_sub(last) > self.config.raft.election_timeout_max_ms * 2
+    }
+
+    /// This node cannot serve writes or linearizable reads now: it leads
+    /// without a quorum, or follows a leader it cannot hear. Clients should
+    /// try another node at once rather than wait out the deadline here.
+    fn cut_off(&self) -> bool {
+        let m = self.metrics();
+        match m.current_leader {
+            Some(l) if l == self.id => !self.quorum_heard(&m),
+            Some(l) => self.leader_silent(l),
+            None => false,
         }
     }
 
@@ -140,6 +179,62 @@ impl App {
     pub fn leader_hint(&self) -> Option<String> {
         self.leader()
             .map(|(id, info)| format!("{id} {}", info.grpc_addr))
+    }
+
+    /// Resolves (with the UNAVAILABLE to answer) once `leader` no longer
+    /// leads as this node sees it: another or no leader is known, or — when
+    /// this node is `leader` — it has not heard from a quorum for twice the
+    /// maximum election timeout. Checks start after
+    /// `LEADERSHIP_CHECK_AFTER_MS`, so quick requests never pay for them.
+    async fn leadership_moved(&self, leader: NodeId) -> ApiError {
+        tokio::time::sleep(Duration::from_millis(LEADERSHIP_CHECK_AFTER_MS)).await;
+        loop {
+            let m = self.metrics();
+            if m.current_leader != Some(leader) {
+                metrics::counter!("billdb_attempts_rerouted_total").increment(1);
+                return unavailable(format!(
+                    "node {leader} no longer leads; retry with the same request_id"
+                ));
+            }
+            if leader == self.id && !self.quorum_heard(&m) {
+                metrics::counter!("billdb_attempts_rerouted_total").increment(1);
+                return unavailable(
+                    "this leader cannot reach a quorum; retry with the same request_id on another node",
+                );
+            }
+            if self.leader_silent(leader) {
+                metrics::counter!("billdb_attempts_rerouted_total").increment(1);
+                return unavailable(format!(
+                    "this node cannot hear leader {leader}; retry with the same request_id on another node"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(LEADERSHIP_CHECK_INTERVAL_MS)).await;
+        }
+    }
+
+    /// As leader: a majority of voters (this node included) acknowledged a
+    /// heartbeat or append within twice the maximum election timeout.
+    fn quorum_heard(&self, m: &openraft::RaftMetrics<crate::types::TypeConfig>) -> bool {
+        use openraft::async_runtime::Instant as _;
+        let fresh_ms = u128::from(self.config.raft.election_timeout_max_ms * 2);
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let majority = voters.len() / 2 + 1;
+        let Some(hb) = &m.heartbeat else {
+            // Not the leader's view (no heartbeat table): nothing to judge.
+            return true;
+        };
+        let heard = voters
+            .iter()
+            .filter(|id| {
+                **id == self.id
+                    || hb
+                        .get(*id)
+                        .cloned()
+                        .flatten()
+                        .is_some_and(|t| t.elapsed().as_millis() <= fresh_ms)
+            })
+            .count();
+        heard >= majority
     }
 
     /// Wait (bounded) until some leader is known.
@@ -200,8 +295,10 @@ impl App {
                     branch,
                     channel,
                 };
-                let (outcome, log_index) =
-                    self.propose_local(request_id, origin, op, deadline).await?;
+                let (outcome, log_index) = tokio::select! {
+                    r = self.propose_local(request_id, origin, op, deadline) => r?,
+                    moved = self.leadership_moved(self.id) => return Err(moved),
+                };
                 Ok(ForwardReply::Write { outcome, log_index })
             }
             Forward::ReadIndex => Ok(ForwardReply::ReadIndex(
@@ -225,25 +322,39 @@ impl App {
         let deadline = self.deadline();
         let result = loop {
             let (leader_id, info) = self.wait_leader(deadline).await?;
-            let r = if leader_id == self.id {
-                self.propose_local(request_id.clone(), origin.clone(), op.clone(), deadline)
-                    .await
-            } else {
-                let req = Forward::Write {
-                    request_id: request_id.clone(),
-                    operator: origin.operator.clone(),
-                    branch: origin.branch.clone(),
-                    channel: origin.channel.clone(),
-                    op: op.clone(),
-                };
-                self.forward(&info, &req, deadline)
-                    .await
-                    .and_then(|r| match r {
-                        ForwardReply::Write { outcome, log_index } => Ok((outcome, log_index)),
-                        other => Err(internal(format!("unexpected forward reply {other:?}"))),
-                    })
+            let attempt = async {
+                if leader_id == self.id {
+                    self.propose_local(request_id.clone(), origin.clone(), op.clone(), deadline)
+                        .await
+                } else {
+                    let req = Forward::Write {
+                        request_id: request_id.clone(),
+                        operator: origin.operator.clone(),
+                        branch: origin.branch.clone(),
+                        channel: origin.channel.clone(),
+                        op: op.clone(),
+                    };
+                    self.forward(&info, &req, deadline)
+                        .await
+                        .and_then(|r| match r {
+                            ForwardReply::Write { outcome, log_index } => Ok((outcome, log_index)),
+                            other => Err(internal(format!("unexpected forward reply {other:?}"))),
+                        })
+                }
+            };
+            // Do not wait out the deadline on a leader that is gone: when
+            // another node leads (or this leader lost its quorum) the attempt
+            // is dropped and the same request_id goes to the new leader —
+            // the exactly-once table makes a double proposal harmless.
+            let r = tokio::select! {
+                r = attempt => r,
+                moved = self.leadership_moved(leader_id) => Err(moved),
             };
             match r {
+                // This node leads without a quorum or cannot hear its leader:
+                // retrying here is pointless; tell the client now so it tries
+                // another node.
+                Err(e) if e.code == ErrorCode::Unavailable && self.cut_off() => break Err(e),
                 // Leadership moved under us: try the new leader while time is left.
                 Err(e)
                     if e.code == ErrorCode::Unavailable
@@ -363,16 +474,23 @@ impl App {
         let deadline = self.deadline();
         let index = loop {
             let (leader_id, info) = self.wait_leader(deadline).await?;
-            let r = if leader_id == self.id {
-                self.read_index_local(deadline).await
-            } else {
-                match self.forward(&info, &Forward::ReadIndex, deadline).await {
-                    Ok(ForwardReply::ReadIndex(i)) => Ok(i),
-                    Ok(other) => Err(internal(format!("unexpected forward reply {other:?}"))),
-                    Err(e) => Err(e),
+            let attempt = async {
+                if leader_id == self.id {
+                    self.read_index_local(deadline).await
+                } else {
+                    match self.forward(&info, &Forward::ReadIndex, deadline).await {
+                        Ok(ForwardReply::ReadIndex(i)) => Ok(i),
+                        Ok(other) => Err(internal(format!("unexpected forward reply {other:?}"))),
+                        Err(e) => Err(e),
+                    }
                 }
             };
+            let r = tokio::select! {
+                r = attempt => r,
+                moved = self.leadership_moved(leader_id) => Err(moved),
+            };
             match r {
+                Err(e) if e.code == ErrorCode::Unavailable && self.cut_off() => return Err(e),
                 // Leadership moved (or the leader died): ask the next one
                 // while time is left, as writes do.
                 Err(e)

@@ -182,13 +182,30 @@ impl Conn {
         Fut: Future<Output = Result<tonic::Response<RaftMsg>, tonic::Status>>,
     {
         let data = encode(req).map_err(codec_err)?;
-        let ttl = option.hard_ttl();
+        let ttl = deadline_for(action, option);
         let fut = call(self.client()?, RaftMsg { data });
         match tokio::time::timeout(ttl, fut).await {
             Err(_) => Err(self.timeout(action, ttl)),
             Ok(Err(s)) => Err(status_err(s)),
             Ok(Ok(resp)) => decode(&resp.into_inner().data).map_err(codec_err),
         }
+    }
+}
+
+/// Appends (heartbeats included) and their streamed answers get at least
+/// this long. openraft asks for one heartbeat interval (50 ms), which a
+/// follower on a loaded machine misses while it fsyncs and applies a large
+/// batch: the leader then tears down the stream, resends, falls further
+/// behind and finally ships a snapshot, and stale heartbeat acks make a
+/// healthy leader look cut off. Dead peers are still found by HTTP/2
+/// keepalive (1 s / 2 s).
+const APPEND_DEADLINE_MS_MIN: u64 = 1_000;
+
+fn deadline_for(action: RPCTypes, option: &RPCOption) -> Duration {
+    let ttl = option.hard_ttl();
+    match action {
+        RPCTypes::AppendEntries => ttl.max(Duration::from_millis(APPEND_DEADLINE_MS_MIN)),
+        _ => ttl,
     }
 }
 
@@ -219,7 +236,7 @@ impl RaftNetworkV2<TypeConfig> for Conn {
     {
         let fut = async move {
             let mut client = self.client()?;
-            let ttl = option.hard_ttl();
+            let ttl = deadline_for(RPCTypes::AppendEntries, &option);
             let in_flight = Arc::new(AtomicUsize::new(0));
             let sent = in_flight.clone();
             let outbound = input.filter_map(move |req| {

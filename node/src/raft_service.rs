@@ -55,6 +55,7 @@ impl RaftInternal for RaftService {
 
     async fn append_entries(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
         let rpc = decode(&req.into_inner().data).map_err(bad)?;
+        self.app.note_leader_contact();
         let resp = self.app.raft.append_entries(rpc).await.map_err(fatal)?;
         enc(&resp)
     }
@@ -65,7 +66,9 @@ impl RaftInternal for RaftService {
         &self,
         req: Request<Streaming<RaftMsg>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        let input = tokio_stream::StreamExt::map_while(req.into_inner(), |m| {
+        let app = self.app.clone();
+        let input = tokio_stream::StreamExt::map_while(req.into_inner(), move |m| {
+            app.note_leader_contact();
             // A transport error or an undecodable message ends the stream.
             m.ok().and_then(|m| {
                 decode::<openraft::raft::AppendEntriesRequest<TypeConfig>>(&m.data).ok()
