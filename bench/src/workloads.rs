@@ -190,6 +190,9 @@ where
     F: Fn(&mut Ctx) + Send + Sync + Clone + 'static,
 {
     let run = run_id();
+    let run_seed = run.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     let mut handles = Vec::new();
     let started = Instant::now();
     let deadline = started + duration;
@@ -207,7 +210,11 @@ where
         };
         let mut ctx = Ctx {
             client: c,
-            rng: ChaCha8Rng::seed_from_u64(c as u64 ^ 0x5EED),
+            // Per run and client: two runs within the duplicate-sale window
+            // must not repeat each other's (card, amount) pairs.
+            rng: ChaCha8Rng::seed_from_u64(
+                run_seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ),
             nodes,
             first: 0,
             stats: Stats::default(),
