@@ -1,0 +1,224 @@
+//! `card-check`: card verify + recent segment latency for an account with
+//! `years` × 12 purchases against one with a single month, optionally under
+//! a purchase load from `load_clients` other threads; as a counter does it
+//! (HTTP, linearizable). Creates its own accounts through the bulk import
+//! (a fresh run id each time). Touches the cluster over HTTP only.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::cluster::{Target, TargetArgs};
+use crate::http::Http;
+use crate::stats::Stats;
+use crate::workloads;
+
+/// Accounts the background purchase load spreads over.
+pub const LOAD_ACCOUNTS: usize = 200;
+
+#[derive(clap::Args, Debug)]
+pub struct CardCheckArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[arg(long, default_value_t = 1000)]
+    pub iterations: u64,
+    #[arg(long, default_value_t = 7)]
+    pub years: u64,
+    /// Concurrent purchase clients while measuring (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub load_clients: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: CardCheckArgs) -> anyhow::Result<Value> {
+    anyhow::ensure!(
+        (1..=1_000_000).contains(&a.iterations),
+        "iterations must be 1..=1000000"
+    );
+    anyhow::ensure!((1..=10).contains(&a.years), "years must be 1..=10");
+    anyhow::ensure!(
+        a.load_clients <= workloads::CLIENTS_MAX,
+        "load-clients must be 0..={}",
+        workloads::CLIENTS_MAX
+    );
+    let target = Target::resolve(&a.target)?;
+    let ops = target.clients("ops", 0)?;
+    let h = &ops[0];
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let day_ms = 86_400_000i64;
+    let run = workloads::run_id();
+    let tariff = format!("BT{run}");
+    h.send(
+        true,
+        &format!("/v1/tariffs/{tariff}"),
+        &json!({"request_id": format!("bench-tariff-{run}"), "tariff_id": tariff, "kind": "flat",
+                "price": "0.50", "effective_from": "2010-01-01T00:00:00Z"})
+        .to_string(),
+    )
+    .map_err(|e| anyhow::anyhow!("defining tariff: {e}"))?;
+    let account = |id: &str, card: &str| {
+        json!({"account_id": id, "name": "Bench", "address": "", "branch": "B01", "utility": "electricity",
+               "meter_id": "", "tariff_id": tariff, "area": "0", "status": "active", "balance": "0.00",
+               "opened_ms": now_ms - (a.years as i64 * 366 + 30) * day_ms, "closed_ms": null,
+               "card_no": card, "card_generation": 1})
+    };
+    let record = |id: &str, card: &str, seq: u64, ts_ms: i64| {
+        json!({"account_id": id, "kind": "purchase", "amount": "10.00", "units": "20.00", "ts_ms": ts_ms,
+               "operator_id": "C-0101", "branch": "B01", "tariff_id": tariff, "invoice_no": "",
+               "bank_code": "", "bank_ref": "", "card_no": card, "card_seq": seq})
+    };
+    let (long_id, long_card) = (format!("H{run}"), format!("CH{run}"));
+    let (short_id, short_card) = (format!("R{run}"), format!("CR{run}"));
+    let mut records = Vec::new();
+    let history = a.years * 12;
+    for i in 0..history {
+        // Monthly purchases, oldest first, the last one a few days ago.
+        let ts = now_ms - ((history - i) as i64 * 30 - 27) * day_ms;
+        records.push(record(&long_id, &long_card, i + 1, ts));
+    }
+    records.push(record(&short_id, &short_card, 1, now_ms - 3 * day_ms));
+    let load_cards: Vec<String> = (0..LOAD_ACCOUNTS).map(|k| format!("CL{run}-{k}")).collect();
+    let mut accounts = vec![
+        account(&long_id, &long_card),
+        account(&short_id, &short_card),
+    ];
+    for (k, card) in load_cards
+        .iter()
+        .enumerate()
+        .take(a.load_clients.min(LOAD_ACCOUNTS))
+    {
+        accounts.push(account(&format!("L{run}-{k}"), card));
+    }
+    h.post(
+        "/v1/import",
+        &json!({"request_id": format!("bench-import-{run}"), "accounts": accounts, "records": records})
+            .to_string(),
+    )
+    .map_err(|e| anyhow::anyhow!("importing: {e}"))?;
+    h.send(
+        true,
+        "/v1/segments/boundary",
+        &json!({"request_id": format!("bench-boundary-{run}"), "boundary_ms": now_ms - 30 * day_ms})
+            .to_string(),
+    )
+    .map_err(|e| anyhow::anyhow!("setting the segment boundary: {e}"))?;
+
+    // Background purchase load until the measurement ends.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut loaders = Vec::new();
+    let load_accounts = a.load_clients.min(LOAD_ACCOUNTS);
+    for c in 0..a.load_clients {
+        let nodes = target.clients("counter", c)?;
+        let (stop, card) = (stop.clone(), load_cards[c % load_accounts.max(1)].clone());
+        let run = run.clone();
+        loaders.push(std::thread::spawn(move || {
+            let mut s = Stats::default();
+            let mut i = 0u64;
+            let mut first = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let body = json!({"request_id": format!("cl-{run}-{c}-{i}"), "card_no": card,
+                                  "amount": format!("{}.{:02}", 10 + i % 200, i % 100), "confirm_duplicate": true})
+                .to_string();
+                let t = Instant::now();
+                match nodes[first % nodes.len()].post("/v1/purchases", &body) {
+                    Ok(_) => s.ok("load_purchase", t.elapsed().as_micros() as u64),
+                    Err(e) => {
+                        first += 1;
+                        s.err("load_purchase", crate::http::code_of(&e));
+                    }
+                }
+            }
+            s
+        }));
+    }
+    if a.load_clients > 0 {
+        // Let the load reach a steady state first.
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let counter = target.clients("counter", 1)?;
+    let c = &counter[0];
+    let mut stats = Stats::default();
+    let mut recent_long = 0usize;
+    let started = Instant::now();
+    let mut failure = None;
+    'outer: for i in 0..a.iterations {
+        for (label, id, card, seq) in [
+            ("long_history", &long_id, &long_card, history),
+            ("one_month", &short_id, &short_card, 1),
+        ] {
+            match check(c, id, card, seq) {
+                Ok((us, n)) => {
+                    stats.ok(label, us);
+                    if label == "long_history" && i == 0 {
+                        recent_long = n;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break 'outer;
+                }
+            }
+        }
+        if i % 1000 == 0 && !a.json {
+            eprintln!("card-check: {i}/{}", a.iterations);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        if let Ok(s) = l.join() {
+            stats.merge(s);
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let p = |k: &str, q: f64| stats.ops.get(k).map(|s| s.ms(q)).unwrap_or(0.0);
+    let extra = json!({
+        "long_history_records": history,
+        "long_recent_records": recent_long,
+        "load_clients": a.load_clients,
+        "ratio_p50": p("long_history", 0.5) / p("one_month", 0.5).max(0.001),
+        "ratio_p99": p("long_history", 0.99) / p("one_month", 0.99).max(0.001),
+    });
+    let data = crate::load::DataArgs {
+        seed: 0,
+        accounts: 0,
+        years: a.years as u32,
+        per_year: 12,
+        payments_per_year: 0,
+        end_month: String::new(),
+    };
+    Ok(workloads::result_json(
+        "card-check",
+        1,
+        secs,
+        &stats,
+        extra,
+        &target,
+        &data,
+    ))
+}
+
+/// Verify + recent segment; (µs, records in the recent segment).
+fn check(h: &Http, id: &str, card: &str, seq: u64) -> anyhow::Result<(u64, usize)> {
+    let t = Instant::now();
+    h.post(
+        "/v1/cards/verify",
+        &json!({"card_no": card, "generation": 1, "seq_on_card": seq}).to_string(),
+    )
+    .map_err(|e| anyhow::anyhow!("verify: {e}"))?;
+    let page = h
+        .get(&format!(
+            "/v1/accounts/{id}/records?segment=recent&limit=50"
+        ))
+        .map_err(|e| anyhow::anyhow!("recent segment: {e}"))?;
+    let us = t.elapsed().as_micros() as u64;
+    Ok((us, page["records"].as_array().map(|r| r.len()).unwrap_or(0)))
+}

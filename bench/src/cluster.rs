@@ -1,0 +1,217 @@
+//! Which cluster a run talks to (a local cluster directory, or HTTP
+//! endpoints and a token), its settings as reported by the nodes, and the
+//! nodes' resident memory (`/proc/<pid>/status`) and disk use (data
+//! directories) when the cluster is local. Reads the cluster directory and
+//! `/proc`; signals nodes only through `LocalCluster` (leader-kill).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use billdb_client::local::LocalCluster;
+use serde_json::{Value, json};
+
+use crate::http::Http;
+
+/// Where the cluster is.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TargetArgs {
+    /// Local cluster directory (`billdb local up --dir ...`): endpoints,
+    /// demo tokens, node pids (RSS) and data directories (disk) come from it.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// HTTP endpoints (host:port), comma separated, when not using --dir.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004,127.0.0.1:7005"
+    )]
+    pub http: String,
+    /// Ops token for every request when not using --dir.
+    #[arg(long, env = "BILLDB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+pub struct Target {
+    /// (node id, HTTP address); ids are 1.. in list order without --dir.
+    pub nodes: Vec<(u64, String)>,
+    pub cluster: Option<LocalCluster>,
+    token: Option<String>,
+}
+
+impl Target {
+    pub fn resolve(a: &TargetArgs) -> anyhow::Result<Target> {
+        if let Some(dir) = &a.dir {
+            let c = LocalCluster::open(dir)?;
+            let nodes = c
+                .node_ids()
+                .into_iter()
+                .map(|n| Ok((n, c.http_addr(n)?)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            anyhow::ensure!(!nodes.is_empty(), "the cluster has no nodes");
+            return Ok(Target {
+                nodes,
+                cluster: Some(c),
+                token: a.token.clone(),
+            });
+        }
+        let nodes: Vec<(u64, String)> = a
+            .http
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .enumerate()
+            .map(|(i, s)| (i as u64 + 1, s.to_string()))
+            .collect();
+        anyhow::ensure!(!nodes.is_empty(), "no endpoints");
+        Ok(Target {
+            nodes,
+            cluster: None,
+            token: a.token.clone(),
+        })
+    }
+
+    /// Token for a demo identity (ops, counter, bank, auditor) of a local
+    /// cluster; `--token` (ops) when given or when there is no cluster dir.
+    pub fn token(&self, identity: &str) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        match &self.cluster {
+            Some(c) => Ok(Some(c.token(identity)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Clients of every node as `identity`, starting at index `first`.
+    pub fn clients(&self, identity: &str, first: usize) -> anyhow::Result<Vec<Http>> {
+        let token = self.token(identity)?;
+        let n = self.nodes.len();
+        Ok((0..n)
+            .map(|k| Http::new(&self.nodes[(first + k) % n].1, token.as_deref()))
+            .collect())
+    }
+
+    /// `/v1/cluster/status` of the first node that answers, and the local
+    /// cluster's Raft timings.
+    pub fn settings(&self) -> Value {
+        let token = self.token("ops").ok().flatten();
+        let mut status = Value::Null;
+        for (_, addr) in &self.nodes {
+            if let Ok(v) = Http::new(addr, token.as_deref()).get("/v1/cluster/status") {
+                status = v;
+                break;
+            }
+        }
+        let raft = self
+            .cluster
+            .as_ref()
+            .map(|c| serde_json::to_value(c.spec().raft).unwrap_or(Value::Null))
+            .unwrap_or(Value::Null);
+        json!({
+            "nodes": self.nodes.len(),
+            "endpoints": self.nodes.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>(),
+            "status": status,
+            "raft_timings": raft,
+            "node_defaults": {"request_timeout_ms": 3000, "request_body_bytes_max": 65536},
+        })
+    }
+
+    /// Per node: pid, RSS and data directory size (local clusters only).
+    pub fn usage(&self) -> Value {
+        let Some(c) = &self.cluster else {
+            return Value::Null;
+        };
+        let mut out = Vec::new();
+        let (mut rss_total, mut disk_total) = (0u64, 0u64);
+        for n in c.node_ids() {
+            let pid = c.pid(n);
+            let rss = pid.and_then(rss_bytes);
+            let disk = dir_bytes(&c.data_dir(n));
+            rss_total += rss.unwrap_or(0);
+            disk_total += disk;
+            out.push(json!({"node": n, "pid": pid, "rss_bytes": rss, "disk_bytes": disk}));
+        }
+        json!({"nodes": out, "rss_bytes_total": rss_total, "disk_bytes_total": disk_total})
+    }
+
+    /// The leader by majority agreement (local clusters), or the first node
+    /// whose status says it leads.
+    pub fn leader(&self, timeout: Duration) -> anyhow::Result<u64> {
+        if let Some(c) = &self.cluster {
+            return c.wait_leader(timeout);
+        }
+        let token = self.token("ops")?;
+        for (_, addr) in &self.nodes {
+            if let Ok(v) = Http::new(addr, token.as_deref()).get("/v1/cluster/status")
+                && let Some(l) = v["leader_id"].as_u64()
+            {
+                return Ok(l);
+            }
+        }
+        anyhow::bail!("no node names a leader")
+    }
+
+    pub fn local(&self) -> anyhow::Result<&LocalCluster> {
+        self.cluster
+            .as_ref()
+            .context("this workload needs the local cluster directory (--dir)")
+    }
+}
+
+/// VmRSS of a process, bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Bytes allocated on disk under `dir` (blocks, like `du`).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// The machine: cores, memory and the disk holding `path`.
+pub fn machine(path: &Path) -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kb: u64 = mem
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    json!({
+        "cpu_model": model, "cores": cores, "mem_bytes": mem_kb * 1024,
+        "loadavg": load.trim(), "data_path": path.display().to_string(),
+    })
+}

@@ -1,0 +1,191 @@
+//! `leader-kill`: purchases from `clients` closed loops (a failed request
+//! is retried with the same request id on the next node until it is
+//! acknowledged), SIGKILL of the leader mid-run through the local cluster
+//! manager, then the node restarted. Measures the write gap: the longest
+//! time without any acknowledged write, and the time from the kill to the
+//! first acknowledgement after it. Touches the cluster over HTTP and its
+//! node processes through `LocalCluster` (kill, start).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::{Value, json};
+
+use crate::cluster::{Target, TargetArgs};
+use crate::load::DataArgs;
+use crate::workloads::{self, Method, purchase_body};
+
+/// How long one purchase is retried before it counts as lost to the client.
+pub const PURCHASE_RETRY_MS: u64 = 30_000;
+/// Wait for the killed node to answer again after its restart.
+pub const RESTART_HEALTHY_MS: u64 = 60_000;
+
+#[derive(clap::Args, Debug)]
+pub struct KillArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 10)]
+    pub duration_s: u64,
+    /// Seconds into the run when the leader is killed (default: half).
+    #[arg(long)]
+    pub kill_after_s: Option<f64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// (longest gap between consecutive acks, where it ended) in µs.
+pub fn longest_gap(acks: &[u64]) -> (u64, u64) {
+    acks.windows(2)
+        .map(|w| (w[1] - w[0], w[1]))
+        .max()
+        .unwrap_or((0, 0))
+}
+
+pub fn run(a: KillArgs) -> anyhow::Result<Value> {
+    anyhow::ensure!(
+        (1..=workloads::CLIENTS_MAX).contains(&a.clients),
+        "clients must be 1..={}",
+        workloads::CLIENTS_MAX
+    );
+    anyhow::ensure!(
+        (2..=workloads::DURATION_S_MAX).contains(&a.duration_s),
+        "duration-s must be 2..={}",
+        workloads::DURATION_S_MAX
+    );
+    let kill_after = a.kill_after_s.unwrap_or(a.duration_s as f64 / 2.0);
+    anyhow::ensure!(
+        kill_after > 0.0 && kill_after < a.duration_s as f64,
+        "kill-after-s must be inside the run"
+    );
+    let spec = a.data.spec()?;
+    let target = Target::resolve(&a.target)?;
+    let cluster = target.local()?.clone();
+    let accounts = spec.accounts;
+    let leader_before = target.leader(Duration::from_secs(30))?;
+    eprintln!(
+        "leader-kill: {} clients for {} s, leader {leader_before} killed at {kill_after:.1} s",
+        a.clients, a.duration_s
+    );
+    // (kill offset µs, killed node) set by the killer thread.
+    let killed: Arc<Mutex<Option<(u64, u64)>>> = Arc::new(Mutex::new(None));
+    let run_started = Instant::now();
+    let killer = {
+        let (killed, cluster) = (killed.clone(), cluster.clone());
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            std::thread::sleep(Duration::from_secs_f64(kill_after));
+            let leader = cluster.wait_leader(Duration::from_secs(10))?;
+            let at = run_started.elapsed().as_micros() as u64;
+            cluster.kill(leader)?;
+            if let Ok(mut k) = killed.lock() {
+                *k = Some((at, leader));
+            }
+            Ok(())
+        })
+    };
+    let m = workloads::run_clients(
+        &target,
+        "counter",
+        a.clients,
+        None,
+        Duration::from_secs(a.duration_s),
+        move |ctx| {
+            let i = ctx.rng.random_range(0..accounts);
+            let body = purchase_body(ctx, i);
+            let t = Instant::now();
+            loop {
+                if ctx
+                    .call("purchase_attempt", "/v1/purchases", Method::Post(&body))
+                    .is_some()
+                {
+                    ctx.stats
+                        .ok("purchase_acked", t.elapsed().as_micros() as u64);
+                    let at = ctx.started.elapsed().as_micros() as u64;
+                    ctx.acks.push(at);
+                    return;
+                }
+                if t.elapsed() > Duration::from_millis(PURCHASE_RETRY_MS) {
+                    ctx.stats.err("purchase_acked", "GAVE_UP".into());
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        },
+    )?;
+    let killer_result = killer
+        .join()
+        .map_err(|_| anyhow::anyhow!("killer thread panicked"))?;
+    let kill = killed.lock().map(|k| *k).unwrap_or(None);
+    // Offsets: the killer's clock started just before the clients' clock;
+    // the difference is far below the resolution that matters here.
+    let skew_us = m.started.duration_since(run_started).as_micros() as u64;
+    let mut restarted = Value::Null;
+    if let Some((_, node)) = kill {
+        let r = restart(&cluster, node);
+        restarted = json!({"node": node, "ok": r.is_ok(), "error": r.err().map(|e| e.to_string())});
+    }
+    killer_result?;
+    let (kill_us, killed_node) =
+        kill.ok_or_else(|| anyhow::anyhow!("the leader was not killed"))?;
+    let kill_us = kill_us.saturating_sub(skew_us);
+    let (gap, gap_end) = longest_gap(&m.acks);
+    let last_before = m.acks.iter().rev().find(|&&t| t <= kill_us).copied();
+    let first_after = m.acks.iter().find(|&&t| t > kill_us).copied();
+    let leader_after = target.leader(Duration::from_secs(30)).ok();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let extra = json!({
+        "killed_node": killed_node,
+        "leader_before": leader_before,
+        "leader_after": leader_after,
+        "kill_at_ms": ms(kill_us),
+        "acks": m.acks.len(),
+        "longest_gap_ms": ms(gap),
+        "longest_gap_ended_at_ms": ms(gap_end),
+        "kill_to_first_ack_ms": first_after.map(|t| ms(t - kill_us)),
+        "write_gap_around_kill_ms": match (last_before, first_after) {
+            (Some(b), Some(f)) => Some(ms(f - b)),
+            _ => None,
+        },
+        "restarted": restarted,
+    });
+    Ok(workloads::result_json(
+        "leader-kill",
+        a.clients,
+        m.secs,
+        &m.stats,
+        extra,
+        &target,
+        &a.data,
+    ))
+}
+
+/// Starts a killed node again; its ports may be held for a moment (by its
+/// own connections' TIME_WAIT or an outgoing connection), so retry.
+fn restart(cluster: &billdb_client::local::LocalCluster, node: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_millis(RESTART_HEALTHY_MS);
+    loop {
+        match cluster.start(node) {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("leader-kill: restarting node {node}: {e:#}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    cluster.wait_healthy(node, deadline.saturating_duration_since(Instant::now()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn longest_gap_finds_the_widest_hole() {
+        assert_eq!(super::longest_gap(&[]), (0, 0));
+        assert_eq!(super::longest_gap(&[5]), (0, 0));
+        assert_eq!(super::longest_gap(&[1, 2, 10, 11, 13]), (8, 10));
+    }
+}

@@ -1,0 +1,457 @@
+//! Timed workloads against a loaded cluster: `clients` threads, each a
+//! closed loop (next request after the answer) for `duration_s`, spread
+//! over the nodes: counter sessions (verify card → recent segment →
+//! purchase), single purchases, bank payments (some delivered twice),
+//! history queries over all years, and monthly reports. Accounts are drawn
+//! from the generated dataset (`--accounts`, `--seed`). Touches the cluster
+//! over HTTP only.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+
+use crate::cluster::{Target, TargetArgs};
+use crate::dataset::Spec;
+use crate::http::{Http, code_of};
+use crate::load::DataArgs;
+use crate::stats::Stats;
+
+/// Most client threads one run may start.
+pub const CLIENTS_MAX: usize = 1024;
+/// Longest run.
+pub const DURATION_S_MAX: u64 = 3600;
+/// Share of bank payments delivered a second time (per mille).
+pub const REDELIVERY_PER_MILLE: u32 = 100;
+/// Pages one history query may follow.
+pub const HISTORY_PAGES_MAX: usize = 100;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Verify card → recent segment → purchase, per session.
+    Counter,
+    /// Single durable purchases by card.
+    Purchase,
+    /// Bank payments; some delivered twice (same request id).
+    Payment,
+    /// One account's whole history (all years), every page.
+    History,
+    /// A month's report over all accounts (group by operator/branch/tariff/kind).
+    Report,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Counter => "counter",
+            Workload::Purchase => "purchase",
+            Workload::Payment => "payment",
+            Workload::History => "history",
+            Workload::Report => "report",
+        }
+    }
+
+    fn identity(self) -> &'static str {
+        match self {
+            Workload::Counter | Workload::Purchase | Workload::History => "counter",
+            Workload::Payment => "bank",
+            Workload::Report => "auditor",
+        }
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, value_enum)]
+    pub workload: Workload,
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 10)]
+    pub duration_s: u64,
+    /// Send every request to this node only (1-based index in the node
+    /// list), e.g. the leader; default: clients spread over all nodes.
+    #[arg(long)]
+    pub node: Option<usize>,
+    /// Accounts the workload draws from: the first N of the dataset
+    /// (default: all).
+    #[arg(long)]
+    pub hot_accounts: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RunArgs {
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=CLIENTS_MAX).contains(&self.clients),
+            "clients must be 1..={CLIENTS_MAX}"
+        );
+        anyhow::ensure!(
+            (1..=DURATION_S_MAX).contains(&self.duration_s),
+            "duration-s must be 1..={DURATION_S_MAX}"
+        );
+        Ok(())
+    }
+}
+
+/// One client thread's state.
+pub struct Ctx {
+    pub client: usize,
+    pub rng: ChaCha8Rng,
+    pub nodes: Vec<Http>,
+    pub first: usize,
+    pub stats: Stats,
+    pub counters: BTreeMap<String, u64>,
+    pub run: String,
+    pub i: u64,
+    /// When the run started (shared by all clients).
+    pub started: Instant,
+    /// Microseconds since `started` of each acknowledged write (leader-kill).
+    pub acks: Vec<u64>,
+}
+
+pub enum Method<'a> {
+    Get,
+    Post(&'a str),
+}
+
+impl Ctx {
+    /// One timed request to the current node; a transport failure moves
+    /// this client to the next node.
+    pub fn call(&mut self, op: &str, path: &str, m: Method<'_>) -> Option<Value> {
+        let h = &self.nodes[self.first % self.nodes.len()];
+        let t = Instant::now();
+        let r = match m {
+            Method::Get => h.get(path),
+            Method::Post(body) => h.post(path, body),
+        };
+        match r {
+            Ok(v) => {
+                self.stats.ok(op, t.elapsed().as_micros() as u64);
+                Some(v)
+            }
+            Err(e) => {
+                let code = code_of(&e);
+                if code == "TRANSPORT" || code == "UNAVAILABLE" {
+                    self.first += 1;
+                }
+                self.stats.err(op, code);
+                None
+            }
+        }
+    }
+
+    pub fn count(&mut self, what: &str, n: u64) {
+        *self.counters.entry(what.to_string()).or_insert(0) += n;
+    }
+
+    /// A fresh request id for this run.
+    pub fn rid(&mut self, op: &str) -> String {
+        self.i += 1;
+        format!("{op}-{}-{}-{}", self.run, self.client, self.i)
+    }
+}
+
+/// A run id unlikely to repeat (time and pid).
+pub fn run_id() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("{:x}{:x}", t, std::process::id())
+}
+
+/// What a run measured: merged statistics, counters, sorted ack times (µs
+/// since the start) and the measured seconds.
+pub struct Measured {
+    pub stats: Stats,
+    pub counters: BTreeMap<String, u64>,
+    pub acks: Vec<u64>,
+    pub secs: f64,
+    pub started: Instant,
+}
+
+/// Runs `step` in `clients` closed loops for `duration`.
+pub fn run_clients<F>(
+    target: &Target,
+    identity: &str,
+    clients: usize,
+    node: Option<usize>,
+    duration: Duration,
+    step: F,
+) -> anyhow::Result<Measured>
+where
+    F: Fn(&mut Ctx) + Send + Sync + Clone + 'static,
+{
+    let run = run_id();
+    let run_seed = run.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut handles = Vec::new();
+    let started = Instant::now();
+    let deadline = started + duration;
+    for c in 0..clients {
+        let nodes = match node {
+            Some(n) => {
+                anyhow::ensure!(
+                    (1..=target.nodes.len()).contains(&n),
+                    "--node must be 1..={}",
+                    target.nodes.len()
+                );
+                target.clients(identity, n - 1)?
+            }
+            None => target.clients(identity, c)?,
+        };
+        let mut ctx = Ctx {
+            client: c,
+            // Per run and client: two runs within the duplicate-sale window
+            // must not repeat each other's (card, amount) pairs.
+            rng: ChaCha8Rng::seed_from_u64(
+                run_seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ),
+            nodes,
+            first: 0,
+            stats: Stats::default(),
+            counters: BTreeMap::new(),
+            run: run.clone(),
+            i: 0,
+            started,
+            acks: Vec::new(),
+        };
+        let step = step.clone();
+        handles.push(std::thread::spawn(move || {
+            while Instant::now() < deadline {
+                step(&mut ctx);
+            }
+            (ctx.stats, ctx.counters, ctx.acks)
+        }));
+    }
+    let mut stats = Stats::default();
+    let mut counters = BTreeMap::new();
+    let mut acks = Vec::new();
+    for h in handles {
+        let (s, c, a) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))?;
+        stats.merge(s);
+        for (k, v) in c {
+            *counters.entry(k).or_insert(0) += v;
+        }
+        acks.extend(a);
+    }
+    acks.sort_unstable();
+    Ok(Measured {
+        stats,
+        counters,
+        acks,
+        secs: started.elapsed().as_secs_f64(),
+        started,
+    })
+}
+
+/// A random amount 20.00..=300.99.
+pub fn amount(rng: &mut ChaCha8Rng) -> String {
+    format!(
+        "{}.{:02}",
+        rng.random_range(20..=300),
+        rng.random_range(0..100)
+    )
+}
+
+/// A purchase by card of account `i`.
+pub fn purchase_body(ctx: &mut Ctx, i: u64) -> String {
+    let rid = ctx.rid("pur");
+    let amount = amount(&mut ctx.rng);
+    json!({"request_id": rid, "card_no": Spec::card_no(i), "amount": amount}).to_string()
+}
+
+fn counter_session(ctx: &mut Ctx, accounts: u64) {
+    let i = ctx.rng.random_range(0..accounts);
+    let t = Instant::now();
+    let verify = json!({"card_no": Spec::card_no(i), "generation": 1}).to_string();
+    if ctx
+        .call("verify", "/v1/cards/verify", Method::Post(&verify))
+        .is_none()
+    {
+        return;
+    }
+    let path = format!(
+        "/v1/accounts/{}/records?segment=recent&limit=50",
+        Spec::account_id(i)
+    );
+    let Some(page) = ctx.call("recent", &path, Method::Get) else {
+        return;
+    };
+    let n = page["records"].as_array().map(|r| r.len()).unwrap_or(0) as u64;
+    ctx.count("recent_records_returned", n);
+    let body = purchase_body(ctx, i);
+    if ctx
+        .call("purchase", "/v1/purchases", Method::Post(&body))
+        .is_some()
+    {
+        ctx.stats.ok("session", t.elapsed().as_micros() as u64);
+    }
+}
+
+fn payment(ctx: &mut Ctx, accounts: u64, bank: &str) {
+    let i = ctx.rng.random_range(0..accounts);
+    let rid = ctx.rid("pay");
+    let body = json!({"request_id": rid, "account_id": Spec::account_id(i),
+        "amount": format!("{}.00", ctx.rng.random_range(50..=500)), "bank_code": bank, "bank_ref": rid})
+    .to_string();
+    let Some(first) = ctx.call("payment", "/v1/payments", Method::Post(&body)) else {
+        return;
+    };
+    if ctx.rng.random_range(0..1000) < REDELIVERY_PER_MILLE
+        && let Some(again) = ctx.call("payment_redelivery", "/v1/payments", Method::Post(&body))
+    {
+        // A redelivery must get the original outcome, never a second posting.
+        let same =
+            again["record_id"] == first["record_id"] && again["invoice_no"] == first["invoice_no"];
+        ctx.count(
+            if same {
+                "redeliveries_same_outcome"
+            } else {
+                "redeliveries_different_outcome"
+            },
+            1,
+        );
+    }
+}
+
+fn history(ctx: &mut Ctx, accounts: u64) {
+    let i = ctx.rng.random_range(0..accounts);
+    let t = Instant::now();
+    let base = format!(
+        "/v1/accounts/{}/records?segment=all&limit=500",
+        Spec::account_id(i)
+    );
+    let mut path = base.clone();
+    let mut total = 0u64;
+    for _ in 0..HISTORY_PAGES_MAX {
+        let Some(page) = ctx.call("history_page", &path, Method::Get) else {
+            return;
+        };
+        total += page["records"].as_array().map(|r| r.len()).unwrap_or(0) as u64;
+        match page["next_page_token"].as_str() {
+            Some(tok) if !tok.is_empty() => path = format!("{base}&page_token={tok}"),
+            _ => break,
+        }
+    }
+    ctx.stats
+        .ok("history_query", t.elapsed().as_micros() as u64);
+    ctx.count("history_records_returned", total);
+}
+
+fn report(ctx: &mut Ctx, months: &[String]) {
+    const GROUPS: [&str; 4] = ["operator", "branch", "tariff", "kind"];
+    let month = &months[ctx.rng.random_range(0..months.len())];
+    let g = GROUPS[ctx.i as usize % GROUPS.len()];
+    ctx.i += 1;
+    let path = format!("/v1/reports/monthly?month={month}&group_by={g}");
+    if let Some(v) = ctx.call(&format!("report_{g}"), &path, Method::Get) {
+        ctx.count(
+            "report_lines",
+            v["lines"].as_array().map(|l| l.len()).unwrap_or(0) as u64,
+        );
+        ctx.count(
+            "report_records_covered",
+            v["total"]["count"].as_u64().unwrap_or(0),
+        );
+    }
+}
+
+pub fn run(a: RunArgs) -> anyhow::Result<Value> {
+    a.check()?;
+    let spec = a.data.spec()?;
+    let target = Target::resolve(&a.target)?;
+    let accounts = a
+        .hot_accounts
+        .unwrap_or(spec.accounts)
+        .clamp(1, spec.accounts);
+    let months = spec.months();
+    // The local cluster's bank token is bound to this bank code.
+    let bank = "ICBC";
+    eprintln!(
+        "run: {} with {} clients for {} s",
+        a.workload.name(),
+        a.clients,
+        a.duration_s
+    );
+    let w = a.workload;
+    let m = run_clients(
+        &target,
+        w.identity(),
+        a.clients,
+        a.node,
+        Duration::from_secs(a.duration_s),
+        move |ctx| match w {
+            Workload::Counter => counter_session(ctx, accounts),
+            Workload::Purchase => {
+                let i = ctx.rng.random_range(0..accounts);
+                let body = purchase_body(ctx, i);
+                ctx.call("purchase", "/v1/purchases", Method::Post(&body));
+            }
+            Workload::Payment => payment(ctx, accounts, bank),
+            Workload::History => history(ctx, accounts),
+            Workload::Report => report(ctx, &months),
+        },
+    )?;
+    Ok(result_json(
+        a.workload.name(),
+        a.clients,
+        m.secs,
+        &m.stats,
+        json!(m.counters),
+        &target,
+        &a.data,
+    ))
+}
+
+/// The common result document of a timed workload.
+pub fn result_json(
+    name: &str,
+    clients: usize,
+    secs: f64,
+    stats: &Stats,
+    extra: Value,
+    target: &Target,
+    data: &DataArgs,
+) -> Value {
+    json!({
+        "workload": name,
+        "clients": clients,
+        "duration_s": secs,
+        "ops": stats.to_json(secs),
+        "table": stats.table(secs),
+        "extra": extra,
+        "dataset": {"seed": data.seed, "accounts": data.accounts, "years": data.years,
+                    "per_year": data.per_year, "payments_per_year": data.payments_per_year,
+                    "end_month": data.end_month},
+        "usage": target.usage(),
+        "settings": target.settings(),
+        "machine": crate::cluster::machine(&target.cluster.as_ref().map(|c| c.dir().to_path_buf()).unwrap_or_default()),
+    })
+}
+
+pub fn print_table(v: &Value) {
+    println!(
+        "{} clients={} duration={:.1}s",
+        v["workload"].as_str().unwrap_or(""),
+        v["clients"],
+        v["duration_s"].as_f64().unwrap_or(0.0)
+    );
+    print!("{}", v["table"].as_str().unwrap_or(""));
+    if let Some(m) = v["extra"].as_object()
+        && !m.is_empty()
+    {
+        println!("extra: {}", v["extra"]);
+    }
+    crate::print_usage(v);
+}

@@ -1,0 +1,188 @@
+//! Smoke run of `billdb-bench` against a real local five-node cluster at a
+//! tiny scale: load (record count and the last month's report equal the
+//! generated data), every workload for a second or two, the leader kill,
+//! and the card check; each answer's JSON must show work done. Seconds,
+//! not minutes; asserts no latency targets.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use billdb_client::local::{LocalCluster, find_node_bin};
+use serde_json::Value;
+
+/// Base ports tried lie in `BASE_PORT_MIN..BASE_PORT_MIN + BASE_PORT_SPAN`
+/// (node N uses base+N, base+100+N, base+200+N). This range overlaps the
+/// kernel's ephemeral ports, which outgoing connections take even-numbered
+/// first (and keep in TIME_WAIT): so the base is even and the node ids are
+/// odd (1, 3, 5, 7, 9), and each failed attempt takes another base.
+const BASE_PORT_MIN: u32 = 40_000;
+const BASE_PORT_SPAN: u32 = 9_700;
+const START_ATTEMPTS: u32 = 40;
+const NODE_IDS: [u64; 5] = [1, 3, 5, 7, 9];
+const DATA: &[&str] = &[
+    "--accounts",
+    "50",
+    "--years",
+    "1",
+    "--per-year",
+    "12",
+    "--payments-per-year",
+    "1",
+    "--seed",
+    "7",
+];
+
+fn bench(dir: &Path, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_billdb-bench"))
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .arg("--json")
+        .output()
+        .expect("run billdb-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "billdb-bench {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn count(v: &Value, op: &str) -> u64 {
+    v["ops"][op]["count"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn load_and_every_workload_at_tiny_scale() {
+    let node_bin = find_node_bin(None).expect("billdb-node next to the test binaries");
+    let mut started = None;
+    for attempt in 0..START_ATTEMPTS {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = (BASE_PORT_MIN
+            + ((std::process::id() * 7_919 + attempt * 2_713) % BASE_PORT_SPAN) / 2 * 2)
+            as u16;
+        let c = LocalCluster::create(tmp.path(), &node_bin, base, 1).expect("create cluster");
+        c.set_kill_on_drop(true);
+        for n in NODE_IDS.iter().skip(1) {
+            c.add_node(*n).expect("add node");
+        }
+        match c.start_all() {
+            Ok(_) => {
+                started = Some((tmp, c));
+                break;
+            }
+            Err(e) => {
+                eprintln!("base port {base}: {e:#}; trying the next range");
+                let _ = c.down();
+            }
+        }
+    }
+    let (tmp, c) = started.expect("a free port range for five nodes");
+    c.wait_all_healthy(Duration::from_secs(60))
+        .expect("healthy");
+    c.init().expect("init");
+    c.wait_leader(Duration::from_secs(60)).expect("leader");
+    let dir = tmp.path();
+
+    let mut args = vec!["load", "--loaders", "2"];
+    args.extend_from_slice(DATA);
+    let v = bench(dir, &args);
+    assert_eq!(v["records_expected"], 50 * 13, "{v}");
+    assert_eq!(v["records_imported"], 50 * 13, "{v}");
+    assert_eq!(v["report_check"]["matches"], true, "{v}");
+    assert_eq!(
+        v["report_check"]["got"]["purchase"]["count"], 50,
+        "one purchase per account in the last month: {v}"
+    );
+    assert!(v["records_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+    let nodes = v["usage"]["nodes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(nodes.len(), 5, "{v}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["rss_bytes"].as_u64().unwrap_or(0) > 0
+                && n["disk_bytes"].as_u64().unwrap_or(0) > 0),
+        "{v}"
+    );
+    assert!(
+        v["settings"]["status"]["leader_id"].as_u64().is_some(),
+        "{v}"
+    );
+
+    // A second load of the same dataset replays the stored outcomes.
+    let again = bench(dir, &args);
+    assert_eq!(again["records_imported"], 50 * 13, "{again}");
+    assert_eq!(again["report_check"]["matches"], true, "{again}");
+
+    for (workload, op) in [
+        ("counter", "session"),
+        ("purchase", "purchase"),
+        ("payment", "payment"),
+        ("history", "history_query"),
+        ("report", "report_operator"),
+    ] {
+        let mut args = vec![
+            "run",
+            "--workload",
+            workload,
+            "--clients",
+            "2",
+            "--duration-s",
+            "1",
+        ];
+        args.extend_from_slice(DATA);
+        let v = bench(dir, &args);
+        assert!(count(&v, op) > 0, "{workload}: no {op}: {v}");
+        assert!(v["ops"][op]["p99_ms"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+        match workload {
+            "history" => assert!(
+                v["extra"]["history_records_returned"].as_u64().unwrap_or(0) >= 13 * count(&v, op),
+                "every history query returns the account's year: {v}"
+            ),
+            "payment" => assert!(
+                v["extra"]["redeliveries_different_outcome"].is_null(),
+                "a redelivered payment got a new outcome: {v}"
+            ),
+            "report" => assert!(
+                v["extra"]["report_records_covered"].as_u64().unwrap_or(0) > 0,
+                "{v}"
+            ),
+            _ => {}
+        }
+    }
+
+    let mut args = vec!["leader-kill", "--clients", "2", "--duration-s", "4"];
+    args.extend_from_slice(DATA);
+    let v = bench(dir, &args);
+    let x = &v["extra"];
+    assert!(x["acks"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert!(x["killed_node"].as_u64().is_some(), "{v}");
+    assert!(
+        x["kill_to_first_ack_ms"].as_f64().is_some(),
+        "writes resumed after the kill: {v}"
+    );
+    assert!(x["longest_gap_ms"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+    assert_eq!(x["restarted"]["ok"], true, "{v}");
+
+    let v = bench(
+        dir,
+        &[
+            "card-check",
+            "--iterations",
+            "20",
+            "--years",
+            "2",
+            "--load-clients",
+            "2",
+        ],
+    );
+    assert_eq!(count(&v, "long_history"), 20, "{v}");
+    assert_eq!(count(&v, "one_month"), 20, "{v}");
+    assert_eq!(v["extra"]["long_history_records"], 24, "{v}");
+    assert!(
+        v["extra"]["long_recent_records"].as_u64().unwrap_or(0) >= 1,
+        "{v}"
+    );
+}
