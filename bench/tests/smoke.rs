@@ -12,12 +12,13 @@ use billdb_client::local::{LocalCluster, find_node_bin};
 use serde_json::Value;
 
 /// Base ports tried lie in `BASE_PORT_MIN..BASE_PORT_MIN + BASE_PORT_SPAN`
-/// (node N uses base+N, base+100+N, base+200+N). This range overlaps the
-/// kernel's ephemeral ports, which outgoing connections take even-numbered
-/// first (and keep in TIME_WAIT): so the base is even and the node ids are
-/// odd (1, 3, 5, 7, 9), and each failed attempt takes another base.
-const BASE_PORT_MIN: u32 = 40_000;
-const BASE_PORT_SPAN: u32 = 9_700;
+/// (node N uses base+N, base+100+N, base+200+N): 18000–19209, below the
+/// kernel's ephemeral ports (32768–60999), so no outgoing connection can
+/// hold a port a restarted node needs; other tests use 17000–17205 and
+/// 21000 and up. The base is even and the node ids odd (1, 3, 5, 7, 9);
+/// a failed start tries another base.
+const BASE_PORT_MIN: u32 = 18_000;
+const BASE_PORT_SPAN: u32 = 1_000;
 const START_ATTEMPTS: u32 = 40;
 const NODE_IDS: [u64; 5] = [1, 3, 5, 7, 9];
 const DATA: &[&str] = &[
