@@ -20,6 +20,9 @@ use crate::types::{SnapshotMeta, TypeConfig, Vote};
 /// Largest snapshot a node accepts (guards the disk against a bad peer).
 const SNAPSHOT_SIZE_BYTES_MAX: u64 = 256 << 30;
 
+/// Numbers snapshot transfers so each stages into its own file.
+static SNAPSHOT_STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub struct RaftService {
     pub app: App,
     pub sm: StateMachine,
@@ -93,7 +96,8 @@ impl RaftInternal for RaftService {
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let (vote, meta): (Vote, SnapshotMeta) = decode(&first.meta).map_err(bad)?;
-        let part = self.sm.incoming_path(&meta);
+        let stream_no = SNAPSHOT_STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let part = self.sm.incoming_path(&meta, stream_no);
         let started = std::time::Instant::now();
         let mut file = std::fs::File::create(&part).map_err(|e| Status::internal(e.to_string()))?;
         let mut received = 0u64;

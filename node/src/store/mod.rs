@@ -19,7 +19,7 @@ pub mod state_machine;
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, DBCompressionType, Options};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Options};
 
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
@@ -33,6 +33,15 @@ pub const CF_SM_META: &str = "sm_meta";
 /// Upper bound on the total WAL size before RocksDB flushes memtables of
 /// the families holding it back.
 const WAL_SIZE_BYTES_MAX: u64 = 256 << 20;
+/// All memtables of all column families together (RocksDB flushes the
+/// largest when the sum passes this): memory stays bounded whatever the load.
+const MEMTABLES_SIZE_BYTES_MAX: usize = 256 << 20;
+/// One block cache shared by every column family (data, index and filter
+/// blocks).
+const BLOCK_CACHE_SIZE_BYTES: usize = 256 << 20;
+/// Bloom filter bits per key for point-read families: a miss (a new
+/// request_id, an unused bank reference) costs no disk read.
+const BLOOM_BITS_PER_KEY: f64 = 10.0;
 
 pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
@@ -52,11 +61,24 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, std::io::Error> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_max_total_wal_size(WAL_SIZE_BYTES_MAX);
+    opts.set_db_write_buffer_size(MEMTABLES_SIZE_BYTES_MAX);
     opts.increase_parallelism(2);
+    let cache = Cache::new_lru_cache(BLOCK_CACHE_SIZE_BYTES);
+    let table = |bloom: bool| {
+        let mut t = BlockBasedOptions::default();
+        t.set_block_cache(&cache);
+        t.set_cache_index_and_filter_blocks(true);
+        t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        if bloom {
+            t.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
+        }
+        t
+    };
 
     let mut log_opts = Options::default();
     // Sequential keys, read by range: no bloom filter, no compression cost.
     log_opts.set_compression_type(DBCompressionType::None);
+    log_opts.set_block_based_table_factory(&table(false));
 
     let mut cfs = vec![
         ColumnFamilyDescriptor::new(CF_RAFT_LOG, log_opts),
@@ -68,6 +90,13 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, std::io::Error> {
         o.set_level_compaction_dynamic_level_bytes(true);
         o.set_compression_type(DBCompressionType::Lz4);
         o.set_bottommost_compression_type(DBCompressionType::Zstd);
+        // Families read by key get bloom filters; `records` and `reports`
+        // are read by range scans, where whole-key filters do not help.
+        let scanned = matches!(
+            family,
+            crate::domain::Family::Records | crate::domain::Family::Reports
+        );
+        o.set_block_based_table_factory(&table(!scanned));
         cfs.push(ColumnFamilyDescriptor::new(family.name(), o));
     }
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(io_err)?;

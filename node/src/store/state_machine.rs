@@ -521,10 +521,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 impl StateMachine {
     /// Where the Raft service stages a snapshot being received; a `.part`
-    /// file until complete, then `.recv` until installed.
-    pub fn incoming_path(&self, meta: &SnapshotMeta) -> PathBuf {
+    /// file until complete, then `.recv` until installed. `stream_no` keeps
+    /// two transfers of the same snapshot (a leader retrying while the
+    /// first is still arriving) from truncating or renaming each other's
+    /// file under an install in progress.
+    pub fn incoming_path(&self, meta: &SnapshotMeta, stream_no: u64) -> PathBuf {
         self.snap_dir
-            .join(format!("incoming-{}.part", snap_name(meta)))
+            .join(format!("incoming-{}-{stream_no}.part", snap_name(meta)))
     }
 }
 
