@@ -27,7 +27,10 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
         /// Node N: HTTP base+N, gRPC base+100+N, Raft base+200+N on 127.0.1.N.
-        #[arg(long, default_value_t = 35000)]
+        /// Keep it below the kernel's ephemeral range (32768 and up): nodes
+        /// bind their outgoing connections to their own address, and an
+        /// ephemeral port there could hold a port a restarted node needs.
+        #[arg(long, default_value_t = 14000)]
         base_port: u16,
         /// Seed of the fault schedule (random when omitted; always printed).
         #[arg(long)]
