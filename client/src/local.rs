@@ -983,6 +983,15 @@ impl LocalCluster {
         if !pid_alive(pid) {
             return None;
         }
+        // Our own child: alive is enough. (Between fork and exec its
+        // cmdline is still this process's, so the check below would call a
+        // node that is just starting "not running".)
+        if lock(&self.inner.children)
+            .get(&n)
+            .is_some_and(|c| c.id() == pid)
+        {
+            return Some(pid);
+        }
         // Guard against a stale pid file whose pid was reused by another process.
         match cmdline_contains(pid, &self.config_path(n)) {
             Some(false) => None,
