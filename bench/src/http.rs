@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use billdb_client::admin::{AdminError, decode_body, normalize_endpoint};
+use billdb_client::admin::{AdminError, handle_response, normalize_endpoint};
 use serde_json::Value;
 
 /// Bound on one request (connect + send + answer).
@@ -62,28 +62,6 @@ impl Http {
         &self.base
     }
 
-    fn finish(
-        &self,
-        url: &str,
-        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<Value, AdminError> {
-        let mut resp = resp.map_err(|e| AdminError::Transport {
-            url: url.to_string(),
-            message: e.to_string(),
-        })?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_string()
-            .map_err(|e| AdminError::Transport {
-                url: url.to_string(),
-                message: format!("reading response body: {e}"),
-            })?;
-        decode_body(url, status, &text)
-    }
-
     pub fn get(&self, path: &str) -> Result<Value, AdminError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.agent.get(&url);
@@ -91,7 +69,7 @@ impl Http {
             req = req.header("authorization", h);
         }
         let resp = req.call();
-        self.finish(&url, resp)
+        handle_response(&url, resp)
     }
 
     /// `POST` (or `PUT` with `put`) a JSON body given as text.
@@ -107,7 +85,7 @@ impl Http {
             req = req.header("authorization", h);
         }
         let resp = req.send(body);
-        self.finish(&url, resp)
+        handle_response(&url, resp)
     }
 
     pub fn post(&self, path: &str, body: &str) -> Result<Value, AdminError> {

@@ -241,7 +241,11 @@ impl AdminClient {
     }
 }
 
-fn handle_response(
+/// Largest response body read (record pages and reports stay far below).
+pub const RESPONSE_BYTES_MAX: u64 = 64 << 20;
+
+/// Turn a ureq result into the decoded JSON body or an [`AdminError`].
+pub fn handle_response(
     url: &str,
     resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> Result<Value, AdminError> {
@@ -252,6 +256,8 @@ fn handle_response(
     let status = resp.status().as_u16();
     let text = resp
         .body_mut()
+        .with_config()
+        .limit(RESPONSE_BYTES_MAX)
         .read_to_string()
         .map_err(|e| AdminError::Transport {
             url: url.to_string(),

@@ -167,8 +167,11 @@ impl App {
     }
 
     /// The leader as this node knows it, with its addresses.
+    /// Borrows the metrics (no clone): every gRPC answer asks, for its hint.
     fn leader(&self) -> Option<(NodeId, NodeInfo)> {
-        let m = self.metrics();
+        use openraft::async_runtime::WatchReceiver;
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
         let id = m.current_leader?;
         let info = m.membership_config.membership().get_node(&id).cloned()?;
         Some((id, info))
