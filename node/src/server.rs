@@ -2,6 +2,7 @@
 //! client gRPC and HTTP ports, stop cleanly on SIGTERM/SIGINT.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -39,6 +40,33 @@ pub fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {
     Ok(cfg.validate()?)
 }
 
+/// How often the size-based snapshot trigger looks at the log.
+const SNAPSHOT_TRIGGER_CHECK_MS: u64 = 1_000;
+
+/// openraft's snapshot policy counts entries; bulk imports append entries
+/// of tens of kilobytes, so also build a snapshot (which lets the log be
+/// purged) after every `bytes_since_last` bytes appended to the log.
+fn spawn_snapshot_by_log_bytes(raft: Raft, appended: Arc<AtomicU64>, bytes_since_last: u64) {
+    tokio::spawn(async move {
+        let mut last = 0u64;
+        loop {
+            tokio::time::sleep(Duration::from_millis(SNAPSHOT_TRIGGER_CHECK_MS)).await;
+            let now = appended.load(Ordering::Relaxed);
+            if now.saturating_sub(last) < bytes_since_last {
+                continue;
+            }
+            last = now;
+            tracing::info!(
+                log_bytes = now,
+                "log grew past the snapshot size: building a snapshot"
+            );
+            if raft.trigger().snapshot().await.is_err() {
+                return; // Raft stopped.
+            }
+        }
+    });
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -52,6 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
     let log_store = LogStore::new(db.clone())?;
+    let log_appended_bytes = log_store.appended_bytes();
     let sm = StateMachine::open(db.clone(), config.data_dir.join("snapshots"))
         .context("opening state machine")?;
     let channels = Channels::with_local_ip(crate::raft_net::local_ip_of(&config.raft_addr));
@@ -86,6 +115,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(auth),
     );
     crate::metrics::spawn_leader_watch(app.clone());
+    spawn_snapshot_by_log_bytes(
+        raft.clone(),
+        log_appended_bytes,
+        config.raft.snapshot_log_bytes_since_last,
+    );
 
     let raft_addr = config.raft_addr.parse().context("raft_addr")?;
     let grpc_addr = config.grpc_addr.parse().context("grpc_addr")?;

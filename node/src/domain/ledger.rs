@@ -148,8 +148,20 @@ pub(crate) fn load_record<G: Get + ?Sized>(view: &G, record_id: &str) -> Res<(Re
 pub(crate) fn post<T: Txn + ?Sized>(
     txn: &mut T,
     account: &mut Account,
+    draft: Record,
+    loaded: bool,
+) -> Res<Record> {
+    post_with(txn, account, draft, loaded, None)
+}
+
+/// [`post`], with the report rows summed into `deltas` (written later by
+/// the caller) instead of updated at once, when given.
+pub(crate) fn post_with<T: Txn + ?Sized>(
+    txn: &mut T,
+    account: &mut Account,
     mut draft: Record,
     loaded: bool,
+    deltas: Option<&mut reports::RowDeltas>,
 ) -> Res<Record> {
     account.balance = super::add(account.balance, draft.balance_effect)?;
     account.last_seq += 1;
@@ -173,7 +185,10 @@ pub(crate) fn post<T: Txn + ?Sized>(
             reversed_by: None,
         },
     )?;
-    reports::add_record(txn, &draft)?;
+    match deltas {
+        Some(d) => d.add_record(&draft)?,
+        None => reports::add_record(txn, &draft)?,
+    }
     if !draft.invoice_no.is_empty() {
         super::invoices::issue(txn, &draft)?;
     }

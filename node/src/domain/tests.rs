@@ -1319,6 +1319,76 @@ fn import_record(id: &str, kind: &str, amount: &str, units: &str, ts: i64) -> Im
     }
 }
 
+/// An import sums report rows and year counters in memory and saves each
+/// account once; the accounts, counters and report rows it leaves are the
+/// ones importing the same records one command each leaves.
+#[test]
+fn one_import_leaves_the_state_record_by_record_imports_leave() {
+    let families = [Family::Accounts, Family::YearUnits, Family::Reports];
+    let mut records = Vec::new();
+    for (i, acct) in ["A1", "A2", "A3"].iter().enumerate() {
+        for m in 0..14i64 {
+            let ts = days_ms(2019, 11, 3) + m * 31 * 86_400_000 + i as i64;
+            records.push(import_record(acct, "purchase", "10.25", "7.125", ts));
+            records.push(import_record(acct, "payment", "30.00", "0", ts + 10));
+            if m % 5 == 0 {
+                records.push(import_record(acct, "adjustment", "-1.10", "0", ts + 20));
+                records.push(import_record(acct, "charge", "4.40", "0", ts + 30));
+            }
+        }
+    }
+    // Interleave the accounts, as a migration might.
+    records.sort_by_key(|r| r.ts_ms);
+    let accounts = || {
+        vec![
+            import_account("A1", Some("C1")),
+            import_account("A2", None),
+            import_account("A3", Some("C3")),
+        ]
+    };
+    let mut whole = World::new();
+    whole.ok("t", 0, define_tariff("RES", ladder(), 0));
+    whole.ok(
+        "i",
+        t0(),
+        Op::Import {
+            accounts: accounts(),
+            records: records.clone(),
+        },
+    );
+    let mut one_by_one = World::new();
+    one_by_one.ok("t", 0, define_tariff("RES", ladder(), 0));
+    one_by_one.ok(
+        "i",
+        t0(),
+        Op::Import {
+            accounts: accounts(),
+            records: vec![],
+        },
+    );
+    for (i, r) in records.iter().enumerate() {
+        one_by_one.ok(
+            &format!("r{i}"),
+            t0(),
+            Op::Import {
+                accounts: vec![],
+                records: vec![r.clone()],
+            },
+        );
+    }
+    for family in families {
+        let a = whole.t.scan(family, b"", b"", false, usize::MAX).unwrap();
+        let b = one_by_one
+            .t
+            .scan(family, b"", b"", false, usize::MAX)
+            .unwrap();
+        assert!(!a.is_empty(), "{family:?}");
+        assert_eq!(a, b, "{family:?}");
+    }
+    let a = whole.account("A2");
+    assert_eq!((a.last_seq, a.last_purchase_seq), (34, Some(33)));
+}
+
 #[test]
 fn bulk_import_keeps_legacy_ids_and_is_all_or_nothing() {
     let mut w = World::new();

@@ -10,6 +10,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -38,6 +39,8 @@ fn sync_opts() -> WriteOptions {
 pub struct LogStore {
     db: Arc<DB>,
     flusher: mpsc::Sender<IOFlushed<TypeConfig>>,
+    /// Bytes of entries appended since the process started.
+    appended_bytes: Arc<AtomicU64>,
 }
 
 impl LogStore {
@@ -47,7 +50,17 @@ impl LogStore {
         std::thread::Builder::new()
             .name("raft-log-fsync".into())
             .spawn(move || flusher(flush_db, rx))?;
-        Ok(LogStore { db, flusher: tx })
+        Ok(LogStore {
+            db,
+            flusher: tx,
+            appended_bytes: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// A counter of the entry bytes appended since the process started
+    /// (read by the size-based snapshot trigger).
+    pub fn appended_bytes(&self) -> Arc<AtomicU64> {
+        self.appended_bytes.clone()
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, std::io::Error> {
@@ -182,10 +195,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = cf(&self.db, CF_RAFT_LOG)?;
         let mut batch = WriteBatch::default();
+        let mut bytes = 0u64;
         for entry in entries {
-            batch.put_cf(cf, index_key(entry.log_id().index), encode(&entry)?);
+            let value = encode(&entry)?;
+            bytes += value.len() as u64;
+            batch.put_cf(cf, index_key(entry.log_id().index), value);
         }
         self.db.write(batch).map_err(io_err)?;
+        self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.flusher
             .send(callback)
             .map_err(|_| io_err("log flusher thread is gone"))?;

@@ -22,6 +22,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, entry::RaftEntry
 use rocksdb::{DB, IteratorMode, WriteBatch, WriteOptions};
 use sha2::{Digest, Sha256};
 
+use super::apply_cache::ApplyCache;
 use super::snapshot::{SnapshotFile, SnapshotReader, SnapshotWriter, verify};
 use super::{CF_SM_META, cf, decode, encode, io_err};
 use crate::domain::{self, FAMILIES, Family, Get, ReadView, Txn};
@@ -34,6 +35,8 @@ const KEY_INSTALLING: &[u8] = b"installing";
 const APPLY_BATCH_ENTRIES_MAX: usize = 4096;
 /// Bytes per write batch when loading a snapshot.
 const INSTALL_BATCH_BYTES_MAX: usize = 8 << 20;
+/// Apply's write-through read cache (see `apply_cache`).
+const APPLY_CACHE_BYTES_MAX: usize = 64 << 20;
 
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
@@ -41,6 +44,8 @@ pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 pub struct RocksTxn<'a> {
     db: &'a DB,
     overlay: BTreeMap<(Family, Vec<u8>), Option<Vec<u8>>>,
+    /// Apply's read cache; `None` for one-off readers.
+    cache: Option<&'a Mutex<ApplyCache>>,
 }
 
 impl<'a> RocksTxn<'a> {
@@ -48,15 +53,33 @@ impl<'a> RocksTxn<'a> {
         RocksTxn {
             db,
             overlay: BTreeMap::new(),
+            cache: None,
         }
     }
 
+    fn cached(db: &'a DB, cache: &'a Mutex<ApplyCache>) -> Self {
+        RocksTxn {
+            db,
+            overlay: BTreeMap::new(),
+            cache: Some(cache),
+        }
+    }
+
+    /// Move the writes into `batch`; the cache learns them now, so the
+    /// caller must clear it if writing the batch fails.
     fn into_batch(self, batch: &mut WriteBatch) -> Result<(), std::io::Error> {
+        let mut cache = match self.cache {
+            Some(c) => Some(c.lock().map_err(io_err)?),
+            None => None,
+        };
         for ((family, key), value) in self.overlay {
             let cf = cf(self.db, family.name())?;
-            match value {
-                Some(v) => batch.put_cf(cf, key, v),
-                None => batch.delete_cf(cf, key),
+            match &value {
+                Some(v) => batch.put_cf(cf, &key, v),
+                None => batch.delete_cf(cf, &key),
+            }
+            if let Some(c) = cache.as_mut() {
+                c.insert(family, &key, value);
             }
         }
         Ok(())
@@ -68,9 +91,22 @@ impl Get for RocksTxn<'_> {
         if let Some(v) = self.overlay.get(&(family, key.to_vec())) {
             return Ok(v.clone());
         }
-        self.db
+        let Some(cache) = self.cache else {
+            return self
+                .db
+                .get_cf(cf(self.db, family.name())?, key)
+                .map_err(io_err);
+        };
+        let mut cache = cache.lock().map_err(io_err)?;
+        if let Some(v) = cache.get(family, key) {
+            return Ok(v);
+        }
+        let v = self
+            .db
             .get_cf(cf(self.db, family.name())?, key)
-            .map_err(io_err)
+            .map_err(io_err)?;
+        cache.insert(family, key, v.clone());
+        Ok(v)
     }
 }
 
@@ -153,6 +189,7 @@ pub struct StateMachine {
     db: Arc<DB>,
     snap_dir: PathBuf,
     current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
+    cache: Arc<Mutex<ApplyCache>>,
 }
 
 fn snap_name(meta: &SnapshotMeta) -> String {
@@ -181,6 +218,7 @@ impl StateMachine {
             db,
             snap_dir,
             current: Arc::new(Mutex::new(None)),
+            cache: Arc::new(Mutex::new(ApplyCache::new(APPLY_CACHE_BYTES_MAX))),
         };
         if let Some(raw) = sm
             .db
@@ -258,6 +296,17 @@ impl StateMachine {
     /// Replace every domain family with the file's contents, then record
     /// `applied`/`membership` and clear `installing`, in one synced batch.
     fn load_snapshot_file(&self, path: &Path, meta: &SnapshotMeta) -> Result<(), std::io::Error> {
+        let result = self.load_snapshot_file_uncached(path, meta);
+        // Every domain family was replaced (or half-replaced on an error).
+        self.cache.lock().map_err(io_err)?.clear();
+        result
+    }
+
+    fn load_snapshot_file_uncached(
+        &self,
+        path: &Path,
+        meta: &SnapshotMeta,
+    ) -> Result<(), std::io::Error> {
         let db = &*self.db;
         for family in FAMILIES {
             let cf = cf(db, family.name())?;
@@ -413,7 +462,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let db = self.db.clone();
         let meta_cf = cf(&db, CF_SM_META)?;
-        let mut txn = RocksTxn::new(&db);
+        let cache = self.cache.clone();
+        let mut txn = RocksTxn::cached(&db, &cache);
         let mut replies = Vec::new();
         let mut last_applied: Option<LogId> = None;
         let mut membership: Option<StoredMembership> = None;
@@ -443,12 +493,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             if (done && !replies.is_empty()) || replies.len() >= APPLY_BATCH_ENTRIES_MAX {
                 let mut batch = WriteBatch::default();
-                std::mem::replace(&mut txn, RocksTxn::new(&db)).into_batch(&mut batch)?;
-                batch.put_cf(meta_cf, KEY_APPLIED, encode(&last_applied)?);
-                if let Some(m) = membership.take() {
-                    batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode(&m)?);
+                let written = std::mem::replace(&mut txn, RocksTxn::cached(&db, &cache))
+                    .into_batch(&mut batch)
+                    .and_then(|()| {
+                        batch.put_cf(meta_cf, KEY_APPLIED, encode(&last_applied)?);
+                        if let Some(m) = membership.take() {
+                            batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode(&m)?);
+                        }
+                        db.write(batch).map_err(io_err)
+                    });
+                let mut c = cache.lock().map_err(io_err)?;
+                if let Err(e) = written {
+                    c.clear();
+                    return Err(e);
                 }
-                db.write(batch).map_err(io_err)?;
+                let (hits, misses) = c.take_counts();
+                drop(c);
+                metrics::counter!("billdb_apply_cache_hits_total").increment(hits);
+                metrics::counter!("billdb_apply_cache_misses_total").increment(misses);
                 metrics::counter!("billdb_applied_entries_total").increment(replies.len() as u64);
                 for (responder, reply) in replies.drain(..) {
                     if let Some(r) = responder {

@@ -1,0 +1,201 @@
+//! A bounded, write-through cache of state-machine values for apply's point
+//! reads (accounts, cards, tariffs, year counters, the last purchase and its
+//! record index, report rows, segment meta).
+//!
+//! Why: a purchase reads about a dozen keys that the previous write to the
+//! same account (or the same report row) has just written; every one of
+//! those reads was a RocksDB memtable skip-list search, which profiles
+//! showed as the largest single cost of apply on every replica.
+//!
+//! Coherence: only the apply task and snapshot install touch the domain
+//! families, and both go through [`super::state_machine`]. A read that
+//! misses is filled from RocksDB's committed state; every batch apply writes
+//! updates the cache before the batch is written, and the cache is cleared
+//! when that write fails and around a snapshot install. Values are bytes, so
+//! what apply decodes is exactly what RocksDB holds: the cache changes
+//! speed, never results (apply stays deterministic; the map is only looked
+//! up, never iterated).
+//!
+//! Bounded: two generations of at most `bytes_max / 2` each; when the young
+//! one fills, the old one is dropped (an approximate LRU: a hit in the old
+//! generation moves the entry to the young one).
+//!
+//! `requests` and `bank_refs` are not cached: nearly every lookup there is
+//! a miss for a new key (bloom filters answer those), and caching them would
+//! only push useful entries out. `invoices` are read once, when printed;
+//! `records` are written far more than read (bulk imports write thousands).
+
+use std::collections::HashMap;
+
+use crate::domain::Family;
+
+/// Bytes counted per entry on top of key and value (map and vector headers).
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+
+type Key = (Family, Vec<u8>);
+
+pub struct ApplyCache {
+    young: HashMap<Key, Option<Vec<u8>>>,
+    old: HashMap<Key, Option<Vec<u8>>>,
+    young_bytes: usize,
+    bytes_max: usize,
+    hits: u64,
+    misses: u64,
+}
+
+fn cacheable(family: Family) -> bool {
+    !matches!(
+        family,
+        Family::Requests | Family::BankRefs | Family::Invoices | Family::Records
+    )
+}
+
+fn size_of(key: &Key, value: &Option<Vec<u8>>) -> usize {
+    key.1.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD_BYTES
+}
+
+impl ApplyCache {
+    /// A cache holding at most about `bytes_max` bytes; 0 disables it.
+    pub fn new(bytes_max: usize) -> Self {
+        ApplyCache {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            young_bytes: 0,
+            bytes_max,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// `Some(value)` when cached (`Some(None)`: known absent).
+    pub fn get(&mut self, family: Family, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        if self.bytes_max == 0 || !cacheable(family) {
+            return None;
+        }
+        let k = (family, key.to_vec());
+        if let Some(v) = self.young.get(&k) {
+            self.hits += 1;
+            return Some(v.clone());
+        }
+        match self.old.remove(&k) {
+            Some(v) => {
+                self.hits += 1;
+                self.insert_key(k, v.clone());
+                Some(v)
+            }
+            None => {
+                self.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// Record `family/key = value` (a read from RocksDB, or a write about
+    /// to be committed).
+    pub fn insert(&mut self, family: Family, key: &[u8], value: Option<Vec<u8>>) {
+        if self.bytes_max == 0 || !cacheable(family) {
+            return;
+        }
+        let k = (family, key.to_vec());
+        self.old.remove(&k);
+        self.insert_key(k, value);
+    }
+
+    fn insert_key(&mut self, k: Key, value: Option<Vec<u8>>) {
+        let size = size_of(&k, &value);
+        if size > self.bytes_max / 2 {
+            self.young.remove(&k);
+            return;
+        }
+        if self.young_bytes + size > self.bytes_max / 2 {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+        }
+        self.young_bytes += size;
+        self.young.insert(k, value);
+    }
+
+    /// Hits and misses since the last call (for the metrics).
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        let counts = (self.hits, self.misses);
+        self.hits = 0;
+        self.misses = 0;
+        counts
+    }
+
+    /// Forget everything (a failed write, a snapshot install).
+    pub fn clear(&mut self) {
+        self.young.clear();
+        self.old.clear();
+        self.young_bytes = 0;
+    }
+
+    /// Entries held (both generations; a key is in at most one).
+    pub fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_misses_and_absent_values() {
+        let mut c = ApplyCache::new(1 << 20);
+        assert_eq!(c.get(Family::Accounts, b"A"), None);
+        c.insert(Family::Accounts, b"A", Some(b"v1".to_vec()));
+        c.insert(Family::Cards, b"C", None);
+        assert_eq!(c.get(Family::Accounts, b"A"), Some(Some(b"v1".to_vec())));
+        assert_eq!(c.get(Family::Cards, b"C"), Some(None));
+        // Same key, other family: not confused.
+        assert_eq!(c.get(Family::Cards, b"A"), None);
+        c.insert(Family::Accounts, b"A", Some(b"v2".to_vec()));
+        assert_eq!(c.get(Family::Accounts, b"A"), Some(Some(b"v2".to_vec())));
+    }
+
+    #[test]
+    fn request_and_bank_ref_lookups_are_never_cached() {
+        let mut c = ApplyCache::new(1 << 20);
+        c.insert(Family::Requests, b"r", Some(b"x".to_vec()));
+        c.insert(Family::BankRefs, b"b", None);
+        assert_eq!(c.get(Family::Requests, b"r"), None);
+        assert_eq!(c.get(Family::BankRefs, b"b"), None);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn stays_within_its_bound_and_keeps_recently_used_entries() {
+        let bytes_max = 100 * (ENTRY_OVERHEAD_BYTES + 16);
+        let mut c = ApplyCache::new(bytes_max);
+        c.insert(Family::Accounts, b"hot", Some(vec![0; 8]));
+        for i in 0..10_000u64 {
+            c.insert(Family::Accounts, &i.to_be_bytes(), Some(vec![1; 8]));
+            // Touch the hot key now and then: it survives generation flips.
+            if i % 10 == 0 {
+                assert_eq!(c.get(Family::Accounts, b"hot"), Some(Some(vec![0; 8])));
+            }
+            let held: usize = c
+                .young
+                .iter()
+                .chain(c.old.iter())
+                .map(|(k, v)| size_of(k, v))
+                .sum();
+            assert!(held <= bytes_max, "{held} > {bytes_max}");
+        }
+        // Old entries were dropped.
+        assert_eq!(c.get(Family::Accounts, &0u64.to_be_bytes()), None);
+        assert!(c.len() < 200);
+    }
+
+    #[test]
+    fn zero_bytes_disables_it() {
+        let mut c = ApplyCache::new(0);
+        c.insert(Family::Accounts, b"A", Some(b"v".to_vec()));
+        assert_eq!(c.get(Family::Accounts, b"A"), None);
+    }
+}
