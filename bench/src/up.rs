@@ -29,6 +29,10 @@ pub struct UpArgs {
     /// `billdb-node` binary (default: beside this binary, or on PATH).
     #[arg(long)]
     pub node_bin: Option<PathBuf>,
+    /// Linearizable reads: read-index (a quorum round per read, the node
+    /// default) or lease (the leader's lease, no round trip).
+    #[arg(long, value_parser = ["read-index", "lease"])]
+    pub read_policy: Option<String>,
 }
 
 pub fn run(a: UpArgs) -> anyhow::Result<Value> {
@@ -40,7 +44,15 @@ pub fn run(a: UpArgs) -> anyhow::Result<Value> {
         .map_err(|e| anyhow::anyhow!("node-ids: {e}"))?;
     anyhow::ensure!(!ids.is_empty(), "node-ids: at least one");
     let bin = find_node_bin(a.node_bin.as_deref())?;
-    let c = LocalCluster::create(&a.dir, &bin, a.base_port, 1)?;
+    let timings = billdb_client::local::RaftTimings {
+        read_policy: match a.read_policy.as_deref() {
+            Some("lease") => Some(billdb_client::local::ReadPolicy::Lease),
+            Some(_) => Some(billdb_client::local::ReadPolicy::ReadIndex),
+            None => None,
+        },
+        ..Default::default()
+    };
+    let c = LocalCluster::create_with(&a.dir, &bin, a.base_port, 1, timings)?;
     // create() made node 1; replace it when the first id is another.
     for n in ids.iter().filter(|n| **n != 1) {
         c.add_node(*n)?;

@@ -92,6 +92,18 @@ pub struct RaftTimings {
     /// Entries kept behind a snapshot (node default when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs_to_keep_after_snapshot: Option<u64>,
+    /// How linearizable reads confirm leadership (node default, ReadIndex,
+    /// when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_policy: Option<ReadPolicy>,
+}
+
+/// `raft.read_policy` of node.toml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadPolicy {
+    ReadIndex,
+    Lease,
 }
 
 impl Default for RaftTimings {
@@ -102,6 +114,7 @@ impl Default for RaftTimings {
             election_timeout_max_ms: 400,
             snapshot_logs_since_last: None,
             logs_to_keep_after_snapshot: None,
+            read_policy: None,
         }
     }
 }

@@ -454,7 +454,11 @@ impl App {
 
     async fn read_index_local(&self, deadline: Instant) -> Result<u64, ApiError> {
         let left = deadline.saturating_duration_since(Instant::now());
-        let r = tokio::time::timeout(left, self.raft.get_read_linearizer(ReadPolicy::ReadIndex))
+        let policy = match self.config.raft.read_policy {
+            crate::config::ReadPolicyName::ReadIndex => ReadPolicy::ReadIndex,
+            crate::config::ReadPolicyName::Lease => ReadPolicy::LeaseRead,
+        };
+        let r = tokio::time::timeout(left, self.raft.get_read_linearizer(policy))
             .await
             .map_err(|_| unavailable("leadership not confirmed in time (no quorum?)"))?;
         match r {
@@ -505,6 +509,8 @@ impl App {
                 other => break other?,
             }
         };
+        metrics::histogram!("billdb_read_index_obtain_seconds")
+            .record(started.elapsed().as_secs_f64());
         let left = deadline.saturating_duration_since(Instant::now());
         self.raft
             .wait(Some(left))

@@ -33,6 +33,21 @@ pub struct RaftTuning {
     /// Entries in one AppendEntries message.
     #[serde(default = "d_payload")]
     pub max_payload_entries: u64,
+    /// How a linearizable read confirms leadership: `read_index` (a
+    /// heartbeat round to a quorum per read; the default) or `lease` (the
+    /// leader's lease, renewed by a quorum within the last
+    /// `election_timeout_max_ms`: no round trip, but it assumes clocks on
+    /// the nodes advance at about the same rate).
+    #[serde(default)]
+    pub read_policy: ReadPolicyName,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadPolicyName {
+    #[default]
+    ReadIndex,
+    Lease,
 }
 
 // openraft starts an election only once the leader lease (= the maximum
@@ -78,6 +93,7 @@ impl Default for RaftTuning {
             snapshot_log_bytes_since_last: d_snap_log_bytes(),
             install_snapshot_timeout_ms: d_install_timeout(),
             max_payload_entries: d_payload(),
+            read_policy: ReadPolicyName::ReadIndex,
         })
     }
 }
@@ -259,6 +275,8 @@ mod tests {
         assert_eq!(c.node_id, 1);
         assert_eq!(c.raft.heartbeat_interval_ms, 50);
         assert_eq!(c.raft.election_timeout_min_ms, 200);
+        assert_eq!(c.raft.read_policy, ReadPolicyName::ReadIndex);
+        assert_eq!(c.raft.snapshot_log_bytes_since_last, 1 << 30);
         a.node_id = Some(3);
         a.http_addr = Some("127.0.0.1:9003".into());
         let c = Config::load(&a).unwrap();
@@ -274,6 +292,19 @@ mod tests {
         assert!(
             Config::load(&args(Some(p.clone()))).is_err(),
             "heartbeat too close to election timeout"
+        );
+        std::fs::write(&p, format!("{base}[raft]\nread_policy = \"stale\"\n")).unwrap();
+        assert!(
+            Config::load(&args(Some(p.clone()))).is_err(),
+            "unknown read policy"
+        );
+        std::fs::write(&p, format!("{base}[raft]\nread_policy = \"lease\"\n")).unwrap();
+        assert_eq!(
+            Config::load(&args(Some(p.clone())))
+                .unwrap()
+                .raft
+                .read_policy,
+            ReadPolicyName::Lease
         );
         std::fs::write(&p, format!("{base}bogus = 1\n")).unwrap();
         assert!(Config::load(&args(Some(p.clone()))).is_err(), "unknown key");

@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use billdb_client::local::RaftTimings;
+use billdb_client::local::{RaftTimings, ReadPolicy};
 use common::*;
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -581,4 +581,64 @@ fn tokens_and_roles_are_enforced() {
         .post("/v1/payments", &pay_body("ICBC"))
         .expect("bank pays");
     assert_eq!(v["result"], "payment_posted");
+}
+
+/// `raft.read_policy = "lease"`: linearizable reads confirm leadership from
+/// the leader's lease instead of a quorum round. A leader paused (SIGSTOP)
+/// past its lease, replaced, and woken while the others took more writes
+/// must never answer a read from its old state: every read it answers shows
+/// the new writes (or it refuses with UNAVAILABLE).
+#[test]
+fn lease_reads_stay_linearizable_across_a_paused_leader() {
+    let raft = RaftTimings {
+        read_policy: Some(ReadPolicy::Lease),
+        ..RaftTimings::default()
+    };
+    let c = TestCluster::start_with(20000, 5, raft);
+    open_accounts(&c);
+    let all: Vec<NodeId> = (1..=5).collect();
+    write_load(&c, &all, "pre", 40, 2);
+    let old = c.leader();
+    let before = balance(&c, old, &account(0));
+    c.c.pause(old).unwrap();
+    let others: Vec<NodeId> = all.iter().copied().filter(|n| *n != old).collect();
+    // The others elect a leader and take 20 more payments to account 0.
+    for i in 0..20 {
+        pay_until_ok(
+            &c,
+            &others,
+            &format!("post-{i}"),
+            &account(0),
+            "1.00",
+            Duration::from_secs(30),
+        );
+    }
+    let expected = before + Decimal::from(20);
+    assert_eq!(balance(&c, others[0], &account(0)), expected);
+    c.c.resume(old).unwrap();
+    let h = billdb_client::admin::AdminClient::with_timeout(
+        &c.c.http_addr(old).unwrap(),
+        Duration::from_secs(5),
+    )
+    .with_token(Some(c.c.token("ops").unwrap()));
+    let (mut answered, mut refused) = (0, 0);
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        match h.get(&format!("/v1/accounts/{}", account(0))) {
+            Ok(v) => {
+                let seen: Decimal = v["balance"].as_str().unwrap().parse().unwrap();
+                assert_eq!(seen, expected, "the woken old leader answered a stale read");
+                answered += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Some("UNAVAILABLE"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        answered > 0,
+        "no read answered after the pause ({refused} refused)"
+    );
+    assert_ne!(c.leader(), 0);
 }
