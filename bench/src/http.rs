@@ -3,6 +3,7 @@
 //! answers decoded with the same error shape as the `billdb` CLI. Touches
 //! only the network.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use billdb_client::admin::{AdminError, handle_response, normalize_endpoint};
@@ -17,6 +18,9 @@ pub struct Http {
     base: String,
     agent: ureq::Agent,
     auth: Option<String>,
+    /// The leader's HTTP endpoint as the last answer named it
+    /// (`billdb-leader: <id> <http addr>`).
+    leader: Arc<Mutex<Option<String>>>,
 }
 
 /// A failed call: the billdb error code, or `TRANSPORT` when no answer came.
@@ -55,7 +59,33 @@ impl Http {
             base: normalize_endpoint(endpoint),
             agent: config.into(),
             auth: token.map(|t| format!("Bearer {t}")),
+            leader: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// The leader's endpoint (normalised like [`Http::endpoint`]) named by
+    /// the last answer from this node, if any.
+    pub fn leader_hint(&self) -> Option<String> {
+        self.leader.lock().ok().and_then(|l| l.clone())
+    }
+
+    fn answer(
+        &self,
+        url: &str,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value, AdminError> {
+        if let Ok(r) = &resp {
+            let hint = r
+                .headers()
+                .get(billdb_api::LEADER_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split_once(' '))
+                .map(|(_, addr)| normalize_endpoint(addr));
+            if let (Some(hint), Ok(mut l)) = (hint, self.leader.lock()) {
+                *l = Some(hint);
+            }
+        }
+        handle_response(url, resp)
     }
 
     pub fn endpoint(&self) -> &str {
@@ -69,7 +99,7 @@ impl Http {
             req = req.header("authorization", h);
         }
         let resp = req.call();
-        handle_response(&url, resp)
+        self.answer(&url, resp)
     }
 
     /// `POST` (or `PUT` with `put`) a JSON body given as text.
@@ -85,7 +115,7 @@ impl Http {
             req = req.header("authorization", h);
         }
         let resp = req.send(body);
-        handle_response(&url, resp)
+        self.answer(&url, resp)
     }
 
     pub fn post(&self, path: &str, body: &str) -> Result<Value, AdminError> {

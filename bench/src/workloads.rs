@@ -106,6 +106,9 @@ pub struct Ctx {
     pub rng: ChaCha8Rng,
     pub nodes: Vec<Http>,
     pub first: usize,
+    /// Send the next request to the node the last answer named as leader
+    /// (as the Rust client does); off when the run is pinned to one node.
+    pub follow_leader: bool,
     pub stats: Stats,
     pub counters: BTreeMap<String, u64>,
     pub run: String,
@@ -131,6 +134,16 @@ impl Ctx {
             Method::Get => h.get(path),
             Method::Post(body) => h.post(path, body),
         };
+        let hint = if self.follow_leader {
+            h.leader_hint()
+        } else {
+            None
+        };
+        if let Some(leader) = hint
+            && let Some(i) = self.nodes.iter().position(|n| n.endpoint() == leader)
+        {
+            self.first = i;
+        }
         match r {
             Ok(v) => {
                 self.stats.ok(op, t.elapsed().as_micros() as u64);
@@ -217,6 +230,7 @@ where
             ),
             nodes,
             first: 0,
+            follow_leader: node.is_none(),
             stats: Stats::default(),
             counters: BTreeMap::new(),
             run: run.clone(),

@@ -181,6 +181,7 @@ fn load_and_every_workload_at_tiny_scale() {
     );
     assert_eq!(count(&v, "long_history"), 20, "{v}");
     assert_eq!(count(&v, "one_month"), 20, "{v}");
+    assert_eq!(count(&v, "long_history_2calls"), 20, "{v}");
     assert_eq!(v["extra"]["long_history_records"], 24, "{v}");
     assert!(
         v["extra"]["long_recent_records"].as_u64().unwrap_or(0) >= 1,

@@ -184,6 +184,12 @@ impl App {
             .map(|(id, info)| format!("{id} {}", info.grpc_addr))
     }
 
+    /// `"<leader id> <leader http addr>"`: the same hint for HTTP answers.
+    pub fn leader_hint_http(&self) -> Option<String> {
+        self.leader()
+            .map(|(id, info)| format!("{id} {}", info.http_addr))
+    }
+
     /// Resolves (with the UNAVAILABLE to answer) once `leader` no longer
     /// leads as this node sees it: another or no leader is known, or — when
     /// this node is `leader` — it has not heard from a quorum for twice the

@@ -35,6 +35,27 @@ fn raw(addr: &str, method: &str, path: &str, body: &str, token: &str) -> (u16, V
     (status, v)
 }
 
+/// GET `path` and return (status, the response's header lines, lowercased).
+fn raw_headers(addr: &str, path: &str, token: &str) -> (u16, Vec<String>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let head = out.split("\r\n\r\n").next().unwrap_or_default();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|x| x.parse().ok())
+        .expect("status line");
+    (status, lines.map(|l| l.to_ascii_lowercase()).collect())
+}
+
 fn code<T: std::fmt::Debug>(r: Result<T, billdb_client::admin::AdminError>) -> String {
     match r {
         Ok(v) => panic!("expected a refusal, got {v:?}"),
@@ -112,6 +133,22 @@ fn every_operation_happy_path_and_refusals() {
     let auditor = c.http_as(5, "auditor");
 
     setup_tariff(&api, "T1", "0.50");
+    // Every HTTP answer, refusals too, names the leader and its HTTP
+    // address, so clients can skip the forwarding hop.
+    let leader = c.leader();
+    let want = format!("billdb-leader: {leader} {}", c.c.http_addr(leader).unwrap());
+    let token = c.c.token("ops").unwrap();
+    for n in 1..=5 {
+        let addr = c.c.http_addr(n).unwrap();
+        for (path, status) in [("/v1/accounts/NOPE", 404), ("/v1/tariffs/T1", 405)] {
+            let (got, headers) = raw_headers(&addr, path, &token);
+            assert_eq!(got, status, "{path} on node {n}");
+            assert!(
+                headers.contains(&want),
+                "node {n} {path}: {headers:?} lacks {want:?}"
+            );
+        }
+    }
     let v = open(&counter, "A1", "T1");
     assert_eq!(v["result"], "account_opened");
     // Replayed open: the original outcome at its original log index; open

@@ -109,8 +109,32 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/requests/{request_id}", get(get_request))
         .fallback(|| async { HttpError(ApiError::new(ErrorCode::NotFound, "no such route")) })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            leader_header,
+        ))
         .layer(axum::middleware::from_fn(record_latency))
         .with_state(state)
+}
+
+/// Every answer (refusals too) names the leader as
+/// `billdb-leader: <id> <http addr>`, so an HTTP client can send its next
+/// request there and skip the forwarding hop, as the gRPC client does.
+async fn leader_header(
+    State(state): State<HttpState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    if let Some(value) = state
+        .app
+        .leader_hint_http()
+        .and_then(|h| axum::http::HeaderValue::from_str(&h).ok())
+    {
+        resp.headers_mut()
+            .insert(billdb_api::LEADER_METADATA, value);
+    }
+    resp
 }
 
 /// Request latency per route template and status (Prometheus histogram).

@@ -30,6 +30,9 @@ pub struct Status {
     /// Leader only: per follower, matched index and lag in entries.
     pub replication: BTreeMap<NodeId, Replication>,
     pub db_size_bytes: u64,
+    /// How this node confirms leadership for linearizable reads
+    /// (`read_index` or `lease`, from `raft.read_policy`).
+    pub read_policy: crate::config::ReadPolicyName,
 }
 
 pub fn status(app: &App) -> Status {
@@ -79,6 +82,7 @@ pub fn status(app: &App) -> Status {
         nodes: membership.nodes().map(|(k, v)| (*k, v.clone())).collect(),
         replication,
         db_size_bytes: app.db_size_bytes(),
+        read_policy: app.config.raft.read_policy,
     }
 }
 

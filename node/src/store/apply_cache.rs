@@ -9,9 +9,11 @@
 //!
 //! Coherence: only the apply task and snapshot install touch the domain
 //! families, and both go through [`super::state_machine`]. A read that
-//! misses is filled from RocksDB's committed state; every batch apply writes
-//! updates the cache before the batch is written, and the cache is cleared
-//! when that write fails and around a snapshot install. Values are bytes, so
+//! misses is filled from RocksDB's committed state (values only: a key
+//! found absent is not remembered); every batch apply writes updates the
+//! entries the cache already holds before the batch is written (a key only
+//! written, like an imported account, is not brought in), and the cache is
+//! cleared when that write fails and around a snapshot install. Values are bytes, so
 //! what apply decodes is exactly what RocksDB holds: the cache changes
 //! speed, never results (apply stays deterministic; the map is only looked
 //! up, never iterated).
@@ -90,15 +92,29 @@ impl ApplyCache {
         }
     }
 
-    /// Record `family/key = value` (a read from RocksDB, or a write about
-    /// to be committed).
-    pub fn insert(&mut self, family: Family, key: &[u8], value: Option<Vec<u8>>) {
+    /// Remember `family/key = value`, read from RocksDB.
+    pub fn insert(&mut self, family: Family, key: &[u8], value: Vec<u8>) {
         if self.bytes_max == 0 || !cacheable(family) {
             return;
         }
         let k = (family, key.to_vec());
         self.old.remove(&k);
-        self.insert_key(k, value);
+        self.insert_key(k, Some(value));
+    }
+
+    /// A write about to be committed: update the entry if the cache holds
+    /// the key (`None`: deleted), leave the cache alone otherwise.
+    pub fn update(&mut self, family: Family, key: &[u8], value: Option<Vec<u8>>) {
+        if self.bytes_max == 0 || !cacheable(family) {
+            return;
+        }
+        let k = (family, key.to_vec());
+        if let Some(slot) = self.young.get_mut(&k) {
+            *slot = value;
+        } else if self.old.contains_key(&k) {
+            self.old.remove(&k);
+            self.insert_key(k, value);
+        }
     }
 
     fn insert_key(&mut self, k: Key, value: Option<Vec<u8>>) {
@@ -148,21 +164,25 @@ mod tests {
     fn hits_misses_and_absent_values() {
         let mut c = ApplyCache::new(1 << 20);
         assert_eq!(c.get(Family::Accounts, b"A"), None);
-        c.insert(Family::Accounts, b"A", Some(b"v1".to_vec()));
-        c.insert(Family::Cards, b"C", None);
+        c.insert(Family::Accounts, b"A", b"v1".to_vec());
         assert_eq!(c.get(Family::Accounts, b"A"), Some(Some(b"v1".to_vec())));
-        assert_eq!(c.get(Family::Cards, b"C"), Some(None));
         // Same key, other family: not confused.
         assert_eq!(c.get(Family::Cards, b"A"), None);
-        c.insert(Family::Accounts, b"A", Some(b"v2".to_vec()));
+        // Writes update what is cached, and deletions are remembered...
+        c.update(Family::Accounts, b"A", Some(b"v2".to_vec()));
         assert_eq!(c.get(Family::Accounts, b"A"), Some(Some(b"v2".to_vec())));
+        c.update(Family::Accounts, b"A", None);
+        assert_eq!(c.get(Family::Accounts, b"A"), Some(None));
+        // ...but a key only written is not brought in.
+        c.update(Family::Cards, b"C", Some(b"x".to_vec()));
+        assert_eq!(c.get(Family::Cards, b"C"), None);
     }
 
     #[test]
     fn request_and_bank_ref_lookups_are_never_cached() {
         let mut c = ApplyCache::new(1 << 20);
-        c.insert(Family::Requests, b"r", Some(b"x".to_vec()));
-        c.insert(Family::BankRefs, b"b", None);
+        c.insert(Family::Requests, b"r", b"x".to_vec());
+        c.insert(Family::BankRefs, b"b", b"y".to_vec());
         assert_eq!(c.get(Family::Requests, b"r"), None);
         assert_eq!(c.get(Family::BankRefs, b"b"), None);
         assert!(c.is_empty());
@@ -172,9 +192,9 @@ mod tests {
     fn stays_within_its_bound_and_keeps_recently_used_entries() {
         let bytes_max = 100 * (ENTRY_OVERHEAD_BYTES + 16);
         let mut c = ApplyCache::new(bytes_max);
-        c.insert(Family::Accounts, b"hot", Some(vec![0; 8]));
+        c.insert(Family::Accounts, b"hot", vec![0; 8]);
         for i in 0..10_000u64 {
-            c.insert(Family::Accounts, &i.to_be_bytes(), Some(vec![1; 8]));
+            c.insert(Family::Accounts, &i.to_be_bytes(), vec![1; 8]);
             // Touch the hot key now and then: it survives generation flips.
             if i % 10 == 0 {
                 assert_eq!(c.get(Family::Accounts, b"hot"), Some(Some(vec![0; 8])));
@@ -195,7 +215,7 @@ mod tests {
     #[test]
     fn zero_bytes_disables_it() {
         let mut c = ApplyCache::new(0);
-        c.insert(Family::Accounts, b"A", Some(b"v".to_vec()));
+        c.insert(Family::Accounts, b"A", b"v".to_vec());
         assert_eq!(c.get(Family::Accounts, b"A"), None);
     }
 }

@@ -65,8 +65,8 @@ impl<'a> RocksTxn<'a> {
         }
     }
 
-    /// Move the writes into `batch`; the cache learns them now, so the
-    /// caller must clear it if writing the batch fails.
+    /// Move the writes into `batch`; cached entries learn them now, so the
+    /// caller must clear the cache if writing the batch fails.
     fn into_batch(self, batch: &mut WriteBatch) -> Result<(), std::io::Error> {
         let mut cache = match self.cache {
             Some(c) => Some(c.lock().map_err(io_err)?),
@@ -79,7 +79,7 @@ impl<'a> RocksTxn<'a> {
                 None => batch.delete_cf(cf, &key),
             }
             if let Some(c) = cache.as_mut() {
-                c.insert(family, &key, value);
+                c.update(family, &key, value);
             }
         }
         Ok(())
@@ -105,7 +105,9 @@ impl Get for RocksTxn<'_> {
             .db
             .get_cf(cf(self.db, family.name())?, key)
             .map_err(io_err)?;
-        cache.insert(family, key, v.clone());
+        if let Some(v) = &v {
+            cache.insert(family, key, v.clone());
+        }
         Ok(v)
     }
 }
