@@ -612,6 +612,82 @@ mod tests {
         }
     }
 
+    fn open_op(acct: &str) -> Op {
+        Op::OpenAccount {
+            account_id: acct.into(),
+            name: String::new(),
+            address: String::new(),
+            branch: "b".into(),
+            utility: "water".into(),
+            meter_id: String::new(),
+            tariff_id: String::new(),
+        }
+    }
+
+    fn pay_op(acct: &str, i: i64) -> Op {
+        Op::Payment {
+            account_id: acct.into(),
+            amount: rust_decimal::Decimal::new(100, 2),
+            bank_code: "BK".into(),
+            bank_ref: format!("{acct}-{i}"),
+        }
+    }
+
+    /// Apply `cmds` through the state machine's cached transaction and
+    /// commit them the way `apply` does.
+    fn apply_cached(sm: &StateMachine, first_index: u64, cmds: &[Command]) {
+        let mut txn = RocksTxn::cached(&sm.db, &sm.cache);
+        for (i, c) in cmds.iter().enumerate() {
+            domain::apply(&mut txn, first_index + i as u64, c).unwrap();
+        }
+        let mut batch = WriteBatch::default();
+        txn.into_batch(&mut batch).unwrap();
+        sm.db.write(batch).unwrap();
+    }
+
+    fn cached_balance(sm: &StateMachine, acct: &str) -> rust_decimal::Decimal {
+        let txn = RocksTxn::cached(&sm.db, &sm.cache);
+        domain::get_account(&txn, acct).unwrap().unwrap().balance
+    }
+
+    /// The apply cache never outlives the state it was filled from: after a
+    /// snapshot install replaces the families, apply reads the installed
+    /// values, not what it had cached; and a write updates what it caches.
+    #[test]
+    fn apply_cache_follows_writes_and_is_dropped_by_a_snapshot_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open_db(&dir.path().join("db")).unwrap();
+        let sm = StateMachine::open(db.clone(), dir.path().join("snapshots")).unwrap();
+        let mut cmds = vec![cmd("o", 1, open_op("A"))];
+        cmds.extend((0..3).map(|i| cmd(&format!("p{i}"), 10 + i, pay_op("A", i))));
+        apply_cached(&sm, 1, &cmds);
+        assert_eq!(cached_balance(&sm, "A"), rust_decimal::Decimal::new(300, 2));
+        assert!(
+            !sm.cache.lock().unwrap().is_empty(),
+            "the account was read, so cached"
+        );
+        let (meta, path) = build_snapshot_blocking(&sm.db, &sm.snap_dir).unwrap();
+
+        // More payments: the cached account follows each write.
+        let more: Vec<Command> = (3..8)
+            .map(|i| cmd(&format!("p{i}"), 10 + i, pay_op("A", i)))
+            .collect();
+        apply_cached(&sm, 10, &more);
+        assert_eq!(cached_balance(&sm, "A"), rust_decimal::Decimal::new(800, 2));
+        let uncached = domain::get_account(&RocksTxn::new(&sm.db), "A")
+            .unwrap()
+            .unwrap();
+        assert_eq!(uncached.balance, rust_decimal::Decimal::new(800, 2));
+
+        // Back to the snapshot (as a follower installing one would be).
+        sm.load_snapshot_file(&path, &meta).unwrap();
+        assert!(sm.cache.lock().unwrap().is_empty());
+        assert_eq!(cached_balance(&sm, "A"), rust_decimal::Decimal::new(300, 2));
+        // Replaying the later payments from the log gives the same state.
+        apply_cached(&sm, 10, &more);
+        assert_eq!(cached_balance(&sm, "A"), rust_decimal::Decimal::new(800, 2));
+    }
+
     /// The RocksDB read view scans exactly like the in-memory one: bounds,
     /// direction, limits, paging and the segment cut.
     #[test]
