@@ -69,7 +69,24 @@ fn random_seed() -> u64 {
     }
 }
 
+/// First SIGINT/SIGTERM: finish the run early but cleanly (see
+/// `run::STOP_REQUESTED`). Second: leave at once, nodes and firewall rules
+/// behind (the next run on the same port removes a stale chain).
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    if run::STOP_REQUESTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(130) };
+    }
+}
+
 fn main() -> ExitCode {
+    let handler: extern "C" fn(libc::c_int) = on_stop_signal;
+    // SAFETY: the handler only touches an atomic and calls _exit, both
+    // async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    }
     match real_main() {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

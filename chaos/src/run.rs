@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
@@ -481,6 +482,12 @@ pub fn write_history(path: &Path, ops: &[Op], events: &[NemesisEvent]) -> Result
 /// only when the harness itself cannot work (no binary, ports taken, no
 /// root for partitions, setup failed); faults the cluster mishandles show up
 /// as failures in the report.
+/// Set (by the binary's SIGINT/SIGTERM handler) to end a run early: no new
+/// fault starts, and the run heals, stops its workload, checks what it
+/// recorded and cleans up (nodes stopped, iptables chain removed) as at the
+/// end of a full run.
+pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
 pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport> {
     ensure!(cfg.accounts > 0, "need at least one account");
     ensure!(
@@ -536,6 +543,13 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport>
     let mut events = Vec::new();
     for step in Schedule::new(cfg.seed, cfg.nemeses.clone(), once) {
         if !once && Instant::now() >= deadline {
+            break;
+        }
+        if STOP_REQUESTED.load(Ordering::SeqCst) {
+            progress(&format!(
+                "[{:>6.1}s] interrupted: healing, stopping the workload, checking what was recorded",
+                run_start.elapsed().as_secs_f64()
+            ));
             break;
         }
         let ev = nemesis::execute(&mut h, &step);
