@@ -2,9 +2,14 @@
 //! consistent RocksDB view, streamed in bounded chunks, verified and
 //! installed.
 //!
-//! File layout (all integers big-endian):
-//! `MAGIC` · repeated { family index u8 · key len u32 · key · value len u32 · value }
-//! · `0xFF` · entry count u64 · SHA-256 of every preceding byte (32 bytes).
+//! File layout (all integers big-endian): `MAGIC` (8 bytes, plain), then
+//! one LZ4 frame holding repeated { family index u8 · key len u32 · key ·
+//! value len u32 · value } · `0xFF` · entry count u64 · SHA-256 of the magic
+//! and every uncompressed byte before it (32 bytes). Files written before
+//! compression (`MAGIC_V1`) hold the same bytes uncompressed and are still
+//! read. Compression: the state is mostly decimal strings and repeated key
+//! prefixes, and the uncompressed file was about twice RocksDB's size on
+//! every node (3.1 GB beside 1.7 GB at 7.8 M records).
 //!
 //! May touch only files under the node's `snapshots/` directory.
 
@@ -18,7 +23,9 @@ use sha2::{Digest, Sha256};
 
 use super::io_err;
 
-pub const MAGIC: &[u8; 8] = b"BILLSNP1";
+pub const MAGIC: &[u8; 8] = b"BILLSNP2";
+/// Uncompressed files of earlier versions.
+pub const MAGIC_V1: &[u8; 8] = b"BILLSNP1";
 const END_MARK: u8 = 0xFF;
 /// Largest key or value a snapshot may carry (guards against a corrupt length).
 const ITEM_SIZE_BYTES_MAX: usize = 64 << 20;
@@ -72,20 +79,22 @@ pub type SnapshotItem = (u8, Vec<u8>, Vec<u8>);
 
 /// Streams `(family index, key, value)` into a snapshot file.
 pub struct SnapshotWriter {
-    out: BufWriter<File>,
+    out: lz4_flex::frame::FrameEncoder<BufWriter<File>>,
     hasher: Sha256,
     count: u64,
 }
 
 impl SnapshotWriter {
     pub fn create(path: &Path) -> Result<Self, std::io::Error> {
-        let mut w = SnapshotWriter {
-            out: BufWriter::with_capacity(1 << 20, File::create(path)?),
-            hasher: Sha256::new(),
+        let mut file = BufWriter::with_capacity(1 << 20, File::create(path)?);
+        file.write_all(MAGIC)?;
+        let mut hasher = Sha256::new();
+        hasher.update(MAGIC);
+        Ok(SnapshotWriter {
+            out: lz4_flex::frame::FrameEncoder::new(file),
+            hasher,
             count: 0,
-        };
-        w.write_raw(MAGIC)?;
-        Ok(w)
+        })
     }
 
     fn write_raw(&mut self, bytes: &[u8]) -> Result<(), std::io::Error> {
@@ -116,7 +125,8 @@ impl SnapshotWriter {
         self.write_raw(&count.to_be_bytes())?;
         let digest = self.hasher.clone().finalize();
         self.out.write_all(&digest)?;
-        let file = self.out.into_inner().map_err(|e| io_err(e.error()))?;
+        let buffered = self.out.finish().map_err(io_err)?;
+        let file = buffered.into_inner().map_err(|e| io_err(e.error()))?;
         file.sync_all()?;
         Ok(count)
     }
@@ -124,7 +134,7 @@ impl SnapshotWriter {
 
 /// Read a snapshot file item by item, checking the trailer.
 pub struct SnapshotReader {
-    input: BufReader<File>,
+    input: Box<dyn Read + Send>,
     hasher: Sha256,
     count: u64,
     done: bool,
@@ -132,21 +142,27 @@ pub struct SnapshotReader {
 
 impl SnapshotReader {
     pub fn open(path: &Path) -> Result<Self, std::io::Error> {
-        let mut r = SnapshotReader {
-            input: BufReader::with_capacity(1 << 20, File::open(path)?),
-            hasher: Sha256::new(),
-            count: 0,
-            done: false,
-        };
+        let mut file = BufReader::with_capacity(1 << 20, File::open(path)?);
         let mut magic = [0u8; 8];
-        r.read_hashed(&mut magic)?;
-        if &magic != MAGIC {
+        file.read_exact(&mut magic)?;
+        let input: Box<dyn Read + Send> = if &magic == MAGIC {
+            Box::new(lz4_flex::frame::FrameDecoder::new(file))
+        } else if &magic == MAGIC_V1 {
+            Box::new(file)
+        } else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 "not a billdb snapshot file",
             ));
-        }
-        Ok(r)
+        };
+        let mut hasher = Sha256::new();
+        hasher.update(magic);
+        Ok(SnapshotReader {
+            input,
+            hasher,
+            count: 0,
+            done: false,
+        })
     }
 
     fn read_hashed(&mut self, buf: &mut [u8]) -> Result<(), std::io::Error> {
@@ -235,6 +251,65 @@ mod tests {
         assert!(verify(&p).is_err());
         // Truncated file: refused too.
         std::fs::write(&p, &bytes[..bytes.len() - 5]).unwrap();
+        assert!(verify(&p).is_err());
+    }
+
+    /// Compressed: a state of decimal strings and shared key prefixes takes
+    /// a fraction of its uncompressed size, and reads back item for item.
+    #[test]
+    fn files_are_compressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.snap");
+        let mut w = SnapshotWriter::create(&p).unwrap();
+        let mut raw_bytes = 0usize;
+        for i in 0..20_000u32 {
+            let key = format!("\x06A{:05}\x00\x00\x01\x7f{i:08}", i % 997);
+            let value = format!(
+                "{{\"amount\":\"{}.{:02}\",\"kind\":\"purchase\"}}",
+                i % 300,
+                i % 100
+            );
+            raw_bytes += 9 + key.len() + value.len();
+            w.add(1, key.as_bytes(), value.as_bytes()).unwrap();
+        }
+        assert_eq!(w.finish().unwrap(), 20_000);
+        let size = std::fs::metadata(&p).unwrap().len() as usize;
+        assert!(size * 3 < raw_bytes, "{size} bytes for {raw_bytes} raw");
+        assert_eq!(verify(&p).unwrap(), 20_000);
+    }
+
+    /// Files written before compression are still read and verified.
+    #[test]
+    fn uncompressed_v1_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.snap");
+        let mut body = MAGIC_V1.to_vec();
+        for (fam, k, v) in [(0u8, &b"k1"[..], &b"v1"[..]), (3, b"k2", b"value two")] {
+            body.push(fam);
+            body.extend((k.len() as u32).to_be_bytes());
+            body.extend(k);
+            body.extend((v.len() as u32).to_be_bytes());
+            body.extend(v);
+        }
+        body.push(END_MARK);
+        body.extend(2u64.to_be_bytes());
+        let digest = Sha256::digest(&body);
+        body.extend(digest);
+        std::fs::write(&p, &body).unwrap();
+        let mut r = SnapshotReader::open(&p).unwrap();
+        assert_eq!(
+            r.next_item().unwrap(),
+            Some((0, b"k1".to_vec(), b"v1".to_vec()))
+        );
+        assert_eq!(
+            r.next_item().unwrap(),
+            Some((3, b"k2".to_vec(), b"value two".to_vec()))
+        );
+        assert_eq!(r.next_item().unwrap(), None);
+        // A wrong digest in an old file is still caught.
+        let n = body.len();
+        body[n - 1] ^= 1;
+        std::fs::write(&p, &body).unwrap();
         assert!(verify(&p).is_err());
     }
 }
