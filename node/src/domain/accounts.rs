@@ -37,6 +37,8 @@ pub struct Account {
     pub last_card_seq: u64,
     /// `seq` of the newest purchase record, if any.
     pub last_purchase_seq: Option<u64>,
+    /// That purchase, summarised (see [`LastPurchase`]).
+    pub last_purchase: Option<LastPurchase>,
     /// The active card, if any (one meter, one card).
     pub active_card: Option<String>,
     /// Generation of the newest card issued to this account (0: none).
@@ -45,7 +47,42 @@ pub struct Account {
     pub season: Option<AccountSeason>,
 }
 
+/// The account's newest purchase, kept beside the account so a sale's
+/// duplicate check and unloaded-credit check read no record: always equal
+/// to that record and its `RecordMeta` (a purchase sets it; confirming the
+/// credit loaded, and reversing the purchase, update it; the domain property
+/// test checks the equality after every step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastPurchase {
+    pub seq: u64,
+    pub card_no: String,
+    pub amount: Decimal,
+    pub ts_ms: i64,
+    pub request_id: String,
+    pub loaded: bool,
+    pub reversed: bool,
+}
+
+impl LastPurchase {
+    pub(crate) fn of(r: &super::ledger::Record, loaded: bool) -> Self {
+        LastPurchase {
+            seq: r.seq,
+            card_no: r.card_no.clone(),
+            amount: r.amount,
+            ts_ms: r.ts_ms,
+            request_id: r.request_id.clone(),
+            loaded,
+            reversed: false,
+        }
+    }
+}
+
 impl Account {
+    /// The summary of purchase `seq`, when it is the newest purchase.
+    pub(crate) fn last_purchase_mut(&mut self, seq: u64) -> Option<&mut LastPurchase> {
+        self.last_purchase.as_mut().filter(|l| l.seq == seq)
+    }
+
     pub fn is_closed(&self) -> bool {
         self.status == "closed"
     }
@@ -163,6 +200,7 @@ pub(crate) fn open<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
         last_seq: 0,
         last_card_seq: 0,
         last_purchase_seq: None,
+        last_purchase: None,
         active_card: None,
         card_generation: 0,
         season: None,

@@ -285,7 +285,7 @@ pub fn verify_card<R: ReadView + ?Sized>(
             ErrorCode::AccountSuspended,
             "the account is suspended".to_string(),
         )
-    } else if let Some(seq) = unloaded_purchase(view, &account)? {
+    } else if let Some(seq) = unloaded_purchase(&account) {
         check.unloaded_record_id = Some(ledger::record_id(&account.account_id, seq));
         (
             ErrorCode::CreditNotLoaded,
@@ -305,15 +305,9 @@ pub fn verify_card<R: ReadView + ?Sized>(
 
 /// The seq of the account's latest purchase if its credit was not loaded
 /// (and it was not reversed).
-pub(crate) fn unloaded_purchase<G: Get + ?Sized>(
-    view: &G,
-    account: &Account,
-) -> Result<Option<u64>, std::io::Error> {
-    let Some(seq) = account.last_purchase_seq else {
-        return Ok(None);
-    };
-    Ok(match ledger::meta(view, &account.account_id, seq)? {
-        Some(m) if !m.loaded && m.reversed_by.is_none() => Some(seq),
+pub(crate) fn unloaded_purchase(account: &Account) -> Option<u64> {
+    match &account.last_purchase {
+        Some(l) if !l.loaded && !l.reversed => Some(l.seq),
         _ => None,
-    })
+    }
 }

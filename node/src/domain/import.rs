@@ -203,6 +203,7 @@ fn import_account<T: Txn>(
         last_seq: 0,
         last_card_seq: 0,
         last_purchase_seq: None,
+        last_purchase: None,
         active_card: None,
         card_generation: 0,
         season: None,
@@ -320,6 +321,7 @@ fn import_record<T: Txn>(
     let rec = ledger::post_with(txn, &mut account, rec, true, Some(&mut pending.reports))?;
     if rec.kind == "purchase" {
         account.last_purchase_seq = Some(rec.seq);
+        account.last_purchase = Some(accounts::LastPurchase::of(&rec, true));
     }
     *pending.account(txn, &r.account_id)? = account;
     Ok(())

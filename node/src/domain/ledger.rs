@@ -282,6 +282,9 @@ pub(crate) fn reverse<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     let rec = post(txn, &mut account, rec, true)?;
     orig_meta.reversed_by = Some(rec.seq);
     put_meta(txn, &orig.account_id, orig.seq, &orig_meta)?;
+    if let Some(l) = account.last_purchase_mut(orig.seq) {
+        l.reversed = true;
+    }
     accounts::save(txn, &account)?;
     Ok(Outcome::RecordPosted {
         record: Box::new(rec),

@@ -12,7 +12,7 @@ use billdb_api::tariff::{self, PurchaseBy, YEAR_UNITS_MAX};
 
 use super::accounts::{self, Account};
 use super::cards;
-use super::ledger::{self, Record};
+use super::ledger;
 use super::tariffs;
 use super::txn::{Get, Txn};
 use super::{Buy, Ctx, Op, Outcome, Res, add, calendar, refuse};
@@ -49,17 +49,6 @@ fn resolve<G: Get + ?Sized>(
     }
 }
 
-/// The newest purchase record of `account` with its state, if any.
-fn last_purchase<G: Get + ?Sized>(
-    view: &G,
-    account: &Account,
-) -> Result<Option<(Record, ledger::RecordMeta)>, std::io::Error> {
-    match account.last_purchase_seq {
-        Some(seq) => ledger::get_record(view, &account.account_id, seq),
-        None => Ok(None),
-    }
-}
-
 pub(crate) fn purchase<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     let Op::Purchase {
         card_no,
@@ -82,9 +71,9 @@ pub(crate) fn purchase<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     let quote = tariff::price(&tariff, before, by).map_err(ApiError::from)?;
 
     let mut warnings = Vec::new();
-    if let Some((prev, prev_meta)) = last_purchase(txn, &account)?
+    if let Some(prev) = &account.last_purchase
         && !confirm_duplicate
-        && prev_meta.reversed_by.is_none()
+        && !prev.reversed
         && prev.card_no == card_no
         && prev.amount == quote.amount
         && (ctx.ts() - prev.ts_ms).abs() <= DUPLICATE_WINDOW_MS
@@ -98,13 +87,13 @@ pub(crate) fn purchase<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
                 ),
             )
             .with_details(serde_json::json!({
-                "previous_record_id": ledger::record_id(&prev.account_id, prev.seq),
+                "previous_record_id": ledger::record_id(&account.account_id, prev.seq),
                 "previous_request_id": prev.request_id,
                 "previous_ts_ms": prev.ts_ms,
             }))
             .into());
     }
-    if cards::unloaded_purchase(txn, &account)?.is_some() {
+    if cards::unloaded_purchase(&account).is_some() {
         warnings.push(ErrorCode::CreditNotLoaded.as_str().to_string());
     }
     let after = add(before, quote.units)?;
@@ -126,6 +115,7 @@ pub(crate) fn purchase<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     rec.invoice_no = ctx.invoice_no(0);
     let rec = ledger::post(txn, &mut account, rec, false)?;
     account.last_purchase_seq = Some(rec.seq);
+    account.last_purchase = Some(accounts::LastPurchase::of(&rec, false));
     accounts::save(txn, &account)?;
     Ok(Outcome::RecordPosted {
         record: Box::new(rec),
@@ -194,7 +184,7 @@ pub(crate) fn confirm_loaded<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome>
         return Err(std::io::Error::other("confirm_loaded called with another op").into());
     };
     let (orig, mut meta) = ledger::load_record(txn, record_id)?;
-    let account = accounts::load(txn, &orig.account_id)?;
+    let mut account = accounts::load(txn, &orig.account_id)?;
     account.check_writable(true)?;
     if orig.kind != "purchase" {
         return refuse(
@@ -209,6 +199,10 @@ pub(crate) fn confirm_loaded<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome>
     if !already_loaded {
         meta.loaded = true;
         ledger::put_meta(txn, &orig.account_id, orig.seq, &meta)?;
+        if let Some(l) = account.last_purchase_mut(orig.seq) {
+            l.loaded = true;
+            accounts::save(txn, &account)?;
+        }
     }
     Ok(Outcome::CreditLoaded {
         record_id: ledger::record_id(&orig.account_id, orig.seq),
