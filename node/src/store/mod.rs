@@ -116,7 +116,60 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, std::io::Error> {
         cfs.push(ColumnFamilyDescriptor::new(family.name(), o));
     }
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(io_err)?;
+    check_format(&db)?;
     Ok(Arc::new(db))
+}
+
+/// Version of what this build writes into the database (the bincode shapes
+/// of log entries and domain values). 2: accounts carry `last_purchase`.
+pub const DATA_FORMAT: u32 = 2;
+const KEY_FORMAT: &[u8] = b"data_format";
+
+/// A new database gets this build's format; an existing one must already
+/// have it. Data written by another format would fail to decode halfway
+/// through applying the log, so refuse at start with a message instead.
+fn check_format(db: &DB) -> Result<(), std::io::Error> {
+    let meta = cf(db, CF_SM_META)?;
+    match db.get_cf(meta, KEY_FORMAT).map_err(io_err)? {
+        Some(v) => {
+            let found: u32 = decode(&v)?;
+            if found != DATA_FORMAT {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the data directory holds billdb data format {found}; this build reads format {DATA_FORMAT}: use the build that wrote it, or remove the directory and let the node catch up from the cluster"
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        None => {
+            let has_log = db
+                .iterator_cf(cf(db, CF_RAFT_LOG)?, rocksdb::IteratorMode::Start)
+                .next()
+                .is_some();
+            let has_vote = db
+                .iterator_cf(cf(db, CF_RAFT_META)?, rocksdb::IteratorMode::Start)
+                .next()
+                .is_some();
+            let has_state = db
+                .iterator_cf(meta, rocksdb::IteratorMode::Start)
+                .next()
+                .is_some();
+            if has_log || has_vote || has_state {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the data directory was written by an older billdb (data format 1); this build reads format {DATA_FORMAT}: remove the directory (e.g. `billdb local down` and delete it) or use the older build"
+                    ),
+                ));
+            }
+            let mut o = rocksdb::WriteOptions::default();
+            o.set_sync(true);
+            db.put_cf_opt(meta, KEY_FORMAT, encode(&DATA_FORMAT)?, &o)
+                .map_err(io_err)
+        }
+    }
 }
 
 pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, std::io::Error> {
@@ -136,4 +189,49 @@ pub fn db_size_bytes(db: &DB) -> u64 {
         .flatten()
         .unwrap_or(0);
     sst + mem
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new database is stamped with this build's format and reopens; one
+    /// holding Raft data but no stamp (an older build's), or another
+    /// stamp, is refused with a message naming the formats.
+    #[test]
+    fn data_format_is_stamped_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        drop(open_db(&path).unwrap());
+        drop(open_db(&path).unwrap());
+
+        // An older build: Raft data, no stamp.
+        {
+            let db = open_db(&path).unwrap();
+            db.put_cf(cf(&db, CF_RAFT_META).unwrap(), b"vote", b"x")
+                .unwrap();
+            db.delete_cf(cf(&db, CF_SM_META).unwrap(), KEY_FORMAT)
+                .unwrap();
+        }
+        let Err(e) = open_db(&path) else {
+            panic!("older data must be refused")
+        };
+        assert!(e.to_string().contains("data format 1"), "{e}");
+
+        // Another format's stamp.
+        let other = dir.path().join("other");
+        {
+            let db = open_db(&other).unwrap();
+            db.put_cf(
+                cf(&db, CF_SM_META).unwrap(),
+                KEY_FORMAT,
+                encode(&7u32).unwrap(),
+            )
+            .unwrap();
+        }
+        let Err(e) = open_db(&other) else {
+            panic!("another format must be refused")
+        };
+        assert!(e.to_string().contains("format 7"), "{e}");
+    }
 }
