@@ -35,9 +35,7 @@ pub struct Account {
     pub last_seq: u64,
     /// The purchase sequence number last written to the card (0: none).
     pub last_card_seq: u64,
-    /// `seq` of the newest purchase record, if any.
-    pub last_purchase_seq: Option<u64>,
-    /// That purchase, summarised (see [`LastPurchase`]).
+    /// The newest purchase, if any, summarised (see [`LastPurchase`]).
     pub last_purchase: Option<LastPurchase>,
     /// The active card, if any (one meter, one card).
     pub active_card: Option<String>,
@@ -78,6 +76,11 @@ impl LastPurchase {
 }
 
 impl Account {
+    /// `seq` of the newest purchase record, if any.
+    pub fn last_purchase_seq(&self) -> Option<u64> {
+        self.last_purchase.as_ref().map(|l| l.seq)
+    }
+
     /// The summary of purchase `seq`, when it is the newest purchase.
     pub(crate) fn last_purchase_mut(&mut self, seq: u64) -> Option<&mut LastPurchase> {
         self.last_purchase.as_mut().filter(|l| l.seq == seq)
@@ -199,7 +202,6 @@ pub(crate) fn open<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
         closed_ms: None,
         last_seq: 0,
         last_card_seq: 0,
-        last_purchase_seq: None,
         last_purchase: None,
         active_card: None,
         card_generation: 0,

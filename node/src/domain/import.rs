@@ -134,14 +134,18 @@ struct Pending {
 }
 
 impl Pending {
-    fn account<T: Txn>(&mut self, txn: &T, account_id: &str) -> Res<&mut Account> {
-        if !self.accounts.contains_key(account_id) {
-            let account = accounts::load(txn, account_id)?;
-            self.accounts.insert(account_id.to_string(), account);
+    /// The account as this import has left it so far, taken out of the
+    /// map (put it back with `put_account`; on a refusal the whole import
+    /// is dropped, so a taken account needs no putting back).
+    fn take_account<T: Txn>(&mut self, txn: &T, account_id: &str) -> Res<Account> {
+        match self.accounts.remove(account_id) {
+            Some(a) => Ok(a),
+            None => accounts::load(txn, account_id),
         }
-        self.accounts
-            .get_mut(account_id)
-            .ok_or_else(|| std::io::Error::other("import: account just loaded is gone").into())
+    }
+
+    fn put_account(&mut self, account: Account) {
+        self.accounts.insert(account.account_id.clone(), account);
     }
 
     fn add_year_units<T: Txn>(
@@ -202,7 +206,6 @@ fn import_account<T: Txn>(
         closed_ms: a.closed_ms,
         last_seq: 0,
         last_card_seq: 0,
-        last_purchase_seq: None,
         last_purchase: None,
         active_card: None,
         card_generation: 0,
@@ -246,7 +249,7 @@ fn import_record<T: Txn>(
     pending: &mut Pending,
 ) -> Res<()> {
     check_ts(r.ts_ms)?;
-    let mut account = pending.account(txn, &r.account_id)?.clone();
+    let mut account = pending.take_account(txn, &r.account_id)?;
     let signed_ok = r.kind == "adjustment" && !r.amount.is_zero();
     let money_ok = r.amount.scale() <= 2
         && r.amount.abs() <= AMOUNT_MAX
@@ -320,9 +323,8 @@ fn import_record<T: Txn>(
     }
     let rec = ledger::post_with(txn, &mut account, rec, true, Some(&mut pending.reports))?;
     if rec.kind == "purchase" {
-        account.last_purchase_seq = Some(rec.seq);
         account.last_purchase = Some(accounts::LastPurchase::of(&rec, true));
     }
-    *pending.account(txn, &r.account_id)? = account;
+    pending.put_account(account);
     Ok(())
 }

@@ -114,7 +114,6 @@ pub(crate) fn purchase<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     rec.card_seq = account.last_card_seq;
     rec.invoice_no = ctx.invoice_no(0);
     let rec = ledger::post(txn, &mut account, rec, false)?;
-    account.last_purchase_seq = Some(rec.seq);
     account.last_purchase = Some(accounts::LastPurchase::of(&rec, false));
     accounts::save(txn, &account)?;
     Ok(Outcome::RecordPosted {
@@ -141,7 +140,7 @@ pub(crate) fn reissue<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     if orig.kind != "purchase" {
         return nothing(format!("record {record_id:?} is not a purchase"));
     }
-    if account.last_purchase_seq != Some(orig.seq) {
+    if account.last_purchase_seq() != Some(orig.seq) {
         return nothing("only the latest purchase can be re-issued");
     }
     if meta.loaded {
