@@ -697,19 +697,7 @@ mod tests {
         let mut mem = MemTxn::default();
         let mut cmds = Vec::new();
         for acct in ["A", "AB", "B"] {
-            cmds.push(cmd(
-                &format!("o{acct}"),
-                1,
-                Op::OpenAccount {
-                    account_id: acct.into(),
-                    name: String::new(),
-                    address: String::new(),
-                    branch: "b".into(),
-                    utility: "water".into(),
-                    meter_id: String::new(),
-                    tariff_id: String::new(),
-                },
-            ));
+            cmds.push(cmd(&format!("o{acct}"), 1, open_op(acct)));
             for i in 0..30i64 {
                 cmds.push(cmd(
                     &format!("p{acct}{i}"),
