@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use billdb_api::error::{ApiError, ErrorCode};
@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::domain::{Op, Outcome};
+use crate::proposer::{self, ProposeError, Proposer};
 use crate::raft_net::{Channels, decode, encode};
 use crate::types::{Command, NodeId, NodeInfo, Raft};
 
@@ -77,6 +78,14 @@ pub struct AdminReply {
     pub log_index: u64,
 }
 
+fn proposer_limits(config: &Config) -> proposer::Limits {
+    proposer::Limits {
+        commands_max: config.raft.batch_commands_max,
+        bytes_max: config.raft.batch_bytes_max,
+        in_flight_max: config.raft.batch_in_flight_max,
+    }
+}
+
 /// Floor of the silence after which the leader counts a peer as down.
 const LIVE_PEER_SILENCE_MS_MIN: u64 = 2_000;
 
@@ -97,8 +106,8 @@ pub struct App {
     pub config: Arc<Config>,
     pub channels: Channels,
     pub auth: Arc<crate::auth::Auth>,
-    /// Last timestamp this node stamped as leader; stamps never go back.
-    last_ts_ms: Arc<AtomicI64>,
+    /// Batches this node's proposals (group commit) and stamps their time.
+    proposer: Proposer,
     /// When an AppendEntries (heartbeat or entries) last arrived, in ms
     /// since `started`; 0 = never.
     leader_contact_ms: Arc<AtomicU64>,
@@ -116,12 +125,12 @@ impl App {
     ) -> Self {
         App {
             id,
+            proposer: Proposer::start(raft.clone(), proposer_limits(&config)),
             raft,
             db,
             config,
             channels,
             auth,
-            last_ts_ms: Arc::new(AtomicI64::new(0)),
             leader_contact_ms: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         }
@@ -379,16 +388,6 @@ impl App {
         result
     }
 
-    fn stamp(&self) -> i64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        // Monotonic across this leader's proposals.
-        let prev = self.last_ts_ms.fetch_max(now, Ordering::SeqCst);
-        prev.max(now)
-    }
-
     /// Refuse a command naming an unknown account or card without writing
     /// anything. A miss is confirmed after a ReadIndex round (this leader
     /// may not have applied everything committed yet) before refusing.
@@ -422,7 +421,8 @@ impl App {
         }
         let cmd = Command {
             request_id,
-            ts_ms: self.stamp(),
+            // Stamped by the proposer, in log order.
+            ts_ms: 0,
             operator: origin.operator,
             branch: origin.branch,
             channel: origin.channel,
@@ -430,29 +430,25 @@ impl App {
         };
         let left = deadline.saturating_duration_since(Instant::now());
         let started = Instant::now();
-        let r = tokio::time::timeout(left, self.raft.client_write(cmd)).await.map_err(|_| {
+        let r = tokio::time::timeout(left, self.proposer.propose(cmd)).await.map_err(|_| {
             unavailable("not committed in time (no quorum?); the outcome is unknown: retry with the same request_id")
         })?;
         match r {
-            Ok(resp) => {
+            Ok((reply, index)) => {
                 metrics::histogram!("billdb_commit_seconds")
                     .record(started.elapsed().as_secs_f64());
-                let outcome = resp
-                    .data
-                    .outcome
-                    .ok_or_else(|| internal("applied command produced no outcome"))?;
                 // A replayed request answers with its original entry's index.
-                let index = match resp.data.decided_at {
-                    0 => resp.log_id.index,
+                let index = match reply.decided_at {
+                    0 => index,
                     original => original,
                 };
-                Ok((outcome, index))
+                Ok((reply.outcome, index))
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
-            | Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(unavailable(
+            Err(ProposeError::NotLeader) => Err(unavailable(
                 "leadership changed; retry with the same request_id",
             )),
-            Err(e) => Err(internal(e)),
+            Err(ProposeError::Stopped) => Err(unavailable("this node is shutting down")),
+            Err(ProposeError::Internal(e)) => Err(internal(e)),
         }
     }
 

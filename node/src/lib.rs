@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod metrics;
+pub mod proposer;
 pub mod raft_net;
 pub mod raft_service;
 pub mod server;

@@ -35,6 +35,7 @@ pub fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
         max_in_snapshot_log_to_keep: r.logs_to_keep_after_snapshot,
         enable_pre_vote: Some(true),
+        broadcast_submitted_on_append: Some(r.replicate_before_local_fsync),
         ..Default::default()
     };
     Ok(cfg.validate()?)

@@ -1,6 +1,7 @@
 //! The Raft type configuration and the envelope types that cross the Raft
-//! log: [`Command`] (what a client asked, with leader-fixed time) and
-//! [`CommandReply`] (what applying it produced).
+//! log: a [`Batch`] of [`Command`]s (what clients asked, with leader-fixed
+//! time; the leader carries concurrent commands in one entry) and the
+//! [`BatchReply`] (what applying each produced).
 //!
 //! Nothing here does I/O.
 
@@ -53,22 +54,43 @@ impl fmt::Display for Command {
     }
 }
 
-/// The result of applying one log entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+/// The payload of one normal log entry: the commands the leader proposed
+/// together (group commit), applied in order. Never empty when proposed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub commands: Vec<Command>,
+}
+
+impl fmt::Display for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.commands.as_slice() {
+            [one] => write!(f, "Batch[{one}]"),
+            many => write!(f, "Batch[{} commands]", many.len()),
+        }
+    }
+}
+
+/// The result of applying one command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandReply {
-    /// `None` for blank and membership entries.
-    pub outcome: Option<Outcome>,
+    pub outcome: Outcome,
     /// The log index the outcome was decided at: an earlier entry's when the
-    /// request_id was a replay (0 for blank and membership entries).
-    #[serde(default)]
+    /// request_id was a replay.
     pub decided_at: u64,
 }
 
+/// The result of applying one log entry: one reply per command of its
+/// batch, in order (none for blank and membership entries).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct BatchReply {
+    pub replies: Vec<CommandReply>,
+}
+
 openraft::declare_raft_types!(
-    /// billdb's Raft types: u64 node ids, [`NodeInfo`] addresses, [`Command`] entries.
+    /// billdb's Raft types: u64 node ids, [`NodeInfo`] addresses, [`Batch`] entries.
     pub TypeConfig:
-        D = Command,
-        R = CommandReply,
+        D = Batch,
+        R = BatchReply,
         NodeId = NodeId,
         Node = NodeInfo,
 );

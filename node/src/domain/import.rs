@@ -19,10 +19,10 @@ use billdb_api::money::{AMOUNT_MAX, UNITS_MAX};
 use super::accounts::{self, Account};
 use super::calendar::{TS_MAX_MS, TS_MIN_MS};
 use super::cards::{Card, get_card};
-use super::ledger;
 use super::reports::RowDeltas;
 use super::txn::{Family, Txn};
 use super::{Ctx, Fail, Op, Outcome, Res, add, check_id, keys, refuse, seasons, tariffs, write};
+use super::{invoices, ledger};
 
 /// Most accounts + records in one import command.
 pub const IMPORT_ITEMS_MAX: usize = 1000;
@@ -105,14 +105,9 @@ pub(crate) fn import<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     for (i, a) in new_accounts.iter().enumerate() {
         at("accounts", i, import_account(txn, a, season.as_ref()))?;
     }
-    let mut invoices = 0u32;
     let mut pending = Pending::default();
     for (i, r) in records.iter().enumerate() {
-        at(
-            "records",
-            i,
-            import_record(txn, ctx, r, &mut invoices, &mut pending),
-        )?;
+        at("records", i, import_record(txn, ctx, r, &mut pending))?;
     }
     pending.write(txn)?;
     Ok(Outcome::Imported {
@@ -245,7 +240,6 @@ fn import_record<T: Txn>(
     txn: &mut T,
     ctx: &Ctx<'_>,
     r: &ImportRecord,
-    invoices: &mut u32,
     pending: &mut Pending,
 ) -> Res<()> {
     check_ts(r.ts_ms)?;
@@ -318,8 +312,7 @@ fn import_record<T: Txn>(
         }
     }
     if rec.invoice_no.is_empty() && (r.kind == "purchase" || r.kind == "payment") {
-        *invoices += 1;
-        rec.invoice_no = ctx.invoice_no(*invoices);
+        rec.invoice_no = invoices::next_number(txn)?;
     }
     let rec = ledger::post_with(txn, &mut account, rec, true, Some(&mut pending.reports))?;
     if rec.kind == "purchase" {

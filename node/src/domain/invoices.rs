@@ -1,6 +1,7 @@
 //! Invoices: one number per purchase or payment, assigned once when the
-//! record is posted (`INV` ‖ log index, 12 digits; a command issuing several,
-//! i.e. an import, adds `-NNNN`; imported legacy numbers are kept as is).
+//! record is posted (`INV` ‖ 12 digits from one cluster-wide counter, so
+//! numbers are unique and gapless: a refused command writes nothing and
+//! takes no number; imported legacy numbers are kept as is).
 //! Printing is a write because the print count changes: the first print is
 //! the original, every later one a reprint with the same number and its
 //! count. May touch the `invoices` family only.
@@ -37,6 +38,14 @@ pub fn get_invoice<G: Get + ?Sized>(
 }
 
 /// Record the invoice of a newly posted record (its number must be new).
+/// Take the next invoice number.
+pub(crate) fn next_number<T: Txn + ?Sized>(txn: &mut T) -> Res<String> {
+    let last: u64 = read(&*txn, Family::Meta, keys::META_INVOICE_SEQ)?.unwrap_or(0);
+    let n = last + 1;
+    write(txn, Family::Meta, keys::META_INVOICE_SEQ.to_vec(), &n)?;
+    Ok(format!("INV{n:012}"))
+}
+
 pub(crate) fn issue<T: Txn + ?Sized>(txn: &mut T, r: &Record) -> Res<()> {
     if get_invoice(txn, &r.invoice_no)?.is_some() {
         return refuse(

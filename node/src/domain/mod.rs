@@ -375,7 +375,6 @@ pub(crate) fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> Res<T> {
 
 /// What an operation knows about the command it runs for.
 pub(crate) struct Ctx<'a> {
-    pub log_index: u64,
     pub cmd: &'a Command,
 }
 
@@ -403,14 +402,6 @@ impl Ctx<'_> {
             _ => "counter",
         }
         .to_string()
-    }
-    /// The invoice number of the n-th invoice this command issues.
-    pub fn invoice_no(&self, n: u32) -> String {
-        if n == 0 {
-            format!("INV{:012}", self.log_index)
-        } else {
-            format!("INV{:012}-{n:04}", self.log_index)
-        }
     }
 }
 
@@ -530,7 +521,7 @@ pub fn apply_indexed<T: Txn>(
             log_index,
         ));
     }
-    let ctx = Ctx { log_index, cmd };
+    let ctx = Ctx { cmd };
     let mut scratch = Scratch::new(&*txn);
     let result = dispatch(&mut scratch, &ctx);
     let writes = scratch.into_writes();

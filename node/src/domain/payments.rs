@@ -6,9 +6,9 @@ use billdb_api::error::{ApiError, ErrorCode};
 use billdb_api::money::AMOUNT_MAX;
 
 use super::accounts;
-use super::ledger;
 use super::txn::{Family, Txn};
 use super::{Ctx, Op, Outcome, Res, check_amount, check_id, check_text, keys, refuse, write};
+use super::{invoices, ledger};
 
 pub(crate) fn payment<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     let Op::Payment {
@@ -40,7 +40,7 @@ pub(crate) fn payment<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     rec.balance_effect = amount;
     rec.bank_code = bank_code.clone();
     rec.bank_ref = bank_ref.clone();
-    rec.invoice_no = ctx.invoice_no(0);
+    rec.invoice_no = invoices::next_number(txn)?;
     let rec = ledger::post(txn, &mut account, rec, true)?;
     accounts::save(txn, &account)?;
     write(txn, Family::BankRefs, ref_key, &ctx.cmd.request_id)?;

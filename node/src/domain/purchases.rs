@@ -12,10 +12,10 @@ use billdb_api::tariff::{self, PurchaseBy, YEAR_UNITS_MAX};
 
 use super::accounts::{self, Account};
 use super::cards;
-use super::ledger;
 use super::tariffs;
 use super::txn::{Get, Txn};
 use super::{Buy, Ctx, Op, Outcome, Res, add, calendar, refuse};
+use super::{invoices, ledger};
 
 /// Two sales on one card for the same amount closer than this are held as
 /// POSSIBLE_DUPLICATE unless confirmed.
@@ -112,7 +112,7 @@ pub(crate) fn purchase<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     rec.tariff_id = tariff.tariff_id.clone();
     rec.card_no = card_no;
     rec.card_seq = account.last_card_seq;
-    rec.invoice_no = ctx.invoice_no(0);
+    rec.invoice_no = invoices::next_number(txn)?;
     let rec = ledger::post(txn, &mut account, rec, false)?;
     account.last_purchase = Some(accounts::LastPurchase::of(&rec, false));
     accounts::save(txn, &account)?;

@@ -532,7 +532,7 @@ fn purchase_by_money_and_by_units_use_the_ladder_and_year_counter() {
         ("purchase", d("100.00"), d("204.79"))
     );
     assert_eq!((r.card_no.as_str(), r.card_seq, r.seq), ("C1", 1, 1));
-    assert_eq!(r.invoice_no, "INV000000000004");
+    assert_eq!(r.invoice_no, "INV000000000001");
     assert!(warnings.is_empty());
     assert_eq!(year_units(&w.t, "A1", 2026).unwrap(), d("204.79"));
     // By units, crossing into tier 2: priced after the 204.79 bought.
@@ -1448,7 +1448,7 @@ fn bulk_import_keeps_legacy_ids_and_is_all_or_nothing() {
         (rec.channel.as_str(), rec.branch.as_str(), meta.loaded),
         ("import", "b9", true)
     );
-    assert_eq!(rec.invoice_no, format!("INV{:012}-0001", 2));
+    assert_eq!(rec.invoice_no, "INV000000000001");
     assert_eq!(verify_card(&w.t, "LC1", 3, 7, 5).unwrap().verdict, "OK");
     let r = monthly_report(&w.t, "2020-06", GroupBy::Operator).unwrap();
     assert_eq!(r.lines.len(), 3);
@@ -1637,6 +1637,44 @@ fn print_invoice_first_print_then_reprints_with_count() {
         ErrorCode::InvoiceNotFound
     );
     assert_eq!(o.to_json()["record"]["amount"], "10.00");
+}
+
+/// Invoice numbers come from one counter: unique and gapless in log order
+/// across purchases, payments and imports; a refused command takes none,
+/// and a replay answers with the number it took the first time.
+#[test]
+fn invoice_numbers_are_gapless_and_a_refusal_takes_none() {
+    let mut w = World::standard();
+    let o = w.ok("b1", t0(), buy_card("C1", "10.00"));
+    assert_eq!(posted(&o).0.invoice_no, "INV000000000001");
+    w.refused("b2", t0() + 1, buy_card("NO-SUCH-CARD", "10.00"));
+    w.refused("p0", t0() + 1, pay("A1", "-1.00", "R0"));
+    let Outcome::PaymentPosted { invoice_no, .. } = w.ok("p1", t0() + 2, pay("A1", "5.00", "R1"))
+    else {
+        panic!("payment not posted")
+    };
+    assert_eq!(invoice_no, "INV000000000002");
+    let again = w.run("b1", t0(), buy_card("C1", "10.00"));
+    assert_eq!(posted(&again).0.invoice_no, "INV000000000001");
+    w.ok(
+        "imp",
+        t0() + 3,
+        Op::Import {
+            accounts: vec![import_account("IA", None)],
+            records: vec![
+                import_record("IA", "purchase", "1.00", "1", t0() + 3),
+                import_record("IA", "payment", "2.00", "0", t0() + 4),
+            ],
+        },
+    );
+    let (r1, _) = get_record(&w.t, "IA", 1).unwrap().unwrap();
+    let (r2, _) = get_record(&w.t, "IA", 2).unwrap().unwrap();
+    assert_eq!(
+        (r1.invoice_no.as_str(), r2.invoice_no.as_str()),
+        ("INV000000000003", "INV000000000004")
+    );
+    let o = w.ok("b3", t0() + 5, buy_card("C1", "1.00"));
+    assert_eq!(posted(&o).0.invoice_no, "INV000000000005");
 }
 
 // ------------------------------------------------------------------ reports
@@ -2227,7 +2265,7 @@ fn ops_and_outcomes_round_trip_through_bincode() {
             "pr",
             t0(),
             Op::PrintInvoice {
-                invoice_no: format!("INV{:012}", 4),
+                invoice_no: "INV000000000002".into(),
             },
         ),
         w.ok(

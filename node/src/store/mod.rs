@@ -122,8 +122,9 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, std::io::Error> {
 
 /// Version of what this build writes into the database (the bincode shapes
 /// of log entries and domain values). 2: accounts carry `last_purchase`
-/// beside `last_purchase_seq`; 3: `last_purchase` only.
-pub const DATA_FORMAT: u32 = 3;
+/// beside `last_purchase_seq`; 3: `last_purchase` only; 4: log entries
+/// carry a batch of commands, invoice numbers come from one counter.
+pub const DATA_FORMAT: u32 = 4;
 const KEY_FORMAT: &[u8] = b"data_format";
 
 /// A new database gets this build's format; an existing one must already

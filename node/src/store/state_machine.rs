@@ -26,13 +26,15 @@ use super::apply_cache::ApplyCache;
 use super::snapshot::{SnapshotFile, SnapshotReader, SnapshotWriter, verify};
 use super::{CF_SM_META, cf, decode, encode, io_err};
 use crate::domain::{self, FAMILIES, Family, Get, ReadView, Txn};
-use crate::types::{CommandReply, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::types::{BatchReply, CommandReply, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_INSTALLING: &[u8] = b"installing";
 /// Most entries applied in one write batch.
 const APPLY_BATCH_ENTRIES_MAX: usize = 4096;
+/// Most client commands (entries carry batches of them) in one such write.
+const APPLY_BATCH_COMMANDS_MAX: u64 = 4096;
 /// Bytes per write batch when loading a snapshot.
 const INSTALL_BATCH_BYTES_MAX: usize = 8 << 20;
 /// Apply's write-through read cache (see `apply_cache`).
@@ -469,6 +471,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut replies = Vec::new();
         let mut last_applied: Option<LogId> = None;
         let mut membership: Option<StoredMembership> = None;
+        let mut commands = 0u64;
         loop {
             let next = entries.next().await;
             let done = next.is_none();
@@ -476,24 +479,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let (entry, responder) = item?;
                 let log_id = entry.log_id();
                 let reply = match entry.payload {
-                    EntryPayload::Blank => CommandReply::default(),
-                    EntryPayload::Normal(cmd) => {
-                        let (outcome, decided_at) =
-                            domain::apply_indexed(&mut txn, log_id.index, &cmd)?;
-                        CommandReply {
-                            outcome: Some(outcome),
-                            decided_at,
+                    EntryPayload::Blank => BatchReply::default(),
+                    EntryPayload::Normal(batch) => {
+                        let mut replies = Vec::with_capacity(batch.commands.len());
+                        for cmd in &batch.commands {
+                            let (outcome, decided_at) =
+                                domain::apply_indexed(&mut txn, log_id.index, cmd)?;
+                            replies.push(CommandReply {
+                                outcome,
+                                decided_at,
+                            });
                         }
+                        commands += replies.len() as u64;
+                        BatchReply { replies }
                     }
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(log_id), m));
-                        CommandReply::default()
+                        BatchReply::default()
                     }
                 };
                 last_applied = Some(log_id);
                 replies.push((responder, reply));
             }
-            if (done && !replies.is_empty()) || replies.len() >= APPLY_BATCH_ENTRIES_MAX {
+            if (done && !replies.is_empty())
+                || replies.len() >= APPLY_BATCH_ENTRIES_MAX
+                || commands >= APPLY_BATCH_COMMANDS_MAX
+            {
                 let mut batch = WriteBatch::default();
                 let written = std::mem::replace(&mut txn, RocksTxn::cached(&db, &cache))
                     .into_batch(&mut batch)
@@ -514,6 +525,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 metrics::counter!("billdb_apply_cache_hits_total").increment(hits);
                 metrics::counter!("billdb_apply_cache_misses_total").increment(misses);
                 metrics::counter!("billdb_applied_entries_total").increment(replies.len() as u64);
+                metrics::counter!("billdb_applied_commands_total").increment(commands);
+                commands = 0;
                 for (responder, reply) in replies.drain(..) {
                     if let Some(r) = responder {
                         r.send(reply);
