@@ -1,9 +1,9 @@
-//! Blocking HTTP/JSON client for benchmark traffic: one keep-alive
-//! connection pool per client thread, raw string bodies (serialised once),
-//! answers decoded with the same error shape as the `billdb` CLI. Touches
-//! only the network.
+//! Blocking HTTP/JSON client for set-up calls, the bulk load and the card
+//! check (the timed closed loops use [`crate::ahttp`]): one keep-alive
+//! connection pool per thread, raw string bodies (serialised once), answers
+//! decoded with the same error shape as the `billdb` CLI. Touches only the
+//! network.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use billdb_client::admin::{AdminError, handle_response, normalize_endpoint};
@@ -18,9 +18,6 @@ pub struct Http {
     base: String,
     agent: ureq::Agent,
     auth: Option<String>,
-    /// The leader's HTTP endpoint as the last answer named it
-    /// (`billdb-leader: <id> <http addr>`).
-    leader: Arc<Mutex<Option<String>>>,
 }
 
 /// A failed call: the billdb error code, or `TRANSPORT` when no answer came.
@@ -59,33 +56,7 @@ impl Http {
             base: normalize_endpoint(endpoint),
             agent: config.into(),
             auth: token.map(|t| format!("Bearer {t}")),
-            leader: Arc::new(Mutex::new(None)),
         }
-    }
-
-    /// The leader's endpoint (normalised like [`Http::endpoint`]) named by
-    /// the last answer from this node, if any.
-    pub fn leader_hint(&self) -> Option<String> {
-        self.leader.lock().ok().and_then(|l| l.clone())
-    }
-
-    fn answer(
-        &self,
-        url: &str,
-        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<Value, AdminError> {
-        if let Ok(r) = &resp {
-            let hint = r
-                .headers()
-                .get(billdb_api::LEADER_METADATA)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split_once(' '))
-                .map(|(_, addr)| normalize_endpoint(addr));
-            if let (Some(hint), Ok(mut l)) = (hint, self.leader.lock()) {
-                *l = Some(hint);
-            }
-        }
-        handle_response(url, resp)
     }
 
     pub fn endpoint(&self) -> &str {
@@ -99,7 +70,7 @@ impl Http {
             req = req.header("authorization", h);
         }
         let resp = req.call();
-        self.answer(&url, resp)
+        handle_response(&url, resp)
     }
 
     /// `POST` (or `PUT` with `put`) a JSON body given as text.
@@ -115,7 +86,7 @@ impl Http {
             req = req.header("authorization", h);
         }
         let resp = req.send(body);
-        self.answer(&url, resp)
+        handle_response(&url, resp)
     }
 
     pub fn post(&self, path: &str, body: &str) -> Result<Value, AdminError> {

@@ -93,27 +93,30 @@ pub fn run(a: KillArgs) -> anyhow::Result<Value> {
         a.clients,
         None,
         Duration::from_secs(a.duration_s),
-        move |ctx| {
-            let i = ctx.rng.random_range(0..accounts);
-            let body = purchase_body(ctx, i);
-            let t = Instant::now();
-            loop {
-                if ctx
-                    .call("purchase_attempt", "/v1/purchases", Method::Post(&body))
-                    .is_some()
-                {
-                    ctx.stats
-                        .ok("purchase_acked", t.elapsed().as_micros() as u64);
-                    let at = ctx.started.elapsed().as_micros() as u64;
-                    ctx.acks.push(at);
-                    return;
+        move |ctx: &mut workloads::Ctx| -> workloads::StepFuture<'_> {
+            Box::pin(async move {
+                let i = ctx.rng.random_range(0..accounts);
+                let body = purchase_body(ctx, i);
+                let t = Instant::now();
+                loop {
+                    if ctx
+                        .call("purchase_attempt", "/v1/purchases", Method::Post(&body))
+                        .await
+                        .is_some()
+                    {
+                        ctx.stats
+                            .ok("purchase_acked", t.elapsed().as_micros() as u64);
+                        let at = ctx.started.elapsed().as_micros() as u64;
+                        ctx.acks.push(at);
+                        return;
+                    }
+                    if t.elapsed() > Duration::from_millis(PURCHASE_RETRY_MS) {
+                        ctx.stats.err("purchase_acked", "GAVE_UP".into());
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                if t.elapsed() > Duration::from_millis(PURCHASE_RETRY_MS) {
-                    ctx.stats.err("purchase_acked", "GAVE_UP".into());
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            })
         },
     )?;
     let killer_result = killer

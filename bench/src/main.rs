@@ -7,6 +7,7 @@
 //! `http`, `progress`, `up` (a local cluster for benchmarking). Touches clusters over HTTP/gRPC and, for local
 //! clusters, their directory, `/proc` and (leader-kill) node processes.
 
+mod ahttp;
 mod card_check;
 mod cluster;
 mod dataset;

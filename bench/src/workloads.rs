@@ -1,5 +1,5 @@
-//! Timed workloads against a loaded cluster: `clients` threads, each a
-//! closed loop (next request after the answer) for `duration_s`, spread
+//! Timed workloads against a loaded cluster: `clients` tasks on one thread,
+//! each a closed loop (next request after the answer) for `duration_s`, spread
 //! over the nodes: counter sessions (verify card → recent segment →
 //! purchase), single purchases, bank payments (some delivered twice),
 //! history queries over all years, and monthly reports. Accounts are drawn
@@ -7,19 +7,23 @@
 //! over HTTP only.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
+use crate::ahttp::AsyncHttp;
 use crate::cluster::{Target, TargetArgs};
 use crate::dataset::Spec;
-use crate::http::{Http, code_of};
+use crate::http::code_of;
 use crate::load::DataArgs;
 use crate::stats::Stats;
 
-/// Most client threads one run may start.
+/// Most clients one run may start.
 pub const CLIENTS_MAX: usize = 1024;
 /// Longest run.
 pub const DURATION_S_MAX: u64 = 3600;
@@ -100,11 +104,11 @@ impl RunArgs {
     }
 }
 
-/// One client thread's state.
+/// One client's state.
 pub struct Ctx {
     pub client: usize,
     pub rng: ChaCha8Rng,
-    pub nodes: Vec<Http>,
+    pub nodes: Vec<AsyncHttp>,
     pub first: usize,
     /// Send the next request to the node the last answer named as leader
     /// (as the Rust client does); off when the run is pinned to one node.
@@ -127,15 +131,17 @@ pub enum Method<'a> {
 impl Ctx {
     /// One timed request to the current node; a transport failure moves
     /// this client to the next node.
-    pub fn call(&mut self, op: &str, path: &str, m: Method<'_>) -> Option<Value> {
-        let h = &self.nodes[self.first % self.nodes.len()];
+    pub async fn call(&mut self, op: &str, path: &str, m: Method<'_>) -> Option<Value> {
+        let n = self.nodes.len();
+        let h = &mut self.nodes[self.first % n];
         let t = Instant::now();
         let r = match m {
-            Method::Get => h.get(path),
-            Method::Post(body) => h.post(path, body),
+            Method::Get => h.call(false, path, None).await,
+            Method::Post(body) => h.call(false, path, Some(body)).await,
         };
+        let elapsed_us = t.elapsed().as_micros() as u64;
         let hint = if self.follow_leader {
-            h.leader_hint()
+            h.leader_hint().map(str::to_string)
         } else {
             None
         };
@@ -146,7 +152,7 @@ impl Ctx {
         }
         match r {
             Ok(v) => {
-                self.stats.ok(op, t.elapsed().as_micros() as u64);
+                self.stats.ok(op, elapsed_us);
                 Some(v)
             }
             Err(e) => {
@@ -190,7 +196,11 @@ pub struct Measured {
     pub started: Instant,
 }
 
-/// Runs `step` in `clients` closed loops for `duration`.
+/// One step of a closed loop (one session, one purchase, ...).
+pub type StepFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Runs `step` in `clients` closed loops for `duration`: one task per
+/// client, all on one thread.
 pub fn run_clients<F>(
     target: &Target,
     identity: &str,
@@ -200,17 +210,21 @@ pub fn run_clients<F>(
     step: F,
 ) -> anyhow::Result<Measured>
 where
-    F: Fn(&mut Ctx) + Send + Sync + Clone + 'static,
+    F: for<'a> Fn(&'a mut Ctx) -> StepFuture<'a> + Send + Sync + 'static,
 {
     let run = run_id();
     let run_seed = run.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     });
-    let mut handles = Vec::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let step = Arc::new(step);
+    let mut tasks = tokio::task::JoinSet::new();
     let started = Instant::now();
     let deadline = started + duration;
     for c in 0..clients {
-        let nodes = match node {
+        let http = match node {
             Some(n) => {
                 anyhow::ensure!(
                     (1..=target.nodes.len()).contains(&n),
@@ -221,6 +235,11 @@ where
             }
             None => target.clients(identity, c)?,
         };
+        let token = target.token(identity)?;
+        let nodes = http
+            .iter()
+            .map(|h| AsyncHttp::new(h.endpoint(), token.as_deref()))
+            .collect();
         let mut ctx = Ctx {
             client: c,
             // Per run and client: two runs within the duplicate-sale window
@@ -239,20 +258,28 @@ where
             acks: Vec::new(),
         };
         let step = step.clone();
-        handles.push(std::thread::spawn(move || {
-            while Instant::now() < deadline {
-                step(&mut ctx);
-            }
-            (ctx.stats, ctx.counters, ctx.acks)
-        }));
+        tasks.spawn_on(
+            async move {
+                while Instant::now() < deadline {
+                    step(&mut ctx).await;
+                }
+                (ctx.stats, ctx.counters, ctx.acks)
+            },
+            rt.handle(),
+        );
     }
+    let results = rt.block_on(async {
+        let mut out = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            out.push(r);
+        }
+        out
+    });
     let mut stats = Stats::default();
     let mut counters = BTreeMap::new();
     let mut acks = Vec::new();
-    for h in handles {
-        let (s, c, a) = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("a client thread panicked"))?;
+    for r in results {
+        let (s, c, a) = r.map_err(|e| anyhow::anyhow!("a client task failed: {e}"))?;
         stats.merge(s);
         for (k, v) in c {
             *counters.entry(k).or_insert(0) += v;
@@ -285,12 +312,13 @@ pub fn purchase_body(ctx: &mut Ctx, i: u64) -> String {
     json!({"request_id": rid, "card_no": Spec::card_no(i), "amount": amount}).to_string()
 }
 
-fn counter_session(ctx: &mut Ctx, accounts: u64) {
+async fn counter_session(ctx: &mut Ctx, accounts: u64) {
     let i = ctx.rng.random_range(0..accounts);
     let t = Instant::now();
     let verify = json!({"card_no": Spec::card_no(i), "generation": 1}).to_string();
     if ctx
         .call("verify", "/v1/cards/verify", Method::Post(&verify))
+        .await
         .is_none()
     {
         return;
@@ -299,7 +327,7 @@ fn counter_session(ctx: &mut Ctx, accounts: u64) {
         "/v1/accounts/{}/records?segment=recent&limit=50",
         Spec::account_id(i)
     );
-    let Some(page) = ctx.call("recent", &path, Method::Get) else {
+    let Some(page) = ctx.call("recent", &path, Method::Get).await else {
         return;
     };
     let n = page["records"].as_array().map(|r| r.len()).unwrap_or(0) as u64;
@@ -307,23 +335,29 @@ fn counter_session(ctx: &mut Ctx, accounts: u64) {
     let body = purchase_body(ctx, i);
     if ctx
         .call("purchase", "/v1/purchases", Method::Post(&body))
+        .await
         .is_some()
     {
         ctx.stats.ok("session", t.elapsed().as_micros() as u64);
     }
 }
 
-fn payment(ctx: &mut Ctx, accounts: u64, bank: &str) {
+async fn payment(ctx: &mut Ctx, accounts: u64, bank: &str) {
     let i = ctx.rng.random_range(0..accounts);
     let rid = ctx.rid("pay");
     let body = json!({"request_id": rid, "account_id": Spec::account_id(i),
         "amount": format!("{}.00", ctx.rng.random_range(50..=500)), "bank_code": bank, "bank_ref": rid})
     .to_string();
-    let Some(first) = ctx.call("payment", "/v1/payments", Method::Post(&body)) else {
+    let Some(first) = ctx
+        .call("payment", "/v1/payments", Method::Post(&body))
+        .await
+    else {
         return;
     };
     if ctx.rng.random_range(0..1000) < REDELIVERY_PER_MILLE
-        && let Some(again) = ctx.call("payment_redelivery", "/v1/payments", Method::Post(&body))
+        && let Some(again) = ctx
+            .call("payment_redelivery", "/v1/payments", Method::Post(&body))
+            .await
     {
         // A redelivery must get the original outcome, never a second posting.
         let same =
@@ -339,7 +373,7 @@ fn payment(ctx: &mut Ctx, accounts: u64, bank: &str) {
     }
 }
 
-fn history(ctx: &mut Ctx, accounts: u64) {
+async fn history(ctx: &mut Ctx, accounts: u64) {
     let i = ctx.rng.random_range(0..accounts);
     let t = Instant::now();
     let base = format!(
@@ -349,7 +383,7 @@ fn history(ctx: &mut Ctx, accounts: u64) {
     let mut path = base.clone();
     let mut total = 0u64;
     for _ in 0..HISTORY_PAGES_MAX {
-        let Some(page) = ctx.call("history_page", &path, Method::Get) else {
+        let Some(page) = ctx.call("history_page", &path, Method::Get).await else {
             return;
         };
         total += page["records"].as_array().map(|r| r.len()).unwrap_or(0) as u64;
@@ -363,13 +397,13 @@ fn history(ctx: &mut Ctx, accounts: u64) {
     ctx.count("history_records_returned", total);
 }
 
-fn report(ctx: &mut Ctx, months: &[String]) {
+async fn report(ctx: &mut Ctx, months: &[String]) {
     const GROUPS: [&str; 4] = ["operator", "branch", "tariff", "kind"];
     let month = &months[ctx.rng.random_range(0..months.len())];
     let g = GROUPS[ctx.i as usize % GROUPS.len()];
     ctx.i += 1;
     let path = format!("/v1/reports/monthly?month={month}&group_by={g}");
-    if let Some(v) = ctx.call(&format!("report_{g}"), &path, Method::Get) {
+    if let Some(v) = ctx.call(&format!("report_{g}"), &path, Method::Get).await {
         ctx.count(
             "report_lines",
             v["lines"].as_array().map(|l| l.len()).unwrap_or(0) as u64,
@@ -389,7 +423,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<Value> {
         .hot_accounts
         .unwrap_or(spec.accounts)
         .clamp(1, spec.accounts);
-    let months = spec.months();
+    let months = Arc::new(spec.months());
     // The local cluster's bank token is bound to this bank code.
     let bank = "ICBC";
     eprintln!(
@@ -405,16 +439,22 @@ pub fn run(a: RunArgs) -> anyhow::Result<Value> {
         a.clients,
         a.node,
         Duration::from_secs(a.duration_s),
-        move |ctx| match w {
-            Workload::Counter => counter_session(ctx, accounts),
-            Workload::Purchase => {
-                let i = ctx.rng.random_range(0..accounts);
-                let body = purchase_body(ctx, i);
-                ctx.call("purchase", "/v1/purchases", Method::Post(&body));
-            }
-            Workload::Payment => payment(ctx, accounts, bank),
-            Workload::History => history(ctx, accounts),
-            Workload::Report => report(ctx, &months),
+        move |ctx: &mut Ctx| -> StepFuture<'_> {
+            let months = months.clone();
+            Box::pin(async move {
+                match w {
+                    Workload::Counter => counter_session(ctx, accounts).await,
+                    Workload::Purchase => {
+                        let i = ctx.rng.random_range(0..accounts);
+                        let body = purchase_body(ctx, i);
+                        ctx.call("purchase", "/v1/purchases", Method::Post(&body))
+                            .await;
+                    }
+                    Workload::Payment => payment(ctx, accounts, bank).await,
+                    Workload::History => history(ctx, accounts).await,
+                    Workload::Report => report(ctx, &months).await,
+                }
+            })
         },
     )?;
     Ok(result_json(
