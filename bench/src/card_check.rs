@@ -1,6 +1,6 @@
 //! `card-check`: card verify + recent segment latency for an account with
 //! `years` × 12 purchases against one with a single month, optionally under
-//! a purchase load from `load_clients` other threads; as a counter does it
+//! a purchase load from `load_clients` other clients; as a counter does it
 //! (HTTP, linearizable). Creates its own accounts through the bulk import
 //! (a fresh run id each time). Touches the cluster over HTTP only.
 
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::ahttp::AsyncHttp;
 use crate::cluster::{Target, TargetArgs};
 use crate::http::Http;
 use crate::stats::Stats;
@@ -108,40 +109,65 @@ pub fn run(a: CardCheckArgs) -> anyhow::Result<Value> {
     )
     .map_err(|e| anyhow::anyhow!("setting the segment boundary: {e}"))?;
 
-    // Background purchase load until the measurement ends.
+    let counter = target.clients("counter", 1)?;
+    // Background purchase load until the measurement ends: one task per
+    // load client, all on one thread (as the timed workloads run).
     let stop = Arc::new(AtomicBool::new(false));
-    let mut loaders = Vec::new();
     let load_accounts = a.load_clients.min(LOAD_ACCOUNTS);
+    let mut load = Vec::new();
     for c in 0..a.load_clients {
-        let nodes = target.clients("counter", c)?;
-        let (stop, card) = (stop.clone(), load_cards[c % load_accounts.max(1)].clone());
-        let run = run.clone();
-        loaders.push(std::thread::spawn(move || {
-            let mut s = Stats::default();
-            let mut i = 0u64;
-            let mut first = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let body = json!({"request_id": format!("cl-{run}-{c}-{i}"), "card_no": card,
-                                  "amount": format!("{}.{:02}", 10 + i % 200, i % 100), "confirm_duplicate": true})
-                .to_string();
-                let t = Instant::now();
-                match nodes[first % nodes.len()].post("/v1/purchases", &body) {
-                    Ok(_) => s.ok("load_purchase", t.elapsed().as_micros() as u64),
-                    Err(e) => {
-                        first += 1;
-                        s.err("load_purchase", crate::http::code_of(&e));
-                    }
-                }
-            }
-            s
-        }));
+        let token = target.token("counter")?;
+        let nodes: Vec<AsyncHttp> = target
+            .clients("counter", c)?
+            .iter()
+            .map(|h| AsyncHttp::new(h.endpoint(), token.as_deref()))
+            .collect();
+        load.push((nodes, load_cards[c % load_accounts.max(1)].clone()));
     }
+    let loader = {
+        let (stop, run) = (stop.clone(), run.clone());
+        std::thread::spawn(move || -> anyhow::Result<Stats> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for (c, (mut nodes, card)) in load.into_iter().enumerate() {
+                    let (stop, run) = (stop.clone(), run.clone());
+                    tasks.spawn(async move {
+                        let mut s = Stats::default();
+                        let mut i = 0u64;
+                        let mut first = 0usize;
+                        while !stop.load(Ordering::Relaxed) {
+                            i += 1;
+                            let body = json!({"request_id": format!("cl-{run}-{c}-{i}"), "card_no": card,
+                                              "amount": format!("{}.{:02}", 10 + i % 200, i % 100), "confirm_duplicate": true})
+                            .to_string();
+                            let t = Instant::now();
+                            let n = nodes.len();
+                            match nodes[first % n].call(false, "/v1/purchases", Some(&body)).await {
+                                Ok(_) => s.ok("load_purchase", t.elapsed().as_micros() as u64),
+                                Err(e) => {
+                                    first += 1;
+                                    s.err("load_purchase", crate::http::code_of(&e));
+                                }
+                            }
+                        }
+                        s
+                    });
+                }
+                let mut stats = Stats::default();
+                while let Some(r) = tasks.join_next().await {
+                    stats.merge(r.map_err(|e| anyhow::anyhow!("a load task failed: {e}"))?);
+                }
+                Ok(stats)
+            })
+        })
+    };
     if a.load_clients > 0 {
         // Let the load reach a steady state first.
         std::thread::sleep(Duration::from_secs(1));
     }
-    let counter = target.clients("counter", 1)?;
     let c = &counter[0];
     let mut stats = Stats::default();
     let mut recent_long = 0usize;
@@ -172,10 +198,10 @@ pub fn run(a: CardCheckArgs) -> anyhow::Result<Value> {
     }
     let secs = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    for l in loaders {
-        if let Ok(s) = l.join() {
-            stats.merge(s);
-        }
+    match loader.join() {
+        Ok(Ok(s)) => stats.merge(s),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => anyhow::bail!("the load thread panicked"),
     }
     if let Some(e) = failure {
         return Err(e);
