@@ -5,7 +5,8 @@
 //! bookkeeping, apply's per-entry work — are paid once per batch instead of
 //! once per command. A lone command never waits: while fewer than
 //! `in_flight_max` entries are in flight it is proposed at once, so a single
-//! client sees no added latency.
+//! client sees no added latency. A command larger than half `bytes_max` (an
+//! import) is proposed alone at once, outside that bound.
 //!
 //! Each command's time (`ts_ms`) is stamped here, when its batch is formed,
 //! in log order: times never go back along this leader's proposals.
@@ -112,14 +113,22 @@ async fn run(raft: Raft, limits: Limits, mut rx: mpsc::Receiver<Waiting>) {
                 None => return,
             },
         };
-        // While every slot is in flight, more commands queue up behind
-        // `first`: they are what the next batch carries.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        // A command too large to share an entry (an import) gains nothing
+        // from waiting for a slot: it goes alone, at once, outside the
+        // in-flight bound (its callers' own concurrency bounds it).
+        let slot = if first.size_bytes > limits.bytes_max / 2 {
+            None
+        } else {
+            // While every slot is in flight, more commands queue up behind
+            // `first`: they are what the next batch carries.
+            match slots.clone().acquire_owned().await {
+                Ok(slot) => Some(slot),
+                Err(_) => return,
+            }
         };
         let mut bytes = first.size_bytes;
         let mut batch = vec![first];
-        while batch.len() < limits.commands_max {
+        while slot.is_some() && batch.len() < limits.commands_max {
             match rx.try_recv() {
                 Ok(w) if bytes.saturating_add(w.size_bytes) <= limits.bytes_max => {
                     bytes += w.size_bytes;
