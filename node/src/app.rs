@@ -83,6 +83,7 @@ fn proposer_limits(config: &Config) -> proposer::Limits {
         commands_max: config.raft.batch_commands_max,
         bytes_max: config.raft.batch_bytes_max,
         in_flight_max: config.raft.batch_in_flight_max,
+        entry_timeout_ms: config.limits.request_timeout_ms,
     }
 }
 
@@ -448,6 +449,9 @@ impl App {
                 "leadership changed; retry with the same request_id",
             )),
             Err(ProposeError::Stopped) => Err(unavailable("this node is shutting down")),
+            Err(ProposeError::TimedOut) => Err(unavailable(
+                "not committed in time (no quorum?); the outcome is unknown: retry with the same request_id",
+            )),
             Err(ProposeError::Internal(e)) => Err(internal(e)),
         }
     }

@@ -35,6 +35,10 @@ pub struct Limits {
     /// Most entries proposed and not yet applied; commands arriving while
     /// all are in flight form the next batch.
     pub in_flight_max: usize,
+    /// An entry not applied within this time frees its slot and its
+    /// commands' callers learn the outcome is unknown (a leader cut off from
+    /// its quorum must not hold the pipeline).
+    pub entry_timeout_ms: u64,
 }
 
 /// Why a proposal has no outcome.
@@ -45,6 +49,9 @@ pub enum ProposeError {
     NotLeader,
     /// The proposer stopped (the node is shutting down).
     Stopped,
+    /// Not applied within `entry_timeout_ms`: the outcome is unknown; retry
+    /// with the same request_id.
+    TimedOut,
     Internal(String),
 }
 
@@ -151,10 +158,18 @@ async fn run(raft: Raft, limits: Limits, mut rx: mpsc::Receiver<Waiting>) {
         }
         metrics::histogram!("billdb_propose_batch_commands").record(commands.len() as f64);
         let raft = raft.clone();
+        let timeout = std::time::Duration::from_millis(limits.entry_timeout_ms);
         tokio::spawn(async move {
-            let r = raft.client_write(Batch { commands }).await;
+            let r = tokio::time::timeout(timeout, raft.client_write(Batch { commands })).await;
             drop(slot);
-            deliver(r, replies);
+            match r {
+                Ok(r) => deliver(r, replies),
+                Err(_) => {
+                    for tx in replies {
+                        let _ = tx.send(Err(ProposeError::TimedOut));
+                    }
+                }
+            }
         });
     }
 }
