@@ -109,7 +109,16 @@ pub fn run(a: CardCheckArgs) -> anyhow::Result<Value> {
     )
     .map_err(|e| anyhow::anyhow!("setting the segment boundary: {e}"))?;
 
-    let counter = target.clients("counter", 1)?;
+    // The counter sends its checks to the leader, as the Rust client does
+    // (it follows the `billdb-leader` hint of every answer); a follower
+    // would forward the read index and wait for its own apply.
+    let leader = target.leader(Duration::from_secs(10))?;
+    let first = target
+        .nodes
+        .iter()
+        .position(|(id, _)| *id == leader)
+        .unwrap_or(0);
+    let counter = target.clients("counter", first)?;
     // Background purchase load until the measurement ends: one task per
     // load client, all on one thread (as the timed workloads run).
     let stop = Arc::new(AtomicBool::new(false));
