@@ -11,14 +11,15 @@
 //! Each command's time (`ts_ms`) is stamped here, when its batch is formed,
 //! in log order: times never go back along this leader's proposals.
 //!
-//! May touch only the Raft handle.
+//! May touch only the Raft handle, behind [`Submit`] (a fake in the tests).
 
+use std::future::Future;
 use std::sync::Arc;
 
 use openraft::errors::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::types::{Batch, Command, CommandReply, Raft, TypeConfig};
+use crate::types::{Batch, BatchReply, Command, CommandReply, Raft};
 
 /// Commands waiting to be batched; proposers beyond this wait for room
 /// (within their own request deadline).
@@ -58,6 +59,29 @@ pub enum ProposeError {
 /// The outcome of one command and the index of the entry that carried it.
 pub type Proposed = Result<(CommandReply, u64), ProposeError>;
 
+/// Where batches go.
+pub trait Submit: Clone + Send + Sync + 'static {
+    /// Propose `batch` as one entry and wait until it is applied: one reply
+    /// per command, and the entry's index.
+    fn submit(
+        &self,
+        batch: Batch,
+    ) -> impl Future<Output = Result<(BatchReply, u64), ProposeError>> + Send;
+}
+
+impl Submit for Raft {
+    async fn submit(&self, batch: Batch) -> Result<(BatchReply, u64), ProposeError> {
+        match self.client_write(batch).await {
+            Ok(resp) => Ok((resp.data, resp.log_id.index)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
+            | Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(ProposeError::NotLeader)
+            }
+            Err(e) => Err(ProposeError::Internal(e.to_string())),
+        }
+    }
+}
+
 struct Waiting {
     cmd: Command,
     size_bytes: usize,
@@ -72,10 +96,10 @@ pub struct Proposer {
 
 impl Proposer {
     /// Start the proposer task on the current tokio runtime.
-    pub fn start(raft: Raft, limits: Limits) -> Proposer {
+    pub fn start<S: Submit>(submit: S, limits: Limits) -> Proposer {
         assert!(limits.commands_max >= 1 && limits.in_flight_max >= 1);
         let (tx, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
-        tokio::spawn(run(raft, limits, rx));
+        tokio::spawn(run(submit, limits, rx));
         Proposer { tx }
     }
 
@@ -107,7 +131,7 @@ fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn run(raft: Raft, limits: Limits, mut rx: mpsc::Receiver<Waiting>) {
+async fn run<S: Submit>(submit: S, limits: Limits, mut rx: mpsc::Receiver<Waiting>) {
     let slots = Arc::new(Semaphore::new(limits.in_flight_max));
     let mut last_ts_ms = 0i64;
     // A command that did not fit the previous batch opens the next one.
@@ -157,55 +181,270 @@ async fn run(raft: Raft, limits: Limits, mut rx: mpsc::Receiver<Waiting>) {
             replies.push(w.reply);
         }
         metrics::histogram!("billdb_propose_batch_commands").record(commands.len() as f64);
-        let raft = raft.clone();
+        let submit = submit.clone();
         let timeout = std::time::Duration::from_millis(limits.entry_timeout_ms);
         tokio::spawn(async move {
-            let r = tokio::time::timeout(timeout, raft.client_write(Batch { commands })).await;
+            let r = tokio::time::timeout(timeout, submit.submit(Batch { commands }))
+                .await
+                .unwrap_or(Err(ProposeError::TimedOut));
             drop(slot);
-            match r {
-                Ok(r) => deliver(r, replies),
-                Err(_) => {
-                    for tx in replies {
-                        let _ = tx.send(Err(ProposeError::TimedOut));
-                    }
-                }
-            }
+            deliver(r, replies);
         });
     }
 }
 
-type WriteResult = Result<
-    openraft::raft::ClientWriteResponse<TypeConfig>,
-    RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
->;
-
-fn deliver(r: WriteResult, replies: Vec<oneshot::Sender<Proposed>>) {
-    let fail_all = |replies: Vec<oneshot::Sender<Proposed>>, e: ProposeError| {
-        for tx in replies {
-            let _ = tx.send(Err(e.clone()));
+fn deliver(r: Result<(BatchReply, u64), ProposeError>, replies: Vec<oneshot::Sender<Proposed>>) {
+    let r = match r {
+        Ok((reply, index)) if reply.replies.len() != replies.len() => {
+            Err(ProposeError::Internal(format!(
+                "entry {index} answered {} commands, {} were proposed",
+                reply.replies.len(),
+                replies.len()
+            )))
         }
+        other => other,
     };
     match r {
-        Ok(resp) if resp.data.replies.len() == replies.len() => {
-            let index = resp.log_id.index;
-            for (tx, reply) in replies.into_iter().zip(resp.data.replies) {
+        Ok((reply, index)) => {
+            for (tx, reply) in replies.into_iter().zip(reply.replies) {
                 // A caller that gave up has dropped its receiver.
                 let _ = tx.send(Ok((reply, index)));
             }
         }
-        Ok(resp) => {
-            let e = ProposeError::Internal(format!(
-                "entry {} answered {} commands, {} were proposed",
-                resp.log_id.index,
-                resp.data.replies.len(),
-                replies.len()
-            ));
-            fail_all(replies, e)
+        Err(e) => {
+            for tx in replies {
+                let _ = tx.send(Err(e.clone()));
+            }
         }
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
-        | Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-            fail_all(replies, ProposeError::NotLeader)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use billdb_api::error::{ApiError, ErrorCode};
+
+    use super::*;
+    use crate::domain::{Op, Outcome};
+
+    /// Records every batch, counts entries in flight, answers each command
+    /// with its own request id after `delay_ms`; a batch holding a `hang*`
+    /// request never answers.
+    #[derive(Clone, Default)]
+    struct Fake {
+        batches: Arc<Mutex<Vec<Vec<Command>>>>,
+        in_flight: Arc<AtomicUsize>,
+        max_in_flight: Arc<AtomicUsize>,
+        delay_ms: u64,
+        fail: Option<ProposeError>,
+    }
+
+    fn echo(request_id: &str) -> Outcome {
+        Outcome::Refused(ApiError::new(ErrorCode::Internal, request_id))
+    }
+
+    impl Submit for Fake {
+        async fn submit(&self, batch: Batch) -> Result<(BatchReply, u64), ProposeError> {
+            let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(n, Ordering::SeqCst);
+            let index = {
+                let mut b = self.batches.lock().unwrap();
+                b.push(batch.commands.clone());
+                b.len() as u64
+            };
+            if batch
+                .commands
+                .iter()
+                .any(|c| c.request_id.starts_with("hang"))
+            {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(self.delay_ms)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if let Some(e) = &self.fail {
+                return Err(e.clone());
+            }
+            let replies = batch
+                .commands
+                .iter()
+                .map(|c| CommandReply {
+                    outcome: echo(&c.request_id),
+                    decided_at: 0,
+                })
+                .collect();
+            Ok((BatchReply { replies }, index))
         }
-        Err(e) => fail_all(replies, ProposeError::Internal(e.to_string())),
+    }
+
+    fn cmd(request_id: &str, pad: usize) -> Command {
+        Command {
+            request_id: request_id.into(),
+            ts_ms: 0,
+            operator: "op".into(),
+            branch: String::new(),
+            channel: String::new(),
+            op: Op::PrintInvoice {
+                invoice_no: "x".repeat(pad),
+            },
+        }
+    }
+
+    fn limits(commands_max: usize, bytes_max: usize, in_flight_max: usize) -> Limits {
+        Limits {
+            commands_max,
+            bytes_max,
+            in_flight_max,
+            entry_timeout_ms: 5_000,
+        }
+    }
+
+    /// Propose every id at once (after `first`, which goes out alone and is
+    /// in flight while the others queue); returns each caller's answer.
+    async fn propose_all(p: &Proposer, first: &str, ids: &[String], pad: usize) -> Vec<Proposed> {
+        let lead = {
+            let (p, c) = (p.clone(), cmd(first, 8));
+            tokio::spawn(async move { p.propose(c).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let rest: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (p, c) = (p.clone(), cmd(id, pad));
+                tokio::spawn(async move { p.propose(c).await })
+            })
+            .collect();
+        let mut out = vec![lead.await.unwrap()];
+        for h in rest {
+            out.push(h.await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_lone_command_goes_alone_and_later_ones_share_an_entry_with_their_own_replies() {
+        let fake = Fake {
+            delay_ms: 50,
+            ..Fake::default()
+        };
+        let p = Proposer::start(fake.clone(), limits(256, 64 << 10, 1));
+        let ids: Vec<String> = (0..10).map(|i| format!("b{i}")).collect();
+        let answers = propose_all(&p, "a", &ids, 8).await;
+        let batches = fake.batches.lock().unwrap().clone();
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(
+            sizes,
+            vec![1, 10],
+            "the lone command alone, the rest together"
+        );
+        for (answer, id) in answers
+            .iter()
+            .zip(std::iter::once("a").chain(ids.iter().map(String::as_str)))
+        {
+            let (reply, index) = answer.as_ref().expect("answered");
+            assert_eq!(reply.outcome, echo(id), "each caller gets its own reply");
+            assert_eq!(*index, if id == "a" { 1 } else { 2 });
+        }
+        // Times are stamped in log order and never go back.
+        let ts: Vec<i64> = batches.iter().flatten().map(|c| c.ts_ms).collect();
+        assert!(ts[0] > 0 && ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
+    }
+
+    #[tokio::test]
+    async fn batches_keep_their_count_and_byte_bounds() {
+        let fake = Fake {
+            delay_ms: 30,
+            ..Fake::default()
+        };
+        let size = |c: &Command| bincode::serialized_size(c).unwrap() as usize;
+        let small = size(&cmd("s00", 40));
+        // Room for two small commands per entry by bytes, three by count.
+        let bytes_max = 2 * small + small / 2;
+        let p = Proposer::start(fake.clone(), limits(3, bytes_max, 1));
+        let ids: Vec<String> = (0..9).map(|i| format!("s{i:02}")).collect();
+        let answers = propose_all(&p, "f", &ids, 40).await;
+        assert!(answers.iter().all(Result::is_ok));
+        let batches = fake.batches.lock().unwrap().clone();
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 10);
+        for b in &batches {
+            assert!(b.len() <= 3, "count bound: {}", b.len());
+            assert!(b.iter().map(size).sum::<usize>() <= bytes_max, "byte bound");
+        }
+        assert!(
+            batches.iter().skip(1).any(|b| b.len() == 2),
+            "commands did share entries"
+        );
+
+        let p = Proposer::start(fake.clone(), limits(3, 4 * small, 1));
+        let ids: Vec<String> = (0..5).map(|i| format!("c{i:02}")).collect();
+        let answers = propose_all(&p, "g", &ids, 40).await;
+        assert!(answers.iter().all(Result::is_ok));
+        let batches = fake.batches.lock().unwrap().clone();
+        assert!(
+            batches.iter().any(|b| b.len() == 3),
+            "up to the count bound"
+        );
+    }
+
+    #[tokio::test]
+    async fn entries_in_flight_stay_bounded_but_a_large_command_does_not_wait() {
+        let fake = Fake {
+            delay_ms: 20,
+            ..Fake::default()
+        };
+        let p = Proposer::start(fake.clone(), limits(1, 64 << 10, 2));
+        let ids: Vec<String> = (0..20).map(|i| format!("n{i}")).collect();
+        let answers = propose_all(&p, "m", &ids, 8).await;
+        assert!(answers.iter().all(Result::is_ok));
+        assert_eq!(fake.batches.lock().unwrap().len(), 21);
+        assert_eq!(fake.max_in_flight.load(Ordering::SeqCst), 2);
+
+        // One slot, taken; an import-sized command still goes at once.
+        let fake = Fake {
+            delay_ms: 100,
+            ..Fake::default()
+        };
+        let p = Proposer::start(fake.clone(), limits(256, 1 << 10, 1));
+        let answers = propose_all(&p, "small", &["big".to_string()], 2_000).await;
+        assert!(answers.iter().all(Result::is_ok));
+        assert_eq!(fake.max_in_flight.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn every_caller_hears_a_failure_and_a_stuck_entry_frees_its_slot() {
+        let fake = Fake {
+            delay_ms: 5,
+            fail: Some(ProposeError::NotLeader),
+            ..Fake::default()
+        };
+        let p = Proposer::start(fake, limits(256, 64 << 10, 1));
+        let ids: Vec<String> = (0..5).map(|i| format!("x{i}")).collect();
+        let answers = propose_all(&p, "w", &ids, 8).await;
+        assert!(answers.iter().all(|a| *a == Err(ProposeError::NotLeader)));
+
+        let fake = Fake {
+            delay_ms: 5,
+            ..Fake::default()
+        };
+        let p = Proposer::start(
+            fake,
+            Limits {
+                entry_timeout_ms: 100,
+                ..limits(256, 64 << 10, 1)
+            },
+        );
+        let started = std::time::Instant::now();
+        assert_eq!(
+            p.propose(cmd("hang-1", 8)).await,
+            Err(ProposeError::TimedOut)
+        );
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        let (reply, _) = p
+            .propose(cmd("after", 8))
+            .await
+            .expect("the slot was freed");
+        assert_eq!(reply.outcome, echo("after"));
     }
 }
