@@ -35,10 +35,31 @@ fn sync_opts() -> WriteOptions {
     o
 }
 
+/// The fsync thread, shared by every clone of a [`LogStore`]. The last
+/// clone to go closes the queue and waits for the thread, so the thread's
+/// database handle is released before the store's is: the database closes
+/// on the dropping thread, never on a thread still running while the
+/// process exits (RocksDB aborts if it is torn down under it).
+struct Flusher {
+    tx: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            // The thread ends as soon as its queue is closed (after an fsync
+            // in progress, if any).
+            let _ = t.join();
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    flusher: mpsc::Sender<IOFlushed<TypeConfig>>,
+    flusher: Arc<Flusher>,
     /// Bytes of entries appended since the process started.
     appended_bytes: Arc<AtomicU64>,
 }
@@ -47,12 +68,15 @@ impl LogStore {
     pub fn new(db: Arc<DB>) -> Result<Self, std::io::Error> {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
         let flush_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-fsync".into())
             .spawn(move || flusher(flush_db, rx))?;
         Ok(LogStore {
             db,
-            flusher: tx,
+            flusher: Arc::new(Flusher {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
             appended_bytes: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -204,6 +228,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.db.write(batch).map_err(io_err)?;
         self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.flusher
+            .tx
+            .as_ref()
+            .ok_or_else(|| io_err("log flusher is closed"))?
             .send(callback)
             .map_err(|_| io_err("log flusher thread is gone"))?;
         Ok(())
