@@ -435,15 +435,11 @@ impl App {
             unavailable("not committed in time (no quorum?); the outcome is unknown: retry with the same request_id")
         })?;
         match r {
-            Ok((reply, index)) => {
+            Ok(reply) => {
                 metrics::histogram!("billdb_commit_seconds")
                     .record(started.elapsed().as_secs_f64());
                 // A replayed request answers with its original entry's index.
-                let index = match reply.decided_at {
-                    0 => index,
-                    original => original,
-                };
-                Ok((reply.outcome, index))
+                Ok((reply.outcome, reply.decided_at))
             }
             Err(ProposeError::NotLeader) => Err(unavailable(
                 "leadership changed; retry with the same request_id",

@@ -56,23 +56,22 @@ pub enum ProposeError {
     Internal(String),
 }
 
-/// The outcome of one command and the index of the entry that carried it.
-pub type Proposed = Result<(CommandReply, u64), ProposeError>;
+/// The outcome of one command (its `decided_at` is the index of the entry
+/// that decided it).
+pub type Proposed = Result<CommandReply, ProposeError>;
 
 /// Where batches go.
 pub trait Submit: Clone + Send + Sync + 'static {
     /// Propose `batch` as one entry and wait until it is applied: one reply
-    /// per command, and the entry's index.
-    fn submit(
-        &self,
-        batch: Batch,
-    ) -> impl Future<Output = Result<(BatchReply, u64), ProposeError>> + Send;
+    /// per command.
+    fn submit(&self, batch: Batch)
+    -> impl Future<Output = Result<BatchReply, ProposeError>> + Send;
 }
 
 impl Submit for Raft {
-    async fn submit(&self, batch: Batch) -> Result<(BatchReply, u64), ProposeError> {
+    async fn submit(&self, batch: Batch) -> Result<BatchReply, ProposeError> {
         match self.client_write(batch).await {
-            Ok(resp) => Ok((resp.data, resp.log_id.index)),
+            Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
             | Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
                 Err(ProposeError::NotLeader)
@@ -193,22 +192,20 @@ async fn run<S: Submit>(submit: S, limits: Limits, mut rx: mpsc::Receiver<Waitin
     }
 }
 
-fn deliver(r: Result<(BatchReply, u64), ProposeError>, replies: Vec<oneshot::Sender<Proposed>>) {
+fn deliver(r: Result<BatchReply, ProposeError>, replies: Vec<oneshot::Sender<Proposed>>) {
     let r = match r {
-        Ok((reply, index)) if reply.replies.len() != replies.len() => {
-            Err(ProposeError::Internal(format!(
-                "entry {index} answered {} commands, {} were proposed",
-                reply.replies.len(),
-                replies.len()
-            )))
-        }
+        Ok(reply) if reply.replies.len() != replies.len() => Err(ProposeError::Internal(format!(
+            "an entry answered {} commands, {} were proposed",
+            reply.replies.len(),
+            replies.len()
+        ))),
         other => other,
     };
     match r {
-        Ok((reply, index)) => {
+        Ok(reply) => {
             for (tx, reply) in replies.into_iter().zip(reply.replies) {
                 // A caller that gave up has dropped its receiver.
-                let _ = tx.send(Ok((reply, index)));
+                let _ = tx.send(Ok(reply));
             }
         }
         Err(e) => {
@@ -247,7 +244,7 @@ mod tests {
     }
 
     impl Submit for Fake {
-        async fn submit(&self, batch: Batch) -> Result<(BatchReply, u64), ProposeError> {
+        async fn submit(&self, batch: Batch) -> Result<BatchReply, ProposeError> {
             let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_flight.fetch_max(n, Ordering::SeqCst);
             let index = {
@@ -272,10 +269,10 @@ mod tests {
                 .iter()
                 .map(|c| CommandReply {
                     outcome: echo(&c.request_id),
-                    decided_at: 0,
+                    decided_at: index,
                 })
                 .collect();
-            Ok((BatchReply { replies }, index))
+            Ok(BatchReply { replies })
         }
     }
 
@@ -343,9 +340,9 @@ mod tests {
             .iter()
             .zip(std::iter::once("a").chain(ids.iter().map(String::as_str)))
         {
-            let (reply, index) = answer.as_ref().expect("answered");
+            let reply = answer.as_ref().expect("answered");
             assert_eq!(reply.outcome, echo(id), "each caller gets its own reply");
-            assert_eq!(*index, if id == "a" { 1 } else { 2 });
+            assert_eq!(reply.decided_at, if id == "a" { 1 } else { 2 });
         }
         // Times are stamped in log order and never go back.
         let ts: Vec<i64> = batches.iter().flatten().map(|c| c.ts_ms).collect();
@@ -441,7 +438,7 @@ mod tests {
             Err(ProposeError::TimedOut)
         );
         assert!(started.elapsed() >= Duration::from_millis(100));
-        let (reply, _) = p
+        let reply = p
             .propose(cmd("after", 8))
             .await
             .expect("the slot was freed");

@@ -37,7 +37,6 @@ pub fn get_invoice<G: Get + ?Sized>(
     read(view, Family::Invoices, &keys::invoice(invoice_no))
 }
 
-/// Record the invoice of a newly posted record (its number must be new).
 /// Take the next invoice number.
 pub(crate) fn next_number<T: Txn + ?Sized>(txn: &mut T) -> Res<String> {
     let last: u64 = read(&*txn, Family::Meta, keys::META_INVOICE_SEQ)?.unwrap_or(0);
@@ -46,6 +45,7 @@ pub(crate) fn next_number<T: Txn + ?Sized>(txn: &mut T) -> Res<String> {
     Ok(format!("INV{n:012}"))
 }
 
+/// Record the invoice of a newly posted record (its number must be new).
 pub(crate) fn issue<T: Txn + ?Sized>(txn: &mut T, r: &Record) -> Res<()> {
     if get_invoice(txn, &r.invoice_no)?.is_some() {
         return refuse(

@@ -16,9 +16,9 @@ use std::time::Instant;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, entry::RaftEntry};
-use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
-use super::{CF_RAFT_LOG, CF_RAFT_META, cf, decode, encode, io_err};
+use super::{CF_RAFT_LOG, CF_RAFT_META, cf, decode, encode, io_err, sync_opts};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -27,12 +27,6 @@ const KEY_COMMITTED: &[u8] = b"committed";
 
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
-}
-
-fn sync_opts() -> WriteOptions {
-    let mut o = WriteOptions::default();
-    o.set_sync(true);
-    o
 }
 
 /// The fsync thread, shared by every clone of a [`LogStore`]. The last

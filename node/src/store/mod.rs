@@ -146,19 +146,11 @@ fn check_format(db: &DB) -> Result<(), std::io::Error> {
             Ok(())
         }
         None => {
-            let has_log = db
-                .iterator_cf(cf(db, CF_RAFT_LOG)?, rocksdb::IteratorMode::Start)
-                .next()
-                .is_some();
-            let has_vote = db
-                .iterator_cf(cf(db, CF_RAFT_META)?, rocksdb::IteratorMode::Start)
-                .next()
-                .is_some();
-            let has_state = db
-                .iterator_cf(meta, rocksdb::IteratorMode::Start)
-                .next()
-                .is_some();
-            if has_log || has_vote || has_state {
+            let holds_data = |family: &str| -> Result<bool, std::io::Error> {
+                let mut it = db.iterator_cf(cf(db, family)?, rocksdb::IteratorMode::Start);
+                Ok(it.next().is_some())
+            };
+            if holds_data(CF_RAFT_LOG)? || holds_data(CF_RAFT_META)? || holds_data(CF_SM_META)? {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!(
@@ -166,12 +158,18 @@ fn check_format(db: &DB) -> Result<(), std::io::Error> {
                     ),
                 ));
             }
-            let mut o = rocksdb::WriteOptions::default();
-            o.set_sync(true);
-            db.put_cf_opt(meta, KEY_FORMAT, encode(&DATA_FORMAT)?, &o)
+            db.put_cf_opt(meta, KEY_FORMAT, encode(&DATA_FORMAT)?, &sync_opts())
                 .map_err(io_err)
         }
     }
+}
+
+/// Write options of the writes that must be on disk when they return (vote,
+/// snapshot install, the data format stamp).
+pub(crate) fn sync_opts() -> rocksdb::WriteOptions {
+    let mut o = rocksdb::WriteOptions::default();
+    o.set_sync(true);
+    o
 }
 
 pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, std::io::Error> {

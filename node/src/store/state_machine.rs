@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex};
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, entry::RaftEntry};
-use rocksdb::{DB, IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{DB, IteratorMode, WriteBatch};
 use sha2::{Digest, Sha256};
 
 use super::apply_cache::ApplyCache;
 use super::snapshot::{SnapshotFile, SnapshotReader, SnapshotWriter, verify};
-use super::{CF_SM_META, cf, decode, encode, io_err};
+use super::{CF_SM_META, cf, decode, encode, io_err, sync_opts};
 use crate::domain::{self, FAMILIES, Family, Get, ReadView, Txn};
 use crate::types::{BatchReply, CommandReply, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
@@ -205,12 +205,6 @@ fn snap_name(meta: &SnapshotMeta) -> String {
 
 fn fsync_dir(dir: &Path) -> Result<(), std::io::Error> {
     std::fs::File::open(dir)?.sync_all()
-}
-
-fn sync_opts() -> WriteOptions {
-    let mut o = WriteOptions::default();
-    o.set_sync(true);
-    o
 }
 
 impl StateMachine {
@@ -481,17 +475,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let reply = match entry.payload {
                     EntryPayload::Blank => BatchReply::default(),
                     EntryPayload::Normal(batch) => {
-                        let mut replies = Vec::with_capacity(batch.commands.len());
+                        let mut outcomes = Vec::with_capacity(batch.commands.len());
                         for cmd in &batch.commands {
                             let (outcome, decided_at) =
                                 domain::apply_indexed(&mut txn, log_id.index, cmd)?;
-                            replies.push(CommandReply {
+                            outcomes.push(CommandReply {
                                 outcome,
                                 decided_at,
                             });
                         }
-                        commands += replies.len() as u64;
-                        BatchReply { replies }
+                        commands += outcomes.len() as u64;
+                        BatchReply { replies: outcomes }
                     }
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(log_id), m));
