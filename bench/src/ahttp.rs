@@ -94,16 +94,11 @@ impl AsyncHttp {
         })
     }
 
-    /// One request; `body` present: `POST` (or `PUT` with `put`) JSON text.
-    pub async fn call(
-        &mut self,
-        put: bool,
-        path: &str,
-        body: Option<&str>,
-    ) -> Result<Value, AdminError> {
+    /// One request: `GET`, or `POST` of the JSON text `body`.
+    pub async fn call(&mut self, path: &str, body: Option<&str>) -> Result<Value, AdminError> {
         let r = tokio::time::timeout(
             Duration::from_millis(REQUEST_TIMEOUT_MS),
-            self.exchange(put, path, body),
+            self.exchange(path, body),
         )
         .await;
         match r {
@@ -122,14 +117,12 @@ impl AsyncHttp {
 
     async fn exchange(
         &mut self,
-        put: bool,
         path: &str,
         body: Option<&str>,
     ) -> Result<(u16, String), AdminError> {
-        let method = match (body, put) {
-            (None, _) => hyper::Method::GET,
-            (Some(_), false) => hyper::Method::POST,
-            (Some(_), true) => hyper::Method::PUT,
+        let method = match body {
+            None => hyper::Method::GET,
+            Some(_) => hyper::Method::POST,
         };
         let mut req = hyper::Request::builder()
             .method(method)

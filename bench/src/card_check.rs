@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::ahttp::AsyncHttp;
 use crate::cluster::{Target, TargetArgs};
 use crate::http::Http;
 use crate::stats::Stats;
@@ -125,12 +124,7 @@ pub fn run(a: CardCheckArgs) -> anyhow::Result<Value> {
     let load_accounts = a.load_clients.min(LOAD_ACCOUNTS);
     let mut load = Vec::new();
     for c in 0..a.load_clients {
-        let token = target.token("counter")?;
-        let nodes: Vec<AsyncHttp> = target
-            .clients("counter", c)?
-            .iter()
-            .map(|h| AsyncHttp::new(h.endpoint(), token.as_deref()))
-            .collect();
+        let nodes = target.async_clients("counter", c)?;
         load.push((nodes, load_cards[c % load_accounts.max(1)].clone()));
     }
     let loader = {
@@ -154,7 +148,7 @@ pub fn run(a: CardCheckArgs) -> anyhow::Result<Value> {
                             .to_string();
                             let t = Instant::now();
                             let n = nodes.len();
-                            match nodes[first % n].call(false, "/v1/purchases", Some(&body)).await {
+                            match nodes[first % n].call("/v1/purchases", Some(&body)).await {
                                 Ok(_) => s.ok("load_purchase", t.elapsed().as_micros() as u64),
                                 Err(e) => {
                                     first += 1;

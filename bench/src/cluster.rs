@@ -11,6 +11,7 @@ use anyhow::Context;
 use billdb_client::local::LocalCluster;
 use serde_json::{Value, json};
 
+use crate::ahttp::AsyncHttp;
 use crate::http::Http;
 
 /// Where the cluster is.
@@ -84,10 +85,24 @@ impl Target {
 
     /// Clients of every node as `identity`, starting at index `first`.
     pub fn clients(&self, identity: &str, first: usize) -> anyhow::Result<Vec<Http>> {
+        self.each_node(identity, first, Http::new)
+    }
+
+    /// The same, as async clients (timed closed loops).
+    pub fn async_clients(&self, identity: &str, first: usize) -> anyhow::Result<Vec<AsyncHttp>> {
+        self.each_node(identity, first, AsyncHttp::new)
+    }
+
+    fn each_node<T>(
+        &self,
+        identity: &str,
+        first: usize,
+        client: impl Fn(&str, Option<&str>) -> T,
+    ) -> anyhow::Result<Vec<T>> {
         let token = self.token(identity)?;
         let n = self.nodes.len();
         Ok((0..n)
-            .map(|k| Http::new(&self.nodes[(first + k) % n].1, token.as_deref()))
+            .map(|k| client(&self.nodes[(first + k) % n].1, token.as_deref()))
             .collect())
     }
 

@@ -136,8 +136,8 @@ impl Ctx {
         let h = &mut self.nodes[self.first % n];
         let t = Instant::now();
         let r = match m {
-            Method::Get => h.call(false, path, None).await,
-            Method::Post(body) => h.call(false, path, Some(body)).await,
+            Method::Get => h.call(path, None).await,
+            Method::Post(body) => h.call(path, Some(body)).await,
         };
         let elapsed_us = t.elapsed().as_micros() as u64;
         let hint = if self.follow_leader {
@@ -224,22 +224,17 @@ where
     let started = Instant::now();
     let deadline = started + duration;
     for c in 0..clients {
-        let http = match node {
+        let nodes = match node {
             Some(n) => {
                 anyhow::ensure!(
                     (1..=target.nodes.len()).contains(&n),
                     "--node must be 1..={}",
                     target.nodes.len()
                 );
-                target.clients(identity, n - 1)?
+                target.async_clients(identity, n - 1)?
             }
-            None => target.clients(identity, c)?,
+            None => target.async_clients(identity, c)?,
         };
-        let token = target.token(identity)?;
-        let nodes = http
-            .iter()
-            .map(|h| AsyncHttp::new(h.endpoint(), token.as_deref()))
-            .collect();
         let mut ctx = Ctx {
             client: c,
             // Per run and client: two runs within the duplicate-sale window
