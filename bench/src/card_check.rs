@@ -17,6 +17,8 @@ use crate::workloads;
 
 /// Accounts the background purchase load spreads over.
 pub const LOAD_ACCOUNTS: usize = 200;
+/// Highest paced purchase rate card-check accepts (purchases/s).
+pub const LOAD_RATE_MAX: u64 = 1_000_000;
 
 #[derive(clap::Args, Debug)]
 pub struct CardCheckArgs {
@@ -29,6 +31,12 @@ pub struct CardCheckArgs {
     /// Concurrent purchase clients while measuring (0: none).
     #[arg(long, default_value_t = 0)]
     pub load_clients: usize,
+    /// Paced load: purchases per second over all load clients (each
+    /// client waits for its next slot; one that falls behind does not
+    /// burst). 0: each client sends its next purchase as soon as the last
+    /// one is answered, which saturates the cluster.
+    #[arg(long, default_value_t = 0)]
+    pub load_rate: u64,
     #[arg(long)]
     pub json: bool,
 }
@@ -44,6 +52,17 @@ pub fn run(a: CardCheckArgs) -> anyhow::Result<Value> {
         "load-clients must be 0..={}",
         workloads::CLIENTS_MAX
     );
+    anyhow::ensure!(
+        a.load_rate <= LOAD_RATE_MAX,
+        "load-rate must be 0..={LOAD_RATE_MAX}"
+    );
+    anyhow::ensure!(
+        a.load_rate == 0 || a.load_clients > 0,
+        "load-rate needs load-clients"
+    );
+    // One client's gap between purchases when the load is paced.
+    let pace = (a.load_rate > 0)
+        .then(|| Duration::from_secs_f64(a.load_clients as f64 / a.load_rate as f64));
     let target = Target::resolve(&a.target)?;
     let ops = target.clients("ops", 0)?;
     let h = &ops[0];
@@ -141,7 +160,12 @@ pub fn run(a: CardCheckArgs) -> anyhow::Result<Value> {
                         let mut s = Stats::default();
                         let mut i = 0u64;
                         let mut first = 0usize;
+                        let mut slot = tokio::time::Instant::now();
                         while !stop.load(Ordering::Relaxed) {
+                            if let Some(gap) = pace {
+                                tokio::time::sleep_until(slot).await;
+                                slot = (slot + gap).max(tokio::time::Instant::now());
+                            }
                             i += 1;
                             let body = json!({"request_id": format!("cl-{run}-{c}-{i}"), "card_no": card,
                                               "amount": format!("{}.{:02}", 10 + i % 200, i % 100), "confirm_duplicate": true})
@@ -214,6 +238,7 @@ pub fn run(a: CardCheckArgs) -> anyhow::Result<Value> {
         "long_history_records": history,
         "long_recent_records": recent_long,
         "load_clients": a.load_clients,
+        "load_rate_target": a.load_rate,
         "ratio_p50": p("long_history", 0.5) / p("one_month", 0.5).max(0.001),
         "ratio_p99": p("long_history", 0.99) / p("one_month", 0.99).max(0.001),
     });

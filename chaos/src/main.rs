@@ -51,6 +51,10 @@ enum Cmd {
         node_bin: Option<PathBuf>,
         #[arg(long, default_value_t = 24)]
         accounts: usize,
+        /// The nodes' `raft.read_policy`: `read_index` (their default) or
+        /// `lease` (leader reads from its lease, no Raft round).
+        #[arg(long, default_value = "read_index", value_parser = ["read_index", "lease"])]
+        read_policy: String,
     },
 }
 
@@ -107,6 +111,7 @@ fn real_main() -> Result<bool> {
         json,
         node_bin,
         accounts,
+        read_policy,
     } = Cli::parse().cmd;
     let seed = seed.unwrap_or_else(random_seed);
     let mut cfg = RunConfig::new(dir, base_port, seed);
@@ -114,6 +119,7 @@ fn real_main() -> Result<bool> {
     cfg.nemeses = nemesis::parse_list(&nemesis)?;
     cfg.node_bin = node_bin;
     cfg.accounts = accounts;
+    cfg.lease_reads = read_policy == "lease";
     println!("seed {seed} (replay with --seed {seed})");
     let rep = run::run(&cfg, &mut |line| println!("{line}"))?;
     print!("{}", report::render(&rep));

@@ -45,6 +45,8 @@ pub struct GapStats {
 pub struct RunReport {
     pub seed: u64,
     pub base_port: u16,
+    /// The nodes' `raft.read_policy`.
+    pub read_policy: String,
     pub duration_s: u64,
     pub schedule: String,
     pub nemeses: Vec<String>,
@@ -293,6 +295,12 @@ pub fn build(
     RunReport {
         seed: cfg.seed,
         base_port: cfg.base_port,
+        read_policy: if cfg.lease_reads {
+            "lease"
+        } else {
+            "read_index"
+        }
+        .into(),
         duration_s: cfg.duration_s,
         schedule: if cfg.duration_s == 0 {
             "once"
@@ -359,9 +367,10 @@ pub fn render(r: &RunReport) -> String {
         out.push('\n');
     }
     out.push_str(&format!(
-        "\nseed {}  schedule {}  elapsed {:.0} s  accounts {}  unknown writes {} (landed {})\n",
+        "\nseed {}  schedule {}  reads {}  elapsed {:.0} s  accounts {}  unknown writes {} (landed {})\n",
         r.seed,
         r.schedule,
+        r.read_policy,
         r.elapsed_s,
         r.accounts_checked,
         r.records.unknown,

@@ -49,6 +49,8 @@ pub struct RunConfig {
     pub settle_ms: u64,
     /// Budget of the linearizability search per account.
     pub lin_steps_max: u64,
+    /// Nodes run with `raft.read_policy = "lease"`.
+    pub lease_reads: bool,
 }
 
 impl RunConfig {
@@ -66,6 +68,7 @@ impl RunConfig {
             readers: 2,
             settle_ms: 1_500,
             lin_steps_max: 5_000_000,
+            lease_reads: false,
         }
     }
 }
@@ -102,7 +105,10 @@ impl Harness {
             &bin,
             cfg.base_port,
             NODES as usize,
-            RaftTimings::default(),
+            RaftTimings {
+                read_policy: cfg.lease_reads.then_some(local::ReadPolicy::Lease),
+                ..RaftTimings::default()
+            },
             Some(net::HOST_PREFIX),
         )?;
         cluster.set_kill_on_drop(true);

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::domain::{Op, Outcome};
 use crate::proposer::{self, ProposeError, Proposer};
 use crate::raft_net::{Channels, decode, encode};
+use crate::read_fence::{self, ReadFence};
 use crate::types::{Command, NodeId, NodeInfo, Raft};
 
 /// How long a node without a known leader waits for one inside a request
@@ -109,6 +110,8 @@ pub struct App {
     pub auth: Arc<crate::auth::Auth>,
     /// Batches this node's proposals (group commit) and stamps their time.
     proposer: Proposer,
+    /// What the state machine has applied: lease reads on the leader.
+    fence: Arc<ReadFence>,
     /// When an AppendEntries (heartbeat or entries) last arrived, in ms
     /// since `started`; 0 = never.
     leader_contact_ms: Arc<AtomicU64>,
@@ -123,10 +126,12 @@ impl App {
         config: Arc<Config>,
         channels: Channels,
         auth: Arc<crate::auth::Auth>,
+        fence: Arc<ReadFence>,
     ) -> Self {
         App {
             id,
             proposer: Proposer::start(raft.clone(), proposer_limits(&config)),
+            fence,
             raft,
             db,
             config,
@@ -320,9 +325,13 @@ impl App {
                 };
                 Ok(ForwardReply::Write { outcome, log_index })
             }
-            Forward::ReadIndex => Ok(ForwardReply::ReadIndex(
-                self.read_index_local(deadline).await?,
-            )),
+            Forward::ReadIndex => {
+                let index = self.read_index_local(deadline).await?;
+                // Before the follower can read at `index`: this node's
+                // own lease reads must not see less from now on.
+                self.fence.granted(index);
+                Ok(ForwardReply::ReadIndex(index))
+            }
             Forward::Admin(op) => Ok(ForwardReply::Admin(self.admin_local(op, deadline).await?)),
         }
     }
@@ -479,6 +488,11 @@ impl App {
     /// get a read index from the leader (ReadIndex) and wait until the local
     /// state machine has applied it.
     pub async fn linearize(&self) -> Result<(), ApiError> {
+        if self.lease_read_here() {
+            metrics::counter!("billdb_reads_total", "path" => "leader_lease").increment(1);
+            return Ok(());
+        }
+        metrics::counter!("billdb_reads_total", "path" => "read_index").increment(1);
         let started = Instant::now();
         let deadline = self.deadline();
         let index = loop {
@@ -521,6 +535,26 @@ impl App {
             .map_err(|_| unavailable("this node did not catch up in time"))?;
         metrics::histogram!("billdb_read_index_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// With `read_policy = "lease"`: this node leads, holds a lease and
+    /// may answer a linearizable read from its state as it is now, with no
+    /// Raft round and no wait for apply (the rule: `read_fence`).
+    fn lease_read_here(&self) -> bool {
+        use openraft::async_runtime::Instant as _;
+        use openraft::async_runtime::WatchReceiver;
+        if self.config.raft.read_policy != crate::config::ReadPolicyName::Lease {
+            return false;
+        }
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        let is_leader =
+            m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id);
+        let age = m.last_quorum_acked.as_ref().map(|t| t.elapsed());
+        let lease = Duration::from_millis(self.config.raft.election_timeout_max_ms);
+        let view = self.fence.view(is_leader, m.current_term, age, lease);
+        drop(m);
+        read_fence::lease_read(&view).is_ok()
     }
 
     // ---- administration ----
@@ -685,6 +719,9 @@ impl App {
                         log_index: 0,
                     });
                 }
+                // Voters drop their lease for the transfer: stop reading
+                // under it for the rest of this term first.
+                self.fence.transferring(self.metrics().current_term);
                 self.raft
                     .trigger()
                     .transfer_leader(to)

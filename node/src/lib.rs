@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod proposer;
 pub mod raft_net;
 pub mod raft_service;
+pub mod read_fence;
 pub mod server;
 pub mod store;
 pub mod types;

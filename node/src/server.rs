@@ -114,6 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.clone(),
         channels,
         Arc::new(auth),
+        sm.fence(),
     );
     crate::metrics::spawn_leader_watch(app.clone());
     spawn_snapshot_by_log_bytes(

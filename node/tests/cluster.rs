@@ -599,6 +599,46 @@ fn lease_reads_stay_linearizable_across_a_paused_leader() {
     let all: Vec<NodeId> = (1..=5).collect();
     write_load(&c, &all, "pre", 40, 2);
     let old = c.leader();
+    // A steady leader answers from its applied state, with no Raft round
+    // (`read_fence`); a follower's read still asks the leader for an index.
+    let lease_reads = r#"billdb_reads_total{path="leader_lease"}"#;
+    let index_reads = r#"billdb_reads_total{path="read_index"}"#;
+    let (fast0, slow0) = (c.metric(old, lease_reads), c.metric(old, index_reads));
+    for _ in 0..10 {
+        balance(&c, old, &account(0));
+    }
+    assert!(
+        c.metric(old, lease_reads) >= fast0 + 10.0,
+        "leader reads did not take the lease path"
+    );
+    assert_eq!(
+        c.metric(old, index_reads),
+        slow0,
+        "a leader read took a Raft round"
+    );
+    // Heartbeats alone keep the lease: an idle leader still reads locally.
+    std::thread::sleep(Duration::from_millis(1500));
+    let fast1 = c.metric(old, lease_reads);
+    balance(&c, old, &account(0));
+    assert_eq!(
+        c.metric(old, lease_reads),
+        fast1 + 1.0,
+        "an idle leader lost its lease"
+    );
+    let follower = *all.iter().find(|n| **n != old).unwrap();
+    let f0 = c.metric(follower, index_reads);
+    // A follower's read of a write it just forwarded sees it.
+    pay_until_ok(
+        &c,
+        &[follower],
+        "via-follower",
+        &account(0),
+        "1.00",
+        Duration::from_secs(30),
+    );
+    let b1 = balance(&c, follower, &account(0));
+    assert_eq!(balance(&c, old, &account(0)), b1);
+    assert!(c.metric(follower, index_reads) > f0);
     let before = balance(&c, old, &account(0));
     c.c.pause(old).unwrap();
     let others: Vec<NodeId> = all.iter().copied().filter(|n| *n != old).collect();

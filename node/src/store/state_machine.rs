@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::read_fence::ReadFence;
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, entry::RaftEntry};
@@ -194,6 +195,8 @@ pub struct StateMachine {
     snap_dir: PathBuf,
     current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
     cache: Arc<Mutex<ApplyCache>>,
+    /// What is applied, for lease reads on the leader (`read_fence`).
+    fence: Arc<ReadFence>,
 }
 
 fn snap_name(meta: &SnapshotMeta) -> String {
@@ -217,6 +220,7 @@ impl StateMachine {
             snap_dir,
             current: Arc::new(Mutex::new(None)),
             cache: Arc::new(Mutex::new(ApplyCache::new(APPLY_CACHE_BYTES_MAX))),
+            fence: Arc::new(ReadFence::default()),
         };
         if let Some(raw) = sm
             .db
@@ -257,11 +261,18 @@ impl StateMachine {
             }
         }
         *sm.current.lock().map_err(io_err)? = best;
+        let (applied, _) = sm.read_applied()?;
+        sm.fence.reset_applied(applied.map_or(0, |l| l.index));
         Ok(sm)
     }
 
     pub fn db(&self) -> &Arc<DB> {
         &self.db
+    }
+
+    /// The applied-state fence the API's lease reads consult.
+    pub fn fence(&self) -> Arc<ReadFence> {
+        self.fence.clone()
     }
 
     fn set_current(&self, meta: SnapshotMeta, path: PathBuf) -> Result<(), std::io::Error> {
@@ -297,6 +308,10 @@ impl StateMachine {
         let result = self.load_snapshot_file_uncached(path, meta);
         // Every domain family was replaced (or half-replaced on an error).
         self.cache.lock().map_err(io_err)?.clear();
+        if result.is_ok() {
+            self.fence
+                .reset_applied(meta.last_log_id.as_ref().map_or(0, |l| l.index));
+        }
         result
     }
 
@@ -465,6 +480,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut replies = Vec::new();
         let mut last_applied: Option<LogId> = None;
         let mut membership: Option<StoredMembership> = None;
+        let mut blank_term: Option<u64> = None;
         let mut commands = 0u64;
         loop {
             let next = entries.next().await;
@@ -473,7 +489,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let (entry, responder) = item?;
                 let log_id = entry.log_id();
                 let reply = match entry.payload {
-                    EntryPayload::Blank => BatchReply::default(),
+                    EntryPayload::Blank => {
+                        blank_term = Some(log_id.leader_id.term);
+                        BatchReply::default()
+                    }
                     EntryPayload::Normal(batch) => {
                         let mut outcomes = Vec::with_capacity(batch.commands.len());
                         for cmd in &batch.commands {
@@ -516,6 +535,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 let (hits, misses) = c.take_counts();
                 drop(c);
+                if let Some(l) = &last_applied {
+                    self.fence.applied(l.index, blank_term.take());
+                }
                 metrics::counter!("billdb_apply_cache_hits_total").increment(hits);
                 metrics::counter!("billdb_apply_cache_misses_total").increment(misses);
                 metrics::counter!("billdb_applied_entries_total").increment(replies.len() as u64);

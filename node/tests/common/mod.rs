@@ -64,6 +64,31 @@ impl TestCluster {
         self.c.wait_leader(Duration::from_secs(30)).expect("leader")
     }
 
+    /// The value of one Prometheus sample line (`name{labels}`, exactly as
+    /// exported) on node `n`; 0 when the node does not export it yet.
+    pub fn metric(&self, n: NodeId, sample: &str) -> f64 {
+        use std::io::{Read, Write};
+        let addr = self.c.http_addr(n).expect("addr");
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect for /metrics");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read /metrics");
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
     pub fn status(&self, n: NodeId) -> Value {
         self.http(n).status().expect("status")
     }
