@@ -154,13 +154,16 @@ pub fn run(a: CardCheckArgs) -> anyhow::Result<Value> {
                 .build()?;
             rt.block_on(async move {
                 let mut tasks = tokio::task::JoinSet::new();
+                let n_clients = load.len().max(1);
                 for (c, (mut nodes, card)) in load.into_iter().enumerate() {
                     let (stop, run) = (stop.clone(), run.clone());
                     tasks.spawn(async move {
                         let mut s = Stats::default();
                         let mut i = 0u64;
                         let mut first = 0usize;
-                        let mut slot = tokio::time::Instant::now();
+                        // Clients spread over one gap: no bursts in step.
+                        let mut slot = tokio::time::Instant::now()
+                            + pace.map_or(Duration::ZERO, |g| g.mul_f64(c as f64 / n_clients as f64));
                         while !stop.load(Ordering::Relaxed) {
                             if let Some(gap) = pace {
                                 tokio::time::sleep_until(slot).await;
