@@ -674,7 +674,7 @@ async fn read_records(app: &App, a: Value) -> Result<Value, ApiError> {
         other => other.filter(|t| !t.is_empty()),
     };
     let q = RecordQuery {
-        account_id: account_id.clone(),
+        account_id,
         segment,
         from_ms,
         to_ms,
@@ -683,26 +683,37 @@ async fn read_records(app: &App, a: Value) -> Result<Value, ApiError> {
         descending,
     };
     app.linearize().await?;
-    with_view(app, move |view| {
-        if domain::get_account(view, &account_id)
-            .map_err(internal)?
-            .is_none()
-        {
-            return Err(ApiError::new(
-                ErrorCode::AccountNotFound,
-                format!("no account {account_id:?}"),
-            ));
-        }
-        let page = domain::list_records(view, &q).map_err(internal)??;
-        Ok(json!({
-            "account_id": account_id,
-            "records": page.records.iter().map(record_json).collect::<Vec<_>>(),
-            "next_page_token": page.next_page_token,
-            "boundary_ms": page.boundary_ms,
-            "boundary": page.boundary_ms.map(validate::to_rfc3339),
-        }))
-    })
-    .await
+    if limit <= INLINE_LIST_LIMIT_MAX {
+        // A counter's recent segment: small enough to read on this task
+        // (see `read_verify`).
+        return records_page(&RocksRead::new(&app.db), &q);
+    }
+    with_view(app, move |view| records_page(view, &q)).await
+}
+
+/// Pages of at most this many records are read on the request's task;
+/// larger ones on the blocking pool.
+const INLINE_LIST_LIMIT_MAX: usize = 50;
+
+fn records_page(view: &RocksRead<'_>, q: &RecordQuery) -> Result<Value, ApiError> {
+    let account_id = &q.account_id;
+    if domain::get_account(view, account_id)
+        .map_err(internal)?
+        .is_none()
+    {
+        return Err(ApiError::new(
+            ErrorCode::AccountNotFound,
+            format!("no account {account_id:?}"),
+        ));
+    }
+    let page = domain::list_records(view, q).map_err(internal)??;
+    Ok(json!({
+        "account_id": account_id,
+        "records": page.records.iter().map(record_json).collect::<Vec<_>>(),
+        "next_page_token": page.next_page_token,
+        "boundary_ms": page.boundary_ms,
+        "boundary": page.boundary_ms.map(validate::to_rfc3339),
+    }))
 }
 
 #[derive(Deserialize)]
