@@ -599,6 +599,10 @@ fn lease_reads_stay_linearizable_across_a_paused_leader() {
     let all: Vec<NodeId> = (1..=5).collect();
     write_load(&c, &all, "pre", 40, 2);
     let old = c.leader();
+    // The status document names the effective settings.
+    let st = c.status(old);
+    assert_eq!(st["raft"]["read_policy"], "lease");
+    assert_eq!(st["raft"]["batch_commands_max"], 256);
     // A steady leader answers from its applied state, with no Raft round
     // (`read_fence`); a follower's read still asks the leader for an index.
     let lease_reads = r#"billdb_reads_total{path="leader_lease"}"#;

@@ -33,6 +33,10 @@ pub struct Status {
     /// How this node confirms leadership for linearizable reads
     /// (`read_index` or `lease`, from `raft.read_policy`).
     pub read_policy: crate::config::ReadPolicyName,
+    /// Every `[raft]` setting this node runs with (timings, snapshots,
+    /// group commit, read policy), so a benchmark or an on-call engineer
+    /// sees the effective values.
+    pub raft: crate::config::RaftTuning,
 }
 
 pub fn status(app: &App) -> Status {
@@ -83,6 +87,7 @@ pub fn status(app: &App) -> Status {
         replication,
         db_size_bytes: app.db_size_bytes(),
         read_policy: app.config.raft.read_policy,
+        raft: app.config.raft.clone(),
     }
 }
 
