@@ -228,8 +228,15 @@ where
             Some(n) => {
                 anyhow::ensure!(
                     (1..=target.nodes.len()).contains(&n),
-                    "--node must be 1..={}",
-                    target.nodes.len()
+                    "--node is a position in the node list, 1..={} (here: {}), not a node id",
+                    target.nodes.len(),
+                    target
+                        .nodes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (id, _))| format!("{} = node {id}", i + 1))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
                 target.async_clients(identity, n - 1)?
             }
