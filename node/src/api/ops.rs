@@ -573,6 +573,17 @@ async fn with_view<T: Send + 'static>(
     .map_err(internal)?
 }
 
+/// A small, bounded read (a few point reads, a short page) on the
+/// request's own task: a hop to the blocking pool costs two thread
+/// wake-ups, which under a write load on busy cores cost more than the
+/// read. Large reads (reports, long pages) use [`with_view`].
+fn view_here<T>(
+    app: &App,
+    f: impl FnOnce(&RocksRead<'_>) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    f(&RocksRead::new(&app.db))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AccountIdArgs {
@@ -583,7 +594,7 @@ async fn read_account(app: &App, a: Value) -> Result<Value, ApiError> {
     let r: AccountIdArgs = args(a)?;
     let account_id = validate::id("account_id", &r.account_id)?;
     app.linearize().await?;
-    with_view(app, move |view| {
+    view_here(app, |view| {
         let acct = domain::get_account(view, &account_id)
             .map_err(internal)?
             .ok_or_else(|| {
@@ -597,7 +608,6 @@ async fn read_account(app: &App, a: Value) -> Result<Value, ApiError> {
         v["opened"] = json!(validate::to_rfc3339(acct.opened_ms));
         Ok(v)
     })
-    .await
 }
 
 #[derive(Deserialize)]
@@ -610,7 +620,7 @@ async fn read_request(app: &App, a: Value) -> Result<Value, ApiError> {
     let r: RequestIdArgs = args(a)?;
     let request_id = validate::id("request_id", &r.request_id)?;
     app.linearize().await?;
-    with_view(app, move |view| {
+    view_here(app, |view| {
         match domain::request_outcome(view, &request_id).map_err(internal)? {
             Some(o) => Ok(json!({"request_id": request_id, "outcome": o.to_json()})),
             None => Err(ApiError::new(
@@ -619,7 +629,6 @@ async fn read_request(app: &App, a: Value) -> Result<Value, ApiError> {
             )),
         }
     })
-    .await
 }
 
 /// Query parameters arrive as strings (HTTP query, gRPC JSON alike).
@@ -684,9 +693,8 @@ async fn read_records(app: &App, a: Value) -> Result<Value, ApiError> {
     };
     app.linearize().await?;
     if limit <= INLINE_LIST_LIMIT_MAX {
-        // A counter's recent segment: small enough to read on this task
-        // (see `read_verify`).
-        return records_page(&RocksRead::new(&app.db), &q);
+        // A counter's recent segment: small enough for `view_here`.
+        return view_here(app, |view| records_page(view, &q));
     }
     with_view(app, move |view| records_page(view, &q)).await
 }
@@ -734,21 +742,20 @@ async fn read_verify(app: &App, a: Value) -> Result<Value, ApiError> {
     let _ = r.request_id;
     let card_no = validate::id("card_no", &r.card_no)?;
     app.linearize().await?;
-    // Bounded (one card, one account, RECENT_MAX records): read on this
-    // task. A hop to the blocking pool costs two thread wake-ups, which
-    // under a write load on busy cores cost more than the read itself.
-    let view = RocksRead::new(&app.db);
-    let check = domain::verify_card(
-        &view,
-        &card_no,
-        r.generation,
-        r.seq_on_card,
-        VERIFY_RECENT_MAX,
-    )
-    .map_err(internal)?;
-    let mut v = serde_json::to_value(&check).map_err(internal)?;
-    v["recent"] = json!(check.recent.iter().map(record_json).collect::<Vec<_>>());
-    Ok(v)
+    // Bounded: one card, one account, VERIFY_RECENT_MAX records.
+    view_here(app, |view| {
+        let check = domain::verify_card(
+            view,
+            &card_no,
+            r.generation,
+            r.seq_on_card,
+            VERIFY_RECENT_MAX,
+        )
+        .map_err(internal)?;
+        let mut v = serde_json::to_value(&check).map_err(internal)?;
+        v["recent"] = json!(check.recent.iter().map(record_json).collect::<Vec<_>>());
+        Ok(v)
+    })
 }
 
 /// Newest records a card check returns with its verdict.
