@@ -221,27 +221,25 @@ where
         .build()?;
     let step = Arc::new(step);
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(n) = node {
+        anyhow::ensure!(
+            (1..=target.nodes.len()).contains(&n),
+            "--node is a position in the node list, 1..={} (here: {}), not a node id",
+            target.nodes.len(),
+            target
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, (id, _))| format!("{} = node {id}", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let started = Instant::now();
     let deadline = started + duration;
     for c in 0..clients {
-        let nodes = match node {
-            Some(n) => {
-                anyhow::ensure!(
-                    (1..=target.nodes.len()).contains(&n),
-                    "--node is a position in the node list, 1..={} (here: {}), not a node id",
-                    target.nodes.len(),
-                    target
-                        .nodes
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (id, _))| format!("{} = node {id}", i + 1))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                target.async_clients(identity, n - 1)?
-            }
-            None => target.async_clients(identity, c)?,
-        };
+        // Pinned: every client on node `n`; else client `c` starts on node `c`.
+        let nodes = target.async_clients(identity, node.map_or(c, |n| n - 1))?;
         let mut ctx = Ctx {
             client: c,
             // Per run and client: two runs within the duplicate-sale window

@@ -225,36 +225,26 @@ mod tests {
         let f = ReadFence::default();
         let lease = Duration::from_millis(400);
         let age = Some(Duration::from_millis(1));
+        // The rule for a fresh leader of `term`, over the fence as it is.
+        let leader_of = |term| lease_read(&f.view(true, term, age, lease));
         // Leader of term 3 before its blank entry is applied.
         f.applied(10, None);
-        assert_eq!(
-            lease_read(&f.view(true, 3, age, lease)),
-            Err(NotNow::TermBlankNotApplied)
-        );
+        assert_eq!(leader_of(3), Err(NotNow::TermBlankNotApplied));
         f.applied(11, Some(3));
-        assert_eq!(lease_read(&f.view(true, 3, age, lease)), Ok(()));
+        assert_eq!(leader_of(3), Ok(()));
         // A follower was granted index 15: local reads wait until applied.
         f.granted(15);
         f.granted(12); // never lowers the mark
-        assert_eq!(
-            lease_read(&f.view(true, 3, age, lease)),
-            Err(NotNow::BehindGranted)
-        );
+        assert_eq!(leader_of(3), Err(NotNow::BehindGranted));
         f.applied(15, None);
-        assert_eq!(lease_read(&f.view(true, 3, age, lease)), Ok(()));
+        assert_eq!(leader_of(3), Ok(()));
         // A transfer turns the rule off for this term only.
         f.transferring(3);
-        assert_eq!(
-            lease_read(&f.view(true, 3, age, lease)),
-            Err(NotNow::Transferring)
-        );
+        assert_eq!(leader_of(3), Err(NotNow::Transferring));
         f.applied(20, Some(5));
-        assert_eq!(lease_read(&f.view(true, 5, age, lease)), Ok(()));
+        assert_eq!(leader_of(5), Ok(()));
         // A snapshot install moves applied without a blank.
         f.reset_applied(30);
-        assert_eq!(
-            lease_read(&f.view(true, 6, age, lease)),
-            Err(NotNow::TermBlankNotApplied)
-        );
+        assert_eq!(leader_of(6), Err(NotNow::TermBlankNotApplied));
     }
 }

@@ -31,7 +31,8 @@ pub struct Status {
     pub replication: BTreeMap<NodeId, Replication>,
     pub db_size_bytes: u64,
     /// How this node confirms leadership for linearizable reads
-    /// (`read_index` or `lease`, from `raft.read_policy`).
+    /// (`read_index` or `lease`, from `raft.read_policy`; the same value as
+    /// `raft.read_policy` below, kept here for clients that read it here).
     pub read_policy: crate::config::ReadPolicyName,
     /// Every `[raft]` setting this node runs with (timings, snapshots,
     /// group commit, read policy), so a benchmark or an on-call engineer
