@@ -420,9 +420,84 @@ fn parse_plain(input: &str, quantity: Quantity, max_decimals: u32) -> Result<Dec
     Decimal::try_from_i128_with_scale(i128::from(mantissa), decimals).map_err(|_| invalid())
 }
 
+/// `Decimal` as a string for people and as `(scale, mantissa)` for
+/// machines: JSON (human-readable formats) keeps `"12.50"` exactly as
+/// `rust_decimal`'s own serde does, while bincode (the Raft log, RocksDB
+/// values, node-to-node messages) stores one scale byte and the 96-bit
+/// mantissa as an integer, so no decimal is printed or parsed on the write
+/// path. Use as `#[serde(with = "billdb_api::money::decimal_compact")]`.
+pub mod decimal_compact {
+    use rust_decimal::Decimal;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            Serialize::serialize(d, s)
+        } else {
+            (d.scale() as u8, d.mantissa()).serialize(s)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        if d.is_human_readable() {
+            <Decimal as Deserialize>::deserialize(d)
+        } else {
+            let (scale, mantissa) = <(u8, i128)>::deserialize(d)?;
+            Decimal::try_from_i128_with_scale(mantissa, u32::from(scale))
+                .map_err(|e| D::Error::custom(format!("decimal out of range: {e}")))
+        }
+    }
+
+    /// A bare `Decimal` value in the compact form (for a value stored on
+    /// its own, like a year's units counter).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Compact(#[serde(with = "super::decimal_compact")] pub Decimal);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Held {
+        #[serde(with = "decimal_compact")]
+        amount: Decimal,
+    }
+
+    /// JSON keeps the exact decimal string; bincode round-trips every
+    /// scale and sign exactly, in fewer bytes than the string form.
+    #[test]
+    fn decimal_compact_is_a_string_for_json_and_exact_in_bincode() {
+        use bincode::Options;
+        let varint = bincode::DefaultOptions::new();
+        for text in [
+            "0",
+            "0.00",
+            "12.50",
+            "-12.50",
+            "1000000.000",
+            "0.001",
+            "-0.01",
+            "79228162514264337593543950335",
+            "-7.9228162514264337593543950335",
+        ] {
+            let held = Held { amount: d(text) };
+            let json = serde_json::to_string(&held).unwrap();
+            assert_eq!(json, format!("{{\"amount\":\"{text}\"}}"));
+            assert_eq!(serde_json::from_str::<Held>(&json).unwrap(), held);
+            let bin = varint.serialize(&held).unwrap();
+            let back: Held = varint.deserialize(&bin).unwrap();
+            assert_eq!(back.amount.to_string(), text, "scale kept");
+            let fixed: Held = bincode::deserialize(&bincode::serialize(&held).unwrap()).unwrap();
+            assert_eq!(fixed, held);
+        }
+        let small = varint.serialize(&Held { amount: d("12.50") }).unwrap();
+        assert!(small.len() <= 4, "{} bytes", small.len());
+        // A scale past 28 is refused, not wrapped.
+        let bad = varint.serialize(&(29u8, 1i128)).unwrap();
+        assert!(varint.deserialize::<Held>(&bad).is_err());
+    }
 
     fn d(s: &str) -> Decimal {
         Decimal::from_str(s).expect("test literal")

@@ -115,11 +115,11 @@ pub struct TariffVersions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierPiece {
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::money::decimal_compact")]
     pub units: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::money::decimal_compact")]
     pub price: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::money::decimal_compact")]
     pub amount: Decimal,
 }
 
@@ -130,9 +130,9 @@ pub struct TierPiece {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quote {
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::money::decimal_compact")]
     pub units: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::money::decimal_compact")]
     pub amount: Decimal,
     pub tiers: Vec<TierPiece>,
 }

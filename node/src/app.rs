@@ -810,6 +810,10 @@ impl App {
         live
     }
 
+    pub fn family_sst_bytes(&self) -> Vec<(String, u64)> {
+        crate::store::family_sst_bytes(&self.db)
+    }
+
     pub fn db_size_bytes(&self) -> u64 {
         crate::store::db_size_bytes(&self.db)
     }

@@ -106,7 +106,7 @@ impl Proposer {
     /// carrying it is applied. Dropping the future abandons the wait, not
     /// the command.
     pub async fn propose(&self, cmd: Command) -> Proposed {
-        let size_bytes = bincode::serialized_size(&cmd)
+        let size_bytes = crate::codec::size_bytes(&cmd)
             .ok()
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(usize::MAX);
@@ -355,7 +355,7 @@ mod tests {
             delay_ms: 30,
             ..Fake::default()
         };
-        let size = |c: &Command| bincode::serialized_size(c).unwrap() as usize;
+        let size = |c: &Command| crate::codec::size_bytes(c).unwrap() as usize;
         let small = size(&cmd("s00", 40));
         // Room for two small commands per entry by bytes, three by count.
         let bytes_max = 2 * small + small / 2;

@@ -42,11 +42,11 @@ const SNAPSHOT_CHUNKS_IN_FLIGHT_MAX: usize = 4;
 type RpcErr<E = openraft::errors::Infallible> = RPCError<TypeConfig, E>;
 
 pub fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, bincode::Error> {
-    bincode::serialize(v)
+    crate::codec::encode(v)
 }
 
 pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, bincode::Error> {
-    bincode::deserialize(b)
+    crate::codec::decode(b)
 }
 
 /// Build a channel to `addr` (`host:port`) with the node-to-node settings.

@@ -24,10 +24,12 @@ pub struct Account {
     pub meter_id: String,
     pub tariff_id: String,
     /// Heated area (heat accounts), m².
+    #[serde(with = "billdb_api::money::decimal_compact")]
     pub area: Decimal,
     /// active | suspended | closed
     pub status: String,
     /// Receivable balance: payments and credits add, charges subtract.
+    #[serde(with = "billdb_api::money::decimal_compact")]
     pub balance: Decimal,
     pub opened_ms: i64,
     pub closed_ms: Option<i64>,
@@ -54,6 +56,7 @@ pub struct Account {
 pub struct LastPurchase {
     pub seq: u64,
     pub card_no: String,
+    #[serde(with = "billdb_api::money::decimal_compact")]
     pub amount: Decimal,
     pub ts_ms: i64,
     pub request_id: String,

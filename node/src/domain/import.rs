@@ -36,9 +36,11 @@ pub struct ImportAccount {
     pub utility: String,
     pub meter_id: String,
     pub tariff_id: String,
+    #[serde(with = "billdb_api::money::decimal_compact")]
     pub area: Decimal,
     /// active | suspended | closed
     pub status: String,
+    #[serde(with = "billdb_api::money::decimal_compact")]
     pub balance: Decimal,
     pub opened_ms: i64,
     pub closed_ms: Option<i64>,
@@ -53,7 +55,9 @@ pub struct ImportRecord {
     /// purchase | payment | charge | adjustment
     pub kind: String,
     /// Signed only for adjustments.
+    #[serde(with = "billdb_api::money::decimal_compact")]
     pub amount: Decimal,
+    #[serde(with = "billdb_api::money::decimal_compact")]
     pub units: Decimal,
     pub ts_ms: i64,
     pub operator_id: String,

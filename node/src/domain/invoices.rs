@@ -21,7 +21,9 @@ pub struct Invoice {
     pub account_id: String,
     pub seq: u64,
     pub kind: String,
+    #[serde(with = "billdb_api::money::decimal_compact")]
     pub amount: Decimal,
+    #[serde(with = "billdb_api::money::decimal_compact")]
     pub units: Decimal,
     pub issued_ms: i64,
     /// 0 until first printed.

@@ -20,11 +20,11 @@
 use serde::{Serialize, de::DeserializeOwned};
 
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, std::io::Error> {
-    bincode::serialize(v).map_err(std::io::Error::other)
+    crate::codec::encode(v).map_err(std::io::Error::other)
 }
 
 pub fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, std::io::Error> {
-    bincode::deserialize(raw).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    crate::codec::decode(raw).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 pub fn with_id(id: &str) -> Vec<u8> {

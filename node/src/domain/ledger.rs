@@ -30,8 +30,10 @@ pub struct Record {
     /// purchase | payment | charge | reissue | reversal | adjustment
     pub kind: String,
     /// Signed money: a reversal carries the negated amount.
+    #[serde(with = "billdb_api::money::decimal_compact")]
     pub amount: Decimal,
     /// Signed units (purchases, reissues, their reversals).
+    #[serde(with = "billdb_api::money::decimal_compact")]
     pub units: Decimal,
     pub tiers: Vec<TierPiece>,
     pub tariff_id: String,
@@ -53,6 +55,7 @@ pub struct Record {
     pub refers_to: Option<u64>,
     pub reason: String,
     /// The change this record made to the account balance.
+    #[serde(with = "billdb_api::money::decimal_compact")]
     pub balance_effect: Decimal,
 }
 

@@ -77,8 +77,8 @@ pub const FAMILIES: &[Family] = &[
 /// these units (priced by the server with the account's tariff).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Buy {
-    Money(Decimal),
-    Units(Decimal),
+    Money(#[serde(with = "billdb_api::money::decimal_compact")] Decimal),
+    Units(#[serde(with = "billdb_api::money::decimal_compact")] Decimal),
 }
 
 /// What a client asked for, validated at the edge (and checked again here
@@ -96,6 +96,7 @@ pub enum Op {
     },
     Payment {
         account_id: String,
+        #[serde(with = "billdb_api::money::decimal_compact")]
         amount: Decimal,
         bank_code: String,
         bank_ref: String,
@@ -129,6 +130,7 @@ pub enum Op {
     /// A charge (heating) that the account owes: balance decreases.
     PostCharge {
         account_id: String,
+        #[serde(with = "billdb_api::money::decimal_compact")]
         amount: Decimal,
         period: String,
         reason: String,
@@ -149,6 +151,7 @@ pub enum Op {
     /// A signed correction of the balance, with a reason.
     Adjust {
         account_id: String,
+        #[serde(with = "billdb_api::money::decimal_compact")]
         amount: Decimal,
         reason: String,
     },
@@ -215,7 +218,7 @@ impl Op {
     /// Fingerprint of the payload for exactly-once: same request_id with a
     /// different fingerprint is an IDEMPOTENCY_CONFLICT.
     pub fn fingerprint(&self) -> [u8; 32] {
-        let bytes = bincode::serialize(self).unwrap_or_default();
+        let bytes = crate::codec::encode(self).unwrap_or_default();
         Sha256::digest(bytes).into()
     }
 }
@@ -231,7 +234,9 @@ pub enum Outcome {
     PaymentPosted {
         account_id: String,
         record_seq: u64,
+        #[serde(with = "billdb_api::money::decimal_compact")]
         amount: Decimal,
+        #[serde(with = "billdb_api::money::decimal_compact")]
         balance: Decimal,
         invoice_no: String,
     },
@@ -249,6 +254,7 @@ pub enum Outcome {
     /// Purchase, charge, reissue, reversal, adjustment: the new record.
     RecordPosted {
         record: Box<Record>,
+        #[serde(with = "billdb_api::money::decimal_compact")]
         balance: Decimal,
         /// e.g. `CREDIT_NOT_LOADED` when the previous sale was never loaded.
         warnings: Vec<String>,

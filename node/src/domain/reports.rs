@@ -22,7 +22,9 @@ use super::{Res, add, calendar, keys, read, write};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReportRow {
     pub count: u64,
+    #[serde(with = "billdb_api::money::decimal_compact")]
     pub amount: Decimal,
+    #[serde(with = "billdb_api::money::decimal_compact")]
     pub units: Decimal,
 }
 

@@ -34,6 +34,7 @@ pub struct AccountSeason {
     pub number: u32,
     pub season_id: String,
     /// The balance carried forward (negative: arrears).
+    #[serde(with = "billdb_api::money::decimal_compact")]
     pub opening_balance: Decimal,
 }
 

@@ -7,6 +7,7 @@
 use rust_decimal::Decimal;
 
 use billdb_api::error::{ApiError, ErrorCode};
+use billdb_api::money::decimal_compact::Compact;
 use billdb_api::tariff::{Tariff, TariffKind, TariffVersion, TariffVersions, Tier};
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +85,9 @@ pub fn year_units<G: Get + ?Sized>(
     account_id: &str,
     year: i32,
 ) -> Result<Decimal, std::io::Error> {
-    Ok(read(view, Family::YearUnits, &keys::year_units(account_id, year))?.unwrap_or_default())
+    let units: Option<Compact> =
+        read(view, Family::YearUnits, &keys::year_units(account_id, year))?;
+    Ok(units.map(|c| c.0).unwrap_or_default())
 }
 
 pub(crate) fn set_year_units<T: Txn + ?Sized>(
@@ -97,7 +100,7 @@ pub(crate) fn set_year_units<T: Txn + ?Sized>(
         txn,
         Family::YearUnits,
         keys::year_units(account_id, year),
-        &units,
+        &Compact(units),
     )?;
     Ok(())
 }

@@ -2225,7 +2225,7 @@ fn ops_and_outcomes_round_trip_through_bincode() {
             channel: "app".into(),
             op,
         };
-        let back: Command = bincode::deserialize(&bincode::serialize(&c).unwrap()).unwrap();
+        let back: Command = crate::codec::decode(&crate::codec::encode(&c).unwrap()).unwrap();
         assert_eq!(back, c);
     }
     // Outcomes from a real run, one of each kind.
@@ -2285,7 +2285,7 @@ fn ops_and_outcomes_round_trip_through_bincode() {
     assert!(matches!(&outs[0], Outcome::RecordPosted { record, .. } if record.tiers.len() == 3));
     outs.push(w.ok("o", t0(), open("Q", "gas", "")));
     for o in outs {
-        let back: Outcome = bincode::deserialize(&bincode::serialize(&o).unwrap()).unwrap();
+        let back: Outcome = crate::codec::decode(&crate::codec::encode(&o).unwrap()).unwrap();
         assert_eq!(back, o);
         let json = o.to_json();
         assert!(

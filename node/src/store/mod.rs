@@ -56,11 +56,11 @@ pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
 }
 
 pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, std::io::Error> {
-    bincode::serialize(v).map_err(io_err)
+    crate::codec::encode(v).map_err(io_err)
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, std::io::Error> {
-    bincode::deserialize(raw).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    crate::codec::decode(raw).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Open (or create) the node's RocksDB with every column family.
@@ -123,9 +123,27 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, std::io::Error> {
 /// Version of what this build writes into the database (the bincode shapes
 /// of log entries and domain values). 2: accounts carry `last_purchase`
 /// beside `last_purchase_seq`; 3: `last_purchase` only; 4: log entries
-/// carry a batch of commands, invoice numbers come from one counter.
-pub const DATA_FORMAT: u32 = 4;
+/// carry a batch of commands, invoice numbers come from one counter; 5:
+/// the compact encoding of [`crate::codec`] (variable-length integers,
+/// decimals as scale and mantissa).
+pub const DATA_FORMAT: u32 = 5;
+/// The stamp is 4 bytes, u32 little-endian, in every format (it was
+/// fixed-width bincode before format 5), so any build can read any stamp.
 const KEY_FORMAT: &[u8] = b"data_format";
+
+fn format_stamp(format: u32) -> [u8; 4] {
+    format.to_le_bytes()
+}
+
+fn read_format_stamp(raw: &[u8]) -> Result<u32, std::io::Error> {
+    let bytes: [u8; 4] = raw.try_into().map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the data format stamp is {} bytes, not 4", raw.len()),
+        )
+    })?;
+    Ok(u32::from_le_bytes(bytes))
+}
 
 /// A new database gets this build's format; an existing one must already
 /// have it. Data written by another format would fail to decode halfway
@@ -134,7 +152,7 @@ fn check_format(db: &DB) -> Result<(), std::io::Error> {
     let meta = cf(db, CF_SM_META)?;
     match db.get_cf(meta, KEY_FORMAT).map_err(io_err)? {
         Some(v) => {
-            let found: u32 = decode(&v)?;
+            let found = read_format_stamp(&v)?;
             if found != DATA_FORMAT {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -158,7 +176,7 @@ fn check_format(db: &DB) -> Result<(), std::io::Error> {
                     ),
                 ));
             }
-            db.put_cf_opt(meta, KEY_FORMAT, encode(&DATA_FORMAT)?, &sync_opts())
+            db.put_cf_opt(meta, KEY_FORMAT, format_stamp(DATA_FORMAT), &sync_opts())
                 .map_err(io_err)
         }
     }
@@ -191,6 +209,22 @@ pub fn db_size_bytes(db: &DB) -> u64 {
     sst + mem
 }
 
+/// Live SST bytes per column family (name, bytes), in family order of
+/// first appearance: what takes the disk, for metrics.
+pub fn family_sst_bytes(db: &DB) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let Ok(files) = db.live_files() else {
+        return out;
+    };
+    for f in files {
+        match out.iter_mut().find(|(n, _)| *n == f.column_family_name) {
+            Some((_, b)) => *b += f.size as u64,
+            None => out.push((f.column_family_name.clone(), f.size as u64)),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,16 +252,17 @@ mod tests {
         };
         assert!(e.to_string().contains("data format 1"), "{e}");
 
+        // Stamps of formats before 5 were fixed-width bincode u32: the same
+        // four bytes, so an older data directory is named, not misread.
+        assert_eq!(bincode::serialize(&4u32).unwrap(), format_stamp(4));
+        assert_eq!(read_format_stamp(&format_stamp(4)).unwrap(), 4);
+
         // Another format's stamp.
         let other = dir.path().join("other");
         {
             let db = open_db(&other).unwrap();
-            db.put_cf(
-                cf(&db, CF_SM_META).unwrap(),
-                KEY_FORMAT,
-                encode(&7u32).unwrap(),
-            )
-            .unwrap();
+            db.put_cf(cf(&db, CF_SM_META).unwrap(), KEY_FORMAT, format_stamp(7))
+                .unwrap();
         }
         let Err(e) = open_db(&other) else {
             panic!("another format must be refused")
