@@ -28,7 +28,8 @@ use openraft::raft::{
 use openraft::{AnyError, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::store::snapshot::{CHUNK_SIZE_BYTES, SnapshotFile};
+use crate::store::checkpoint::SnapshotHandle;
+use crate::store::snapshot::CHUNK_SIZE_BYTES;
 use crate::types::{NodeId, NodeInfo, TypeConfig, Vote};
 
 /// Largest gRPC message between nodes (a batch of entries, a snapshot chunk).
@@ -210,7 +211,7 @@ fn deadline_for(action: RPCTypes, option: &RPCOption) -> Duration {
 }
 
 impl RaftNetworkV2<TypeConfig> for Conn {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotHandle;
 
     async fn append_entries(
         &mut self,
@@ -321,14 +322,27 @@ impl RaftNetworkV2<TypeConfig> for Conn {
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotHandle>,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let meta = encode(&(vote, snapshot.meta.clone())).map_err(|e| {
             StreamingError::Network(NetworkError::new(&AnyError::error(e.to_string())))
         })?;
-        let file = snapshot.snapshot;
+        // The file is written from its checkpoint the first time a peer
+        // needs it (minutes at full scale): off the runtime, and given up
+        // if replication to this peer closes meanwhile.
+        let handle = snapshot.snapshot;
+        let mut cancel = std::pin::pin!(cancel);
+        let materialize = tokio::task::spawn_blocking(move || handle.materialize());
+        let file = tokio::select! {
+            closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+            r = materialize => match r {
+                Ok(Ok(f)) => f,
+                Ok(Err(e)) => return Err(StreamingError::Network(NetworkError::new(&e))),
+                Err(e) => return Err(StreamingError::Network(NetworkError::new(&e))),
+            },
+        };
         let total = file.size_bytes;
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(SNAPSHOT_CHUNKS_IN_FLIGHT_MAX);
         // Reader task: file → chunks. Stops when the receiver goes away.

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::app::{App, Forward, ForwardReply};
 use crate::raft_net::{decode, encode};
 use crate::store::StateMachine;
+use crate::store::checkpoint::SnapshotHandle;
 use crate::store::snapshot::SnapshotFile;
 use crate::types::{SnapshotMeta, TypeConfig, Vote};
 
@@ -132,9 +133,9 @@ impl RaftInternal for RaftService {
             "snapshot received"
         );
         let data = SnapshotFile::open(&recv).map_err(|e| Status::internal(e.to_string()))?;
-        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotFile> {
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotHandle> {
             meta,
-            snapshot: data,
+            snapshot: SnapshotHandle::of_file(data),
         };
         let resp = self
             .app

@@ -24,13 +24,14 @@ use rocksdb::{DB, IteratorMode, WriteBatch};
 use sha2::{Digest, Sha256};
 
 use super::apply_cache::ApplyCache;
-use super::snapshot::{SnapshotFile, SnapshotReader, SnapshotWriter, verify};
+use super::checkpoint::{
+    self, CHECKPOINT_PREFIX, KEY_APPLIED, KEY_MEMBERSHIP, SnapshotHandle, fsync_dir,
+};
+use super::snapshot::{SnapshotFile, SnapshotReader, verify};
 use super::{CF_SM_META, cf, decode, encode, io_err, sync_opts};
 use crate::domain::{self, FAMILIES, Family, Get, ReadView, Txn};
 use crate::types::{BatchReply, CommandReply, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
-const KEY_APPLIED: &[u8] = b"applied";
-const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_INSTALLING: &[u8] = b"installing";
 /// Most entries applied in one write batch.
 const APPLY_BATCH_ENTRIES_MAX: usize = 4096;
@@ -41,7 +42,7 @@ const INSTALL_BATCH_BYTES_MAX: usize = 8 << 20;
 /// Apply's write-through read cache (see `apply_cache`).
 const APPLY_CACHE_BYTES_MAX: usize = 64 << 20;
 
-pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotHandle>;
 
 /// A write set over the state machine's families; reads see its own writes.
 pub struct RocksTxn<'a> {
@@ -193,7 +194,7 @@ impl ReadView for RocksRead<'_> {
 pub struct StateMachine {
     db: Arc<DB>,
     snap_dir: PathBuf,
-    current: Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>,
+    current: Arc<Mutex<Option<(SnapshotMeta, SnapshotHandle)>>>,
     cache: Arc<Mutex<ApplyCache>>,
     /// What is applied, for lease reads on the leader (`read_fence`).
     fence: Arc<ReadFence>,
@@ -204,10 +205,6 @@ fn snap_name(meta: &SnapshotMeta) -> String {
         Some(l) => format!("snap-{:020}-t{}", l.index, l.leader_id.term),
         None => "snap-empty".to_string(),
     }
-}
-
-fn fsync_dir(dir: &Path) -> Result<(), std::io::Error> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 impl StateMachine {
@@ -232,32 +229,32 @@ impl StateMachine {
             tracing::warn!(snapshot = %path.display(), "finishing an interrupted snapshot install");
             sm.load_snapshot_file(&path, &meta)?;
         }
-        let mut best: Option<(SnapshotMeta, PathBuf)> = None;
+        let mut best: Option<(SnapshotMeta, SnapshotHandle)> = None;
         for entry in std::fs::read_dir(&sm.snap_dir)? {
             let path = entry?.path();
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
             if ext == "tmp" || ext == "part" || ext == "recv" {
-                let _ = std::fs::remove_file(&path);
+                // Unfinished: a build, a file being written, a transfer.
+                let _ = remove_path(&path);
                 continue;
             }
             if ext != "meta" {
                 continue;
             }
-            let snap = path.with_extension("snap");
             let Ok(raw) = std::fs::read(&path) else {
                 continue;
             };
             let Ok(meta) = decode::<SnapshotMeta>(&raw) else {
                 continue;
             };
-            if !snap.exists() {
+            let Some(handle) = sm.handle_on_disk(&meta) else {
                 continue;
-            }
+            };
             if best
                 .as_ref()
                 .is_none_or(|(b, _)| b.last_log_id < meta.last_log_id)
             {
-                best = Some((meta, snap));
+                best = Some((meta, handle));
             }
         }
         *sm.current.lock().map_err(io_err)? = best;
@@ -275,17 +272,51 @@ impl StateMachine {
         self.fence.clone()
     }
 
-    fn set_current(&self, meta: SnapshotMeta, path: PathBuf) -> Result<(), std::io::Error> {
+    fn file_path(&self, meta: &SnapshotMeta) -> PathBuf {
+        self.snap_dir.join(format!("{}.snap", snap_name(meta)))
+    }
+
+    fn checkpoint_dir(&self, meta: &SnapshotMeta) -> PathBuf {
+        self.snap_dir
+            .join(format!("{CHECKPOINT_PREFIX}{}", snap_name(meta)))
+    }
+
+    /// The snapshot `meta` names, if its file or its checkpoint is here.
+    fn handle_on_disk(&self, meta: &SnapshotMeta) -> Option<SnapshotHandle> {
+        let (file, dir) = (self.file_path(meta), self.checkpoint_dir(meta));
+        if dir.is_dir() {
+            Some(SnapshotHandle::of_checkpoint(dir, file))
+        } else if file.is_file() {
+            crate::store::snapshot::SnapshotFile::open(&file)
+                .ok()
+                .map(SnapshotHandle::of_file)
+        } else {
+            None
+        }
+    }
+
+    fn set_current(
+        &self,
+        meta: SnapshotMeta,
+        handle: SnapshotHandle,
+    ) -> Result<(), std::io::Error> {
+        let keep = snap_name(&meta);
         let mut cur = self.current.lock().map_err(io_err)?;
-        *cur = Some((meta, path.clone()));
+        *cur = Some((meta, handle));
         drop(cur);
-        // Keep only the newest snapshot; open handles keep transfers alive.
+        // Keep only the newest snapshot: its meta, file and checkpoint.
+        // Transfers in progress hold their file (and a read-only
+        // checkpoint holds its table files) open, so they finish.
         for entry in std::fs::read_dir(&self.snap_dir)? {
             let p = entry?.path();
-            if p.with_extension("snap") != path
-                && (p.extension().is_some_and(|e| e == "snap" || e == "meta"))
-            {
-                let _ = std::fs::remove_file(&p);
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let stem = p.file_stem().and_then(|n| n.to_str()).unwrap_or("");
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            let old_file = (ext == "snap" || ext == "meta") && stem != keep;
+            let old_checkpoint =
+                name.starts_with(CHECKPOINT_PREFIX) && name != format!("{CHECKPOINT_PREFIX}{keep}");
+            if old_file || old_checkpoint {
+                let _ = remove_path(&p);
             }
         }
         Ok(())
@@ -398,38 +429,27 @@ pub fn state_digest(db: &DB) -> Result<(Option<LogId>, String), std::io::Error> 
     Ok((applied, hex::encode(h.finalize())))
 }
 
-fn build_snapshot_blocking(
-    db: &DB,
-    snap_dir: &Path,
-) -> Result<(SnapshotMeta, PathBuf), std::io::Error> {
-    let view = db.snapshot();
-    let meta_cf = cf(db, CF_SM_META)?;
-    let last_log_id = match view.get_cf(meta_cf, KEY_APPLIED).map_err(io_err)? {
-        Some(v) => decode::<Option<LogId>>(&v)?,
-        None => None,
-    };
-    let last_membership = match view.get_cf(meta_cf, KEY_MEMBERSHIP).map_err(io_err)? {
-        Some(v) => decode(&v)?,
-        None => StoredMembership::default(),
-    };
-    let meta = SnapshotMeta {
-        last_log_id,
-        last_membership,
-    };
-    let name = snap_name(&meta);
-    let tmp = snap_dir.join(format!("{name}.tmp"));
-    let mut w = SnapshotWriter::create(&tmp)?;
-    for (i, family) in FAMILIES.iter().enumerate() {
-        for item in view.iterator_cf(cf(db, family.name())?, IteratorMode::Start) {
-            let (k, v) = item.map_err(io_err)?;
-            w.add(i as u8, &k, &v)?;
-        }
+/// Remove a file or a directory tree.
+fn remove_path(p: &Path) -> Result<(), std::io::Error> {
+    if p.is_dir() {
+        std::fs::remove_dir_all(p)
+    } else {
+        std::fs::remove_file(p)
     }
-    let items = w.finish()?;
-    let dest = snap_dir.join(format!("{name}.snap"));
-    std::fs::rename(&tmp, &dest)?;
-    tracing::info!(snapshot = %dest.display(), items, "snapshot built");
-    Ok((meta, dest))
+}
+
+/// Build a snapshot: a checkpoint of the database (flush + hard links),
+/// its meta file, and make it current. The snapshot file is written only
+/// when a peer needs it ([`SnapshotHandle::materialize`]).
+fn build_snapshot_blocking(
+    sm: &StateMachine,
+) -> Result<(SnapshotMeta, SnapshotHandle), std::io::Error> {
+    let (meta, dir) = checkpoint::create(&sm.db, &sm.snap_dir, snap_name)?;
+    sm.write_meta_file(&meta)?;
+    let handle = SnapshotHandle::of_checkpoint(dir.clone(), sm.file_path(&meta));
+    sm.set_current(meta.clone(), handle.clone())?;
+    tracing::info!(checkpoint = %dir.display(), "snapshot built");
+    Ok((meta, handle))
 }
 
 pub struct SnapshotBuilder {
@@ -437,30 +457,25 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotHandle;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         let sm = self.sm.clone();
         let started = std::time::Instant::now();
-        let (meta, path) = tokio::task::spawn_blocking(move || -> Result<_, std::io::Error> {
-            let (meta, path) = build_snapshot_blocking(&sm.db, &sm.snap_dir)?;
-            sm.write_meta_file(&meta)?;
-            sm.set_current(meta.clone(), path.clone())?;
-            Ok((meta, path))
-        })
-        .await
-        .map_err(io_err)??;
+        let (meta, handle) = tokio::task::spawn_blocking(move || build_snapshot_blocking(&sm))
+            .await
+            .map_err(io_err)??;
         metrics::histogram!("billdb_snapshot_build_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok(Snapshot {
             meta,
-            snapshot: SnapshotFile::open(&path)?,
+            snapshot: handle,
         })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotHandle;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
@@ -562,13 +577,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: SnapshotFile,
+        snapshot: SnapshotHandle,
     ) -> Result<(), std::io::Error> {
         let sm = self.clone();
         let meta = meta.clone();
         let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || -> Result<(), std::io::Error> {
-            let dest = sm.snap_dir.join(format!("{}.snap", snap_name(&meta)));
+            let snapshot = snapshot.materialize()?;
+            let dest = sm.file_path(&meta);
             if snapshot.path.parent() == Some(sm.snap_dir.as_path()) {
                 // Received by this node's Raft service: move it into place.
                 if snapshot.path != dest {
@@ -590,7 +606,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 )
                 .map_err(io_err)?;
             sm.load_snapshot_file(&dest, &meta)?;
-            sm.set_current(meta, dest)?;
+            let installed = SnapshotHandle::of_file(SnapshotFile::open(&dest)?);
+            sm.set_current(meta, installed)?;
             Ok(())
         })
         .await
@@ -603,9 +620,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
         let cur = self.current.lock().map_err(io_err)?.clone();
         match cur {
-            Some((meta, path)) => Ok(Some(Snapshot {
+            Some((meta, handle)) => Ok(Some(Snapshot {
                 meta,
-                snapshot: SnapshotFile::open(&path)?,
+                snapshot: handle,
             })),
             None => Ok(None),
         }
@@ -679,6 +696,68 @@ mod tests {
         domain::get_account(&txn, acct).unwrap().unwrap().balance
     }
 
+    /// A snapshot build is a checkpoint, not a file: the file is written
+    /// from the checkpoint on first use and holds the state as of the
+    /// build, even after more writes; a newer build replaces the old
+    /// checkpoint, and a reopened node finds the current one.
+    #[test]
+    fn snapshots_are_checkpoints_written_as_files_on_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open_db(&dir.path().join("db")).unwrap();
+        let snap_dir = dir.path().join("snapshots");
+        let sm = StateMachine::open(db.clone(), snap_dir.clone()).unwrap();
+        let mut cmds = vec![cmd("o", 1, open_op("A"))];
+        cmds.extend((0..3).map(|i| cmd(&format!("p{i}"), 10 + i, pay_op("A", i))));
+        apply_cached(&sm, 1, &cmds);
+        // `apply` writes `applied` with each batch; do the same here.
+        let applied =
+            |index: u64| -> LogId { openraft::testing::log_id::<TypeConfig>(1, 1, index) };
+        let meta_cf = cf(&db, CF_SM_META).unwrap();
+        db.put_cf(meta_cf, KEY_APPLIED, encode(&Some(applied(4))).unwrap())
+            .unwrap();
+        let (_, digest_at_build) = state_digest(&db).unwrap();
+
+        let (meta, handle) = build_snapshot_blocking(&sm).unwrap();
+        assert_eq!(meta.last_log_id, Some(applied(4)));
+        let ckpt = sm.checkpoint_dir(&meta);
+        assert!(ckpt.is_dir());
+        assert!(
+            !handle.file_path().exists(),
+            "no file until a peer needs one"
+        );
+
+        // More writes after the build.
+        apply_cached(&sm, 5, &[cmd("p9", 20, pay_op("A", 9))]);
+        db.put_cf(meta_cf, KEY_APPLIED, encode(&Some(applied(5))).unwrap())
+            .unwrap();
+        let file = handle.materialize().unwrap();
+        assert!(file.size_bytes > 0);
+        assert_eq!(handle.clone().materialize().unwrap().path, file.path);
+
+        // The file holds the state at the build: load it into a fresh node.
+        let other = tempfile::tempdir().unwrap();
+        let db2 = crate::store::open_db(&other.path().join("db")).unwrap();
+        let sm2 = StateMachine::open(db2.clone(), other.path().join("snapshots")).unwrap();
+        sm2.load_snapshot_file(&file.path, &meta).unwrap();
+        assert_eq!(state_digest(&db2).unwrap().1, digest_at_build);
+        assert_ne!(state_digest(&db).unwrap().1, digest_at_build);
+
+        // A reopened node finds the current snapshot by its checkpoint.
+        let reopened = StateMachine::open(db.clone(), snap_dir.clone()).unwrap();
+        let cur = reopened.current.lock().unwrap().clone().unwrap();
+        assert_eq!(cur.0, meta);
+
+        // A newer build replaces the old checkpoint and file.
+        let (meta2, _) = build_snapshot_blocking(&sm).unwrap();
+        assert_eq!(meta2.last_log_id, Some(applied(5)));
+        assert!(sm.checkpoint_dir(&meta2).is_dir());
+        assert!(!ckpt.exists(), "the old checkpoint is removed");
+        assert!(!file.path.exists(), "the old file is removed");
+        // The old handle's file stays readable through its open handle.
+        let mut buf = [0u8; 8];
+        assert_eq!(file.read_at(0, &mut buf).unwrap(), 8);
+    }
+
     /// The apply cache never outlives the state it was filled from: after a
     /// snapshot install replaces the families, apply reads the installed
     /// values, not what it had cached; and a write updates what it caches.
@@ -695,7 +774,8 @@ mod tests {
             !sm.cache.lock().unwrap().is_empty(),
             "the account was read, so cached"
         );
-        let (meta, path) = build_snapshot_blocking(&sm.db, &sm.snap_dir).unwrap();
+        let (meta, handle) = build_snapshot_blocking(&sm).unwrap();
+        let path = handle.materialize().unwrap().path;
 
         // More payments: the cached account follows each write.
         let more: Vec<Command> = (3..8)
