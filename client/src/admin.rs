@@ -200,6 +200,11 @@ impl AdminClient {
         )
     }
 
+    /// `POST /v1/cluster/snapshot`: build a snapshot on this node now.
+    pub fn snapshot(&self) -> Result<Value, AdminError> {
+        self.post("/v1/cluster/snapshot", &serde_json::json!({}))
+    }
+
     /// `GET path`; returns the JSON body (`Value::Null` for an empty body, a JSON
     /// string for a non-JSON 2xx body such as `ok`).
     pub fn get(&self, path: &str) -> Result<Value, AdminError> {

@@ -251,6 +251,39 @@ fn wiped_node_is_replaced_and_catches_up_by_snapshot() {
     let mut acked = write_load(&c, &all, "pre", 600, 4);
     let leader = c.leader();
     let victim = all.iter().copied().find(|n| *n != leader).unwrap();
+
+    // An operator asks a follower for a snapshot now: it is a checkpoint
+    // under snapshots/ covering what was applied; no snapshot file is
+    // written until a peer needs one (a follower sends none).
+    let follower = all
+        .iter()
+        .copied()
+        .find(|n| *n != leader && *n != victim)
+        .unwrap();
+    let applied = c.status(follower)["applied_index"].as_u64().unwrap();
+    let snap = c
+        .http(follower)
+        .post("/v1/cluster/snapshot", &serde_json::json!({}))
+        .expect("snapshot on demand");
+    assert!(
+        snap["snapshot_index"].as_u64().unwrap() >= applied,
+        "{snap}"
+    );
+    let names: Vec<String> = std::fs::read_dir(c.c.data_dir(follower).join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("ckpt-snap-")),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|n| n.ends_with(".meta")), "{names:?}");
+    assert!(!names.iter().any(|n| n.ends_with(".snap")), "{names:?}");
+    let refused = c
+        .http_as(follower, "counter")
+        .post("/v1/cluster/snapshot", &serde_json::json!({}))
+        .expect_err("counter staff may not snapshot");
+    assert_eq!(refused.code(), Some("PERMISSION_DENIED"), "{refused:?}");
     c.c.kill(victim).unwrap();
     c.c.wipe(victim).unwrap();
     let rest: Vec<NodeId> = all.iter().copied().filter(|n| *n != victim).collect();

@@ -80,6 +80,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/cluster/membership", post(cluster_membership))
         .route("/v1/cluster/remove", post(cluster_remove))
         .route("/v1/cluster/transfer-leader", post(cluster_transfer))
+        .route("/v1/cluster/snapshot", post(cluster_snapshot))
         .route("/v1/accounts", post(open_account))
         .route(
             "/v1/accounts/{account_id}",
@@ -319,6 +320,41 @@ async fn cluster_transfer(
     caller.require(&[Role::Ops])?;
     let req: TransferJson = parse(body)?;
     admin_json(s.app.admin(AdminOp::TransferLeader { to: req.to }).await?)
+}
+
+/// Longest `POST /v1/cluster/snapshot` waits for the build.
+const SNAPSHOT_WAIT_MS_MAX: u64 = 120_000;
+
+/// Build a snapshot on THIS node now (e.g. before a backup or a planned
+/// node replacement) and answer when it covers everything applied when
+/// asked. A build is a checkpoint (flush + hard links), so it is quick at
+/// any size.
+async fn cluster_snapshot(State(s): State<HttpState>, caller: Caller) -> HttpResult {
+    caller.require(&[Role::Ops])?;
+    let started = std::time::Instant::now();
+    let unavailable = |e: String| ApiError::new(ErrorCode::Unavailable, e);
+    let applied = s.app.metrics().last_applied.map(|l| l.index);
+    s.app
+        .raft
+        .trigger()
+        .snapshot()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let m = s
+        .app
+        .raft
+        .wait(Some(std::time::Duration::from_millis(SNAPSHOT_WAIT_MS_MAX)))
+        .metrics(
+            |m| m.snapshot.map(|l| l.index) >= applied,
+            "snapshot covers what was applied",
+        )
+        .await
+        .map_err(|e| unavailable(format!("snapshot not built in time: {e}")))?;
+    ok(serde_json::json!({
+        "snapshot_index": m.snapshot.map(|l| l.index),
+        "applied_index_when_asked": applied,
+        "ms": started.elapsed().as_millis() as u64,
+    }))
 }
 
 // ---- billing: every route goes through `ops::call` (shared with gRPC) ----
