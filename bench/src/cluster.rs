@@ -127,7 +127,7 @@ impl Target {
             "endpoints": self.nodes.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>(),
             "status": status,
             "raft_timings": raft,
-            "node_defaults": {"request_timeout_ms": 3000, "request_body_bytes_max": 65536},
+            "node_defaults": {"request_timeout_ms": 3000, "request_body_bytes_max": 65536, "import_body_bytes_max": 1048576},
         })
     }
 

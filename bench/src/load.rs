@@ -23,8 +23,9 @@ use crate::progress::Progress;
 
 /// Most items (accounts + records) in one import command (the node's limit).
 pub const IMPORT_ITEMS_MAX: usize = 1000;
-/// Default import body budget: under the node's default 64 KiB body limit.
-pub const BATCH_BYTES_DEFAULT: usize = 60_000;
+/// Default import body budget: under the node's default 1 MiB import body
+/// limit (`limits.import_body_bytes_max`); 1,000 items come first.
+pub const BATCH_BYTES_DEFAULT: usize = 1_000_000;
 /// Largest body budget accepted (nodes configured for more).
 pub const BATCH_BYTES_MAX: usize = 4 << 20;
 /// Most importer threads.

@@ -457,6 +457,15 @@ impl App {
             Err(ProposeError::TimedOut) => Err(unavailable(
                 "not committed in time (no quorum?); the outcome is unknown: retry with the same request_id",
             )),
+            Err(ProposeError::TooLarge {
+                size_bytes,
+                bytes_max,
+            }) => Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the command encodes to {size_bytes} bytes; one log entry holds at most {bytes_max} (raft.batch_bytes_max): send fewer items"
+                ),
+            )),
             Err(ProposeError::Internal(e)) => Err(internal(e)),
         }
     }

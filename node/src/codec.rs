@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Largest value encoded or decoded: far above any real one (an import
-/// command is at most 64 KiB of JSON, a snapshot chunk 1 MiB); a corrupt
+/// command is at most 1 MiB of JSON, a log entry 1 MiB, a snapshot chunk 1 MiB); a corrupt
 /// length prefix cannot make a decode allocate without bound.
 pub const VALUE_SIZE_BYTES_MAX: u64 = 256 << 20;
 

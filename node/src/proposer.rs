@@ -6,7 +6,10 @@
 //! once per command. A lone command never waits: while fewer than
 //! `in_flight_max` entries are in flight it is proposed at once, so a single
 //! client sees no added latency. A command larger than half `bytes_max` (an
-//! import) is proposed alone at once, outside that bound.
+//! import) is proposed alone at once, outside that bound; one larger than
+//! `bytes_max` is refused before it reaches Raft (`bytes_max` bounds every
+//! log entry, so one AppendEntries message of `max_payload_entries` entries
+//! stays under the Raft message bound).
 //!
 //! Each command's time (`ts_ms`) is stamped here, when its batch is formed,
 //! in log order: times never go back along this leader's proposals.
@@ -31,7 +34,7 @@ pub struct Limits {
     /// Most commands in one entry (1: every command its own entry).
     pub commands_max: usize,
     /// Most encoded bytes of commands in one entry; a single larger command
-    /// (an import) still goes, alone.
+    /// is refused ([`ProposeError::TooLarge`]).
     pub bytes_max: usize,
     /// Most entries proposed and not yet applied; commands arriving while
     /// all are in flight form the next batch.
@@ -53,6 +56,12 @@ pub enum ProposeError {
     /// Not applied within `entry_timeout_ms`: the outcome is unknown; retry
     /// with the same request_id.
     TimedOut,
+    /// The command alone encodes to more than one entry may hold; nothing
+    /// was proposed.
+    TooLarge {
+        size_bytes: usize,
+        bytes_max: usize,
+    },
     Internal(String),
 }
 
@@ -91,6 +100,7 @@ struct Waiting {
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Waiting>,
+    bytes_max: usize,
 }
 
 impl Proposer {
@@ -99,7 +109,10 @@ impl Proposer {
         assert!(limits.commands_max >= 1 && limits.in_flight_max >= 1);
         let (tx, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
         tokio::spawn(run(submit, limits, rx));
-        Proposer { tx }
+        Proposer {
+            tx,
+            bytes_max: limits.bytes_max,
+        }
     }
 
     /// Propose `cmd` (its `ts_ms` is overwritten) and wait until the entry
@@ -110,6 +123,12 @@ impl Proposer {
             .ok()
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(usize::MAX);
+        if size_bytes > self.bytes_max {
+            return Err(ProposeError::TooLarge {
+                size_bytes,
+                bytes_max: self.bytes_max,
+            });
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Waiting {
@@ -403,10 +422,29 @@ mod tests {
             delay_ms: 100,
             ..Fake::default()
         };
-        let p = Proposer::start(fake.clone(), limits(256, 1 << 10, 1));
-        let answers = propose_all(&p, "small", &["big".to_string()], 2_000).await;
+        let p = Proposer::start(fake.clone(), limits(256, 4 << 10, 1));
+        let answers = propose_all(&p, "small", &["big".to_string()], 2_500).await;
         assert!(answers.iter().all(Result::is_ok));
         assert_eq!(fake.max_in_flight.load(Ordering::SeqCst), 2);
+    }
+
+    /// A command that alone exceeds an entry's bytes is refused, naming
+    /// both sizes, and nothing reaches Raft.
+    #[tokio::test]
+    async fn a_command_larger_than_an_entry_is_refused_unproposed() {
+        let fake = Fake::default();
+        let p = Proposer::start(fake.clone(), limits(256, 4 << 10, 1));
+        match p.propose(cmd("huge", 5_000)).await {
+            Err(ProposeError::TooLarge {
+                size_bytes,
+                bytes_max,
+            }) => {
+                assert!(size_bytes > 5_000, "{size_bytes}");
+                assert_eq!(bytes_max, 4 << 10);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(fake.batches.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -20,8 +20,7 @@ use crate::raft_service::RaftService;
 use crate::store::{LogStore, StateMachine, open_db};
 use crate::types::Raft;
 
-/// Largest client gRPC message.
-const CLIENT_MESSAGE_SIZE_BYTES_MAX: usize = 4 << 20;
+use crate::config::CLIENT_MESSAGE_SIZE_BYTES_MAX;
 
 pub fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {
     let r = &c.raft;

@@ -596,6 +596,25 @@ fn every_operation_happy_path_and_refusals() {
         code(counter.post("/v1/import", &json!({"request_id": "import-2"}))),
         "PERMISSION_DENIED"
     );
+    // A migration-sized import: 600 records, a body well over the 64 KiB
+    // limit of other requests (imports may carry up to 1 MiB).
+    let records: Vec<Value> = (0..600i64)
+        .map(|i| {
+            json!({"account_id": "LEG-2", "kind": "charge", "amount": "1.00", "units": "0",
+                "ts_ms": 1_000_000_200_000i64 + i * 1000, "operator_id": "legacy", "branch": "B01",
+                "tariff_id": "", "invoice_no": "", "bank_code": "", "bank_ref": "", "card_no": "",
+                "card_seq": 0})
+        })
+        .collect();
+    let body = json!({"request_id": "import-3",
+        "accounts": [{"account_id": "LEG-2", "name": "Legacy", "address": "", "branch": "B01",
+            "utility": "electricity", "meter_id": "", "tariff_id": "T1", "area": "0",
+            "status": "active", "balance": "0", "opened_ms": 1_000_000_000_000i64,
+            "closed_ms": null, "card_no": null, "card_generation": 0}],
+        "records": records});
+    assert!(body.to_string().len() > 100_000);
+    let imp = ops.post("/v1/import", &body).expect("large import");
+    assert_eq!(imp["records"], 600, "{imp}");
 
     // Lifecycle (ops): suspend, resume, close.
     ops.post(
@@ -665,6 +684,18 @@ fn bad_input_is_refused_and_changes_nothing() {
     let addr = c.c.http_addr(3).unwrap();
     let ct = c.c.token("counter").unwrap();
     let bt = c.c.token("bank").unwrap();
+    let ot = c.c.token("ops").unwrap();
+    let wide_accounts: Vec<Value> = (0..1000)
+        .map(|i| {
+            json!({"account_id": format!("WIDE-{i}"), "name": "N".repeat(200), "address": "A".repeat(200),
+                "branch": "B01", "utility": "electricity", "meter_id": "", "tariff_id": "T1", "area": "0",
+                "status": "active", "balance": "0", "opened_ms": 1_000_000_000_000i64,
+                "closed_ms": null, "card_no": null, "card_generation": 0})
+        })
+        .collect();
+    let wide_import =
+        json!({"request_id": "bad-20", "accounts": wide_accounts, "records": []}).to_string();
+    assert!(wide_import.len() < 1 << 20, "{}", wide_import.len());
     let post = |path: &str, body: &str, tok: &str| raw(&addr, "POST", path, body, tok);
     let cases: Vec<(&str, String, &str, u16, &str)> = vec![
         ("/v1/purchases", "{\"request_id\":".into(), &ct, 400, "MALFORMED_REQUEST"),
@@ -693,6 +724,10 @@ fn bad_input_is_refused_and_changes_nothing() {
         ("/v1/cards", json!({"request_id": "bad-17", "account_id": "NO-SUCH-ACCT", "card_no": "NEW-CARD-17"}).to_string(), &ct, 404, "ACCOUNT_NOT_FOUND"),
         // A path parameter that is not UTF-8 once decoded: the JSON error body.
         ("/v1/purchases/B1%FF-1/reissue", json!({"request_id": "bad-18"}).to_string(), &ct, 400, "INVALID_ARGUMENT"),
+        // Imports: over the 1 MiB body limit; and within it, but encoding
+        // to more than one log entry holds (256 KiB): refused before Raft.
+        ("/v1/import", json!({"request_id": "bad-19", "accounts": [], "records": [], "pad": "x".repeat(1_100_000)}).to_string(), &ot, 413, "PAYLOAD_TOO_LARGE"),
+        ("/v1/import", wide_import.clone(), &ot, 413, "PAYLOAD_TOO_LARGE"),
     ];
     for (path, body, tok, status, want) in &cases {
         let (st, v) = post(path, body, tok);

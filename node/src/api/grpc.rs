@@ -250,7 +250,13 @@ impl GrpcApi {
     async fn json_unhinted(&self, req: Request<pb::JsonRequest>, ep: Endpoint) -> JsonResult {
         let caller = self.caller(&req, ep.roles())?;
         let raw = &req.get_ref().args_json;
-        if raw.len() > self.app.config.limits.request_body_bytes_max {
+        let limits = &self.app.config.limits;
+        let bytes_max = if ep == Endpoint::Import {
+            limits.import_body_bytes_max
+        } else {
+            limits.request_body_bytes_max
+        };
+        if raw.len() > bytes_max {
             return Err(ApiError::new(ErrorCode::PayloadTooLarge, "request too large").to_status());
         }
         let args: serde_json::Value = serde_json::from_str(raw).map_err(|e| {

@@ -69,6 +69,7 @@ fn ok(v: serde_json::Value) -> HttpResult {
 
 pub fn router(state: HttpState) -> Router {
     let limit = state.app.config.limits.request_body_bytes_max;
+    let import_limit = state.app.config.limits.import_body_bytes_max;
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -106,7 +107,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/segments/boundary", put(set_boundary))
         .route("/v1/seasons", post(open_season))
         .route("/v1/tariffs/{tariff_id}", put(define_tariff))
-        .route("/v1/import", post(import))
+        .route(
+            "/v1/import",
+            post(import).layer(DefaultBodyLimit::max(import_limit)),
+        )
         .route("/v1/requests/{request_id}", get(get_request))
         .fallback(|| async { HttpError(ApiError::new(ErrorCode::NotFound, "no such route")) })
         .layer(DefaultBodyLimit::max(limit))
