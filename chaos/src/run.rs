@@ -89,6 +89,13 @@ pub struct Harness {
     retired: Vec<u64>,
 }
 
+/// Nodes build a snapshot every this many entries and keep only a short
+/// log behind it, so faults land on snapshot builds, and replaced nodes and
+/// lagging followers catch up by snapshot transfer, not only by log replay
+/// (the defaults, 200,000 entries and 10,000 kept, never snapshot in a run).
+const SNAPSHOT_LOGS_SINCE_LAST: u64 = 500;
+const LOGS_TO_KEEP_AFTER_SNAPSHOT: u64 = 100;
+
 fn now_unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -107,6 +114,8 @@ impl Harness {
             NODES as usize,
             RaftTimings {
                 read_policy: cfg.lease_reads.then_some(local::ReadPolicy::Lease),
+                snapshot_logs_since_last: Some(SNAPSHOT_LOGS_SINCE_LAST),
+                logs_to_keep_after_snapshot: Some(LOGS_TO_KEEP_AFTER_SNAPSHOT),
                 ..RaftTimings::default()
             },
             Some(net::HOST_PREFIX),
