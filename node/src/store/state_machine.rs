@@ -334,15 +334,14 @@ impl StateMachine {
         Ok(())
     }
 
-    fn write_meta_file(&self, meta: &SnapshotMeta) -> Result<PathBuf, std::io::Error> {
+    fn write_meta_file(&self, meta: &SnapshotMeta) -> Result<(), std::io::Error> {
         let name = snap_name(meta);
         let tmp = self.snap_dir.join(format!("{name}.meta.tmp"));
         std::fs::write(&tmp, encode(meta)?)?;
         std::fs::File::open(&tmp)?.sync_all()?;
         let dest = self.snap_dir.join(format!("{name}.meta"));
         std::fs::rename(&tmp, &dest)?;
-        fsync_dir(&self.snap_dir)?;
-        Ok(self.snap_dir.join(format!("{name}.snap")))
+        fsync_dir(&self.snap_dir)
     }
 
     /// Replace every domain family with the file's contents, then record
@@ -403,16 +402,8 @@ impl StateMachine {
     }
 
     fn read_applied(&self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
-        let meta_cf = cf(&self.db, CF_SM_META)?;
-        let applied = match self.db.get_cf(meta_cf, KEY_APPLIED).map_err(io_err)? {
-            Some(v) => decode::<Option<LogId>>(&v)?,
-            None => None,
-        };
-        let membership = match self.db.get_cf(meta_cf, KEY_MEMBERSHIP).map_err(io_err)? {
-            Some(v) => decode(&v)?,
-            None => StoredMembership::default(),
-        };
-        Ok((applied, membership))
+        let meta = checkpoint::meta_of(&self.db)?;
+        Ok((meta.last_log_id, meta.last_membership))
     }
 }
 
