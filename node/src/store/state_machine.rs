@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::read_fence::ReadFence;
@@ -33,15 +34,38 @@ use crate::domain::{self, FAMILIES, Family, Get, ReadView, Txn};
 use crate::types::{BatchReply, CommandReply, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 const KEY_INSTALLING: &[u8] = b"installing";
-/// Most entries applied in one write batch.
-const APPLY_BATCH_ENTRIES_MAX: usize = 4096;
-/// Most client commands (entries carry batches of them) in one such write.
-const APPLY_BATCH_COMMANDS_MAX: u64 = 4096;
-/// Most bytes (keys + values) written in one such write. A follower that
-/// lags receives entries faster than it applies them; without a byte bound
-/// 4,096 bulk imports of 1,000 records each became one write set of
-/// gigabytes (a lagging follower reached 8 GiB RSS during a bulk load).
-const APPLY_BATCH_BYTES_MAX: usize = 32 << 20;
+
+/// When apply writes what it has gathered: a stream of committed entries
+/// becomes one RocksDB write batch (with `applied`) until one bound is hit.
+#[derive(Clone, Copy, Debug)]
+pub struct ApplyLimits {
+    /// Most entries applied in one write batch.
+    pub entries_max: usize,
+    /// Most client commands (entries carry batches of them) in one write.
+    pub commands_max: u64,
+    /// Most bytes (keys + values) in one write. A follower that lags
+    /// receives entries faster than it applies them; without a byte bound
+    /// 4,096 bulk imports of 1,000 records each became one write set of
+    /// gigabytes (a lagging follower reached 8 GiB RSS during a bulk load).
+    pub bytes_max: usize,
+}
+
+impl Default for ApplyLimits {
+    fn default() -> Self {
+        ApplyLimits {
+            entries_max: 4096,
+            commands_max: 4096,
+            bytes_max: 32 << 20,
+        }
+    }
+}
+
+impl ApplyLimits {
+    /// Whether a write set of `entries`, `commands` and `bytes` is full.
+    fn full(&self, entries: usize, commands: u64, bytes: usize) -> bool {
+        entries >= self.entries_max || commands >= self.commands_max || bytes >= self.bytes_max
+    }
+}
 /// Bytes per write batch when loading a snapshot.
 const INSTALL_BATCH_BYTES_MAX: usize = 8 << 20;
 /// Apply's write-through read cache (see `apply_cache`).
@@ -210,6 +234,9 @@ pub struct StateMachine {
     cache: Arc<Mutex<ApplyCache>>,
     /// What is applied, for lease reads on the leader (`read_fence`).
     fence: Arc<ReadFence>,
+    limits: ApplyLimits,
+    /// RocksDB writes made by apply since open (`billdb_apply_writes_total`).
+    apply_writes: Arc<AtomicU64>,
 }
 
 fn snap_name(meta: &SnapshotMeta) -> String {
@@ -230,6 +257,8 @@ impl StateMachine {
             current: Arc::new(Mutex::new(None)),
             cache: Arc::new(Mutex::new(ApplyCache::new(APPLY_CACHE_BYTES_MAX))),
             fence: Arc::new(ReadFence::default()),
+            limits: ApplyLimits::default(),
+            apply_writes: Arc::new(AtomicU64::new(0)),
         };
         if let Some(raw) = sm
             .db
@@ -277,6 +306,17 @@ impl StateMachine {
 
     pub fn db(&self) -> &Arc<DB> {
         &self.db
+    }
+
+    /// The same state machine with other apply bounds (tests use small ones).
+    pub fn with_limits(mut self, limits: ApplyLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// RocksDB writes apply has made since this state machine was opened.
+    pub fn apply_writes(&self) -> u64 {
+        self.apply_writes.load(Ordering::Relaxed)
     }
 
     /// The applied-state fence the API's lease reads consult.
@@ -533,9 +573,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 replies.push((responder, reply));
             }
             if (done && !replies.is_empty())
-                || replies.len() >= APPLY_BATCH_ENTRIES_MAX
-                || commands >= APPLY_BATCH_COMMANDS_MAX
-                || txn.written_bytes >= APPLY_BATCH_BYTES_MAX
+                || self.limits.full(replies.len(), commands, txn.written_bytes)
             {
                 let mut batch = WriteBatch::default();
                 let written = std::mem::replace(&mut txn, RocksTxn::cached(&db, &cache))
@@ -554,6 +592,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 let (hits, misses) = c.take_counts();
                 drop(c);
+                self.apply_writes.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("billdb_apply_writes_total").increment(1);
                 if let Some(l) = &last_applied {
                     self.fence.applied(l.index, blank_term.take());
                 }
@@ -698,6 +738,69 @@ mod tests {
     fn cached_balance(sm: &StateMachine, acct: &str) -> rust_decimal::Decimal {
         let txn = RocksTxn::cached(&sm.db, &sm.cache);
         domain::get_account(&txn, acct).unwrap().unwrap().balance
+    }
+
+    /// Run `cmds` through the real `apply`, one command per log entry.
+    fn apply_entries(sm: &mut StateMachine, first_index: u64, cmds: &[Command]) {
+        use openraft::testing::log_id;
+        let entries: Vec<Result<EntryResponder<TypeConfig>, std::io::Error>> = cmds
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let id = log_id::<TypeConfig>(1, 1, first_index + i as u64);
+                let batch = crate::types::Batch {
+                    commands: vec![c.clone()],
+                };
+                Ok((crate::types::Entry::new_normal(id, batch), None))
+            })
+            .collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(sm.apply(futures::stream::iter(entries)))
+            .unwrap();
+    }
+
+    /// Apply cuts its write set at the byte bound, not only at entry and
+    /// command counts: the same stream of entries becomes one RocksDB
+    /// write with the default bounds and many small ones with a 2 KiB
+    /// bound, and both leave the same state and applied index.
+    #[test]
+    fn apply_writes_are_cut_at_the_byte_bound() {
+        let n = 60u64;
+        let mut cmds = vec![cmd("open", 1, open_op("A1"))];
+        cmds.extend((1..n).map(|i| cmd(&format!("p{i}"), 1 + i as i64, pay_op("A1", i as i64))));
+        let mut states = Vec::new();
+        for bytes_max in [ApplyLimits::default().bytes_max, 2048] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = crate::store::open_db(&dir.path().join("db")).unwrap();
+            let limits = ApplyLimits {
+                bytes_max,
+                ..ApplyLimits::default()
+            };
+            let mut sm = StateMachine::open(db, dir.path().join("snap"))
+                .unwrap()
+                .with_limits(limits);
+            apply_entries(&mut sm, 1, &cmds);
+            let (applied, _) = sm.read_applied().unwrap();
+            assert_eq!(applied.map(|l| l.index), Some(n));
+            let balance = domain::get_account(&RocksTxn::new(&sm.db), "A1")
+                .unwrap()
+                .unwrap()
+                .balance;
+            assert_eq!(balance, rust_decimal::Decimal::new(100 * (n as i64 - 1), 2));
+            states.push((sm.apply_writes(), state_digest(&sm.db).unwrap().1));
+        }
+        assert_eq!(
+            states[0].0, 1,
+            "default bounds: one write for 60 small entries"
+        );
+        let small = states[1].0;
+        assert!(
+            (5..n).contains(&small),
+            "a 2 KiB bound must cut 60 payments (~150-400 bytes written each) into several writes, got {small}"
+        );
+        assert_eq!(states[0].1, states[1].1, "same state either way");
     }
 
     /// A snapshot build is a checkpoint, not a file: the file is written
