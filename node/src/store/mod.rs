@@ -21,7 +21,10 @@ pub mod state_machine;
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Options};
+use rocksdb::{
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType,
+    Options,
+};
 
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
@@ -41,6 +44,8 @@ const MEMTABLES_SIZE_BYTES_MAX: usize = 256 << 20;
 /// One block cache shared by every column family (data, index and filter
 /// blocks).
 const BLOCK_CACHE_SIZE_BYTES: usize = 256 << 20;
+/// Size of one partition of an SST file's index or bloom filter.
+const METADATA_BLOCK_SIZE_BYTES: usize = 4096;
 /// Bloom filter bits per key for point-read families: a miss (a new
 /// request_id, an unused bank reference) costs no disk read.
 const BLOOM_BITS_PER_KEY: f64 = 10.0;
@@ -77,9 +82,21 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, std::io::Error> {
         let mut t = BlockBasedOptions::default();
         t.set_block_cache(&cache);
         t.set_cache_index_and_filter_blocks(true);
+        t.set_cache_index_and_filter_blocks_with_high_priority(true);
         t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        // Partitioned index and filters: a point read or a scan brings one
+        // small partition into the cache, not a whole SST file's index or
+        // filter. With whole filters, at 48 M records the filters no longer
+        // fit the cache and every negative lookup of apply (a new request
+        // id, card, invoice number) read and checksummed a filter block of
+        // about a megabyte from the file: the bulk load fell from 13,000
+        // to 3,000 records/s. Only the small top-level blocks stay pinned.
+        t.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        t.set_metadata_block_size(METADATA_BLOCK_SIZE_BYTES);
+        t.set_pin_top_level_index_and_filter(true);
         if bloom {
             t.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
+            t.set_partition_filters(true);
         }
         t
     };
