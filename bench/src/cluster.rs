@@ -137,16 +137,26 @@ impl Target {
             return Value::Null;
         };
         let mut out = Vec::new();
-        let (mut rss_total, mut disk_total) = (0u64, 0u64);
+        let (mut rss_total, mut rss_peak_max, mut disk_total) = (0u64, 0u64, 0u64);
         for n in c.node_ids() {
             let pid = c.pid(n);
-            let rss = pid.and_then(rss_bytes);
+            let rss = pid.and_then(|p| status_bytes(p, "VmRSS:"));
+            let rss_peak = pid.and_then(|p| status_bytes(p, "VmHWM:"));
             let disk = dir_bytes(&c.data_dir(n));
             rss_total += rss.unwrap_or(0);
+            rss_peak_max = rss_peak_max.max(rss_peak.unwrap_or(0));
             disk_total += disk;
-            out.push(json!({"node": n, "pid": pid, "rss_bytes": rss, "disk_bytes": disk}));
+            out.push(json!({
+                "node": n, "pid": pid, "rss_bytes": rss,
+                "rss_peak_bytes": rss_peak, "disk_bytes": disk,
+            }));
         }
-        json!({"nodes": out, "rss_bytes_total": rss_total, "disk_bytes_total": disk_total})
+        json!({
+            "nodes": out,
+            "rss_bytes_total": rss_total,
+            "rss_peak_bytes_max": rss_peak_max,
+            "disk_bytes_total": disk_total,
+        })
     }
 
     /// The leader by majority agreement (local clusters), or the first node
@@ -173,18 +183,22 @@ impl Target {
     }
 }
 
-/// VmRSS of a process, bytes.
-pub fn rss_bytes(pid: u32) -> Option<u64> {
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:` now, `VmHWM:` the peak
+/// since the process started), bytes.
+pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
 
-/// Bytes allocated on disk under `dir` (blocks, like `du`).
+/// Bytes allocated on disk under `dir` (blocks, like `du`: a file with
+/// several hard links under `dir`, such as an SST file shared by the live
+/// database and a snapshot checkpoint, counts once).
 pub fn dir_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
+    let mut linked = std::collections::BTreeSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else {
@@ -196,7 +210,7 @@ pub fn dir_bytes(dir: &Path) -> u64 {
             };
             if m.is_dir() {
                 stack.push(e.path());
-            } else {
+            } else if m.nlink() <= 1 || linked.insert((m.dev(), m.ino())) {
                 total += m.blocks() * 512;
             }
         }
@@ -229,4 +243,34 @@ pub fn machine(path: &Path) -> Value {
         "cpu_model": model, "cores": cores, "mem_bytes": mem_kb * 1024,
         "loadavg": load.trim(), "data_path": path.display().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file hard-linked twice under the directory (an SST file shared by
+    /// the database and a checkpoint) counts once, as `du` counts it.
+    #[test]
+    fn dir_bytes_counts_a_hard_linked_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("db")).unwrap();
+        std::fs::create_dir(dir.path().join("ckpt")).unwrap();
+        std::fs::write(dir.path().join("db/1.sst"), vec![7u8; 64 << 10]).unwrap();
+        let one = dir_bytes(dir.path());
+        assert!(one >= 64 << 10, "{one}");
+        std::fs::hard_link(dir.path().join("db/1.sst"), dir.path().join("ckpt/1.sst")).unwrap();
+        assert_eq!(dir_bytes(dir.path()), one);
+        std::fs::write(dir.path().join("ckpt/2.sst"), vec![7u8; 64 << 10]).unwrap();
+        assert!(dir_bytes(dir.path()) >= one + (64 << 10));
+    }
+
+    #[test]
+    fn status_bytes_reads_this_process() {
+        let pid = std::process::id();
+        let rss = status_bytes(pid, "VmRSS:").unwrap();
+        let peak = status_bytes(pid, "VmHWM:").unwrap();
+        assert!(rss > 0 && peak >= rss, "rss {rss} peak {peak}");
+        assert_eq!(status_bytes(pid, "NoSuchField:"), None);
+    }
 }

@@ -56,9 +56,10 @@ pub fn print_usage(v: &Value) {
         .iter()
         .map(|n| {
             format!(
-                "node {}: rss {} MiB, disk {} MiB",
+                "node {}: rss {} MiB (peak {}), disk {} MiB",
                 n["node"],
                 mib(&n["rss_bytes"]).map_or("-".into(), |m| format!("{m:.0}")),
+                mib(&n["rss_peak_bytes"]).map_or("-".into(), |m| format!("{m:.0}")),
                 mib(&n["disk_bytes"]).map_or("-".into(), |m| format!("{m:.0}"))
             )
         })

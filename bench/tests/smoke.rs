@@ -104,6 +104,8 @@ fn load_and_every_workload_at_tiny_scale() {
         nodes
             .iter()
             .all(|n| n["rss_bytes"].as_u64().unwrap_or(0) > 0
+                && n["rss_peak_bytes"].as_u64().unwrap_or(0)
+                    >= n["rss_bytes"].as_u64().unwrap_or(u64::MAX)
                 && n["disk_bytes"].as_u64().unwrap_or(0) > 0),
         "{v}"
     );
