@@ -66,6 +66,7 @@ impl ApplyLimits {
         entries >= self.entries_max || commands >= self.commands_max || bytes >= self.bytes_max
     }
 }
+
 /// Bytes per write batch when loading a snapshot.
 const INSTALL_BATCH_BYTES_MAX: usize = 8 << 20;
 /// Apply's write-through read cache (see `apply_cache`).
