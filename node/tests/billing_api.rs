@@ -1232,3 +1232,59 @@ fn monthly_report_equals_the_records() {
         "PERMISSION_DENIED"
     );
 }
+
+/// A redelivery of an applied request_id is answered by the node it reaches
+/// from its own state: the original outcome, no new log entry, no hop to
+/// the leader; a different payload under that id is IDEMPOTENCY_CONFLICT,
+/// also without an entry. State is unchanged on every replica.
+#[test]
+fn redeliveries_are_answered_from_applied_state_without_a_log_entry() {
+    let c = TestCluster::start(27500, 5);
+    let leader = c.leader();
+    let api = Api {
+        c: &c,
+        addr: c.c.http_addr(leader).unwrap(),
+    };
+    setup_tariff(&api, "T1", "0.50");
+    open(&c.http(leader), "R1", "T1");
+    let first = pay(&c.http(leader), "redeliver-1", "R1", "12.34").expect("first delivery");
+    let index = first["log_index"].as_u64().expect("log_index");
+    let digest = c.wait_converged(&[1, 2, 3, 4, 5], Duration::from_secs(20));
+    let last_before = c.status(leader)["last_log_index"].as_u64().expect("last");
+    assert!(last_before >= index);
+    let local = "billdb_write_replays_answered_locally_total";
+    let before: Vec<f64> = (1..=5).map(|n| c.metric(n, local)).collect();
+
+    const ROUNDS: usize = 4;
+    for _ in 0..ROUNDS {
+        for n in 1..=5 {
+            let again = pay(&c.http(n), "redeliver-1", "R1", "12.34").expect("redelivery");
+            assert_eq!(again, first, "node {n} answered a redelivery differently");
+            let refused = code(pay(&c.http(n), "redeliver-1", "R1", "99.00"));
+            assert_eq!(refused, "IDEMPOTENCY_CONFLICT", "node {n}");
+        }
+    }
+    for n in 1..=5 {
+        let answered = c.metric(n, local) - before[(n - 1) as usize];
+        assert_eq!(
+            answered,
+            (2 * ROUNDS) as f64,
+            "node {n} answered its redeliveries itself"
+        );
+    }
+    assert_eq!(
+        c.status(leader)["last_log_index"].as_u64(),
+        Some(last_before),
+        "redeliveries added log entries"
+    );
+    assert_eq!(balance(&c, leader, "R1"), "12.34".parse().unwrap());
+    assert_eq!(
+        c.wait_converged(&[1, 2, 3, 4, 5], Duration::from_secs(20)),
+        digest
+    );
+
+    // A request_id never applied still goes through the log.
+    let second = pay(&c.http(leader), "redeliver-2", "R1", "1.00").expect("new request");
+    assert!(second["log_index"].as_u64().unwrap() > last_before);
+    assert_eq!(balance(&c, leader, "R1"), "13.34".parse().unwrap());
+}

@@ -510,23 +510,12 @@ pub fn apply_indexed<T: Txn>(
     cmd: &Command,
 ) -> Result<(Outcome, u64), std::io::Error> {
     let fingerprint = cmd.op.fingerprint();
-    let req_key = keys::request(&cmd.request_id);
-    if let Some(raw) = txn.get(Family::Requests, &req_key)? {
-        let prev: RequestEntry = keys::decode(&raw)?;
-        if prev.fingerprint == fingerprint {
-            return Ok((prev.outcome, prev.log_index));
-        }
-        return Ok((
-            Outcome::Refused(ApiError::new(
-                ErrorCode::IdempotencyConflict,
-                format!(
-                    "request_id {:?} was already used with a different payload",
-                    cmd.request_id
-                ),
-            )),
-            log_index,
-        ));
+    match replayed_with(&*txn, &cmd.request_id, fingerprint)? {
+        Some(Replay::Original { outcome, log_index }) => return Ok((outcome, log_index)),
+        Some(Replay::Conflict(e)) => return Ok((Outcome::Refused(e), log_index)),
+        None => {}
     }
+    let req_key = keys::request(&cmd.request_id);
     let ctx = Ctx { cmd };
     let mut scratch = Scratch::new(&*txn);
     let result = dispatch(&mut scratch, &ctx);
@@ -551,6 +540,54 @@ pub fn apply_indexed<T: Txn>(
     };
     txn.put(Family::Requests, req_key, keys::encode(&entry)?);
     Ok((outcome, log_index))
+}
+
+/// What applying a command whose request_id is already in the exactly-once
+/// table gives, without applying it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Replay {
+    /// The same payload: the original outcome and the log index it was
+    /// decided at.
+    Original { outcome: Outcome, log_index: u64 },
+    /// A different payload under the same request_id: IDEMPOTENCY_CONFLICT.
+    Conflict(ApiError),
+}
+
+/// `Some` when `request_id` was already applied: what [`apply_indexed`]
+/// would answer for (`request_id`, `op`) now, and forever after — an entry
+/// of the exactly-once table is written once, when its command is first
+/// applied, and never changed or removed. So any replica that has applied
+/// it may answer a redelivery from its own state, with no Raft round: the
+/// answer is the one a replay through the log would give. `None`: not
+/// applied here (yet); the command must go through the log.
+pub fn replayed<G: Get + ?Sized>(
+    view: &G,
+    request_id: &str,
+    op: &Op,
+) -> Result<Option<Replay>, std::io::Error> {
+    replayed_with(view, request_id, op.fingerprint())
+}
+
+fn replayed_with<G: Get + ?Sized>(
+    view: &G,
+    request_id: &str,
+    fingerprint: [u8; 32],
+) -> Result<Option<Replay>, std::io::Error> {
+    let Some(raw) = view.get(Family::Requests, &keys::request(request_id))? else {
+        return Ok(None);
+    };
+    let prev: RequestEntry = keys::decode(&raw)?;
+    Ok(Some(if prev.fingerprint == fingerprint {
+        Replay::Original {
+            outcome: prev.outcome,
+            log_index: prev.log_index,
+        }
+    } else {
+        Replay::Conflict(ApiError::new(
+            ErrorCode::IdempotencyConflict,
+            format!("request_id {request_id:?} was already used with a different payload"),
+        ))
+    }))
 }
 
 /// Look up the stored outcome of a request_id.

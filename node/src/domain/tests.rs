@@ -220,6 +220,44 @@ fn a_replay_answers_with_the_original_outcome_and_log_index() {
 }
 
 #[test]
+fn replayed_answers_what_apply_would_without_writing() {
+    let mut t = MemTxn::default();
+    let cmd = |rid: &str, id: &str| Command {
+        request_id: rid.into(),
+        ts_ms: t0(),
+        operator: "op1".into(),
+        branch: String::new(),
+        channel: String::new(),
+        op: open(id, "heat", ""),
+    };
+    assert_eq!(replayed(&t, "r1", &cmd("r1", "A1").op).unwrap(), None);
+    let (outcome, index) = apply_indexed(&mut t, 7, &cmd("r1", "A1")).unwrap();
+    let state = t.data.clone();
+    assert_eq!(
+        replayed(&t, "r1", &cmd("r1", "A1").op).unwrap(),
+        Some(Replay::Original {
+            outcome: outcome.clone(),
+            log_index: index
+        })
+    );
+    match replayed(&t, "r1", &cmd("r1", "A2").op).unwrap() {
+        Some(Replay::Conflict(e)) => assert_eq!(e.code, ErrorCode::IdempotencyConflict),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // Answering changed nothing, and apply agrees with both answers.
+    assert_eq!(t.data, state);
+    assert_eq!(
+        apply_indexed(&mut t, 9, &cmd("r1", "A1")).unwrap(),
+        (outcome, 7)
+    );
+    assert!(matches!(
+        apply_indexed(&mut t, 10, &cmd("r1", "A2")).unwrap().0,
+        Outcome::Refused(ref e) if e.code == ErrorCode::IdempotencyConflict
+    ));
+    assert_eq!(replayed(&t, "r2", &cmd("r2", "A2").op).unwrap(), None);
+}
+
+#[test]
 fn open_account_and_its_refusals() {
     let mut w = World::new();
     let o = w.ok("r1", t0(), open("A1", "heat", ""));
