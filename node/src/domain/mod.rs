@@ -53,7 +53,7 @@ pub use ledger::{
 pub use reports::{GroupBy, Report, ReportLine, bank_daily_report, monthly_report};
 pub use seasons::{Season, current_season};
 pub use tariffs::{TariffSpec, get_tariff, year_units};
-pub use txn::{Family, Get, MemTxn, ReadView, Scratch, Txn};
+pub use txn::{Family, Get, MemTxn, ReadView, Scratch, Txn, WriteSet};
 
 use crate::types::Command;
 
@@ -522,12 +522,7 @@ pub fn apply_indexed<T: Txn>(
     let writes = scratch.into_writes();
     let outcome = match result {
         Ok(outcome) => {
-            for ((family, key), value) in writes {
-                match value {
-                    Some(v) => txn.put(family, key, v),
-                    None => txn.delete(family, key),
-                }
-            }
+            txn.put_all(writes);
             outcome
         }
         Err(Fail::Refused(e)) => Outcome::Refused(e),

@@ -4,7 +4,7 @@
 //! `store::state_machine`; [`MemTxn`] is the in-memory one for unit tests.
 //! [`Scratch`] buffers one command's writes so a refusal can drop them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Domain column families. The storage layer maps each to a RocksDB column
 /// family of the same name.
@@ -57,6 +57,15 @@ pub trait Get {
 pub trait Txn: Get {
     fn put(&mut self, family: Family, key: Vec<u8>, value: Vec<u8>);
     fn delete(&mut self, family: Family, key: Vec<u8>);
+    /// Every write of `writes` (a finished command's), as puts and deletes.
+    fn put_all(&mut self, writes: WriteSet) {
+        for (family, key, value) in writes.into_sorted() {
+            match value {
+                Some(v) => self.put(family, key, v),
+                None => self.delete(family, key),
+            }
+        }
+    }
 }
 
 /// Most items one scan may return, whatever the caller asks.
@@ -148,31 +157,116 @@ const FAMILY_AFTER: &[(Family, Option<Family>)] = &[
     (Family::Meta, None),
 ];
 
+/// How many [`Family`] variants there are (the length of `domain::FAMILIES`).
+pub const FAMILY_COUNT: usize = 11;
+
+type FamilyWrites = HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>;
+
+/// Pending writes, one hash map per family: key → value (`None`: a
+/// delete). A lookup borrows the key (no allocation, no ordered search),
+/// which profiles of bulk imports showed mattered: ordered maps keyed by
+/// `(Family, Vec<u8>)` cost a key copy per read and a dozen key compares
+/// per read and write, ~15 % of a follower's CPU.
+///
+/// Deterministic: the maps are only looked up; writes leave a set only
+/// through [`WriteSet::into_sorted`] (by family, then key) or
+/// [`WriteSet::merge_into`] another set (keys are distinct, so the order
+/// of moving them cannot change the result). Hash order never reaches
+/// storage.
+#[derive(Debug, Default)]
+pub struct WriteSet {
+    families: [FamilyWrites; FAMILY_COUNT],
+    len: usize,
+}
+
+impl WriteSet {
+    /// `Some(value)` when this set writes `key` (`Some(None)`: deletes it).
+    pub fn get(&self, family: Family, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.families[family as usize].get(key)
+    }
+
+    /// Write (`Some`) or delete (`None`) `key`; a later write of a key
+    /// replaces the earlier one.
+    pub fn insert(&mut self, family: Family, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if self.families[family as usize].insert(key, value).is_none() {
+            self.len += 1;
+        }
+    }
+
+    /// Distinct keys written.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every write, in `Family` order, then key order.
+    #[allow(clippy::type_complexity)]
+    pub fn into_sorted(self) -> Vec<(Family, Vec<u8>, Option<Vec<u8>>)> {
+        let mut out = Vec::with_capacity(self.len);
+        for (i, writes) in self.families.into_iter().enumerate() {
+            let family = FAMILY_ORDER[i];
+            let from = out.len();
+            out.extend(writes.into_iter().map(|(k, v)| (family, k, v)));
+            // Keys are distinct within a family: an unstable sort is exact.
+            out[from..].sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        }
+        out
+    }
+
+    /// Move every write into `dest` (replacing what `dest` wrote to the
+    /// same keys); calls `each(key_len + value_len)` per write moved.
+    pub fn merge_into(self, dest: &mut WriteSet, mut each: impl FnMut(usize)) {
+        for (i, writes) in self.families.into_iter().enumerate() {
+            for (k, v) in writes {
+                each(k.len() + v.as_ref().map_or(0, Vec::len));
+                dest.insert(FAMILY_ORDER[i], k, v);
+            }
+        }
+    }
+}
+
+/// Every family, indexed by its discriminant.
+const FAMILY_ORDER: [Family; FAMILY_COUNT] = [
+    Family::Accounts,
+    Family::Records,
+    Family::Requests,
+    Family::BankRefs,
+    Family::Cards,
+    Family::RecordIndex,
+    Family::YearUnits,
+    Family::Tariffs,
+    Family::Invoices,
+    Family::Reports,
+    Family::Meta,
+];
+
 /// One command's writes, buffered over a base view: reads see them; they
 /// reach the base only through [`Scratch::into_writes`], so a refused
 /// command (or an error half-way) leaves nothing behind.
 pub struct Scratch<'a, G: Get + ?Sized> {
     base: &'a G,
-    writes: BTreeMap<(Family, Vec<u8>), Option<Vec<u8>>>,
+    writes: WriteSet,
 }
 
 impl<'a, G: Get + ?Sized> Scratch<'a, G> {
     pub fn new(base: &'a G) -> Self {
         Scratch {
             base,
-            writes: BTreeMap::new(),
+            writes: WriteSet::default(),
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    pub fn into_writes(self) -> BTreeMap<(Family, Vec<u8>), Option<Vec<u8>>> {
+    pub fn into_writes(self) -> WriteSet {
         self.writes
     }
 }
 
 impl<G: Get + ?Sized> Get for Scratch<'_, G> {
     fn get(&self, family: Family, key: &[u8]) -> Result<Option<Vec<u8>>, std::io::Error> {
-        match self.writes.get(&(family, key.to_vec())) {
+        match self.writes.get(family, key) {
             Some(v) => Ok(v.clone()),
             None => self.base.get(family, key),
         }
@@ -181,9 +275,103 @@ impl<G: Get + ?Sized> Get for Scratch<'_, G> {
 
 impl<G: Get + ?Sized> Txn for Scratch<'_, G> {
     fn put(&mut self, family: Family, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert((family, key), Some(value));
+        self.writes.insert(family, key, Some(value));
     }
     fn delete(&mut self, family: Family, key: Vec<u8>) {
-        self.writes.insert((family, key), None);
+        self.writes.insert(family, key, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn family_order_is_indexed_by_discriminant() {
+        assert_eq!(FAMILY_COUNT, crate::domain::FAMILIES.len());
+        for (i, f) in FAMILY_ORDER.iter().enumerate() {
+            assert_eq!(*f as usize, i, "{f:?}");
+            assert_eq!(crate::domain::FAMILIES[i], *f);
+        }
+    }
+
+    fn writes() -> Vec<(Family, Vec<u8>, Option<Vec<u8>>)> {
+        (0..200u32)
+            .map(|i| {
+                let family = FAMILY_ORDER[(i as usize * 7) % FAMILY_COUNT];
+                let key = format!("k{}", (i * 7919) % 1000).into_bytes();
+                let value = (i % 5 != 0).then(|| i.to_be_bytes().to_vec());
+                (family, key, value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_write_set_drains_sorted_whatever_the_insert_order() {
+        let mut forward = WriteSet::default();
+        let mut backward = WriteSet::default();
+        let mut model: BTreeMap<(Family, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
+        for (f, k, v) in writes() {
+            forward.insert(f, k.clone(), v.clone());
+            model.insert((f, k), v);
+        }
+        // Later writes win: insert the same final values in reverse,
+        // each key once.
+        for ((f, k), v) in model.iter().rev() {
+            backward.insert(*f, k.clone(), v.clone());
+        }
+        assert_eq!(forward.len(), model.len());
+        for ((f, k), v) in &model {
+            assert_eq!(forward.get(*f, k), Some(v));
+        }
+        assert_eq!(forward.get(Family::Accounts, b"absent"), None);
+        let want: Vec<_> = model.into_iter().map(|((f, k), v)| (f, k, v)).collect();
+        assert_eq!(forward.into_sorted(), want);
+        assert_eq!(backward.into_sorted(), want);
+    }
+
+    #[test]
+    fn merging_replaces_and_counts_bytes() {
+        let mut dest = WriteSet::default();
+        dest.insert(Family::Accounts, b"a".to_vec(), Some(b"old".to_vec()));
+        dest.insert(Family::Cards, b"c".to_vec(), Some(b"card".to_vec()));
+        let mut src = WriteSet::default();
+        src.insert(Family::Accounts, b"a".to_vec(), Some(b"new!".to_vec()));
+        src.insert(Family::Meta, b"m".to_vec(), None);
+        let mut bytes = 0;
+        src.merge_into(&mut dest, |b| bytes += b);
+        assert_eq!(bytes, (1 + 4) + 1);
+        assert_eq!(dest.len(), 3);
+        assert_eq!(
+            dest.into_sorted(),
+            vec![
+                (Family::Accounts, b"a".to_vec(), Some(b"new!".to_vec())),
+                (Family::Cards, b"c".to_vec(), Some(b"card".to_vec())),
+                (Family::Meta, b"m".to_vec(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_scratch_reads_its_own_writes_over_the_base() {
+        let mut base = MemTxn::default();
+        base.put(Family::Accounts, b"a".to_vec(), b"base".to_vec());
+        base.put(Family::Accounts, b"b".to_vec(), b"base".to_vec());
+        let mut s = Scratch::new(&base);
+        s.put(Family::Accounts, b"a".to_vec(), b"mine".to_vec());
+        s.delete(Family::Accounts, b"b".to_vec());
+        assert_eq!(
+            s.get(Family::Accounts, b"a").unwrap(),
+            Some(b"mine".to_vec())
+        );
+        assert_eq!(s.get(Family::Accounts, b"b").unwrap(), None);
+        assert_eq!(s.get(Family::Cards, b"a").unwrap(), None);
+        let writes = s.into_writes();
+        base.put_all(writes);
+        assert_eq!(
+            base.get(Family::Accounts, b"a").unwrap(),
+            Some(b"mine".to_vec())
+        );
+        assert_eq!(base.get(Family::Accounts, b"b").unwrap(), None);
     }
 }

@@ -30,15 +30,18 @@
 use std::collections::HashMap;
 
 use crate::domain::Family;
+use crate::domain::txn::FAMILY_COUNT;
 
 /// Bytes counted per entry on top of key and value (map and vector headers).
 const ENTRY_OVERHEAD_BYTES: usize = 64;
 
-type Key = (Family, Vec<u8>);
+/// One generation: a map per family (indexed by `Family as usize`), so a
+/// lookup borrows the key instead of building a `(Family, Vec<u8>)`.
+type Generation = [HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>; FAMILY_COUNT];
 
 pub struct ApplyCache {
-    young: HashMap<Key, Option<Vec<u8>>>,
-    old: HashMap<Key, Option<Vec<u8>>>,
+    young: Generation,
+    old: Generation,
     young_bytes: usize,
     bytes_max: usize,
     hits: u64,
@@ -52,16 +55,16 @@ fn cacheable(family: Family) -> bool {
     )
 }
 
-fn size_of(key: &Key, value: &Option<Vec<u8>>) -> usize {
-    key.1.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD_BYTES
+fn size_of(key: &[u8], value: &Option<Vec<u8>>) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD_BYTES
 }
 
 impl ApplyCache {
     /// A cache holding at most about `bytes_max` bytes; 0 disables it.
     pub fn new(bytes_max: usize) -> Self {
         ApplyCache {
-            young: HashMap::new(),
-            old: HashMap::new(),
+            young: Default::default(),
+            old: Default::default(),
             young_bytes: 0,
             bytes_max,
             hits: 0,
@@ -74,15 +77,15 @@ impl ApplyCache {
         if self.bytes_max == 0 || !cacheable(family) {
             return None;
         }
-        let k = (family, key.to_vec());
-        if let Some(v) = self.young.get(&k) {
+        let f = family as usize;
+        if let Some(v) = self.young[f].get(key) {
             self.hits += 1;
             return Some(v.clone());
         }
-        match self.old.remove(&k) {
-            Some(v) => {
+        match self.old[f].remove_entry(key) {
+            Some((k, v)) => {
                 self.hits += 1;
-                self.insert_key(k, v.clone());
+                self.insert_key(f, k, v.clone());
                 Some(v)
             }
             None => {
@@ -97,9 +100,9 @@ impl ApplyCache {
         if self.bytes_max == 0 || !cacheable(family) {
             return;
         }
-        let k = (family, key.to_vec());
-        self.old.remove(&k);
-        self.insert_key(k, Some(value));
+        let f = family as usize;
+        self.old[f].remove(key);
+        self.insert_key(f, key.to_vec(), Some(value));
     }
 
     /// A write about to be committed: update the entry if the cache holds
@@ -108,19 +111,18 @@ impl ApplyCache {
         if self.bytes_max == 0 || !cacheable(family) {
             return;
         }
-        let k = (family, key.to_vec());
-        if let Some(slot) = self.young.get_mut(&k) {
+        let f = family as usize;
+        if let Some(slot) = self.young[f].get_mut(key) {
             *slot = value;
-        } else if self.old.contains_key(&k) {
-            self.old.remove(&k);
-            self.insert_key(k, value);
+        } else if let Some((k, _)) = self.old[f].remove_entry(key) {
+            self.insert_key(f, k, value);
         }
     }
 
-    fn insert_key(&mut self, k: Key, value: Option<Vec<u8>>) {
+    fn insert_key(&mut self, f: usize, k: Vec<u8>, value: Option<Vec<u8>>) {
         let size = size_of(&k, &value);
         if size > self.bytes_max / 2 {
-            self.young.remove(&k);
+            self.young[f].remove(&k);
             return;
         }
         if self.young_bytes + size > self.bytes_max / 2 {
@@ -128,7 +130,7 @@ impl ApplyCache {
             self.young_bytes = 0;
         }
         self.young_bytes += size;
-        self.young.insert(k, value);
+        self.young[f].insert(k, value);
     }
 
     /// Hits and misses since the last call (for the metrics).
@@ -141,14 +143,14 @@ impl ApplyCache {
 
     /// Forget everything (a failed write, a snapshot install).
     pub fn clear(&mut self) {
-        self.young.clear();
-        self.old.clear();
+        self.young = Default::default();
+        self.old = Default::default();
         self.young_bytes = 0;
     }
 
     /// Entries held (both generations; a key is in at most one).
     pub fn len(&self) -> usize {
-        self.young.len() + self.old.len()
+        self.young.iter().chain(&self.old).map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -203,6 +205,7 @@ mod tests {
                 .young
                 .iter()
                 .chain(c.old.iter())
+                .flatten()
                 .map(|(k, v)| size_of(k, v))
                 .sum();
             assert!(held <= bytes_max, "{held} > {bytes_max}");

@@ -12,7 +12,6 @@
 //! `installing` in `sm_meta` names it until the swap is complete, so a
 //! crash mid-install is finished on the next open.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,7 +29,7 @@ use super::checkpoint::{
 };
 use super::snapshot::{SnapshotFile, SnapshotReader, verify};
 use super::{CF_SM_META, cf, decode, encode, io_err, sync_opts};
-use crate::domain::{self, FAMILIES, Family, Get, ReadView, Txn};
+use crate::domain::{self, FAMILIES, Family, Get, ReadView, Txn, WriteSet};
 use crate::types::{BatchReply, CommandReply, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 const KEY_INSTALLING: &[u8] = b"installing";
@@ -77,7 +76,7 @@ pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotHandle>;
 /// A write set over the state machine's families; reads see its own writes.
 pub struct RocksTxn<'a> {
     db: &'a DB,
-    overlay: BTreeMap<(Family, Vec<u8>), Option<Vec<u8>>>,
+    overlay: WriteSet,
     /// Bytes put or deleted so far (keys + values, rewrites counted again):
     /// an upper bound on the write set's size.
     written_bytes: usize,
@@ -89,7 +88,7 @@ impl<'a> RocksTxn<'a> {
     pub fn new(db: &'a DB) -> Self {
         RocksTxn {
             db,
-            overlay: BTreeMap::new(),
+            overlay: WriteSet::default(),
             written_bytes: 0,
             cache: None,
         }
@@ -98,7 +97,7 @@ impl<'a> RocksTxn<'a> {
     fn cached(db: &'a DB, cache: &'a Mutex<ApplyCache>) -> Self {
         RocksTxn {
             db,
-            overlay: BTreeMap::new(),
+            overlay: WriteSet::default(),
             written_bytes: 0,
             cache: Some(cache),
         }
@@ -111,7 +110,9 @@ impl<'a> RocksTxn<'a> {
             Some(c) => Some(c.lock().map_err(io_err)?),
             None => None,
         };
-        for ((family, key), value) in self.overlay {
+        // Sorted: RocksDB inserts a batch's keys into the memtable in
+        // order, and a sorted run reuses the skip list's search path.
+        for (family, key, value) in self.overlay.into_sorted() {
             let cf = cf(self.db, family.name())?;
             match &value {
                 Some(v) => batch.put_cf(cf, &key, v),
@@ -127,7 +128,7 @@ impl<'a> RocksTxn<'a> {
 
 impl Get for RocksTxn<'_> {
     fn get(&self, family: Family, key: &[u8]) -> Result<Option<Vec<u8>>, std::io::Error> {
-        if let Some(v) = self.overlay.get(&(family, key.to_vec())) {
+        if let Some(v) = self.overlay.get(family, key) {
             return Ok(v.clone());
         }
         let Some(cache) = self.cache else {
@@ -154,11 +155,15 @@ impl Get for RocksTxn<'_> {
 impl Txn for RocksTxn<'_> {
     fn put(&mut self, family: Family, key: Vec<u8>, value: Vec<u8>) {
         self.written_bytes += key.len() + value.len();
-        self.overlay.insert((family, key), Some(value));
+        self.overlay.insert(family, key, Some(value));
     }
     fn delete(&mut self, family: Family, key: Vec<u8>) {
         self.written_bytes += key.len();
-        self.overlay.insert((family, key), None);
+        self.overlay.insert(family, key, None);
+    }
+    fn put_all(&mut self, writes: WriteSet) {
+        let written = &mut self.written_bytes;
+        writes.merge_into(&mut self.overlay, |bytes| *written += bytes);
     }
 }
 
