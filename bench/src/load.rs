@@ -235,13 +235,26 @@ pub fn define_tariffs(ops: &Http) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The month's report grouped by kind: kind → (count, amount).
+/// The month's report over the dataset's own tariffs, by kind: kind →
+/// (count, amount). Other benchmark runs on the same cluster (the card
+/// check imports history under a tariff of its own; workloads buy on the
+/// day they run) do not change it.
 pub fn report_by_kind(h: &Http, month: &str) -> anyhow::Result<BTreeMap<String, (u64, Decimal)>> {
     let v = h
-        .get(&format!("/v1/reports/monthly?month={month}&group_by=kind"))
+        .get(&format!(
+            "/v1/reports/monthly?month={month}&group_by=tariff"
+        ))
         .map_err(|e| anyhow::anyhow!("monthly report: {e}"))?;
+    anyhow::ensure!(
+        v["truncated"] != true,
+        "the month's report by tariff was truncated"
+    );
+    let ours: Vec<&str> = dataset::tariffs().iter().map(|t| t.id).collect();
     let mut out = BTreeMap::new();
     for l in v["lines"].as_array().cloned().unwrap_or_default() {
+        if !ours.contains(&l["value"].as_str().unwrap_or("")) {
+            continue;
+        }
         let kind = l["kind"].as_str().unwrap_or("").to_string();
         let amount: Decimal = l["amount"].as_str().unwrap_or("0").parse()?;
         let e = out.entry(kind).or_insert((0u64, Decimal::ZERO));
