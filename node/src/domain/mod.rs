@@ -59,19 +59,8 @@ use crate::types::Command;
 
 /// Every domain column family, in a fixed order (snapshots, digests).
 /// Append only: snapshot files store the index into this list.
-pub const FAMILIES: &[Family] = &[
-    Family::Accounts,
-    Family::Records,
-    Family::Requests,
-    Family::BankRefs,
-    Family::Cards,
-    Family::RecordIndex,
-    Family::YearUnits,
-    Family::Tariffs,
-    Family::Invoices,
-    Family::Reports,
-    Family::Meta,
-];
+/// (The declaration order of [`Family`]; `txn::FAMILY_ORDER`.)
+pub const FAMILIES: &[Family] = &txn::FAMILY_ORDER;
 
 /// How a purchase is asked for: pay exactly this money, or buy exactly
 /// these units (priced by the server with the account's tariff).

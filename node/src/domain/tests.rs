@@ -198,23 +198,30 @@ fn rid_of(o: &Outcome) -> String {
 
 // ---------------------------------------------------------------- accounts
 
-#[test]
-fn a_replay_answers_with_the_original_outcome_and_log_index() {
-    let mut t = MemTxn::default();
-    let cmd = |rid: &str, id: &str| Command {
+/// Open account `id` under request `rid`.
+fn open_cmd(rid: &str, id: &str) -> Command {
+    Command {
         request_id: rid.into(),
         ts_ms: t0(),
         operator: "op1".into(),
         branch: String::new(),
         channel: String::new(),
         op: open(id, "heat", ""),
-    };
-    let first = apply_indexed(&mut t, 7, &cmd("r1", "A1")).unwrap();
+    }
+}
+
+#[test]
+fn a_replay_answers_with_the_original_outcome_and_log_index() {
+    let mut t = MemTxn::default();
+    let first = apply_indexed(&mut t, 7, &open_cmd("r1", "A1")).unwrap();
     assert_eq!(first.1, 7);
     // The same request at a later index: the stored outcome, index 7.
-    assert_eq!(apply_indexed(&mut t, 9, &cmd("r1", "A1")).unwrap(), first);
+    assert_eq!(
+        apply_indexed(&mut t, 9, &open_cmd("r1", "A1")).unwrap(),
+        first
+    );
     // The same id with another payload: refused at the new index.
-    let (o, at) = apply_indexed(&mut t, 10, &cmd("r1", "A2")).unwrap();
+    let (o, at) = apply_indexed(&mut t, 10, &open_cmd("r1", "A2")).unwrap();
     assert!(matches!(o, Outcome::Refused(ref e) if e.code == ErrorCode::IdempotencyConflict));
     assert_eq!(at, 10);
 }
@@ -222,39 +229,31 @@ fn a_replay_answers_with_the_original_outcome_and_log_index() {
 #[test]
 fn replayed_answers_what_apply_would_without_writing() {
     let mut t = MemTxn::default();
-    let cmd = |rid: &str, id: &str| Command {
-        request_id: rid.into(),
-        ts_ms: t0(),
-        operator: "op1".into(),
-        branch: String::new(),
-        channel: String::new(),
-        op: open(id, "heat", ""),
-    };
-    assert_eq!(replayed(&t, "r1", &cmd("r1", "A1").op).unwrap(), None);
-    let (outcome, index) = apply_indexed(&mut t, 7, &cmd("r1", "A1")).unwrap();
+    assert_eq!(replayed(&t, "r1", &open_cmd("r1", "A1").op).unwrap(), None);
+    let (outcome, index) = apply_indexed(&mut t, 7, &open_cmd("r1", "A1")).unwrap();
     let state = t.data.clone();
     assert_eq!(
-        replayed(&t, "r1", &cmd("r1", "A1").op).unwrap(),
+        replayed(&t, "r1", &open_cmd("r1", "A1").op).unwrap(),
         Some(Replay::Original {
             outcome: outcome.clone(),
             log_index: index
         })
     );
-    match replayed(&t, "r1", &cmd("r1", "A2").op).unwrap() {
+    match replayed(&t, "r1", &open_cmd("r1", "A2").op).unwrap() {
         Some(Replay::Conflict(e)) => assert_eq!(e.code, ErrorCode::IdempotencyConflict),
         other => panic!("expected a conflict, got {other:?}"),
     }
     // Answering changed nothing, and apply agrees with both answers.
     assert_eq!(t.data, state);
     assert_eq!(
-        apply_indexed(&mut t, 9, &cmd("r1", "A1")).unwrap(),
+        apply_indexed(&mut t, 9, &open_cmd("r1", "A1")).unwrap(),
         (outcome, 7)
     );
     assert!(matches!(
-        apply_indexed(&mut t, 10, &cmd("r1", "A2")).unwrap().0,
+        apply_indexed(&mut t, 10, &open_cmd("r1", "A2")).unwrap().0,
         Outcome::Refused(ref e) if e.code == ErrorCode::IdempotencyConflict
     ));
-    assert_eq!(replayed(&t, "r2", &cmd("r2", "A2").op).unwrap(), None);
+    assert_eq!(replayed(&t, "r2", &open_cmd("r2", "A2").op).unwrap(), None);
 }
 
 #[test]
