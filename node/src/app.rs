@@ -415,7 +415,8 @@ impl App {
     /// then costs one point read per request instead of a log entry on
     /// five replicas. A request not applied here yet goes through the log.
     fn replayed_here(&self, request_id: &str, op: &Op) -> Result<Option<(Outcome, u64)>, ApiError> {
-        let view = crate::store::state_machine::RocksRead::new(&self.db);
+        // One point read of committed state: no RocksDB snapshot needed.
+        let view = crate::store::state_machine::RocksTxn::new(&self.db);
         Ok(
             match crate::domain::replayed(&view, request_id, op).map_err(internal)? {
                 Some(crate::domain::Replay::Original { outcome, log_index }) => {
