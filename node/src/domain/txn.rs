@@ -121,9 +121,9 @@ impl ReadView for MemTxn {
         let lo = Bound::Included((family, start.to_vec()));
         let hi = if end.is_empty() {
             // Every key of `family` sorts before the next family.
-            match FAMILY_AFTER.iter().find(|(f, _)| *f == family) {
-                Some((_, Some(next))) => Bound::Excluded((*next, Vec::new())),
-                _ => Bound::Unbounded,
+            match FAMILY_ORDER.get(family as usize + 1) {
+                Some(next) => Bound::Excluded((*next, Vec::new())),
+                None => Bound::Unbounded,
             }
         } else {
             Bound::Excluded((family, end.to_vec()))
@@ -142,25 +142,11 @@ impl ReadView for MemTxn {
     }
 }
 
-/// The family that follows each family in `Family`'s derived order.
-const FAMILY_AFTER: &[(Family, Option<Family>)] = &[
-    (Family::Accounts, Some(Family::Records)),
-    (Family::Records, Some(Family::Requests)),
-    (Family::Requests, Some(Family::BankRefs)),
-    (Family::BankRefs, Some(Family::Cards)),
-    (Family::Cards, Some(Family::RecordIndex)),
-    (Family::RecordIndex, Some(Family::YearUnits)),
-    (Family::YearUnits, Some(Family::Tariffs)),
-    (Family::Tariffs, Some(Family::Invoices)),
-    (Family::Invoices, Some(Family::Reports)),
-    (Family::Reports, Some(Family::Meta)),
-    (Family::Meta, None),
-];
-
 /// How many [`Family`] variants there are (the length of `domain::FAMILIES`).
 pub const FAMILY_COUNT: usize = 11;
 
-type FamilyWrites = HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>;
+/// One family's keys → values (`None`: deleted), looked up by borrowed key.
+pub type FamilyMap = HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>;
 
 /// Pending writes, one hash map per family: key → value (`None`: a
 /// delete). A lookup borrows the key (no allocation, no ordered search),
@@ -175,8 +161,7 @@ type FamilyWrites = HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomStat
 /// storage.
 #[derive(Debug, Default)]
 pub struct WriteSet {
-    families: [FamilyWrites; FAMILY_COUNT],
-    len: usize,
+    families: [FamilyMap; FAMILY_COUNT],
 }
 
 impl WriteSet {
@@ -188,24 +173,22 @@ impl WriteSet {
     /// Write (`Some`) or delete (`None`) `key`; a later write of a key
     /// replaces the earlier one.
     pub fn insert(&mut self, family: Family, key: Vec<u8>, value: Option<Vec<u8>>) {
-        if self.families[family as usize].insert(key, value).is_none() {
-            self.len += 1;
-        }
+        self.families[family as usize].insert(key, value);
     }
 
     /// Distinct keys written.
     pub fn len(&self) -> usize {
-        self.len
+        self.families.iter().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.families.iter().all(HashMap::is_empty)
     }
 
     /// Every write, in `Family` order, then key order.
     #[allow(clippy::type_complexity)]
     pub fn into_sorted(self) -> Vec<(Family, Vec<u8>, Option<Vec<u8>>)> {
-        let mut out = Vec::with_capacity(self.len);
+        let mut out = Vec::with_capacity(self.len());
         for (i, writes) in self.families.into_iter().enumerate() {
             let family = FAMILY_ORDER[i];
             let from = out.len();

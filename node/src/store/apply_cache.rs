@@ -30,14 +30,14 @@
 use std::collections::HashMap;
 
 use crate::domain::Family;
-use crate::domain::txn::FAMILY_COUNT;
+use crate::domain::txn::{FAMILY_COUNT, FamilyMap};
 
 /// Bytes counted per entry on top of key and value (map and vector headers).
 const ENTRY_OVERHEAD_BYTES: usize = 64;
 
 /// One generation: a map per family (indexed by `Family as usize`), so a
 /// lookup borrows the key instead of building a `(Family, Vec<u8>)`.
-type Generation = [HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>; FAMILY_COUNT];
+type Generation = [FamilyMap; FAMILY_COUNT];
 
 pub struct ApplyCache {
     young: Generation,
