@@ -582,10 +582,17 @@ impl App {
     /// may answer a linearizable read from its state as it is now, with no
     /// Raft round and no wait for apply (the rule: `read_fence`).
     fn lease_read_here(&self) -> bool {
+        self.lease_read_verdict() == Some(Ok(()))
+    }
+
+    /// The lease rule's verdict right now (`None` under `read_index`), also
+    /// shown in the status document so an operator sees why reads take the
+    /// Raft path.
+    pub fn lease_read_verdict(&self) -> Option<Result<(), read_fence::NotNow>> {
         use openraft::async_runtime::Instant as _;
         use openraft::async_runtime::WatchReceiver;
         if self.config.raft.read_policy != crate::config::ReadPolicyName::Lease {
-            return false;
+            return None;
         }
         let rx = self.raft.metrics();
         let m = rx.borrow_watched();
@@ -595,7 +602,7 @@ impl App {
         let lease = Duration::from_millis(self.config.raft.election_timeout_max_ms);
         let view = self.fence.view(is_leader, m.current_term, age, lease);
         drop(m);
-        read_fence::lease_read(&view).is_ok()
+        Some(read_fence::lease_read(&view))
     }
 
     // ---- administration ----

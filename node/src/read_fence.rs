@@ -61,7 +61,8 @@ pub struct LeaseView {
 }
 
 /// Why a read could not be served locally (it then takes the Raft path).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NotNow {
     NotLeader,
     TermBlankNotApplied,
@@ -156,6 +157,30 @@ mod tests {
             applied_index: 100,
             granted_max: 90,
         }
+    }
+
+    #[test]
+    fn reasons_have_the_names_the_status_document_shows() {
+        let names: Vec<serde_json::Value> = [
+            NotNow::NotLeader,
+            NotNow::TermBlankNotApplied,
+            NotNow::Transferring,
+            NotNow::LeaseExpired,
+            NotNow::BehindGranted,
+        ]
+        .into_iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "not_leader",
+                "term_blank_not_applied",
+                "transferring",
+                "lease_expired",
+                "behind_granted"
+            ]
+        );
     }
 
     #[test]

@@ -35,6 +35,15 @@ pub fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {
         max_in_snapshot_log_to_keep: r.logs_to_keep_after_snapshot,
         enable_pre_vote: Some(true),
         broadcast_submitted_on_append: Some(r.replicate_before_local_fsync),
+        // A restarted leader stands for election like any node instead of
+        // resuming its old term (openraft's default). Resuming skips the
+        // term's blank entry and trusts the local log and state as they
+        // were: after a power loss the leader's log may lack entries that
+        // a quorum of followers fsynced and committed (they are replicated
+        // before the leader's own fsync), and new entries in the same term
+        // would reuse those indexes. A new term also gives the lease-read
+        // rule (`read_fence`) the blank entry it waits for.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     Ok(cfg.validate()?)

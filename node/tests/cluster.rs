@@ -719,3 +719,52 @@ fn lease_reads_stay_linearizable_across_a_paused_leader() {
     );
     assert_ne!(c.leader(), 0);
 }
+
+/// A whole-cluster restart: the old leader does not resume its term (a new
+/// election, a new blank entry), and under `read_policy = "lease"` the new
+/// leader serves reads from its lease again. Before, a restarted leader
+/// resumed its term and its reads took the Raft path until the next
+/// election.
+#[test]
+fn restarted_cluster_elects_anew_and_serves_lease_reads() {
+    let raft = RaftTimings {
+        read_policy: Some(ReadPolicy::Lease),
+        ..RaftTimings::default()
+    };
+    let c = TestCluster::start_with(27700, 5, raft);
+    open_accounts(&c);
+    let all: Vec<NodeId> = (1..=5).collect();
+    write_load(&c, &all, "before", 20, 2);
+    let old = c.leader();
+    let term_before = c.status(old)["term"].as_u64().unwrap();
+    let expected = balance(&c, old, &account(0));
+    c.c.down().unwrap();
+    c.c.start_all().unwrap();
+    c.c.wait_all_healthy(Duration::from_secs(30)).unwrap();
+    let leader = c.leader();
+    let st = c.status(leader);
+    assert!(
+        st["term"].as_u64().unwrap() > term_before,
+        "the restarted leader resumed term {term_before}: {st}"
+    );
+    // The lease needs a heartbeat round acknowledged; it comes within
+    // a few heartbeats.
+    let t = Instant::now();
+    while c.status(leader)["lease_read"] != "ok" {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no lease after the restart: {}",
+            c.status(leader)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lease_reads = r#"billdb_reads_total{path="leader_lease"}"#;
+    let before = c.metric(leader, lease_reads);
+    assert_eq!(balance(&c, leader, &account(0)), expected);
+    assert!(
+        c.metric(leader, lease_reads) > before,
+        "a read on the restarted cluster's leader took the Raft path"
+    );
+    let follower = *all.iter().find(|n| **n != leader).unwrap();
+    assert_eq!(c.status(follower)["lease_read"], "not_leader");
+}

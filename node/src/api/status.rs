@@ -34,6 +34,13 @@ pub struct Status {
     /// (`read_index` or `lease`, from `raft.read_policy`; the same value as
     /// `raft.read_policy` below, kept here for clients that read it here).
     pub read_policy: crate::config::ReadPolicyName,
+    /// Under `lease`: whether this node may answer a linearizable read from
+    /// its own state right now (`ok`), or why not (`not_leader`,
+    /// `term_blank_not_applied`, `transferring`, `lease_expired`,
+    /// `behind_granted`: such reads take the Raft path). Absent under
+    /// `read_index`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_read: Option<String>,
     /// Every `[raft]` setting this node runs with (timings, snapshots,
     /// group commit, read policy), so a benchmark or an on-call engineer
     /// sees the effective values.
@@ -88,6 +95,13 @@ pub fn status(app: &App) -> Status {
         replication,
         db_size_bytes: app.db_size_bytes(),
         read_policy: app.config.raft.read_policy,
+        lease_read: app.lease_read_verdict().map(|v| match v {
+            Ok(()) => "ok".to_string(),
+            Err(why) => serde_json::to_value(why)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| format!("{why:?}")),
+        }),
         raft: app.config.raft.clone(),
     }
 }
