@@ -185,6 +185,13 @@ fn load_and_every_workload_at_tiny_scale() {
     assert_eq!(count(&v, "one_month"), 20, "{v}");
     assert_eq!(count(&v, "long_history_2calls"), 20, "{v}");
     assert_eq!(v["extra"]["long_history_records"], 24, "{v}");
+    // Only purchases made while the checks were timed count in the rate;
+    // the warm-up second's do not.
+    let load_total = v["extra"]["load_purchases_total"].as_u64().unwrap_or(0);
+    assert!(
+        load_total > 0 && count(&v, "load_purchase") <= load_total,
+        "{v}"
+    );
     assert!(
         v["extra"]["long_recent_records"].as_u64().unwrap_or(0) >= 1,
         "{v}"
