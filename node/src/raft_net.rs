@@ -6,10 +6,9 @@
 //! keepalive tears down silently dead connections. Messages are openraft's
 //! own types encoded with bincode inside `billdb.raft.v1.RaftMsg`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -202,6 +201,15 @@ impl Conn {
 /// keepalive (1 s / 2 s).
 const APPEND_DEADLINE_MS_MIN: u64 = 1_000;
 
+/// Send time of each of a stream's unanswered append requests, oldest
+/// first, and whether it carried entries.
+type SendTimes = Arc<Mutex<VecDeque<(std::time::Instant, bool)>>>;
+
+fn outstanding(q: &SendTimes) -> usize {
+    // A poisoned lock counts as outstanding: the deadline then applies.
+    q.lock().map(|q| q.len()).unwrap_or(1)
+}
+
 fn deadline_for(action: RPCTypes, option: &RPCOption) -> Duration {
     let ttl = option.hard_ttl();
     match action {
@@ -238,14 +246,23 @@ impl RaftNetworkV2<TypeConfig> for Conn {
         let fut = async move {
             let mut client = self.client()?;
             let ttl = deadline_for(RPCTypes::AppendEntries, &option);
-            let in_flight = Arc::new(AtomicUsize::new(0));
+            // Send time of each request not yet answered, oldest first: the
+            // follower answers in order, so each answer pops the front and
+            // its round trip is recorded per peer, apart for requests with
+            // entries (network, the follower's append and WAL fsync) and
+            // without (commit index updates: network and the follower's
+            // Raft core).
+            let in_flight: SendTimes = Arc::new(Mutex::new(VecDeque::new()));
             let sent = in_flight.clone();
             let outbound = input.filter_map(move |req| {
                 let sent = sent.clone();
                 async move {
+                    let carries_entries = !req.entries.is_empty();
                     match encode(&req) {
                         Ok(data) => {
-                            sent.fetch_add(1, Ordering::SeqCst);
+                            if let Ok(mut q) = sent.lock() {
+                                q.push_back((std::time::Instant::now(), carries_entries));
+                            }
                             Some(RaftMsg { data })
                         }
                         Err(e) => {
@@ -261,15 +278,21 @@ impl RaftNetworkV2<TypeConfig> for Conn {
                 Ok(Ok(r)) => r.into_inner(),
             };
             let (self_id, target) = (self.self_id, self.target);
+            let peer = target.to_string();
+            let round_trip = [
+                metrics::histogram!("billdb_raft_append_seconds", "peer" => peer.clone(), "kind" => "empty"),
+                metrics::histogram!("billdb_raft_append_seconds", "peer" => peer, "kind" => "entries"),
+            ];
             // A response must arrive within the deadline while requests are
             // outstanding; an idle stream may stay quiet forever.
             let out = futures::stream::unfold(Some(resp), move |state| {
                 let in_flight = in_flight.clone();
+                let round_trip = round_trip.clone();
                 async move {
                     let mut resp = state?;
                     loop {
                         match tokio::time::timeout(ttl, resp.next()).await {
-                            Err(_) if in_flight.load(Ordering::SeqCst) == 0 => continue,
+                            Err(_) if outstanding(&in_flight) == 0 => continue,
                             Err(_) => {
                                 let e = RPCError::Timeout(Timeout {
                                     action: RPCTypes::AppendEntries,
@@ -282,7 +305,11 @@ impl RaftNetworkV2<TypeConfig> for Conn {
                             Ok(None) => return None,
                             Ok(Some(Err(s))) => return Some((Err(status_err(s)), None)),
                             Ok(Some(Ok(msg))) => {
-                                in_flight.fetch_sub(1, Ordering::SeqCst);
+                                let sent_at = in_flight.lock().ok().and_then(|mut q| q.pop_front());
+                                if let Some((t, entries)) = sent_at {
+                                    round_trip[usize::from(entries)]
+                                        .record(t.elapsed().as_secs_f64());
+                                }
                                 let item = decode::<StreamAppendResult<TypeConfig>>(&msg.data)
                                     .map_err(codec_err);
                                 let next = if item.is_ok() { Some(resp) } else { None };

@@ -632,6 +632,11 @@ fn lease_reads_stay_linearizable_across_a_paused_leader() {
     let all: Vec<NodeId> = (1..=5).collect();
     write_load(&c, &all, "pre", 40, 2);
     let old = c.leader();
+    // The leader times each follower's append round trips.
+    for f in all.iter().filter(|n| **n != old) {
+        let sample = format!(r#"billdb_raft_append_seconds_count{{peer="{f}",kind="entries"}}"#);
+        assert!(c.metric(old, &sample) > 0.0, "no {sample} on the leader");
+    }
     // The status document names the effective settings.
     let st = c.status(old);
     assert_eq!(st["raft"]["read_policy"], "lease");
