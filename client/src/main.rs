@@ -709,6 +709,14 @@ fn format_status(v: &Value) -> String {
         s("voters"),
         s("learners")
     ));
+    if v.get("read_policy").is_some() {
+        // Under lease reads, whether this node may serve them right now.
+        let lease = match v.get("lease_read").and_then(Value::as_str) {
+            Some(why) => format!("  lease now: {why}"),
+            None => String::new(),
+        };
+        out.push_str(&format!("reads: {}{lease}\n", s("read_policy")));
+    }
     if let Some(b) = v.get("db_size_bytes").and_then(Value::as_u64) {
         out.push_str(&format!("db size: {}\n", human_bytes(b)));
     }
@@ -852,7 +860,7 @@ mod tests {
             "snapshot_index": null, "voters": [1,2,3], "learners": [],
             "replication": {"10": {"matched_index": 5, "lag": 995}, "2": {"matched_index": 1000, "lag": 0}},
             "nodes": {"1": {"http_addr": "127.0.0.1:7001", "grpc_addr": "g", "raft_addr": "r"}},
-            "db_size_bytes": 12345
+            "db_size_bytes": 12345, "read_policy": "lease", "lease_read": "lease_expired"
         });
         let out = format_status(&v);
         assert!(
@@ -864,6 +872,10 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("voters: [1,2,3]"), "{out}");
+        assert!(
+            out.contains("reads: lease  lease now: lease_expired"),
+            "{out}"
+        );
         assert!(out.contains("db size: 12.1 KiB"), "{out}");
         let n2 = out.find("node 2: matched 1000").unwrap();
         let n10 = out.find("node 10: matched 5  lag 995").unwrap();

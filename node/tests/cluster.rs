@@ -172,7 +172,12 @@ fn no_quorum_is_unavailable_not_a_hang() {
 }
 
 /// Issue item 4: all five SIGKILLed together mid-load (power loss); every
-/// acknowledged command survives the restart.
+/// acknowledged command survives the restart. A SIGKILL keeps what the
+/// processes wrote in the OS page cache, so this proves the restart path
+/// (log replay, `applied`, no lost acknowledgement from process state),
+/// not the fsync ordering itself, which `store/log_store.rs` keeps by
+/// construction (an append's callback fires only after `flush_wal(sync)`
+/// covered it).
 #[test]
 fn power_loss_of_all_five_keeps_acknowledged_writes() {
     let c = TestCluster::start(23000, 5);
