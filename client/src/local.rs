@@ -625,6 +625,8 @@ struct Inner {
     /// Processes spawned by this handle (kept so they can be reaped).
     children: Mutex<HashMap<NodeId, Child>>,
     kill_on_drop: AtomicBool,
+    /// Extra environment for the node processes this handle starts.
+    node_env: Mutex<Vec<(String, String)>>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -762,6 +764,7 @@ impl LocalCluster {
                 spec: Mutex::new(spec),
                 children: Mutex::new(HashMap::new()),
                 kill_on_drop: AtomicBool::new(false),
+                node_env: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -794,6 +797,14 @@ impl LocalCluster {
     /// node of the cluster (use in tests).
     pub fn set_kill_on_drop(&self, yes: bool) {
         self.inner.kill_on_drop.store(yes, Ordering::SeqCst);
+    }
+
+    /// Set an environment variable for every node this handle starts from
+    /// now on (not persisted; e.g. `BILLDB_FAILPOINTS` in tests).
+    pub fn set_node_env(&self, key: &str, value: &str) {
+        let mut env = lock(&self.inner.node_env);
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_string(), value.to_string()));
     }
 
     // --- accessors --------------------------------------------------------
@@ -1135,6 +1146,9 @@ impl LocalCluster {
             .stderr(Stdio::from(log_err));
         if std::env::var_os("RUST_BACKTRACE").is_none() {
             cmd.env("RUST_BACKTRACE", "1");
+        }
+        for (k, v) in lock(&self.inner.node_env).iter() {
+            cmd.env(k, v);
         }
         // SAFETY: setsid is async-signal-safe; the closure allocates nothing.
         unsafe {

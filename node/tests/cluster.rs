@@ -778,3 +778,63 @@ fn restarted_cluster_elects_anew_and_serves_lease_reads() {
     let follower = *all.iter().find(|n| **n != leader).unwrap();
     assert_eq!(c.status(follower)["lease_read"], "not_leader");
 }
+
+/// Durable before acknowledged, in real processes: a write is acknowledged
+/// only once a majority of the five nodes has fsynced it. The nodes run
+/// with the WAL-fsync fault point on (`BILLDB_FAILPOINTS=1`): while a
+/// node's pause file exists its fsyncs wait. With two followers held a
+/// write is acknowledged (three copies can still be synced); with the
+/// leader held as well it is not, within its deadline; once the fsyncs
+/// resume, the held write commits and its retry gets it exactly once.
+#[test]
+fn writes_are_acknowledged_only_after_a_majority_fsynced() {
+    let c = TestCluster::start_with_env(
+        27900,
+        5,
+        RaftTimings::default(),
+        &[("BILLDB_FAILPOINTS", "1")],
+    );
+    open_accounts(&c);
+    let all: Vec<NodeId> = (1..=5).collect();
+    let leader = c.leader();
+    let followers: Vec<NodeId> = all.iter().copied().filter(|n| *n != leader).collect();
+    let pause = |n: NodeId| c.c.data_dir(n).join("failpoint-wal-fsync-pause");
+    let hold = |n: NodeId| std::fs::write(pause(n), b"").expect("pause file");
+    let h = c.http(leader);
+
+    hold(followers[0]);
+    hold(followers[1]);
+    pay(&h, "fp-two-held", &account(0), "1.00").expect("three nodes can still fsync");
+
+    hold(leader);
+    let t = Instant::now();
+    let err = pay(&h, "fp-three-held", &account(1), "1.00")
+        .expect_err("acknowledged with only two nodes able to fsync");
+    assert_eq!(err.code(), Some("UNAVAILABLE"), "{err}");
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "refused before its deadline: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        c.leader(),
+        leader,
+        "leadership moved while fsyncs were held"
+    );
+
+    for n in &all {
+        let _ = std::fs::remove_file(pause(*n));
+    }
+    pay_until_ok(
+        &c,
+        &all,
+        "fp-three-held",
+        &account(1),
+        "1.00",
+        Duration::from_secs(30),
+    );
+    c.wait_converged(&all, Duration::from_secs(60));
+    assert_eq!(balance(&c, 2, &account(0)), Decimal::from(1));
+    assert_eq!(balance(&c, 3, &account(1)), Decimal::from(1));
+    assert_eq!(total_balance(&c, 4), Decimal::from(2));
+}

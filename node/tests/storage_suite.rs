@@ -17,7 +17,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
             tempfile::tempdir().map_err(|e| StorageError::read(ErrorSource::from_error(&e)))?;
         let db = open_db(&dir.path().join("db"))
             .map_err(|e| StorageError::read(ErrorSource::from_error(&e)))?;
-        let log = LogStore::new(db.clone())
+        let log = LogStore::new(db.clone(), None)
             .map_err(|e| StorageError::read(ErrorSource::from_error(&e)))?;
         let sm = StateMachine::open(db, dir.path().join("snapshots"))
             .map_err(|e| StorageError::read(ErrorSource::from_error(&e)))?;

@@ -9,6 +9,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -20,6 +21,18 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use super::{CF_RAFT_LOG, CF_RAFT_META, cf, decode, encode, io_err, sync_opts};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
+
+/// Environment variable that turns on fault-injection points for tests
+/// (`1`). Off, the node never looks for them.
+pub const FAILPOINTS_ENV: &str = "BILLDB_FAILPOINTS";
+
+/// With [`FAILPOINTS_ENV`] on: while a file of this name exists in the
+/// node's data directory, WAL fsyncs (and so log appends' completions)
+/// wait.
+pub const FAILPOINT_FSYNC_PAUSE_FILE: &str = "failpoint-wal-fsync-pause";
+
+/// How often a paused fsync looks for its pause file again.
+const FAILPOINT_POLL_MS: u64 = 5;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"purged";
@@ -59,12 +72,15 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub fn new(db: Arc<DB>) -> Result<Self, std::io::Error> {
+    /// `fsync_pause_file`: a fault-injection point for tests (see
+    /// [`FAILPOINTS_ENV`]): while that file exists, the fsync thread holds
+    /// every sync, and so every append's completion.
+    pub fn new(db: Arc<DB>, fsync_pause_file: Option<PathBuf>) -> Result<Self, std::io::Error> {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
         let flush_db = db.clone();
         let thread = std::thread::Builder::new()
             .name("raft-log-fsync".into())
-            .spawn(move || flusher(flush_db, rx))?;
+            .spawn(move || flusher(flush_db, rx, fsync_pause_file))?;
         Ok(LogStore {
             db,
             flusher: Arc::new(Flusher {
@@ -108,20 +124,32 @@ impl LogStore {
 
 /// Group commit: wait for at least one callback, take all queued ones, fsync
 /// the WAL once, then complete them. Exits when every sender is gone.
-fn flusher(db: Arc<DB>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
+fn flusher(db: Arc<DB>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>, pause_file: Option<PathBuf>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
         let started = Instant::now();
-        let result = db.flush_wal(true).map_err(|e| e.to_string());
+        let result = sync_wal(&db, pause_file.as_deref()).map_err(|e| e.to_string());
         metrics::histogram!("billdb_wal_fsync_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("billdb_wal_fsync_batch_callbacks").record(batch.len() as f64);
         for cb in batch {
             cb.io_completed(result.clone().map_err(io_err));
         }
     }
+}
+
+/// fsync the WAL. The fault point sits here, in the sync itself, so a
+/// completion reported before the sync would show up as an acknowledged
+/// write while syncs are held (`writes_are_acknowledged_only_after_a_majority_fsynced`).
+fn sync_wal(db: &DB, pause_file: Option<&std::path::Path>) -> Result<(), rocksdb::Error> {
+    if let Some(p) = pause_file {
+        while p.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(FAILPOINT_POLL_MS));
+        }
+    }
+    db.flush_wal(true)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

@@ -30,10 +30,23 @@ impl TestCluster {
     }
 
     pub fn start_with(base_port: u16, n: usize, raft: RaftTimings) -> TestCluster {
+        Self::start_with_env(base_port, n, raft, &[])
+    }
+
+    /// As `start_with`, with extra environment for the node processes.
+    pub fn start_with_env(
+        base_port: u16,
+        n: usize,
+        raft: RaftTimings,
+        env: &[(&str, &str)],
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let c = LocalCluster::create_with(dir.path(), node_bin(), base_port, n, raft)
             .expect("create cluster");
         c.set_kill_on_drop(true);
+        for (k, v) in env {
+            c.set_node_env(k, v);
+        }
         c.start_all().expect("start nodes");
         c.wait_all_healthy(Duration::from_secs(30))
             .expect("nodes healthy");
