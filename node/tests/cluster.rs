@@ -175,9 +175,8 @@ fn no_quorum_is_unavailable_not_a_hang() {
 /// acknowledged command survives the restart. A SIGKILL keeps what the
 /// processes wrote in the OS page cache, so this proves the restart path
 /// (log replay, `applied`, no lost acknowledgement from process state),
-/// not the fsync ordering itself, which `store/log_store.rs` keeps by
-/// construction (an append's callback fires only after `flush_wal(sync)`
-/// covered it).
+/// not the fsync ordering itself: that is
+/// `writes_are_acknowledged_only_after_a_majority_fsynced`.
 #[test]
 fn power_loss_of_all_five_keeps_acknowledged_writes() {
     let c = TestCluster::start(23000, 5);
