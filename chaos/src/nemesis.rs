@@ -44,6 +44,11 @@ pub enum Nemesis {
     RollingRestart,
     /// Transfer leadership, remove a voter under load, add it back.
     Membership,
+    /// Hold WAL fsyncs (the nodes' fault point) on the leader and one or
+    /// two followers, as a hung disk would: with one, three nodes can still
+    /// sync and writes go on; with two, no write commits until the hold
+    /// ends, and none may be acknowledged meanwhile.
+    DiskStall,
 }
 
 pub const ALL: &[Nemesis] = &[
@@ -57,6 +62,7 @@ pub const ALL: &[Nemesis] = &[
     Nemesis::Wipe,
     Nemesis::RollingRestart,
     Nemesis::Membership,
+    Nemesis::DiskStall,
 ];
 
 impl Nemesis {
@@ -72,6 +78,7 @@ impl Nemesis {
             Nemesis::Wipe => "wipe",
             Nemesis::RollingRestart => "rolling-restart",
             Nemesis::Membership => "membership",
+            Nemesis::DiskStall => "disk-stall",
         }
     }
 
@@ -87,6 +94,7 @@ impl Nemesis {
             Nemesis::Kill2 => (1_000, 5_000),
             Nemesis::Wipe | Nemesis::RollingRestart => (0, 1),
             Nemesis::Membership => (1_000, 3_000),
+            Nemesis::DiskStall => (1_000, 4_000),
             _ => (2_000, 6_000),
         }
     }
@@ -239,6 +247,18 @@ fn inject(h: &mut Harness, step: &Step, rng: &mut StdRng, ev: &mut NemesisEvent)
             }
             std::thread::sleep(hold);
             // Restarted by heal_all.
+        }
+        Nemesis::DiskStall => {
+            let mut stalled = vec![leader];
+            let held_followers = rng.random_range(1..=2);
+            stalled.extend(pick(rng, &followers, held_followers));
+            ev.detail = format!("WAL fsyncs held on {stalled:?} (leader {leader}) for {hold:?}");
+            for &n in &stalled {
+                h.stall_fsyncs(n)?;
+            }
+            fault_at(h, ev, "disk-stall", leader);
+            std::thread::sleep(hold);
+            // Released by heal_all.
         }
         Nemesis::Pause => {
             ev.detail = format!("SIGSTOP leader {leader} for {hold:?}");

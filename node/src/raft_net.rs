@@ -9,6 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -110,6 +111,8 @@ impl Channels {
 pub struct Network {
     pub self_id: NodeId,
     pub channels: Channels,
+    /// The local log's first kept index (`LogStore::first_kept_index`).
+    pub first_kept_index: Arc<AtomicU64>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -121,6 +124,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.raft_addr.clone(),
             channels: self.channels.clone(),
+            first_kept_index: self.first_kept_index.clone(),
         }
     }
 }
@@ -130,6 +134,7 @@ pub struct Conn {
     target: NodeId,
     addr: String,
     channels: Channels,
+    first_kept_index: Arc<AtomicU64>,
 }
 
 fn unreachable<E: std::error::Error + 'static>(e: &E) -> Unreachable<TypeConfig> {
@@ -201,6 +206,10 @@ impl Conn {
 /// keepalive (1 s / 2 s).
 const APPEND_DEADLINE_MS_MIN: u64 = 1_000;
 
+/// Empty append requests for purged entries in a row after which a
+/// replication stream is ended and reopened (see `stream_append`).
+const STALE_APPENDS_MAX: u64 = 50;
+
 /// Send time of each of a stream's unanswered append requests, oldest
 /// first, and whether it carried entries.
 type SendTimes = Arc<Mutex<VecDeque<(std::time::Instant, bool)>>>;
@@ -254,10 +263,27 @@ impl RaftNetworkV2<TypeConfig> for Conn {
             // Raft core).
             let in_flight: SendTimes = Arc::new(Mutex::new(VecDeque::new()));
             let sent = in_flight.clone();
+            // openraft 0.10.0-alpha.37 can leave a stream on a range whose
+            // entries were purged meanwhile (seen when a follower's fsyncs
+            // stalled: it was caught up by snapshot while its stream kept
+            // the old range). The stream then sends an empty request for
+            // that range every 10 ms, forever, and never takes the new one.
+            // Such requests (no entries, the next entry already purged
+            // here), STALE_APPENDS_MAX in a row, end the stream with an
+            // error; openraft opens a new one from the follower's progress.
+            let stale_run = Arc::new(AtomicU64::new(0));
+            let (stale_count, first_kept) = (stale_run.clone(), self.first_kept_index.clone());
             let outbound = input.filter_map(move |req| {
                 let sent = sent.clone();
+                let (stale_count, first_kept) = (stale_count.clone(), first_kept.clone());
                 async move {
                     let carries_entries = !req.entries.is_empty();
+                    let next_index = req.prev_log_id.as_ref().map_or(0, |p| p.index + 1);
+                    if !carries_entries && next_index < first_kept.load(Ordering::Acquire) {
+                        stale_count.fetch_add(1, Ordering::AcqRel);
+                    } else {
+                        stale_count.store(0, Ordering::Release);
+                    }
                     match encode(&req) {
                         Ok(data) => {
                             if let Ok(mut q) = sent.lock() {
@@ -288,9 +314,19 @@ impl RaftNetworkV2<TypeConfig> for Conn {
             let out = futures::stream::unfold(Some(resp), move |state| {
                 let in_flight = in_flight.clone();
                 let round_trip = round_trip.clone();
+                let stale_run = stale_run.clone();
                 async move {
                     let mut resp = state?;
                     loop {
+                        if stale_run.load(Ordering::Acquire) >= STALE_APPENDS_MAX {
+                            tracing::warn!(
+                                target_node = target,
+                                "replication stream stuck on purged entries: restarting it"
+                            );
+                            metrics::counter!("billdb_raft_stale_stream_resets_total").increment(1);
+                            let e = AnyError::error("replication stream stuck on purged entries");
+                            return Some((Err(RPCError::Unreachable(unreachable(&e))), None));
+                        }
                         match tokio::time::timeout(ttl, resp.next()).await {
                             Err(_) if outstanding(&in_flight) == 0 => continue,
                             Err(_) => {

@@ -105,6 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let network = Network {
         self_id: config.node_id,
         channels: channels.clone(),
+        first_kept_index: log_store.first_kept_index(),
     };
     let raft = Raft::new(
         config.node_id,

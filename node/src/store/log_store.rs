@@ -69,6 +69,10 @@ pub struct LogStore {
     flusher: Arc<Flusher>,
     /// Bytes of entries appended since the process started.
     appended_bytes: Arc<AtomicU64>,
+    /// Index of the first entry not purged (0: nothing purged yet), shared
+    /// with the network layer (`raft_net`), which uses it to spot a
+    /// replication stream stuck on purged entries.
+    first_kept_index: Arc<AtomicU64>,
 }
 
 impl LogStore {
@@ -81,14 +85,25 @@ impl LogStore {
         let thread = std::thread::Builder::new()
             .name("raft-log-fsync".into())
             .spawn(move || flusher(flush_db, rx, fsync_pause_file))?;
-        Ok(LogStore {
+        let store = LogStore {
             db,
             flusher: Arc::new(Flusher {
                 tx: Some(tx),
                 thread: Some(thread),
             }),
             appended_bytes: Arc::new(AtomicU64::new(0)),
-        })
+            first_kept_index: Arc::new(AtomicU64::new(0)),
+        };
+        let purged: Option<LogId> = store.get_meta(KEY_PURGED)?;
+        if let Some(p) = purged {
+            store.first_kept_index.store(p.index + 1, Ordering::Release);
+        }
+        Ok(store)
+    }
+
+    /// Index of the first log entry not purged (0 before any purge).
+    pub fn first_kept_index(&self) -> Arc<AtomicU64> {
+        self.first_kept_index.clone()
     }
 
     /// A counter of the entry bytes appended since the process started
@@ -274,6 +289,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             index_key(0),
             index_key(log_id.index + 1),
         );
-        self.db.write(batch).map_err(io_err)
+        self.db.write(batch).map_err(io_err)?;
+        self.first_kept_index
+            .fetch_max(log_id.index + 1, Ordering::AcqRel);
+        Ok(())
     }
 }
