@@ -21,3 +21,14 @@ pub const LEADER_METADATA: &str = "billdb-leader";
 
 pub mod money;
 pub mod tariff;
+
+/// Test-only fault points of `billdb-node`, named here once for the node
+/// and the harnesses that drive it (`LocalCluster`, chaos, tests).
+pub mod failpoints {
+    /// Environment variable that turns the fault points on (`1`). Off, a
+    /// node never looks for them.
+    pub const ENV: &str = "BILLDB_FAILPOINTS";
+    /// While a file of this name exists in a node's data directory, its
+    /// WAL fsyncs (and so its log appends' completions) wait.
+    pub const FSYNC_PAUSE_FILE: &str = "failpoint-wal-fsync-pause";
+}

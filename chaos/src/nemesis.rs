@@ -254,7 +254,7 @@ fn inject(h: &mut Harness, step: &Step, rng: &mut StdRng, ev: &mut NemesisEvent)
             stalled.extend(pick(rng, &followers, held_followers));
             ev.detail = format!("WAL fsyncs held on {stalled:?} (leader {leader}) for {hold:?}");
             for &n in &stalled {
-                h.stall_fsyncs(n)?;
+                h.cluster.hold_fsyncs(n)?;
             }
             fault_at(h, ev, "disk-stall", leader);
             std::thread::sleep(hold);

@@ -94,11 +94,6 @@ pub struct Harness {
 /// lagging followers catch up by snapshot transfer, not only by log replay
 /// (the defaults, 200,000 entries and 10,000 kept, never snapshot in a run).
 const SNAPSHOT_LOGS_SINCE_LAST: u64 = 500;
-
-/// The node's fault-point switch and its WAL-fsync pause file (names as in
-/// `billdb-node`'s `store/log_store.rs`).
-const FAILPOINTS_ENV: &str = "BILLDB_FAILPOINTS";
-const FSYNC_PAUSE_FILE: &str = "failpoint-wal-fsync-pause";
 const LOGS_TO_KEEP_AFTER_SNAPSHOT: u64 = 100;
 
 fn now_unix_ms() -> i64 {
@@ -128,7 +123,7 @@ impl Harness {
         cluster.set_kill_on_drop(true);
         // The WAL-fsync fault point (`disk-stall`): off unless a pause file
         // appears in a node's data directory.
-        cluster.set_node_env(FAILPOINTS_ENV, "1");
+        cluster.enable_failpoints();
         cluster.start_all()?;
         cluster.wait_all_healthy(Duration::from_secs(60))?;
         cluster.init()?;
@@ -211,26 +206,14 @@ impl Harness {
         }
     }
 
-    /// Removes all partitions, resumes paused members, starts stopped ones.
-    /// Hold node `n`'s WAL fsyncs until `heal_all`.
-    pub fn stall_fsyncs(&self, n: u64) -> Result<()> {
-        let p = self.cluster.data_dir(n).join(FSYNC_PAUSE_FILE);
-        std::fs::write(&p, b"").with_context(|| format!("writing {}", p.display()))
-    }
-
+    /// Removes all partitions, releases held fsyncs, resumes paused
+    /// members, starts stopped ones.
     pub fn heal_all(&self) -> Result<()> {
         if let Some(fw) = &self.firewall {
             fw.heal()?;
         }
         for &n in &self.members {
-            let p = self.cluster.data_dir(n).join(FSYNC_PAUSE_FILE);
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
-            }
-        }
-        for &n in &self.members {
+            self.cluster.release_fsyncs(n)?;
             match self.cluster.node_state(n) {
                 NodeState::Paused => self.cluster.resume(n)?,
                 NodeState::Stopped => {

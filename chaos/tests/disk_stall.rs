@@ -7,6 +7,8 @@
 //! snapshot while its stream stayed on purged entries, and it never
 //! converged (2 of 2 such runs).
 
+mod common;
+
 use billdb_chaos::nemesis::Nemesis;
 use billdb_chaos::report;
 use billdb_chaos::run::{RunConfig, run};
@@ -27,23 +29,10 @@ fn repeated_disk_stalls_keep_every_promise_and_replicas_converge() {
         .find(|r| r.nemesis == "disk-stall")
         .unwrap_or_else(|| panic!("no disk stall ran\n{table}"));
     assert!(row.runs >= 5, "too few stalls\n{table}");
-    let errors: Vec<_> = rep.events.iter().filter_map(|e| e.error.clone()).collect();
-    assert!(errors.is_empty(), "stalls not done/undone: {errors:?}");
-    assert!(rep.records.lost.is_empty(), "lost: {:?}", rep.records.lost);
-    assert!(
-        rep.records.duplicated.is_empty(),
-        "duplicated: {:?}",
-        rep.records.duplicated
-    );
-    assert!(
-        rep.digest_problems.is_empty(),
-        "replicas did not converge: {:?}",
-        rep.digest_problems
-    );
+    common::assert_every_promise_kept(&rep, cfg.accounts, &table);
     let stalls = rep
         .leader_fault_gaps
         .get("disk-stall")
         .expect("leader stalls recorded");
     assert_eq!(stalls.never_recovered, 0, "{table}");
-    assert!(rep.passed, "{:?}\n{table}", rep.failures);
 }

@@ -4,6 +4,8 @@
 //! Needs root (iptables) for the partitions: without it the run fails with a
 //! clear message rather than skipping them.
 
+mod common;
+
 use billdb_chaos::nemesis::ALL;
 use billdb_chaos::report;
 use billdb_chaos::run::{RunConfig, run};
@@ -25,43 +27,7 @@ fn every_nemesis_once_keeps_every_promise() {
             .unwrap_or_else(|| panic!("nemesis {} did not run\n{table}", n.name()));
         assert_eq!(row.runs, 1, "{table}");
     }
-    let errors: Vec<_> = rep.events.iter().filter_map(|e| e.error.clone()).collect();
-    assert!(
-        errors.is_empty(),
-        "faults not done/undone: {errors:?}\n{table}"
-    );
-    assert!(rep.records.lost.is_empty(), "lost: {:?}", rep.records.lost);
-    assert!(
-        rep.records.duplicated.is_empty(),
-        "duplicated: {:?}",
-        rep.records.duplicated
-    );
-    assert!(
-        rep.records.anomalies.is_empty(),
-        "anomalies: {:?}",
-        rep.records.anomalies
-    );
-    assert!(
-        rep.linearizability_problems.is_empty(),
-        "not linearizable / undecided: {:?}",
-        rep.linearizability_problems
-    );
-    assert_eq!(rep.accounts_checked, cfg.accounts, "{table}");
-    assert!(
-        rep.money_problems.is_empty(),
-        "money: {:?}",
-        rep.money_problems
-    );
-    assert!(
-        rep.digest_problems.is_empty(),
-        "digests: {:?}",
-        rep.digest_problems
-    );
-    assert!(
-        rep.other_problems.is_empty(),
-        "other: {:?}",
-        rep.other_problems
-    );
+    common::assert_every_promise_kept(&rep, cfg.accounts, &table);
     assert!(
         rep.total.acknowledged >= 200,
         "too little load to mean anything\n{table}"
@@ -72,5 +38,4 @@ fn every_nemesis_once_keeps_every_promise() {
         .get("kill")
         .expect("a leader kill happened");
     assert_eq!(kills.never_recovered, 0, "{table}");
-    assert!(rep.passed, "{:?}\n{table}", rep.failures);
 }

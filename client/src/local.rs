@@ -800,11 +800,38 @@ impl LocalCluster {
     }
 
     /// Set an environment variable for every node this handle starts from
-    /// now on (not persisted; e.g. `BILLDB_FAILPOINTS` in tests).
+    /// now on (not persisted).
     pub fn set_node_env(&self, key: &str, value: &str) {
         let mut env = lock(&self.inner.node_env);
         env.retain(|(k, _)| k != key);
         env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Turn the nodes' test fault points on for every node started from
+    /// now on (`billdb_api::failpoints`).
+    pub fn enable_failpoints(&self) {
+        self.set_node_env(billdb_api::failpoints::ENV, "1");
+    }
+
+    /// Hold node `n`'s WAL fsyncs (its fault point must be on) until
+    /// [`release_fsyncs`](Self::release_fsyncs).
+    pub fn hold_fsyncs(&self, n: NodeId) -> Result<()> {
+        let p = self
+            .data_dir(n)
+            .join(billdb_api::failpoints::FSYNC_PAUSE_FILE);
+        fs::write(&p, b"").with_context(|| format!("writing {}", p.display()))
+    }
+
+    /// Let node `n`'s WAL fsyncs go on (nothing to do if they were not held).
+    pub fn release_fsyncs(&self, n: NodeId) -> Result<()> {
+        let p = self
+            .data_dir(n)
+            .join(billdb_api::failpoints::FSYNC_PAUSE_FILE);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
+        }
     }
 
     // --- accessors --------------------------------------------------------

@@ -311,46 +311,45 @@ impl RaftNetworkV2<TypeConfig> for Conn {
             ];
             // A response must arrive within the deadline while requests are
             // outstanding; an idle stream may stay quiet forever.
-            let out = futures::stream::unfold(Some(resp), move |state| {
-                let in_flight = in_flight.clone();
-                let round_trip = round_trip.clone();
-                let stale_run = stale_run.clone();
-                async move {
-                    let mut resp = state?;
-                    loop {
-                        if stale_run.load(Ordering::Acquire) >= STALE_APPENDS_MAX {
-                            tracing::warn!(
-                                target_node = target,
-                                "replication stream stuck on purged entries: restarting it"
-                            );
-                            metrics::counter!("billdb_raft_stale_stream_resets_total").increment(1);
-                            let e = AnyError::error("replication stream stuck on purged entries");
-                            return Some((Err(RPCError::Unreachable(unreachable(&e))), None));
+            // The per-stream state travels in the unfold state: nothing is
+            // cloned per answer.
+            let state = Some((resp, in_flight, round_trip, stale_run));
+            let out = futures::stream::unfold(state, move |state| async move {
+                let (mut resp, in_flight, round_trip, stale_run) = state?;
+                loop {
+                    if stale_run.load(Ordering::Acquire) >= STALE_APPENDS_MAX {
+                        tracing::warn!(
+                            target_node = target,
+                            "replication stream stuck on purged entries: restarting it"
+                        );
+                        metrics::counter!("billdb_raft_stale_stream_resets_total").increment(1);
+                        let e = AnyError::error("replication stream stuck on purged entries");
+                        return Some((Err(RPCError::Unreachable(unreachable(&e))), None));
+                    }
+                    match tokio::time::timeout(ttl, resp.next()).await {
+                        Err(_) if outstanding(&in_flight) == 0 => continue,
+                        Err(_) => {
+                            let e = RPCError::Timeout(Timeout {
+                                action: RPCTypes::AppendEntries,
+                                id: self_id,
+                                target,
+                                timeout: ttl,
+                            });
+                            return Some((Err(e), None));
                         }
-                        match tokio::time::timeout(ttl, resp.next()).await {
-                            Err(_) if outstanding(&in_flight) == 0 => continue,
-                            Err(_) => {
-                                let e = RPCError::Timeout(Timeout {
-                                    action: RPCTypes::AppendEntries,
-                                    id: self_id,
-                                    target,
-                                    timeout: ttl,
-                                });
-                                return Some((Err(e), None));
+                        Ok(None) => return None,
+                        Ok(Some(Err(s))) => return Some((Err(status_err(s)), None)),
+                        Ok(Some(Ok(msg))) => {
+                            let sent_at = in_flight.lock().ok().and_then(|mut q| q.pop_front());
+                            if let Some((t, entries)) = sent_at {
+                                round_trip[usize::from(entries)].record(t.elapsed().as_secs_f64());
                             }
-                            Ok(None) => return None,
-                            Ok(Some(Err(s))) => return Some((Err(status_err(s)), None)),
-                            Ok(Some(Ok(msg))) => {
-                                let sent_at = in_flight.lock().ok().and_then(|mut q| q.pop_front());
-                                if let Some((t, entries)) = sent_at {
-                                    round_trip[usize::from(entries)]
-                                        .record(t.elapsed().as_secs_f64());
-                                }
-                                let item = decode::<StreamAppendResult<TypeConfig>>(&msg.data)
-                                    .map_err(codec_err);
-                                let next = if item.is_ok() { Some(resp) } else { None };
-                                return Some((item, next));
-                            }
+                            let item = decode::<StreamAppendResult<TypeConfig>>(&msg.data)
+                                .map_err(codec_err);
+                            let next = item
+                                .is_ok()
+                                .then_some((resp, in_flight, round_trip, stale_run));
+                            return Some((item, next));
                         }
                     }
                 }

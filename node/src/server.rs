@@ -88,15 +88,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
-    let fsync_pause_file = (std::env::var(crate::store::log_store::FAILPOINTS_ENV).as_deref()
-        == Ok("1"))
-    .then(|| {
-        let p = config
-            .data_dir
-            .join(crate::store::log_store::FAILPOINT_FSYNC_PAUSE_FILE);
+    let fsync_pause_file = crate::store::log_store::fsync_pause_file(&config.data_dir);
+    if let Some(p) = &fsync_pause_file {
         tracing::warn!(file = %p.display(), "fault injection on: WAL fsyncs wait while this file exists");
-        p
-    });
+    }
     let log_store = LogStore::new(db.clone(), fsync_pause_file)?;
     let log_appended_bytes = log_store.appended_bytes();
     let sm = StateMachine::open(db.clone(), config.data_dir.join("snapshots"))

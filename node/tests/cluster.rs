@@ -791,14 +791,13 @@ fn writes_are_acknowledged_only_after_a_majority_fsynced() {
         27900,
         5,
         RaftTimings::default(),
-        &[("BILLDB_FAILPOINTS", "1")],
+        &[(billdb_api::failpoints::ENV, "1")],
     );
     open_accounts(&c);
     let all: Vec<NodeId> = (1..=5).collect();
     let leader = c.leader();
     let followers: Vec<NodeId> = all.iter().copied().filter(|n| *n != leader).collect();
-    let pause = |n: NodeId| c.c.data_dir(n).join("failpoint-wal-fsync-pause");
-    let hold = |n: NodeId| std::fs::write(pause(n), b"").expect("pause file");
+    let hold = |n: NodeId| c.c.hold_fsyncs(n).expect("hold fsyncs");
     let h = c.http(leader);
 
     hold(followers[0]);
@@ -822,7 +821,7 @@ fn writes_are_acknowledged_only_after_a_majority_fsynced() {
     );
 
     for n in &all {
-        let _ = std::fs::remove_file(pause(*n));
+        c.c.release_fsyncs(*n).expect("release fsyncs");
     }
     pay_until_ok(
         &c,

@@ -22,15 +22,6 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use super::{CF_RAFT_LOG, CF_RAFT_META, cf, decode, encode, io_err, sync_opts};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
-/// Environment variable that turns on fault-injection points for tests
-/// (`1`). Off, the node never looks for them.
-pub const FAILPOINTS_ENV: &str = "BILLDB_FAILPOINTS";
-
-/// With [`FAILPOINTS_ENV`] on: while a file of this name exists in the
-/// node's data directory, WAL fsyncs (and so log appends' completions)
-/// wait.
-pub const FAILPOINT_FSYNC_PAUSE_FILE: &str = "failpoint-wal-fsync-pause";
-
 /// How often a paused fsync looks for its pause file again.
 const FAILPOINT_POLL_MS: u64 = 5;
 
@@ -76,9 +67,9 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// `fsync_pause_file`: a fault-injection point for tests (see
-    /// [`FAILPOINTS_ENV`]): while that file exists, the fsync thread holds
-    /// every sync, and so every append's completion.
+    /// `fsync_pause_file`: a fault point for tests ([`fsync_pause_file`]):
+    /// while that file exists, the fsync thread holds every sync, and so
+    /// every append's completion.
     pub fn new(db: Arc<DB>, fsync_pause_file: Option<PathBuf>) -> Result<Self, std::io::Error> {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
         let flush_db = db.clone();
@@ -135,6 +126,14 @@ impl LogStore {
             None => Ok(None),
         }
     }
+}
+
+/// The WAL-fsync fault point's pause file in `data_dir`, when the
+/// environment turns fault points on (`billdb_api::failpoints`).
+pub fn fsync_pause_file(data_dir: &std::path::Path) -> Option<PathBuf> {
+    use billdb_api::failpoints;
+    (std::env::var(failpoints::ENV).as_deref() == Ok("1"))
+        .then(|| data_dir.join(failpoints::FSYNC_PAUSE_FILE))
 }
 
 /// Group commit: wait for at least one callback, take all queued ones, fsync
