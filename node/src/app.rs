@@ -862,6 +862,10 @@ impl App {
         crate::store::family_sst_bytes(&self.db)
     }
 
+    pub fn family_memtables(&self) -> Vec<(String, u64, u64)> {
+        crate::store::family_memtables(&self.db)
+    }
+
     pub fn db_size_bytes(&self) -> u64 {
         crate::store::db_size_bytes(&self.db)
     }

@@ -38,13 +38,21 @@ pub fn refresh(app: &App) {
     for (family, bytes) in app.family_sst_bytes() {
         metrics::gauge!("billdb_rocksdb_family_sst_bytes", "family" => family).set(bytes as f64);
     }
+    for (family, entries, bytes) in app.family_memtables() {
+        metrics::gauge!("billdb_rocksdb_family_memtable_entries", "family" => family.clone())
+            .set(entries as f64);
+        metrics::gauge!("billdb_rocksdb_family_memtable_bytes", "family" => family)
+            .set(bytes as f64);
+    }
 }
 
 /// Count leader changes as seen by this node.
 pub fn spawn_leader_watch(app: App) {
     static LAST_LEADER: AtomicU64 = AtomicU64::new(0);
     use openraft::async_runtime::WatchReceiver;
-    let mut rx = app.raft.metrics();
+    // The server metrics change only with the vote, role, leader or
+    // membership, not with every append like `metrics()`.
+    let mut rx = app.raft.server_metrics();
     tokio::spawn(async move {
         while rx.changed().await.is_ok() {
             let leader = rx.borrow_watched().current_leader.unwrap_or(0);

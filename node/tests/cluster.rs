@@ -641,6 +641,12 @@ fn lease_reads_stay_linearizable_across_a_paused_leader() {
         let sample = format!(r#"billdb_raft_append_seconds_count{{peer="{f}",kind="entries"}}"#);
         assert!(c.metric(old, &sample) > 0.0, "no {sample} on the leader");
     }
+    // Every node shows what its memtables hold, per family: the writes
+    // above added records that no flush has taken yet.
+    for n in &all {
+        let records = r#"billdb_rocksdb_family_memtable_entries{family="records"}"#;
+        assert!(c.metric(*n, records) > 0.0, "no {records} on node {n}");
+    }
     // The status document names the effective settings.
     let st = c.status(old);
     assert_eq!(st["raft"]["read_policy"], "lease");

@@ -315,6 +315,15 @@ fn import_record<T: Txn>(
             );
         }
     }
+    if invoices::is_assigned_form(&rec.invoice_no) {
+        return refuse(
+            ErrorCode::InvalidArgument,
+            format!(
+                "invoice_no {:?}: the form INV + 12 digits is reserved for numbers billdb assigns; give the legacy number another form, or leave it empty to have one assigned",
+                rec.invoice_no
+            ),
+        );
+    }
     if rec.invoice_no.is_empty() && (r.kind == "purchase" || r.kind == "payment") {
         rec.invoice_no = invoices::next_number(txn)?;
     }

@@ -82,27 +82,73 @@ fn day_key(day: &str) -> Vec<u8> {
     k
 }
 
-/// The row keys a record contributes to.
-pub(crate) fn row_keys(r: &Record) -> Vec<Vec<u8>> {
-    let month = calendar::month_str(r.ts_ms);
-    let mut out = Vec::with_capacity(5);
+/// `YYYY-MM` and `YYYY-MM-DD` of `ts_ms`, written as digits (no
+/// formatting machinery: bulk imports build these for every record).
+/// Domain timestamps lie in years 1970..=9999 (`calendar::TS_MAX_MS`), so
+/// the widths are fixed.
+fn month_day(ts_ms: i64) -> ([u8; 7], [u8; 10]) {
+    let (y, m, d) = calendar::civil(ts_ms);
+    let y = y.clamp(0, 9999) as u32;
+    let digit = |n: u32| b'0' + (n % 10) as u8;
+    let month = [
+        digit(y / 1000),
+        digit(y / 100),
+        digit(y / 10),
+        digit(y),
+        b'-',
+        digit(m / 10),
+        digit(m),
+    ];
+    let mut day = [b'-'; 10];
+    day[..7].copy_from_slice(&month);
+    day[8] = digit(d / 10);
+    day[9] = digit(d);
+    (month, day)
+}
+
+fn push_bytes_id(k: &mut Vec<u8>, id: &[u8]) {
+    k.push(id.len().min(255) as u8);
+    k.extend_from_slice(id);
+}
+
+/// Call `f` with each row key a record contributes to, built in `key`
+/// (reused: no allocation per key once it has grown).
+fn for_each_row_key(r: &Record, key: &mut Vec<u8>, mut f: impl FnMut(&[u8]) -> Res<()>) -> Res<()> {
+    let (month, day) = month_day(r.ts_ms);
     for (dim, value) in [
         (b'o', &r.operator_id),
         (b'b', &r.branch),
         (b't', &r.tariff_id),
         (b'k', &r.kind),
     ] {
-        let mut k = month_key(&month, dim);
-        keys::push_id(&mut k, value);
-        keys::push_id(&mut k, &r.kind);
-        out.push(k);
+        key.clear();
+        key.push(b'M');
+        push_bytes_id(key, &month);
+        key.push(dim);
+        keys::push_id(key, value);
+        keys::push_id(key, &r.kind);
+        f(key)?;
     }
     if !r.bank_code.is_empty() {
-        let mut k = day_key(&calendar::day_str(r.ts_ms));
-        keys::push_id(&mut k, &r.bank_code);
-        keys::push_id(&mut k, &r.kind);
-        out.push(k);
+        key.clear();
+        key.push(b'D');
+        push_bytes_id(key, &day);
+        keys::push_id(key, &r.bank_code);
+        keys::push_id(key, &r.kind);
+        f(key)?;
     }
+    Ok(())
+}
+
+/// The row keys a record contributes to.
+pub(crate) fn row_keys(r: &Record) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(5);
+    let mut key = Vec::with_capacity(64);
+    // The closure cannot fail.
+    let _ = for_each_row_key(r, &mut key, |k| {
+        out.push(k.to_vec());
+        Ok(())
+    });
     out
 }
 
@@ -136,23 +182,36 @@ impl ReportRow {
 /// import of hundreds of records touches a handful of rows, and reading
 /// and rewriting each row per record was most of its cost. The rows end
 /// up exactly as [`add_record`] per record leaves them (exact decimal
-/// sums; the map is ordered, so the writes are too).
+/// sums). Rows are looked up by a key built in a reused buffer and kept in
+/// a hash map; [`RowDeltas::write`] writes them in key order, so storage
+/// never sees hash order.
 #[derive(Debug, Default)]
 pub(crate) struct RowDeltas {
-    rows: std::collections::BTreeMap<Vec<u8>, ReportRow>,
+    rows: std::collections::HashMap<Vec<u8>, ReportRow, foldhash::fast::RandomState>,
+    key: Vec<u8>,
 }
 
 impl RowDeltas {
     pub(crate) fn add_record(&mut self, r: &Record) -> Res<()> {
-        for key in row_keys(r) {
-            self.rows.entry(key).or_default().add(r)?;
-        }
-        Ok(())
+        let rows = &mut self.rows;
+        for_each_row_key(r, &mut self.key, |k| {
+            match rows.get_mut(k) {
+                Some(row) => row.add(r)?,
+                None => {
+                    let mut row = ReportRow::default();
+                    row.add(r)?;
+                    rows.insert(k.to_vec(), row);
+                }
+            }
+            Ok(())
+        })
     }
 
-    /// Add the sums to the stored rows.
+    /// Add the sums to the stored rows, in key order.
     pub(crate) fn write<T: Txn + ?Sized>(self, txn: &mut T) -> Res<()> {
-        for (key, delta) in self.rows {
+        let mut rows: Vec<(Vec<u8>, ReportRow)> = self.rows.into_iter().collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, delta) in rows {
             let mut row: ReportRow = read(txn, Family::Reports, &key)?.unwrap_or_default();
             row.merge(&delta)?;
             write(txn, Family::Reports, key, &row)?;
@@ -249,4 +308,83 @@ pub(crate) fn row<G: Get + ?Sized>(
     key: &[u8],
 ) -> Result<Option<ReportRow>, std::io::Error> {
     read(view, Family::Reports, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The digits written by hand are what `calendar` formats, over the
+    /// whole range of domain timestamps and at month and year edges.
+    #[test]
+    fn month_and_day_digits_match_the_calendar_strings() {
+        let mut samples: Vec<i64> = vec![
+            calendar::TS_MIN_MS,
+            calendar::TS_MAX_MS,
+            calendar::days_ms(2024, 2, 29),
+            calendar::days_ms(2025, 1, 1) - 1,
+            calendar::days_ms(2026, 12, 31) + 86_399_999,
+        ];
+        samples.extend(
+            (0..calendar::TS_MAX_MS)
+                .step_by(86_400_000 * 37 + 12_345)
+                .take(100_000),
+        );
+        for ts in samples {
+            let (month, day) = month_day(ts);
+            assert_eq!(month.as_slice(), calendar::month_str(ts).as_bytes(), "{ts}");
+            assert_eq!(day.as_slice(), calendar::day_str(ts).as_bytes(), "{ts}");
+        }
+    }
+
+    /// The keys are the documented layout: `M` ‖ month ‖ dim ‖ value ‖
+    /// kind for the four dimensions, then `D` ‖ day ‖ bank ‖ kind.
+    #[test]
+    fn row_keys_follow_the_documented_layout() {
+        let ts = calendar::days_ms(2026, 3, 7) + 3_600_000;
+        let r = Record {
+            account_id: "A1".into(),
+            seq: 1,
+            kind: "payment".into(),
+            amount: Decimal::new(1250, 2),
+            units: Decimal::ZERO,
+            tiers: Vec::new(),
+            tariff_id: "T9".into(),
+            operator_id: "op7".into(),
+            branch: "B2".into(),
+            channel: "bank".into(),
+            request_id: "r".into(),
+            ts_ms: ts,
+            invoice_no: String::new(),
+            bank_code: "ICBC".into(),
+            bank_ref: "x".into(),
+            card_no: String::new(),
+            card_seq: 0,
+            refers_to: None,
+            reason: String::new(),
+            balance_effect: Decimal::ZERO,
+        };
+        let m = |dim: u8, value: &str| {
+            let mut k = month_key("2026-03", dim);
+            keys::push_id(&mut k, value);
+            keys::push_id(&mut k, "payment");
+            k
+        };
+        let mut d = day_key("2026-03-07");
+        keys::push_id(&mut d, "ICBC");
+        keys::push_id(&mut d, "payment");
+        assert_eq!(
+            row_keys(&r),
+            vec![
+                m(b'o', "op7"),
+                m(b'b', "B2"),
+                m(b't', "T9"),
+                m(b'k', "payment"),
+                d
+            ]
+        );
+        let mut no_bank = r.clone();
+        no_bank.bank_code.clear();
+        assert_eq!(row_keys(&no_bank).len(), 4);
+    }
 }

@@ -1560,6 +1560,93 @@ fn bulk_import_keeps_legacy_ids_and_is_all_or_nothing() {
     );
 }
 
+/// A legacy invoice number is kept, and one already taken is refused. The
+/// form of the numbers billdb assigns (`INV` + 12 digits) is refused in an
+/// import, with nothing written: that is what lets an assigned number skip
+/// the lookup for an earlier holder.
+#[test]
+fn imported_invoice_numbers_are_kept_unique_and_never_take_the_assigned_form() {
+    let mut w = World::new();
+    w.ok("t", 0, define_tariff("RES", ladder(), 0));
+    let ts = days_ms(2020, 6, 15);
+    let legacy = |no: &str| {
+        let mut r = import_record("L1", "purchase", "10.00", "5", ts);
+        r.invoice_no = no.into();
+        r
+    };
+    w.ok(
+        "i1",
+        t0(),
+        Op::Import {
+            accounts: vec![import_account("L1", None)],
+            records: vec![
+                legacy("OLD-7"),
+                import_record("L1", "purchase", "1.00", "1", ts + 1),
+            ],
+        },
+    );
+    assert_eq!(get_invoice(&w.t, "OLD-7").unwrap().unwrap().seq, 1);
+    assert_eq!(
+        get_invoice(&w.t, "INV000000000001").unwrap().unwrap().seq,
+        2
+    );
+    let refuse = |w: &mut World, id: &str, no: &str| {
+        w.refused(
+            id,
+            t0(),
+            Op::Import {
+                accounts: vec![],
+                records: vec![legacy(no)],
+            },
+        )
+    };
+    assert_eq!(
+        refuse(&mut w, "i2", "OLD-7").code,
+        ErrorCode::InvalidArgument
+    );
+    for (id, no) in [("i3", "INV000000000002"), ("i4", "INV000000000001")] {
+        let e = refuse(&mut w, id, no);
+        assert_eq!(e.code, ErrorCode::InvalidArgument, "{no}");
+        assert!(e.message.contains("reserved"), "{}", e.message);
+    }
+    assert!(get_invoice(&w.t, "INV000000000002").unwrap().is_none());
+    assert_eq!(w.account("L1").last_seq, 2);
+    // Near misses of the form are ordinary legacy numbers.
+    for (i, no) in [
+        "INV00000000000",
+        "INV0000000000001",
+        "inv000000000003",
+        "INV00000000000X",
+    ]
+    .iter()
+    .enumerate()
+    {
+        w.ok(
+            &format!("n{i}"),
+            t0(),
+            Op::Import {
+                accounts: vec![],
+                records: vec![legacy(no)],
+            },
+        );
+        assert!(get_invoice(&w.t, no).unwrap().is_some(), "{no}");
+    }
+    // The counter goes on where it was: the next assigned number is new.
+    let o = w.ok(
+        "i9",
+        t0(),
+        Op::Import {
+            accounts: vec![],
+            records: vec![import_record("L1", "payment", "2.00", "0", ts + 9)],
+        },
+    );
+    assert!(matches!(o, Outcome::Imported { records: 1, .. }));
+    assert_eq!(
+        get_invoice(&w.t, "INV000000000002").unwrap().unwrap().kind,
+        "payment"
+    );
+}
+
 // -------------------------------------------------------- tariffs, invoices
 
 #[test]

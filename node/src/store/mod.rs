@@ -243,6 +243,34 @@ pub fn family_sst_bytes(db: &DB) -> Vec<(String, u64)> {
     out
 }
 
+/// Every column family's memtables (active and immutable, not yet
+/// flushed): family name, entries, bytes. Each write of a key adds an
+/// entry, so a key rewritten often (a report row, `applied`) holds many
+/// entries until the next flush, and every insert searches them all.
+pub fn family_memtables(db: &DB) -> Vec<(String, u64, u64)> {
+    let mut names: Vec<&str> = vec![CF_RAFT_LOG, CF_RAFT_META, CF_SM_META];
+    names.extend(FAMILIES.iter().map(|f| f.name()));
+    let int = |cf: &rocksdb::ColumnFamily, prop: &str| {
+        db.property_int_value_cf(cf, prop)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    };
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let cf = db.cf_handle(name)?;
+            let entries = int(cf, "rocksdb.num-entries-active-mem-table")
+                + int(cf, "rocksdb.num-entries-imm-mem-tables");
+            Some((
+                name.to_string(),
+                entries,
+                int(cf, "rocksdb.cur-size-all-mem-tables"),
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
