@@ -2,12 +2,14 @@
 //! nothing, at most [`IMPORT_ITEMS_MAX`] items (a migration is many such
 //! commands). Legacy account ids, timestamps and invoice numbers are kept
 //! as is, except that a legacy invoice number may not take the form of the
-//! numbers billdb assigns (`INV` + 12 digits, see `invoices::is_assigned_form`). An imported account's balance is given explicitly (the legacy
-//! system's figure); imported records are history and do not move it, but
-//! they do update report rows, ladder year counters, invoices, bank
-//! references and the account's record/card sequence numbers, so reports
-//! and reconciliation cover migrated data exactly. Imported purchases count
-//! as loaded. May touch everything an account and its records touch.
+//! numbers billdb assigns (`INV` + 12 digits, see
+//! `invoices::is_assigned_form`). An imported account's balance is given
+//! explicitly (the legacy system's figure); imported records are history
+//! and do not move it, but they do update report rows, ladder year
+//! counters, invoices, bank references and the account's record/card
+//! sequence numbers, so reports and reconciliation cover migrated data
+//! exactly. Imported purchases count as loaded. May touch everything an
+//! account and its records touch.
 
 use std::collections::BTreeMap;
 
