@@ -273,30 +273,29 @@ impl RaftNetworkV2<TypeConfig> for Conn {
             // error; openraft opens a new one from the follower's progress.
             let stale_run = Arc::new(AtomicU64::new(0));
             let (stale_count, first_kept) = (stale_run.clone(), self.first_kept_index.clone());
+            // Each request is handled at once (a ready future): the closure
+            // keeps its handles, nothing is cloned per request.
             let outbound = input.filter_map(move |req| {
-                let sent = sent.clone();
-                let (stale_count, first_kept) = (stale_count.clone(), first_kept.clone());
-                async move {
-                    let carries_entries = !req.entries.is_empty();
-                    let next_index = req.prev_log_id.as_ref().map_or(0, |p| p.index + 1);
-                    if !carries_entries && next_index < first_kept.load(Ordering::Acquire) {
-                        stale_count.fetch_add(1, Ordering::AcqRel);
-                    } else {
-                        stale_count.store(0, Ordering::Release);
-                    }
-                    match encode(&req) {
-                        Ok(data) => {
-                            if let Ok(mut q) = sent.lock() {
-                                q.push_back((std::time::Instant::now(), carries_entries));
-                            }
-                            Some(RaftMsg { data })
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot encode append request; dropping the stream item");
-                            None
-                        }
-                    }
+                let carries_entries = !req.entries.is_empty();
+                let next_index = req.prev_log_id.as_ref().map_or(0, |p| p.index + 1);
+                if !carries_entries && next_index < first_kept.load(Ordering::Acquire) {
+                    stale_count.fetch_add(1, Ordering::AcqRel);
+                } else {
+                    stale_count.store(0, Ordering::Release);
                 }
+                let msg = match encode(&req) {
+                    Ok(data) => {
+                        if let Ok(mut q) = sent.lock() {
+                            q.push_back((std::time::Instant::now(), carries_entries));
+                        }
+                        Some(RaftMsg { data })
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode append request; dropping the stream item");
+                        None
+                    }
+                };
+                futures::future::ready(msg)
             });
             let resp = match tokio::time::timeout(ttl, client.stream_append(outbound)).await {
                 Err(_) => return Err(self.timeout(RPCTypes::AppendEntries, ttl)),

@@ -36,9 +36,10 @@ pub fn with_id(id: &str) -> Vec<u8> {
     k
 }
 
-pub fn push_id(k: &mut Vec<u8>, id: &str) {
+pub fn push_id(k: &mut Vec<u8>, id: impl AsRef<[u8]>) {
+    let id = id.as_ref();
     k.push(id.len().min(255) as u8);
-    k.extend_from_slice(id.as_bytes());
+    k.extend_from_slice(id);
 }
 
 pub fn ts_bytes(ts_ms: i64) -> [u8; 8] {

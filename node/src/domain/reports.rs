@@ -69,16 +69,28 @@ pub struct Report {
     pub truncated: bool,
 }
 
-fn month_key(month: &str, dim: u8) -> Vec<u8> {
-    let mut k = vec![b'M'];
-    keys::push_id(&mut k, month);
+/// `M` ‖ month ‖ dim, appended to `k`: the prefix of a month's rows.
+fn push_month_prefix(k: &mut Vec<u8>, month: impl AsRef<[u8]>, dim: u8) {
+    k.push(b'M');
+    keys::push_id(k, month);
     k.push(dim);
+}
+
+/// `D` ‖ day, appended to `k`: the prefix of a day's bank rows.
+fn push_day_prefix(k: &mut Vec<u8>, day: impl AsRef<[u8]>) {
+    k.push(b'D');
+    keys::push_id(k, day);
+}
+
+fn month_key(month: &str, dim: u8) -> Vec<u8> {
+    let mut k = Vec::new();
+    push_month_prefix(&mut k, month, dim);
     k
 }
 
 fn day_key(day: &str) -> Vec<u8> {
-    let mut k = vec![b'D'];
-    keys::push_id(&mut k, day);
+    let mut k = Vec::new();
+    push_day_prefix(&mut k, day);
     k
 }
 
@@ -106,11 +118,6 @@ fn month_day(ts_ms: i64) -> ([u8; 7], [u8; 10]) {
     (month, day)
 }
 
-fn push_bytes_id(k: &mut Vec<u8>, id: &[u8]) {
-    k.push(id.len().min(255) as u8);
-    k.extend_from_slice(id);
-}
-
 /// Call `f` with each row key a record contributes to, built in `key`
 /// (reused: no allocation per key once it has grown).
 fn for_each_row_key(r: &Record, key: &mut Vec<u8>, mut f: impl FnMut(&[u8]) -> Res<()>) -> Res<()> {
@@ -122,17 +129,14 @@ fn for_each_row_key(r: &Record, key: &mut Vec<u8>, mut f: impl FnMut(&[u8]) -> R
         (b'k', &r.kind),
     ] {
         key.clear();
-        key.push(b'M');
-        push_bytes_id(key, &month);
-        key.push(dim);
+        push_month_prefix(key, month, dim);
         keys::push_id(key, value);
         keys::push_id(key, &r.kind);
         f(key)?;
     }
     if !r.bank_code.is_empty() {
         key.clear();
-        key.push(b'D');
-        push_bytes_id(key, &day);
+        push_day_prefix(key, day);
         keys::push_id(key, &r.bank_code);
         keys::push_id(key, &r.kind);
         f(key)?;
@@ -140,26 +144,15 @@ fn for_each_row_key(r: &Record, key: &mut Vec<u8>, mut f: impl FnMut(&[u8]) -> R
     Ok(())
 }
 
-/// The row keys a record contributes to.
-pub(crate) fn row_keys(r: &Record) -> Vec<Vec<u8>> {
-    let mut out = Vec::with_capacity(5);
-    let mut key = Vec::with_capacity(64);
-    // The closure cannot fail.
-    let _ = for_each_row_key(r, &mut key, |k| {
-        out.push(k.to_vec());
-        Ok(())
-    });
-    out
-}
-
 /// Add one record to its report rows (a few point reads and writes).
 pub(crate) fn add_record<T: Txn + ?Sized>(txn: &mut T, r: &Record) -> Res<()> {
-    for key in row_keys(r) {
-        let mut row: ReportRow = read(txn, Family::Reports, &key)?.unwrap_or_default();
+    let mut key = Vec::with_capacity(64);
+    for_each_row_key(r, &mut key, |k| {
+        let mut row: ReportRow = read(txn, Family::Reports, k)?.unwrap_or_default();
         row.add(r)?;
-        write(txn, Family::Reports, key, &row)?;
-    }
-    Ok(())
+        write(txn, Family::Reports, k.to_vec(), &row)?;
+        Ok(())
+    })
 }
 
 impl ReportRow {
@@ -335,6 +328,17 @@ mod tests {
             assert_eq!(month.as_slice(), calendar::month_str(ts).as_bytes(), "{ts}");
             assert_eq!(day.as_slice(), calendar::day_str(ts).as_bytes(), "{ts}");
         }
+    }
+
+    /// The row keys a record contributes to.
+    fn row_keys(r: &Record) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for_each_row_key(r, &mut Vec::new(), |k| {
+            out.push(k.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        out
     }
 
     /// The keys are the documented layout: `M` ‖ month ‖ dim ‖ value ‖
