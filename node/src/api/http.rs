@@ -116,6 +116,10 @@ pub fn router(state: HttpState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            bounded_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             leader_header,
         ))
         .layer(axum::middleware::from_fn(record_latency))
@@ -140,6 +144,106 @@ async fn leader_header(
             .insert(billdb_api::LEADER_METADATA, value);
     }
     resp
+}
+
+/// Bytes of an over-limit body still read (and dropped) so that the
+/// client, which is still sending, gets the 413 answer instead of a reset
+/// connection. A body larger than its limit plus this is refused at once.
+const BODY_DRAIN_BYTES_MAX: usize = 8 << 20;
+
+/// Read the request body whole, bounded by the route's limit
+/// (`limits.import_body_bytes_max` for `/v1/import`,
+/// `limits.request_body_bytes_max` otherwise), before any handler runs.
+///
+/// Refusing a large body without reading it makes the server close a
+/// connection that still holds unread bytes: the kernel resets it, and a
+/// client still writing sees a broken pipe rather than PAYLOAD_TOO_LARGE.
+/// So an over-limit body is drained (up to [`BODY_DRAIN_BYTES_MAX`] more,
+/// within `limits.request_timeout_ms`) and then answered with the code.
+async fn bounded_body(
+    State(state): State<HttpState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limits = &state.app.config.limits;
+    let size_bytes_max = if req.uri().path() == "/v1/import" {
+        limits.import_body_bytes_max
+    } else {
+        limits.request_body_bytes_max
+    };
+    let timeout = std::time::Duration::from_millis(limits.request_timeout_ms);
+    let (parts, body) = req.into_parts();
+    let declared_bytes = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match read_bounded(body, declared_bytes, size_bytes_max, timeout).await {
+        Ok(bytes) => {
+            next.run(axum::extract::Request::from_parts(
+                parts,
+                axum::body::Body::from(bytes),
+            ))
+            .await
+        }
+        Err(e) => HttpError(e).into_response(),
+    }
+}
+
+/// The body if it is at most `size_bytes_max` long; PAYLOAD_TOO_LARGE
+/// (after draining, see [`bounded_body`]) if longer; MALFORMED_REQUEST if
+/// the client breaks off or stalls past `timeout`.
+async fn read_bounded(
+    body: axum::body::Body,
+    declared_bytes: Option<u64>,
+    size_bytes_max: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    use futures::StreamExt;
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is larger than {size_bytes_max} bytes"),
+        )
+    };
+    let drain_bytes_max = size_bytes_max.saturating_add(BODY_DRAIN_BYTES_MAX);
+    if declared_bytes.is_some_and(|n| n > drain_bytes_max as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut stream = body.into_data_stream();
+        // The header is a hint only (a client may lie): never reserve more
+        // than the limit.
+        let capacity_bytes = declared_bytes.map_or(0, |n| n.min(size_bytes_max as u64) as usize);
+        let mut buf = Vec::with_capacity(capacity_bytes);
+        let mut seen_bytes: usize = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::new(
+                    ErrorCode::MalformedRequest,
+                    format!("reading the request body: {e}"),
+                )
+            })?;
+            seen_bytes = seen_bytes.saturating_add(chunk.len());
+            if seen_bytes <= size_bytes_max {
+                buf.extend_from_slice(&chunk);
+            } else if seen_bytes > drain_bytes_max {
+                return Err(too_large());
+            }
+        }
+        if seen_bytes > size_bytes_max {
+            return Err(too_large());
+        }
+        Ok(Bytes::from(buf))
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::MalformedRequest,
+                "the request body did not arrive in time",
+            ))
+        })
 }
 
 /// Request latency per route template and status (Prometheus histogram).
@@ -528,4 +632,95 @@ async fn monthly_report(State(s): State<HttpState>, caller: Caller, q: QueryArgs
 async fn bank_daily_report(State(s): State<HttpState>, caller: Caller, q: QueryArgs) -> HttpResult {
     let extra = query(q)?;
     run(&s, &caller, Endpoint::BankDailyReport, None, extra).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A streamed body of `chunks` chunks of `chunk_bytes` each, counting
+    /// the chunks the reader pulled.
+    fn counted_body(chunks: usize, chunk_bytes: usize) -> (axum::body::Body, Arc<AtomicUsize>) {
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let counter = pulled.clone();
+        let stream = futures::stream::iter(0..chunks).map(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; chunk_bytes]))
+        });
+        (axum::body::Body::from_stream(stream), pulled)
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_body_within_the_limit_is_passed_on_whole() {
+        let (body, pulled) = counted_body(4, 1000);
+        let bytes = read_bounded(body, None, 4000, TIMEOUT).await.expect("fits");
+        assert_eq!(bytes.len(), 4000);
+        assert_eq!(pulled.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn an_over_limit_body_is_drained_then_refused() {
+        // 2 MB against a 64 KiB limit: every chunk is read, so the client's
+        // writes complete and it reads the answer.
+        let (body, pulled) = counted_body(200, 10_000);
+        let e = read_bounded(body, Some(2_000_000), 64 * 1024, TIMEOUT)
+            .await
+            .expect_err("too large");
+        assert_eq!(e.code, ErrorCode::PayloadTooLarge);
+        assert_eq!(pulled.load(Ordering::SeqCst), 200);
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_drain_bound_is_refused_without_reading_it_all() {
+        let chunk_bytes = 1 << 20;
+        let chunks = BODY_DRAIN_BYTES_MAX / chunk_bytes + 10;
+        let (body, pulled) = counted_body(chunks, chunk_bytes);
+        let e = read_bounded(body, None, 1000, TIMEOUT)
+            .await
+            .expect_err("too large");
+        assert_eq!(e.code, ErrorCode::PayloadTooLarge);
+        let read = pulled.load(Ordering::SeqCst);
+        assert!(
+            read < chunks,
+            "stopped reading after {read} of {chunks} chunks"
+        );
+
+        // A declared length past the bound is refused before any read.
+        let (body, pulled) = counted_body(1, 10);
+        let declared = (1000 + BODY_DRAIN_BYTES_MAX + 1) as u64;
+        let e = read_bounded(body, Some(declared), 1000, TIMEOUT)
+            .await
+            .expect_err("too large");
+        assert_eq!(e.code, ErrorCode::PayloadTooLarge);
+        assert_eq!(pulled.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_or_broken_body_is_malformed() {
+        let stalled = axum::body::Body::from_stream(futures::stream::pending::<
+            Result<Bytes, std::io::Error>,
+        >());
+        let e = read_bounded(stalled, Some(10), 1000, Duration::from_millis(50))
+            .await
+            .expect_err("stalled");
+        assert_eq!(e.code, ErrorCode::MalformedRequest);
+
+        let broken = axum::body::Body::from_stream(futures::stream::iter([
+            Ok(Bytes::from_static(b"{\"a\":")),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "reset",
+            )),
+        ]));
+        let e = read_bounded(broken, None, 1000, TIMEOUT)
+            .await
+            .expect_err("broken");
+        assert_eq!(e.code, ErrorCode::MalformedRequest);
+    }
 }
