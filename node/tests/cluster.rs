@@ -408,6 +408,16 @@ fn bad_admin_input_is_refused_and_changes_nothing() {
             "PAYLOAD_TOO_LARGE"
         );
     }
+    // A client waiting for `100 Continue` is refused before it sends.
+    assert_eq!(
+        expect_continue_status(
+            &c.c.http_addr(1).unwrap(),
+            "/v1/cluster/remove",
+            3_000_000,
+            &c.c.token("ops").unwrap(),
+        ),
+        413
+    );
     // Malformed JSON straight on the wire.
     let (status, body) = raw_post(
         &c.c.http_addr(1).unwrap(),

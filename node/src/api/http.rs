@@ -159,7 +159,9 @@ const BODY_DRAIN_BYTES_MAX: usize = 8 << 20;
 /// connection that still holds unread bytes: the kernel resets it, and a
 /// client still writing sees a broken pipe rather than PAYLOAD_TOO_LARGE.
 /// So an over-limit body is drained (up to [`BODY_DRAIN_BYTES_MAX`] more,
-/// within `limits.request_timeout_ms`) and then answered with the code.
+/// within `limits.request_timeout_ms`) and then answered with the code. A
+/// client that announced an over-limit length and waits for
+/// `100 Continue` is answered at once: it has sent nothing.
 async fn bounded_body(
     State(state): State<HttpState>,
     req: axum::extract::Request,
@@ -178,6 +180,15 @@ async fn bounded_body(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // A client that waits for `100 Continue` before sending has sent
+    // nothing yet: refuse at once rather than ask for a body to drop.
+    let waits_to_send = parts
+        .headers
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if waits_to_send && declared_bytes.is_some_and(|n| n > size_bytes_max as u64) {
+        return HttpError(too_large(size_bytes_max)).into_response();
+    }
     match read_bounded(body, declared_bytes, size_bytes_max, timeout).await {
         Ok(bytes) => {
             next.run(axum::extract::Request::from_parts(
@@ -190,6 +201,13 @@ async fn bounded_body(
     }
 }
 
+fn too_large(size_bytes_max: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("request body is larger than {size_bytes_max} bytes"),
+    )
+}
+
 /// The body if it is at most `size_bytes_max` long; PAYLOAD_TOO_LARGE
 /// (after draining, see [`bounded_body`]) if longer; MALFORMED_REQUEST if
 /// the client breaks off or stalls past `timeout`.
@@ -200,12 +218,7 @@ async fn read_bounded(
     timeout: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
     use futures::StreamExt;
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("request body is larger than {size_bytes_max} bytes"),
-        )
-    };
+    let too_large = || too_large(size_bytes_max);
     let drain_bytes_max = size_bytes_max.saturating_add(BODY_DRAIN_BYTES_MAX);
     if declared_bytes.is_some_and(|n| n > drain_bytes_max as u64) {
         return Err(too_large());

@@ -228,6 +228,25 @@ pub fn raw_post(addr: &str, path: &str, body: &str, token: &str) -> (u16, Value)
     (status, v)
 }
 
+/// Announce a `declared_bytes` body with `Expect: 100-continue` and send
+/// nothing: the status line of the first answer (`100` would ask for the
+/// body).
+pub fn expect_continue_status(addr: &str, path: &str, declared_bytes: usize, token: &str) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {declared_bytes}\r\nExpect: 100-continue\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).expect("write");
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).expect("status line");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .expect("status code")
+}
+
 /// A gRPC request carrying a bearer token.
 pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
