@@ -13,46 +13,20 @@ use common::*;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-/// Any method, raw body; returns (status, JSON body).
-fn raw(addr: &str, method: &str, path: &str, body: &str, token: &str) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("write");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status: u16 = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .expect("status line");
-    let json_start = out.find("\r\n\r\n").map(|i| i + 4).unwrap_or(out.len());
-    let v = serde_json::from_str(out[json_start..].trim()).unwrap_or(Value::Null);
-    (status, v)
-}
-
 /// GET `path` and return (status, the response's header lines, lowercased).
 fn raw_headers(addr: &str, path: &str, token: &str) -> (u16, Vec<String>) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    use std::io::Read;
+    let mut s = send_raw(
+        addr,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
     );
-    s.write_all(req.as_bytes()).expect("write");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let head = out.split("\r\n\r\n").next().unwrap_or_default();
     let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|x| x.parse().ok())
-        .expect("status line");
+    let status = status_code(lines.next().unwrap_or_default());
     (status, lines.map(|l| l.to_ascii_lowercase()).collect())
 }
 
@@ -73,10 +47,10 @@ impl Api<'_> {
         self.c.c.token(who).expect("token")
     }
     fn put(&self, who: &str, path: &str, body: Value) -> (u16, Value) {
-        raw(&self.addr, "PUT", path, &body.to_string(), &self.token(who))
+        raw_request(&self.addr, "PUT", path, &body.to_string(), &self.token(who))
     }
     fn patch(&self, who: &str, path: &str, body: Value) -> (u16, Value) {
-        raw(
+        raw_request(
             &self.addr,
             "PATCH",
             path,
@@ -696,7 +670,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     let wide_import =
         json!({"request_id": "bad-20", "accounts": wide_accounts, "records": []}).to_string();
     assert!(wide_import.len() < 1 << 20, "{}", wide_import.len());
-    let post = |path: &str, body: &str, tok: &str| raw(&addr, "POST", path, body, tok);
+    let post = |path: &str, body: &str, tok: &str| raw_request(&addr, "POST", path, body, tok);
     let cases: Vec<(&str, String, &str, u16, &str)> = vec![
         ("/v1/purchases", "{\"request_id\":".into(), &ct, 400, "MALFORMED_REQUEST"),
         ("/v1/purchases", "not json".into(), &ct, 400, "MALFORMED_REQUEST"),
@@ -1050,7 +1024,7 @@ fn concurrent_writes_share_entries_and_keep_their_own_outcomes() {
         };
         threads.push(std::thread::spawn(move || {
             start.wait();
-            raw(&addr, "POST", path, &body.to_string(), &token)
+            raw_request(&addr, "POST", path, &body.to_string(), &token)
         }));
     }
     let answers: Vec<(u16, Value)> = threads.into_iter().map(|t| t.join().unwrap()).collect();

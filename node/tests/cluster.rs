@@ -419,8 +419,9 @@ fn bad_admin_input_is_refused_and_changes_nothing() {
         413
     );
     // Malformed JSON straight on the wire.
-    let (status, body) = raw_post(
+    let (status, body) = raw_request(
         &c.c.http_addr(1).unwrap(),
+        "POST",
         "/v1/cluster/membership",
         "{\"voters\": [1,",
         &c.c.token("ops").unwrap(),

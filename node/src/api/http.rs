@@ -46,15 +46,10 @@ impl From<ApiError> for HttpError {
 
 type HttpResult = Result<Response, HttpError>;
 
-/// Parse a JSON body strictly (unknown fields refused) into `T`.
+/// Parse a JSON body strictly (unknown fields refused) into `T`. Its size
+/// was bounded before the handler ran ([`bounded_body`]).
 fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(ErrorCode::PayloadTooLarge, "request body too large")
-        } else {
-            ApiError::new(ErrorCode::MalformedRequest, e.body_text())
-        }
-    })?;
+    let bytes = body.map_err(|e| ApiError::new(ErrorCode::MalformedRequest, e.body_text()))?;
     serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
             ApiError::new(ErrorCode::InvalidArgument, e.to_string())
@@ -67,9 +62,10 @@ fn ok(v: serde_json::Value) -> HttpResult {
     Ok((StatusCode::OK, Json(v)).into_response())
 }
 
+/// The one route with its own body limit (`limits.import_body_bytes_max`).
+const IMPORT_PATH: &str = "/v1/import";
+
 pub fn router(state: HttpState) -> Router {
-    let limit = state.app.config.limits.request_body_bytes_max;
-    let import_limit = state.app.config.limits.import_body_bytes_max;
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -107,13 +103,13 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/segments/boundary", put(set_boundary))
         .route("/v1/seasons", post(open_season))
         .route("/v1/tariffs/{tariff_id}", put(define_tariff))
-        .route(
-            "/v1/import",
-            post(import).layer(DefaultBodyLimit::max(import_limit)),
-        )
+        .route(IMPORT_PATH, post(import))
         .route("/v1/requests/{request_id}", get(get_request))
         .fallback(|| async { HttpError(ApiError::new(ErrorCode::NotFound, "no such route")) })
-        .layer(DefaultBodyLimit::max(limit))
+        // Bodies are bounded once, by `bounded_body`, per route: axum's own
+        // limit (2 MB by default) would refuse a larger configured import
+        // limit and answer without reading the body.
+        .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             bounded_body,
@@ -152,8 +148,9 @@ async fn leader_header(
 const BODY_DRAIN_BYTES_MAX: usize = 8 << 20;
 
 /// Read the request body whole, bounded by the route's limit
-/// (`limits.import_body_bytes_max` for `/v1/import`,
+/// (`limits.import_body_bytes_max` for [`IMPORT_PATH`],
 /// `limits.request_body_bytes_max` otherwise), before any handler runs.
+/// This is the only body limit.
 ///
 /// Refusing a large body without reading it makes the server close a
 /// connection that still holds unread bytes: the kernel resets it, and a
@@ -168,7 +165,7 @@ async fn bounded_body(
     next: axum::middleware::Next,
 ) -> Response {
     let limits = &state.app.config.limits;
-    let size_bytes_max = if req.uri().path() == "/v1/import" {
+    let size_bytes_max = if req.uri().path() == IMPORT_PATH {
         limits.import_body_bytes_max
     } else {
         limits.request_body_bytes_max
@@ -225,10 +222,7 @@ async fn read_bounded(
     }
     let read = async {
         let mut stream = body.into_data_stream();
-        // The header is a hint only (a client may lie): never reserve more
-        // than the limit.
-        let capacity_bytes = declared_bytes.map_or(0, |n| n.min(size_bytes_max as u64) as usize);
-        let mut buf = Vec::with_capacity(capacity_bytes);
+        let mut chunks: Vec<Bytes> = Vec::new();
         let mut seen_bytes: usize = 0;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
@@ -239,7 +233,7 @@ async fn read_bounded(
             })?;
             seen_bytes = seen_bytes.saturating_add(chunk.len());
             if seen_bytes <= size_bytes_max {
-                buf.extend_from_slice(&chunk);
+                chunks.push(chunk);
             } else if seen_bytes > drain_bytes_max {
                 return Err(too_large());
             }
@@ -247,7 +241,11 @@ async fn read_bounded(
         if seen_bytes > size_bytes_max {
             return Err(too_large());
         }
-        Ok(Bytes::from(buf))
+        // One chunk (the usual case) is passed on without a copy.
+        Ok(match chunks.len() {
+            1 => chunks.swap_remove(0),
+            _ => Bytes::from(chunks.concat()),
+        })
     };
     tokio::time::timeout(timeout, read)
         .await
@@ -669,49 +667,62 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(5);
 
+    /// The code `read_bounded` refuses a counted body with, and how many
+    /// of its chunks it pulled.
+    async fn refused(
+        chunks: usize,
+        chunk_bytes: usize,
+        declared_bytes: Option<u64>,
+        size_bytes_max: usize,
+    ) -> (ErrorCode, usize) {
+        let (body, pulled) = counted_body(chunks, chunk_bytes);
+        let e = read_bounded(body, declared_bytes, size_bytes_max, TIMEOUT)
+            .await
+            .expect_err("refused");
+        (e.code, pulled.load(Ordering::SeqCst))
+    }
+
     #[tokio::test]
     async fn a_body_within_the_limit_is_passed_on_whole() {
         let (body, pulled) = counted_body(4, 1000);
         let bytes = read_bounded(body, None, 4000, TIMEOUT).await.expect("fits");
         assert_eq!(bytes.len(), 4000);
         assert_eq!(pulled.load(Ordering::SeqCst), 4);
+
+        let (body, _) = counted_body(1, 4000);
+        let bytes = read_bounded(body, Some(4000), 4000, TIMEOUT)
+            .await
+            .expect("fits");
+        assert_eq!(bytes.as_ref(), vec![b'x'; 4000].as_slice());
     }
 
     #[tokio::test]
     async fn an_over_limit_body_is_drained_then_refused() {
         // 2 MB against a 64 KiB limit: every chunk is read, so the client's
         // writes complete and it reads the answer.
-        let (body, pulled) = counted_body(200, 10_000);
-        let e = read_bounded(body, Some(2_000_000), 64 * 1024, TIMEOUT)
-            .await
-            .expect_err("too large");
-        assert_eq!(e.code, ErrorCode::PayloadTooLarge);
-        assert_eq!(pulled.load(Ordering::SeqCst), 200);
+        assert_eq!(
+            refused(200, 10_000, Some(2_000_000), 64 * 1024).await,
+            (ErrorCode::PayloadTooLarge, 200)
+        );
     }
 
     #[tokio::test]
     async fn a_body_past_the_drain_bound_is_refused_without_reading_it_all() {
         let chunk_bytes = 1 << 20;
         let chunks = BODY_DRAIN_BYTES_MAX / chunk_bytes + 10;
-        let (body, pulled) = counted_body(chunks, chunk_bytes);
-        let e = read_bounded(body, None, 1000, TIMEOUT)
-            .await
-            .expect_err("too large");
-        assert_eq!(e.code, ErrorCode::PayloadTooLarge);
-        let read = pulled.load(Ordering::SeqCst);
+        let (code, read) = refused(chunks, chunk_bytes, None, 1000).await;
+        assert_eq!(code, ErrorCode::PayloadTooLarge);
         assert!(
             read < chunks,
             "stopped reading after {read} of {chunks} chunks"
         );
 
         // A declared length past the bound is refused before any read.
-        let (body, pulled) = counted_body(1, 10);
         let declared = (1000 + BODY_DRAIN_BYTES_MAX + 1) as u64;
-        let e = read_bounded(body, Some(declared), 1000, TIMEOUT)
-            .await
-            .expect_err("too large");
-        assert_eq!(e.code, ErrorCode::PayloadTooLarge);
-        assert_eq!(pulled.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            refused(1, 10, Some(declared), 1000).await,
+            (ErrorCode::PayloadTooLarge, 0)
+        );
     }
 
     #[tokio::test]

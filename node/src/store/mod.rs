@@ -143,8 +143,12 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, std::io::Error> {
 /// beside `last_purchase_seq`; 3: `last_purchase` only; 4: log entries
 /// carry a batch of commands, invoice numbers come from one counter; 5:
 /// the compact encoding of [`crate::codec`] (variable-length integers,
-/// decimals as scale and mantissa).
-pub const DATA_FORMAT: u32 = 5;
+/// decimals as scale and mantissa); 6: no stored invoice number that was
+/// imported has the form of the numbers billdb assigns
+/// (`invoices::is_assigned_form`), so an assigned number is known new
+/// without a lookup. A format-5 database may hold such a legacy number,
+/// which an assigned one would then silently overwrite.
+pub const DATA_FORMAT: u32 = 6;
 /// The stamp is 4 bytes, u32 little-endian, in every format (it was
 /// fixed-width bincode before format 5), so any build can read any stamp.
 const KEY_FORMAT: &[u8] = b"data_format";

@@ -206,45 +206,57 @@ pub fn balance(c: &TestCluster, n: NodeId, account: &str) -> rust_decimal::Decim
         .expect("decimal")
 }
 
-/// POST raw bytes (not necessarily JSON) and return (status, JSON body).
-pub fn raw_post(addr: &str, path: &str, body: &str, token: &str) -> (u16, Value) {
-    use std::io::{Read, Write};
+/// Open a socket to `addr` and send `request`, a whole HTTP/1.1 request
+/// written by hand (headers a client library would not send, or bytes that
+/// are not JSON).
+pub fn send_raw(addr: &str, request: &str) -> std::net::TcpStream {
+    use std::io::Write;
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let status: u16 = out
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(request.as_bytes()).expect("write");
+    s
+}
+
+/// The status code of an answer's status line.
+pub fn status_code(answer: &str) -> u16 {
+    answer
         .split_whitespace()
         .nth(1)
         .and_then(|x| x.parse().ok())
-        .expect("status line");
+        .expect("status line")
+}
+
+/// Any method, raw body (not necessarily JSON); returns (status, JSON body).
+pub fn raw_request(addr: &str, method: &str, path: &str, body: &str, token: &str) -> (u16, Value) {
+    use std::io::Read;
+    let mut s = send_raw(
+        addr,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = status_code(&out);
     let json_start = out.find("\r\n\r\n").map(|i| i + 4).unwrap_or(out.len());
     let v = serde_json::from_str(out[json_start..].trim()).unwrap_or(Value::Null);
     (status, v)
 }
 
 /// Announce a `declared_bytes` body with `Expect: 100-continue` and send
-/// nothing: the status line of the first answer (`100` would ask for the
-/// body).
+/// nothing: the status of the first answer (`100` would ask for the body).
 pub fn expect_continue_status(addr: &str, path: &str, declared_bytes: usize, token: &str) -> u16 {
-    use std::io::{BufRead, BufReader, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {declared_bytes}\r\nExpect: 100-continue\r\n\r\n"
+    use std::io::{BufRead, BufReader};
+    let s = send_raw(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {declared_bytes}\r\nExpect: 100-continue\r\n\r\n"
+        ),
     );
-    s.write_all(req.as_bytes()).expect("write");
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).expect("status line");
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .expect("status code")
+    status_code(&line)
 }
 
 /// A gRPC request carrying a bearer token.
