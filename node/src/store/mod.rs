@@ -115,8 +115,13 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, std::io::Error> {
         let mut o = Options::default();
         o.set_level_compaction_dynamic_level_bytes(true);
         o.set_write_buffer_size(DOMAIN_MEMTABLE_SIZE_BYTES);
+        // LZ4 on every level, the bottom one too. With zstd at the bottom,
+        // compaction took 18-20 us of the ~133 us of node CPU per record of
+        // a 7-year bulk load (1.8 M records; about a quarter of the load's
+        // CPU at full scale, mostly zstd); with LZ4 it took 3-5 us and the
+        // load used 8-12 % less CPU, for about the same disk (zstd at
+        // level 1 saved little). See docs/BENCHMARKS.md.
         o.set_compression_type(DBCompressionType::Lz4);
-        o.set_bottommost_compression_type(DBCompressionType::Zstd);
         // Families read by key get bloom filters; `records` and `reports`
         // are read by range scans, where whole-key filters do not help.
         let scanned = matches!(
