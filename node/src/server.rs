@@ -174,7 +174,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http = axum::serve(
         listener,
         router(HttpState {
-            app: app.clone(),
+            app: std::sync::Arc::new(app.clone()),
             prometheus,
         }),
     )

@@ -2,6 +2,7 @@
 //! errors are `{"code","message","details"}` with the status from the code.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -22,9 +23,12 @@ use crate::app::{AdminOp, App};
 use crate::auth::{Caller, Role};
 use crate::types::{NodeId, NodeInfo};
 
+/// Cloned for every request (each middleware and the handler take a
+/// copy), so it holds the node's `App` behind one `Arc` rather than
+/// cloning its dozen handles each time.
 #[derive(Clone)]
 pub struct HttpState {
-    pub app: App,
+    pub app: Arc<App>,
     pub prometheus: PrometheusHandle,
 }
 
