@@ -116,11 +116,11 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, std::io::Error> {
         o.set_level_compaction_dynamic_level_bytes(true);
         o.set_write_buffer_size(DOMAIN_MEMTABLE_SIZE_BYTES);
         // LZ4 on every level, the bottom one too. With zstd at the bottom,
-        // compaction took 18-20 us of the ~133 us of node CPU per record of
+        // compaction took 17-20 us of the ~127 us of node CPU per record of
         // a 7-year bulk load (1.8 M records; about a quarter of the load's
-        // CPU at full scale, mostly zstd); with LZ4 it took 3-5 us and the
-        // load used 8-12 % less CPU, for about the same disk (zstd at
-        // level 1 saved little). See docs/BENCHMARKS.md.
+        // CPU at full scale, mostly zstd); with LZ4 it took 3-5 us, the
+        // load used about 6 % less node CPU and the data about 15 % more
+        // disk (zstd at level 1 saved little). See docs/BENCHMARKS.md.
         o.set_compression_type(DBCompressionType::Lz4);
         // Families read by key get bloom filters; `records` and `reports`
         // are read by range scans, where whole-key filters do not help.
