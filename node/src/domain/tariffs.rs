@@ -55,15 +55,21 @@ impl TariffSpec {
 /// Most versions one tariff keeps.
 pub const TARIFF_VERSIONS_MAX: usize = 256;
 
+/// The stored versions of `tariff_id`, owned (see [`tariff_versions`]).
 pub fn get_tariff<G: Get + ?Sized>(
     view: &G,
     tariff_id: &str,
 ) -> Result<Option<TariffVersions>, std::io::Error> {
-    // Stored as JSON: `TariffKind` is internally tagged (not bincode-able).
+    Ok(tariff_versions(view, tariff_id)?.map(Rc::unwrap_or_clone))
+}
+
+/// The stored versions of `tariff_id`, decoded through [`decode_memo`].
+fn tariff_versions<G: Get + ?Sized>(
+    view: &G,
+    tariff_id: &str,
+) -> Result<Option<Rc<TariffVersions>>, std::io::Error> {
     match view.get(Family::Tariffs, &keys::tariff(tariff_id))? {
-        Some(raw) => serde_json::from_slice(&raw)
-            .map(Some)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Some(raw) => decode_memo(&raw).map(Some),
         None => Ok(None),
     }
 }
@@ -84,6 +90,7 @@ thread_local! {
 /// of a follower's CPU under a purchase load. A pure function of `raw`, so
 /// apply stays deterministic; a changed tariff has other bytes and is
 /// decoded anew.
+/// Stored as JSON: `TariffKind` is internally tagged (not bincode-able).
 fn decode_memo(raw: &[u8]) -> Result<Rc<TariffVersions>, std::io::Error> {
     let hit = DECODED.with(|d| {
         let d = d.borrow();
@@ -110,11 +117,7 @@ pub(crate) fn in_force<G: Get + ?Sized>(view: &G, tariff_id: &str, ts_ms: i64) -
     if tariff_id.is_empty() {
         return refuse(ErrorCode::TariffNotFound, "the account has no tariff");
     }
-    let versions = match view.get(Family::Tariffs, &keys::tariff(tariff_id))? {
-        Some(raw) => Some(decode_memo(&raw)?),
-        None => None,
-    };
-    match versions.and_then(|v| v.at(ts_ms).cloned()) {
+    match tariff_versions(view, tariff_id)?.and_then(|v| v.at(ts_ms).cloned()) {
         Some(t) => Ok(t),
         None => refuse(
             ErrorCode::TariffNotFound,
@@ -223,8 +226,9 @@ mod tests {
         );
 
         // Bad bytes are an error and are not remembered.
+        let remembered = DECODED.with(|d| d.borrow().len());
         assert!(decode_memo(b"{not json").is_err());
-        assert!(decode_memo(b"{not json").is_err());
+        assert_eq!(DECODED.with(|d| d.borrow().len()), remembered);
 
         // Bounded: after DECODED_MAX other tariffs, the first is decoded anew
         // (equal, but not the remembered value).
