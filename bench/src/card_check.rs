@@ -213,6 +213,7 @@ pub fn run(a: CardCheckArgs) -> anyhow::Result<Value> {
     let mut stats = Stats::default();
     let mut recent_long = 0usize;
     measuring.store(true, Ordering::Relaxed);
+    let cpu_before = target.cpu_sample();
     let started = Instant::now();
     let mut failure = None;
     'outer: for i in 0..a.iterations {
@@ -239,6 +240,7 @@ pub fn run(a: CardCheckArgs) -> anyhow::Result<Value> {
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_before.zip(target.cpu_sample());
     measuring.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     match loader.join() {
@@ -275,6 +277,15 @@ pub fn run(a: CardCheckArgs) -> anyhow::Result<Value> {
         extra,
         &target,
         &data,
+        // Per check (verify, then the segment as its own request), with
+        // the background purchases' CPU in it.
+        cpu.map(|(b, e)| {
+            let checks = ["long_history_2calls", "one_month_2calls"]
+                .iter()
+                .map(|k| stats.ops.get(*k).map_or(0, |s| s.hist.len()))
+                .sum();
+            crate::cluster::cpu_json(&b, &e, "check", checks)
+        }),
     ))
 }
 

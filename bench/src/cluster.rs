@@ -1,11 +1,13 @@
 //! Which cluster a run talks to (a local cluster directory, or HTTP
 //! endpoints and a token), its settings as reported by the nodes, and the
-//! nodes' resident memory (`/proc/<pid>/status`) and disk use (data
-//! directories) when the cluster is local. Reads the cluster directory and
+//! nodes' resident memory (`/proc/<pid>/status`), CPU time
+//! (`/proc/<pid>/stat`, per thread name from `/proc/<pid>/task`) and disk
+//! use (data directories) when the cluster is local. Reads the cluster directory and
 //! `/proc`; signals nodes only through `LocalCluster` (leader-kill).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use billdb_client::local::LocalCluster;
@@ -159,6 +161,20 @@ impl Target {
         })
     }
 
+    /// CPU time of every node process now (local clusters only).
+    pub fn cpu_sample(&self) -> Option<CpuSample> {
+        let c = self.cluster.as_ref()?;
+        let nodes = c
+            .node_ids()
+            .into_iter()
+            .filter_map(|n| Some((n, ProcessCpu::read(c.pid(n)?)?)))
+            .collect();
+        Some(CpuSample {
+            at: Instant::now(),
+            nodes,
+        })
+    }
+
     /// The leader by majority agreement (local clusters), or the first node
     /// whose status says it leads.
     pub fn leader(&self, timeout: Duration) -> anyhow::Result<u64> {
@@ -181,6 +197,147 @@ impl Target {
             .as_ref()
             .context("this workload needs the local cluster directory (--dir)")
     }
+}
+
+/// Thread names whose CPU time is shown apart; every other thread of a
+/// node counts as `other` (the main thread, tokio's blocking pool, threads
+/// that have exited since the first sample).
+pub const THREAD_GROUPS: [&str; 4] = [
+    "tokio-rt-worker", // the node's async work: HTTP, gRPC, Raft, apply
+    "raft-log-fsync",  // the WAL group-commit fsync thread
+    "rocksdb:low",     // compactions
+    "rocksdb:high",    // memtable flushes
+];
+
+/// One process's CPU time in clock ticks: the whole process (exited
+/// threads included) and the live threads by name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessCpu {
+    pub pid: u32,
+    pub ticks: u64,
+    pub by_thread: BTreeMap<String, u64>,
+}
+
+impl ProcessCpu {
+    pub fn read(pid: u32) -> Option<ProcessCpu> {
+        // Threads first, the process after: a thread's ticks never exceed
+        // the process's read later.
+        let mut by_thread = BTreeMap::new();
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let (Ok(comm), Ok(stat)) = (
+                    std::fs::read_to_string(t.path().join("comm")),
+                    std::fs::read_to_string(t.path().join("stat")),
+                ) else {
+                    continue; // the thread exited meanwhile
+                };
+                let comm = comm.trim();
+                if let Some(t) = stat_ticks(&stat)
+                    && THREAD_GROUPS.contains(&comm)
+                {
+                    *by_thread.entry(comm.to_string()).or_insert(0) += t;
+                }
+            }
+        }
+        let ticks = stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+        Some(ProcessCpu {
+            pid,
+            ticks,
+            by_thread,
+        })
+    }
+}
+
+/// utime + stime (clock ticks) of a `/proc/.../stat` line. The command
+/// name in parentheses may hold spaces, so fields count from its `)`.
+pub fn stat_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    // After ")": state is field 3; utime and stime are fields 14 and 15.
+    let utime: u64 = f.nth(11)?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Node CPU time at one moment, by node id.
+#[derive(Clone, Debug)]
+pub struct CpuSample {
+    pub at: Instant,
+    pub nodes: BTreeMap<u64, ProcessCpu>,
+}
+
+fn ticks_per_s() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// CPU the nodes used between two samples: in all, per node, per thread
+/// group, as cores busy, and per operation (`ops` of `per_op`, e.g. 3,000
+/// purchases). A node restarted in between (another pid) counts all its
+/// CPU since it started; a node not running at the end (killed) is left
+/// out, since its CPU until the kill can no longer be read.
+pub fn cpu_json(before: &CpuSample, after: &CpuSample, per_op: &str, ops: u64) -> Value {
+    let ms_per_tick = 1000.0 / ticks_per_s();
+    let secs = after.at.duration_since(before.at).as_secs_f64();
+    let mut total = 0u64;
+    let mut by_node = serde_json::Map::new();
+    let mut groups: BTreeMap<String, u64> = BTreeMap::new();
+    for (n, a) in &after.nodes {
+        let b = before.nodes.get(n).filter(|b| b.pid == a.pid);
+        let used = a.ticks.saturating_sub(b.map_or(0, |b| b.ticks));
+        total += used;
+        by_node.insert(n.to_string(), json!((used as f64 * ms_per_tick).round()));
+        for (g, t) in &a.by_thread {
+            let was = b.and_then(|b| b.by_thread.get(g)).copied().unwrap_or(0);
+            *groups.entry(g.clone()).or_insert(0) += t.saturating_sub(was);
+        }
+    }
+    let named: u64 = groups.values().sum();
+    groups.insert("other".into(), total.saturating_sub(named));
+    let total_ms = total as f64 * ms_per_tick;
+    json!({
+        "seconds": secs,
+        "total_ms": total_ms.round(),
+        "cores_used": if secs > 0.0 { total_ms / 1000.0 / secs } else { 0.0 },
+        "per_op": per_op,
+        "ops": ops,
+        "ms_per_op": if ops > 0 { Value::from(total_ms / ops as f64) } else { Value::Null },
+        "by_node_ms": by_node,
+        "by_thread_ms": groups.into_iter().map(|(g, t)| (g, json!((t as f64 * ms_per_tick).round()))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+/// One line for the tables: cores busy, CPU per operation, by node and by
+/// thread group.
+pub fn cpu_line(v: &Value) -> Option<String> {
+    let total = v["total_ms"].as_f64()?;
+    let per_op = v["ms_per_op"].as_f64().map_or(String::new(), |m| {
+        format!(", {m:.3} ms per {}", v["per_op"].as_str().unwrap_or("op"))
+    });
+    let nodes: Vec<String> = v["by_node_ms"]
+        .as_object()?
+        .iter()
+        .map(|(n, ms)| format!("{n}: {:.1} s", ms.as_f64().unwrap_or(0.0) / 1000.0))
+        .collect();
+    let threads: Vec<String> = v["by_thread_ms"]
+        .as_object()?
+        .iter()
+        .filter(|(_, ms)| ms.as_f64().unwrap_or(0.0) > 0.0)
+        .map(|(g, ms)| {
+            format!(
+                "{g} {:.0} %",
+                100.0 * ms.as_f64().unwrap_or(0.0) / total.max(1.0)
+            )
+        })
+        .collect();
+    Some(format!(
+        "node CPU: {:.1} s = {:.2} cores{per_op}; by node {}; by thread {}",
+        total / 1000.0,
+        v["cores_used"].as_f64().unwrap_or(0.0),
+        nodes.join(", "),
+        threads.join(", ")
+    ))
 }
 
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS:` now, `VmHWM:` the peak
@@ -263,6 +420,61 @@ mod tests {
         assert_eq!(dir_bytes(dir.path()), one);
         std::fs::write(dir.path().join("ckpt/2.sst"), vec![7u8; 64 << 10]).unwrap();
         assert!(dir_bytes(dir.path()) >= one + (64 << 10));
+    }
+
+    #[test]
+    fn stat_ticks_reads_utime_and_stime_past_a_name_with_spaces() {
+        // Fields 14 and 15 are 7 and 5; the name holds ") " to mislead a
+        // naive split.
+        let line =
+            "4242 (billdb) node x) S 1 4242 4242 0 -1 4194560 10 0 0 0 7 5 0 0 20 0 9 0 100 0 0";
+        assert_eq!(stat_ticks(line), Some(12));
+        assert_eq!(stat_ticks("4242 (short) S 1 2"), None);
+        assert_eq!(stat_ticks("no parenthesis at all"), None);
+    }
+
+    /// CPU burnt by a thread of this process shows up in the process total
+    /// and in the per-operation figure; a pid that changed counts from 0.
+    #[test]
+    fn cpu_json_counts_what_the_process_used() {
+        let pid = std::process::id();
+        let before = CpuSample {
+            at: Instant::now(),
+            nodes: [(1, ProcessCpu::read(pid).unwrap())].into(),
+        };
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(300) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let after = CpuSample {
+            at: Instant::now(),
+            nodes: [(1, ProcessCpu::read(pid).unwrap())].into(),
+        };
+        let v = cpu_json(&before, &after, "purchase", 100);
+        let total = v["total_ms"].as_f64().unwrap();
+        // At least a good part of the 300 ms spin, however busy the host.
+        assert!(total >= 50.0, "{v}");
+        assert_eq!(v["by_node_ms"]["1"].as_f64().unwrap(), total);
+        assert!((v["ms_per_op"].as_f64().unwrap() - total / 100.0).abs() < 1e-9);
+        // This test's threads are not node threads: all of it is "other".
+        assert_eq!(v["by_thread_ms"]["other"].as_f64().unwrap(), total);
+        assert!(cpu_line(&v).unwrap().contains("per purchase"), "{v}");
+        let moved = CpuSample {
+            at: after.at,
+            nodes: [(
+                1,
+                ProcessCpu {
+                    pid: pid + 1,
+                    ..after.nodes[&1].clone()
+                },
+            )]
+            .into(),
+        };
+        let v = cpu_json(&before, &moved, "purchase", 0);
+        assert!(v["total_ms"].as_f64().unwrap() >= total, "{v}");
+        assert!(v["ms_per_op"].is_null());
     }
 
     #[test]

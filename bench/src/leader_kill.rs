@@ -163,6 +163,14 @@ pub fn run(a: KillArgs) -> anyhow::Result<Value> {
         extra,
         &target,
         &a.data,
+        m.cpu.as_ref().map(|(b, e)| {
+            let acked = m
+                .stats
+                .ops
+                .get("purchase_acked")
+                .map_or(0, |s| s.hist.len());
+            crate::cluster::cpu_json(b, e, "purchase", acked)
+        }),
     ))
 }
 

@@ -294,6 +294,7 @@ pub fn run(a: LoadArgs) -> anyhow::Result<Value> {
     let abort = Arc::new(AtomicBool::new(false));
     let commands = Arc::new(AtomicU64::new(0));
     let progress = Progress::start("load records", total, a.json);
+    let cpu_before = target.cpu_sample();
     let started = Instant::now();
     let mut workers = Vec::new();
     for w in 0..a.loaders {
@@ -318,6 +319,7 @@ pub fn run(a: LoadArgs) -> anyhow::Result<Value> {
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_before.zip(target.cpu_sample());
     let imported = progress.done.load(Ordering::Relaxed);
     progress.finish();
     if let Some(e) = first_err {
@@ -357,6 +359,7 @@ pub fn run(a: LoadArgs) -> anyhow::Result<Value> {
         "records_per_s": imported as f64 / secs,
         "items_per_s": (imported + spec.accounts) as f64 / secs,
         "segment_boundary_ms": boundary,
+        "node_cpu": cpu.map(|(b, e)| crate::cluster::cpu_json(&b, &e, "record", imported)),
         "report_check": {"month": spec.end_month, "expected": totals_json(&expected),
                          "got": totals_json(&got), "matches": report_matches},
         "usage": target.usage(),
@@ -380,4 +383,7 @@ pub fn print_table(v: &Value) {
         }
     );
     crate::print_usage(v);
+    if let Some(line) = crate::cluster::cpu_line(&v["node_cpu"]) {
+        println!("{line}");
+    }
 }

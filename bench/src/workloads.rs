@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
 use crate::ahttp::AsyncHttp;
-use crate::cluster::{Target, TargetArgs};
+use crate::cluster::{CpuSample, Target, TargetArgs, cpu_json};
 use crate::dataset::Spec;
 use crate::http::code_of;
 use crate::load::DataArgs;
@@ -62,6 +62,28 @@ impl Workload {
             Workload::Counter | Workload::Purchase | Workload::History => "counter",
             Workload::Payment => "bank",
             Workload::Report => "auditor",
+        }
+    }
+
+    /// What node CPU is counted per, and how many of it succeeded: a
+    /// session, a purchase, a first delivery of a payment, a whole history,
+    /// a report.
+    pub fn per_op(self, stats: &Stats) -> (&'static str, u64) {
+        let ok = |name: &str| stats.ops.get(name).map_or(0, |s| s.hist.len());
+        match self {
+            Workload::Counter => ("session", ok("session")),
+            Workload::Purchase => ("purchase", ok("purchase")),
+            Workload::Payment => ("payment", ok("payment")),
+            Workload::History => ("history", ok("history_query")),
+            Workload::Report => (
+                "report",
+                stats
+                    .ops
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("report_"))
+                    .map(|(_, s)| s.hist.len())
+                    .sum(),
+            ),
         }
     }
 }
@@ -194,6 +216,8 @@ pub struct Measured {
     pub acks: Vec<u64>,
     pub secs: f64,
     pub started: Instant,
+    /// Node CPU at the start and the end (local clusters only).
+    pub cpu: Option<(CpuSample, CpuSample)>,
 }
 
 /// One step of a closed loop (one session, one purchase, ...).
@@ -235,6 +259,7 @@ where
                 .join(", ")
         );
     }
+    let cpu_before = target.cpu_sample();
     let started = Instant::now();
     let deadline = started + duration;
     for c in 0..clients {
@@ -275,6 +300,8 @@ where
         }
         out
     });
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_before.zip(target.cpu_sample());
     let mut stats = Stats::default();
     let mut counters = BTreeMap::new();
     let mut acks = Vec::new();
@@ -291,8 +318,9 @@ where
         stats,
         counters,
         acks,
-        secs: started.elapsed().as_secs_f64(),
+        secs,
         started,
+        cpu,
     })
 }
 
@@ -457,6 +485,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<Value> {
             })
         },
     )?;
+    let per_op = a.workload.per_op(&m.stats);
     Ok(result_json(
         a.workload.name(),
         a.clients,
@@ -465,10 +494,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<Value> {
         json!(m.counters),
         &target,
         &a.data,
+        m.cpu
+            .as_ref()
+            .map(|(b, e)| cpu_json(b, e, per_op.0, per_op.1)),
     ))
 }
 
 /// The common result document of a timed workload.
+#[allow(clippy::too_many_arguments)]
 pub fn result_json(
     name: &str,
     clients: usize,
@@ -477,6 +510,7 @@ pub fn result_json(
     extra: Value,
     target: &Target,
     data: &DataArgs,
+    node_cpu: Option<Value>,
 ) -> Value {
     json!({
         "workload": name,
@@ -488,6 +522,7 @@ pub fn result_json(
         "dataset": {"seed": data.seed, "accounts": data.accounts, "years": data.years,
                     "per_year": data.per_year, "payments_per_year": data.payments_per_year,
                     "end_month": data.end_month},
+        "node_cpu": node_cpu,
         "usage": target.usage(),
         "settings": target.settings(),
         "machine": crate::cluster::machine(&target.cluster.as_ref().map(|c| c.dir().to_path_buf()).unwrap_or_default()),
@@ -508,4 +543,7 @@ pub fn print_table(v: &Value) {
         println!("extra: {}", v["extra"]);
     }
     crate::print_usage(v);
+    if let Some(line) = crate::cluster::cpu_line(&v["node_cpu"]) {
+        println!("{line}");
+    }
 }

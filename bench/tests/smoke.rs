@@ -51,6 +51,37 @@ fn bench(dir: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
+/// Node CPU of a result: `nodes` nodes worked, the figures add up, and
+/// the per-operation figure is per `per_op`.
+fn check_node_cpu(v: &Value, per_op: &str, nodes: usize) {
+    let c = &v["node_cpu"];
+    let total = c["total_ms"].as_f64().unwrap_or(0.0);
+    assert!(total > 0.0, "no node CPU: {v}");
+    let by_node = c["by_node_ms"].as_object().cloned().unwrap_or_default();
+    assert_eq!(by_node.len(), nodes, "{c}");
+    let nodes_sum: f64 = by_node.values().filter_map(Value::as_f64).sum();
+    let threads_sum: f64 = c["by_thread_ms"]
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_f64).sum())
+        .unwrap_or(0.0);
+    // Each figure is rounded to a millisecond on its own; the threads are
+    // read a moment before their process, so they may be a few clock ticks
+    // (10 ms each) apart from it.
+    assert!((nodes_sum - total).abs() <= 5.0, "{c}");
+    assert!((threads_sum - total).abs() <= 50.0, "{c}");
+    assert!(
+        c["by_thread_ms"]["tokio-rt-worker"].as_f64().unwrap_or(0.0) > 0.0,
+        "{c}"
+    );
+    assert_eq!(c["per_op"], per_op, "{c}");
+    let ops = c["ops"].as_f64().unwrap_or(0.0);
+    assert!(ops > 0.0, "{c}");
+    assert!(
+        (c["ms_per_op"].as_f64().unwrap_or(0.0) - total / ops).abs() < total / ops * 1e-3 + 1.0,
+        "{c}"
+    );
+}
+
 fn count(v: &Value, op: &str) -> u64 {
     v["ops"][op]["count"].as_u64().unwrap_or(0)
 }
@@ -113,18 +144,20 @@ fn load_and_every_workload_at_tiny_scale() {
         v["settings"]["status"]["leader_id"].as_u64().is_some(),
         "{v}"
     );
+    check_node_cpu(&v, "record", 5);
+    assert_eq!(v["node_cpu"]["ops"], 50 * 13, "{v}");
 
     // A second load of the same dataset replays the stored outcomes.
     let again = bench(dir, &load);
     assert_eq!(again["records_imported"], 50 * 13, "{again}");
     assert_eq!(again["report_check"]["matches"], true, "{again}");
 
-    for (workload, op) in [
-        ("counter", "session"),
-        ("purchase", "purchase"),
-        ("payment", "payment"),
-        ("history", "history_query"),
-        ("report", "report_operator"),
+    for (workload, op, per_op) in [
+        ("counter", "session", "session"),
+        ("purchase", "purchase", "purchase"),
+        ("payment", "payment", "payment"),
+        ("history", "history_query", "history"),
+        ("report", "report_operator", "report"),
     ] {
         let mut args = vec![
             "run",
@@ -139,6 +172,10 @@ fn load_and_every_workload_at_tiny_scale() {
         let v = bench(dir, &args);
         assert!(count(&v, op) > 0, "{workload}: no {op}: {v}");
         assert!(v["ops"][op]["p99_ms"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+        check_node_cpu(&v, per_op, 5);
+        if workload != "report" {
+            assert_eq!(v["node_cpu"]["ops"].as_u64(), Some(count(&v, op)), "{v}");
+        }
         match workload {
             "history" => assert!(
                 v["extra"]["history_records_returned"].as_u64().unwrap_or(0) >= 13 * count(&v, op),
@@ -168,6 +205,9 @@ fn load_and_every_workload_at_tiny_scale() {
     );
     assert!(x["longest_gap_ms"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
     assert_eq!(x["restarted"]["ok"], true, "{v}");
+    // The killed leader is not running when the run ends: its CPU until
+    // the kill cannot be read any more, so four nodes are counted.
+    check_node_cpu(&v, "purchase", 4);
 
     let v = bench(
         dir,
@@ -185,6 +225,8 @@ fn load_and_every_workload_at_tiny_scale() {
     assert_eq!(count(&v, "one_month"), 20, "{v}");
     assert_eq!(count(&v, "long_history_2calls"), 20, "{v}");
     assert_eq!(v["extra"]["long_history_records"], 24, "{v}");
+    check_node_cpu(&v, "check", 5);
+    assert_eq!(v["node_cpu"]["ops"], 40, "{v}");
     // Only purchases made while the checks were timed count in the rate;
     // the warm-up second's do not.
     let load_total = v["extra"]["load_purchases_total"].as_u64().unwrap_or(0);
