@@ -383,7 +383,4 @@ pub fn print_table(v: &Value) {
         }
     );
     crate::print_usage(v);
-    if let Some(line) = crate::cluster::cpu_line(&v["node_cpu"]) {
-        println!("{line}");
-    }
 }

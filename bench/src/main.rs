@@ -46,8 +46,11 @@ enum Cmd {
     Writes(grpc_writes::WritesArgs),
 }
 
-/// Prints node RSS and disk use of a result, if it has them.
+/// Prints node RSS, disk use and CPU of a result, if it has them.
 pub fn print_usage(v: &Value) {
+    if let Some(line) = cluster::cpu_line(&v["node_cpu"]) {
+        println!("{line}");
+    }
     let Some(nodes) = v["usage"]["nodes"].as_array() else {
         return;
     };

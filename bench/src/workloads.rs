@@ -543,7 +543,4 @@ pub fn print_table(v: &Value) {
         println!("extra: {}", v["extra"]);
     }
     crate::print_usage(v);
-    if let Some(line) = crate::cluster::cpu_line(&v["node_cpu"]) {
-        println!("{line}");
-    }
 }
