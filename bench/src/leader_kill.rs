@@ -20,6 +20,10 @@ use crate::workloads::{self, Method, purchase_body};
 pub const PURCHASE_RETRY_MS: u64 = 30_000;
 /// Wait for the killed node to answer again after its restart.
 pub const RESTART_HEALTHY_MS: u64 = 60_000;
+/// Answers the leader sent before SIGKILL took effect still reach clients
+/// for a moment after the kill; a gap that starts this soon after the kill
+/// is the kill's.
+pub const KILL_DRAIN_MS: u64 = 100;
 
 #[derive(clap::Args, Debug)]
 pub struct KillArgs {
@@ -44,6 +48,28 @@ pub fn longest_gap(acks: &[u64]) -> (u64, u64) {
         .map(|w| (w[1] - w[0], w[1]))
         .max()
         .unwrap_or((0, 0))
+}
+
+/// The write gap the kill caused, in µs: the longest gap between
+/// consecutive acks that ends after the kill and starts no later than
+/// `drain_us` after it (an ack a moment after the kill is an answer the
+/// dying leader had already sent, not writes resumed). With the start of
+/// that gap, or `None` when no ack came after the kill.
+pub fn gap_after_kill(acks: &[u64], kill_us: u64, drain_us: u64) -> Option<(u64, u64)> {
+    // `acks` is sorted: from the last ack at or before the kill (if any),
+    // each pair of neighbours is a gap that ends after the kill.
+    let first_after = acks.partition_point(|&t| t <= kill_us);
+    let mut best: Option<(u64, u64)> = None;
+    for w in acks[first_after.saturating_sub(1)..].windows(2) {
+        let (start, end) = (w[0], w[1]);
+        if start > kill_us + drain_us {
+            break;
+        }
+        if best.is_none_or(|(g, _)| end - start > g) {
+            best = Some((end - start, start));
+        }
+    }
+    best
 }
 
 pub fn run(a: KillArgs) -> anyhow::Result<Value> {
@@ -138,6 +164,7 @@ pub fn run(a: KillArgs) -> anyhow::Result<Value> {
     let (gap, gap_end) = longest_gap(&m.acks);
     let last_before = m.acks.iter().rev().find(|&&t| t <= kill_us).copied();
     let first_after = m.acks.iter().find(|&&t| t > kill_us).copied();
+    let kill_gap = gap_after_kill(&m.acks, kill_us, KILL_DRAIN_MS * 1000);
     let leader_after = target.leader(Duration::from_secs(30)).ok();
     let ms = |us: u64| us as f64 / 1000.0;
     let extra = json!({
@@ -153,6 +180,8 @@ pub fn run(a: KillArgs) -> anyhow::Result<Value> {
             (Some(b), Some(f)) => Some(ms(f - b)),
             _ => None,
         },
+        "write_gap_after_kill_ms": kill_gap.map(|(g, _)| ms(g)),
+        "write_gap_after_kill_started_at_ms": kill_gap.map(|(_, s)| ms(s)),
         "restarted": restarted,
     });
     Ok(workloads::result_json(
@@ -198,5 +227,26 @@ mod tests {
         assert_eq!(super::longest_gap(&[]), (0, 0));
         assert_eq!(super::longest_gap(&[5]), (0, 0));
         assert_eq!(super::longest_gap(&[1, 2, 10, 11, 13]), (8, 10));
+    }
+
+    #[test]
+    fn the_kill_gap_skips_answers_already_on_their_way() {
+        use super::gap_after_kill;
+        // Kill at 100; the dying leader's answers land at 101 and 102;
+        // writes resume at 900. The gap is 102 → 900, not 100 → 101.
+        let acks = [10, 50, 99, 101, 102, 900, 901, 2000];
+        assert_eq!(gap_after_kill(&acks, 100, 50), Some((798, 102)));
+        // (901 → 2000 is longer, but it starts well after the kill: not
+        // the kill's.)
+        // No answer lands in the drain window: the gap runs from the last
+        // ack before the kill.
+        assert_eq!(
+            gap_after_kill(&[10, 99, 700, 710], 100, 50),
+            Some((601, 99))
+        );
+        // Nothing after the kill.
+        assert_eq!(gap_after_kill(&[10, 99], 100, 50), None);
+        // Nothing before it either: the first gap starts at the first ack.
+        assert_eq!(gap_after_kill(&[120, 700], 100, 50), Some((580, 120)));
     }
 }

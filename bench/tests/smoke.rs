@@ -204,6 +204,11 @@ fn load_and_every_workload_at_tiny_scale() {
         "writes resumed after the kill: {v}"
     );
     assert!(x["longest_gap_ms"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+    let kill_gap = x["write_gap_after_kill_ms"].as_f64().unwrap_or(0.0);
+    assert!(
+        kill_gap > 0.0 && kill_gap <= x["longest_gap_ms"].as_f64().unwrap_or(0.0),
+        "{v}"
+    );
     assert_eq!(x["restarted"]["ok"], true, "{v}");
     // The killed leader is not running when the run ends: its CPU until
     // the kill cannot be read any more, so four nodes are counted.
