@@ -280,10 +280,7 @@ pub fn run(a: CardCheckArgs) -> anyhow::Result<Value> {
         // Per check (verify, then the segment as its own request), with
         // the background purchases' CPU in it.
         cpu.map(|(b, e)| {
-            let checks = ["long_history_2calls", "one_month_2calls"]
-                .iter()
-                .map(|k| stats.ops.get(*k).map_or(0, |s| s.hist.len()))
-                .sum();
+            let checks = stats.count("long_history_2calls") + stats.count("one_month_2calls");
             crate::cluster::cpu_json(&b, &e, "check", checks)
         }),
     ))

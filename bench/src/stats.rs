@@ -55,6 +55,11 @@ impl Stats {
         self.op(name).record_us(us);
     }
 
+    /// Successful operations named `name` (0 if none ran).
+    pub fn count(&self, name: &str) -> u64 {
+        self.ops.get(name).map_or(0, |s| s.hist.len())
+    }
+
     pub fn err(&mut self, name: &str, code: String) {
         *self.op(name).errors.entry(code).or_insert(0) += 1;
     }

@@ -69,12 +69,11 @@ impl Workload {
     /// session, a purchase, a first delivery of a payment, a whole history,
     /// a report.
     pub fn per_op(self, stats: &Stats) -> (&'static str, u64) {
-        let ok = |name: &str| stats.ops.get(name).map_or(0, |s| s.hist.len());
         match self {
-            Workload::Counter => ("session", ok("session")),
-            Workload::Purchase => ("purchase", ok("purchase")),
-            Workload::Payment => ("payment", ok("payment")),
-            Workload::History => ("history", ok("history_query")),
+            Workload::Counter => ("session", stats.count("session")),
+            Workload::Purchase => ("purchase", stats.count("purchase")),
+            Workload::Payment => ("payment", stats.count("payment")),
+            Workload::History => ("history", stats.count("history_query")),
             Workload::Report => (
                 "report",
                 stats

@@ -200,7 +200,7 @@ fn load_and_every_workload_at_tiny_scale() {
     assert!(x["acks"].as_u64().unwrap_or(0) > 0, "{v}");
     assert!(x["killed_node"].as_u64().is_some(), "{v}");
     assert!(
-        x["kill_to_first_ack_ms"].as_f64().is_some(),
+        x["kill_to_writes_resumed_ms"].as_f64().is_some(),
         "writes resumed after the kill: {v}"
     );
     assert!(x["longest_gap_ms"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
