@@ -65,10 +65,12 @@ fn check_node_cpu(v: &Value, per_op: &str, nodes: usize) {
         .map(|m| m.values().filter_map(Value::as_f64).sum())
         .unwrap_or(0.0);
     // Each figure is rounded to a millisecond on its own; the threads are
-    // read a moment before their process, so they may be a few clock ticks
-    // (10 ms each) apart from it.
+    // read a moment before their process, and on a busy machine that moment
+    // differs between the two samples: at 1.65 cores busy a CI run once had
+    // the threads 60 ms (3.6 %) above their processes. A doubled or missing
+    // thread group would be far more than 50 ms + 10 %.
     assert!((nodes_sum - total).abs() <= 5.0, "{c}");
-    assert!((threads_sum - total).abs() <= 50.0, "{c}");
+    assert!((threads_sum - total).abs() <= 50.0 + 0.1 * total, "{c}");
     assert!(
         c["by_thread_ms"]["tokio-rt-worker"].as_f64().unwrap_or(0.0) > 0.0,
         "{c}"
