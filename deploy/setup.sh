@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install what billdb needs to build and test on Debian/Ubuntu:
-# clang + libclang (RocksDB's bindgen), a C++ toolchain, and the network
-# tools the chaos suite uses. protoc comes vendored through cargo.
+# clang + libclang (RocksDB's bindgen), a C++ toolchain, the network
+# tools the chaos suite uses, and etcd (the benchmark's baseline,
+# `billdb-bench etcd`; its test runs it). protoc comes vendored through
+# cargo.
 # Idempotent; installs only what is missing. Needs root or sudo.
 set -euo pipefail
 
 need=()
-for pkg in clang libclang-dev build-essential pkg-config iproute2 iptables procps curl ca-certificates; do
+for pkg in clang libclang-dev build-essential pkg-config iproute2 iptables procps curl ca-certificates etcd-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 
@@ -16,6 +18,12 @@ if ((${#need[@]})); then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+  # Debian starts etcd-server's system service on install (where systemd
+  # runs). The benchmark starts its own members on its own ports, so the
+  # service is stopped and disabled again: installing leaves no daemon.
+  if [[ " ${need[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now etcd.service >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

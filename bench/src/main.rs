@@ -3,7 +3,7 @@
 //! cluster's settings, node RSS and disk use. One module per concern:
 //! `dataset` (deterministic generator), `load` (bulk import), `workloads`
 //! (counter, purchase, payment, history, report), `leader_kill`,
-//! `card_check`, `grpc_writes`, `stats`, `cluster` (target, RSS, disk),
+//! `card_check`, `grpc_writes`, `etcd` (the etcd baseline), `stats`, `cluster` (target, RSS, disk),
 //! `http`, `progress`, `up` (a local cluster for benchmarking). Touches clusters over HTTP/gRPC and, for local
 //! clusters, their directory, `/proc` and (leader-kill) node processes.
 
@@ -11,6 +11,7 @@ mod ahttp;
 mod card_check;
 mod cluster;
 mod dataset;
+mod etcd;
 mod grpc_writes;
 mod http;
 mod leader_kill;
@@ -44,6 +45,9 @@ enum Cmd {
     CardCheck(card_check::CardCheckArgs),
     /// Durable replicated writes over gRPC: bank payments.
     Writes(grpc_writes::WritesArgs),
+    /// The baseline on this machine: a fresh five-member etcd cluster, one
+    /// transaction of two puts per operation (needs Debian's etcd-server).
+    Etcd(etcd::EtcdArgs),
 }
 
 /// Prints node RSS, disk use and CPU of a result, if it has them.
@@ -107,6 +111,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::CardCheck(a) => {
             let json = a.json;
             output(&card_check::run(a)?, json, workloads::print_table)?;
+        }
+        Cmd::Etcd(a) => {
+            let json = a.json;
+            output(&etcd::run(a)?, json, workloads::print_table)?;
         }
         Cmd::Writes(a) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
