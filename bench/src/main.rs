@@ -3,13 +3,14 @@
 //! cluster's settings, node RSS and disk use. One module per concern:
 //! `dataset` (deterministic generator), `load` (bulk import), `workloads`
 //! (counter, purchase, payment, history, report), `leader_kill`,
-//! `card_check`, `grpc_writes`, `etcd` (the etcd baseline), `stats`, `cluster` (target, RSS, disk),
+//! `card_check`, `grpc_writes`, `etcd` (the etcd baseline), `compare` (billdb against it, in rounds), `stats`, `cluster` (target, RSS, disk),
 //! `http`, `progress`, `up` (a local cluster for benchmarking). Touches clusters over HTTP/gRPC and, for local
 //! clusters, their directory, `/proc` and (leader-kill) node processes.
 
 mod ahttp;
 mod card_check;
 mod cluster;
+mod compare;
 mod dataset;
 mod etcd;
 mod grpc_writes;
@@ -48,6 +49,9 @@ enum Cmd {
     /// The baseline on this machine: a fresh five-member etcd cluster, one
     /// transaction of two puts per operation (needs Debian's etcd-server).
     Etcd(etcd::EtcdArgs),
+    /// billdb purchases and the etcd baseline in alternating rounds on this
+    /// machine: medians and billdb/etcd ratios.
+    Compare(compare::CompareArgs),
 }
 
 /// Prints node RSS, disk use and CPU of a result, if it has them.
@@ -115,6 +119,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Etcd(a) => {
             let json = a.json;
             output(&etcd::run(a)?, json, workloads::print_table)?;
+        }
+        Cmd::Compare(a) => {
+            let json = a.json;
+            output(&compare::run(a)?, json, compare::print_table)?;
         }
         Cmd::Writes(a) => {
             let rt = tokio::runtime::Builder::new_multi_thread()

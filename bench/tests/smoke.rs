@@ -284,4 +284,48 @@ fn load_and_every_workload_at_tiny_scale() {
         "a rerun of a finished load added log entries"
     );
     eprintln!("month purchases, all tariffs: {all_purchases}; the dataset's: 50");
+
+    // billdb against the etcd baseline, one short round (needs Debian's
+    // etcd-server, which deploy/setup.sh installs): both systems measured,
+    // medians and ratios formed, and the billdb nodes running again after
+    // being paused for the etcd run. etcd's ports: an even base in
+    // 19700-19879 (it uses base+1..base+19).
+    let etcd_dir = tempfile::tempdir().expect("tempdir");
+    let etcd_base = (19_700 + (std::process::id() % 180) / 2 * 2).to_string();
+    let mut args = vec![
+        "compare",
+        "--rounds",
+        "1",
+        "--duration-s",
+        "1",
+        "--clients",
+        "2",
+        "--etcd-base-port",
+        &etcd_base,
+        "--etcd-dir",
+        etcd_dir.path().to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(DATA);
+    let cmp = bench(dir, &args);
+    let m = &cmp["medians"]["2"];
+    for system in ["etcd", "billdb"] {
+        assert!(
+            m[system]["ops_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+            "{cmp}"
+        );
+        assert!(m[system]["p99_ms"].as_f64().unwrap_or(0.0) > 0.0, "{cmp}");
+    }
+    let ratio = m["billdb_over_etcd"]["ops_per_s"].as_f64().unwrap_or(0.0);
+    let expected = m["billdb"]["ops_per_s"].as_f64().unwrap_or(0.0)
+        / m["etcd"]["ops_per_s"].as_f64().unwrap_or(1.0);
+    assert!((ratio - expected).abs() < 1e-9, "{cmp}");
+    assert_eq!(cmp["runs"].as_array().map(Vec::len), Some(2), "{cmp}");
+    for n in NODE_IDS {
+        let pid = c.pid(n).expect("node running");
+        assert_ne!(
+            billdb_client::local::process_state(pid),
+            billdb_client::local::ProcState::Stopped,
+            "node {n} left paused"
+        );
+    }
 }

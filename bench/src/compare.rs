@@ -1,0 +1,335 @@
+//! `billdb-bench compare`: billdb's single purchases against the etcd
+//! baseline (`etcd.rs`) on the same machine, in alternating rounds, as
+//! medians and ratios. On a shared machine whose speed drifts, runs of the
+//! two systems taken minutes apart in turn compare better than a figure
+//! measured elsewhere. Each round runs, per client count, etcd with the
+//! billdb nodes paused (SIGSTOP: both would share the cores), then billdb.
+//! Every run is this binary as a child process (`etcd ... --json`, `run
+//! --workload purchase ... --json`). Touches the billdb cluster directory
+//! (pause/resume of its nodes), the etcd directory and loopback ports.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use billdb_client::local::LocalCluster;
+use serde_json::{Value, json};
+
+/// Most rounds and client counts (each run lasts `--duration-s`).
+const ROUNDS_MAX: usize = 20;
+const CLIENT_COUNTS_MAX: usize = 8;
+/// Time the billdb nodes get after SIGCONT before they are measured.
+const RESUME_SETTLE_MS: u64 = 2_000;
+
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    /// The billdb local cluster directory (`billdb-bench up`), loaded.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The dataset loaded there (purchases draw its accounts; the etcd
+    /// keys spread over as many accounts).
+    #[command(flatten)]
+    data: crate::load::DataArgs,
+    /// Directory for the etcd members (each run starts them fresh).
+    #[arg(long)]
+    etcd_dir: PathBuf,
+    #[arg(long, default_value_t = 13_000)]
+    etcd_base_port: u16,
+    #[arg(long, default_value = "etcd")]
+    etcd_bin: PathBuf,
+    /// Client counts, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    clients: Vec<usize>,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Resumes the paused nodes when dropped, so an error in the etcd run
+/// never leaves the billdb cluster stopped.
+struct Paused<'a> {
+    cluster: &'a LocalCluster,
+}
+
+impl<'a> Paused<'a> {
+    fn pause(cluster: &'a LocalCluster) -> anyhow::Result<Paused<'a>> {
+        let paused = Paused { cluster };
+        for n in cluster.node_ids() {
+            cluster.pause(n)?;
+        }
+        Ok(paused)
+    }
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        for n in self.cluster.node_ids() {
+            let _ = self.cluster.resume(n);
+        }
+    }
+}
+
+/// This binary with `args`; its JSON answer.
+fn child(args: &[String]) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe().context("this binary's path")?;
+    let out = Command::new(exe)
+        .args(args)
+        .output()
+        .context("running billdb-bench")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "billdb-bench {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    serde_json::from_slice(&out.stdout).context("the run's JSON")
+}
+
+/// One run's figures: the operation `op` of a workload result.
+pub fn summary(v: &Value, op: &str) -> anyhow::Result<Value> {
+    let o = &v["ops"][op];
+    let count = o["count"]
+        .as_u64()
+        .with_context(|| format!("no {op} figures in the result"))?;
+    anyhow::ensure!(count > 0, "no {op} succeeded");
+    Ok(json!({
+        "count": count,
+        "ops_per_s": o["ops_per_s"],
+        "p50_ms": o["p50_ms"],
+        "p90_ms": o["p90_ms"],
+        "p99_ms": o["p99_ms"],
+        "max_ms": o["max_ms"],
+        "errors": o["errors"],
+        "node_cpu_ms_per_op": v["node_cpu"]["ms_per_op"],
+        "loadavg": v["machine"]["loadavg"],
+    }))
+}
+
+/// The median (the lower middle one of an even count).
+pub fn median(mut xs: Vec<f64>) -> Option<f64> {
+    xs.retain(|x| x.is_finite());
+    xs.sort_by(f64::total_cmp);
+    (!xs.is_empty()).then(|| xs[(xs.len() - 1) / 2])
+}
+
+const FIELDS: [&str; 4] = ["ops_per_s", "p50_ms", "p99_ms", "node_cpu_ms_per_op"];
+
+/// Medians of each field over `runs`, and each field's billdb / etcd ratio.
+pub fn medians(runs: &[Value], clients: usize) -> Value {
+    let of = |system: &str| -> serde_json::Map<String, Value> {
+        FIELDS
+            .iter()
+            .map(|f| {
+                let xs = runs
+                    .iter()
+                    .filter(|r| r["system"] == system && r["clients"] == clients)
+                    .filter_map(|r| r[*f].as_f64())
+                    .collect();
+                (f.to_string(), json!(median(xs)))
+            })
+            .collect()
+    };
+    let (etcd, billdb) = (of("etcd"), of("billdb"));
+    let ratio: serde_json::Map<String, Value> = FIELDS
+        .iter()
+        .map(|f| {
+            let r = match (billdb[*f].as_f64(), etcd[*f].as_f64()) {
+                (Some(b), Some(e)) if e > 0.0 => json!(b / e),
+                _ => Value::Null,
+            };
+            (f.to_string(), r)
+        })
+        .collect();
+    json!({"etcd": etcd, "billdb": billdb, "billdb_over_etcd": ratio})
+}
+
+fn etcd_args(a: &CompareArgs, clients: usize) -> Vec<String> {
+    vec![
+        "etcd".into(),
+        "--dir".into(),
+        a.etcd_dir.display().to_string(),
+        "--base-port".into(),
+        a.etcd_base_port.to_string(),
+        "--etcd-bin".into(),
+        a.etcd_bin.display().to_string(),
+        "--accounts".into(),
+        a.data.accounts.to_string(),
+        "--clients".into(),
+        clients.to_string(),
+        "--duration-s".into(),
+        a.duration_s.to_string(),
+        "--json".into(),
+    ]
+}
+
+fn billdb_args(a: &CompareArgs, dir: &Path, clients: usize) -> Vec<String> {
+    vec![
+        "run".into(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--seed".into(),
+        a.data.seed.to_string(),
+        "--accounts".into(),
+        a.data.accounts.to_string(),
+        "--years".into(),
+        a.data.years.to_string(),
+        "--per-year".into(),
+        a.data.per_year.to_string(),
+        "--payments-per-year".into(),
+        a.data.payments_per_year.to_string(),
+        "--end-month".into(),
+        a.data.end_month.clone(),
+        "--workload".into(),
+        "purchase".into(),
+        "--clients".into(),
+        clients.to_string(),
+        "--duration-s".into(),
+        a.duration_s.to_string(),
+        "--json".into(),
+    ]
+}
+
+pub fn run(a: CompareArgs) -> anyhow::Result<Value> {
+    anyhow::ensure!(
+        (1..=ROUNDS_MAX).contains(&a.rounds),
+        "--rounds: 1..={ROUNDS_MAX}"
+    );
+    anyhow::ensure!(
+        (1..=CLIENT_COUNTS_MAX).contains(&a.clients.len()),
+        "--clients: 1..={CLIENT_COUNTS_MAX} counts"
+    );
+    let cluster = LocalCluster::open(&a.dir)
+        .with_context(|| format!("opening the billdb cluster in {}", a.dir.display()))?;
+    let mut runs = Vec::new();
+    for round in 1..=a.rounds {
+        for &clients in &a.clients {
+            if !a.json {
+                eprintln!(
+                    "compare: round {round}/{}, {clients} clients: etcd",
+                    a.rounds
+                );
+            }
+            let etcd = {
+                let _paused = Paused::pause(&cluster)?;
+                child(&etcd_args(&a, clients))?
+            };
+            std::thread::sleep(Duration::from_millis(RESUME_SETTLE_MS));
+            if !a.json {
+                eprintln!(
+                    "compare: round {round}/{}, {clients} clients: billdb",
+                    a.rounds
+                );
+            }
+            let billdb = child(&billdb_args(&a, &a.dir, clients))?;
+            for (system, v, op) in [("etcd", &etcd, "etcd_txn"), ("billdb", &billdb, "purchase")] {
+                let mut s = summary(v, op)?;
+                if let Some(o) = s.as_object_mut() {
+                    o.insert("system".into(), json!(system));
+                    o.insert("round".into(), json!(round));
+                    o.insert("clients".into(), json!(clients));
+                }
+                runs.push(s);
+            }
+        }
+    }
+    let by_clients: serde_json::Map<String, Value> = a
+        .clients
+        .iter()
+        .map(|&c| (c.to_string(), medians(&runs, c)))
+        .collect();
+    Ok(json!({
+        "workload": "compare",
+        "rounds": a.rounds,
+        "duration_s": a.duration_s,
+        "clients": a.clients,
+        "operations": {
+            "billdb": "one durable purchase (POST /v1/purchases) to the leader",
+            "etcd": "one Txn of two puts (200-byte record, 100-byte account summary) to the leader",
+        },
+        "medians": by_clients,
+        "runs": runs,
+        "machine": crate::cluster::machine(&a.dir),
+    }))
+}
+
+pub fn print_table(v: &Value) {
+    println!(
+        "compare: {} rounds x {} s; medians over the rounds (every round in --json)",
+        v["rounds"], v["duration_s"]
+    );
+    println!(
+        "{:>7}  {:<7} {:>10} {:>9} {:>9} {:>13}",
+        "clients", "system", "ops/s", "p50 ms", "p99 ms", "CPU ms/op"
+    );
+    let Some(m) = v["medians"].as_object() else {
+        return;
+    };
+    let f = |x: &Value, d: usize| x.as_f64().map_or("-".into(), |x| format!("{x:.d$}"));
+    for (clients, row) in m {
+        for system in ["etcd", "billdb"] {
+            let s = &row[system];
+            println!(
+                "{clients:>7}  {system:<7} {:>10} {:>9} {:>9} {:>13}",
+                f(&s["ops_per_s"], 1),
+                f(&s["p50_ms"], 2),
+                f(&s["p99_ms"], 2),
+                f(&s["node_cpu_ms_per_op"], 3)
+            );
+        }
+        let r = &row["billdb_over_etcd"];
+        println!(
+            "{:>7}  billdb/etcd: {}x ops/s, p50 {}x, p99 {}x, CPU per op {}x",
+            "",
+            f(&r["ops_per_s"], 2),
+            f(&r["p50_ms"], 2),
+            f(&r["p99_ms"], 2),
+            f(&r["node_cpu_ms_per_op"], 2)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_takes_the_middle_and_skips_missing_figures() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![f64::NAN, 5.0]), Some(5.0));
+        assert_eq!(median(vec![]), None);
+    }
+
+    #[test]
+    fn medians_pair_the_systems_per_client_count() {
+        let run = |system: &str, clients: usize, ops: f64, p99: f64| {
+            json!({"system": system, "clients": clients, "ops_per_s": ops,
+                   "p50_ms": 1.0, "p99_ms": p99, "node_cpu_ms_per_op": 2.0})
+        };
+        let runs = vec![
+            run("etcd", 64, 1000.0, 100.0),
+            run("etcd", 64, 1400.0, 90.0),
+            run("etcd", 64, 1200.0, 80.0),
+            run("billdb", 64, 1800.0, 60.0),
+            run("billdb", 64, 2400.0, 50.0),
+            run("billdb", 64, 2000.0, 70.0),
+            // Another client count does not mix in.
+            run("billdb", 1, 1.0, 1.0),
+        ];
+        let m = medians(&runs, 64);
+        assert_eq!(m["etcd"]["ops_per_s"], json!(1200.0));
+        assert_eq!(m["billdb"]["ops_per_s"], json!(2000.0));
+        assert_eq!(m["billdb"]["p99_ms"], json!(60.0));
+        let r = m["billdb_over_etcd"]["ops_per_s"].as_f64().unwrap();
+        assert!((r - 2000.0 / 1200.0).abs() < 1e-9, "{r}");
+        assert!((m["billdb_over_etcd"]["p99_ms"].as_f64().unwrap() - 60.0 / 90.0).abs() < 1e-9);
+        // No runs of a system: null figures and ratios, not a panic.
+        let none = medians(&runs, 8);
+        assert_eq!(none["etcd"]["ops_per_s"], Value::Null);
+        assert_eq!(none["billdb_over_etcd"]["ops_per_s"], Value::Null);
+    }
+}
