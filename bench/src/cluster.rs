@@ -138,41 +138,21 @@ impl Target {
         let Some(c) = &self.cluster else {
             return Value::Null;
         };
-        let mut out = Vec::new();
-        let (mut rss_total, mut rss_peak_max, mut disk_total) = (0u64, 0u64, 0u64);
-        for n in c.node_ids() {
-            let pid = c.pid(n);
-            let rss = pid.and_then(|p| status_bytes(p, "VmRSS:"));
-            let rss_peak = pid.and_then(|p| status_bytes(p, "VmHWM:"));
-            let disk = dir_bytes(&c.data_dir(n));
-            rss_total += rss.unwrap_or(0);
-            rss_peak_max = rss_peak_max.max(rss_peak.unwrap_or(0));
-            disk_total += disk;
-            out.push(json!({
-                "node": n, "pid": pid, "rss_bytes": rss,
-                "rss_peak_bytes": rss_peak, "disk_bytes": disk,
-            }));
-        }
-        json!({
-            "nodes": out,
-            "rss_bytes_total": rss_total,
-            "rss_peak_bytes_max": rss_peak_max,
-            "disk_bytes_total": disk_total,
-        })
+        usage_json(
+            c.node_ids()
+                .into_iter()
+                .map(|n| (n, c.pid(n), c.data_dir(n))),
+        )
     }
 
     /// CPU time of every node process now (local clusters only).
     pub fn cpu_sample(&self) -> Option<CpuSample> {
         let c = self.cluster.as_ref()?;
-        let nodes = c
-            .node_ids()
-            .into_iter()
-            .filter_map(|n| Some((n, ProcessCpu::read(c.pid(n)?)?)))
-            .collect();
-        Some(CpuSample {
-            at: Instant::now(),
-            nodes,
-        })
+        Some(CpuSample::of(
+            c.node_ids()
+                .into_iter()
+                .filter_map(|n| Some((n, c.pid(n)?))),
+        ))
     }
 
     /// The leader by majority agreement (local clusters), or the first node
@@ -266,6 +246,19 @@ pub struct CpuSample {
     pub nodes: BTreeMap<u64, ProcessCpu>,
 }
 
+impl CpuSample {
+    /// The CPU time of each `(node, pid)` now; a process gone is left out.
+    pub fn of(pids: impl IntoIterator<Item = (u64, u32)>) -> CpuSample {
+        CpuSample {
+            at: Instant::now(),
+            nodes: pids
+                .into_iter()
+                .filter_map(|(n, pid)| Some((n, ProcessCpu::read(pid)?)))
+                .collect(),
+        }
+    }
+}
+
 fn ticks_per_s() -> f64 {
     // SAFETY: sysconf only reads a system constant.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -338,6 +331,31 @@ pub fn cpu_line(v: &Value) -> Option<String> {
         nodes.join(", "),
         threads.join(", ")
     ))
+}
+
+/// Per node `(id, pid if running, data directory)`: pid, RSS now and at
+/// its peak, and the directory's size on disk; with totals.
+pub fn usage_json(nodes: impl IntoIterator<Item = (u64, Option<u32>, PathBuf)>) -> Value {
+    let mut out = Vec::new();
+    let (mut rss_total, mut rss_peak_max, mut disk_total) = (0u64, 0u64, 0u64);
+    for (n, pid, dir) in nodes {
+        let rss = pid.and_then(|p| status_bytes(p, "VmRSS:"));
+        let rss_peak = pid.and_then(|p| status_bytes(p, "VmHWM:"));
+        let disk = dir_bytes(&dir);
+        rss_total += rss.unwrap_or(0);
+        rss_peak_max = rss_peak_max.max(rss_peak.unwrap_or(0));
+        disk_total += disk;
+        out.push(json!({
+            "node": n, "pid": pid, "rss_bytes": rss,
+            "rss_peak_bytes": rss_peak, "disk_bytes": disk,
+        }));
+    }
+    json!({
+        "nodes": out,
+        "rss_bytes_total": rss_total,
+        "rss_peak_bytes_max": rss_peak_max,
+        "disk_bytes_total": disk_total,
+    })
 }
 
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS:` now, `VmHWM:` the peak

@@ -9,7 +9,6 @@
 //! directory and log per member), the member processes it starts (stopped
 //! at the end), and loopback ports.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-use crate::cluster::{CpuSample, ProcessCpu, cpu_json, dir_bytes, machine, status_bytes};
+use crate::cluster::{CpuSample, cpu_json, machine, usage_json};
 use crate::stats::Stats;
 
 /// Members of the cluster, as billdb's.
@@ -310,38 +309,30 @@ fn wait_leader(members: &mut Members) -> anyhow::Result<usize> {
 }
 
 fn cpu_sample(members: &Members) -> CpuSample {
-    CpuSample {
-        at: Instant::now(),
-        nodes: members
+    CpuSample::of(
+        members
             .children
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| Some((i as u64, ProcessCpu::read(c.id())?)))
-            .collect(),
-    }
+            .map(|(i, c)| (i as u64, c.id())),
+    )
 }
 
 fn usage(members: &Members) -> Value {
-    let nodes: Vec<Value> = members
-        .children
-        .iter()
-        .zip(&members.data_dirs)
-        .enumerate()
-        .map(|(i, (c, d))| {
-            json!({"node": i, "pid": c.id(),
-                   "rss_bytes": status_bytes(c.id(), "VmRSS:"),
-                   "rss_peak_bytes": status_bytes(c.id(), "VmHWM:"),
-                   "disk_bytes": dir_bytes(d)})
-        })
-        .collect();
-    json!({ "nodes": nodes })
+    usage_json(
+        members
+            .children
+            .iter()
+            .zip(&members.data_dirs)
+            .enumerate()
+            .map(|(i, (c, d))| (i as u64, Some(c.id()), d.clone())),
+    )
 }
 
 /// A value of exactly `len` bytes: `head`, padded.
 fn padded(head: String, len: usize) -> Vec<u8> {
     let mut v = head.into_bytes();
-    v.resize(len.max(v.len()), b'.');
-    v.truncate(len);
+    v.resize(len, b'.');
     v
 }
 
@@ -485,21 +476,16 @@ pub fn run(a: EtcdArgs) -> anyhow::Result<Value> {
         "the revision advanced {advanced}, fewer than the {acked} acknowledged transactions"
     );
     let node_cpu = cpu_json(&cpu_before, &cpu_after, "txn", acked);
-    let mut settings = BTreeMap::new();
-    settings.insert("version", json!(version));
-    settings.insert("members", json!(MEMBERS));
-    settings.insert("leader_member", json!(leader));
-    settings.insert(
-        "flags",
-        json!(member_flags(&a, 0, &members.data_dirs[0], "...")),
-    );
-    settings.insert(
-        "operation",
-        json!(format!(
+    let settings = json!({
+        "version": version,
+        "members": MEMBERS,
+        "leader_member": leader,
+        "flags": member_flags(&a, 0, &members.data_dirs[0], "..."),
+        "operation": format!(
             "Txn of two puts: a {RECORD_VALUE_BYTES}-byte record (new key) and a {SUMMARY_VALUE_BYTES}-byte account summary (one of {} accounts), sent to the leader over gRPC",
             a.accounts
-        )),
-    );
+        ),
+    });
     let v = json!({
         "workload": "etcd",
         "clients": a.clients,
