@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Install what billdb needs to build and test on Debian/Ubuntu:
 # clang + libclang (RocksDB's bindgen), a C++ toolchain, the network
-# tools the chaos suite uses, and etcd (the benchmark's baseline,
-# `billdb-bench etcd`; its test runs it). protoc comes vendored through
-# cargo.
+# tools the chaos suite uses, etcd (the benchmark's baseline,
+# `billdb-bench etcd`; its test runs it) and PostgreSQL (the benchmark's
+# other reference, `billdb-bench postgres`; its test runs it). protoc
+# comes vendored through cargo.
 # Idempotent; installs only what is missing. Needs root or sudo.
 set -euo pipefail
 
 need=()
-for pkg in clang libclang-dev build-essential pkg-config iproute2 iptables procps curl ca-certificates etcd-server; do
+for pkg in clang libclang-dev build-essential pkg-config iproute2 iptables procps curl ca-certificates etcd-server postgresql; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 
@@ -23,6 +24,10 @@ if ((${#need[@]})); then
   # service is stopped and disabled again: installing leaves no daemon.
   if [[ " ${need[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
     $SUDO systemctl disable --now etcd.service >/dev/null 2>&1 || true
+  fi
+  # The same for PostgreSQL's cluster service.
+  if [[ " ${need[*]} " == *" postgresql "* ]] && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now postgresql.service >/dev/null 2>&1 || true
   fi
 fi
 

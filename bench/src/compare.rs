@@ -1,12 +1,14 @@
 //! `billdb-bench compare`: billdb's single purchases against the etcd
-//! baseline (`etcd.rs`) on the same machine, in alternating rounds, as
-//! medians and ratios. On a shared machine whose speed drifts, runs of the
-//! two systems taken minutes apart in turn compare better than a figure
-//! measured elsewhere. Each round runs, per client count, etcd with the
-//! billdb nodes paused (SIGSTOP: both would share the cores), then billdb.
-//! Every run is this binary as a child process (`etcd ... --json`, `run
-//! --workload purchase ... --json`). Touches the billdb cluster directory
-//! (pause/resume of its nodes), the etcd directory and loopback ports.
+//! baseline (`etcd.rs`) and, with `--postgres-dir`, the PostgreSQL
+//! reference (`postgres.rs`) on the same machine, in alternating rounds,
+//! as medians and ratios. On a shared machine whose speed drifts, runs of
+//! the systems taken minutes apart in turn compare better than a figure
+//! measured elsewhere. Each round runs, per client count, etcd (then
+//! PostgreSQL) with the billdb nodes paused (SIGSTOP: they would share the
+//! cores), then billdb. Every run is this binary as a child process (`etcd
+//! ... --json`, `postgres ... --json`, `run --workload purchase ...
+//! --json`). Touches the billdb cluster directory (pause/resume of its
+//! nodes), the etcd and PostgreSQL directories and loopback ports.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,6 +40,12 @@ pub struct CompareArgs {
     etcd_base_port: u16,
     #[arg(long, default_value = "etcd")]
     etcd_bin: PathBuf,
+    /// Directory for the PostgreSQL instances (each run starts them
+    /// fresh); without it PostgreSQL is not run.
+    #[arg(long)]
+    postgres_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 13_500)]
+    postgres_base_port: u16,
     /// Client counts, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     clients: Vec<usize>,
@@ -118,7 +126,12 @@ pub fn median(mut xs: Vec<f64>) -> Option<f64> {
 
 const FIELDS: [&str; 4] = ["ops_per_s", "p50_ms", "p99_ms", "node_cpu_ms_per_op"];
 
-/// Medians of each field over `runs`, and each field's billdb / etcd ratio.
+/// The systems billdb is compared with, as named in the runs.
+const BASELINES: [&str; 2] = ["etcd", "postgres"];
+
+/// Medians of each field over `runs` per system, and each field's ratio
+/// of billdb to each baseline (`billdb_over_etcd`, `billdb_over_postgres`;
+/// null figures for a system with no runs).
 pub fn medians(runs: &[Value], clients: usize) -> Value {
     let of = |system: &str| -> serde_json::Map<String, Value> {
         FIELDS
@@ -133,18 +146,25 @@ pub fn medians(runs: &[Value], clients: usize) -> Value {
             })
             .collect()
     };
-    let (etcd, billdb) = (of("etcd"), of("billdb"));
-    let ratio: serde_json::Map<String, Value> = FIELDS
-        .iter()
-        .map(|f| {
-            let r = match (billdb[*f].as_f64(), etcd[*f].as_f64()) {
-                (Some(b), Some(e)) if e > 0.0 => json!(b / e),
-                _ => Value::Null,
-            };
-            (f.to_string(), r)
-        })
-        .collect();
-    json!({"etcd": etcd, "billdb": billdb, "billdb_over_etcd": ratio})
+    let billdb = of("billdb");
+    let mut out = serde_json::Map::new();
+    for base in BASELINES {
+        let theirs = of(base);
+        let ratio: serde_json::Map<String, Value> = FIELDS
+            .iter()
+            .map(|f| {
+                let r = match (billdb[*f].as_f64(), theirs[*f].as_f64()) {
+                    (Some(b), Some(e)) if e > 0.0 => json!(b / e),
+                    _ => Value::Null,
+                };
+                (f.to_string(), r)
+            })
+            .collect();
+        out.insert(base.into(), Value::Object(theirs));
+        out.insert(format!("billdb_over_{base}"), Value::Object(ratio));
+    }
+    out.insert("billdb".into(), Value::Object(billdb));
+    Value::Object(out)
 }
 
 fn etcd_args(a: &CompareArgs, clients: usize) -> Vec<String> {
@@ -156,6 +176,23 @@ fn etcd_args(a: &CompareArgs, clients: usize) -> Vec<String> {
         a.etcd_base_port.to_string(),
         "--etcd-bin".into(),
         a.etcd_bin.display().to_string(),
+        "--accounts".into(),
+        a.data.accounts.to_string(),
+        "--clients".into(),
+        clients.to_string(),
+        "--duration-s".into(),
+        a.duration_s.to_string(),
+        "--json".into(),
+    ]
+}
+
+fn postgres_args(a: &CompareArgs, dir: &Path, clients: usize) -> Vec<String> {
+    vec![
+        "postgres".into(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--base-port".into(),
+        a.postgres_base_port.to_string(),
         "--accounts".into(),
         a.data.accounts.to_string(),
         "--clients".into(),
@@ -213,9 +250,22 @@ pub fn run(a: CompareArgs) -> anyhow::Result<Value> {
                     a.rounds
                 );
             }
-            let etcd = {
+            let (etcd, postgres) = {
                 let _paused = Paused::pause(&cluster)?;
-                child(&etcd_args(&a, clients))?
+                let etcd = child(&etcd_args(&a, clients))?;
+                let postgres = match &a.postgres_dir {
+                    Some(d) => {
+                        if !a.json {
+                            eprintln!(
+                                "compare: round {round}/{}, {clients} clients: postgres",
+                                a.rounds
+                            );
+                        }
+                        Some(child(&postgres_args(&a, d, clients))?)
+                    }
+                    None => None,
+                };
+                (etcd, postgres)
             };
             std::thread::sleep(Duration::from_millis(RESUME_SETTLE_MS));
             if !a.json {
@@ -225,7 +275,12 @@ pub fn run(a: CompareArgs) -> anyhow::Result<Value> {
                 );
             }
             let billdb = child(&billdb_args(&a, &a.dir, clients))?;
-            for (system, v, op) in [("etcd", &etcd, "etcd_txn"), ("billdb", &billdb, "purchase")] {
+            let mut measured = vec![("etcd", &etcd, "etcd_txn")];
+            if let Some(p) = &postgres {
+                measured.push(("postgres", p, "pg_purchase"));
+            }
+            measured.push(("billdb", &billdb, "purchase"));
+            for (system, v, op) in measured {
                 let mut s = summary(v, op)?;
                 if let Some(o) = s.as_object_mut() {
                     o.insert("system".into(), json!(system));
@@ -249,6 +304,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<Value> {
         "operations": {
             "billdb": "one durable purchase (POST /v1/purchases) to the leader",
             "etcd": "one Txn of two puts (200-byte record, 100-byte account summary) to the leader",
+            "postgres": "one statement per purchase (update the account, insert a 200-byte record) on a primary whose commits wait for any 2 of 4 standbys",
         },
         "medians": by_clients,
         "runs": runs,
@@ -270,7 +326,11 @@ pub fn print_table(v: &Value) {
     };
     let f = |x: &Value, d: usize| x.as_f64().map_or("-".into(), |x| format!("{x:.d$}"));
     for (clients, row) in m {
-        for system in ["etcd", "billdb"] {
+        let present = |system: &str| row[system]["ops_per_s"].as_f64().is_some();
+        for system in ["etcd", "postgres", "billdb"] {
+            if !present(system) {
+                continue;
+            }
             let s = &row[system];
             println!(
                 "{clients:>7}  {system:<7} {:>10} {:>9} {:>9} {:>13}",
@@ -280,15 +340,20 @@ pub fn print_table(v: &Value) {
                 f(&s["node_cpu_ms_per_op"], 3)
             );
         }
-        let r = &row["billdb_over_etcd"];
-        println!(
-            "{:>7}  billdb/etcd: {}x ops/s, p50 {}x, p99 {}x, CPU per op {}x",
-            "",
-            f(&r["ops_per_s"], 2),
-            f(&r["p50_ms"], 2),
-            f(&r["p99_ms"], 2),
-            f(&r["node_cpu_ms_per_op"], 2)
-        );
+        for base in BASELINES {
+            if !present(base) {
+                continue;
+            }
+            let r = &row[format!("billdb_over_{base}")];
+            println!(
+                "{:>7}  billdb/{base}: {}x ops/s, p50 {}x, p99 {}x, CPU per op {}x",
+                "",
+                f(&r["ops_per_s"], 2),
+                f(&r["p50_ms"], 2),
+                f(&r["p99_ms"], 2),
+                f(&r["node_cpu_ms_per_op"], 2)
+            );
+        }
     }
 }
 
@@ -327,6 +392,16 @@ mod tests {
         let r = m["billdb_over_etcd"]["ops_per_s"].as_f64().unwrap();
         assert!((r - 2000.0 / 1200.0).abs() < 1e-9, "{r}");
         assert!((m["billdb_over_etcd"]["p99_ms"].as_f64().unwrap() - 60.0 / 90.0).abs() < 1e-9);
+        // PostgreSQL was not run: its figures and ratios are null.
+        assert_eq!(m["postgres"]["ops_per_s"], Value::Null);
+        assert_eq!(m["billdb_over_postgres"]["ops_per_s"], Value::Null);
+        let mut with_pg = runs.clone();
+        with_pg.push(run("postgres", 64, 4000.0, 30.0));
+        let m = medians(&with_pg, 64);
+        assert!((m["billdb_over_postgres"]["ops_per_s"].as_f64().unwrap() - 0.5).abs() < 1e-9);
+        assert!(
+            (m["billdb_over_etcd"]["ops_per_s"].as_f64().unwrap() - 2000.0 / 1200.0).abs() < 1e-9
+        );
         // No runs of a system: null figures and ratios, not a panic.
         let none = medians(&runs, 8);
         assert_eq!(none["etcd"]["ops_per_s"], Value::Null);

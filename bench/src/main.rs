@@ -3,7 +3,7 @@
 //! cluster's settings, node RSS and disk use. One module per concern:
 //! `dataset` (deterministic generator), `load` (bulk import), `workloads`
 //! (counter, purchase, payment, history, report), `leader_kill`,
-//! `card_check`, `grpc_writes`, `etcd` (the etcd baseline), `compare` (billdb against it, in rounds), `stats`, `cluster` (target, RSS, disk),
+//! `card_check`, `grpc_writes`, `etcd` (the etcd baseline), `postgres` (the PostgreSQL reference), `compare` (billdb against it, in rounds), `stats`, `cluster` (target, RSS, disk),
 //! `http`, `progress`, `up` (a local cluster for benchmarking). Touches clusters over HTTP/gRPC and, for local
 //! clusters, their directory, `/proc` and (leader-kill) node processes.
 
@@ -17,6 +17,7 @@ mod grpc_writes;
 mod http;
 mod leader_kill;
 mod load;
+mod postgres;
 mod progress;
 mod stats;
 mod up;
@@ -49,6 +50,10 @@ enum Cmd {
     /// The baseline on this machine: a fresh five-member etcd cluster, one
     /// transaction of two puts per operation (needs Debian's etcd-server).
     Etcd(etcd::EtcdArgs),
+    /// The other reference system on this machine: PostgreSQL with four
+    /// streaming standbys (commit on any two), one statement per purchase
+    /// driven by pgbench (needs Debian's postgresql).
+    Postgres(postgres::PostgresArgs),
     /// billdb purchases and the etcd baseline in alternating rounds on this
     /// machine: medians and billdb/etcd ratios.
     Compare(compare::CompareArgs),
@@ -119,6 +124,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Etcd(a) => {
             let json = a.json;
             output(&etcd::run(a)?, json, workloads::print_table)?;
+        }
+        Cmd::Postgres(a) => {
+            let json = a.json;
+            output(&postgres::run(a)?, json, workloads::print_table)?;
         }
         Cmd::Compare(a) => {
             let json = a.json;

@@ -285,13 +285,23 @@ fn load_and_every_workload_at_tiny_scale() {
     );
     eprintln!("month purchases, all tariffs: {all_purchases}; the dataset's: 50");
 
-    // billdb against the etcd baseline, one short round (needs Debian's
-    // etcd-server, which deploy/setup.sh installs): both systems measured,
-    // medians and ratios formed, and the billdb nodes running again after
-    // being paused for the etcd run. etcd's ports: an even base in
-    // 19700-19879 (it uses base+1..base+19).
+    // billdb against the etcd baseline and the PostgreSQL reference, one
+    // short round (needs Debian's etcd-server and postgresql, which
+    // deploy/setup.sh installs): the three systems measured, medians and
+    // ratios formed, and the billdb nodes running again after being paused
+    // for the other two. etcd's ports: an even base in 19700-19879 (it uses
+    // base+1..base+19); PostgreSQL's: an even base in 19880-19888 (base+1..base+9).
     let etcd_dir = tempfile::tempdir().expect("tempdir");
     let etcd_base = (19_700 + (std::process::id() % 180) / 2 * 2).to_string();
+    let pg_parent = tempfile::tempdir().expect("tempdir");
+    // Run as root, PostgreSQL runs as `postgres`, which must reach it.
+    std::fs::set_permissions(
+        pg_parent.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let pg_dir = pg_parent.path().join("pg");
+    let pg_base = (19_880 + (std::process::id() % 5) * 2).to_string();
     let mut args = vec![
         "compare",
         "--rounds",
@@ -304,11 +314,15 @@ fn load_and_every_workload_at_tiny_scale() {
         &etcd_base,
         "--etcd-dir",
         etcd_dir.path().to_str().expect("utf-8 path"),
+        "--postgres-base-port",
+        &pg_base,
+        "--postgres-dir",
+        pg_dir.to_str().expect("utf-8 path"),
     ];
     args.extend_from_slice(DATA);
     let cmp = bench(dir, &args);
     let m = &cmp["medians"]["2"];
-    for system in ["etcd", "billdb"] {
+    for system in ["etcd", "postgres", "billdb"] {
         assert!(
             m[system]["ops_per_s"].as_f64().unwrap_or(0.0) > 0.0,
             "{cmp}"
@@ -319,7 +333,13 @@ fn load_and_every_workload_at_tiny_scale() {
     let expected = m["billdb"]["ops_per_s"].as_f64().unwrap_or(0.0)
         / m["etcd"]["ops_per_s"].as_f64().unwrap_or(1.0);
     assert!((ratio - expected).abs() < 1e-9, "{cmp}");
-    assert_eq!(cmp["runs"].as_array().map(Vec::len), Some(2), "{cmp}");
+    let ratio = m["billdb_over_postgres"]["ops_per_s"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let expected = m["billdb"]["ops_per_s"].as_f64().unwrap_or(0.0)
+        / m["postgres"]["ops_per_s"].as_f64().unwrap_or(1.0);
+    assert!((ratio - expected).abs() < 1e-9, "{cmp}");
+    assert_eq!(cmp["runs"].as_array().map(Vec::len), Some(3), "{cmp}");
     for n in NODE_IDS {
         let pid = c.pid(n).expect("node running");
         assert_ne!(

@@ -1,0 +1,805 @@
+//! The issue's other reference system, measured on the same machine: what
+//! a utility might pick instead of billdb. PostgreSQL (Debian's package,
+//! 15 on Debian 12) as a primary with four streaming standbys, a commit
+//! acknowledged once any two standbys have flushed it
+//! (`synchronous_standby_names = 'ANY 2 (s1, s2, s3, s4)'`,
+//! `synchronous_commit = on`): three durable copies of five, as a billdb
+//! commit. The load is PostgreSQL's own `pgbench`, one thread, closed-loop
+//! clients each running one statement per purchase (update the account's
+//! balance and sequence, insert a ~200-byte record) and, optionally, card
+//! reads (the account and its 20 newest records). Latencies come from
+//! pgbench's per-transaction log into the same statistics as the billdb
+//! workloads, with the instances' CPU from `/proc` (each postmaster, its
+//! live processes, and the children it reaped).
+//!
+//! Touches only the directory it is given (one data directory and log per
+//! instance, pgbench's scripts and logs), the server processes it starts
+//! (stopped at the end, also on an error), and loopback ports. Run as
+//! root, the servers run as the `postgres` user (PostgreSQL refuses root),
+//! so that user must be able to reach the directory.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::cluster::{CpuSample, ProcessCpu, cpu_json, machine, stat_ticks, usage_json};
+use crate::stats::Stats;
+
+/// The primary and its standbys.
+const INSTANCES: usize = 5;
+/// Standbys that must have flushed a commit before it is acknowledged.
+const SYNC_STANDBYS: usize = 2;
+/// How long start-up (initdb, base backups, streaming) may take.
+const START_TIMEOUT_MS: u64 = 120_000;
+/// How long a standby may take to replay what the primary wrote.
+const CATCH_UP_TIMEOUT_MS: u64 = 30_000;
+/// Bytes of a record's body and of an account's summary.
+const RECORD_BODY_BYTES: usize = 200;
+const SUMMARY_BYTES: usize = 100;
+/// Most clients (the primary allows `MAX_CONNECTIONS`).
+const CLIENTS_MAX: usize = 256;
+const MAX_CONNECTIONS: usize = 300;
+/// Records each card read returns at most.
+const CARD_READ_RECORDS: usize = 20;
+
+#[derive(clap::Args)]
+pub struct PostgresArgs {
+    /// Directory for the instances' data, logs and pgbench's files (each
+    /// run starts fresh: earlier instance directories in it are removed).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Even base port: instance i (0 is the primary) listens on
+    /// base + 2i + 1.
+    #[arg(long, default_value_t = 13_500)]
+    base_port: u16,
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Accounts the purchases are spread over.
+    #[arg(long, default_value_t = 20_000)]
+    accounts: u64,
+    /// Seconds of card reads by one client after the purchases (0: none).
+    #[arg(long, default_value_t = 0)]
+    reads_s: u64,
+    /// PostgreSQL's programs (default: the newest /usr/lib/postgresql/*/bin).
+    #[arg(long)]
+    pg_bin_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The newest Debian PostgreSQL installation's `bin` directory.
+fn find_bin_dir() -> anyhow::Result<PathBuf> {
+    let mut best: Option<(u32, PathBuf)> = None;
+    if let Ok(dirs) = std::fs::read_dir("/usr/lib/postgresql") {
+        for d in dirs.flatten() {
+            let Some(v) = d.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let bin = d.path().join("bin");
+            if bin.join("postgres").exists() && best.as_ref().is_none_or(|(b, _)| v > *b) {
+                best = Some((v, bin));
+            }
+        }
+    }
+    best.map(|(_, b)| b).context(
+        "no PostgreSQL server under /usr/lib/postgresql (install Debian's postgresql, as deploy/setup.sh does, or pass --pg-bin-dir)",
+    )
+}
+
+/// The user and group the servers run as: `postgres` when this runs as
+/// root, this process's own otherwise (`None`).
+fn server_user() -> anyhow::Result<Option<(u32, u32)>> {
+    // SAFETY: geteuid only reads this process's effective user id.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd")?;
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[0] == "postgres")
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        })
+        .map(Some)
+        .context("running as root, the servers need the `postgres` user (Debian's postgresql package creates it)")
+}
+
+struct Setup {
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
+    dir: PathBuf,
+    base_port: u16,
+}
+
+impl Setup {
+    fn port(&self, i: usize) -> u16 {
+        self.base_port + 2 * i as u16 + 1
+    }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("pg-{i}"))
+    }
+
+    /// A PostgreSQL program, run as the servers' user.
+    fn server_cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new(self.bin.join(prog));
+        if let Some((uid, gid)) = self.user {
+            c.uid(uid).gid(gid);
+        }
+        c.env("LC_ALL", "C").stdin(Stdio::null());
+        c
+    }
+
+    /// A file or directory handed to the servers' user.
+    fn give(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some((uid, gid)) = self.user {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .with_context(|| format!("chown {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Runs SQL on instance `i` through `psql`; its unaligned output.
+    fn sql(&self, i: usize, sql: &str) -> anyhow::Result<String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args(["-h", "127.0.0.1", "-p", &self.port(i).to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .output()
+            .context("running psql")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "psql on instance {i} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The settings every instance starts with; recorded in the result.
+    /// The primary gets [`sync_standby_names`] once its standbys stream
+    /// (set on the command line, it would hold the setup's own commits).
+    fn flags(&self, i: usize) -> Vec<String> {
+        vec![
+            format!("port={}", self.port(i)),
+            "listen_addresses=127.0.0.1".into(),
+            format!("unix_socket_directories={}", self.data_dir(i).display()),
+            format!("max_connections={MAX_CONNECTIONS}"),
+            "fsync=on".into(),
+            "synchronous_commit=on".into(),
+            "logging_collector=off".into(),
+            "log_min_messages=warning".into(),
+        ]
+    }
+
+    fn start(&self, i: usize) -> anyhow::Result<Child> {
+        let log = std::fs::File::create(self.dir.join(format!("pg-{i}.log")))?;
+        let mut c = self.server_cmd("postgres");
+        c.arg("-D").arg(self.data_dir(i));
+        for f in self.flags(i) {
+            c.arg("-c").arg(f);
+        }
+        c.stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting PostgreSQL instance {i}"))
+    }
+
+    /// Waits until instance `i` answers SQL.
+    fn wait_ready(&self, i: usize, child: &mut Child, deadline: Instant) -> anyhow::Result<()> {
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("PostgreSQL instance {i} exited at start ({status}); see pg-{i}.log");
+            }
+            if self.sql(i, "SELECT 1").is_ok() {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "PostgreSQL instance {i} not ready within {START_TIMEOUT_MS} ms"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The running instances; stopped when dropped (SIGQUIT, PostgreSQL's
+/// immediate shutdown, then SIGKILL if one lingers), so an error part-way
+/// never leaves servers behind.
+struct Instances {
+    children: Vec<Child>,
+}
+
+impl Drop for Instances {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            // SAFETY: kill only sends a signal to a child this process started.
+            unsafe { libc::kill(c.id() as i32, libc::SIGQUIT) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for c in &mut self.children {
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The primary's quorum: any two of the four standbys.
+fn sync_standby_names() -> String {
+    let names: Vec<String> = (1..INSTANCES).map(|s| format!("s{s}")).collect();
+    format!("ANY {SYNC_STANDBYS} ({})", names.join(", "))
+}
+
+/// Stops a server an earlier, interrupted run left on `data_dir` (its
+/// `postmaster.pid` names it), so the directory and port are free again.
+fn stop_leftover(data_dir: &Path) {
+    let Ok(pidfile) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else {
+        return;
+    };
+    let Some(pid) = pidfile
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains(&*data_dir.to_string_lossy()) {
+        return; // gone, or the pid is another process's now
+    }
+    // SAFETY: kill only sends a signal, to the server that owns this directory.
+    unsafe { libc::kill(pid, libc::SIGQUIT) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The fresh primary with its schema and accounts, and four streaming
+/// standbys named s1..s4 with the primary's quorum over them.
+fn start(s: &Setup, accounts: u64) -> anyhow::Result<Instances> {
+    let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+    std::fs::create_dir_all(&s.dir)?;
+    // The servers' user writes under it only in its own directories, but
+    // must be able to reach them.
+    std::fs::set_permissions(&s.dir, std::fs::Permissions::from_mode(0o755))?;
+    for i in 0..INSTANCES {
+        let d = s.data_dir(i);
+        if d.exists() {
+            stop_leftover(&d);
+            std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
+        }
+        std::fs::create_dir(&d)?;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+        s.give(&d)?;
+    }
+    let out = s
+        .server_cmd("initdb")
+        .arg("-D")
+        .arg(s.data_dir(0))
+        .args([
+            "--auth=trust",
+            "--username=postgres",
+            "--encoding=UTF8",
+            "--locale=C",
+        ])
+        .args(["--no-sync"])
+        .output()
+        .context("running initdb")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let mut inst = Instances {
+        children: vec![s.start(0)?],
+    };
+    s.wait_ready(0, &mut inst.children[0], deadline)?;
+    s.sql(
+        0,
+        &format!(
+            "CREATE TABLE accounts (account_id int PRIMARY KEY, balance numeric(14,2) NOT NULL, \
+             last_seq int NOT NULL, summary text NOT NULL); \
+             CREATE TABLE records (account_id int NOT NULL, seq int NOT NULL, ts timestamptz NOT NULL, \
+             amount numeric(14,2) NOT NULL, body text NOT NULL, PRIMARY KEY (account_id, seq)); \
+             INSERT INTO accounts SELECT g, 0, 0, repeat('s', {SUMMARY_BYTES}) FROM generate_series(1, {accounts}) g;"
+        ),
+    )?;
+    // Each on its own: neither runs inside the transaction block psql
+    // makes of several statements.
+    s.sql(0, "VACUUM ANALYZE accounts")?;
+    s.sql(0, "CHECKPOINT")?;
+    for i in 1..INSTANCES {
+        let out = s
+            .server_cmd("pg_basebackup")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &s.port(0).to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg("-D")
+            .arg(s.data_dir(i))
+            .args(["-X", "stream", "-c", "fast", "--no-sync"])
+            .output()
+            .context("running pg_basebackup")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "pg_basebackup for standby s{i} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let d = s.data_dir(i);
+        std::fs::write(d.join("standby.signal"), "")?;
+        s.give(&d.join("standby.signal"))?;
+        let auto = d.join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&auto).unwrap_or_default();
+        conf.push_str(&format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=s{i}'\n",
+            s.port(0)
+        ));
+        std::fs::write(&auto, conf)?;
+        s.give(&auto)?;
+        inst.children.push(s.start(i)?);
+        let child = inst.children.last_mut().context("no child")?;
+        s.wait_ready(i, child, deadline)?;
+    }
+    // Commits now wait for any two standbys' flush, which every standby
+    // streaming must count in.
+    s.sql(
+        0,
+        &format!(
+            "ALTER SYSTEM SET synchronous_standby_names = '{}'",
+            sync_standby_names()
+        ),
+    )?;
+    s.sql(0, "SELECT pg_reload_conf()")?;
+    loop {
+        let rows = s.sql(
+            0,
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND sync_state = 'quorum'",
+        )?;
+        if rows == (INSTANCES - 1).to_string() {
+            return Ok(inst);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the standbys did not all stream in the quorum within {START_TIMEOUT_MS} ms ({rows} did)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One statement per purchase: the account's balance and sequence updated
+/// and a record inserted, in one transaction.
+fn purchase_script() -> String {
+    format!(
+        "\\set aid random(1, :accounts)\n\
+         \\set cents random(2000, 30000)\n\
+         WITH a AS (UPDATE accounts SET balance = balance + :cents / 100.0, last_seq = last_seq + 1 \
+         WHERE account_id = :aid RETURNING last_seq) \
+         INSERT INTO records (account_id, seq, ts, amount, body) \
+         SELECT :aid, a.last_seq, now(), :cents / 100.0, repeat('r', {RECORD_BODY_BYTES}) FROM a;\n"
+    )
+}
+
+/// A card read: the account, then its newest records.
+fn card_read_script() -> String {
+    format!(
+        "\\set aid random(1, :accounts)\n\
+         SELECT balance, last_seq, summary FROM accounts WHERE account_id = :aid;\n\
+         SELECT seq, ts, amount, body FROM records WHERE account_id = :aid ORDER BY seq DESC LIMIT {CARD_READ_RECORDS};\n"
+    )
+}
+
+/// One script run's latency (µs) from a line of pgbench's transaction
+/// log (`client transaction latency_us script epoch_s epoch_us ...`);
+/// `Err` names how the transaction ended when it did not succeed.
+fn log_latency(line: &str) -> Option<Result<u64, String>> {
+    let field = line.split_whitespace().nth(2)?;
+    Some(field.parse::<u64>().map_err(|_| field.to_uppercase()))
+}
+
+/// A number pgbench printed after `label` ("number of failed
+/// transactions: 0 (0.000%)").
+fn printed_count(out: &str, label: &str) -> Option<u64> {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// Runs pgbench with `script` against the primary; the statistics under
+/// `name` and pgbench's count of processed transactions.
+fn pgbench(
+    s: &Setup,
+    name: &str,
+    script: &str,
+    clients: usize,
+    duration_s: u64,
+    accounts: u64,
+) -> anyhow::Result<(Stats, u64, f64)> {
+    let script_path = s.dir.join(format!("{name}.sql"));
+    std::fs::write(&script_path, script)?;
+    let prefix = s.dir.join(format!("pgbench-{name}"));
+    for f in std::fs::read_dir(&s.dir)?.flatten() {
+        if f.file_name()
+            .to_string_lossy()
+            .starts_with(&format!("pgbench-{name}."))
+        {
+            std::fs::remove_file(f.path())?;
+        }
+    }
+    let started = Instant::now();
+    let out = Command::new(s.bin.join("pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &s.port(0).to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(["-n", "-j", "1", "-M", "prepared", "-l"])
+        .arg(format!("--log-prefix={}", prefix.display()))
+        .args(["-c", &clients.to_string(), "-T", &duration_s.to_string()])
+        .args(["-D", &format!("accounts={accounts}"), "-f"])
+        .arg(&script_path)
+        .arg("postgres")
+        .current_dir(&s.dir)
+        .stdin(Stdio::null())
+        .output()
+        .context("running pgbench")?;
+    let secs = started.elapsed().as_secs_f64();
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    anyhow::ensure!(
+        out.status.success(),
+        "pgbench failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let processed = printed_count(&printed, "number of transactions actually processed:")
+        .context("pgbench did not print its count")?;
+    let mut stats = Stats::default();
+    for f in std::fs::read_dir(&s.dir)?.flatten() {
+        if !f
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!("pgbench-{name}."))
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(f.path())?.lines() {
+            match log_latency(line) {
+                Some(Ok(us)) => stats.ok(name, us),
+                Some(Err(how)) => stats.err(name, how),
+                None => {}
+            }
+        }
+    }
+    anyhow::ensure!(
+        stats.count(name) == processed,
+        "pgbench's log holds {} transactions, its summary {processed}",
+        stats.count(name)
+    );
+    Ok((stats, processed, secs))
+}
+
+/// The processes of each instance: the postmaster and its children.
+fn instance_pids(inst: &Instances) -> Vec<(u32, Vec<u32>)> {
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rfind(')')
+                .and_then(|at| stat[at + 1..].split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    inst.children
+        .iter()
+        .map(|c| (c.id(), children.remove(&c.id()).unwrap_or_default()))
+        .collect()
+}
+
+/// What a PostgreSQL process does, from its title (`postgres: walsender
+/// ...`): the thread-group names of the CPU figures.
+fn role(pid: u32) -> String {
+    let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let title = String::from_utf8_lossy(&title).replace('\0', " ");
+    let rest = title.trim().strip_prefix("postgres: ").unwrap_or("");
+    let word = rest.split_whitespace().next().unwrap_or("");
+    match word {
+        "walsender" | "walreceiver" | "walwriter" | "checkpointer" | "startup" => word.into(),
+        "background" | "autovacuum" | "logical" | "archiver" => "other".into(),
+        // A client connection: "postgres: <user> <db> <host> <state>".
+        _ if rest.starts_with("postgres postgres") => "backend".into(),
+        _ => "other".into(),
+    }
+}
+
+/// Each instance's CPU as one "node": the postmaster with the children it
+/// reaped (`cutime`, `cstime`: pgbench's connections end before the last
+/// sample) and its live children, by role.
+fn cpu_sample(inst: &Instances) -> CpuSample {
+    let mut nodes = BTreeMap::new();
+    for (i, (pm, kids)) in instance_pids(inst).into_iter().enumerate() {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pm}/stat")) else {
+            continue;
+        };
+        let own = stat_ticks(&stat).unwrap_or(0);
+        let reaped: u64 = stat
+            .rfind(')')
+            .map(|at| {
+                stat[at + 1..]
+                    .split_whitespace()
+                    .skip(13)
+                    .take(2)
+                    .filter_map(|v| v.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+        let mut ticks = own + reaped;
+        let mut by_role: BTreeMap<String, u64> = BTreeMap::new();
+        *by_role.entry("backend".into()).or_insert(0) += reaped;
+        for k in kids {
+            let Some(t) = std::fs::read_to_string(format!("/proc/{k}/stat"))
+                .ok()
+                .and_then(|s| stat_ticks(&s))
+            else {
+                continue;
+            };
+            ticks += t;
+            *by_role.entry(role(k)).or_insert(0) += t;
+        }
+        nodes.insert(
+            i as u64,
+            ProcessCpu {
+                pid: pm,
+                ticks,
+                by_thread: by_role,
+            },
+        );
+    }
+    CpuSample {
+        at: Instant::now(),
+        nodes,
+    }
+}
+
+/// Waits until every standby has replayed what the primary wrote, then
+/// checks that each holds `records` records: what was acknowledged was
+/// replicated. The number of standbys checked.
+fn check_standbys(s: &Setup, records: u64) -> anyhow::Result<usize> {
+    let lsn = s.sql(0, "SELECT pg_current_wal_lsn()")?;
+    let deadline = Instant::now() + Duration::from_millis(CATCH_UP_TIMEOUT_MS);
+    for i in 1..INSTANCES {
+        loop {
+            let caught_up = s.sql(
+                i,
+                &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"),
+            )?;
+            if caught_up == "t" {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "standby s{i} did not replay up to {lsn} within {CATCH_UP_TIMEOUT_MS} ms"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let n: u64 = s.sql(i, "SELECT count(*) FROM records")?.parse()?;
+        anyhow::ensure!(
+            n == records,
+            "standby s{i} holds {n} records, the primary {records}"
+        );
+    }
+    Ok(INSTANCES - 1)
+}
+
+pub fn run(a: PostgresArgs) -> anyhow::Result<Value> {
+    anyhow::ensure!(
+        (1..=CLIENTS_MAX).contains(&a.clients),
+        "--clients: 1..={CLIENTS_MAX}"
+    );
+    anyhow::ensure!(a.duration_s >= 1, "--duration-s: at least 1");
+    anyhow::ensure!(a.accounts >= 1, "--accounts: at least 1");
+    anyhow::ensure!(
+        a.base_port.is_multiple_of(2) && a.base_port < 60_000,
+        "--base-port must be even and below 60000"
+    );
+    let bin = match &a.pg_bin_dir {
+        Some(b) => b.clone(),
+        None => find_bin_dir()?,
+    };
+    let version = Command::new(bin.join("postgres"))
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .with_context(|| format!("cannot run {}", bin.join("postgres").display()))?;
+    let s = Setup {
+        bin,
+        user: server_user()?,
+        dir: a.dir.clone(),
+        base_port: a.base_port,
+    };
+    if !a.json {
+        eprintln!(
+            "postgres: {version}, a primary and {} standbys (quorum of {SYNC_STANDBYS}), {} accounts; starting",
+            INSTANCES - 1,
+            a.accounts
+        );
+    }
+    let inst = start(&s, a.accounts)?;
+    if !a.json {
+        eprintln!(
+            "postgres: {} pgbench clients for {} s",
+            a.clients, a.duration_s
+        );
+    }
+    let cpu_before = cpu_sample(&inst);
+    let (stats, processed, secs) = pgbench(
+        &s,
+        "pg_purchase",
+        &purchase_script(),
+        a.clients,
+        a.duration_s,
+        a.accounts,
+    )?;
+    // pgbench's connections end with it; their processes are reaped (and
+    // counted in the postmaster's children's time) a moment later.
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu_after = cpu_sample(&inst);
+    anyhow::ensure!(processed > 0, "no purchase transaction succeeded");
+    // Each purchase inserted one record and advanced one account's sequence.
+    let records: u64 = s.sql(0, "SELECT count(*) FROM records")?.parse()?;
+    let seq_sum: u64 = s
+        .sql(0, "SELECT sum(last_seq) FROM accounts")?
+        .parse()
+        .context("reading the accounts' sequences")?;
+    anyhow::ensure!(
+        records == processed && seq_sum == processed,
+        "{processed} purchases acknowledged, but {records} records and {seq_sum} sequence steps stored"
+    );
+    let standbys_checked = check_standbys(&s, records)?;
+    let node_cpu = cpu_json(&cpu_before, &cpu_after, "purchase", processed);
+    let mut reads = Value::Null;
+    let mut table = stats.table(secs);
+    if a.reads_s > 0 {
+        let before = cpu_sample(&inst);
+        let (r, n, rsecs) = pgbench(
+            &s,
+            "pg_card_read",
+            &card_read_script(),
+            1,
+            a.reads_s,
+            a.accounts,
+        )?;
+        std::thread::sleep(Duration::from_millis(300));
+        let after = cpu_sample(&inst);
+        anyhow::ensure!(n > 0, "no card read succeeded");
+        reads = json!({
+            "duration_s": rsecs,
+            "ops": r.to_json(rsecs),
+            "node_cpu": cpu_json(&before, &after, "card read", n),
+        });
+        // Its own rate: the reads ran for their own seconds.
+        table.push_str(
+            &r.table(rsecs)
+                .lines()
+                .skip(1)
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+        );
+    }
+    let settings = json!({
+        "version": version,
+        "instances": INSTANCES,
+        "synchronous_standbys": SYNC_STANDBYS,
+        "primary_flags": s.flags(0),
+        "synchronous_standby_names": sync_standby_names(),
+        "purchase_statement": purchase_script(),
+        "card_read": card_read_script(),
+        "driver": format!("pgbench -n -j 1 -M prepared -c {} -T {}", a.clients, a.duration_s),
+        "rss": "each instance's postmaster process",
+    });
+    let usage = usage_json(
+        inst.children
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i as u64, Some(c.id()), s.data_dir(i))),
+    );
+    let v = json!({
+        "workload": "postgres",
+        "clients": a.clients,
+        "duration_s": secs,
+        "ops": stats.to_json(secs),
+        "table": table,
+        "extra": {
+            "acknowledged": processed,
+            "records": records,
+            "standbys_checked": standbys_checked,
+            "card_reads": reads,
+        },
+        "node_cpu": node_cpu,
+        "usage": usage,
+        "settings": settings,
+        "machine": machine(&a.dir),
+    });
+    drop(inst);
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgbench_log_lines_give_latency_or_how_they_failed() {
+        assert_eq!(log_latency("3 17 1843 0 1732350000 123456"), Some(Ok(1843)));
+        assert_eq!(
+            log_latency("3 18 failed 0 1732350000 223456"),
+            Some(Err("FAILED".into()))
+        );
+        assert_eq!(log_latency("3 18"), None);
+    }
+
+    #[test]
+    fn pgbench_counts_are_read_after_their_label() {
+        let out = "transaction type: x.sql\nnumber of transactions actually processed: 1234\nnumber of failed transactions: 0 (0.000%)\n";
+        assert_eq!(
+            printed_count(out, "number of transactions actually processed:"),
+            Some(1234)
+        );
+        assert_eq!(
+            printed_count(out, "number of failed transactions:"),
+            Some(0)
+        );
+        assert_eq!(printed_count(out, "latency average ="), None);
+    }
+
+    #[test]
+    fn the_primary_waits_for_any_two_of_four_standbys() {
+        let s = Setup {
+            bin: PathBuf::new(),
+            user: None,
+            dir: PathBuf::from("/x"),
+            base_port: 13_500,
+        };
+        assert_eq!(sync_standby_names(), "ANY 2 (s1, s2, s3, s4)");
+        let primary = s.flags(0);
+        assert!(primary.contains(&"synchronous_commit=on".to_string()));
+        assert!(primary.contains(&"fsync=on".to_string()));
+        assert!(primary.contains(&"port=13501".to_string()));
+        assert!(s.flags(3).contains(&"port=13507".to_string()));
+    }
+
+    #[test]
+    fn scripts_write_a_record_of_the_named_size_and_read_twenty() {
+        assert!(purchase_script().contains(&format!("repeat('r', {RECORD_BODY_BYTES})")));
+        assert!(purchase_script().contains("WITH a AS (UPDATE accounts"));
+        assert!(card_read_script().contains("ORDER BY seq DESC LIMIT 20"));
+    }
+}
