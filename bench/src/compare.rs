@@ -167,15 +167,21 @@ pub fn medians(runs: &[Value], clients: usize) -> Value {
     Value::Object(out)
 }
 
-fn etcd_args(a: &CompareArgs, clients: usize) -> Vec<String> {
+/// A baseline's run (`etcd` or `postgres`): its directory and ports, the
+/// dataset's account count, the clients and length.
+fn baseline_args(
+    a: &CompareArgs,
+    cmd: &str,
+    dir: &Path,
+    base_port: u16,
+    clients: usize,
+) -> Vec<String> {
     vec![
-        "etcd".into(),
+        cmd.into(),
         "--dir".into(),
-        a.etcd_dir.display().to_string(),
+        dir.display().to_string(),
         "--base-port".into(),
-        a.etcd_base_port.to_string(),
-        "--etcd-bin".into(),
-        a.etcd_bin.display().to_string(),
+        base_port.to_string(),
         "--accounts".into(),
         a.data.accounts.to_string(),
         "--clients".into(),
@@ -186,21 +192,14 @@ fn etcd_args(a: &CompareArgs, clients: usize) -> Vec<String> {
     ]
 }
 
+fn etcd_args(a: &CompareArgs, clients: usize) -> Vec<String> {
+    let mut v = baseline_args(a, "etcd", &a.etcd_dir, a.etcd_base_port, clients);
+    v.extend(["--etcd-bin".into(), a.etcd_bin.display().to_string()]);
+    v
+}
+
 fn postgres_args(a: &CompareArgs, dir: &Path, clients: usize) -> Vec<String> {
-    vec![
-        "postgres".into(),
-        "--dir".into(),
-        dir.display().to_string(),
-        "--base-port".into(),
-        a.postgres_base_port.to_string(),
-        "--accounts".into(),
-        a.data.accounts.to_string(),
-        "--clients".into(),
-        clients.to_string(),
-        "--duration-s".into(),
-        a.duration_s.to_string(),
-        "--json".into(),
-    ]
+    baseline_args(a, "postgres", dir, a.postgres_base_port, clients)
 }
 
 fn billdb_args(a: &CompareArgs, dir: &Path, clients: usize) -> Vec<String> {

@@ -42,11 +42,14 @@ const CATCH_UP_TIMEOUT_MS: u64 = 30_000;
 /// Bytes of a record's body and of an account's summary.
 const RECORD_BODY_BYTES: usize = 200;
 const SUMMARY_BYTES: usize = 100;
-/// Most clients (the primary allows `MAX_CONNECTIONS`).
+/// Most clients (the primary allows `CONNECTIONS_MAX`).
 const CLIENTS_MAX: usize = 256;
-const MAX_CONNECTIONS: usize = 300;
+const CONNECTIONS_MAX: usize = 300;
 /// Records each card read returns at most.
 const CARD_READ_RECORDS: usize = 20;
+/// Time the primary gets to reap pgbench's ended connections before the
+/// CPU after a run is read.
+const REAP_SETTLE_MS: u64 = 300;
 
 #[derive(clap::Args)]
 pub struct PostgresArgs {
@@ -148,12 +151,26 @@ impl Setup {
         Ok(())
     }
 
+    /// How a client program reaches instance `i`: loopback TCP, as the
+    /// `postgres` user (trusted: `initdb --auth=trust`).
+    fn conn_args(&self, i: usize) -> [String; 6] {
+        [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port(i).to_string(),
+            "-U",
+            "postgres",
+        ]
+        .map(String::from)
+    }
+
     /// Runs SQL on instance `i` through `psql`; its unaligned output.
     fn sql(&self, i: usize, sql: &str) -> anyhow::Result<String> {
         let out = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .args(["-h", "127.0.0.1", "-p", &self.port(i).to_string()])
-            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+            .args(self.conn_args(i))
+            .args(["-d", "postgres", "-c", sql])
             .env("LC_ALL", "C")
             .stdin(Stdio::null())
             .output()
@@ -174,7 +191,7 @@ impl Setup {
             format!("port={}", self.port(i)),
             "listen_addresses=127.0.0.1".into(),
             format!("unix_socket_directories={}", self.data_dir(i).display()),
-            format!("max_connections={MAX_CONNECTIONS}"),
+            format!("max_connections={CONNECTIONS_MAX}"),
             "fsync=on".into(),
             "synchronous_commit=on".into(),
             "logging_collector=off".into(),
@@ -325,14 +342,7 @@ fn start(s: &Setup, accounts: u64) -> anyhow::Result<Instances> {
     for i in 1..INSTANCES {
         let out = s
             .server_cmd("pg_basebackup")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &s.port(0).to_string(),
-                "-U",
-                "postgres",
-            ])
+            .args(s.conn_args(0))
             .arg("-D")
             .arg(s.data_dir(i))
             .args(["-X", "stream", "-c", "fast", "--no-sync"])
@@ -446,14 +456,7 @@ fn pgbench(
     }
     let started = Instant::now();
     let out = Command::new(s.bin.join("pgbench"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &s.port(0).to_string(),
-            "-U",
-            "postgres",
-        ])
+        .args(s.conn_args(0))
         .args(["-n", "-j", "1", "-M", "prepared", "-l"])
         .arg(format!("--log-prefix={}", prefix.display()))
         .args(["-c", &clients.to_string(), "-T", &duration_s.to_string()])
@@ -619,6 +622,44 @@ fn check_standbys(s: &Setup, records: u64) -> anyhow::Result<usize> {
     Ok(INSTANCES - 1)
 }
 
+/// One timed pgbench run: its script, clients and length.
+struct Phase<'a> {
+    name: &'a str,
+    per_op: &'a str,
+    script: &'a str,
+    clients: usize,
+    duration_s: u64,
+    accounts: u64,
+}
+
+/// What a phase measured: latencies, pgbench's count, its seconds, and
+/// the instances' CPU over it.
+struct Measured {
+    stats: Stats,
+    processed: u64,
+    secs: f64,
+    node_cpu: Value,
+}
+
+/// Runs a phase with the instances' CPU sampled around it; at least one
+/// transaction must succeed.
+fn measured(s: &Setup, inst: &Instances, p: Phase<'_>) -> anyhow::Result<Measured> {
+    let before = cpu_sample(inst);
+    let (stats, processed, secs) =
+        pgbench(s, p.name, p.script, p.clients, p.duration_s, p.accounts)?;
+    // pgbench's connections end with it; their processes are reaped (and
+    // counted in the postmaster's children's time) a moment later.
+    std::thread::sleep(Duration::from_millis(REAP_SETTLE_MS));
+    let after = cpu_sample(inst);
+    anyhow::ensure!(processed > 0, "no {} transaction succeeded", p.name);
+    Ok(Measured {
+        node_cpu: cpu_json(&before, &after, p.per_op, processed),
+        stats,
+        processed,
+        secs,
+    })
+}
+
 pub fn run(a: PostgresArgs) -> anyhow::Result<Value> {
     anyhow::ensure!(
         (1..=CLIENTS_MAX).contains(&a.clients),
@@ -659,20 +700,19 @@ pub fn run(a: PostgresArgs) -> anyhow::Result<Value> {
             a.clients, a.duration_s
         );
     }
-    let cpu_before = cpu_sample(&inst);
-    let (stats, processed, secs) = pgbench(
+    let purchases = measured(
         &s,
-        "pg_purchase",
-        &purchase_script(),
-        a.clients,
-        a.duration_s,
-        a.accounts,
+        &inst,
+        Phase {
+            name: "pg_purchase",
+            per_op: "purchase",
+            script: &purchase_script(),
+            clients: a.clients,
+            duration_s: a.duration_s,
+            accounts: a.accounts,
+        },
     )?;
-    // pgbench's connections end with it; their processes are reaped (and
-    // counted in the postmaster's children's time) a moment later.
-    std::thread::sleep(Duration::from_millis(300));
-    let cpu_after = cpu_sample(&inst);
-    anyhow::ensure!(processed > 0, "no purchase transaction succeeded");
+    let processed = purchases.processed;
     // Each purchase inserted one record and advanced one account's sequence.
     let records: u64 = s.sql(0, "SELECT count(*) FROM records")?.parse()?;
     let seq_sum: u64 = s
@@ -684,36 +724,37 @@ pub fn run(a: PostgresArgs) -> anyhow::Result<Value> {
         "{processed} purchases acknowledged, but {records} records and {seq_sum} sequence steps stored"
     );
     let standbys_checked = check_standbys(&s, records)?;
-    let node_cpu = cpu_json(&cpu_before, &cpu_after, "purchase", processed);
     let mut reads = Value::Null;
-    let mut table = stats.table(secs);
+    let mut table = purchases.stats.table(purchases.secs);
     if a.reads_s > 0 {
-        let before = cpu_sample(&inst);
-        let (r, n, rsecs) = pgbench(
+        let r = measured(
             &s,
-            "pg_card_read",
-            &card_read_script(),
-            1,
-            a.reads_s,
-            a.accounts,
+            &inst,
+            Phase {
+                name: "pg_card_read",
+                per_op: "card read",
+                script: &card_read_script(),
+                clients: 1,
+                duration_s: a.reads_s,
+                accounts: a.accounts,
+            },
         )?;
-        std::thread::sleep(Duration::from_millis(300));
-        let after = cpu_sample(&inst);
-        anyhow::ensure!(n > 0, "no card read succeeded");
         reads = json!({
-            "duration_s": rsecs,
-            "ops": r.to_json(rsecs),
-            "node_cpu": cpu_json(&before, &after, "card read", n),
+            "duration_s": r.secs,
+            "ops": r.stats.to_json(r.secs),
+            "node_cpu": r.node_cpu,
         });
         // Its own rate: the reads ran for their own seconds.
         table.push_str(
-            &r.table(rsecs)
+            &r.stats
+                .table(r.secs)
                 .lines()
                 .skip(1)
                 .map(|l| format!("{l}\n"))
                 .collect::<String>(),
         );
     }
+    let (stats, secs, node_cpu) = (purchases.stats, purchases.secs, purchases.node_cpu);
     let settings = json!({
         "version": version,
         "instances": INSTANCES,

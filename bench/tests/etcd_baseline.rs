@@ -6,6 +6,8 @@
 
 use std::process::Command;
 
+mod common;
+
 use serde_json::Value;
 
 /// Even base ports tried lie in 19300–19699 (a run uses base+1..base+19);
@@ -50,26 +52,8 @@ fn etcd_takes_two_put_transactions_and_reads_them_back() {
                 .contains("3."),
             "{v}"
         );
-        let cpu = &v["node_cpu"];
-        assert_eq!(
-            cpu["by_node_ms"].as_object().map(|m| m.len()),
-            Some(5),
-            "{v}"
-        );
-        assert!(cpu["total_ms"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
-        assert_eq!(cpu["ops"].as_u64(), Some(count), "{v}");
-        let nodes = v["usage"]["nodes"].as_array().cloned().unwrap_or_default();
-        assert_eq!(nodes.len(), 5, "{v}");
-        for n in &nodes {
-            assert!(n["rss_bytes"].as_u64().unwrap_or(0) > 0, "{n}");
-            assert!(n["disk_bytes"].as_u64().unwrap_or(0) > 0, "{n}");
-        }
-        // The members were stopped: none of their pids runs etcd now.
-        for n in &nodes {
-            let pid = n["pid"].as_u64().unwrap_or(0);
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            assert_ne!(comm.trim(), "etcd", "member {pid} still runs");
-        }
+        // Five members measured, and stopped at the end.
+        common::five_measured_then_stopped(&v, count, "etcd");
         return;
     }
     panic!("billdb-bench etcd failed {START_ATTEMPTS} times:\n{failures:#?}");

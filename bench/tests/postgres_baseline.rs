@@ -10,6 +10,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
+mod common;
+
 use serde_json::Value;
 
 /// Even base ports tried lie in 19900–19999 (a run uses base+1..base+9);
@@ -73,25 +75,8 @@ fn postgres_with_four_sync_standbys_takes_purchases_and_replicates_them() {
         );
         let reads = &v["extra"]["card_reads"]["ops"]["pg_card_read"];
         assert!(reads["count"].as_u64().unwrap_or(0) > 0, "{v}");
-        let cpu = &v["node_cpu"];
-        assert_eq!(
-            cpu["by_node_ms"].as_object().map(|m| m.len()),
-            Some(5),
-            "{v}"
-        );
-        assert!(cpu["total_ms"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
-        assert_eq!(cpu["ops"].as_u64(), Some(count), "{v}");
-        let nodes = v["usage"]["nodes"].as_array().cloned().unwrap_or_default();
-        assert_eq!(nodes.len(), 5, "{v}");
-        for n in &nodes {
-            assert!(n["disk_bytes"].as_u64().unwrap_or(0) > 0, "{n}");
-        }
-        // The servers were stopped: none of the postmasters runs now.
-        for n in &nodes {
-            let pid = n["pid"].as_u64().unwrap_or(0);
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            assert_ne!(comm.trim(), "postgres", "instance {pid} still runs");
-        }
+        // Five instances measured (each postmaster's RSS), and stopped.
+        common::five_measured_then_stopped(&v, count, "postgres");
         return;
     }
     panic!("billdb-bench postgres failed {START_ATTEMPTS} times:\n{failures:#?}");
