@@ -317,7 +317,7 @@ pub fn print_table(v: &Value) {
         v["rounds"], v["duration_s"]
     );
     println!(
-        "{:>7}  {:<7} {:>10} {:>9} {:>9} {:>13}",
+        "{:>7}  {:<8} {:>10} {:>9} {:>9} {:>13}",
         "clients", "system", "ops/s", "p50 ms", "p99 ms", "CPU ms/op"
     );
     let Some(m) = v["medians"].as_object() else {
@@ -332,7 +332,7 @@ pub fn print_table(v: &Value) {
             }
             let s = &row[system];
             println!(
-                "{clients:>7}  {system:<7} {:>10} {:>9} {:>9} {:>13}",
+                "{clients:>7}  {system:<8} {:>10} {:>9} {:>9} {:>13}",
                 f(&s["ops_per_s"], 1),
                 f(&s["p50_ms"], 2),
                 f(&s["p99_ms"], 2),
