@@ -19,16 +19,16 @@ if ((${#need[@]})); then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-  # Debian starts etcd-server's system service on install (where systemd
-  # runs). The benchmark starts its own members on its own ports, so the
-  # service is stopped and disabled again: installing leaves no daemon.
-  if [[ " ${need[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
-    $SUDO systemctl disable --now etcd.service >/dev/null 2>&1 || true
-  fi
-  # The same for PostgreSQL's cluster service.
-  if [[ " ${need[*]} " == *" postgresql "* ]] && [ -d /run/systemd/system ]; then
-    $SUDO systemctl disable --now postgresql.service >/dev/null 2>&1 || true
-  fi
+  # Debian starts etcd-server's and postgresql's system services on
+  # install (where systemd runs). The benchmark starts its own servers on
+  # its own ports, so each is stopped and disabled again: installing
+  # leaves no daemon.
+  for pkg_service in etcd-server:etcd postgresql:postgresql; do
+    pkg=${pkg_service%%:*}
+    if [[ " ${need[*]} " == *" $pkg "* ]] && [ -d /run/systemd/system ]; then
+      $SUDO systemctl disable --now "${pkg_service#*:}.service" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

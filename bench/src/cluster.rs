@@ -228,15 +228,18 @@ impl ProcessCpu {
     }
 }
 
-/// utime + stime (clock ticks) of a `/proc/.../stat` line. The command
-/// name in parentheses may hold spaces, so fields count from its `)`.
-pub fn stat_ticks(stat: &str) -> Option<u64> {
+/// Field `n` (1-based, as `man 5 proc` numbers them; 3 or later) of a
+/// `/proc/.../stat` line, as a number. The command name in parentheses
+/// may hold spaces, so fields count from its `)`.
+pub fn stat_field(stat: &str, n: usize) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    let mut f = rest.split_whitespace();
-    // After ")": state is field 3; utime and stime are fields 14 and 15.
-    let utime: u64 = f.nth(11)?.parse().ok()?;
-    let stime: u64 = f.next()?.parse().ok()?;
-    Some(utime + stime)
+    // After ")" comes the state, field 3.
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
+/// utime + stime (clock ticks, fields 14 and 15) of a `/proc/.../stat` line.
+pub fn stat_ticks(stat: &str) -> Option<u64> {
+    Some(stat_field(stat, 14)? + stat_field(stat, 15)?)
 }
 
 /// Node CPU time at one moment, by node id.
@@ -447,6 +450,9 @@ mod tests {
         let line =
             "4242 (billdb) node x) S 1 4242 4242 0 -1 4194560 10 0 0 0 7 5 0 0 20 0 9 0 100 0 0";
         assert_eq!(stat_ticks(line), Some(12));
+        // Field 4, the parent's pid; fields before the state do not exist.
+        assert_eq!(stat_field(line, 4), Some(1));
+        assert_eq!(stat_field(line, 2), None);
         assert_eq!(stat_ticks("4242 (short) S 1 2"), None);
         assert_eq!(stat_ticks("no parenthesis at all"), None);
     }

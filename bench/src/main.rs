@@ -3,8 +3,10 @@
 //! cluster's settings, node RSS and disk use. One module per concern:
 //! `dataset` (deterministic generator), `load` (bulk import), `workloads`
 //! (counter, purchase, payment, history, report), `leader_kill`,
-//! `card_check`, `grpc_writes`, `etcd` (the etcd baseline), `postgres` (the PostgreSQL reference), `compare` (billdb against it, in rounds), `stats`, `cluster` (target, RSS, disk),
-//! `http`, `progress`, `up` (a local cluster for benchmarking). Touches clusters over HTTP/gRPC and, for local
+//! `card_check`, `grpc_writes`, `etcd` (the etcd baseline), `postgres`
+//! (the PostgreSQL reference), `compare` (billdb against both, in rounds),
+//! `stats`, `cluster` (target, RSS, disk), `http`, `progress`, `up` (a
+//! local cluster for benchmarking). Touches clusters over HTTP/gRPC and, for local
 //! clusters, their directory, `/proc` and (leader-kill) node processes.
 
 mod ahttp;
@@ -54,8 +56,9 @@ enum Cmd {
     /// streaming standbys (commit on any two), one statement per purchase
     /// driven by pgbench (needs Debian's postgresql).
     Postgres(postgres::PostgresArgs),
-    /// billdb purchases and the etcd baseline in alternating rounds on this
-    /// machine: medians and billdb/etcd ratios.
+    /// billdb purchases, the etcd baseline and (with --postgres-dir) the
+    /// PostgreSQL reference in alternating rounds on this machine: medians
+    /// and billdb/etcd, billdb/postgres ratios.
     Compare(compare::CompareArgs),
 }
 

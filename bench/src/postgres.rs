@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::cluster::{CpuSample, ProcessCpu, cpu_json, machine, stat_ticks, usage_json};
+use crate::cluster::{
+    CpuSample, ProcessCpu, cpu_json, machine, stat_field, stat_ticks, usage_json,
+};
 use crate::stats::Stats;
 
 /// The primary and its standbys.
@@ -132,13 +134,19 @@ impl Setup {
         self.dir.join(format!("pg-{i}"))
     }
 
-    /// A PostgreSQL program, run as the servers' user.
-    fn server_cmd(&self, prog: &str) -> Command {
+    /// A PostgreSQL client program (psql, pgbench), run as this process.
+    fn client_cmd(&self, prog: &str) -> Command {
         let mut c = Command::new(self.bin.join(prog));
+        c.env("LC_ALL", "C").stdin(Stdio::null());
+        c
+    }
+
+    /// A PostgreSQL server program, run as the servers' user.
+    fn server_cmd(&self, prog: &str) -> Command {
+        let mut c = self.client_cmd(prog);
         if let Some((uid, gid)) = self.user {
             c.uid(uid).gid(gid);
         }
-        c.env("LC_ALL", "C").stdin(Stdio::null());
         c
     }
 
@@ -167,12 +175,11 @@ impl Setup {
 
     /// Runs SQL on instance `i` through `psql`; its unaligned output.
     fn sql(&self, i: usize, sql: &str) -> anyhow::Result<String> {
-        let out = Command::new(self.bin.join("psql"))
+        let out = self
+            .client_cmd("psql")
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .args(self.conn_args(i))
             .args(["-d", "postgres", "-c", sql])
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
             .output()
             .context("running psql")?;
         anyhow::ensure!(
@@ -433,6 +440,17 @@ fn printed_count(out: &str, label: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// pgbench's transaction logs in `dir` written under `prefix`
+/// (`prefix.<pid>`, `prefix.<pid>.<thread>`).
+fn log_files(dir: &Path, prefix: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let head = format!("{prefix}.");
+    Ok(std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|f| f.file_name().to_string_lossy().starts_with(&head))
+        .map(|f| f.path())
+        .collect())
+}
+
 /// Runs pgbench with `script` against the primary; the statistics under
 /// `name` and pgbench's count of processed transactions.
 fn pgbench(
@@ -445,26 +463,21 @@ fn pgbench(
 ) -> anyhow::Result<(Stats, u64, f64)> {
     let script_path = s.dir.join(format!("{name}.sql"));
     std::fs::write(&script_path, script)?;
-    let prefix = s.dir.join(format!("pgbench-{name}"));
-    for f in std::fs::read_dir(&s.dir)?.flatten() {
-        if f.file_name()
-            .to_string_lossy()
-            .starts_with(&format!("pgbench-{name}."))
-        {
-            std::fs::remove_file(f.path())?;
-        }
+    let prefix = format!("pgbench-{name}");
+    for f in log_files(&s.dir, &prefix)? {
+        std::fs::remove_file(f)?;
     }
     let started = Instant::now();
-    let out = Command::new(s.bin.join("pgbench"))
+    let out = s
+        .client_cmd("pgbench")
         .args(s.conn_args(0))
         .args(["-n", "-j", "1", "-M", "prepared", "-l"])
-        .arg(format!("--log-prefix={}", prefix.display()))
+        .arg(format!("--log-prefix={prefix}"))
         .args(["-c", &clients.to_string(), "-T", &duration_s.to_string()])
         .args(["-D", &format!("accounts={accounts}"), "-f"])
         .arg(&script_path)
         .arg("postgres")
         .current_dir(&s.dir)
-        .stdin(Stdio::null())
         .output()
         .context("running pgbench")?;
     let secs = started.elapsed().as_secs_f64();
@@ -477,15 +490,8 @@ fn pgbench(
     let processed = printed_count(&printed, "number of transactions actually processed:")
         .context("pgbench did not print its count")?;
     let mut stats = Stats::default();
-    for f in std::fs::read_dir(&s.dir)?.flatten() {
-        if !f
-            .file_name()
-            .to_string_lossy()
-            .starts_with(&format!("pgbench-{name}."))
-        {
-            continue;
-        }
-        for line in std::fs::read_to_string(f.path())?.lines() {
+    for f in log_files(&s.dir, &prefix)? {
+        for line in std::fs::read_to_string(f)?.lines() {
             match log_latency(line) {
                 Some(Ok(us)) => stats.ok(name, us),
                 Some(Err(how)) => stats.err(name, how),
@@ -512,11 +518,8 @@ fn instance_pids(inst: &Instances) -> Vec<(u32, Vec<u32>)> {
             let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
                 continue;
             };
-            let ppid = stat
-                .rfind(')')
-                .and_then(|at| stat[at + 1..].split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u32>().ok());
-            if let Some(ppid) = ppid {
+            // Field 4: the parent's pid.
+            if let Some(ppid) = stat_field(&stat, 4).and_then(|p| u32::try_from(p).ok()) {
                 children.entry(ppid).or_default().push(pid);
             }
         }
@@ -536,7 +539,6 @@ fn role(pid: u32) -> String {
     let word = rest.split_whitespace().next().unwrap_or("");
     match word {
         "walsender" | "walreceiver" | "walwriter" | "checkpointer" | "startup" => word.into(),
-        "background" | "autovacuum" | "logical" | "archiver" => "other".into(),
         // A client connection: "postgres: <user> <db> <host> <state>".
         _ if rest.starts_with("postgres postgres") => "backend".into(),
         _ => "other".into(),
@@ -553,17 +555,8 @@ fn cpu_sample(inst: &Instances) -> CpuSample {
             continue;
         };
         let own = stat_ticks(&stat).unwrap_or(0);
-        let reaped: u64 = stat
-            .rfind(')')
-            .map(|at| {
-                stat[at + 1..]
-                    .split_whitespace()
-                    .skip(13)
-                    .take(2)
-                    .filter_map(|v| v.parse::<u64>().ok())
-                    .sum()
-            })
-            .unwrap_or(0);
+        // Fields 16 and 17: the CPU of the children it waited for.
+        let reaped = stat_field(&stat, 16).unwrap_or(0) + stat_field(&stat, 17).unwrap_or(0);
         let mut ticks = own + reaped;
         let mut by_role: BTreeMap<String, u64> = BTreeMap::new();
         *by_role.entry("backend".into()).or_insert(0) += reaped;

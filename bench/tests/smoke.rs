@@ -329,16 +329,14 @@ fn load_and_every_workload_at_tiny_scale() {
         );
         assert!(m[system]["p99_ms"].as_f64().unwrap_or(0.0) > 0.0, "{cmp}");
     }
-    let ratio = m["billdb_over_etcd"]["ops_per_s"].as_f64().unwrap_or(0.0);
-    let expected = m["billdb"]["ops_per_s"].as_f64().unwrap_or(0.0)
-        / m["etcd"]["ops_per_s"].as_f64().unwrap_or(1.0);
-    assert!((ratio - expected).abs() < 1e-9, "{cmp}");
-    let ratio = m["billdb_over_postgres"]["ops_per_s"]
-        .as_f64()
-        .unwrap_or(0.0);
-    let expected = m["billdb"]["ops_per_s"].as_f64().unwrap_or(0.0)
-        / m["postgres"]["ops_per_s"].as_f64().unwrap_or(1.0);
-    assert!((ratio - expected).abs() < 1e-9, "{cmp}");
+    for base in ["etcd", "postgres"] {
+        let ratio = m[format!("billdb_over_{base}")]["ops_per_s"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let expected = m["billdb"]["ops_per_s"].as_f64().unwrap_or(0.0)
+            / m[base]["ops_per_s"].as_f64().unwrap_or(1.0);
+        assert!((ratio - expected).abs() < 1e-9, "{base}: {cmp}");
+    }
     assert_eq!(cmp["runs"].as_array().map(Vec::len), Some(3), "{cmp}");
     for n in NODE_IDS {
         let pid = c.pid(n).expect("node running");
