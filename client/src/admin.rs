@@ -21,6 +21,9 @@ use serde_json::Value;
 
 /// Default bound on one admin request (connect + send + receive).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound of a snapshot request: above the node's own wait for the build
+/// (`SNAPSHOT_WAIT_MS_MAX`, two minutes), so the node answers first.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(130);
 
 /// Addresses of one cluster member, as sent in `init` / `add learner` bodies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,9 +203,16 @@ impl AdminClient {
         )
     }
 
-    /// `POST /v1/cluster/snapshot`: build a snapshot on this node now.
+    /// `POST /v1/cluster/snapshot`: build a snapshot on this node now. The
+    /// node may take up to two minutes (it waits for the build), so this
+    /// request waits for [`SNAPSHOT_TIMEOUT`] whatever the client's own
+    /// bound: a shorter one would give up on a build still under way.
     pub fn snapshot(&self) -> Result<Value, AdminError> {
-        self.post("/v1/cluster/snapshot", &serde_json::json!({}))
+        self.post_within(
+            "/v1/cluster/snapshot",
+            &serde_json::json!({}),
+            Some(SNAPSHOT_TIMEOUT),
+        )
     }
 
     /// `GET path`; returns the JSON body (`Value::Null` for an empty body, a JSON
@@ -233,11 +243,25 @@ impl AdminClient {
 
     /// `POST path` with a JSON body.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value, AdminError> {
+        self.post_within(path, body, None)
+    }
+
+    /// [`AdminClient::post`], bounded by `timeout` instead of the client's
+    /// own bound when given.
+    fn post_within(
+        &self,
+        path: &str,
+        body: &Value,
+        timeout: Option<Duration>,
+    ) -> Result<Value, AdminError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self
             .agent
             .post(&url)
             .header("content-type", "application/json");
+        if let Some(t) = timeout {
+            req = req.config().timeout_global(Some(t)).build();
+        }
         if let Some(h) = self.auth_header() {
             req = req.header("authorization", h);
         }

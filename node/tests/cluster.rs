@@ -265,10 +265,7 @@ fn wiped_node_is_replaced_and_catches_up_by_snapshot() {
         .find(|n| *n != leader && *n != victim)
         .unwrap();
     let applied = c.status(follower)["applied_index"].as_u64().unwrap();
-    let snap = c
-        .http(follower)
-        .post("/v1/cluster/snapshot", &serde_json::json!({}))
-        .expect("snapshot on demand");
+    let snap = c.http(follower).snapshot().expect("snapshot on demand");
     assert!(
         snap["snapshot_index"].as_u64().unwrap() >= applied,
         "{snap}"
