@@ -31,4 +31,14 @@ pub mod failpoints {
     /// While a file of this name exists in a node's data directory, its
     /// WAL fsyncs (and so its log appends' completions) wait.
     pub const FSYNC_PAUSE_FILE: &str = "failpoint-wal-fsync-pause";
+    /// While a file of this name exists in a node's data directory, each
+    /// snapshot the node receives waits the milliseconds the file holds
+    /// before it is installed (a slow transfer, as of a large state over a
+    /// slow link).
+    pub const SNAPSHOT_INSTALL_DELAY_FILE: &str = "failpoint-snapshot-install-delay-ms";
+    /// When a file of this name exists in a node's data directory, the
+    /// next snapshot transfer the node receives breaks off once it holds
+    /// at least the number of bytes the file says (the file is removed:
+    /// one break), as a link that drops mid-transfer.
+    pub const SNAPSHOT_RECEIVE_BREAK_FILE: &str = "failpoint-snapshot-receive-break-after-bytes";
 }

@@ -17,6 +17,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use billdb_client::local::usage;
+
 use crate::history::{LeaderFault, NemesisEvent};
 use crate::run::Harness;
 
@@ -49,6 +51,11 @@ pub enum Nemesis {
     /// sync and writes go on; with two, no write commits until the hold
     /// ends, and none may be acknowledged meanwhile.
     DiskStall,
+    /// Stop one follower, or the leader and a follower, for minutes (as a
+    /// server waiting for a disk): the nodes still up must stay cheap (CPU
+    /// near what it was with all up, bounded log growth, few warnings a
+    /// second) while writes go on; the stopped ones catch up on return.
+    LongOutage,
 }
 
 pub const ALL: &[Nemesis] = &[
@@ -63,6 +70,7 @@ pub const ALL: &[Nemesis] = &[
     Nemesis::RollingRestart,
     Nemesis::Membership,
     Nemesis::DiskStall,
+    Nemesis::LongOutage,
 ];
 
 impl Nemesis {
@@ -79,6 +87,7 @@ impl Nemesis {
             Nemesis::RollingRestart => "rolling-restart",
             Nemesis::Membership => "membership",
             Nemesis::DiskStall => "disk-stall",
+            Nemesis::LongOutage => "long-outage",
         }
     }
 
@@ -86,9 +95,12 @@ impl Nemesis {
         self.name().starts_with("partition")
     }
 
-    /// Range of fault durations (ms) drawn by the schedule.
-    fn fault_ms(self) -> (u64, u64) {
+    /// Range of fault durations (ms) drawn by the schedule; `once` (each
+    /// nemesis once, the short run) keeps the long outage to half a minute.
+    fn fault_ms(self, once: bool) -> (u64, u64) {
         match self {
+            Nemesis::LongOutage if once => (20_000, 30_000),
+            Nemesis::LongOutage => (LONG_OUTAGE_MS_MIN, LONG_OUTAGE_MS_MAX),
             // Longer than the election timeout (1 s max) so a new leader is elected.
             Nemesis::Pause => (1_500, 4_000),
             Nemesis::Kill2 => (1_000, 5_000),
@@ -128,6 +140,22 @@ pub fn parse_list(s: &str) -> Result<Vec<Nemesis>> {
     }
     Ok(list)
 }
+
+/// A long outage in a timed run lasts from 1 to 3 minutes.
+pub const LONG_OUTAGE_MS_MIN: u64 = 60_000;
+pub const LONG_OUTAGE_MS_MAX: u64 = 180_000;
+/// While others are down, a node still up may use this much more CPU (in
+/// cores) than it did with all up under the same workload. The bound is
+/// loose because the workload is not paced and the machine is shared; a
+/// failure loop costs a whole core.
+pub const OUTAGE_EXTRA_CORES_MAX: f64 = 0.35;
+/// Log growth allowed per node per 5 minutes of outage (at least a quarter
+/// of it however short the outage).
+pub const OUTAGE_LOG_BYTES_PER_5_MIN_MAX: u64 = 1 << 20;
+/// Warnings or errors a node still up may log in any one second.
+pub const OUTAGE_WARN_LINES_PER_S_MAX: usize = 10;
+/// How long the usage with all up is measured before the outage.
+const OUTAGE_BASELINE_MS: u64 = 5_000;
 
 /// One planned fault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -170,7 +198,7 @@ impl Iterator for Schedule {
             self.list[self.rng.random_range(0..self.list.len())]
         };
         self.next += 1;
-        let (lo, hi) = nemesis.fault_ms();
+        let (lo, hi) = nemesis.fault_ms(self.once);
         Some(Step {
             nemesis,
             fault_ms: self.rng.random_range(lo..hi.max(lo + 1)),
@@ -221,6 +249,35 @@ pub fn execute(h: &mut Harness, step: &Step) -> NemesisEvent {
         ev.error = Some(errors.join("; "));
     }
     ev
+}
+
+/// For each listed node over `d`: (node, cores used, log bytes written).
+fn node_usage(h: &Harness, nodes: &[u64], d: Duration) -> Result<Vec<(u64, f64, u64)>> {
+    let start: Vec<(u64, u32, u64, u64)> = nodes
+        .iter()
+        .map(|&n| {
+            let pid = h
+                .cluster
+                .pid(n)
+                .with_context(|| format!("node {n} is not running"))?;
+            let ticks =
+                usage::cpu_ticks(pid).with_context(|| format!("node {n}: no /proc stat"))?;
+            Ok((n, pid, ticks, usage::file_len(&h.cluster.log_path(n))))
+        })
+        .collect::<Result<_>>()?;
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(d);
+    let secs = t0.elapsed().as_secs_f64().max(0.001);
+    let tck = usage::clock_ticks_per_s();
+    start
+        .into_iter()
+        .map(|(n, pid, ticks0, log0)| {
+            let ticks = usage::cpu_ticks(pid)
+                .with_context(|| format!("node {n} exited while others were down"))?;
+            let log = usage::file_len(&h.cluster.log_path(n)).saturating_sub(log0);
+            Ok((n, ticks.saturating_sub(ticks0) as f64 / tck / secs, log))
+        })
+        .collect()
 }
 
 fn fault_at(h: &Harness, ev: &mut NemesisEvent, how: &str, node: u64) {
@@ -337,6 +394,61 @@ fn inject(h: &mut Harness, step: &Step, rng: &mut StdRng, ev: &mut NemesisEvent)
                 h.cluster.wait_healthy(n, Duration::from_secs(60))?;
                 h.leader(Duration::from_secs(60))?;
             }
+        }
+        Nemesis::LongOutage => {
+            let mut down = Vec::new();
+            let with_leader = rng.random_bool(0.5);
+            if with_leader {
+                down.push(leader);
+            }
+            down.extend(pick(rng, &followers, 1));
+            let up = without(&members, &down);
+            let base = node_usage(h, &up, Duration::from_millis(OUTAGE_BASELINE_MS))?;
+            ev.detail = format!("nodes {down:?} stopped for {hold:?} (leader {leader})");
+            if with_leader {
+                fault_at(h, ev, "stop", leader);
+            }
+            for &n in &down {
+                h.cluster.stop(n)?;
+            }
+            let logs_from: Vec<(u64, u64)> = up
+                .iter()
+                .map(|&n| (n, usage::file_len(&h.cluster.log_path(n))))
+                .collect();
+            let during = node_usage(h, &up, hold)?;
+            let log_max = (OUTAGE_LOG_BYTES_PER_5_MIN_MAX * hold.as_secs() / 300)
+                .max(OUTAGE_LOG_BYTES_PER_5_MIN_MAX / 4);
+            let mut over = Vec::new();
+            for (&(n, cores0, _), &(_, cores, log_bytes)) in base.iter().zip(&during) {
+                if cores > cores0 + OUTAGE_EXTRA_CORES_MAX {
+                    over.push(format!(
+                        "node {n} used {cores:.2} cores (all up: {cores0:.2})"
+                    ));
+                }
+                if log_bytes > log_max {
+                    over.push(format!(
+                        "node {n}'s log grew {log_bytes} bytes (bound {log_max})"
+                    ));
+                }
+            }
+            for (n, from) in logs_from {
+                let (most, second) = usage::max_warn_lines_per_s(&h.cluster.log_path(n), from);
+                if most > OUTAGE_WARN_LINES_PER_S_MAX {
+                    over.push(format!("node {n} logged {most} warnings in {second}"));
+                }
+            }
+            let summary: Vec<String> = during
+                .iter()
+                .map(|(n, cores, log)| format!("{n}: {cores:.2} cores, log +{log} B"))
+                .collect();
+            ev.detail = format!("{}; up: {}", ev.detail, summary.join(", "));
+            if !over.is_empty() {
+                bail!(
+                    "nodes up during the outage cost too much: {}",
+                    over.join("; ")
+                );
+            }
+            // Restarted by heal_all; wait_recovered waits for their catch-up.
         }
         Nemesis::Membership => {
             let to = pick(rng, &followers, 1)

@@ -1529,5 +1529,7 @@ impl Drop for Inner {
     }
 }
 
+pub mod usage;
+
 #[cfg(test)]
 mod tests;

@@ -35,6 +35,7 @@ pub fn refresh(app: &App) {
     metrics::gauge!("billdb_raft_applied_index").set(applied as f64);
     metrics::gauge!("billdb_raft_apply_lag_entries").set(committed.saturating_sub(applied) as f64);
     metrics::gauge!("billdb_rocksdb_size_bytes").set(app.db_size_bytes() as f64);
+    app.channels.health().refresh_metrics();
     for (family, bytes) in app.family_sst_bytes() {
         metrics::gauge!("billdb_rocksdb_family_sst_bytes", "family" => family).set(bytes as f64);
     }

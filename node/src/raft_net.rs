@@ -5,6 +5,12 @@
 //! deadline; appends are pipelined over one bidirectional stream; HTTP/2
 //! keepalive tears down silently dead connections. Messages are openraft's
 //! own types encoded with bincode inside `billdb.raft.v1.RaftMsg`.
+//!
+//! Every attempt to reach a peer first waits out that peer's backoff and
+//! then reports its outcome (`peer_health`): a peer that is down costs a
+//! few refused connections a second, not a spinning core. Snapshot sends
+//! are registered in `log_purge::SnapshotSends` so the log they need is
+//! not purged under them.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -28,6 +34,8 @@ use openraft::raft::{
 use openraft::{AnyError, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::log_purge::SnapshotSends;
+use crate::peer_health::{FailureKind, PeerHealth};
 use crate::store::checkpoint::SnapshotHandle;
 use crate::store::snapshot::CHUNK_SIZE_BYTES;
 use crate::types::{NodeId, NodeInfo, TypeConfig, Vote};
@@ -78,6 +86,8 @@ pub struct Channels {
     inner: Arc<Mutex<HashMap<String, Channel>>>,
     /// Source IP of outgoing connections (`None`: chosen by the kernel).
     local_ip: Option<IpAddr>,
+    /// Reachability and backoff of each peer, as the Raft client sees it.
+    health: PeerHealth,
 }
 
 /// The source IP to bind node-to-node connections to: the IP of this node's
@@ -93,7 +103,13 @@ impl Channels {
         Channels {
             inner: Arc::default(),
             local_ip,
+            health: PeerHealth::default(),
         }
+    }
+
+    /// Every peer's reachability (shared by all Raft client connections).
+    pub fn health(&self) -> &PeerHealth {
+        &self.health
     }
 
     pub fn get(&self, addr: &str) -> Result<RaftInternalClient<Channel>, tonic::transport::Error> {
@@ -113,6 +129,8 @@ pub struct Network {
     pub channels: Channels,
     /// The local log's first kept index (`LogStore::first_kept_index`).
     pub first_kept_index: Arc<AtomicU64>,
+    /// Snapshots being sent, so the purge keeps the log after them.
+    pub snapshot_sends: SnapshotSends,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -125,6 +143,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.raft_addr.clone(),
             channels: self.channels.clone(),
             first_kept_index: self.first_kept_index.clone(),
+            snapshot_sends: self.snapshot_sends.clone(),
         }
     }
 }
@@ -135,6 +154,7 @@ pub struct Conn {
     addr: String,
     channels: Channels,
     first_kept_index: Arc<AtomicU64>,
+    snapshot_sends: SnapshotSends,
 }
 
 fn unreachable<E: std::error::Error + 'static>(e: &E) -> Unreachable<TypeConfig> {
@@ -150,6 +170,15 @@ fn status_err<E: std::error::Error>(s: tonic::Status) -> RpcErr<E> {
     }
 }
 
+/// The kind of failure an RPC error is, for the peer's health.
+fn failure_kind<E: std::error::Error>(e: &RpcErr<E>) -> FailureKind {
+    match e {
+        RPCError::Unreachable(_) => FailureKind::Unreachable,
+        RPCError::Timeout(_) => FailureKind::Timeout,
+        _ => FailureKind::Network,
+    }
+}
+
 fn codec_err<E: std::error::Error>(e: bincode::Error) -> RpcErr<E> {
     RPCError::Network(NetworkError::new(&AnyError::error(format!(
         "raft message codec: {e}"
@@ -157,6 +186,20 @@ fn codec_err<E: std::error::Error>(e: bincode::Error) -> RpcErr<E> {
 }
 
 impl Conn {
+    fn health(&self) -> &PeerHealth {
+        self.channels.health()
+    }
+
+    /// Report an RPC's outcome to the peer's health table.
+    fn note<T, E: std::error::Error>(&self, r: &Result<T, RpcErr<E>>) {
+        match r {
+            Ok(_) => self.health().on_success(self.target),
+            Err(e) => self
+                .health()
+                .on_failure(self.target, failure_kind(e), &e.to_string()),
+        }
+    }
+
     fn client<E: std::error::Error>(&self) -> Result<RaftInternalClient<Channel>, RpcErr<E>> {
         self.channels
             .get(&self.addr)
@@ -188,12 +231,19 @@ impl Conn {
     {
         let data = encode(req).map_err(codec_err)?;
         let ttl = deadline_for(action, option);
+        // Appends retry in a loop inside openraft: they wait out the peer's
+        // backoff. Votes and leader transfers are one-off: sent at once.
+        if action == RPCTypes::AppendEntries {
+            self.health().wait_before_attempt(self.target).await;
+        }
         let fut = call(self.client()?, RaftMsg { data });
-        match tokio::time::timeout(ttl, fut).await {
+        let r = match tokio::time::timeout(ttl, fut).await {
             Err(_) => Err(self.timeout(action, ttl)),
             Ok(Err(s)) => Err(status_err(s)),
-            Ok(Ok(resp)) => decode(&resp.into_inner().data).map_err(codec_err),
-        }
+            Ok(Ok(resp)) => Ok(resp),
+        };
+        self.note(&r);
+        decode(&r?.into_inner().data).map_err(codec_err)
     }
 }
 
@@ -253,6 +303,9 @@ impl RaftNetworkV2<TypeConfig> for Conn {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         let fut = async move {
+            // A peer that is down: wait out its backoff before trying again
+            // (openraft reopens a failed stream at once, forever).
+            self.health().wait_before_attempt(self.target).await;
             let mut client = self.client()?;
             let ttl = deadline_for(RPCTypes::AppendEntries, &option);
             // Send time of each request not yet answered, oldest first: the
@@ -298,10 +351,13 @@ impl RaftNetworkV2<TypeConfig> for Conn {
                 futures::future::ready(msg)
             });
             let resp = match tokio::time::timeout(ttl, client.stream_append(outbound)).await {
-                Err(_) => return Err(self.timeout(RPCTypes::AppendEntries, ttl)),
-                Ok(Err(s)) => return Err(status_err(s)),
-                Ok(Ok(r)) => r.into_inner(),
+                Err(_) => Err(self.timeout(RPCTypes::AppendEntries, ttl)),
+                Ok(Err(s)) => Err(status_err(s)),
+                Ok(Ok(r)) => Ok(r.into_inner()),
             };
+            self.note(&resp);
+            let resp = resp?;
+            let health = self.health().clone();
             let (self_id, target) = (self.self_id, self.target);
             let peer = target.to_string();
             let round_trip = [
@@ -312,9 +368,9 @@ impl RaftNetworkV2<TypeConfig> for Conn {
             // outstanding; an idle stream may stay quiet forever.
             // The per-stream state travels in the unfold state: nothing is
             // cloned per answer.
-            let state = Some((resp, in_flight, round_trip, stale_run));
+            let state = Some((resp, in_flight, round_trip, stale_run, health));
             let out = futures::stream::unfold(state, move |state| async move {
-                let (mut resp, in_flight, round_trip, stale_run) = state?;
+                let (mut resp, in_flight, round_trip, stale_run, health) = state?;
                 loop {
                     if stale_run.load(Ordering::Acquire) >= STALE_APPENDS_MAX {
                         tracing::warn!(
@@ -334,10 +390,15 @@ impl RaftNetworkV2<TypeConfig> for Conn {
                                 target,
                                 timeout: ttl,
                             });
+                            health.on_failure(target, FailureKind::Timeout, &e.to_string());
                             return Some((Err(e), None));
                         }
                         Ok(None) => return None,
-                        Ok(Some(Err(s))) => return Some((Err(status_err(s)), None)),
+                        Ok(Some(Err(s))) => {
+                            let e = status_err(s);
+                            health.on_failure(target, failure_kind(&e), &e.to_string());
+                            return Some((Err(e), None));
+                        }
                         Ok(Some(Ok(msg))) => {
                             let sent_at = in_flight.lock().ok().and_then(|mut q| q.pop_front());
                             if let Some((t, entries)) = sent_at {
@@ -347,7 +408,7 @@ impl RaftNetworkV2<TypeConfig> for Conn {
                                 .map_err(codec_err);
                             let next = item
                                 .is_ok()
-                                .then_some((resp, in_flight, round_trip, stale_run));
+                                .then_some((resp, in_flight, round_trip, stale_run, health));
                             return Some((item, next));
                         }
                     }
@@ -390,9 +451,81 @@ impl RaftNetworkV2<TypeConfig> for Conn {
         let meta = encode(&(vote, snapshot.meta.clone())).map_err(|e| {
             StreamingError::Network(NetworkError::new(&AnyError::error(e.to_string())))
         })?;
+        self.health().wait_before_attempt(self.target).await;
+        // Held until this future ends, however it ends: the purge keeps the
+        // entries after the snapshot meanwhile (see `log_purge`).
+        let snapshot_index = snapshot.meta.last_log_id.as_ref().map_or(0, |l| l.index);
+        let mut held = self.snapshot_sends.start(self.target, snapshot_index);
+        metrics::counter!("billdb_snapshot_sends_total", "peer" => self.target.to_string())
+            .increment(1);
+        let r = self.send_snapshot(snapshot, meta, cancel).await;
+        match &r {
+            Ok(_) => {
+                held.installed();
+                self.health().on_success(self.target);
+            }
+            Err(StreamingError::Closed(_)) => {}
+            Err(StreamingError::Unreachable(e)) => {
+                self.health()
+                    .on_failure(self.target, FailureKind::Unreachable, &e.to_string())
+            }
+            Err(StreamingError::Timeout(e)) => {
+                self.health()
+                    .on_failure(self.target, FailureKind::Timeout, &e.to_string())
+            }
+            Err(e) => self
+                .health()
+                .on_failure(self.target, FailureKind::Network, &e.to_string()),
+        }
+        r
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RpcErr> {
+        self.unary(
+            RPCTypes::TransferLeader,
+            &req,
+            &option,
+            |mut c, m| async move { c.transfer_leader(m).await },
+        )
+        .await
+    }
+}
+
+/// How long the sender waits to learn where to resume a snapshot transfer.
+const SNAPSHOT_STAGED_TIMEOUT_MS: u64 = 2_000;
+
+impl Conn {
+    /// Bytes of this snapshot the peer holds from an interrupted transfer
+    /// (0 when it holds none or does not answer in time).
+    async fn staged_bytes(&self, meta: &crate::types::SnapshotMeta) -> u64 {
+        let Ok(data) = encode(meta) else { return 0 };
+        let Ok(mut c) = self.client::<openraft::errors::Infallible>() else {
+            return 0;
+        };
+        let ask = c.snapshot_staged(RaftMsg { data });
+        match tokio::time::timeout(Duration::from_millis(SNAPSHOT_STAGED_TIMEOUT_MS), ask).await {
+            Ok(Ok(r)) => decode::<u64>(&r.into_inner().data).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Stream the snapshot's file to the peer in chunks (from where an
+    /// interrupted transfer of it stopped); the peer answers once it has
+    /// installed it.
+    async fn send_snapshot(
+        &mut self,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotHandle>,
+        meta: Vec<u8>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         // The file is written from its checkpoint the first time a peer
         // needs it (minutes at full scale): off the runtime, and given up
         // if replication to this peer closes meanwhile.
+        let snapshot_meta = snapshot.meta.clone();
         let handle = snapshot.snapshot;
         let mut cancel = std::pin::pin!(cancel);
         let materialize = tokio::task::spawn_blocking(move || handle.materialize());
@@ -405,19 +538,33 @@ impl RaftNetworkV2<TypeConfig> for Conn {
             },
         };
         let total = file.size_bytes;
+        // Resume where an interrupted transfer of this snapshot stopped:
+        // the receiver says how many bytes it holds (0 when none, or when
+        // it cannot be asked; the final checksum covers the whole file).
+        let offset = self.staged_bytes(&snapshot_meta).await.min(total);
+        if offset > 0 {
+            tracing::info!(
+                target_node = self.target,
+                offset,
+                total,
+                "resuming snapshot transfer"
+            );
+        }
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(SNAPSHOT_CHUNKS_IN_FLIGHT_MAX);
         // Reader task: file → chunks. Stops when the receiver goes away.
         let target = self.target;
         let reader = tokio::task::spawn_blocking(move || -> Result<(), std::io::Error> {
-            let mut offset = 0u64;
-            let mut first = Some(meta);
+            let mut offset = offset;
+            let mut first = Some((meta, offset));
             loop {
                 let mut buf = vec![0u8; CHUNK_SIZE_BYTES];
                 let n = file.read_at(offset, &mut buf)?;
                 buf.truncate(n);
+                let (meta, start) = first.take().unwrap_or_default();
                 let chunk = SnapshotChunk {
-                    meta: first.take().unwrap_or_default(),
+                    meta,
                     data: buf,
+                    offset: start,
                 };
                 if tx.blocking_send(chunk).is_err() {
                     return Ok(());
@@ -458,20 +605,6 @@ impl RaftNetworkV2<TypeConfig> for Conn {
         decode(&resp.into_inner().data).map_err(|e| {
             StreamingError::Network(NetworkError::new(&AnyError::error(e.to_string())))
         })
-    }
-
-    async fn transfer_leader(
-        &mut self,
-        req: TransferLeaderRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<TransferLeaderResponse<TypeConfig>, RpcErr> {
-        self.unary(
-            RPCTypes::TransferLeader,
-            &req,
-            &option,
-            |mut c, m| async move { c.transfer_leader(m).await },
-        )
-        .await
     }
 }
 

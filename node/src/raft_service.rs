@@ -43,6 +43,44 @@ fn fatal(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft is not running: {e}"))
 }
 
+impl RaftService {
+    /// The test fault point that breaks off the next received transfer
+    /// after the bytes its file names
+    /// (`billdb_api::failpoints::SNAPSHOT_RECEIVE_BREAK_FILE`); taking it
+    /// removes the file.
+    fn receive_break(&self) -> Option<u64> {
+        use billdb_api::failpoints;
+        if std::env::var(failpoints::ENV).as_deref() != Ok("1") {
+            return None;
+        }
+        let path = self
+            .app
+            .config
+            .data_dir
+            .join(failpoints::SNAPSHOT_RECEIVE_BREAK_FILE);
+        let bytes = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+        std::fs::remove_file(&path).ok()?;
+        Some(bytes)
+    }
+
+    /// The test fault point's delay before installing a received snapshot
+    /// (`billdb_api::failpoints::SNAPSHOT_INSTALL_DELAY_FILE`), when fault
+    /// points are on and the file holds a number of milliseconds.
+    fn install_delay(&self) -> Option<std::time::Duration> {
+        use billdb_api::failpoints;
+        if std::env::var(failpoints::ENV).as_deref() != Ok("1") {
+            return None;
+        }
+        let path = self
+            .app
+            .config
+            .data_dir
+            .join(failpoints::SNAPSHOT_INSTALL_DELAY_FILE);
+        let ms: u64 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+        Some(std::time::Duration::from_millis(ms.min(600_000)))
+    }
+}
+
 #[tonic::async_trait]
 impl RaftInternal for RaftService {
     async fn vote(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
@@ -99,9 +137,36 @@ impl RaftInternal for RaftService {
         let (vote, meta): (Vote, SnapshotMeta) = decode(&first.meta).map_err(bad)?;
         let stream_no = SNAPSHOT_STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let part = self.sm.incoming_path(&meta, stream_no);
+        let staged = self.sm.staged_path(&meta);
         let started = std::time::Instant::now();
-        let mut file = std::fs::File::create(&part).map_err(|e| Status::internal(e.to_string()))?;
-        let mut received = 0u64;
+        self.sm.discard_staged_except(&meta);
+        // A resumed transfer continues the bytes an interrupted one left
+        // staged: claimed by renaming them to this stream's own file.
+        let resumed = first.offset > 0;
+        let (mut file, mut received) = if resumed {
+            std::fs::rename(&staged, &part).map_err(|e| {
+                Status::failed_precondition(format!("no staged bytes to resume from: {e}"))
+            })?;
+            let held = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+            if held != first.offset {
+                let _ = std::fs::remove_file(&part);
+                return Err(Status::failed_precondition(format!(
+                    "resume at {} but {held} bytes are staged",
+                    first.offset
+                )));
+            }
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&part)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            metrics::counter!("billdb_snapshot_resumed_bytes_total").increment(held);
+            tracing::info!(offset = held, "snapshot transfer resumed");
+            (f, held)
+        } else {
+            let f = std::fs::File::create(&part).map_err(|e| Status::internal(e.to_string()))?;
+            (f, 0u64)
+        };
+        let break_after = self.receive_break();
         let mut chunk = Some(first);
         while let Some(c) = chunk.take() {
             received += c.data.len() as u64;
@@ -113,10 +178,27 @@ impl RaftInternal for RaftService {
                 .map_err(|e| Status::internal(e.to_string()))?;
             metrics::counter!("billdb_snapshot_received_bytes_total")
                 .increment(c.data.len() as u64);
+            if break_after.is_some_and(|b| received >= b) {
+                tracing::warn!(
+                    bytes = received,
+                    "fault injection: snapshot transfer broken off"
+                );
+                drop(file);
+                let _ = std::fs::rename(&part, &staged);
+                return Err(Status::unavailable("fault injection: transfer broken off"));
+            }
             chunk = match stream.next().await {
                 Some(Ok(c)) => Some(c),
                 Some(Err(e)) => {
-                    let _ = std::fs::remove_file(&part);
+                    // Keep what arrived: the sender resumes from here.
+                    drop(file);
+                    if std::fs::rename(&part, &staged).is_err() {
+                        let _ = std::fs::remove_file(&part);
+                    }
+                    tracing::info!(
+                        bytes = received,
+                        "snapshot transfer interrupted; bytes kept to resume"
+                    );
                     return Err(e);
                 }
                 None => None,
@@ -127,11 +209,34 @@ impl RaftInternal for RaftService {
         drop(file);
         let recv = part.with_extension("recv");
         std::fs::rename(&part, &recv).map_err(|e| Status::internal(e.to_string()))?;
+        let _ = std::fs::remove_file(&staged);
+        if resumed {
+            // Its first bytes came from an earlier transfer, maybe of another
+            // leader's build of this index: check the whole file here, so a
+            // mismatch costs a new transfer, not a failed install.
+            let check = recv.clone();
+            let ok = tokio::task::spawn_blocking(move || crate::store::snapshot::verify(&check))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            if let Err(e) = ok {
+                let _ = std::fs::remove_file(&recv);
+                return Err(Status::data_loss(format!(
+                    "resumed snapshot does not verify: {e}"
+                )));
+            }
+        }
         tracing::info!(
             bytes = received,
             ms = started.elapsed().as_millis() as u64,
             "snapshot received"
         );
+        if let Some(delay) = self.install_delay() {
+            tracing::warn!(
+                ms = delay.as_millis() as u64,
+                "fault injection: snapshot install delayed"
+            );
+            tokio::time::sleep(delay).await;
+        }
         let data = SnapshotFile::open(&recv).map_err(|e| Status::internal(e.to_string()))?;
         let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotHandle> {
             meta,
@@ -143,7 +248,16 @@ impl RaftInternal for RaftService {
             .install_full_snapshot(vote, snapshot)
             .await
             .map_err(fatal)?;
+        metrics::counter!("billdb_snapshot_installs_total").increment(1);
         enc(&resp)
+    }
+
+    async fn snapshot_staged(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
+        let meta: SnapshotMeta = decode(&req.into_inner().data).map_err(bad)?;
+        let held = std::fs::metadata(self.sm.staged_path(&meta))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        enc(&held)
     }
 
     async fn transfer_leader(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {

@@ -32,7 +32,9 @@ pub fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {
         install_snapshot_timeout: r.install_snapshot_timeout_ms,
         max_payload_entries: r.max_payload_entries,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
-        max_in_snapshot_log_to_keep: r.logs_to_keep_after_snapshot,
+        // The log is purged by `log_purge` (it keeps what a snapshot in
+        // flight needs), never by openraft on its own.
+        max_in_snapshot_log_to_keep: crate::log_purge::OPENRAFT_KEEP_ALL,
         enable_pre_vote: Some(true),
         broadcast_submitted_on_append: Some(r.replicate_before_local_fsync),
         // A restarted leader stands for election like any node instead of
@@ -77,12 +79,22 @@ fn spawn_snapshot_by_log_bytes(raft: Raft, appended: Arc<AtomicU64>, bytes_since
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // Every call site's lines are rate-bounded (`log_limit`): no failure
+    // loop, ours or openraft's, can fill the disk with the log.
+    let log_limit = crate::log_limit::RateLimit::default();
+    let logging = tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_env("BILLDB_LOG")
                 .unwrap_or_else(|_| "info,openraft=warn".into()),
         )
+        .with(log_limit.clone())
+        .with(tracing_subscriber::fmt::layer())
         .try_init();
+    if logging.is_ok() {
+        crate::log_limit::spawn_summary(log_limit);
+    }
     let prometheus = crate::metrics::install()?;
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir)
@@ -97,10 +109,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let sm = StateMachine::open(db.clone(), config.data_dir.join("snapshots"))
         .context("opening state machine")?;
     let channels = Channels::with_local_ip(crate::raft_net::local_ip_of(&config.raft_addr));
+    let snapshot_sends = crate::log_purge::SnapshotSends::default();
     let network = Network {
         self_id: config.node_id,
         channels: channels.clone(),
         first_kept_index: log_store.first_kept_index(),
+        snapshot_sends: snapshot_sends.clone(),
     };
     let raft = Raft::new(
         config.node_id,
@@ -130,6 +144,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sm.fence(),
     );
     crate::metrics::spawn_leader_watch(app.clone());
+    crate::log_purge::spawn_purger(
+        raft.clone(),
+        snapshot_sends,
+        config.raft.logs_to_keep_after_snapshot,
+    );
     spawn_snapshot_by_log_bytes(
         raft.clone(),
         log_appended_bytes,

@@ -29,6 +29,10 @@ pub struct Status {
     pub nodes: BTreeMap<NodeId, NodeInfo>,
     /// Leader only: per follower, matched index and lag in entries.
     pub replication: BTreeMap<NodeId, Replication>,
+    /// Every peer this node's Raft client has tried to reach: reachable or
+    /// not, since when (Unix ms), consecutive and total failed attempts,
+    /// the last error.
+    pub peers: BTreeMap<NodeId, crate::peer_health::PeerReport>,
     pub db_size_bytes: u64,
     /// How this node confirms leadership for linearizable reads
     /// (`read_index` or `lease`, from `raft.read_policy`; the same value as
@@ -93,6 +97,7 @@ pub fn status(app: &App) -> Status {
         learners,
         nodes: membership.nodes().map(|(k, v)| (*k, v.clone())).collect(),
         replication,
+        peers: app.channels.health().report(),
         db_size_bytes: app.db_size_bytes(),
         read_policy: app.config.raft.read_policy,
         lease_read: app

@@ -67,6 +67,12 @@ impl SnapshotHandle {
         }
     }
 
+    /// Whether anything besides the state machine's own reference holds
+    /// this snapshot (a transfer in progress).
+    pub fn in_use(&self) -> bool {
+        Arc::strong_count(&self.inner) > 1
+    }
+
     /// Where the snapshot file is (or will be).
     pub fn file_path(&self) -> &Path {
         &self.inner.file_path

@@ -237,6 +237,9 @@ pub struct StateMachine {
     db: Arc<DB>,
     snap_dir: PathBuf,
     current: Arc<Mutex<Option<(SnapshotMeta, SnapshotHandle)>>>,
+    /// Snapshots replaced as current while a transfer still held them
+    /// (by name): their files and checkpoints stay until it lets go.
+    retired: Arc<Mutex<Vec<(String, SnapshotHandle)>>>,
     cache: Arc<Mutex<ApplyCache>>,
     /// What is applied, for lease reads on the leader (`read_fence`).
     fence: Arc<ReadFence>,
@@ -261,6 +264,7 @@ impl StateMachine {
             db,
             snap_dir,
             current: Arc::new(Mutex::new(None)),
+            retired: Arc::new(Mutex::new(Vec::new())),
             cache: Arc::new(Mutex::new(ApplyCache::new(APPLY_CACHE_BYTES_MAX))),
             fence: Arc::new(ReadFence::default()),
             limits: ApplyLimits::default(),
@@ -358,21 +362,32 @@ impl StateMachine {
         meta: SnapshotMeta,
         handle: SnapshotHandle,
     ) -> Result<(), std::io::Error> {
-        let keep = snap_name(&meta);
+        let newest = snap_name(&meta);
         let mut cur = self.current.lock().map_err(io_err)?;
-        *cur = Some((meta, handle));
+        let old = cur.replace((meta, handle));
         drop(cur);
-        // Keep only the newest snapshot: its meta, file and checkpoint.
-        // Transfers in progress hold their file (and a read-only
-        // checkpoint holds its table files) open, so they finish.
+        // Keep the newest snapshot (meta, file, checkpoint) and any older
+        // one a transfer still holds: a transfer may be writing the file
+        // from its checkpoint, and RocksDB opens a checkpoint's table files
+        // as it reads them (deleting them under it failed sends to a new
+        // node while snapshots were built every few hundred entries).
+        let mut retired = self.retired.lock().map_err(io_err)?;
+        if let Some((old_meta, old_handle)) = old {
+            retired.push((snap_name(&old_meta), old_handle));
+        }
+        retired.retain(|(name, h)| *name != newest && h.in_use());
+        let mut keep: Vec<String> = retired.iter().map(|(n, _)| n.clone()).collect();
+        drop(retired);
+        keep.push(newest);
         for entry in std::fs::read_dir(&self.snap_dir)? {
             let p = entry?.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
             let stem = p.file_stem().and_then(|n| n.to_str()).unwrap_or("");
             let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-            let old_file = (ext == "snap" || ext == "meta") && stem != keep;
-            let old_checkpoint =
-                name.starts_with(CHECKPOINT_PREFIX) && name != format!("{CHECKPOINT_PREFIX}{keep}");
+            let old_file = (ext == "snap" || ext == "meta") && !keep.iter().any(|k| k == stem);
+            let old_checkpoint = name
+                .strip_prefix(CHECKPOINT_PREFIX)
+                .is_some_and(|n| !keep.iter().any(|k| k == n));
             if old_file || old_checkpoint {
                 let _ = remove_path(&p);
             }
@@ -688,6 +703,31 @@ impl StateMachine {
     pub fn incoming_path(&self, meta: &SnapshotMeta, stream_no: u64) -> PathBuf {
         self.snap_dir
             .join(format!("incoming-{}-{stream_no}.part", snap_name(meta)))
+    }
+
+    /// Where the bytes of an interrupted transfer of this snapshot wait
+    /// for the transfer to resume (see `raft_service::install_snapshot`).
+    /// Keyed by the snapshot's last log id: two leaders' builds of the same
+    /// index need not give the same bytes, so a resumed file is verified
+    /// whole before it is installed.
+    pub fn staged_path(&self, meta: &SnapshotMeta) -> PathBuf {
+        self.snap_dir
+            .join(format!("incoming-{}.resume", snap_name(meta)))
+    }
+
+    /// Remove the staged bytes of interrupted transfers of snapshots other
+    /// than `keep` (a newer snapshot makes them useless).
+    pub fn discard_staged_except(&self, keep: &SnapshotMeta) {
+        let keep = self.staged_path(keep);
+        let Ok(dir) = std::fs::read_dir(&self.snap_dir) else {
+            return;
+        };
+        for e in dir.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "resume") && p != keep {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
     }
 }
 
