@@ -9,6 +9,9 @@
 //! test command short; `BILLDB_OUTAGE_S=300` is the five-minute run of
 //! docs/OPERATIONS.md). The same bounds apply at any length: the log bound
 //! scales with the outage (1 MB per 5 minutes).
+//!
+//! Ports (127.0.0.1, node N on base+N, base+100+N, base+200+N): bases
+//! 31000, 32000 and 30500, below the kernel's ephemeral range.
 
 mod common;
 
@@ -569,5 +572,103 @@ fn replaced_and_readded_nodes_catch_up_under_load_with_at_most_two_snapshots() {
         total += acked;
     }
     assert!(total > 100, "only {total} writes under the load");
+    c.wait_converged(&voters, Duration::from_secs(60));
+}
+
+/// Issue 20: a snapshot transfer that breaks off resumes where it stopped
+/// rather than from zero. The leader's snapshot is built on demand (no
+/// automatic one in between, so the same snapshot is sent again); the new
+/// node's first transfer is broken off by a fault point after its first
+/// chunk; the second carries only the rest, and the node installs once.
+#[test]
+fn interrupted_snapshot_transfer_resumes_where_it_stopped() {
+    let raft = RaftTimings {
+        logs_to_keep_after_snapshot: Some(50),
+        ..RaftTimings::default()
+    };
+    let c = Arc::new(TestCluster::start_with_env(
+        30500,
+        5,
+        raft,
+        &[("BILLDB_FAILPOINTS", "1")],
+    ));
+    open_accounts(&c);
+    let all: Vec<NodeId> = (1..=5).collect();
+    let live = Arc::new(Mutex::new(all.clone()));
+    let loads: Vec<Load> = (0..2)
+        .map(|t| Load::start_paced(&c, live.clone(), &format!("r{t}"), Duration::ZERO))
+        .collect();
+    // Enough state for a snapshot file of more than one 1 MiB chunk.
+    std::thread::sleep(Duration::from_secs(20));
+    for l in loads {
+        let (acked, failed, _) = l.finish();
+        assert!(acked > 100 && failed.is_empty(), "{acked} {failed:?}");
+    }
+    let leader = c.leader();
+    let victim = *all.iter().find(|n| **n != leader).unwrap();
+    c.c.kill(victim).unwrap();
+    c.c.wipe(victim).unwrap();
+    c.http(leader).snapshot().expect("snapshot on the leader");
+    // The purge follows the snapshot: the new node cannot catch up by log.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.status(leader)["purged_index"].as_u64().unwrap_or(0) < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "leader did not purge: {}",
+            c.status(leader)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.http(leader).remove(victim).expect("remove wiped node");
+    let spec = c.c.add_node(6).expect("add node 6");
+    std::fs::create_dir_all(c.c.data_dir(6)).unwrap();
+    std::fs::write(
+        c.c.data_dir(6)
+            .join(billdb_api::failpoints::SNAPSHOT_RECEIVE_BREAK_FILE),
+        "1",
+    )
+    .unwrap();
+    c.c.start(6).unwrap();
+    c.c.wait_healthy(6, Duration::from_secs(30)).unwrap();
+    c.http(leader)
+        .add_learner(&spec.addrs())
+        .expect("add learner 6");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let committed = c.status(leader)["committed_index"].as_u64().unwrap_or(0);
+        if c.status(6)["applied_index"].as_u64().unwrap_or(0) >= committed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 6 did not catch up: {}",
+            c.status(6)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let snap_bytes: u64 = std::fs::read_dir(c.c.data_dir(leader).join("snapshots"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "snap"))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .max()
+        .expect("the leader wrote the snapshot file it sent");
+    let resumed = c.metric(6, "billdb_snapshot_resumed_bytes_total");
+    let received = c.metric(6, "billdb_snapshot_received_bytes_total");
+    let installs = c.metric(6, "billdb_snapshot_installs_total");
+    eprintln!(
+        "snapshot {snap_bytes} B: received {received} B, resumed at {resumed} B, {installs} installs"
+    );
+    assert!(
+        !c.c.data_dir(6)
+            .join(billdb_api::failpoints::SNAPSHOT_RECEIVE_BREAK_FILE)
+            .exists(),
+        "the transfer was never broken off"
+    );
+    assert!(resumed > 0.0, "the second transfer started from zero");
+    assert_eq!(received as u64, snap_bytes, "bytes were sent twice");
+    assert_eq!(installs, 1.0);
+    let mut voters: Vec<NodeId> = all.iter().copied().filter(|n| *n != victim).collect();
+    voters.push(6);
     c.wait_converged(&voters, Duration::from_secs(60));
 }
