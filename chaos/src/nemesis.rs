@@ -141,13 +141,19 @@ pub fn parse_list(s: &str) -> Result<Vec<Nemesis>> {
     Ok(list)
 }
 
+/// A long outage drawn in a timed run is kept one time in this many.
+const LONG_OUTAGE_KEEP_ONE_IN: u32 = 4;
 /// A long outage in a timed run lasts from 1 to 3 minutes.
 pub const LONG_OUTAGE_MS_MIN: u64 = 60_000;
 pub const LONG_OUTAGE_MS_MAX: u64 = 180_000;
-/// While others are down, a node still up may use this much more CPU (in
-/// cores) than it did with all up under the same workload. The bound is
-/// loose because the workload is not paced and the machine is shared; a
-/// failure loop costs a whole core.
+/// While others are down, a node still up may spend at most this many
+/// times its all-up CPU per acknowledged write (plus the slack below): the
+/// workload is not paced, so with nodes down the others may serve more
+/// writes; a failure loop costs a whole core, several ms per write.
+pub const OUTAGE_CPU_PER_WRITE_RATIO_MAX: f64 = 1.5;
+pub const OUTAGE_CPU_PER_WRITE_MS_SLACK: f64 = 0.5;
+/// When no writes were served in a window, the bound in cores over the
+/// all-up usage instead.
 pub const OUTAGE_EXTRA_CORES_MAX: f64 = 0.35;
 /// Log growth allowed per node per 5 minutes of outage (at least a quarter
 /// of it however short the outage).
@@ -155,7 +161,7 @@ pub const OUTAGE_LOG_BYTES_PER_5_MIN_MAX: u64 = 1 << 20;
 /// Warnings or errors a node still up may log in any one second.
 pub const OUTAGE_WARN_LINES_PER_S_MAX: usize = 10;
 /// How long the usage with all up is measured before the outage.
-const OUTAGE_BASELINE_MS: u64 = 5_000;
+const OUTAGE_BASELINE_MS: u64 = 10_000;
 
 /// One planned fault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -195,7 +201,19 @@ impl Iterator for Schedule {
         let nemesis = if self.once {
             self.list[self.next]
         } else {
-            self.list[self.rng.random_range(0..self.list.len())]
+            // A long outage lasts minutes where other faults last seconds:
+            // drawn as often, it would fill most of a run. It is kept on one
+            // draw in LONG_OUTAGE_KEEP_ONE_IN (about a fifth of a 30-minute
+            // run), unless it is the only nemesis listed.
+            loop {
+                let n = self.list[self.rng.random_range(0..self.list.len())];
+                if n != Nemesis::LongOutage
+                    || self.list.len() == 1
+                    || self.rng.random_range(0..LONG_OUTAGE_KEEP_ONE_IN) == 0
+                {
+                    break n;
+                }
+            }
         };
         self.next += 1;
         let (lo, hi) = nemesis.fault_ms(self.once);
@@ -251,8 +269,14 @@ pub fn execute(h: &mut Harness, step: &Step) -> NemesisEvent {
     ev
 }
 
-/// For each listed node over `d`: (node, cores used, log bytes written).
-fn node_usage(h: &Harness, nodes: &[u64], d: Duration) -> Result<Vec<(u64, f64, u64)>> {
+/// What the listed nodes cost over `d`: per node (node, cores used, log
+/// bytes written), and the writes acknowledged in that time (any client).
+struct Usage {
+    nodes: Vec<(u64, f64, u64)>,
+    writes_per_s: f64,
+}
+
+fn node_usage(h: &Harness, nodes: &[u64], d: Duration) -> Result<Usage> {
     let start: Vec<(u64, u32, u64, u64)> = nodes
         .iter()
         .map(|&n| {
@@ -265,11 +289,12 @@ fn node_usage(h: &Harness, nodes: &[u64], d: Duration) -> Result<Vec<(u64, f64, 
             Ok((n, pid, ticks, usage::file_len(&h.cluster.log_path(n))))
         })
         .collect::<Result<_>>()?;
-    let t0 = std::time::Instant::now();
+    let (t0, from_ns) = (std::time::Instant::now(), h.rec.now_ns());
     std::thread::sleep(d);
     let secs = t0.elapsed().as_secs_f64().max(0.001);
+    let to_ns = h.rec.now_ns();
     let tck = usage::clock_ticks_per_s();
-    start
+    let nodes = start
         .into_iter()
         .map(|(n, pid, ticks0, log0)| {
             let ticks = usage::cpu_ticks(pid)
@@ -277,7 +302,23 @@ fn node_usage(h: &Harness, nodes: &[u64], d: Duration) -> Result<Vec<(u64, f64, 
             let log = usage::file_len(&h.cluster.log_path(n)).saturating_sub(log0);
             Ok((n, ticks.saturating_sub(ticks0) as f64 / tck / secs, log))
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    let writes = h
+        .rec
+        .ops()
+        .iter()
+        .filter(|o| o.kind.is_write() && o.outcome == crate::history::Outcome::Ok)
+        .filter(|o| o.complete_ns.is_some_and(|t| t >= from_ns && t < to_ns))
+        .count();
+    Ok(Usage {
+        nodes,
+        writes_per_s: writes as f64 / secs,
+    })
+}
+
+/// CPU ms per acknowledged write, when there were writes.
+fn ms_per_write(cores: f64, writes_per_s: f64) -> Option<f64> {
+    (writes_per_s >= 1.0).then(|| cores * 1000.0 / writes_per_s)
 }
 
 fn fault_at(h: &Harness, ev: &mut NemesisEvent, how: &str, node: u64) {
@@ -419,10 +460,23 @@ fn inject(h: &mut Harness, step: &Step, rng: &mut StdRng, ev: &mut NemesisEvent)
             let log_max = (OUTAGE_LOG_BYTES_PER_5_MIN_MAX * hold.as_secs() / 300)
                 .max(OUTAGE_LOG_BYTES_PER_5_MIN_MAX / 4);
             let mut over = Vec::new();
-            for (&(n, cores0, _), &(_, cores, log_bytes)) in base.iter().zip(&during) {
-                if cores > cores0 + OUTAGE_EXTRA_CORES_MAX {
+            for (&(n, cores0, _), &(_, cores, log_bytes)) in base.nodes.iter().zip(&during.nodes) {
+                // The workload is not paced: with nodes down the others may
+                // serve more writes, so CPU is compared per write served.
+                let per = (
+                    ms_per_write(cores0, base.writes_per_s),
+                    ms_per_write(cores, during.writes_per_s),
+                );
+                let too_much = match per {
+                    (Some(ms0), Some(ms)) => {
+                        ms > ms0 * OUTAGE_CPU_PER_WRITE_RATIO_MAX + OUTAGE_CPU_PER_WRITE_MS_SLACK
+                    }
+                    _ => cores > cores0 + OUTAGE_EXTRA_CORES_MAX,
+                };
+                if too_much {
                     over.push(format!(
-                        "node {n} used {cores:.2} cores (all up: {cores0:.2})"
+                        "node {n} used {cores:.2} cores at {:.0} writes/s (all up: {cores0:.2} at {:.0}/s)",
+                        during.writes_per_s, base.writes_per_s
                     ));
                 }
                 if log_bytes > log_max {
@@ -438,10 +492,20 @@ fn inject(h: &mut Harness, step: &Step, rng: &mut StdRng, ev: &mut NemesisEvent)
                 }
             }
             let summary: Vec<String> = during
+                .nodes
                 .iter()
-                .map(|(n, cores, log)| format!("{n}: {cores:.2} cores, log +{log} B"))
+                .zip(&base.nodes)
+                .map(|((n, cores, log), (_, cores0, _))| {
+                    format!("{n}: {cores:.2} cores (all up {cores0:.2}), log +{log} B")
+                })
                 .collect();
-            ev.detail = format!("{}; up: {}", ev.detail, summary.join(", "));
+            ev.detail = format!(
+                "{}; {:.0} writes/s (all up {:.0}); up: {}",
+                ev.detail,
+                during.writes_per_s,
+                base.writes_per_s,
+                summary.join(", ")
+            );
             if !over.is_empty() {
                 bail!(
                     "nodes up during the outage cost too much: {}",
@@ -476,15 +540,35 @@ mod tests {
 
     #[test]
     fn same_seed_same_schedule() {
-        let a: Vec<Step> = Schedule::new(42, ALL.to_vec(), false).take(50).collect();
-        let b: Vec<Step> = Schedule::new(42, ALL.to_vec(), false).take(50).collect();
-        let c: Vec<Step> = Schedule::new(43, ALL.to_vec(), false).take(50).collect();
+        let a: Vec<Step> = Schedule::new(42, ALL.to_vec(), false).take(300).collect();
+        let b: Vec<Step> = Schedule::new(42, ALL.to_vec(), false).take(300).collect();
+        let c: Vec<Step> = Schedule::new(43, ALL.to_vec(), false).take(300).collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
         // Every nemesis shows up in a long random schedule.
         for n in ALL {
             assert!(a.iter().any(|s| s.nemesis == *n), "{n:?} never drawn");
         }
+        // Long outages are drawn less often than the others.
+        let many: Vec<Step> = Schedule::new(9001, ALL.to_vec(), false)
+            .take(2_000)
+            .collect();
+        let long = many
+            .iter()
+            .filter(|s| s.nemesis == Nemesis::LongOutage)
+            .count();
+        let kills = many.iter().filter(|s| s.nemesis == Nemesis::Kill2).count();
+        assert!(
+            long * 2 < kills,
+            "{long} long outages against {kills} kill2"
+        );
+        assert!(long > 0);
+        // Alone in the list, it is always drawn.
+        assert!(
+            Schedule::new(1, vec![Nemesis::LongOutage], false)
+                .take(5)
+                .all(|s| s.nemesis == Nemesis::LongOutage && s.fault_ms >= LONG_OUTAGE_MS_MIN)
+        );
     }
 
     #[test]

@@ -75,12 +75,11 @@ impl RateLimit {
             .filter(|s| s.suppressed > 0)
             .map(|s| {
                 let m = s.meta;
-                let place = format!(
-                    "{} {}:{}",
-                    m.target(),
-                    m.file().unwrap_or("?"),
-                    m.line().unwrap_or(0)
-                );
+                // A dependency's file path starts with the registry's
+                // directory: keep what follows its last `src/`.
+                let file = m.file().unwrap_or("?");
+                let file = file.rsplit_once("/src/").map_or(file, |(_, f)| f);
+                let place = format!("{} {}:{}", m.target(), file, m.line().unwrap_or(0));
                 (place, std::mem::take(&mut s.suppressed))
             })
             .collect();
