@@ -71,10 +71,15 @@ fn check_node_cpu(v: &Value, per_op: &str, nodes: usize) {
     // thread group would be far more than 50 ms + 10 %.
     assert!((nodes_sum - total).abs() <= 5.0, "{c}");
     assert!((threads_sum - total).abs() <= 50.0 + 0.1 * total, "{c}");
-    assert!(
-        c["by_thread_ms"]["tokio-rt-worker"].as_f64().unwrap_or(0.0) > 0.0,
-        "{c}"
-    );
+    // CPU time comes in 10 ms ticks, charged to whichever thread runs at
+    // the tick: over a few ticks (a tiny load took 27 ms and 2 ticks in a
+    // CI run, both charged to other threads) no group is sure to get one.
+    if total >= 100.0 {
+        assert!(
+            c["by_thread_ms"]["tokio-rt-worker"].as_f64().unwrap_or(0.0) > 0.0,
+            "{c}"
+        );
+    }
     assert_eq!(c["per_op"], per_op, "{c}");
     let ops = c["ops"].as_f64().unwrap_or(0.0);
     assert!(ops > 0.0, "{c}");
