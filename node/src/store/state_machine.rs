@@ -900,12 +900,25 @@ mod tests {
         let cur = reopened.current.lock().unwrap().clone().unwrap();
         assert_eq!(cur.0, meta);
 
-        // A newer build replaces the old checkpoint and file.
+        // A newer build keeps the old checkpoint and file while a transfer
+        // (here `handle`) still holds them ...
         let (meta2, _) = build_snapshot_blocking(&sm).unwrap();
         assert_eq!(meta2.last_log_id, Some(applied(5)));
         assert!(sm.checkpoint_dir(&meta2).is_dir());
+        assert!(ckpt.is_dir(), "a checkpoint in use is kept");
+        assert!(file.path.exists(), "a file in use is kept");
+        // ... and the next build after it let go removes them.
+        drop(handle);
+        db.put_cf(meta_cf, KEY_APPLIED, encode(&Some(applied(6))).unwrap())
+            .unwrap();
+        let (meta3, _) = build_snapshot_blocking(&sm).unwrap();
+        assert_eq!(meta3.last_log_id, Some(applied(6)));
         assert!(!ckpt.exists(), "the old checkpoint is removed");
         assert!(!file.path.exists(), "the old file is removed");
+        assert!(
+            !sm.checkpoint_dir(&meta2).exists(),
+            "an unused older one is removed"
+        );
         // The old handle's file stays readable through its open handle.
         let mut buf = [0u8; 8];
         assert_eq!(file.read_at(0, &mut buf).unwrap(), 8);
