@@ -44,39 +44,32 @@ fn fatal(e: impl std::fmt::Display) -> Status {
 }
 
 impl RaftService {
-    /// The test fault point that breaks off the next received transfer
-    /// after the bytes its file names
+    /// The number in fault-point file `name` of this node's data
+    /// directory, when fault points are on and the file holds one.
+    fn failpoint_number(&self, name: &str) -> Option<(u64, std::path::PathBuf)> {
+        if std::env::var(billdb_api::failpoints::ENV).as_deref() != Ok("1") {
+            return None;
+        }
+        let path = self.app.config.data_dir.join(name);
+        let n = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+        Some((n, path))
+    }
+
+    /// The fault point that breaks off the next received transfer after
+    /// the bytes its file names
     /// (`billdb_api::failpoints::SNAPSHOT_RECEIVE_BREAK_FILE`); taking it
     /// removes the file.
     fn receive_break(&self) -> Option<u64> {
-        use billdb_api::failpoints;
-        if std::env::var(failpoints::ENV).as_deref() != Ok("1") {
-            return None;
-        }
-        let path = self
-            .app
-            .config
-            .data_dir
-            .join(failpoints::SNAPSHOT_RECEIVE_BREAK_FILE);
-        let bytes = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+        let (bytes, path) =
+            self.failpoint_number(billdb_api::failpoints::SNAPSHOT_RECEIVE_BREAK_FILE)?;
         std::fs::remove_file(&path).ok()?;
         Some(bytes)
     }
 
-    /// The test fault point's delay before installing a received snapshot
-    /// (`billdb_api::failpoints::SNAPSHOT_INSTALL_DELAY_FILE`), when fault
-    /// points are on and the file holds a number of milliseconds.
+    /// The fault point's delay before installing a received snapshot
+    /// (`billdb_api::failpoints::SNAPSHOT_INSTALL_DELAY_FILE`), in ms.
     fn install_delay(&self) -> Option<std::time::Duration> {
-        use billdb_api::failpoints;
-        if std::env::var(failpoints::ENV).as_deref() != Ok("1") {
-            return None;
-        }
-        let path = self
-            .app
-            .config
-            .data_dir
-            .join(failpoints::SNAPSHOT_INSTALL_DELAY_FILE);
-        let ms: u64 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+        let (ms, _) = self.failpoint_number(billdb_api::failpoints::SNAPSHOT_INSTALL_DELAY_FILE)?;
         Some(std::time::Duration::from_millis(ms.min(600_000)))
     }
 }

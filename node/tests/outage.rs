@@ -256,6 +256,19 @@ fn check_bounds(
     assert_warn_rate(c, &nodes, log_from);
 }
 
+/// Start fresh node `n` with fault-point file `fault` holding `value`,
+/// and add it to the cluster as a learner.
+fn add_learner_with_fault(c: &TestCluster, n: NodeId, fault: &str, value: &str) {
+    let spec = c.c.add_node(n).expect("add node");
+    std::fs::create_dir_all(c.c.data_dir(n)).unwrap();
+    std::fs::write(c.c.data_dir(n).join(fault), value).unwrap();
+    c.c.start(n).unwrap();
+    c.c.wait_healthy(n, Duration::from_secs(30)).unwrap();
+    c.http(c.leader())
+        .add_learner(&spec.addrs())
+        .expect("add learner");
+}
+
 fn open_accounts(c: &TestCluster) {
     let h = c.http(c.leader());
     for i in 0..ACCOUNTS {
@@ -500,19 +513,12 @@ fn replaced_and_readded_nodes_catch_up_under_load_with_at_most_two_snapshots() {
     live.lock().unwrap().retain(|n| *n != victim);
     std::thread::sleep(Duration::from_secs(3));
     c.http(leader).remove(victim).expect("remove wiped node");
-    let spec = c.c.add_node(6).expect("add node 6");
-    std::fs::create_dir_all(c.c.data_dir(6)).unwrap();
-    std::fs::write(
-        c.c.data_dir(6)
-            .join(billdb_api::failpoints::SNAPSHOT_INSTALL_DELAY_FILE),
+    add_learner_with_fault(
+        &c,
+        6,
+        billdb_api::failpoints::SNAPSHOT_INSTALL_DELAY_FILE,
         INSTALL_DELAY_MS,
-    )
-    .unwrap();
-    c.c.start(6).unwrap();
-    c.c.wait_healthy(6, Duration::from_secs(30)).unwrap();
-    c.http(c.leader())
-        .add_learner(&spec.addrs())
-        .expect("add learner 6");
+    );
     let (took, installs) = catch_up(6, 0.0);
     eprintln!("replacement node 6 caught up in {took:?} with {installs} snapshot installs");
     assert!(installs >= 1.0, "node 6 caught up without a snapshot");
@@ -620,19 +626,12 @@ fn interrupted_snapshot_transfer_resumes_where_it_stopped() {
         std::thread::sleep(Duration::from_millis(100));
     }
     c.http(leader).remove(victim).expect("remove wiped node");
-    let spec = c.c.add_node(6).expect("add node 6");
-    std::fs::create_dir_all(c.c.data_dir(6)).unwrap();
-    std::fs::write(
-        c.c.data_dir(6)
-            .join(billdb_api::failpoints::SNAPSHOT_RECEIVE_BREAK_FILE),
+    add_learner_with_fault(
+        &c,
+        6,
+        billdb_api::failpoints::SNAPSHOT_RECEIVE_BREAK_FILE,
         "1",
-    )
-    .unwrap();
-    c.c.start(6).unwrap();
-    c.c.wait_healthy(6, Duration::from_secs(30)).unwrap();
-    c.http(leader)
-        .add_learner(&spec.addrs())
-        .expect("add learner 6");
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let committed = c.status(leader)["committed_index"].as_u64().unwrap_or(0);
