@@ -14,6 +14,7 @@ pub mod raftpb {
 }
 
 pub mod error;
+pub mod identity;
 
 /// gRPC response metadata naming the leader: `"<node id> <grpc addr>"`.
 /// Clients send their next request there and skip the forwarding hop.

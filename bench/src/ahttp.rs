@@ -5,9 +5,10 @@
 //! decoded with the same error shape as the `billdb` CLI
 //! ([`billdb_client::admin::decode_body`]). Touches only the network.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use billdb_client::admin::{AdminError, RESPONSE_BYTES_MAX, decode_body, normalize_endpoint};
+use billdb_client::admin::{AdminError, RESPONSE_BYTES_MAX, decode_body, normalize_endpoint_for};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
@@ -22,20 +23,26 @@ const CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// One node's HTTP endpoint with a bearer token and (at most) one open
 /// connection.
 pub struct AsyncHttp {
-    /// `http://host:port`, as [`normalize_endpoint`] writes it.
+    /// `http(s)://host:port`, as [`normalize_endpoint_for`] writes it.
     base: String,
     /// `host:port`.
     authority: String,
     auth: Option<String>,
     conn: Option<SendRequest<Full<Bytes>>>,
+    /// TLS to the node (`None`: plaintext).
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// The leader's endpoint named by the last answer
     /// (`billdb-leader: <id> <http addr>`), normalised like `base`.
     leader: Option<String>,
 }
 
 impl AsyncHttp {
-    pub fn new(endpoint: &str, token: Option<&str>) -> AsyncHttp {
-        let base = normalize_endpoint(endpoint);
+    pub fn new(
+        endpoint: &str,
+        token: Option<&str>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> AsyncHttp {
+        let base = normalize_endpoint_for(endpoint, tls.is_some());
         let authority = base
             .trim_start_matches("http://")
             .trim_start_matches("https://")
@@ -45,6 +52,7 @@ impl AsyncHttp {
             authority,
             auth: token.map(|t| format!("Bearer {t}")),
             conn: None,
+            tls,
             leader: None,
         }
     }
@@ -78,20 +86,48 @@ impl AsyncHttp {
                 .map_err(|_| self.transport(path, "connect timed out"))?
                 .map_err(|e| self.transport(path, e))?;
             let _ = stream.set_nodelay(true);
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| self.transport(path, e))?;
-            // The connection task ends when the sender is dropped or the
-            // peer closes.
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            let sender = match self.tls.clone() {
+                None => self.handshake(path, stream).await?,
+                Some(config) => {
+                    let host = self
+                        .authority
+                        .rsplit_once(':')
+                        .map(|(h, _)| h)
+                        .unwrap_or(&self.authority)
+                        .to_string();
+                    let name = rustls::pki_types::ServerName::try_from(host)
+                        .map_err(|e| self.transport(path, e))?;
+                    let tls = tokio::time::timeout(
+                        Duration::from_millis(CONNECT_TIMEOUT_MS),
+                        tokio_rustls::TlsConnector::from(config).connect(name, stream),
+                    )
+                    .await
+                    .map_err(|_| self.transport(path, "TLS handshake timed out"))?
+                    .map_err(|e| self.transport(path, e))?;
+                    self.handshake(path, tls).await?
+                }
+            };
             self.conn = Some(sender);
         }
         self.conn.as_mut().ok_or_else(|| AdminError::Transport {
             url: path.to_string(),
             message: "no connection".into(),
         })
+    }
+
+    /// HTTP/1.1 over `io`; the connection task ends when the sender is
+    /// dropped or the peer closes.
+    async fn handshake<I>(&self, path: &str, io: I) -> Result<SendRequest<Full<Bytes>>, AdminError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.transport(path, e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
     }
 
     /// One request: `GET`, or `POST` of the JSON text `body`.
@@ -155,7 +191,7 @@ impl AsyncHttp {
             .get(billdb_api::LEADER_METADATA)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split_once(' '))
-            .map(|(_, addr)| normalize_endpoint(addr))
+            .map(|(_, addr)| normalize_endpoint_for(addr, self.tls.is_some()))
         {
             self.leader = Some(hint);
         }

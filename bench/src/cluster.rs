@@ -13,6 +13,10 @@ use anyhow::Context;
 use billdb_client::local::LocalCluster;
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
+use billdb_client::tls::ClientTls;
+
 use crate::ahttp::AsyncHttp;
 use crate::http::Http;
 
@@ -32,6 +36,9 @@ pub struct TargetArgs {
     /// Ops token for every request when not using --dir.
     #[arg(long, env = "BILLDB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate of the cluster when not using --dir (TLS endpoints).
+    #[arg(long, env = "BILLDB_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 pub struct Target {
@@ -39,6 +46,28 @@ pub struct Target {
     pub nodes: Vec<(u64, String)>,
     pub cluster: Option<LocalCluster>,
     token: Option<String>,
+    /// TLS to the client ports (`None`: plaintext).
+    pub tls: Option<ClientTls>,
+    /// The same, for the async (hyper) clients.
+    rustls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A rustls client configuration trusting only `tls`'s CA certificates.
+pub fn rustls_config(tls: &ClientTls) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&tls.ca_pem) {
+        roots.add(cert.map_err(|e| anyhow::anyhow!("CA file: {e}"))?)?;
+    }
+    #[allow(deprecated)] // ring, as the node: no second C build.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(c))
 }
 
 impl Target {
@@ -51,10 +80,13 @@ impl Target {
                 .map(|n| Ok((n, c.http_addr(n)?)))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             anyhow::ensure!(!nodes.is_empty(), "the cluster has no nodes");
+            let tls = c.client_tls()?;
             return Ok(Target {
                 nodes,
                 cluster: Some(c),
                 token: a.token.clone(),
+                rustls: tls.as_ref().map(rustls_config).transpose()?,
+                tls,
             });
         }
         let nodes: Vec<(u64, String)> = a
@@ -66,10 +98,16 @@ impl Target {
             .map(|(i, s)| (i as u64 + 1, s.to_string()))
             .collect();
         anyhow::ensure!(!nodes.is_empty(), "no endpoints");
+        let tls =
+            a.ca.as_deref()
+                .map(|ca| ClientTls::from_files(ca, None))
+                .transpose()?;
         Ok(Target {
             nodes,
             cluster: None,
             token: a.token.clone(),
+            rustls: tls.as_ref().map(rustls_config).transpose()?,
+            tls,
         })
     }
 
@@ -87,12 +125,19 @@ impl Target {
 
     /// Clients of every node as `identity`, starting at index `first`.
     pub fn clients(&self, identity: &str, first: usize) -> anyhow::Result<Vec<Http>> {
-        self.each_node(identity, first, Http::new)
+        self.each_node(identity, first, |e, t| Http::new(e, t, self.tls.as_ref()))
     }
 
     /// The same, as async clients (timed closed loops).
     pub fn async_clients(&self, identity: &str, first: usize) -> anyhow::Result<Vec<AsyncHttp>> {
-        self.each_node(identity, first, AsyncHttp::new)
+        self.each_node(identity, first, |e, t| {
+            AsyncHttp::new(e, t, self.rustls.clone())
+        })
+    }
+
+    /// An HTTP client of `addr` (one of this target's) with `token`.
+    pub fn http(&self, addr: &str, token: Option<&str>) -> Http {
+        Http::new(addr, token, self.tls.as_ref())
     }
 
     fn each_node<T>(
@@ -114,7 +159,7 @@ impl Target {
         let token = self.token("ops").ok().flatten();
         let mut status = Value::Null;
         for (_, addr) in &self.nodes {
-            if let Ok(v) = Http::new(addr, token.as_deref()).get("/v1/cluster/status") {
+            if let Ok(v) = self.http(addr, token.as_deref()).get("/v1/cluster/status") {
                 status = v;
                 break;
             }
@@ -163,7 +208,7 @@ impl Target {
         }
         let token = self.token("ops")?;
         for (_, addr) in &self.nodes {
-            if let Ok(v) = Http::new(addr, token.as_deref()).get("/v1/cluster/status")
+            if let Ok(v) = self.http(addr, token.as_deref()).get("/v1/cluster/status")
                 && let Some(l) = v["leader_id"].as_u64()
             {
                 return Ok(l);

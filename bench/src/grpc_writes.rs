@@ -37,6 +37,9 @@ pub struct WritesArgs {
     /// Bearer token (ops), e.g. from `billdb local token ops`.
     #[arg(long, env = "BILLDB_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate of the cluster (TLS endpoints), e.g. DIR/tls/ca.pem.
+    #[arg(long, env = "BILLDB_CA")]
+    ca: Option<std::path::PathBuf>,
 }
 
 /// Most clients one run may start.
@@ -57,8 +60,17 @@ impl Interceptor for Auth {
     }
 }
 
-async fn connect(addr: &str, token: &Option<String>) -> anyhow::Result<Client> {
-    let ch = Endpoint::from_shared(format!("http://{addr}"))?
+async fn connect(
+    addr: &str,
+    token: &Option<String>,
+    tls: Option<&billdb_client::tls::ClientTls>,
+) -> anyhow::Result<Client> {
+    let url = billdb_client::admin::normalize_endpoint_for(addr, tls.is_some());
+    let mut endpoint = Endpoint::from_shared(url)?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.tonic_config())?;
+    }
+    let ch = endpoint
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(10))
         .connect()
@@ -84,7 +96,12 @@ pub async fn run(a: WritesArgs) -> anyhow::Result<()> {
         single_endpoint,
         json,
         token,
+        ca,
     } = a;
+    let tls = ca
+        .as_deref()
+        .map(|p| billdb_client::tls::ClientTls::from_files(p, None))
+        .transpose()?;
 
     anyhow::ensure!(
         (1..=CLIENTS_MAX).contains(&clients),
@@ -98,7 +115,7 @@ pub async fn run(a: WritesArgs) -> anyhow::Result<()> {
         .collect();
     anyhow::ensure!(!eps.is_empty(), "no endpoints");
     let run = std::process::id();
-    let mut setup = connect(&eps[0], &token).await?;
+    let mut setup = connect(&eps[0], &token, tls.as_ref()).await?;
     eprintln!("bench: opening {accounts} accounts");
     for a in 0..accounts {
         let id = format!("BENCH-{run}-{a}");
@@ -125,8 +142,9 @@ pub async fn run(a: WritesArgs) -> anyhow::Result<()> {
             eps[c % eps.len()].clone()
         };
         let token = token.clone();
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
-            let mut client = connect(&ep, &token).await?;
+            let mut client = connect(&ep, &token, tls.as_ref()).await?;
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let mut errors = 0u64;
             let mut i = 0u64;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use billdb_client::admin::{AdminError, handle_response, normalize_endpoint};
+use billdb_client::admin::{AdminError, handle_response};
 use serde_json::Value;
 
 /// Bound on one request (connect + send + answer).
@@ -42,18 +42,25 @@ pub fn retryable(e: &AdminError) -> bool {
 }
 
 impl Http {
-    pub fn new(endpoint: &str, token: Option<&str>) -> Http {
+    pub fn new(
+        endpoint: &str,
+        token: Option<&str>,
+        tls: Option<&billdb_client::tls::ClientTls>,
+    ) -> Http {
         let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
-        let config = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .proxy(None)
             .timeout_global(Some(timeout))
             .timeout_connect(Some(Duration::from_secs(2)))
             .max_idle_connections(4)
-            .max_idle_connections_per_host(4)
-            .build();
+            .max_idle_connections_per_host(4);
+        if let Some(tls) = tls {
+            config = config.tls_config(tls.ureq_config());
+        }
+        let config = config.build();
         Http {
-            base: normalize_endpoint(endpoint),
+            base: billdb_client::admin::normalize_endpoint_for(endpoint, tls.is_some()),
             agent: config.into(),
             auth: token.map(|t| format!("Bearer {t}")),
         }

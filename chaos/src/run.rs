@@ -167,10 +167,10 @@ impl Harness {
     }
 
     fn admin(&self, n: u64) -> Result<AdminClient> {
-        Ok(
-            AdminClient::with_timeout(&self.cluster.http_addr(n)?, HTTP_TIMEOUT)
-                .with_token(Some(self.cluster.token("ops")?)),
-        )
+        Ok(self
+            .cluster
+            .http_client(n, HTTP_TIMEOUT)?
+            .with_token(Some(self.cluster.token("ops")?)))
     }
 
     /// Runs an admin call through the running members until one answers
@@ -552,6 +552,7 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport>
         writer_think_ms: 10,
         reader_think_ms: 20,
         seed: cfg.seed,
+        tls: h.cluster.client_tls()?,
     };
     let month = checker::month_of(now_unix_ms());
     let run_start = Instant::now();

@@ -63,6 +63,8 @@ pub struct WorkloadConfig {
     pub writer_think_ms: u64,
     pub reader_think_ms: u64,
     pub seed: u64,
+    /// The cluster's CA (`None`: a plaintext cluster).
+    pub tls: Option<billdb_client::tls::ClientTls>,
 }
 
 /// Bank code of the demo bank token.
@@ -140,7 +142,9 @@ impl Worker {
         let token = self.token.clone();
         self.clients
             .entry(addr.to_string())
-            .or_insert_with(|| AdminClient::with_timeout(addr, timeout).with_token(Some(token)))
+            .or_insert_with(|| {
+                AdminClient::with_tls(addr, timeout, self.cfg.tls.as_ref()).with_token(Some(token))
+            })
             .clone()
     }
 

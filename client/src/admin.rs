@@ -105,9 +105,17 @@ impl fmt::Debug for AdminClient {
 /// Turns `127.0.0.1:7001`, `http://127.0.0.1:7001` or `http://h:1/` into
 /// `http://host:port` (no trailing slash).
 pub fn normalize_endpoint(endpoint: &str) -> String {
+    normalize_endpoint_for(endpoint, false)
+}
+
+/// As [`normalize_endpoint`]; an address without a scheme gets `https://`
+/// when `tls` (the client has a CA to trust).
+pub fn normalize_endpoint_for(endpoint: &str, tls: bool) -> String {
     let e = endpoint.trim().trim_end_matches('/');
     if e.starts_with("http://") || e.starts_with("https://") {
         e.to_string()
+    } else if tls {
+        format!("https://{e}")
     } else {
         format!("http://{e}")
     }
@@ -121,7 +129,18 @@ impl AdminClient {
 
     /// Client whose every request is bounded by `timeout`.
     pub fn with_timeout(endpoint: &str, timeout: Duration) -> Self {
-        let config = ureq::Agent::config_builder()
+        Self::with_tls(endpoint, timeout, None)
+    }
+
+    /// Client whose every request is bounded by `timeout`, trusting only the
+    /// CA of `tls` (and presenting its client certificate) when given; an
+    /// endpoint without a scheme is then `https://`.
+    pub fn with_tls(
+        endpoint: &str,
+        timeout: Duration,
+        tls: Option<&crate::tls::ClientTls>,
+    ) -> Self {
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .proxy(None)
             .timeout_global(Some(timeout))
@@ -129,10 +148,13 @@ impl AdminClient {
             // No pooling: nodes are killed and restarted under us all the time, and
             // a stale pooled connection would turn into a spurious error.
             .max_idle_connections(0)
-            .max_idle_connections_per_host(0)
-            .build();
+            .max_idle_connections_per_host(0);
+        if let Some(tls) = tls {
+            config = config.tls_config(tls.ureq_config());
+        }
+        let config = config.build();
         AdminClient {
-            base: normalize_endpoint(endpoint),
+            base: normalize_endpoint_for(endpoint, tls.is_some()),
             agent: config.into(),
             token: None,
         }

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 #[derive(Args, Clone)]
 pub struct ConnArg {
-    /// Client gRPC endpoints of any nodes, comma separated.
+    /// Client gRPC endpoints of any nodes, comma separated (https:// when
+    /// --ca is given and no scheme is).
     #[arg(
         long,
         env = "BILLDB_GRPC",
@@ -25,6 +26,8 @@ pub struct ConnArg {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    tls: crate::TlsArg,
 }
 
 impl ConnArg {
@@ -35,7 +38,9 @@ impl ConnArg {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
-        Client::new(&eps, self.token.as_deref()).map_err(|e| anyhow!("{}: {}", e.code, e.message))
+        let tls = self.tls.load()?;
+        Client::with_tls(&eps, self.token.as_deref(), tls.as_ref())
+            .map_err(|e| anyhow!("{}: {}", e.code, e.message))
     }
 }
 

@@ -82,18 +82,31 @@ fn retryable(e: &ApiError) -> bool {
 impl Client {
     /// `endpoints`: client gRPC addresses (`host:port` or `http://host:port`).
     pub fn new(endpoints: &[String], token: Option<&str>) -> Result<Client, ApiError> {
+        Self::with_tls(endpoints, token, None)
+    }
+
+    /// As [`Client::new`], over TLS trusting only the CA of `tls` (and
+    /// presenting its client certificate) when given: an endpoint without
+    /// a scheme is then `https://`.
+    pub fn with_tls(
+        endpoints: &[String],
+        token: Option<&str>,
+        tls: Option<&crate::tls::ClientTls>,
+    ) -> Result<Client, ApiError> {
         if endpoints.is_empty() {
             return Err(ApiError::new(ErrorCode::InvalidArgument, "no endpoints"));
         }
         let mut channels = Vec::new();
         for e in endpoints {
-            let url = if e.starts_with("http://") || e.starts_with("https://") {
-                e.clone()
-            } else {
-                format!("http://{e}")
+            let url = crate::admin::normalize_endpoint_for(e, tls.is_some());
+            let bad = |err: tonic::transport::Error| {
+                ApiError::new(ErrorCode::InvalidArgument, format!("{e}: {err}"))
             };
-            let ch = Endpoint::from_shared(url.clone())
-                .map_err(|err| ApiError::new(ErrorCode::InvalidArgument, format!("{e}: {err}")))?
+            let mut endpoint = Endpoint::from_shared(url.clone()).map_err(bad)?;
+            if let Some(tls) = tls.filter(|_| url.starts_with("https://")) {
+                endpoint = endpoint.tls_config(tls.tonic_config()).map_err(bad)?;
+            }
+            let ch = endpoint
                 .connect_timeout(Duration::from_millis(500))
                 .tcp_nodelay(true)
                 .timeout(ATTEMPT_TIMEOUT)
@@ -139,11 +152,12 @@ impl Client {
         else {
             return;
         };
-        if let Some(i) = self
-            .channels
-            .iter()
-            .position(|(url, _)| url.strip_prefix("http://") == Some(addr))
-        {
+        if let Some(i) = self.channels.iter().position(|(url, _)| {
+            let bare = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
+            bare == Some(addr)
+        }) {
             self.next.store(i, Ordering::Relaxed);
         }
     }

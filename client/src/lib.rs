@@ -9,6 +9,8 @@
 //!   `billdb local ...`, also used by integration tests, chaos and benchmarks.
 
 pub mod admin;
+pub mod certs;
 pub mod client;
 pub mod local;
 pub mod render;
+pub mod tls;

@@ -157,9 +157,22 @@ pub struct ClusterSpec {
     /// can be told apart (the chaos suite cuts links with firewall rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_prefix: Option<String>,
+    /// TLS on every listener, mutual between nodes (the default); `None`:
+    /// a cluster explicitly created plaintext (`billdb local up --insecure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
     /// Sorted by id.
     pub nodes: Vec<NodeSpec>,
 }
+
+/// The TLS settings of a local cluster; the material is in `DIR/tls/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterTls {
+    pub cluster_id: String,
+}
+
+/// The cluster id local clusters' certificates name.
+pub const LOCAL_CLUSTER_ID: &str = "local";
 
 impl ClusterSpec {
     pub fn node(&self, id: NodeId) -> Option<&NodeSpec> {
@@ -223,6 +236,27 @@ pub struct NodeConfig {
     pub raft: RaftTimings,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<NodeAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<NodeTls>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<NodeInsecure>,
+}
+
+/// `[tls]` of node.toml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeTls {
+    pub cluster_id: String,
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// `[insecure]` of node.toml: listeners explicitly left plaintext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInsecure {
+    pub raft: bool,
+    pub grpc: bool,
+    pub http: bool,
 }
 
 /// `[auth]` of node.toml.
@@ -685,6 +719,20 @@ impl LocalCluster {
         raft: RaftTimings,
         host_prefix: Option<&str>,
     ) -> Result<Self> {
+        Self::create_full(dir, node_bin, base_port, n, raft, host_prefix, true)
+    }
+
+    /// [`create_on_hosts`](Self::create_on_hosts), with TLS (`tls`, the
+    /// default everywhere else) or explicitly plaintext (`!tls`).
+    pub fn create_full(
+        dir: &Path,
+        node_bin: &Path,
+        base_port: u16,
+        n: usize,
+        raft: RaftTimings,
+        host_prefix: Option<&str>,
+        tls: bool,
+    ) -> Result<Self> {
         ensure!(
             (1..=MAX_NODE_ID as usize).contains(&n),
             "node count {n} out of range 1..={MAX_NODE_ID}"
@@ -719,10 +767,16 @@ impl LocalCluster {
             initialized: false,
             raft,
             host_prefix: host_prefix.map(str::to_string),
+            tls: tls.then(|| ClusterTls {
+                cluster_id: LOCAL_CLUSTER_ID.to_string(),
+            }),
             nodes,
         };
         let cluster = Self::from_spec(dir, spec);
         cluster.write_tokens()?;
+        if tls {
+            cluster.write_ca()?;
+        }
         for node in cluster.spec().nodes {
             cluster.write_node_config(&node)?;
         }
@@ -789,8 +843,152 @@ impl LocalCluster {
             auth: self.tokens_toml_path().exists().then(|| NodeAuth {
                 tokens_file: self.tokens_toml_path(),
             }),
+            tls: self.spec().tls.map(|t| NodeTls {
+                cluster_id: t.cluster_id,
+                ca_file: self.ca_bundle_path(),
+                cert_file: self.node_cert_path(node.id),
+                key_file: self.node_key_path(node.id),
+            }),
+            insecure: self.spec().tls.is_none().then_some(NodeInsecure {
+                raft: true,
+                grpc: true,
+                http: true,
+            }),
         };
+        if cfg.tls.is_some() {
+            self.issue_node_cert(node)?;
+        }
         write_atomic(&self.config_path(node.id), cfg.to_toml()?.as_bytes())
+    }
+
+    // --- TLS material -------------------------------------------------------
+
+    /// `DIR/tls/`: the cluster's CA bundle, node certificates and keys.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir().join("tls")
+    }
+
+    /// `DIR/tls/ca.pem`: the CA certificates nodes and clients trust (two
+    /// during a CA rotation).
+    pub fn ca_bundle_path(&self) -> PathBuf {
+        self.tls_dir().join("ca.pem")
+    }
+
+    /// `DIR/tls/signing/`: the CA that issues (`ca.pem`, `ca.key`).
+    fn signing_dir(&self) -> PathBuf {
+        self.tls_dir().join("signing")
+    }
+
+    pub fn node_cert_path(&self, n: NodeId) -> PathBuf {
+        self.tls_dir().join(format!("node{n}.pem"))
+    }
+
+    pub fn node_key_path(&self, n: NodeId) -> PathBuf {
+        self.tls_dir().join(format!("node{n}.key"))
+    }
+
+    /// Whether the cluster runs TLS.
+    pub fn is_tls(&self) -> bool {
+        self.spec().tls.is_some()
+    }
+
+    /// What a client of this cluster needs for TLS (`None`: plaintext).
+    pub fn client_tls(&self) -> Result<Option<crate::tls::ClientTls>> {
+        if !self.is_tls() {
+            return Ok(None);
+        }
+        crate::tls::ClientTls::from_files(&self.ca_bundle_path(), None).map(Some)
+    }
+
+    /// The URL scheme of the client ports (`https` or `http`).
+    pub fn scheme(&self) -> &'static str {
+        if self.is_tls() { "https" } else { "http" }
+    }
+
+    fn cluster_id(&self) -> Result<String> {
+        self.spec()
+            .tls
+            .map(|t| t.cluster_id)
+            .context("this cluster was created plaintext (--insecure): it has no TLS material")
+    }
+
+    /// A new CA (DIR/tls/signing) trusted alone (DIR/tls/ca.pem).
+    fn write_ca(&self) -> Result<()> {
+        let ca = crate::certs::new_ca(&self.cluster_id()?)?;
+        fs::create_dir_all(self.signing_dir())
+            .with_context(|| format!("creating {}", self.signing_dir().display()))?;
+        crate::certs::write_file(
+            &self.signing_dir().join("ca.key"),
+            ca.key_pem.as_bytes(),
+            0o600,
+        )?;
+        crate::certs::write_file(
+            &self.signing_dir().join("ca.pem"),
+            ca.cert_pem.as_bytes(),
+            0o644,
+        )?;
+        crate::certs::write_file(&self.ca_bundle_path(), ca.cert_pem.as_bytes(), 0o644)
+    }
+
+    /// Issue node `node`'s certificate from the signing CA (its key first,
+    /// then the certificate: a node watching the files reloads both).
+    fn issue_node_cert(&self, node: &NodeSpec) -> Result<()> {
+        let ca = crate::certs::read_ca(&self.signing_dir())?;
+        let host = node.raft_addr.rsplit_once(':').map(|(h, _)| h.to_string());
+        let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        hosts.extend(host.filter(|h| !hosts.contains(h)));
+        let leaf = crate::certs::node_cert(&ca, &self.cluster_id()?, node.id, &hosts)?;
+        crate::certs::write_leaf(&self.tls_dir(), &format!("node{}", node.id), &leaf)
+    }
+
+    /// Issue a client certificate `name` (`DIR/tls/client-<name>.pem|key`)
+    /// from the signing CA; returns (certificate path, key path).
+    pub fn issue_client_cert(&self, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let ca = crate::certs::read_ca(&self.signing_dir())?;
+        let leaf = crate::certs::client_cert(&ca, &self.cluster_id()?, name)?;
+        let stem = format!("client-{name}");
+        crate::certs::write_leaf(&self.tls_dir(), &stem, &leaf)?;
+        Ok((
+            self.tls_dir().join(format!("{stem}.pem")),
+            self.tls_dir().join(format!("{stem}.key")),
+        ))
+    }
+
+    /// Re-issue every node's certificate and key in place; running nodes
+    /// pick them up within seconds, without a restart.
+    pub fn rotate_node_certs(&self) -> Result<()> {
+        for node in self.spec().nodes {
+            self.issue_node_cert(&node)?;
+        }
+        Ok(())
+    }
+
+    /// CA rotation, first step: a new signing CA, trusted beside the old
+    /// one (`ca.pem` holds both), and every node certificate re-issued from
+    /// it. Clients should take the new `ca.pem` now.
+    pub fn rotate_ca_begin(&self) -> Result<()> {
+        let old_bundle = fs::read_to_string(self.ca_bundle_path())
+            .with_context(|| format!("reading {}", self.ca_bundle_path().display()))?;
+        let ca = crate::certs::new_ca(&self.cluster_id()?)?;
+        let bundle = format!("{}\n{}", old_bundle.trim_end(), ca.cert_pem);
+        crate::certs::write_file(&self.ca_bundle_path(), bundle.as_bytes(), 0o644)?;
+        crate::certs::write_file(
+            &self.signing_dir().join("ca.key"),
+            ca.key_pem.as_bytes(),
+            0o600,
+        )?;
+        crate::certs::write_file(
+            &self.signing_dir().join("ca.pem"),
+            ca.cert_pem.as_bytes(),
+            0o644,
+        )?;
+        self.rotate_node_certs()
+    }
+
+    /// CA rotation, last step: trust only the signing CA (drop the old).
+    pub fn rotate_ca_finish(&self) -> Result<()> {
+        let ca = crate::certs::read_ca(&self.signing_dir())?;
+        crate::certs::write_file(&self.ca_bundle_path(), ca.cert_pem.as_bytes(), 0o644)
     }
 
     /// When set, dropping the last clone of this handle SIGKILLs every running
@@ -938,11 +1136,30 @@ impl LocalCluster {
 
     /// Admin client of node `n` with the default timeout.
     pub fn admin(&self, n: NodeId) -> Result<AdminClient> {
-        Ok(AdminClient::new(&self.http_addr(n)?).with_token(self.token("ops").ok()))
+        self.admin_with_timeout(n, crate::admin::DEFAULT_TIMEOUT)
+    }
+
+    /// HTTP client of node `n` (TLS when the cluster runs it) with no token.
+    pub fn http_client(&self, n: NodeId, timeout: Duration) -> Result<AdminClient> {
+        Ok(AdminClient::with_tls(
+            &self.http_addr(n)?,
+            timeout,
+            self.client_tls()?.as_ref(),
+        ))
     }
 
     fn admin_with_timeout(&self, n: NodeId, t: Duration) -> Result<AdminClient> {
-        Ok(AdminClient::with_timeout(&self.http_addr(n)?, t).with_token(self.token("ops").ok()))
+        Ok(self.http_client(n, t)?.with_token(self.token("ops").ok()))
+    }
+
+    /// The client gRPC URL of node `n` (`https://…` under TLS).
+    pub fn grpc_url(&self, n: NodeId) -> Result<String> {
+        Ok(format!("{}://{}", self.scheme(), self.grpc_addr(n)?))
+    }
+
+    /// The HTTP URL of node `n` (`https://…` under TLS).
+    pub fn http_url(&self, n: NodeId) -> Result<String> {
+        Ok(format!("{}://{}", self.scheme(), self.http_addr(n)?))
     }
 
     // --- tokens -------------------------------------------------------------

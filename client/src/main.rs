@@ -63,6 +63,130 @@ enum Cmd {
     /// Operations: tariffs, charges, adjustments, seasons, boundary, import, request lookup.
     #[command(subcommand)]
     Ops(billing_cli::OpsCmd),
+    /// Make a cluster CA and node/client certificates.
+    #[command(subcommand)]
+    Cert(CertCmd),
+}
+
+/// TLS of a client command: the cluster CA to trust and, for mutual TLS,
+/// a client certificate (`billdb cert client`).
+#[derive(Args, Clone, Default)]
+pub struct TlsArg {
+    /// CA certificate(s) to trust (PEM); endpoints without a scheme are then https.
+    #[arg(long, env = "BILLDB_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM), for a role mapped by certificate.
+    #[arg(long, env = "BILLDB_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long, env = "BILLDB_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsArg {
+    pub fn load(&self) -> Result<Option<billdb_client::tls::ClientTls>> {
+        billdb_client::tls::TlsPaths {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+        .load()
+    }
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// A new cluster CA: OUT/ca.pem (certificate) and OUT/ca.key (mode 0600).
+    Ca {
+        /// The cluster's id (a-z, 0-9, '-'), named by every certificate.
+        #[arg(long)]
+        cluster_id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A node certificate: OUT/node<ID>.pem and OUT/node<ID>.key.
+    Node {
+        /// Directory of the CA (ca.pem, ca.key).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        cluster_id: String,
+        #[arg(long)]
+        id: u64,
+        /// Host names or IP addresses clients and peers reach the node by (repeat).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A client certificate: OUT/client-<NAME>.pem and .key; map it to a role
+    /// in the tokens file with `client_cert = "<NAME>"`.
+    Client {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        cluster_id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn run_cert(cmd: CertCmd) -> Result<()> {
+    use billdb_client::certs;
+    match cmd {
+        CertCmd::Ca { cluster_id, out } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            anyhow::ensure!(
+                !out.join("ca.key").exists(),
+                "{} already exists: a CA is never overwritten",
+                out.join("ca.key").display()
+            );
+            let ca = certs::new_ca(&cluster_id)?;
+            certs::write_file(&out.join("ca.key"), ca.key_pem.as_bytes(), 0o600)?;
+            certs::write_file(&out.join("ca.pem"), ca.cert_pem.as_bytes(), 0o644)?;
+            println!(
+                "CA of cluster {cluster_id}: {} (keep {} secret and off the nodes)",
+                out.join("ca.pem").display(),
+                out.join("ca.key").display()
+            );
+        }
+        CertCmd::Node {
+            ca_dir,
+            cluster_id,
+            id,
+            hosts,
+            out,
+        } => {
+            let ca = certs::read_ca(&ca_dir)?;
+            let leaf = certs::node_cert(&ca, &cluster_id, id, &hosts)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            certs::write_leaf(&out, &format!("node{id}"), &leaf)?;
+            println!(
+                "node {id}: {} and {}",
+                out.join(format!("node{id}.pem")).display(),
+                out.join(format!("node{id}.key")).display()
+            );
+        }
+        CertCmd::Client {
+            ca_dir,
+            cluster_id,
+            name,
+            out,
+        } => {
+            let ca = certs::read_ca(&ca_dir)?;
+            let leaf = certs::client_cert(&ca, &cluster_id, &name)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            certs::write_leaf(&out, &format!("client-{name}"), &leaf)?;
+            println!(
+                "client {name}: {} and {}",
+                out.join(format!("client-{name}.pem")).display(),
+                out.join(format!("client-{name}.key")).display()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args, Clone)]
@@ -97,6 +221,30 @@ enum LocalCmd {
         /// Overall bound on waiting for health and for a leader.
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
+        /// Create a new cluster without TLS (plaintext on every port: for
+        /// debugging only; every node logs a warning at start).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Rotate TLS certificates of the running cluster (no restart): every
+    /// node's certificate, or with --ca a new CA trusted beside the old one
+    /// and node certificates from it; --finish-ca then drops the old CA.
+    RotateCerts {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long, conflicts_with = "finish_ca")]
+        ca: bool,
+        #[arg(long)]
+        finish_ca: bool,
+    },
+    /// Print shell exports for this cluster's CA, endpoints and a demo token:
+    /// `eval "$(billdb local env)"`.
+    Env {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Demo identity whose token to export (ops, auditor, counter, bank).
+        #[arg(long, default_value = "ops")]
+        identity: String,
     },
     /// Show every node: pid, state, role, term, leader, log indexes, lag.
     Status {
@@ -184,9 +332,12 @@ enum LocalCmd {
 
 #[derive(Args, Clone)]
 struct EndpointArg {
-    /// Admin HTTP endpoint of any node.
-    #[arg(long, env = "BILLDB_ENDPOINT", default_value = "http://127.0.0.1:7001")]
+    /// Admin HTTP endpoint of any node (https:// when --ca is given and no
+    /// scheme is).
+    #[arg(long, env = "BILLDB_ENDPOINT", default_value = "127.0.0.1:7001")]
     endpoint: String,
+    #[command(flatten)]
+    tls: TlsArg,
     /// Print the raw JSON answer.
     #[arg(long)]
     json: bool,
@@ -276,6 +427,7 @@ fn main() -> ExitCode {
         Cmd::Record(c) => billing_cli::run_record(c),
         Cmd::Invoice(c) => billing_cli::run_invoice(c),
         Cmd::Report(c) => billing_cli::run_report(c),
+        Cmd::Cert(c) => run_cert(c),
         Cmd::Ops(c) => billing_cli::run_ops(c),
     };
     match r {
@@ -303,13 +455,59 @@ fn run_local(cmd: LocalCmd) -> Result<()> {
             nodes,
             base_port,
             timeout_secs,
+            insecure,
         } => local_up(
             &dir.dir,
             bin.node_bin.as_deref(),
             nodes,
             base_port,
             secs(timeout_secs),
+            insecure,
         ),
+        LocalCmd::RotateCerts { dir, ca, finish_ca } => {
+            let c = LocalCluster::open(&dir.dir)?;
+            if ca {
+                c.rotate_ca_begin()?;
+                println!(
+                    "new CA trusted beside the old one ({}), node certificates re-issued from it; \
+                     give clients the new ca.pem, then run `billdb local rotate-certs --finish-ca`",
+                    c.ca_bundle_path().display()
+                );
+            } else if finish_ca {
+                c.rotate_ca_finish()?;
+                println!(
+                    "old CA dropped: {} trusts the new CA only",
+                    c.ca_bundle_path().display()
+                );
+            } else {
+                c.rotate_node_certs()?;
+                println!("node certificates re-issued; running nodes load them within seconds");
+            }
+            Ok(())
+        }
+        LocalCmd::Env { dir, identity } => {
+            let c = LocalCluster::open(&dir.dir)?;
+            let first = c
+                .node_ids()
+                .first()
+                .copied()
+                .context("the cluster has no node")?;
+            if c.is_tls() {
+                println!(
+                    "export BILLDB_CA={}",
+                    shell_quote(&c.ca_bundle_path().display().to_string())
+                );
+            }
+            println!("export BILLDB_ENDPOINT={}", c.http_url(first)?);
+            let grpc: Vec<String> = c
+                .node_ids()
+                .into_iter()
+                .map(|n| c.grpc_url(n))
+                .collect::<Result<_>>()?;
+            println!("export BILLDB_GRPC={}", grpc.join(","));
+            println!("export BILLDB_TOKEN={}", c.token(&identity)?);
+            Ok(())
+        }
         LocalCmd::Status { dir, json } => {
             let c = LocalCluster::open(&dir.dir)?;
             let report = c.report();
@@ -337,7 +535,7 @@ fn run_local(cmd: LocalCmd) -> Result<()> {
             );
             if !no_wait {
                 c.wait_healthy(node, secs(timeout_secs))?;
-                println!("node {node}: healthy at http://{}", c.http_addr(node)?);
+                println!("node {node}: healthy at {}", c.http_url(node)?);
             }
             Ok(())
         }
@@ -448,6 +646,7 @@ fn local_up(
     nodes: Option<usize>,
     base_port: Option<u16>,
     timeout: Duration,
+    insecure: bool,
 ) -> Result<()> {
     let deadline = std::time::Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(std::time::Instant::now());
@@ -478,13 +677,26 @@ fn local_up(
         c
     } else {
         let bin = find_node_bin(node_bin)?;
-        let c = LocalCluster::create(
+        let c = LocalCluster::create_full(
             dir,
             &bin,
             base_port.unwrap_or(DEFAULT_BASE_PORT),
             nodes.unwrap_or(DEFAULT_NODES),
+            local::RaftTimings::default(),
+            None,
+            !insecure,
         )?;
         println!("created cluster in {}", c.dir().display());
+        if insecure {
+            println!(
+                "WARNING: --insecure: every port is plaintext; anyone who can reach it is served"
+            );
+        } else {
+            println!(
+                "TLS on every port, mutual TLS between nodes; cluster CA: {}",
+                c.ca_bundle_path().display()
+            );
+        }
         c
     };
     println!("node binary: {}", c.node_bin().display());
@@ -520,10 +732,10 @@ fn local_up(
     println!("\nendpoints:");
     for node in c.spec().nodes {
         println!(
-            "  node {}  http http://{}  grpc http://{}  raft {}  log {}",
+            "  node {}  http {}  grpc {}  raft {}  log {}",
             node.id,
-            node.http_addr,
-            node.grpc_addr,
+            c.http_url(node.id)?,
+            c.grpc_url(node.id)?,
             node.raft_addr,
             c.log_path(node.id).display()
         );
@@ -535,6 +747,10 @@ fn local_up(
             c.dir().display()
         );
     }
+    println!(
+        "\nthis shell, as ops: eval \"$(billdb local env --dir {})\"",
+        shell_quote(&c.dir().display().to_string())
+    );
     Ok(())
 }
 
@@ -542,14 +758,23 @@ fn local_up(
 // billdb cluster
 // ---------------------------------------------------------------------------
 
-fn client(ep: &EndpointArg) -> AdminClient {
-    AdminClient::with_timeout(&ep.endpoint, secs(ep.timeout_secs)).with_token(ep.token.clone())
+fn client(ep: &EndpointArg) -> Result<AdminClient> {
+    let tls = ep.tls.load()?;
+    Ok(
+        AdminClient::with_tls(&ep.endpoint, secs(ep.timeout_secs), tls.as_ref())
+            .with_token(ep.token.clone()),
+    )
+}
+
+/// `s` quoted for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn run_cluster(cmd: ClusterCmd) -> Result<()> {
     match cmd {
         ClusterCmd::Status { ep } => {
-            let v = client(&ep).status()?;
+            let v = client(&ep)?.status()?;
             if ep.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -575,7 +800,7 @@ fn run_cluster(cmd: ClusterCmd) -> Result<()> {
             if addrs.is_empty() {
                 bail!("no voters given: use --node SPEC (repeatable) or --local N");
             }
-            let v = client(&ep).init(&addrs)?;
+            let v = client(&ep)?.init(&addrs)?;
             let ids: Vec<NodeId> = addrs.iter().map(|a| a.id).collect();
             done(&ep, &v, &format!("initialised cluster with voters {ids:?}"))
         }
@@ -604,7 +829,7 @@ fn run_cluster(cmd: ClusterCmd) -> Result<()> {
                 grpc_addr: pick(grpc_addr, |d| &d.grpc_addr),
                 http_addr: pick(http_addr, |d| &d.http_addr),
             };
-            let v = client(&ep).add_learner(&node)?;
+            let v = client(&ep)?.add_learner(&node)?;
             done(
                 &ep,
                 &v,
@@ -615,15 +840,15 @@ fn run_cluster(cmd: ClusterCmd) -> Result<()> {
             )
         }
         ClusterCmd::ChangeMembership { ep, voters } => {
-            let v = client(&ep).change_membership(&voters)?;
+            let v = client(&ep)?.change_membership(&voters)?;
             done(&ep, &v, &format!("voters are now {voters:?}"))
         }
         ClusterCmd::Remove { id, ep } => {
-            let v = client(&ep).remove(id)?;
+            let v = client(&ep)?.remove(id)?;
             done(&ep, &v, &format!("node {id} removed"))
         }
         ClusterCmd::TransferLeader { to, ep } => {
-            let v = client(&ep).transfer_leader(to)?;
+            let v = client(&ep)?.transfer_leader(to)?;
             done(
                 &ep,
                 &v,
@@ -631,7 +856,7 @@ fn run_cluster(cmd: ClusterCmd) -> Result<()> {
             )
         }
         ClusterCmd::Snapshot { ep } => {
-            let v = client(&ep).snapshot()?;
+            let v = client(&ep)?.snapshot()?;
             done(&ep, &v, "snapshot built")
         }
     }

@@ -108,6 +108,8 @@ pub struct App {
     pub config: Arc<Config>,
     pub channels: Channels,
     pub auth: Arc<crate::auth::Auth>,
+    /// TLS material (`None`: no `[tls]`, every listener plaintext).
+    pub tls: Option<Arc<crate::tls::Tls>>,
     /// Batches this node's proposals (group commit) and stamps their time.
     proposer: Proposer,
     /// What the state machine has applied: lease reads on the leader.
@@ -126,6 +128,7 @@ impl App {
         config: Arc<Config>,
         channels: Channels,
         auth: Arc<crate::auth::Auth>,
+        tls: Option<Arc<crate::tls::Tls>>,
         fence: Arc<ReadFence>,
     ) -> Self {
         App {
@@ -137,8 +140,23 @@ impl App {
             config,
             channels,
             auth,
+            tls,
             leader_contact_ms: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
+        }
+    }
+
+    /// The client-certificate name a client connection presented, when the
+    /// certificate is one of this cluster's client certificates.
+    pub fn client_cert_name(&self, info: Option<&crate::listen::PeerInfo>) -> Option<String> {
+        let tls = self.tls.as_ref()?;
+        match info?.identity.as_ref()? {
+            billdb_api::identity::Identity::Client { cluster, name }
+                if cluster == tls.cluster_id() =>
+            {
+                Some(name.clone())
+            }
+            _ => None,
         }
     }
 
@@ -279,13 +297,14 @@ impl App {
     /// Send a request to the leader's Raft port and wait (bounded).
     async fn forward(
         &self,
+        leader_id: NodeId,
         leader: &NodeInfo,
         req: &Forward,
         deadline: Instant,
     ) -> Result<ForwardReply, ApiError> {
         let mut client = self
             .channels
-            .get(&leader.raft_addr)
+            .get(leader_id, &leader.raft_addr)
             .map_err(|e| unavailable(format!("leader unreachable: {e}")))?;
         let data = encode(req).map_err(internal)?;
         let left = deadline.saturating_duration_since(Instant::now());
@@ -371,7 +390,7 @@ impl App {
                         channel: origin.channel.clone(),
                         op: op.clone(),
                     };
-                    self.forward(&info, &req, deadline)
+                    self.forward(leader_id, &info, &req, deadline)
                         .await
                         .and_then(|r| match r {
                             ForwardReply::Write { outcome, log_index } => Ok((outcome, log_index)),
@@ -542,7 +561,10 @@ impl App {
                 if leader_id == self.id {
                     self.read_index_local(deadline).await
                 } else {
-                    match self.forward(&info, &Forward::ReadIndex, deadline).await {
+                    match self
+                        .forward(leader_id, &info, &Forward::ReadIndex, deadline)
+                        .await
+                    {
                         Ok(ForwardReply::ReadIndex(i)) => Ok(i),
                         Ok(other) => Err(internal(format!("unexpected forward reply {other:?}"))),
                         Err(e) => Err(e),
@@ -659,7 +681,10 @@ impl App {
         if leader_id == self.id {
             return self.admin_local(op, deadline).await;
         }
-        match self.forward(&info, &Forward::Admin(op), deadline).await? {
+        match self
+            .forward(leader_id, &info, &Forward::Admin(op), deadline)
+            .await?
+        {
             ForwardReply::Admin(r) => Ok(r),
             other => Err(internal(format!("unexpected forward reply {other:?}"))),
         }

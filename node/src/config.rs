@@ -193,6 +193,36 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// TLS on every listener and between nodes (mutual on the Raft port).
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Listeners explicitly left plaintext. Without `[tls]`, every listener
+    /// must be named here or the node refuses to start.
+    #[serde(default)]
+    pub insecure: Insecure,
+}
+
+/// `[insecure]`: plaintext per listener, an explicit opt-out logged as a
+/// warning at every start and shown in status.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Insecure {
+    #[serde(default)]
+    pub raft: bool,
+    #[serde(default)]
+    pub grpc: bool,
+    #[serde(default)]
+    pub http: bool,
+}
+
+impl Insecure {
+    pub fn of(&self, port: crate::listen::Port) -> bool {
+        match port {
+            crate::listen::Port::Raft => self.raft,
+            crate::listen::Port::Grpc => self.grpc,
+            crate::listen::Port::Http => self.http,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -320,6 +350,19 @@ impl Config {
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|e| anyhow::anyhow!("{name} {addr:?}: {e}"))?;
         }
+        if self.tls.is_none() {
+            use crate::listen::Port;
+            for port in [Port::Raft, Port::Grpc, Port::Http] {
+                anyhow::ensure!(
+                    self.insecure.of(port),
+                    "the {} listener has no TLS: configure [tls] (cluster_id, ca_file, cert_file, \
+                     key_file; `billdb cert` makes them) or opt out explicitly with \
+                     `[insecure] {} = true` (plaintext: anyone who can reach the port is served)",
+                    port.as_str(),
+                    port.as_str()
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -345,7 +388,7 @@ mod tests {
         let p = dir.path().join("n.toml");
         std::fs::write(
             &p,
-            "node_id = 1\ndata_dir = \"/tmp/x\"\nraft_addr = \"127.0.0.1:7201\"\ngrpc_addr = \"127.0.0.1:7101\"\nhttp_addr = \"127.0.0.1:7001\"\n[raft]\nheartbeat_interval_ms = 50\n",
+            "node_id = 1\ndata_dir = \"/tmp/x\"\nraft_addr = \"127.0.0.1:7201\"\ngrpc_addr = \"127.0.0.1:7101\"\nhttp_addr = \"127.0.0.1:7001\"\n[insecure]\nraft = true\ngrpc = true\nhttp = true\n[raft]\nheartbeat_interval_ms = 50\n",
         )
         .unwrap();
         let mut a = args(Some(p));
@@ -365,7 +408,7 @@ mod tests {
     fn bad_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("n.toml");
-        let base = "node_id = 1\ndata_dir = \"/tmp/x\"\nraft_addr = \"127.0.0.1:7201\"\ngrpc_addr = \"127.0.0.1:7101\"\nhttp_addr = \"127.0.0.1:7001\"\n";
+        let base = "node_id = 1\ndata_dir = \"/tmp/x\"\nraft_addr = \"127.0.0.1:7201\"\ngrpc_addr = \"127.0.0.1:7101\"\nhttp_addr = \"127.0.0.1:7001\"\n[insecure]\nraft = true\ngrpc = true\nhttp = true\n";
         std::fs::write(&p, format!("{base}[raft]\nheartbeat_interval_ms = 400\n")).unwrap();
         assert!(
             Config::load(&args(Some(p.clone()))).is_err(),
@@ -387,7 +430,14 @@ mod tests {
         std::fs::write(&p, format!("{base}bogus = 1\n")).unwrap();
         assert!(Config::load(&args(Some(p.clone()))).is_err(), "unknown key");
         std::fs::write(&p, base.replace("127.0.0.1:7001", "nowhere")).unwrap();
-        assert!(Config::load(&args(Some(p))).is_err(), "bad address");
+        assert!(Config::load(&args(Some(p.clone()))).is_err(), "bad address");
         assert!(Config::load(&args(None)).is_err(), "missing everything");
+        // Secure by default: no [tls] and a listener not named insecure.
+        let no_tls = base.replace("http = true\n", "");
+        std::fs::write(&p, &no_tls).unwrap();
+        let e = Config::load(&args(Some(p.clone())))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http listener has no TLS"), "{e}");
     }
 }

@@ -38,6 +38,7 @@ use crate::log_purge::SnapshotSends;
 use crate::peer_health::{FailureKind, PeerHealth};
 use crate::store::checkpoint::SnapshotHandle;
 use crate::store::snapshot::CHUNK_SIZE_BYTES;
+use crate::tls::Tls;
 use crate::types::{NodeId, NodeInfo, TypeConfig, Vote};
 
 /// Largest gRPC message between nodes (a batch of entries, a snapshot chunk).
@@ -63,14 +64,72 @@ pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, bincode::Er
 /// (the IP of this node's own Raft address), so per-link firewall rules between
 /// node addresses (the chaos suite's partitions) see who is talking to whom.
 pub fn channel(addr: &str, local_ip: Option<IpAddr>) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    Ok(endpoint(addr)?
         .local_address(local_ip)
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .connect_lazy())
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
         .keep_alive_timeout(Duration::from_millis(KEEPALIVE_TIMEOUT_MS))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true))
+}
+
+/// A TLS handshake to a peer not done within this time fails the connect.
+const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 2_000;
+
+/// As [`channel`], over mutual TLS: this node presents its certificate and
+/// accepts only a peer certificate from the cluster CA naming node `target`
+/// (its DNS name `billdb_api::identity::node_dns_name`). Each connection
+/// takes the TLS material current when it is made.
+pub fn tls_channel(
+    addr: &str,
+    local_ip: Option<IpAddr>,
+    target: NodeId,
+    tls: Arc<Tls>,
+) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = endpoint(addr)?;
+    let addr = addr.to_string();
+    let server_name = billdb_api::identity::node_dns_name(tls.cluster_id(), target);
+    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let (addr, tls, server_name) = (addr.clone(), tls.clone(), server_name.clone());
+        async move {
+            let io_err = |m: String| std::io::Error::other(m);
+            let peer = tokio::net::lookup_host(&addr)
+                .await?
+                .next()
+                .ok_or_else(|| io_err(format!("{addr}: no address")))?;
+            let socket = if peer.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            if let Some(ip) = local_ip {
+                socket.bind(std::net::SocketAddr::new(ip, 0))?;
+            }
+            let tcp = tokio::time::timeout(
+                Duration::from_millis(CONNECT_TIMEOUT_MS),
+                socket.connect(peer),
+            )
+            .await
+            .map_err(|_| io_err(format!("{addr}: connect timed out")))??;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from(server_name)
+                .map_err(|e| io_err(format!("peer name: {e}")))?;
+            let connector = tokio_rustls::TlsConnector::from(tls.current().peer_client.clone());
+            let stream = tokio::time::timeout(
+                Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS),
+                connector.connect(name, tcp),
+            )
+            .await
+            .map_err(|_| io_err(format!("{addr}: TLS handshake timed out")))??;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
 pub fn client(ch: Channel) -> RaftInternalClient<Channel> {
@@ -79,15 +138,25 @@ pub fn client(ch: Channel) -> RaftInternalClient<Channel> {
         .max_encoding_message_size(MESSAGE_SIZE_BYTES_MAX)
 }
 
-/// Channels by address, shared by the Raft network and request forwarding
+/// Channels by peer, shared by the Raft network and request forwarding
 /// (every node-to-node connection is made here).
 #[derive(Clone, Default)]
 pub struct Channels {
-    inner: Arc<Mutex<HashMap<String, Channel>>>,
+    inner: Arc<Mutex<ChannelMap>>,
     /// Source IP of outgoing connections (`None`: chosen by the kernel).
     local_ip: Option<IpAddr>,
     /// Reachability and backoff of each peer, as the Raft client sees it.
     health: PeerHealth,
+    /// Mutual TLS to peers (`None`: plaintext, `insecure.raft`).
+    tls: Option<Arc<Tls>>,
+}
+
+/// One channel per (peer, address). Under TLS a channel's connector takes
+/// the material current at each (re)connect, so after a rotation the open
+/// connections go on and every new one uses the new certificates.
+#[derive(Default)]
+struct ChannelMap {
+    by_peer: HashMap<(NodeId, String), Channel>,
 }
 
 /// The source IP to bind node-to-node connections to: the IP of this node's
@@ -98,12 +167,14 @@ pub fn local_ip_of(raft_addr: &str) -> Option<IpAddr> {
 }
 
 impl Channels {
-    /// Channels whose connections originate from `local_ip` (when set).
-    pub fn with_local_ip(local_ip: Option<IpAddr>) -> Self {
+    /// Channels whose connections originate from `local_ip` (when set),
+    /// over mutual TLS when `tls` is set.
+    pub fn new(local_ip: Option<IpAddr>, tls: Option<Arc<Tls>>) -> Self {
         Channels {
             inner: Arc::default(),
             local_ip,
             health: PeerHealth::default(),
+            tls,
         }
     }
 
@@ -112,13 +183,22 @@ impl Channels {
         &self.health
     }
 
-    pub fn get(&self, addr: &str) -> Result<RaftInternalClient<Channel>, tonic::transport::Error> {
+    /// A client of node `id` at `addr`.
+    pub fn get(
+        &self,
+        id: NodeId,
+        addr: &str,
+    ) -> Result<RaftInternalClient<Channel>, tonic::transport::Error> {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ch) = map.get(addr) {
+        let key = (id, addr.to_string());
+        if let Some(ch) = map.by_peer.get(&key) {
             return Ok(client(ch.clone()));
         }
-        let ch = channel(addr, self.local_ip)?;
-        map.insert(addr.to_string(), ch.clone());
+        let ch = match &self.tls {
+            Some(tls) => tls_channel(addr, self.local_ip, id, tls.clone())?,
+            None => channel(addr, self.local_ip)?,
+        };
+        map.by_peer.insert(key, ch.clone());
         Ok(client(ch))
     }
 }
@@ -202,7 +282,7 @@ impl Conn {
 
     fn client<E: std::error::Error>(&self) -> Result<RaftInternalClient<Channel>, RpcErr<E>> {
         self.channels
-            .get(&self.addr)
+            .get(self.target, &self.addr)
             .map_err(|e| RPCError::Unreachable(unreachable(&e)))
     }
 

@@ -12,6 +12,8 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::app::{App, Forward, ForwardReply};
+use crate::listen::PeerInfo;
+use crate::peer_auth::PeerAuth;
 use crate::raft_net::{decode, encode};
 use crate::store::StateMachine;
 use crate::store::checkpoint::SnapshotHandle;
@@ -27,6 +29,8 @@ static SNAPSHOT_STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomi
 pub struct RaftService {
     pub app: App,
     pub sm: StateMachine,
+    /// Who may call (`peer_auth`): checked first in every RPC.
+    pub peer_auth: std::sync::Arc<PeerAuth>,
 }
 
 fn bad(e: impl std::fmt::Display) -> Status {
@@ -44,6 +48,21 @@ fn fatal(e: impl std::fmt::Display) -> Status {
 }
 
 impl RaftService {
+    /// Serve `rpc` only for a member of this cluster (`peer_auth`).
+    fn admit<T>(&self, req: &Request<T>, rpc: &'static str) -> Result<(), Status> {
+        self.peer_auth
+            .admit(req.extensions().get::<PeerInfo>(), rpc, || {
+                let m = self.app.metrics();
+                let ids: std::collections::BTreeSet<crate::types::NodeId> = m
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .collect();
+                (!ids.is_empty()).then_some(ids)
+            })
+    }
+
     /// The number in fault-point file `name` of this node's data
     /// directory, when fault points are on and the file holds one.
     fn failpoint_number(&self, name: &str) -> Option<(u64, std::path::PathBuf)> {
@@ -77,18 +96,21 @@ impl RaftService {
 #[tonic::async_trait]
 impl RaftInternal for RaftService {
     async fn vote(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
+        self.admit(&req, "vote")?;
         let rpc = decode(&req.into_inner().data).map_err(bad)?;
         let resp = self.app.raft.vote(rpc).await.map_err(fatal)?;
         enc(&resp)
     }
 
     async fn pre_vote(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
+        self.admit(&req, "pre_vote")?;
         let rpc = decode(&req.into_inner().data).map_err(bad)?;
         let resp = self.app.raft.pre_vote(rpc).await.map_err(fatal)?;
         enc(&resp)
     }
 
     async fn append_entries(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
+        self.admit(&req, "append_entries")?;
         let rpc = decode(&req.into_inner().data).map_err(bad)?;
         self.app.note_leader_contact();
         let resp = self.app.raft.append_entries(rpc).await.map_err(fatal)?;
@@ -101,6 +123,7 @@ impl RaftInternal for RaftService {
         &self,
         req: Request<Streaming<RaftMsg>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        self.admit(&req, "stream_append")?;
         let app = self.app.clone();
         let input = tokio_stream::StreamExt::map_while(req.into_inner(), move |m| {
             app.note_leader_contact();
@@ -122,6 +145,7 @@ impl RaftInternal for RaftService {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMsg>, Status> {
+        self.admit(&req, "install_snapshot")?;
         let mut stream = req.into_inner();
         let first = stream
             .next()
@@ -246,6 +270,7 @@ impl RaftInternal for RaftService {
     }
 
     async fn snapshot_staged(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
+        self.admit(&req, "snapshot_staged")?;
         let meta: SnapshotMeta = decode(&req.into_inner().data).map_err(bad)?;
         let held = std::fs::metadata(self.sm.staged_path(&meta))
             .map(|m| m.len())
@@ -254,6 +279,7 @@ impl RaftInternal for RaftService {
     }
 
     async fn transfer_leader(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
+        self.admit(&req, "transfer_leader")?;
         let rpc = decode(&req.into_inner().data).map_err(bad)?;
         let resp = self
             .app
@@ -265,6 +291,7 @@ impl RaftInternal for RaftService {
     }
 
     async fn forward(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
+        self.admit(&req, "forward")?;
         let fwd: Forward = decode(&req.into_inner().data).map_err(bad)?;
         let reply: Result<ForwardReply, billdb_api::error::ApiError> =
             self.app.serve_forwarded(fwd).await;

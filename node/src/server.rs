@@ -15,9 +15,12 @@ use crate::api::grpc::GrpcApi;
 use crate::api::http::{HttpState, router};
 use crate::app::App;
 use crate::config::Config;
+use crate::listen::{AxumListener, Limits, PeerInfo, Port};
+use crate::peer_auth::PeerAuth;
 use crate::raft_net::{Channels, MESSAGE_SIZE_BYTES_MAX, Network};
 use crate::raft_service::RaftService;
 use crate::store::{LogStore, StateMachine, open_db};
+use crate::tls::Tls;
 use crate::types::Raft;
 
 use crate::config::CLIENT_MESSAGE_SIZE_BYTES_MAX;
@@ -49,6 +52,60 @@ pub fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {
         ..Default::default()
     };
     Ok(cfg.validate()?)
+}
+
+/// Concurrent HTTP/2 streams on one Raft-port connection (a peer's
+/// replication stream, snapshot sends and forwarded client requests).
+const RAFT_STREAMS_PER_CONNECTION_MAX: u32 = 1_024;
+/// Concurrent HTTP/2 streams on one client gRPC connection.
+const CLIENT_STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// How often the TLS files and the tokens file are looked at.
+const RELOAD_CHECK_MS: u64 = 1_000;
+
+/// Reload the TLS material and the tokens file when they change: new
+/// connections use new certificates; a revoked token stops working within
+/// about a second. A bad new file is refused, logged, and the old kept.
+fn spawn_reloader(tls: Option<Arc<Tls>>, auth: Arc<crate::auth::Auth>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(RELOAD_CHECK_MS)).await;
+            if let Some(tls) = &tls {
+                match tls.reload_if_changed() {
+                    None => {}
+                    Some(Ok(generation)) => {
+                        let m = tls.current();
+                        metrics::counter!("billdb_tls_reloads_total", "outcome" => "ok")
+                            .increment(1);
+                        tracing::info!(
+                            generation,
+                            cert_sha256 = %m.cert_sha256,
+                            cert_not_after_unix_s = m.cert_not_after_unix_s,
+                            ca_count = m.ca_count,
+                            "TLS material reloaded: new connections use it"
+                        );
+                    }
+                    Some(Err(e)) => {
+                        metrics::counter!("billdb_tls_reloads_total", "outcome" => "refused")
+                            .increment(1);
+                        tracing::warn!(error = %e, "new TLS files refused; the old ones stay in use");
+                    }
+                }
+            }
+            match auth.reload_if_changed() {
+                None => {}
+                Some(Ok(entries)) => {
+                    metrics::counter!("billdb_tokens_reloads_total", "outcome" => "ok")
+                        .increment(1);
+                    tracing::info!(entries, "tokens file reloaded");
+                }
+                Some(Err(e)) => {
+                    metrics::counter!("billdb_tokens_reloads_total", "outcome" => "refused")
+                        .increment(1);
+                    tracing::warn!(error = %e, "new tokens file refused; the old one stays in use");
+                }
+            }
+        }
+    });
 }
 
 /// How often the size-based snapshot trigger looks at the log.
@@ -108,7 +165,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let log_appended_bytes = log_store.appended_bytes();
     let sm = StateMachine::open(db.clone(), config.data_dir.join("snapshots"))
         .context("opening state machine")?;
-    let channels = Channels::with_local_ip(crate::raft_net::local_ip_of(&config.raft_addr));
+    let tls = match &config.tls {
+        Some(t) => Some(Arc::new(
+            Tls::load(t, config.node_id).context("loading the TLS material ([tls])")?,
+        )),
+        None => None,
+    };
+    for port in [Port::Raft, Port::Grpc, Port::Http] {
+        if config.insecure.of(port) {
+            tracing::warn!(
+                listener = port.as_str(),
+                "PLAINTEXT listener (insecure.{} = true): anyone who can reach it is served \
+                 and everything it carries can be read on the wire",
+                port.as_str()
+            );
+        }
+    }
+    let tls_for = |port: Port| (!config.insecure.of(port)).then(|| tls.clone()).flatten();
+    let channels = Channels::new(
+        crate::raft_net::local_ip_of(&config.raft_addr),
+        tls_for(Port::Raft),
+    );
     let snapshot_sends = crate::log_purge::SnapshotSends::default();
     let network = Network {
         self_id: config.node_id,
@@ -126,7 +203,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .context("starting raft")?;
     let auth = match &config.auth.tokens_file {
-        Some(path) => crate::auth::Auth::load(path)?,
+        Some(path) => crate::auth::Auth::load(path).context("loading auth.tokens_file")?,
         None => {
             tracing::warn!(
                 "no auth.tokens_file configured: authentication is OFF (development only)"
@@ -134,13 +211,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             crate::auth::Auth::disabled()
         }
     };
+    let auth = Arc::new(auth);
+    spawn_reloader(tls.clone(), auth.clone());
     let app = App::new(
         config.node_id,
         raft.clone(),
         db.clone(),
         config.clone(),
         channels,
-        Arc::new(auth),
+        auth,
+        tls.clone(),
         sm.fence(),
     );
     crate::metrics::spawn_leader_watch(app.clone());
@@ -155,11 +235,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.raft.snapshot_log_bytes_since_last,
     );
 
-    let raft_addr = config.raft_addr.parse().context("raft_addr")?;
-    let grpc_addr = config.grpc_addr.parse().context("grpc_addr")?;
+    let bind = |name: &'static str, addr: String| async move {
+        tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding {name} {addr}"))
+    };
+    let raft_listener = bind("raft_addr", config.raft_addr.clone()).await?;
+    let grpc_listener = bind("grpc_addr", config.grpc_addr.clone()).await?;
+    let http_listener = bind("http_addr", config.http_addr.clone()).await?;
+    let http_local = http_listener.local_addr().context("http_addr")?;
+    let accept = |l: tokio::net::TcpListener, port: Port| {
+        let rx = crate::listen::spawn_accept(l, port, tls_for(port), Limits::for_port(port));
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |c| {
+            Ok::<_, std::io::Error>(c)
+        })
+    };
     let raft_svc = RaftInternalServer::new(RaftService {
         app: app.clone(),
         sm,
+        peer_auth: Arc::new(PeerAuth::new(
+            tls_for(Port::Raft).map(|t| t.cluster_id().to_string()),
+        )),
     })
     .max_decoding_message_size(MESSAGE_SIZE_BYTES_MAX)
     .max_encoding_message_size(MESSAGE_SIZE_BYTES_MAX);
@@ -172,11 +268,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(1)))
             .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+            .max_concurrent_streams(Some(RAFT_STREAMS_PER_CONNECTION_MAX))
             .add_service(raft_svc)
-            .serve_with_shutdown(raft_addr, stopped(stop_rx.clone())),
+            .serve_with_incoming_shutdown(
+                accept(raft_listener, Port::Raft),
+                stopped(stop_rx.clone()),
+            ),
     );
     let grpc_api = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(Some(CLIENT_STREAMS_PER_CONNECTION_MAX))
         .add_service(
             ClusterServer::new(GrpcApi { app: app.clone() })
                 .max_decoding_message_size(CLIENT_MESSAGE_SIZE_BYTES_MAX),
@@ -185,17 +286,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             BillingServer::new(GrpcApi { app: app.clone() })
                 .max_decoding_message_size(CLIENT_MESSAGE_SIZE_BYTES_MAX),
         )
-        .serve_with_shutdown(grpc_addr, stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(accept(grpc_listener, Port::Grpc), stopped(stop_rx.clone()));
     let grpc_server = tokio::spawn(grpc_api);
-    let listener = tokio::net::TcpListener::bind(&config.http_addr)
-        .await
-        .with_context(|| format!("binding http {}", config.http_addr))?;
+    let http_rx = crate::listen::spawn_accept(
+        http_listener,
+        Port::Http,
+        tls_for(Port::Http),
+        Limits::for_port(Port::Http),
+    );
     let http = axum::serve(
-        listener,
+        AxumListener {
+            rx: http_rx,
+            local: http_local,
+        },
         router(HttpState {
             app: std::sync::Arc::new(app.clone()),
             prometheus,
-        }),
+        })
+        .into_make_service_with_connect_info::<PeerInfo>(),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
     let http_server = tokio::spawn(async move { http.await });

@@ -469,15 +469,13 @@ fn every_operation_happy_path_and_refusals() {
     assert!(stale["read"]["applied_index"].is_u64());
 
     // The same operations over gRPC, same answers.
-    let grpc = format!("http://{}", c.c.grpc_addr(4).unwrap());
+    let grpc_node: u64 = 4;
     let ct = c.c.token("counter").unwrap();
     let at = c.c.token("auditor").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use billdb_api::pb;
-        let mut b = pb::billing_client::BillingClient::connect(grpc)
-            .await
-            .expect("connect");
+        let mut b = pb::billing_client::BillingClient::new(c.grpc_channel(grpc_node).await);
         let r = b
             .purchase(authed(
                 pb::PurchaseRequest {
@@ -755,13 +753,11 @@ fn bad_input_is_refused_and_changes_nothing() {
     );
 
     // The same over gRPC.
-    let grpc = format!("http://{}", c.c.grpc_addr(5).unwrap());
+    let grpc_node: u64 = 5;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use billdb_api::pb;
-        let mut b = pb::billing_client::BillingClient::connect(grpc)
-            .await
-            .expect("connect");
+        let mut b = pb::billing_client::BillingClient::new(c.grpc_channel(grpc_node).await);
         let buy = |rid: &str, amount: Option<&str>, units: Option<&str>| pb::PurchaseRequest {
             request_id: rid.into(),
             card_no: Some("CARD-B1".into()),
@@ -905,7 +901,7 @@ fn purchases_are_exactly_once_across_leader_kill() {
     let ids: Vec<String> = (0..N).map(|i| format!("fo-{i}")).collect();
     let body = |rid: &str| json!({"request_id": rid, "account_id": "F1", "amount": format!("{}.00", 1 + rid[3..].parse::<u32>().unwrap()), "confirm_duplicate": true});
     let token = c.c.token("counter").unwrap();
-    let faddr = c.c.http_addr(follower).unwrap();
+    let (c2, fnode) = (c.c.clone(), follower);
     let ids2 = ids.clone();
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sent2 = sent.clone();
@@ -913,8 +909,10 @@ fn purchases_are_exactly_once_across_leader_kill() {
         let mut acked = Vec::new();
         // A short client timeout: requests in flight across the failover
         // are abandoned with an unknown outcome, as a real till would.
-        let h =
-            AdminClient::with_timeout(&faddr, Duration::from_millis(150)).with_token(Some(token));
+        let h = c2
+            .http_client(fnode, Duration::from_millis(150))
+            .expect("client")
+            .with_token(Some(token));
         for rid in &ids2 {
             let b = json!({"request_id": rid, "account_id": "F1", "amount": format!("{}.00", 1 + rid[3..].parse::<u32>().unwrap()), "confirm_duplicate": true});
             sent2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

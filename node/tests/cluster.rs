@@ -427,15 +427,13 @@ fn bad_admin_input_is_refused_and_changes_nothing() {
     assert_eq!(body["code"], "MALFORMED_REQUEST", "{body}");
 
     // The same refusals over gRPC, with the code in the status metadata.
-    let grpc = format!("http://{}", c.c.grpc_addr(2).unwrap());
+    let grpc_node: u64 = 2;
     let ops = c.c.token("ops").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use billdb_api::error::{ApiError, ErrorCode};
         use billdb_api::pb;
-        let mut g = pb::cluster_client::ClusterClient::connect(grpc)
-            .await
-            .expect("grpc connect");
+        let mut g = pb::cluster_client::ClusterClient::new(c.grpc_channel(grpc_node).await);
         let e = g
             .add_learner(authed(pb::AddLearnerRequest { node: None }, &ops))
             .await
@@ -548,8 +546,10 @@ fn tokens_and_roles_are_enforced() {
         code(c.http_as(3, "none").status()),
         (401, "UNAUTHENTICATED".into())
     );
-    let forged = billdb_client::admin::AdminClient::new(&c.c.http_addr(3).unwrap())
-        .with_token(Some("forged".into()));
+    let forged =
+        c.c.http_client(3, Duration::from_secs(5))
+            .unwrap()
+            .with_token(Some("forged".into()));
     assert_eq!(code(forged.status()), (401, "UNAUTHENTICATED".into()));
     assert_eq!(
         code(c.http_as(3, "counter").change_membership(&[1, 2, 3])),
@@ -585,14 +585,12 @@ fn tokens_and_roles_are_enforced() {
         .get(&format!("/v1/accounts/{}", account(0)))
         .expect("counter reads an account");
 
-    let grpc = format!("http://{}", c.c.grpc_addr(4).unwrap());
+    let grpc_node: u64 = 4;
     let counter = c.c.token("counter").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use billdb_api::pb;
-        let mut g = pb::cluster_client::ClusterClient::connect(grpc.clone())
-            .await
-            .expect("connect");
+        let mut g = pb::cluster_client::ClusterClient::new(c.grpc_channel(grpc_node).await);
         let e = g.status(pb::StatusRequest {}).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
         let mut r = tonic::Request::new(pb::RemoveNodeRequest { id: 5 });
@@ -604,9 +602,7 @@ fn tokens_and_roles_are_enforced() {
             g.remove_node(r).await.unwrap_err().code(),
             tonic::Code::PermissionDenied
         );
-        let mut b = pb::billing_client::BillingClient::connect(grpc)
-            .await
-            .expect("connect");
+        let mut b = pb::billing_client::BillingClient::new(c.grpc_channel(grpc_node).await);
         let mut r = tonic::Request::new(pb::PaymentRequest {
             request_id: "auth-grpc".into(),
             account_id: account(0),
@@ -725,11 +721,10 @@ fn lease_reads_stay_linearizable_across_a_paused_leader() {
     let expected = before + Decimal::from(20);
     assert_eq!(balance(&c, others[0], &account(0)), expected);
     c.c.resume(old).unwrap();
-    let h = billdb_client::admin::AdminClient::with_timeout(
-        &c.c.http_addr(old).unwrap(),
-        Duration::from_secs(5),
-    )
-    .with_token(Some(c.c.token("ops").unwrap()));
+    let h =
+        c.c.http_client(old, Duration::from_secs(5))
+            .unwrap()
+            .with_token(Some(c.c.token("ops").unwrap()));
     let (mut answered, mut refused) = (0, 0);
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {

@@ -26,10 +26,13 @@ impl GrpcApi {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
+        let cert = self
+            .app
+            .client_cert_name(req.extensions().get::<crate::listen::PeerInfo>());
         let caller = self
             .app
             .auth
-            .authenticate(header)
+            .authenticate_with(header, cert.as_deref())
             .map_err(|e| e.to_status())?;
         caller.require(allowed).map_err(|e| e.to_status())?;
         Ok(caller)

@@ -292,7 +292,16 @@ impl axum::extract::FromRequestParts<HttpState> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        state.app.auth.authenticate(header).map_err(HttpError)
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<crate::listen::PeerInfo>>()
+            .map(|c| &c.0);
+        let cert = state.app.client_cert_name(peer);
+        state
+            .app
+            .auth
+            .authenticate_with(header, cert.as_deref())
+            .map_err(HttpError)
     }
 }
 

@@ -49,6 +49,30 @@ pub struct Status {
     /// group commit, read policy), so a benchmark or an on-call engineer
     /// sees the effective values.
     pub raft: crate::config::RaftTuning,
+    /// How each listener is protected (`mtls`, `tls`, or `plaintext` when
+    /// explicitly configured insecure) and the TLS material in use: paths,
+    /// fingerprint and expiry, never key material.
+    pub security: serde_json::Value,
+}
+
+fn security(app: &App) -> serde_json::Value {
+    use crate::listen::Port;
+    let mode = |port: Port| {
+        if app.config.insecure.of(port) || app.tls.is_none() {
+            "plaintext"
+        } else if port == Port::Raft {
+            "mtls"
+        } else {
+            "tls"
+        }
+    };
+    serde_json::json!({
+        "raft": mode(Port::Raft),
+        "grpc": mode(Port::Grpc),
+        "http": mode(Port::Http),
+        "tls": app.tls.as_ref().map(|t| t.status()),
+        "auth": if app.auth.enabled() { "tokens" } else { "off" },
+    })
 }
 
 pub fn status(app: &App) -> Status {
@@ -104,6 +128,7 @@ pub fn status(app: &App) -> Status {
             .lease_read_verdict()
             .map(|v| v.map_or_else(|why| why.name(), |()| "ok")),
         raft: app.config.raft.clone(),
+        security: security(app),
     }
 }
 

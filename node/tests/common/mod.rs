@@ -53,7 +53,18 @@ impl TestCluster {
         c.init().expect("init");
         c.wait_leader(Duration::from_secs(30))
             .expect("leader elected");
+        register_raw_tls(&c);
         TestCluster { c, _dir: dir }
+    }
+
+    /// A gRPC channel to node `n`'s client port (TLS with the cluster CA).
+    pub async fn grpc_channel(&self, n: NodeId) -> tonic::transport::Channel {
+        let url = self.c.grpc_url(n).expect("grpc url");
+        let mut e = tonic::transport::Endpoint::from_shared(url).expect("url");
+        if let Some(tls) = self.c.client_tls().expect("client tls") {
+            e = e.tls_config(tls.tonic_config()).expect("tls config");
+        }
+        e.connect().await.expect("grpc connect")
     }
 
     /// HTTP client of node `n` with the ops token.
@@ -69,7 +80,9 @@ impl TestCluster {
         } else {
             Some(self.c.token(identity).expect("token"))
         };
-        AdminClient::with_timeout(&self.c.http_addr(n).expect("addr"), Duration::from_secs(10))
+        self.c
+            .http_client(n, Duration::from_secs(10))
+            .expect("http client")
             .with_token(token)
     }
 
@@ -79,19 +92,25 @@ impl TestCluster {
 
     /// The value of one Prometheus sample line (`name{labels}`, exactly as
     /// exported) on node `n`; 0 when the node does not export it yet.
-    pub fn metric(&self, n: NodeId, sample: &str) -> f64 {
-        use std::io::{Read, Write};
+    /// Node `n`'s `/metrics` answer (status line, headers and body).
+    pub fn metrics_text(&self, n: NodeId) -> String {
+        use std::io::Read;
+        // The CA bundle as it is now (it changes in a CA rotation).
+        register_raw_tls(&self.c);
         let addr = self.c.http_addr(n).expect("addr");
-        let mut s = std::net::TcpStream::connect(&addr).expect("connect for /metrics");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
+        let mut s = send_raw(
+            &addr,
+            &format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"),
+        );
         let mut body = String::new();
-        s.read_to_string(&mut body).expect("read /metrics");
-        body.lines()
+        let _ = s.read_to_string(&mut body);
+        assert!(body.starts_with("HTTP/1.1 200"), "/metrics: {body:.200}");
+        body
+    }
+
+    pub fn metric(&self, n: NodeId, sample: &str) -> f64 {
+        self.metrics_text(n)
+            .lines()
             .find_map(|l| {
                 l.strip_prefix(sample)?
                     .strip_prefix(' ')?
@@ -206,15 +225,61 @@ pub fn balance(c: &TestCluster, n: NodeId, account: &str) -> rust_decimal::Decim
         .expect("decimal")
 }
 
+/// TLS client settings of the HTTP addresses of running test clusters, so
+/// the raw-socket helpers below speak TLS to them.
+static RAW_TLS: std::sync::Mutex<BTreeMap<String, std::sync::Arc<rustls::ClientConfig>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Register cluster `c`'s CA for [`send_raw`] to its nodes' HTTP ports.
+pub fn register_raw_tls(c: &LocalCluster) {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let Some(tls) = c.client_tls().expect("client tls") else {
+        return;
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&tls.ca_pem) {
+        roots.add(cert.expect("CA pem")).expect("CA");
+    }
+    #[allow(deprecated)] // ring, as the node.
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let mut m = RAW_TLS.lock().unwrap();
+    for n in c.node_ids() {
+        m.insert(c.http_addr(n).expect("addr"), config.clone());
+    }
+}
+
+/// A raw connection: plaintext or TLS.
+pub trait RawConn: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> RawConn for T {}
+
 /// Open a socket to `addr` and send `request`, a whole HTTP/1.1 request
 /// written by hand (headers a client library would not send, or bytes that
-/// are not JSON).
-pub fn send_raw(addr: &str, request: &str) -> std::net::TcpStream {
+/// are not JSON); over TLS when `addr` belongs to a TLS test cluster.
+pub fn send_raw(addr: &str, request: &str) -> Box<dyn RawConn> {
     use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    s.write_all(request.as_bytes()).expect("write");
-    s
+    let tls = RAW_TLS.lock().unwrap().get(addr).cloned();
+    let mut conn: Box<dyn RawConn> = match tls {
+        Some(config) => {
+            let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+            let name = rustls::pki_types::ServerName::try_from(host.to_string()).expect("name");
+            let client = rustls::ClientConnection::new(config, name).expect("tls client");
+            Box::new(rustls::StreamOwned::new(client, s))
+        }
+        None => Box::new(s),
+    };
+    conn.write_all(request.as_bytes()).expect("write");
+    conn.flush().expect("flush");
+    conn
 }
 
 /// The status code of an answer's status line.
