@@ -18,25 +18,31 @@ stamp=$(date +%s)
 counter="Authorization: Bearer $("$bin/billdb" local token counter --dir "$dir")"
 bank="Authorization: Bearer $("$bin/billdb" local token bank --dir "$dir")"
 auditor="Authorization: Bearer $("$bin/billdb" local token auditor --dir "$dir")"
-curl -sS -X POST http://127.0.0.1:7003/v1/accounts -H "$counter" -H 'content-type: application/json' \
+# Secure by default: every port is TLS (mutual TLS between the nodes); the
+# cluster's CA certificate is what a client trusts.
+ca="$dir/tls/ca.pem"
+curl -sS --cacert "$ca" -X POST https://127.0.0.1:7003/v1/accounts -H "$counter" -H 'content-type: application/json' \
   -d "{\"request_id\":\"demo-open-$stamp\",\"account_id\":\"DEMO-$stamp\",\"name\":\"Demo Customer\",\"branch\":\"B01\",\"utility\":\"heat\"}"
 echo
-curl -sS -X POST http://127.0.0.1:7004/v1/payments -H "$bank" -H 'content-type: application/json' \
+curl -sS --cacert "$ca" -X POST https://127.0.0.1:7004/v1/payments -H "$bank" -H 'content-type: application/json' \
   -d "{\"request_id\":\"demo-pay-$stamp\",\"account_id\":\"DEMO-$stamp\",\"amount\":\"120.50\",\"bank_code\":\"ICBC\",\"bank_ref\":\"DEMO-$stamp\"}"
 echo
 echo "== the same payment delivered again (same request_id): the original outcome, nothing doubled"
-curl -sS -X POST http://127.0.0.1:7005/v1/payments -H "$bank" -H 'content-type: application/json' \
+curl -sS --cacert "$ca" -X POST https://127.0.0.1:7005/v1/payments -H "$bank" -H 'content-type: application/json' \
   -d "{\"request_id\":\"demo-pay-$stamp\",\"account_id\":\"DEMO-$stamp\",\"amount\":\"120.50\",\"bank_code\":\"ICBC\",\"bank_ref\":\"DEMO-$stamp\"}"
 echo
 echo "== linearizable read from node 2"
-curl -sS -H "$auditor" http://127.0.0.1:7002/v1/accounts/DEMO-$stamp
+curl -sS --cacert "$ca" -H "$auditor" https://127.0.0.1:7002/v1/accounts/DEMO-$stamp
 echo
 echo "== without a token: refused"
-curl -sS -X POST http://127.0.0.1:7002/v1/payments -d '{}'
+curl -sS --cacert "$ca" -X POST https://127.0.0.1:7002/v1/payments -d '{}'
 echo
+echo "== plaintext: refused (TLS only; there is no silent fallback)"
+curl -sS -m 3 http://127.0.0.1:7002/healthz || echo "(no answer over plaintext)"
 echo
 echo
 "$bin/billdb" local status --dir "$dir"
 echo
 echo "Tokens: $bin/billdb local token ops|auditor|counter|bank --dir $dir"
+echo "This shell as ops (CA, endpoints, token): eval \"\$($bin/billdb local env --dir $dir)\""
 echo "Stop the cluster with: $bin/billdb local down --dir $dir"

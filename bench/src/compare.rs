@@ -59,12 +59,12 @@ pub struct CompareArgs {
 
 /// Resumes the paused nodes when dropped, so an error in the etcd run
 /// never leaves the billdb cluster stopped.
-struct Paused<'a> {
+pub struct Paused<'a> {
     cluster: &'a LocalCluster,
 }
 
 impl<'a> Paused<'a> {
-    fn pause(cluster: &'a LocalCluster) -> anyhow::Result<Paused<'a>> {
+    pub fn pause(cluster: &'a LocalCluster) -> anyhow::Result<Paused<'a>> {
         let paused = Paused { cluster };
         for n in cluster.node_ids() {
             cluster.pause(n)?;
@@ -82,7 +82,7 @@ impl Drop for Paused<'_> {
 }
 
 /// This binary with `args`; its JSON answer.
-fn child(args: &[String]) -> anyhow::Result<Value> {
+pub fn child(args: &[String]) -> anyhow::Result<Value> {
     let exe = std::env::current_exe().context("this binary's path")?;
     let out = Command::new(exe)
         .args(args)

@@ -22,6 +22,7 @@ mod load;
 mod postgres;
 mod progress;
 mod stats;
+mod tls_cost;
 mod up;
 mod workloads;
 
@@ -60,6 +61,9 @@ enum Cmd {
     /// PostgreSQL reference in alternating rounds on this machine: medians
     /// and billdb/etcd, billdb/postgres ratios.
     Compare(compare::CompareArgs),
+    /// What TLS costs: purchases against a secure and a plaintext cluster
+    /// in alternating rounds, medians and ratios.
+    TlsCost(tls_cost::TlsCostArgs),
 }
 
 /// Prints node RSS, disk use and CPU of a result, if it has them.
@@ -135,6 +139,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Compare(a) => {
             let json = a.json;
             output(&compare::run(a)?, json, compare::print_table)?;
+        }
+        Cmd::TlsCost(a) => {
+            let json = a.json;
+            output(&tls_cost::run(a)?, json, tls_cost::print_table)?;
         }
         Cmd::Writes(a) => {
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -33,6 +33,10 @@ pub struct UpArgs {
     /// default) or lease (the leader's lease, no round trip).
     #[arg(long, value_parser = ["read-index", "lease"])]
     pub read_policy: Option<String>,
+    /// Plaintext on every port (only to measure what TLS costs:
+    /// `billdb-bench tls-cost`).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 pub fn run(a: UpArgs) -> anyhow::Result<Value> {
@@ -52,7 +56,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<Value> {
         },
         ..Default::default()
     };
-    let c = LocalCluster::create_with(&a.dir, &bin, a.base_port, 1, timings)?;
+    let c = LocalCluster::create_full(&a.dir, &bin, a.base_port, 1, timings, None, !a.insecure)?;
     // create() made node 1; replace it when the first id is another.
     for n in ids.iter().filter(|n| **n != 1) {
         c.add_node(*n)?;

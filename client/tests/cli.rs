@@ -15,12 +15,20 @@ fn billdb() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_billdb"))
 }
 
+/// The CA certificate of the cluster under test, once it is up (the CLI
+/// trusts it through `BILLDB_CA`).
+static CA: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+
 /// Run the CLI; returns (exit success, stdout, stderr).
 fn run(args: &[&str], token: Option<&str>) -> (bool, String, String) {
     let mut c = Command::new(billdb());
     c.args(args)
         .env_remove("BILLDB_TOKEN")
+        .env_remove("BILLDB_CA")
         .env("BILLDB_GRPC", grpc_endpoints());
+    if let Some(ca) = CA.lock().unwrap().as_ref() {
+        c.env("BILLDB_CA", ca);
+    }
     if let Some(t) = token {
         c.env("BILLDB_TOKEN", t);
     }
@@ -87,6 +95,7 @@ fn counter_bank_and_report_commands_against_a_real_cluster() {
     );
     let _down = Down(dir_s.clone());
     assert!(ok, "local up failed:\n{out}\n{err}");
+    *CA.lock().unwrap() = Some(dir.join("tls/ca.pem"));
     let token = |who: &str| {
         let (ok, out, err) = run(&["local", "token", who, "--dir", &dir_s], None);
         assert!(ok, "{err}");
@@ -320,11 +329,115 @@ fn counter_bank_and_report_commands_against_a_real_cluster() {
         .collect();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
+        let tls = cluster.client_tls().expect("client tls");
         let client =
-            billdb_client::client::Client::new(&endpoints, Some(&auditor)).expect("client");
+            billdb_client::client::Client::with_tls(&endpoints, Some(&auditor), tls.as_ref())
+                .expect("client");
         assert_eq!(client.preferred_endpoint(), 0);
         let a = client.get_account("CLI-1").await.expect("get account");
         assert_eq!(a.balance, "25.00");
         assert_eq!(client.preferred_endpoint(), 1, "the leader is endpoint 1");
     });
+}
+
+#[test]
+fn cert_commands_make_a_ca_and_certificates_with_private_keys_kept_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = |p: &str| tmp.path().join(p).to_string_lossy().into_owned();
+    let (ok, _, err) = run(
+        &[
+            "cert",
+            "ca",
+            "--cluster-id",
+            "heat-north",
+            "--out",
+            &d("ca"),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    // A CA is never overwritten.
+    let (ok, _, err) = run(
+        &[
+            "cert",
+            "ca",
+            "--cluster-id",
+            "heat-north",
+            "--out",
+            &d("ca"),
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("never overwritten"), "{err}");
+    let (ok, _, err) = run(
+        &[
+            "cert",
+            "node",
+            "--ca-dir",
+            &d("ca"),
+            "--cluster-id",
+            "heat-north",
+            "--id",
+            "3",
+            "--host",
+            "db3.example.net",
+            "--host",
+            "10.0.0.3",
+            "--out",
+            &d("n3"),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(
+        &[
+            "cert",
+            "client",
+            "--ca-dir",
+            &d("ca"),
+            "--cluster-id",
+            "heat-north",
+            "--name",
+            "counter-0101",
+            "--out",
+            &d("clients"),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    for key in [
+        "ca/ca.key",
+        "n3/node3.key",
+        "clients/client-counter-0101.key",
+    ] {
+        let mode = std::fs::metadata(tmp.path().join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+        let text = std::fs::read_to_string(tmp.path().join(key)).unwrap();
+        assert!(text.contains("PRIVATE KEY"), "{key}");
+    }
+    for cert in [
+        "ca/ca.pem",
+        "n3/node3.pem",
+        "clients/client-counter-0101.pem",
+    ] {
+        let text = std::fs::read_to_string(tmp.path().join(cert)).unwrap();
+        assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
+    }
+    // A cluster id that cannot be a DNS label is refused.
+    let (ok, _, err) = run(
+        &[
+            "cert",
+            "ca",
+            "--cluster-id",
+            "Heat North",
+            "--out",
+            &d("bad"),
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("not a valid name"), "{err}");
 }

@@ -100,6 +100,12 @@ fn internal(msg: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Internal, msg.to_string())
 }
 
+/// What a node trusts callers by: the tokens file and its TLS material.
+pub struct Trust {
+    pub auth: Arc<crate::auth::Auth>,
+    pub tls: Option<Arc<crate::tls::Tls>>,
+}
+
 #[derive(Clone)]
 pub struct App {
     pub id: NodeId,
@@ -127,10 +133,10 @@ impl App {
         db: Arc<DB>,
         config: Arc<Config>,
         channels: Channels,
-        auth: Arc<crate::auth::Auth>,
-        tls: Option<Arc<crate::tls::Tls>>,
+        trust: Trust,
         fence: Arc<ReadFence>,
     ) -> Self {
+        let Trust { auth, tls } = trust;
         App {
             id,
             proposer: Proposer::start(raft.clone(), proposer_limits(&config)),

@@ -4,8 +4,8 @@
 //!
 //! Limits, so that a stranger who can reach a port cannot exhaust the node:
 //! at most [`Limits::connections_max`] open connections per listener, at
-//! most [`HANDSHAKES_PER_IP_MAX`] handshakes in flight per source address,
-//! and every handshake done within [`HANDSHAKE_TIMEOUT_MS`]. A connection
+//! most [`Limits::handshakes_per_ip_max`] handshakes in flight per source
+//! address, and every handshake done within [`HANDSHAKE_TIMEOUT_MS`]. A connection
 //! over a limit is closed at once and counted.
 //!
 //! May touch sockets only. Logs a refused handshake once per source
@@ -28,8 +28,6 @@ use crate::tls::Tls;
 
 /// A TLS handshake not done within this time is dropped.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
-/// Handshakes in flight from one source address.
-pub const HANDSHAKES_PER_IP_MAX: usize = 16;
 /// Source addresses (and reasons) remembered for log-once.
 const LOGGED_REFUSALS_MAX: usize = 1_024;
 /// Ready connections waiting for the server to take them.
@@ -57,16 +55,24 @@ impl Port {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub connections_max: usize,
+    /// Handshakes in flight from one source address.
+    pub handshakes_per_ip_max: usize,
 }
 
 impl Limits {
     pub fn for_port(port: Port) -> Limits {
-        Limits {
-            // Peers hold one HTTP/2 connection each; more is an attack or a
-            // bug. Clients: counters, bank front-ends and tools.
-            connections_max: match port {
-                Port::Raft => 256,
-                Port::Grpc | Port::Http => 4_096,
+        match port {
+            // Peers hold one HTTP/2 connection each and reconnect one at a
+            // time; more is an attack or a bug.
+            Port::Raft => Limits {
+                connections_max: 256,
+                handshakes_per_ip_max: 16,
+            },
+            // Counters, bank front-ends (many connections from one address,
+            // e.g. behind NAT or a pool opening at once) and tools.
+            Port::Grpc | Port::Http => Limits {
+                connections_max: 4_096,
+                handshakes_per_ip_max: 512,
             },
         }
     }
@@ -208,10 +214,10 @@ struct PerIp {
 }
 
 impl PerIp {
-    fn try_enter(self: &Arc<Self>, ip: IpAddr) -> Option<PerIpGuard> {
+    fn try_enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PerIpGuard> {
         let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(ip).or_insert(0);
-        if *n >= HANDSHAKES_PER_IP_MAX {
+        if *n >= max {
             return None;
         }
         *n += 1;
@@ -290,7 +296,7 @@ pub fn spawn_accept(
                 }
                 continue;
             };
-            let Some(ip_guard) = per_ip.try_enter(remote.ip()) else {
+            let Some(ip_guard) = per_ip.try_enter(remote.ip(), limits.handshakes_per_ip_max) else {
                 refusals.note(port, remote, "handshakes_per_ip_max", "too many handshakes");
                 continue;
             };

@@ -152,19 +152,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if logging.is_ok() {
         crate::log_limit::spawn_summary(log_limit);
     }
-    let prometheus = crate::metrics::install()?;
-    let config = Arc::new(config);
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
-    let fsync_pause_file = crate::store::log_store::fsync_pause_file(&config.data_dir);
-    if let Some(p) = &fsync_pause_file {
-        tracing::warn!(file = %p.display(), "fault injection on: WAL fsyncs wait while this file exists");
-    }
-    let log_store = LogStore::new(db.clone(), fsync_pause_file)?;
-    let log_appended_bytes = log_store.appended_bytes();
-    let sm = StateMachine::open(db.clone(), config.data_dir.join("snapshots"))
-        .context("opening state machine")?;
+    // TLS first: a node with bad material stops before it touches its data.
     let tls = match &config.tls {
         Some(t) => Some(Arc::new(
             Tls::load(t, config.node_id).context("loading the TLS material ([tls])")?,
@@ -181,6 +169,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             );
         }
     }
+    let prometheus = crate::metrics::install()?;
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
+    let fsync_pause_file = crate::store::log_store::fsync_pause_file(&config.data_dir);
+    if let Some(p) = &fsync_pause_file {
+        tracing::warn!(file = %p.display(), "fault injection on: WAL fsyncs wait while this file exists");
+    }
+    let log_store = LogStore::new(db.clone(), fsync_pause_file)?;
+    let log_appended_bytes = log_store.appended_bytes();
+    let sm = StateMachine::open(db.clone(), config.data_dir.join("snapshots"))
+        .context("opening state machine")?;
     let tls_for = |port: Port| (!config.insecure.of(port)).then(|| tls.clone()).flatten();
     let channels = Channels::new(
         crate::raft_net::local_ip_of(&config.raft_addr),
@@ -219,8 +220,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         db.clone(),
         config.clone(),
         channels,
-        auth,
-        tls.clone(),
+        crate::app::Trust {
+            auth,
+            tls: tls.clone(),
+        },
         sm.fence(),
     );
     crate::metrics::spawn_leader_watch(app.clone());

@@ -109,7 +109,6 @@ async fn attack(client: &mut RaftInternalClient<Channel>) -> Vec<(&'static str, 
         meta: vec![0; 16],
         data: vec![0; 64],
         offset: 0,
-        ..Default::default()
     };
     let snap = client
         .install_snapshot(tokio_stream::iter(vec![chunk]))
@@ -349,7 +348,7 @@ fn only_members_of_the_cluster_get_raft_rpcs_served_and_clients_need_tls() {
     .with_deadline(Duration::from_secs(3));
     let tls = c.c.client_tls().unwrap().expect("tls");
     let good_grpc = billdb_client::client::Client::with_tls(
-        &[grpc_addr.clone()],
+        std::slice::from_ref(&grpc_addr),
         Some(&c.c.token("auditor").unwrap()),
         Some(&tls),
     )
@@ -410,9 +409,12 @@ fn only_members_of_the_cluster_get_raft_rpcs_served_and_clients_need_tls() {
     }
     // The same certificate over gRPC, no token.
     rt.block_on(async {
-        let g =
-            billdb_client::client::Client::with_tls(&[grpc_addr.clone()], None, Some(&with_cert))
-                .unwrap();
+        let g = billdb_client::client::Client::with_tls(
+            std::slice::from_ref(&grpc_addr),
+            None,
+            Some(&with_cert),
+        )
+        .unwrap();
         assert_eq!(
             g.get_account("SEC-1").await.expect("by cert").account_id,
             "SEC-1"
@@ -629,4 +631,92 @@ fn certificates_and_the_ca_rotate_under_load_without_a_restart() {
         .healthz()
         .expect("still serving with the good material");
     assert_no_secrets(&c);
+}
+
+#[test]
+fn strangers_cannot_exhaust_the_raft_port_and_bad_material_stops_a_node_at_start() {
+    let c = TestCluster::start(16500, 3);
+    let leader = c.leader();
+    open_account(&c.http(leader), "LIM-1").expect("open");
+    let raft_addr = c.c.raft_addr(leader).unwrap();
+    // Idle TCP connections that never start a handshake: at most 16 per
+    // address wait for one, the rest are closed at once; the waiting ones
+    // are dropped after the handshake deadline (5 s).
+    let idle: Vec<std::net::TcpStream> = (0..40)
+        .filter_map(|_| std::net::TcpStream::connect(&raft_addr).ok())
+        .collect();
+    assert!(idle.len() >= 30, "connections opened: {}", idle.len());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.metric(
+        leader,
+        "billdb_listener_refused_total{listener=\"raft\",reason=\"handshakes_per_ip_max\"}",
+    ) < 20.0
+    {
+        assert!(Instant::now() < deadline, "no per-address handshake bound");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.metric(
+        leader,
+        "billdb_listener_refused_total{listener=\"raft\",reason=\"handshake_timeout\"}",
+    ) < 16.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "idle handshakes were not timed out"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(idle);
+    // The cluster went on: a write commits on a quorum.
+    pay_until_ok(
+        &c,
+        &[leader],
+        "lim-pay",
+        "LIM-1",
+        "2.00",
+        Duration::from_secs(20),
+    );
+    assert_eq!(balance(&c, leader, "LIM-1"), Decimal::new(200, 2));
+
+    // A node given another node's certificate refuses to start and says why.
+    let victim = (1..=3).find(|n| *n != leader).unwrap();
+    c.c.stop(victim).unwrap();
+    let config = c.c.config_path(victim);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let swapped = text.replace(&format!("node{victim}.pem"), &format!("node{leader}.pem"));
+    assert_ne!(text, swapped);
+    std::fs::write(&config, &swapped).unwrap();
+    let out = std::process::Command::new(node_bin())
+        .args(["--config", &config.to_string_lossy()])
+        .output()
+        .expect("run billdb-node");
+    assert!(
+        !out.status.success(),
+        "started with another node's certificate"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "names billdb://local/node/{leader}, not this node"
+        )),
+        "{err}"
+    );
+    // A missing key file.
+    std::fs::write(
+        &config,
+        text.replace(&format!("node{victim}.key"), "missing.key"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(node_bin())
+        .args(["--config", &config.to_string_lossy()])
+        .output()
+        .expect("run billdb-node");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.key"));
+    // Restored, it starts and rejoins.
+    std::fs::write(&config, &text).unwrap();
+    c.c.start(victim).unwrap();
+    c.c.wait_healthy(victim, Duration::from_secs(30)).unwrap();
+    c.wait_converged(&[1, 2, 3], Duration::from_secs(30));
 }

@@ -140,7 +140,17 @@ fn new_cluster(n: usize) -> (tempfile::TempDir, LocalCluster) {
     let tmp = tempfile::tempdir().unwrap();
     let bin = fake_node_bin(tmp.path());
     let base = free_base(n as u16);
-    let c = LocalCluster::create(&tmp.path().join("cluster"), &bin, base, n).unwrap();
+    // The fake admin API speaks plain HTTP: an explicitly plaintext cluster.
+    let c = LocalCluster::create_full(
+        &tmp.path().join("cluster"),
+        &bin,
+        base,
+        n,
+        RaftTimings::default(),
+        None,
+        false,
+    )
+    .unwrap();
     c.set_kill_on_drop(true);
     (tmp, c)
 }
@@ -186,6 +196,18 @@ fn create_writes_configs_and_cluster_json_round_trips() {
     assert!(cfg.data_dir.is_absolute());
     assert_eq!(cfg.data_dir, c.dir().join("node3").join("data"));
     assert_eq!(cfg.raft, RaftTimings::default());
+    // Secure by default: TLS material made and named, nothing insecure.
+    let tls = cfg.tls.as_ref().expect("[tls]");
+    assert_eq!(tls.cluster_id, "local");
+    assert!(tls.cert_file.ends_with("tls/node3.pem") && tls.cert_file.is_file());
+    assert!(tls.key_file.is_file() && tls.ca_file.is_file());
+    assert_eq!(cfg.insecure, None);
+    let key_mode = {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(&tls.key_file).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(key_mode, 0o600);
+    assert_eq!(c.scheme(), "https");
     let raw: toml::Table = toml::from_str(&text).unwrap();
     assert_eq!(
         raw["raft"]["election_timeout_max_ms"].as_integer(),
