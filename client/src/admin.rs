@@ -38,7 +38,7 @@ pub struct NodeAddrs {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AdminError {
     /// The request never got an HTTP answer (connection refused, timeout, ...).
-    #[error("cannot reach {url}: {message}")]
+    #[error("cannot reach {url}: {message}{}", tls_hint(.url))]
     Transport { url: String, message: String },
     /// The node answered with a 4xx/5xx status. `code` is the `code` field of the
     /// error body, or `HTTP_<status>` when the body was not a billdb error.
@@ -52,6 +52,16 @@ pub enum AdminError {
     /// The node answered 2xx but the body was not JSON.
     #[error("invalid response from {url}: {message}")]
     Decode { url: String, message: String },
+}
+
+/// A plaintext URL that failed: nodes speak TLS unless configured not to.
+fn tls_hint(url: &str) -> &'static str {
+    if url.starts_with("http://") {
+        " (billdb nodes speak TLS by default: give the cluster's CA certificate \
+         with --ca or BILLDB_CA, and the endpoint becomes https://)"
+    } else {
+        ""
+    }
 }
 
 fn fmt_details(details: &Value) -> String {
