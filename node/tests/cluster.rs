@@ -494,6 +494,9 @@ fn bad_admin_input_is_refused_and_changes_nothing() {
         c.c.start(*n).unwrap();
         c.c.wait_healthy(*n, Duration::from_secs(30)).unwrap();
     }
+    // The restarted nodes catch up first: a transfer to a node still
+    // behind waits for it, and may outlast the request's deadline.
+    c.wait_converged(&[1, 2, 3, 4, 5], Duration::from_secs(30));
 
     // Transfer leadership to a chosen follower (through another node).
     let old_leader = c.leader();
