@@ -203,28 +203,39 @@ fn postgres_args(a: &CompareArgs, dir: &Path, clients: usize) -> Vec<String> {
 }
 
 fn billdb_args(a: &CompareArgs, dir: &Path, clients: usize) -> Vec<String> {
+    purchase_run_args(dir, &a.data, clients, a.duration_s)
+}
+
+/// A billdb purchase run (`run --workload purchase ... --json`) against the
+/// cluster in `dir` loaded with `data`.
+pub fn purchase_run_args(
+    dir: &Path,
+    data: &crate::load::DataArgs,
+    clients: usize,
+    duration_s: u64,
+) -> Vec<String> {
     vec![
         "run".into(),
         "--dir".into(),
         dir.display().to_string(),
         "--seed".into(),
-        a.data.seed.to_string(),
+        data.seed.to_string(),
         "--accounts".into(),
-        a.data.accounts.to_string(),
+        data.accounts.to_string(),
         "--years".into(),
-        a.data.years.to_string(),
+        data.years.to_string(),
         "--per-year".into(),
-        a.data.per_year.to_string(),
+        data.per_year.to_string(),
         "--payments-per-year".into(),
-        a.data.payments_per_year.to_string(),
+        data.payments_per_year.to_string(),
         "--end-month".into(),
-        a.data.end_month.clone(),
+        data.end_month.clone(),
         "--workload".into(),
         "purchase".into(),
         "--clients".into(),
         clients.to_string(),
         "--duration-s".into(),
-        a.duration_s.to_string(),
+        duration_s.to_string(),
         "--json".into(),
     ]
 }

@@ -15,7 +15,7 @@ use anyhow::Context;
 use billdb_client::local::LocalCluster;
 use serde_json::{Value, json};
 
-use crate::compare::{Paused, child, median, summary};
+use crate::compare::{Paused, child, median, purchase_run_args, summary};
 
 const ROUNDS_MAX: usize = 20;
 const CLIENT_COUNTS_MAX: usize = 8;
@@ -42,33 +42,6 @@ pub struct TlsCostArgs {
     duration_s: u64,
     #[arg(long)]
     pub json: bool,
-}
-
-fn run_args(a: &TlsCostArgs, dir: &Path, clients: usize) -> Vec<String> {
-    vec![
-        "run".into(),
-        "--dir".into(),
-        dir.display().to_string(),
-        "--seed".into(),
-        a.data.seed.to_string(),
-        "--accounts".into(),
-        a.data.accounts.to_string(),
-        "--years".into(),
-        a.data.years.to_string(),
-        "--per-year".into(),
-        a.data.per_year.to_string(),
-        "--payments-per-year".into(),
-        a.data.payments_per_year.to_string(),
-        "--end-month".into(),
-        a.data.end_month.clone(),
-        "--workload".into(),
-        "purchase".into(),
-        "--clients".into(),
-        clients.to_string(),
-        "--duration-s".into(),
-        a.duration_s.to_string(),
-        "--json".into(),
-    ]
 }
 
 const FIELDS: [&str; 4] = ["ops_per_s", "p50_ms", "p99_ms", "node_cpu_ms_per_op"];
@@ -160,7 +133,7 @@ pub fn run(a: TlsCostArgs) -> anyhow::Result<Value> {
                 let v = {
                     let _paused = Paused::pause(other)?;
                     std::thread::sleep(Duration::from_millis(RESUME_SETTLE_MS));
-                    child(&run_args(&a, dir, clients))?
+                    child(&purchase_run_args(dir, &a.data, clients, a.duration_s))?
                 };
                 let mut s = summary(&v, "purchase")?;
                 if let Some(o) = s.as_object_mut() {

@@ -177,6 +177,14 @@ pub fn write_leaf(dir: &Path, stem: &str, leaf: &Leaf) -> Result<()> {
     )
 }
 
+/// Write a CA into `dir` as `ca.key` (0600) and `ca.pem`, the layout
+/// [`read_ca`] reads.
+pub fn write_ca(dir: &Path, ca: &Ca) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_file(&dir.join("ca.key"), ca.key_pem.as_bytes(), 0o600)?;
+    write_file(&dir.join("ca.pem"), ca.cert_pem.as_bytes(), 0o644)
+}
+
 /// Read a CA (`ca.pem` certificate, `ca.key` key) from `dir`.
 pub fn read_ca(dir: &Path) -> Result<Ca> {
     let read = |n: &str| {

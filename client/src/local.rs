@@ -915,18 +915,7 @@ impl LocalCluster {
     /// A new CA (DIR/tls/signing) trusted alone (DIR/tls/ca.pem).
     fn write_ca(&self) -> Result<()> {
         let ca = crate::certs::new_ca(&self.cluster_id()?)?;
-        fs::create_dir_all(self.signing_dir())
-            .with_context(|| format!("creating {}", self.signing_dir().display()))?;
-        crate::certs::write_file(
-            &self.signing_dir().join("ca.key"),
-            ca.key_pem.as_bytes(),
-            0o600,
-        )?;
-        crate::certs::write_file(
-            &self.signing_dir().join("ca.pem"),
-            ca.cert_pem.as_bytes(),
-            0o644,
-        )?;
+        crate::certs::write_ca(&self.signing_dir(), &ca)?;
         crate::certs::write_file(&self.ca_bundle_path(), ca.cert_pem.as_bytes(), 0o644)
     }
 
@@ -972,16 +961,7 @@ impl LocalCluster {
         let ca = crate::certs::new_ca(&self.cluster_id()?)?;
         let bundle = format!("{}\n{}", old_bundle.trim_end(), ca.cert_pem);
         crate::certs::write_file(&self.ca_bundle_path(), bundle.as_bytes(), 0o644)?;
-        crate::certs::write_file(
-            &self.signing_dir().join("ca.key"),
-            ca.key_pem.as_bytes(),
-            0o600,
-        )?;
-        crate::certs::write_file(
-            &self.signing_dir().join("ca.pem"),
-            ca.cert_pem.as_bytes(),
-            0o644,
-        )?;
+        crate::certs::write_ca(&self.signing_dir(), &ca)?;
         self.rotate_node_certs()
     }
 

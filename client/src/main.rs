@@ -137,15 +137,12 @@ fn run_cert(cmd: CertCmd) -> Result<()> {
     use billdb_client::certs;
     match cmd {
         CertCmd::Ca { cluster_id, out } => {
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             anyhow::ensure!(
                 !out.join("ca.key").exists(),
                 "{} already exists: a CA is never overwritten",
                 out.join("ca.key").display()
             );
-            let ca = certs::new_ca(&cluster_id)?;
-            certs::write_file(&out.join("ca.key"), ca.key_pem.as_bytes(), 0o600)?;
-            certs::write_file(&out.join("ca.pem"), ca.cert_pem.as_bytes(), 0o644)?;
+            certs::write_ca(&out, &certs::new_ca(&cluster_id)?)?;
             println!(
                 "CA of cluster {cluster_id}: {} (keep {} secret and off the nodes)",
                 out.join("ca.pem").display(),

@@ -52,7 +52,10 @@ impl RaftService {
     fn admit<T>(&self, req: &Request<T>, rpc: &'static str) -> Result<(), Status> {
         self.peer_auth
             .admit(req.extensions().get::<PeerInfo>(), rpc, || {
-                let m = self.app.metrics();
+                // Borrowed, not cloned: this runs on every append.
+                use openraft::async_runtime::WatchReceiver;
+                let rx = self.app.raft.metrics();
+                let m = rx.borrow_watched();
                 let ids: std::collections::BTreeSet<crate::types::NodeId> = m
                     .membership_config
                     .membership()

@@ -131,6 +131,25 @@ async fn attack(client: &mut RaftInternalClient<Channel>) -> Vec<(&'static str, 
     out
 }
 
+/// A connection attempt that must be refused at the TLS handshake: either
+/// it fails, or every RPC on it fails before any identity check.
+async fn assert_refused_at_handshake(
+    attempt: Result<RaftInternalClient<Channel>, tonic::transport::Error>,
+    who: &str,
+) {
+    let Ok(mut client) = attempt else {
+        return;
+    };
+    for (rpc, code) in attack(&mut client).await {
+        assert_ne!(code, tonic::Code::Ok, "{rpc} served to {who}");
+        assert_ne!(
+            code,
+            tonic::Code::PermissionDenied,
+            "{rpc} from {who}: not refused at the handshake"
+        );
+    }
+}
+
 /// Tokens, private keys and key bodies must appear in no node log, status
 /// answer or metrics page.
 fn assert_no_secrets(c: &TestCluster) {
@@ -208,19 +227,7 @@ fn only_members_of_the_cluster_get_raft_rpcs_served_and_clients_need_tls() {
     rt.block_on(async {
         // 1. No certificate: refused at the handshake, nothing served.
         let no_cert = raft_client(&raft_addr, "local", leader, &ca_pem, None).await;
-        match no_cert {
-            Err(_) => {}
-            Ok(mut client) => {
-                for (rpc, code) in attack(&mut client).await {
-                    assert_ne!(code, tonic::Code::Ok, "{rpc} served without a certificate");
-                    assert_ne!(
-                        code,
-                        tonic::Code::PermissionDenied,
-                        "{rpc}: not at the handshake"
-                    );
-                }
-            }
-        }
+        assert_refused_at_handshake(no_cert, "a caller without a certificate").await;
         // Plaintext to the Raft port: nothing served either.
         let plain = Endpoint::from_shared(format!("http://{raft_addr}"))
             .unwrap()
@@ -249,19 +256,8 @@ fn only_members_of_the_cluster_get_raft_rpcs_served_and_clients_need_tls() {
         // 3. Another cluster's CA, naming a member: refused at the handshake.
         let foreign = certs::new_ca("local").unwrap();
         let leaf = certs::node_cert(&foreign, "local", 2, &hosts).unwrap();
-        match raft_client(&raft_addr, "local", leader, &ca_pem, Some(&leaf)).await {
-            Err(_) => {}
-            Ok(mut client) => {
-                for (rpc, code) in attack(&mut client).await {
-                    assert_ne!(code, tonic::Code::Ok, "{rpc} served to a foreign CA");
-                    assert_ne!(
-                        code,
-                        tonic::Code::PermissionDenied,
-                        "{rpc}: not at the handshake"
-                    );
-                }
-            }
-        }
+        let foreign_ca = raft_client(&raft_addr, "local", leader, &ca_pem, Some(&leaf)).await;
+        assert_refused_at_handshake(foreign_ca, "another cluster's CA").await;
         // A member's certificate passes the check (a malformed message is
         // then refused as such, not as a stranger).
         let member = certs::node_cert(&ca, "local", 2, &hosts).unwrap();
