@@ -55,6 +55,11 @@ enum Cmd {
         /// `lease` (leader reads from its lease, no Raft round).
         #[arg(long, default_value = "read_index", value_parser = ["read_index", "lease"])]
         read_policy: String,
+        /// A timed run fails when the write gap's p99 after a leader kill,
+        /// stop, pause, isolation or disk stall (at most one follower's disk
+        /// with it) exceeds this many milliseconds.
+        #[arg(long, default_value_t = 1_000.0)]
+        gap_target_ms: f64,
     },
 }
 
@@ -112,6 +117,7 @@ fn real_main() -> Result<bool> {
         node_bin,
         accounts,
         read_policy,
+        gap_target_ms,
     } = Cli::parse().cmd;
     let seed = seed.unwrap_or_else(random_seed);
     let mut cfg = RunConfig::new(dir, base_port, seed);
@@ -120,6 +126,7 @@ fn real_main() -> Result<bool> {
     cfg.node_bin = node_bin;
     cfg.accounts = accounts;
     cfg.lease_reads = read_policy == "lease";
+    cfg.gap_target_ms = gap_target_ms;
     println!("seed {seed} (replay with --seed {seed})");
     let rep = run::run(&cfg, &mut |line| println!("{line}"))?;
     print!("{}", report::render(&rep));

@@ -354,7 +354,15 @@ fn inject(h: &mut Harness, step: &Step, rng: &mut StdRng, ev: &mut NemesisEvent)
             for &n in &stalled {
                 h.cluster.hold_fsyncs(n)?;
             }
-            fault_at(h, ev, "disk-stall", leader);
+            // Three of five held: no quorum can make a write durable until
+            // the stall ends, so that gap is the stall's length, beyond the
+            // two faults the cluster masks; kept apart in the report.
+            let how = if stalled.len() * 2 > members.len() {
+                "disk-stall-majority"
+            } else {
+                "disk-stall"
+            };
+            fault_at(h, ev, how, leader);
             std::thread::sleep(hold);
             // Released by heal_all.
         }
