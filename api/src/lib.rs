@@ -32,6 +32,10 @@ pub mod failpoints {
     /// While a file of this name exists in a node's data directory, its
     /// WAL fsyncs (and so its log appends' completions) wait.
     pub const FSYNC_PAUSE_FILE: &str = "failpoint-wal-fsync-pause";
+    /// When a file of this name exists in a node's data directory, its
+    /// next WAL fsync fails as a disk's EIO would (the file is removed:
+    /// one failure).
+    pub const FSYNC_ERROR_FILE: &str = "failpoint-wal-fsync-error";
     /// While a file of this name exists in a node's data directory, each
     /// snapshot the node receives waits the milliseconds the file holds
     /// before it is installed (a slow transfer, as of a large state over a

@@ -91,9 +91,19 @@ fn proposer_limits(config: &Config) -> proposer::Limits {
 /// Floor of the silence after which the leader counts a peer as down.
 const LIVE_PEER_SILENCE_MS_MIN: u64 = 2_000;
 
+/// `details.reason` of the UNAVAILABLE a leader answers when it has not
+/// heard from a quorum: a node that forwarded the request to it gives up at
+/// once instead of asking the same leader again (it may still hear that
+/// leader, being on its side of a partition), so the client tries another.
+const REASON_LEADER_WITHOUT_QUORUM: &str = "leader_without_quorum";
+
 fn unavailable(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, msg)
         .with_details(serde_json::json!({"retry_after_ms": 500}))
+}
+
+fn leader_lost_quorum(e: &ApiError) -> bool {
+    e.details["reason"] == REASON_LEADER_WITHOUT_QUORUM
 }
 
 fn internal(msg: impl std::fmt::Display) -> ApiError {
@@ -116,6 +126,8 @@ pub struct App {
     pub auth: Arc<crate::auth::Auth>,
     /// TLS material (`None`: no `[tls]`, every listener plaintext).
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Set when this node's storage failed: the node is fenced.
+    pub storage: Arc<crate::storage_guard::StorageGuard>,
     /// Batches this node's proposals (group commit) and stamps their time.
     proposer: Proposer,
     /// What the state machine has applied: lease reads on the leader.
@@ -147,6 +159,7 @@ impl App {
             channels,
             auth,
             tls,
+            storage: Arc::default(),
             leader_contact_ms: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         }
@@ -163,6 +176,25 @@ impl App {
                 Some(name.clone())
             }
             _ => None,
+        }
+    }
+
+    /// UNAVAILABLE, with the reason, when this node's storage failed: its
+    /// Raft core stopped, so it can neither make a write durable nor
+    /// vouch for a read; clients go to another node.
+    fn refuse_if_fenced(&self) -> Result<(), ApiError> {
+        match self.storage.failure() {
+            None => Ok(()),
+            Some(f) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "this node's storage failed ({}): {}; it restarts itself when its disk is \
+                     usable again; retry on another node with the same request_id",
+                    f.kind.name(),
+                    f.error
+                ),
+            )
+            .with_details(serde_json::json!({"reason": f.kind.name(), "retry_after_ms": 500}))),
         }
     }
 
@@ -231,7 +263,7 @@ impl App {
 
     /// Resolves (with the UNAVAILABLE to answer) once `leader` no longer
     /// leads as this node sees it: another or no leader is known, or — when
-    /// this node is `leader` — it has not heard from a quorum for twice the
+    /// this node is `leader` — it has not heard from a quorum for the
     /// maximum election timeout. Checks start after
     /// `LEADERSHIP_CHECK_AFTER_MS`, so quick requests never pay for them.
     async fn leadership_moved(&self, leader: NodeId) -> ApiError {
@@ -246,9 +278,14 @@ impl App {
             }
             if leader == self.id && !self.quorum_heard(&m) {
                 metrics::counter!("billdb_attempts_rerouted_total").increment(1);
-                return unavailable(
+                return ApiError::new(
+                    ErrorCode::Unavailable,
                     "this leader cannot reach a quorum; retry with the same request_id on another node",
-                );
+                )
+                .with_details(serde_json::json!({
+                    "reason": REASON_LEADER_WITHOUT_QUORUM,
+                    "retry_after_ms": 0,
+                }));
             }
             if self.leader_silent(leader) {
                 metrics::counter!("billdb_attempts_rerouted_total").increment(1);
@@ -261,10 +298,14 @@ impl App {
     }
 
     /// As leader: a majority of voters (this node included) acknowledged a
-    /// heartbeat or append within twice the maximum election timeout.
+    /// heartbeat or append within the maximum election timeout (eight
+    /// heartbeats): longer, and the followers on the other side of a
+    /// partition are already campaigning (they do once the leader lease, the
+    /// same span, plus their own timeout passed), so requests held here
+    /// should go to them.
     fn quorum_heard(&self, m: &openraft::RaftMetrics<crate::types::TypeConfig>) -> bool {
         use openraft::async_runtime::Instant as _;
-        let fresh_ms = u128::from(self.config.raft.election_timeout_max_ms * 2);
+        let fresh_ms = u128::from(self.config.raft.election_timeout_max_ms);
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         let majority = voters.len() / 2 + 1;
         let Some(hb) = &m.heartbeat else {
@@ -330,6 +371,7 @@ impl App {
 
     /// Handle a request forwarded by another node: only the leader serves.
     pub async fn serve_forwarded(&self, req: Forward) -> Result<ForwardReply, ApiError> {
+        self.refuse_if_fenced()?;
         let deadline = self.deadline();
         match req {
             Forward::Write {
@@ -376,6 +418,7 @@ impl App {
         origin: Origin,
         op: Op,
     ) -> Result<(Outcome, u64), ApiError> {
+        self.refuse_if_fenced()?;
         let started = Instant::now();
         if let Some(answer) = self.replayed_here(&request_id, &op)? {
             metrics::counter!("billdb_write_replays_answered_locally_total").increment(1);
@@ -413,10 +456,16 @@ impl App {
                 moved = self.leadership_moved(leader_id) => Err(moved),
             };
             match r {
-                // This node leads without a quorum or cannot hear its leader:
+                // This node leads without a quorum or cannot hear its leader,
+                // or the leader it forwarded to said it has no quorum:
                 // retrying here is pointless; tell the client now so it tries
                 // another node.
-                Err(e) if e.code == ErrorCode::Unavailable && self.cut_off() => break Err(e),
+                Err(e)
+                    if e.code == ErrorCode::Unavailable
+                        && (self.cut_off() || leader_lost_quorum(&e)) =>
+                {
+                    break Err(e);
+                }
                 // Leadership moved under us: try the new leader while time is left.
                 Err(e)
                     if e.code == ErrorCode::Unavailable
@@ -554,6 +603,7 @@ impl App {
     /// get a read index from the leader (ReadIndex) and wait until the local
     /// state machine has applied it.
     pub async fn linearize(&self) -> Result<(), ApiError> {
+        self.refuse_if_fenced()?;
         if self.lease_read_here() {
             metrics::counter!("billdb_reads_total", "path" => "leader_lease").increment(1);
             return Ok(());
@@ -582,7 +632,12 @@ impl App {
                 moved = self.leadership_moved(leader_id) => Err(moved),
             };
             match r {
-                Err(e) if e.code == ErrorCode::Unavailable && self.cut_off() => return Err(e),
+                Err(e)
+                    if e.code == ErrorCode::Unavailable
+                        && (self.cut_off() || leader_lost_quorum(&e)) =>
+                {
+                    return Err(e);
+                }
                 // Leadership moved (or the leader died): ask the next one
                 // while time is left, as writes do.
                 Err(e)

@@ -200,6 +200,34 @@ pub struct Config {
     /// must be named here or the node refuses to start.
     #[serde(default)]
     pub insecure: Insecure,
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: how a node whose storage failed recovers
+/// (`storage_guard`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// A node stopped by a full disk (or another storage error) restarts
+    /// itself only once its data directory's filesystem has this many
+    /// bytes free (and a probe write with fsync succeeds): room for
+    /// RocksDB's memtable flushes and a compaction, so it does not fill up
+    /// again at once.
+    #[serde(default = "d_recover_free")]
+    pub recover_free_bytes_min: u64,
+}
+
+fn d_recover_free() -> u64 {
+    256 << 20
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            recover_free_bytes_min: d_recover_free(),
+        }
+    }
 }
 
 /// `[insecure]`: plaintext per listener, an explicit opt-out logged as a

@@ -18,6 +18,7 @@ pub mod raft_net;
 pub mod raft_service;
 pub mod read_fence;
 pub mod server;
+pub mod storage_guard;
 pub mod store;
 pub mod tls;
 pub mod types;

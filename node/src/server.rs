@@ -227,6 +227,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sm.fence(),
     );
     crate::metrics::spawn_leader_watch(app.clone());
+    crate::storage_guard::spawn(
+        raft.clone(),
+        app.storage.clone(),
+        config.data_dir.clone(),
+        config.storage.recover_free_bytes_min,
+    );
     crate::log_purge::spawn_purger(
         raft.clone(),
         snapshot_sends,

@@ -17,14 +17,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use billdb_client::local::{RaftTimings, usage};
 use common::*;
 
-const ACCOUNTS: usize = 8;
 /// A core's worth of CPU more than the baseline the leader may use.
 const CPU_CORES_OVER_BASELINE_MAX: f64 = 0.10;
 /// Log growth allowed per 5 minutes of outage, per node.
@@ -101,103 +99,6 @@ fn assert_warn_rate(c: &TestCluster, nodes: &[NodeId], from: &BTreeMap<NodeId, u
     }
 }
 
-/// A write load through the nodes listed in `live`: one payment, then
-/// `pause` (100 ms: a light load; zero: as fast as one client goes); every
-/// write must be acknowledged within 10 s.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-    failed: Arc<Mutex<Vec<String>>>,
-    slowest_ms: Arc<AtomicU64>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(c: &Arc<TestCluster>, live: Arc<Mutex<Vec<NodeId>>>, prefix: &str) -> Load {
-        Self::start_paced(c, live, prefix, Duration::from_millis(100))
-    }
-
-    fn start_paced(
-        c: &Arc<TestCluster>,
-        live: Arc<Mutex<Vec<NodeId>>>,
-        prefix: &str,
-        pause: Duration,
-    ) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(Mutex::new(Vec::new()));
-        let slowest_ms = Arc::new(AtomicU64::new(0));
-        let (c, s, a, f, w, prefix) = (
-            c.clone(),
-            stop.clone(),
-            acked.clone(),
-            failed.clone(),
-            slowest_ms.clone(),
-            prefix.to_string(),
-        );
-        let handle = std::thread::spawn(move || {
-            let mut i = 0usize;
-            while !s.load(Ordering::Relaxed) {
-                let id = format!("{prefix}-{i}");
-                let account = format!("OUT-{}", i % ACCOUNTS);
-                let t = Instant::now();
-                let deadline = t + Duration::from_secs(10);
-                let mut k = i;
-                loop {
-                    let nodes = live.lock().unwrap().clone();
-                    let n = nodes[k % nodes.len()];
-                    k += 1;
-                    match pay(&c.http(n), &id, &account, "1.00") {
-                        Ok(_) => {
-                            a.fetch_add(1, Ordering::Relaxed);
-                            w.fetch_max(t.elapsed().as_millis() as u64, Ordering::Relaxed);
-                            break;
-                        }
-                        Err(e) if Instant::now() >= deadline => {
-                            f.lock().unwrap().push(format!("{id}: {e}"));
-                            break;
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                    }
-                }
-                i += 1;
-                std::thread::sleep(pause);
-            }
-        });
-        Load {
-            stop,
-            acked,
-            failed,
-            slowest_ms,
-            handle: Some(handle),
-        }
-    }
-
-    /// Stop and return (acknowledged, failed, slowest ms).
-    fn finish(mut self) -> (u64, Vec<String>, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            h.join().expect("load thread");
-        }
-        (
-            self.acked.load(Ordering::Relaxed),
-            self.failed.lock().unwrap().clone(),
-            self.slowest_ms.load(Ordering::Relaxed),
-        )
-    }
-}
-
-impl Drop for Load {
-    /// A failing test still stops its load thread, so the cluster it holds
-    /// is dropped and its nodes killed.
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
 fn matched(c: &TestCluster, leader: NodeId, peer: NodeId) -> Option<u64> {
     c.status(leader)["replication"][peer.to_string()]["matched_index"].as_u64()
 }
@@ -269,20 +170,13 @@ fn add_learner_with_fault(c: &TestCluster, n: NodeId, fault: &str, value: &str) 
         .expect("add learner");
 }
 
-fn open_accounts(c: &TestCluster) {
-    let h = c.http(c.leader());
-    for i in 0..ACCOUNTS {
-        open_account(&h, &format!("OUT-{i}")).expect("open account");
-    }
-}
-
 /// Issue 20 items 1–4: one follower down (with and without load), two down
 /// (one the old leader), a node that cannot start; bounded cost, writes
 /// throughout, replication resumed within a second, convergence.
 #[test]
 fn nodes_that_stay_down_cost_the_others_nothing_and_catch_up_on_return() {
     let c = Arc::new(TestCluster::start(31000, 5));
-    open_accounts(&c);
+    open_load_accounts(&c);
     let all: Vec<NodeId> = (1..=5).collect();
     let d = outage();
     let live = Arc::new(Mutex::new(all.clone()));
@@ -466,7 +360,7 @@ fn replaced_and_readded_nodes_catch_up_under_load_with_at_most_two_snapshots() {
         raft,
         &[("BILLDB_FAILPOINTS", "1")],
     ));
-    open_accounts(&c);
+    open_load_accounts(&c);
     let all: Vec<NodeId> = (1..=5).collect();
     let live = Arc::new(Mutex::new(all.clone()));
     // Four writers as fast as they go: hundreds of entries a second, more
@@ -598,7 +492,7 @@ fn interrupted_snapshot_transfer_resumes_where_it_stopped() {
         raft,
         &[("BILLDB_FAILPOINTS", "1")],
     ));
-    open_accounts(&c);
+    open_load_accounts(&c);
     let all: Vec<NodeId> = (1..=5).collect();
     let live = Arc::new(Mutex::new(all.clone()));
     let loads: Vec<Load> = (0..2)

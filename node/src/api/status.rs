@@ -53,6 +53,10 @@ pub struct Status {
     /// explicitly configured insecure) and the TLS material in use: paths,
     /// fingerprint and expiry, never key material.
     pub security: serde_json::Value,
+    /// `{"state": "ok"}`, or `"failed"` with the kind (`disk_full`,
+    /// `io_error`), the storage error, since when (Unix ms) and the
+    /// recovery probes made (`storage_guard`).
+    pub storage: serde_json::Value,
 }
 
 fn security(app: &App) -> serde_json::Value {
@@ -129,11 +133,29 @@ pub fn status(app: &App) -> Status {
             .map(|v| v.map_or_else(|why| why.name(), |()| "ok")),
         raft: app.config.raft.clone(),
         security: security(app),
+        storage: match app.storage.failure() {
+            None => serde_json::json!({"state": "ok"}),
+            Some(f) => serde_json::json!({
+                "state": "failed",
+                "kind": f.kind,
+                "error": f.error,
+                "since_unix_ms": f.since_unix_ms,
+                "probes": f.probes,
+                "last_probe_error": f.last_probe_error,
+            }),
+        },
     }
 }
 
 /// Ready: a member that knows a leader and has applied what it knows is committed.
 pub fn ready(app: &App) -> Result<(), String> {
+    if let Some(f) = app.storage.failure() {
+        return Err(format!(
+            "storage failed ({}): {}; restarting by itself when the disk is usable again",
+            f.kind.name(),
+            f.error
+        ));
+    }
     let s = status(app);
     if !s.voters.contains(&app.id) && !s.learners.contains(&app.id) {
         return Err("not a member of any cluster yet".into());

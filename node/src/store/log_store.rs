@@ -145,25 +145,39 @@ fn flusher(db: Arc<DB>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>, pause_file: O
             batch.push(more);
         }
         let started = Instant::now();
-        let result = sync_wal(&db, pause_file.as_deref()).map_err(|e| e.to_string());
+        let result = sync_wal(&db, pause_file.as_deref());
         metrics::histogram!("billdb_wal_fsync_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("billdb_wal_fsync_batch_callbacks").record(batch.len() as f64);
+        if let Err(e) = &result {
+            // Never retried: the kernel may have dropped the pages an fsync
+            // failed on. The Raft core stops on this error and the storage
+            // guard restarts the node from what is on disk.
+            tracing::error!(error = %e, "WAL fsync failed; the Raft log is no longer durable here");
+        }
         for cb in batch {
-            cb.io_completed(result.clone().map_err(io_err));
+            cb.io_completed(result.clone().map_err(std::io::Error::other));
         }
     }
 }
 
-/// fsync the WAL. The fault point sits here, in the sync itself, so a
+/// fsync the WAL. The fault points sit here, in the sync itself, so a
 /// completion reported before the sync would show up as an acknowledged
 /// write while syncs are held (`writes_are_acknowledged_only_after_a_majority_fsynced`).
-fn sync_wal(db: &DB, pause_file: Option<&std::path::Path>) -> Result<(), rocksdb::Error> {
+/// Beside the pause file, a `failpoint-wal-fsync-error` file makes the next
+/// sync fail as a disk's EIO would (the file is removed: one failure).
+fn sync_wal(db: &DB, pause_file: Option<&std::path::Path>) -> Result<(), String> {
     if let Some(p) = pause_file {
         while p.exists() {
             std::thread::sleep(std::time::Duration::from_millis(FAILPOINT_POLL_MS));
         }
+        if let Some(dir) = p.parent() {
+            let error_file = dir.join(billdb_api::failpoints::FSYNC_ERROR_FILE);
+            if std::fs::remove_file(&error_file).is_ok() {
+                return Err("fault point: fsync returned EIO (Input/output error)".into());
+            }
+        }
     }
-    db.flush_wal(true)
+    db.flush_wal(true).map_err(|e| e.to_string())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

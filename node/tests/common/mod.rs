@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use billdb_client::admin::{AdminClient, AdminError};
@@ -332,4 +334,113 @@ pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
         format!("Bearer {token}").parse().expect("token is ascii"),
     );
     r
+}
+
+/// Accounts a [`Load`] pays into.
+pub const LOAD_ACCOUNTS: usize = 8;
+
+/// Opens the accounts a [`Load`] pays into.
+pub fn open_load_accounts(c: &TestCluster) {
+    let h = c.http(c.leader());
+    for i in 0..LOAD_ACCOUNTS {
+        open_account(&h, &format!("OUT-{i}")).expect("open account");
+    }
+}
+
+/// A write load through the nodes listed in `live`: one payment, then
+/// `pause` (100 ms: a light load; zero: as fast as one client goes); every
+/// write must be acknowledged within 10 s. Payments of 1.00 to the accounts
+/// `OUT-0` … `OUT-7` (`open_load_accounts`).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    failed: Arc<Mutex<Vec<String>>>,
+    slowest_ms: Arc<AtomicU64>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(c: &Arc<TestCluster>, live: Arc<Mutex<Vec<NodeId>>>, prefix: &str) -> Load {
+        Self::start_paced(c, live, prefix, Duration::from_millis(100))
+    }
+
+    pub fn start_paced(
+        c: &Arc<TestCluster>,
+        live: Arc<Mutex<Vec<NodeId>>>,
+        prefix: &str,
+        pause: Duration,
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let slowest_ms = Arc::new(AtomicU64::new(0));
+        let (c, s, a, f, w, prefix) = (
+            c.clone(),
+            stop.clone(),
+            acked.clone(),
+            failed.clone(),
+            slowest_ms.clone(),
+            prefix.to_string(),
+        );
+        let handle = std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !s.load(Ordering::Relaxed) {
+                let id = format!("{prefix}-{i}");
+                let account = format!("OUT-{}", i % LOAD_ACCOUNTS);
+                let t = Instant::now();
+                let deadline = t + Duration::from_secs(10);
+                let mut k = i;
+                loop {
+                    let nodes = live.lock().unwrap().clone();
+                    let n = nodes[k % nodes.len()];
+                    k += 1;
+                    match pay(&c.http(n), &id, &account, "1.00") {
+                        Ok(_) => {
+                            a.fetch_add(1, Ordering::Relaxed);
+                            w.fetch_max(t.elapsed().as_millis() as u64, Ordering::Relaxed);
+                            break;
+                        }
+                        Err(e) if Instant::now() >= deadline => {
+                            f.lock().unwrap().push(format!("{id}: {e}"));
+                            break;
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+                i += 1;
+                std::thread::sleep(pause);
+            }
+        });
+        Load {
+            stop,
+            acked,
+            failed,
+            slowest_ms,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stop and return (acknowledged, failed, slowest ms).
+    pub fn finish(mut self) -> (u64, Vec<String>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("load thread");
+        }
+        (
+            self.acked.load(Ordering::Relaxed),
+            self.failed.lock().unwrap().clone(),
+            self.slowest_ms.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Load {
+    /// A failing test still stops its load thread, so the cluster it holds
+    /// is dropped and its nodes killed.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }

@@ -1,0 +1,272 @@
+//! A node whose storage failed under it: the Raft core stopped on a storage
+//! error (a full disk, a write or an fsync that returned an error). The
+//! guard notices, fences the node (not ready, every client request refused
+//! with UNAVAILABLE and the reason, shown in status and `/metrics`), and
+//! brings it back by itself: once a probe write with fsync succeeds in the
+//! data directory and the filesystem has `storage.recover_free_bytes_min`
+//! free, it re-executes the node (same process id, same arguments), which
+//! reopens RocksDB, replays its log and catches up from the leader like any
+//! restarted node.
+//!
+//! Why a restart and not a retry: an fsync that failed must never be
+//! retried as if the data were safe (the kernel may already have dropped
+//! the dirty pages: "fsyncgate"), and openraft's core does not resume after
+//! a storage error. Reopening from what is on disk is the one recovery that
+//! needs no trust in the process's memory. Nothing acknowledged is at risk:
+//! a write is acknowledged only after a majority fsynced it.
+//!
+//! May touch: the Raft metrics (read), a probe file in the data directory,
+//! the filesystem's free space, and the process image (exec).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::types::Raft;
+
+/// How often the guard looks at the Raft core's running state.
+const WATCH_INTERVAL_MS: u64 = 200;
+/// How often a fenced node probes its data directory.
+const PROBE_INTERVAL_MS: u64 = 1_000;
+/// Bytes the probe writes and fsyncs.
+const PROBE_BYTES: usize = 1 << 20;
+/// The probe file, in the data directory (removed after each probe).
+const PROBE_FILE: &str = "storage-probe.tmp";
+
+/// Why a node's storage failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The filesystem is full (ENOSPC).
+    DiskFull,
+    /// Any other I/O error: a write or an fsync that failed.
+    IoError,
+}
+
+impl FailureKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::DiskFull => "disk_full",
+            FailureKind::IoError => "io_error",
+        }
+    }
+
+    /// From the error's text: RocksDB reports ENOSPC as "No space left on
+    /// device" inside its own error type, so the kind is not available.
+    pub fn of(error: &str) -> FailureKind {
+        let e = error.to_ascii_lowercase();
+        if e.contains("no space left") || e.contains("nospace") || e.contains("storage full") {
+            FailureKind::DiskFull
+        } else {
+            FailureKind::IoError
+        }
+    }
+}
+
+/// What status shows about a failed storage.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// The storage error as openraft reported it.
+    pub error: String,
+    pub since_unix_ms: u64,
+    /// Probes made since, and the last one's error.
+    pub probes: u64,
+    pub last_probe_error: Option<String>,
+}
+
+/// Shared by the API (refuse, report) and the guard task (detect, recover).
+#[derive(Default)]
+pub struct StorageGuard {
+    failure: Mutex<Option<Failure>>,
+}
+
+impl StorageGuard {
+    /// The failure, when this node's storage failed.
+    pub fn failure(&self) -> Option<Failure> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn set(&self, f: Failure) {
+        if let Ok(mut g) = self.failure.lock() {
+            *g = Some(f);
+        }
+    }
+
+    fn note_probe(&self, error: Option<String>) {
+        if let Ok(mut g) = self.failure.lock()
+            && let Some(f) = g.as_mut()
+        {
+            f.probes += 1;
+            f.last_probe_error = error;
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Watches the Raft core; on a storage error fences the node and probes
+/// until it can restart itself. Never returns once it fenced (the process
+/// is replaced).
+pub fn spawn(raft: Raft, guard: std::sync::Arc<StorageGuard>, data_dir: PathBuf, free_min: u64) {
+    tokio::spawn(async move {
+        let error = match storage_error(&raft).await {
+            Some(e) => e,
+            None => return,
+        };
+        let kind = FailureKind::of(&error);
+        tracing::error!(
+            kind = kind.name(),
+            error = %error,
+            "storage failed: the Raft core stopped; this node is fenced (not ready, refusing \
+             requests) and restarts itself once its data directory is writable again"
+        );
+        metrics::gauge!("billdb_storage_failed").set(1.0);
+        metrics::counter!("billdb_storage_failures_total", "kind" => kind.name()).increment(1);
+        guard.set(Failure {
+            kind,
+            error,
+            since_unix_ms: unix_ms(),
+            probes: 0,
+            last_probe_error: None,
+        });
+        let started = Instant::now();
+        let mut logged_probe_error = false;
+        loop {
+            tokio::time::sleep(Duration::from_millis(PROBE_INTERVAL_MS)).await;
+            let dir = data_dir.clone();
+            let probe = tokio::task::spawn_blocking(move || probe(&dir, free_min))
+                .await
+                .unwrap_or_else(|e| Err(format!("probe task failed: {e}")));
+            match probe {
+                Ok(()) => {
+                    guard.note_probe(None);
+                    tracing::warn!(
+                        failed_ms =
+                            u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        "storage writable again; restarting this node to recover (RocksDB \
+                         reopens from disk, the node catches up from the leader)"
+                    );
+                    restart();
+                }
+                Err(e) => {
+                    if !logged_probe_error {
+                        tracing::warn!(error = %e, "storage still unusable; probing every second");
+                        logged_probe_error = true;
+                    }
+                    guard.note_probe(Some(e));
+                }
+            }
+        }
+    });
+}
+
+/// Waits until the Raft core stops; its storage error's text, or `None`
+/// when it stopped for another reason (a shutdown, a panic). Polls: the
+/// full metrics change with every append, too often to wake for.
+async fn storage_error(raft: &Raft) -> Option<String> {
+    use openraft::async_runtime::WatchReceiver;
+    let rx = raft.metrics();
+    loop {
+        {
+            let m = rx.borrow_watched();
+            match &m.running_state {
+                Ok(()) => {}
+                Err(openraft::errors::Fatal::StorageError(e)) => return Some(e.to_string()),
+                Err(_) => return None,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(WATCH_INTERVAL_MS)).await;
+    }
+}
+
+/// Writes and fsyncs `PROBE_BYTES` in `dir`, removes the file, and checks
+/// that the filesystem has `free_min` bytes available.
+pub fn probe(dir: &Path, free_min: u64) -> Result<(), String> {
+    use std::io::Write;
+    let path = dir.join(PROBE_FILE);
+    let written = (|| {
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&path);
+    written.map_err(|e| format!("probe write in {}: {e}", dir.display()))?;
+    let free = free_bytes(dir)?;
+    if free < free_min {
+        return Err(format!(
+            "{free} bytes free in {}, under storage.recover_free_bytes_min ({free_min})",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes available to this process on the filesystem holding `dir`.
+pub fn free_bytes(dir: &Path) -> Result<u64, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| format!("{} contains a NUL byte", dir.display()))?;
+    // SAFETY: `c` is a valid NUL-terminated path; `st` is written by
+    // statvfs before it is read, and only read on success.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(format!(
+            "statvfs {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Replaces this process with a fresh start of the same binary and
+/// arguments (the process id stays, so supervisors see no exit). Every
+/// descriptor the node opened is close-on-exec: listeners and the RocksDB
+/// lock go with the old image. When exec fails, exits with 75 (EX_TEMPFAIL)
+/// for the supervisor (systemd `Restart=on-failure`) to restart it.
+fn restart() -> ! {
+    use std::os::unix::process::CommandExt;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let err = match std::env::current_exe() {
+        Ok(exe) => std::process::Command::new(exe).args(args).exec(),
+        Err(e) => e,
+    };
+    tracing::error!(error = %err, "could not re-execute this node; exiting for the supervisor to restart it");
+    std::process::exit(75)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_from_error_text() {
+        assert_eq!(
+            FailureKind::of("IO error: No space left on device: While appending to file"),
+            FailureKind::DiskFull
+        );
+        assert_eq!(
+            FailureKind::of("fault point: fsync returned EIO"),
+            FailureKind::IoError
+        );
+    }
+
+    #[test]
+    fn probe_checks_free_space() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(probe(dir.path(), 0).is_ok());
+        assert!(!dir.path().join(PROBE_FILE).exists());
+        let e = probe(dir.path(), u64::MAX).expect_err("no filesystem has u64::MAX free");
+        assert!(e.contains("recover_free_bytes_min"), "{e}");
+        assert!(probe(&dir.path().join("missing"), 0).is_err());
+    }
+}
