@@ -45,9 +45,17 @@ fn log_since(c: &TestCluster, n: NodeId, from: u64) -> String {
 }
 
 fn log_len(c: &TestCluster, n: NodeId) -> u64 {
-    std::fs::metadata(c.c.log_path(n))
-        .map(|m| m.len())
-        .unwrap_or(0)
+    billdb_client::local::usage::file_len(&c.c.log_path(n))
+}
+
+/// A five-node cluster whose nodes have their fault points on.
+fn start_with_failpoints(base_port: u16) -> Arc<TestCluster> {
+    Arc::new(TestCluster::start_with_env(
+        base_port,
+        5,
+        RaftTimings::default(),
+        &[(billdb_api::failpoints::ENV, "1")],
+    ))
 }
 
 /// Node `n`'s status, or None while it does not answer (restarting).
@@ -112,12 +120,7 @@ fn acked_per_account(c: &TestCluster, prefix: &str, acked: u64) -> Vec<u64> {
 /// itself from what is on disk, catches up, and nothing acknowledged is lost.
 #[test]
 fn a_follower_whose_fsync_fails_stops_and_restarts_itself_losing_nothing() {
-    let c = Arc::new(TestCluster::start_with_env(
-        15000,
-        5,
-        RaftTimings::default(),
-        &[(billdb_api::failpoints::ENV, "1")],
-    ));
+    let c = start_with_failpoints(15000);
     open_load_accounts(&c);
     let (_, victim, others) = pick_follower(&c);
     let live = Arc::new(Mutex::new(others.clone()));
@@ -333,12 +336,7 @@ fn load_acked(c: &TestCluster, prefix: &str) -> u64 {
 /// load (sequential, through every node) is acknowledged within 1 s.
 #[test]
 fn writes_go_on_while_the_leaders_fsyncs_hang() {
-    let c = Arc::new(TestCluster::start_with_env(
-        13000,
-        5,
-        RaftTimings::default(),
-        &[(billdb_api::failpoints::ENV, "1")],
-    ));
+    let c = start_with_failpoints(13000);
     open_load_accounts(&c);
     let leader = c.leader();
     let live = Arc::new(Mutex::new(c.c.node_ids()));
