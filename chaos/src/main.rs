@@ -60,6 +60,14 @@ enum Cmd {
         /// with it) exceeds this many milliseconds.
         #[arg(long, default_value_t = 1_000.0)]
         gap_target_ms: f64,
+        /// The nodes' `raft.snapshot_logs_since_last`: a snapshot every this
+        /// many applied entries.
+        #[arg(long, default_value_t = run::SNAPSHOT_LOGS_SINCE_LAST)]
+        snapshot_logs_since_last: u64,
+        /// The nodes' `raft.logs_to_keep_after_snapshot`: entries kept behind
+        /// a snapshot; a follower further behind catches up by snapshot.
+        #[arg(long, default_value_t = run::LOGS_TO_KEEP_AFTER_SNAPSHOT)]
+        logs_to_keep_after_snapshot: u64,
     },
 }
 
@@ -118,6 +126,8 @@ fn real_main() -> Result<bool> {
         accounts,
         read_policy,
         gap_target_ms,
+        snapshot_logs_since_last,
+        logs_to_keep_after_snapshot,
     } = Cli::parse().cmd;
     let seed = seed.unwrap_or_else(random_seed);
     let mut cfg = RunConfig::new(dir, base_port, seed);
@@ -127,6 +137,8 @@ fn real_main() -> Result<bool> {
     cfg.accounts = accounts;
     cfg.lease_reads = read_policy == "lease";
     cfg.gap_target_ms = gap_target_ms;
+    cfg.snapshot_logs_since_last = snapshot_logs_since_last;
+    cfg.logs_to_keep_after_snapshot = logs_to_keep_after_snapshot;
     println!("seed {seed} (replay with --seed {seed})");
     let rep = run::run(&cfg, &mut |line| println!("{line}"))?;
     print!("{}", report::render(&rep));

@@ -103,6 +103,44 @@ pub struct Harness {
 /// workload), so faults land on snapshot builds, and wiped, re-added and
 /// long-stopped nodes catch up by snapshot transfer, not only by log replay
 /// (the defaults, 200,000 entries, never snapshot in a run).
+/// What `Harness::converge` saw last: each member's digest and applied
+/// index, the leader's commit index, and whether they all agree.
+#[derive(Debug, Clone)]
+pub struct Convergence {
+    pub digests: std::collections::BTreeMap<u64, Option<String>>,
+    pub applied: std::collections::BTreeMap<u64, Option<u64>>,
+    pub committed: Option<u64>,
+    pub converged: bool,
+}
+
+impl Convergence {
+    /// One line: the commit index and each member's applied index and
+    /// digest prefix.
+    pub fn describe(&self) -> String {
+        let nodes: Vec<String> = self
+            .applied
+            .iter()
+            .map(|(n, a)| {
+                let d = self.digests.get(n).cloned().flatten().unwrap_or_default();
+                format!(
+                    "node {n} applied {} digest {}",
+                    a.map_or("?".to_string(), |a| a.to_string()),
+                    d.get(..12).unwrap_or(&d)
+                )
+            })
+            .collect();
+        format!(
+            "leader committed {}; {}",
+            self.committed.map_or("?".to_string(), |c| c.to_string()),
+            nodes.join("; ")
+        )
+    }
+}
+
+/// Lines of a lagging node's log put in the report when the replicas do
+/// not converge.
+const LAGGING_LOG_LINES: usize = 40;
+
 pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 1_000;
 /// Entries kept behind a snapshot: ~20 s of the workload's log, so a
 /// follower that a fault of a few seconds left behind catches up from the
@@ -376,10 +414,7 @@ impl Harness {
 
     /// Waits until every member has applied the leader's commit index and all
     /// digests agree; returns the digests (as last read, converged or not).
-    pub fn converge(
-        &self,
-        timeout: Duration,
-    ) -> (std::collections::BTreeMap<u64, Option<String>>, bool) {
+    pub fn converge(&self, timeout: Duration) -> Convergence {
         let deadline = Instant::now() + timeout;
         loop {
             let committed = self
@@ -388,6 +423,7 @@ impl Harness {
                 .and_then(|l| self.cluster.status(l).ok())
                 .and_then(|s| s["committed_index"].as_u64());
             let mut digests = std::collections::BTreeMap::new();
+            let mut applied_by = std::collections::BTreeMap::new();
             let mut applied_ok = committed.is_some();
             for &n in &self.members {
                 let v = self
@@ -398,14 +434,18 @@ impl Harness {
                 if applied < committed {
                     applied_ok = false;
                 }
+                applied_by.insert(n, applied);
                 digests.insert(n, v.and_then(|v| v["digest"].as_str().map(str::to_string)));
             }
             let distinct: BTreeSet<&Option<String>> = digests.values().collect();
-            if applied_ok && distinct.len() == 1 && !distinct.contains(&None) {
-                return (digests, true);
-            }
-            if Instant::now() >= deadline {
-                return (digests, false);
+            let converged = applied_ok && distinct.len() == 1 && !distinct.contains(&None);
+            if converged || Instant::now() >= deadline {
+                return Convergence {
+                    digests,
+                    applied: applied_by,
+                    committed,
+                    converged,
+                };
             }
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -613,7 +653,8 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport>
     workload.stop_and_join();
     h.heal_all()?;
     h.wait_recovered(Duration::from_secs(120))?;
-    let (digests, converged) = h.converge(Duration::from_secs(120));
+    let conv = h.converge(Duration::from_secs(120));
+    let converged = conv.converged;
     progress(&format!(
         "workload stopped; replicas {}",
         if converged {
@@ -623,12 +664,24 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport>
         }
     ));
     let mut fin = h.read_final(&accounts)?;
-    fin.digests = digests;
+    fin.digests = conv.digests.clone();
     let ops = h.rec.ops();
     write_history(&cfg.dir.join("history.jsonl"), &ops, &events)?;
     let mut extra = Vec::new();
     if !converged {
-        extra.push("replicas did not converge within 120 s after healing".to_string());
+        extra.push(format!(
+            "replicas did not converge within 120 s after healing: {}",
+            conv.describe()
+        ));
+        // What each lagging node was doing, for the report.
+        for (n, applied) in &conv.applied {
+            if *applied < conv.committed {
+                extra.push(format!(
+                    "node {n} (applied {applied:?}), last log lines:\n{}",
+                    h.cluster.log_tail(*n, LAGGING_LOG_LINES)
+                ));
+            }
+        }
     }
     extra.extend(h.node_panics());
     let elapsed_s = run_start.elapsed().as_secs_f64();
