@@ -182,16 +182,17 @@ impl App {
     /// UNAVAILABLE, with the reason, when this node's storage failed: its
     /// Raft core stopped, so it can neither make a write durable nor
     /// vouch for a read; clients go to another node.
-    fn refuse_if_fenced(&self) -> Result<(), ApiError> {
+    pub fn refuse_if_fenced(&self) -> Result<(), ApiError> {
         match self.storage.failure() {
             None => Ok(()),
             Some(f) => Err(ApiError::new(
                 ErrorCode::Unavailable,
                 format!(
-                    "this node's storage failed ({}): {}; it restarts itself when its disk is \
-                     usable again; retry on another node with the same request_id",
+                    "this node's storage failed ({}): {}; {}; retry on another node with the \
+                     same request_id",
                     f.kind.name(),
-                    f.error
+                    f.error,
+                    crate::storage_guard::recovery_note(&f)
                 ),
             )
             .with_details(serde_json::json!({"reason": f.kind.name(), "retry_after_ms": 500}))),

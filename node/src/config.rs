@@ -216,16 +216,26 @@ pub struct StorageConfig {
     /// again at once.
     #[serde(default = "d_recover_free")]
     pub recover_free_bytes_min: u64,
+    /// The background scrub (`scrub`) reads every block of the database,
+    /// verifying its checksum, once per this many seconds, paced over the
+    /// period (default: once a day). 0 turns the scrub off.
+    #[serde(default = "d_scrub_interval")]
+    pub scrub_interval_s: u64,
 }
 
 fn d_recover_free() -> u64 {
     256 << 20
 }
 
+fn d_scrub_interval() -> u64 {
+    86_400
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             recover_free_bytes_min: d_recover_free(),
+            scrub_interval_s: d_scrub_interval(),
         }
     }
 }
@@ -280,6 +290,9 @@ pub struct Args {
     pub grpc_addr: Option<String>,
     #[arg(long, env = "BILLDB_HTTP_ADDR")]
     pub http_addr: Option<String>,
+    /// `storage.scrub_interval_s`.
+    #[arg(long, env = "BILLDB_SCRUB_INTERVAL_S")]
+    pub scrub_interval_s: Option<u64>,
 }
 
 impl Config {
@@ -312,6 +325,18 @@ impl Config {
         set("raft_addr", args.raft_addr.clone().map(toml::Value::String));
         set("grpc_addr", args.grpc_addr.clone().map(toml::Value::String));
         set("http_addr", args.http_addr.clone().map(toml::Value::String));
+        if let Some(v) = args.scrub_interval_s {
+            let storage = doc
+                .entry("storage")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(t) = storage.as_table_mut() else {
+                anyhow::bail!("configuration: [storage] must be a table");
+            };
+            t.insert(
+                "scrub_interval_s".into(),
+                toml::Value::Integer(i64::try_from(v).unwrap_or(i64::MAX)),
+            );
+        }
         let cfg: Config = toml::Value::Table(doc)
             .try_into()
             .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
@@ -407,6 +432,7 @@ mod tests {
             raft_addr: None,
             grpc_addr: None,
             http_addr: None,
+            scrub_interval_s: None,
         }
     }
 

@@ -17,6 +17,8 @@ pub mod proposer;
 pub mod raft_net;
 pub mod raft_service;
 pub mod read_fence;
+pub mod repair;
+pub mod scrub;
 pub mod server;
 pub mod storage_guard;
 pub mod store;

@@ -81,20 +81,22 @@ impl PeerAuth {
     }
 
     /// Admit or refuse one RPC named `rpc` from the connection `info`.
-    /// `members` is asked only when there is an identity to check.
+    /// `members` is asked only when there is an identity to check. The
+    /// caller's node id when admitted, `None` on a plaintext Raft port
+    /// (nothing identifies the caller there).
     pub fn admit(
         &self,
         info: Option<&PeerInfo>,
         rpc: &'static str,
         members: impl FnOnce() -> Option<BTreeSet<NodeId>>,
-    ) -> Result<(), Status> {
+    ) -> Result<Option<NodeId>, Status> {
         let Some(cluster_id) = &self.cluster_id else {
-            return Ok(());
+            return Ok(None);
         };
         let identity = info.and_then(|i| i.identity.as_ref());
         let members = identity.map(|_| members()).unwrap_or(None);
         match decide(cluster_id, identity, members.as_ref()) {
-            Ok(_) => Ok(()),
+            Ok(id) => Ok(Some(id)),
             Err(why) => {
                 metrics::counter!("billdb_raft_rpc_refused_total", "reason" => why.as_str())
                     .increment(1);

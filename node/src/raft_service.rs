@@ -48,8 +48,13 @@ fn fatal(e: impl std::fmt::Display) -> Status {
 }
 
 impl RaftService {
-    /// Serve `rpc` only for a member of this cluster (`peer_auth`).
-    fn admit<T>(&self, req: &Request<T>, rpc: &'static str) -> Result<(), Status> {
+    /// Serve `rpc` only for a member of this cluster (`peer_auth`); the
+    /// caller's node id when its certificate names one.
+    fn admit<T>(
+        &self,
+        req: &Request<T>,
+        rpc: &'static str,
+    ) -> Result<Option<crate::types::NodeId>, Status> {
         self.peer_auth
             .admit(req.extensions().get::<PeerInfo>(), rpc, || {
                 // Borrowed, not cloned: this runs on every append.
@@ -64,6 +69,22 @@ impl RaftService {
                     .collect();
                 (!ids.is_empty()).then_some(ids)
             })
+    }
+
+    /// After a repair from peers this node grants no vote until its log
+    /// holds what the leader held when the repair began (`repair`): it may
+    /// have acknowledged entries it no longer has.
+    fn refuse_vote_while_rejoining(&self) -> Result<(), Status> {
+        let fence = self.app.storage.vote_fence();
+        if fence == 0 {
+            return Ok(());
+        }
+        metrics::counter!("billdb_votes_refused_rejoining_total").increment(1);
+        Err(Status::unavailable(format!(
+            "node {} is rejoining after a storage repair and grants no vote until its log holds \
+             index {fence}",
+            self.app.id
+        )))
     }
 
     /// The number in fault-point file `name` of this node's data
@@ -100,6 +121,7 @@ impl RaftService {
 impl RaftInternal for RaftService {
     async fn vote(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
         self.admit(&req, "vote")?;
+        self.refuse_vote_while_rejoining()?;
         let rpc = decode(&req.into_inner().data).map_err(bad)?;
         let resp = self.app.raft.vote(rpc).await.map_err(fatal)?;
         enc(&resp)
@@ -107,6 +129,7 @@ impl RaftInternal for RaftService {
 
     async fn pre_vote(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
         self.admit(&req, "pre_vote")?;
+        self.refuse_vote_while_rejoining()?;
         let rpc = decode(&req.into_inner().data).map_err(bad)?;
         let resp = self.app.raft.pre_vote(rpc).await.map_err(fatal)?;
         enc(&resp)
@@ -291,6 +314,20 @@ impl RaftInternal for RaftService {
             .await
             .map_err(fatal)?;
         enc(&resp)
+    }
+
+    async fn repair(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {
+        let caller = self.admit(&req, "repair")?;
+        let ask: crate::repair::RepairRequest = decode(&req.into_inner().data).map_err(bad)?;
+        let reply = crate::repair::serve(
+            &self.app.raft,
+            self.app.id,
+            caller,
+            ask,
+            self.app.config.raft.election_timeout_max_ms,
+        )
+        .await;
+        enc(&reply)
     }
 
     async fn forward(&self, req: Request<RaftMsg>) -> Result<Response<RaftMsg>, Status> {

@@ -173,12 +173,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    // A repair from peers was granted before this start: the damaged
+    // database moves aside and a new one is made (`repair`).
+    let rejoin = crate::repair::take_marker(&config.data_dir).context("repair marker")?;
     let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
     let fsync_pause_file = crate::store::log_store::fsync_pause_file(&config.data_dir);
     if let Some(p) = &fsync_pause_file {
         tracing::warn!(file = %p.display(), "fault injection on: WAL fsyncs wait while this file exists");
     }
-    let log_store = LogStore::new(db.clone(), fsync_pause_file)?;
+    let log_store = LogStore::new(db.clone(), fsync_pause_file)?
+        .with_vote_mirror(config.data_dir.clone())
+        .context("mirroring the vote")?;
+    if let Some(m) = &rejoin {
+        log_store
+            .restore_after_repair(m.vote.as_ref(), m.vote_fence_index)
+            .context("restoring the vote after a repair")?;
+        crate::repair::finish_start(&config.data_dir).context("removing the repair marker")?;
+    }
+    let vote_fence = log_store.vote_fence().context("reading the vote fence")?;
+    if vote_fence > 0 {
+        tracing::warn!(
+            vote_fence,
+            "rejoining after a repair: this node grants no vote until its log holds index {vote_fence}"
+        );
+    }
     let log_appended_bytes = log_store.appended_bytes();
     let sm = StateMachine::open(db.clone(), config.data_dir.join("snapshots"))
         .context("opening state machine")?;
@@ -227,11 +245,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sm.fence(),
     );
     crate::metrics::spawn_leader_watch(app.clone());
-    crate::storage_guard::spawn(
+    app.storage.set_vote_fence(vote_fence);
+    crate::storage_guard::spawn(crate::storage_guard::Guarded {
+        raft: raft.clone(),
+        guard: app.storage.clone(),
+        data_dir: config.data_dir.clone(),
+        free_min: config.storage.recover_free_bytes_min,
+        self_id: config.node_id,
+        channels: app.channels.clone(),
+    });
+    let fence_db = db.clone();
+    crate::repair::spawn_rejoin(
         raft.clone(),
         app.storage.clone(),
         config.data_dir.clone(),
-        config.storage.recover_free_bytes_min,
+        config.node_id,
+        app.channels.clone(),
+        move || crate::store::log_store::clear_vote_fence(&fence_db),
+    );
+    crate::scrub::spawn(
+        db.clone(),
+        app.storage.clone(),
+        config.storage.scrub_interval_s,
     );
     crate::log_purge::spawn_purger(
         raft.clone(),

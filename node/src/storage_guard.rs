@@ -8,6 +8,12 @@
 //! reopens RocksDB, replays its log and catches up from the leader like any
 //! restarted node.
 //!
+//! A checksum failure (`Corruption`, found by a read, by the Raft core or
+//! by the background scrub) is different: the data on disk cannot be
+//! vouched for, so reopening it would not help. The node is fenced the
+//! same way, hands its leadership over, stops its Raft core (no votes, no
+//! acknowledgements) and is repaired from its peers (`repair`).
+//!
 //! Why a restart and not a retry: an fsync that failed must never be
 //! retried as if the data were safe (the kernel may already have dropped
 //! the dirty pages: "fsyncgate"), and openraft's core does not resume after
@@ -16,10 +22,12 @@
 //! a write is acknowledged only after a majority fsynced it.
 //!
 //! May touch: the Raft metrics (read), a probe file in the data directory,
-//! the filesystem's free space, and the process image (exec).
+//! the filesystem's free space, and the process image (exec); on
+//! corruption, what `repair` touches.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -43,6 +51,8 @@ pub enum FailureKind {
     DiskFull,
     /// Any other I/O error: a write or an fsync that failed.
     IoError,
+    /// A checksum did not match: data on this node's disk is damaged.
+    Corruption,
 }
 
 impl FailureKind {
@@ -50,6 +60,7 @@ impl FailureKind {
         match self {
             FailureKind::DiskFull => "disk_full",
             FailureKind::IoError => "io_error",
+            FailureKind::Corruption => "corruption",
         }
     }
 
@@ -57,7 +68,10 @@ impl FailureKind {
     /// device" inside its own error type, so the kind is not available.
     pub fn of(error: &str) -> FailureKind {
         let e = error.to_ascii_lowercase();
-        if e.contains("no space left") || e.contains("nospace") || e.contains("storage full") {
+        if e.contains("corruption") || e.contains("checksum mismatch") {
+            FailureKind::Corruption
+        } else if e.contains("no space left") || e.contains("nospace") || e.contains("storage full")
+        {
             FailureKind::DiskFull
         } else {
             FailureKind::IoError
@@ -75,12 +89,43 @@ pub struct Failure {
     /// Probes made since, and the last one's error.
     pub probes: u64,
     pub last_probe_error: Option<String>,
+    /// Corruption: where the repair from peers stands (why it waits).
+    pub repair: Option<String>,
 }
 
-/// Shared by the API (refuse, report) and the guard task (detect, recover).
+/// How the node gets back, for messages: a restart once the disk is usable,
+/// or a repair from peers.
+pub fn recovery_note(f: &Failure) -> String {
+    match f.kind {
+        FailureKind::Corruption => format!(
+            "it repairs itself from its peers ({})",
+            f.repair.as_deref().unwrap_or("starting")
+        ),
+        _ => "it restarts itself when its disk is usable again".into(),
+    }
+}
+
+/// What the background scrub (`scrub`) has done, for status and metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScrubStatus {
+    pub interval_s: u64,
+    pub passes: u64,
+    pub bytes_verified: u64,
+    pub last_pass_unix_ms: Option<u64>,
+    pub last_pass_ms: Option<u64>,
+}
+
+/// Shared by the API (refuse, report), the scrub (report) and the guard
+/// task (detect, recover).
 #[derive(Default)]
 pub struct StorageGuard {
     failure: Mutex<Option<Failure>>,
+    /// Wakes the guard task when a read or the scrub reports corruption.
+    reported: tokio::sync::Notify,
+    /// After a repair: this node grants no vote until its log holds this
+    /// index (0: no fence). See `repair`.
+    vote_fence: AtomicU64,
+    scrub: Mutex<ScrubStatus>,
 }
 
 impl StorageGuard {
@@ -89,9 +134,69 @@ impl StorageGuard {
         self.failure.lock().ok().and_then(|f| f.clone())
     }
 
-    fn set(&self, f: Failure) {
-        if let Ok(mut g) = self.failure.lock() {
-            *g = Some(f);
+    /// Sets the failure unless one is set already; true when this call set it.
+    fn set(&self, f: Failure) -> bool {
+        match self.failure.lock() {
+            Ok(mut g) if g.is_none() => {
+                *g = Some(f);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A read or the scrub met a checksum failure (`error` is RocksDB's
+    /// message, naming the file and offset). The first report fences the
+    /// node and wakes the guard; later ones only count.
+    pub fn report_corruption(&self, error: &str) {
+        metrics::counter!("billdb_corruption_reports_total").increment(1);
+        if self.set(Failure {
+            kind: FailureKind::Corruption,
+            error: error.to_string(),
+            since_unix_ms: unix_ms(),
+            probes: 0,
+            last_probe_error: None,
+            repair: Some("starting".into()),
+        }) {
+            self.reported.notify_one();
+        }
+    }
+
+    /// True when `error` (any error text from storage) is a checksum
+    /// failure: it was reported and fences this node.
+    pub fn check_corruption(&self, error: &str) -> bool {
+        let corrupt = FailureKind::of(error) == FailureKind::Corruption;
+        if corrupt {
+            self.report_corruption(error);
+        }
+        corrupt
+    }
+
+    pub(crate) fn note_repair(&self, state: String) {
+        if let Ok(mut g) = self.failure.lock()
+            && let Some(f) = g.as_mut()
+        {
+            f.repair = Some(state);
+        }
+    }
+
+    /// The index this node's log must hold before it votes again (0: none).
+    pub fn vote_fence(&self) -> u64 {
+        self.vote_fence.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_vote_fence(&self, index: u64) {
+        self.vote_fence.store(index, Ordering::Release);
+        metrics::gauge!("billdb_vote_fence_index").set(index as f64);
+    }
+
+    pub fn scrub(&self) -> ScrubStatus {
+        self.scrub.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn update_scrub(&self, f: impl FnOnce(&mut ScrubStatus)) {
+        if let Ok(mut s) = self.scrub.lock() {
+            f(&mut s);
         }
     }
 
@@ -105,38 +210,82 @@ impl StorageGuard {
     }
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
-/// Watches the Raft core; on a storage error fences the node and probes
-/// until it can restart itself. Never returns once it fenced (the process
-/// is replaced).
-pub fn spawn(raft: Raft, guard: std::sync::Arc<StorageGuard>, data_dir: PathBuf, free_min: u64) {
+/// What the guard task needs.
+pub struct Guarded {
+    pub raft: Raft,
+    pub guard: std::sync::Arc<StorageGuard>,
+    pub data_dir: PathBuf,
+    pub free_min: u64,
+    pub self_id: crate::types::NodeId,
+    pub channels: crate::raft_net::Channels,
+}
+
+/// Watches the Raft core and corruption reports; on a storage error fences
+/// the node and probes until it can restart itself, on corruption repairs
+/// it from its peers. Never returns once it fenced (the process is
+/// replaced).
+pub fn spawn(g: Guarded) {
     tokio::spawn(async move {
-        let error = match storage_error(&raft).await {
-            Some(e) => e,
-            None => return,
+        let Guarded {
+            raft,
+            guard,
+            data_dir,
+            free_min,
+            self_id,
+            channels,
+        } = g;
+        let error = tokio::select! {
+            e = storage_error(&raft) => match e {
+                Some(e) => e,
+                None => return,
+            },
+            _ = guard.reported.notified() => match guard.failure() {
+                Some(f) => f.error,
+                None => return,
+            },
         };
         let kind = FailureKind::of(&error);
+        metrics::gauge!("billdb_storage_failed").set(1.0);
+        metrics::counter!("billdb_storage_failures_total", "kind" => kind.name()).increment(1);
+        guard.set(Failure {
+            kind,
+            error: error.clone(),
+            since_unix_ms: unix_ms(),
+            probes: 0,
+            last_probe_error: None,
+            repair: (kind == FailureKind::Corruption).then(|| "starting".to_string()),
+        });
+        if kind == FailureKind::Corruption {
+            tracing::error!(
+                kind = kind.name(),
+                error = %error,
+                "storage corruption: a checksum did not match; this node is fenced (not ready, \
+                 refusing requests, not voting) and repairs itself from its peers"
+            );
+            let never = crate::repair::run(crate::repair::Damaged {
+                raft,
+                guard,
+                data_dir,
+                self_id,
+                channels,
+                error,
+            })
+            .await;
+            match never {}
+        }
         tracing::error!(
             kind = kind.name(),
             error = %error,
             "storage failed: the Raft core stopped; this node is fenced (not ready, refusing \
              requests) and restarts itself once its data directory is writable again"
         );
-        metrics::gauge!("billdb_storage_failed").set(1.0);
-        metrics::counter!("billdb_storage_failures_total", "kind" => kind.name()).increment(1);
-        guard.set(Failure {
-            kind,
-            error,
-            since_unix_ms: unix_ms(),
-            probes: 0,
-            last_probe_error: None,
-        });
         let started = Instant::now();
         let mut logged_probe_error = false;
         loop {
@@ -233,7 +382,7 @@ pub fn free_bytes(dir: &Path) -> Result<u64, String> {
 /// descriptor the node opened is close-on-exec: listeners and the RocksDB
 /// lock go with the old image. When exec fails, exits with 75 (EX_TEMPFAIL)
 /// for the supervisor (systemd `Restart=on-failure`) to restart it.
-fn restart() -> ! {
+pub(crate) fn restart() -> ! {
     use std::os::unix::process::CommandExt;
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let err = match std::env::current_exe() {
@@ -257,6 +406,13 @@ mod tests {
         assert_eq!(
             FailureKind::of("fault point: fsync returned EIO"),
             FailureKind::IoError
+        );
+        assert_eq!(
+            FailureKind::of(
+                "Corruption: block checksum mismatch: stored = 1, computed = 2, type = 1 \
+                 in /d/db/000123.sst offset 4096 size 3900"
+            ),
+            FailureKind::Corruption
         );
     }
 

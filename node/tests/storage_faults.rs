@@ -16,11 +16,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use billdb_client::local::RaftTimings;
 use common::*;
-use serde_json::Value;
 
 /// Size of the filesystem the disk-full test puts a follower's data on.
 const SMALL_FS_BYTES: u64 = 512 << 20;
@@ -28,25 +27,6 @@ const SMALL_FS_BYTES: u64 = 512 << 20;
 const FENCE_WITHIN: Duration = Duration::from_secs(60);
 /// How long a node may take to restart itself once its disk is usable.
 const RECOVER_WITHIN: Duration = Duration::from_secs(30);
-
-fn pick_follower(c: &TestCluster) -> (NodeId, NodeId, Vec<NodeId>) {
-    let leader = c.leader();
-    let ids = c.c.node_ids();
-    let victim = *ids.iter().find(|n| **n != leader).expect("a follower");
-    let others = ids.into_iter().filter(|n| *n != victim).collect();
-    (leader, victim, others)
-}
-
-/// The node's log from byte `from` on.
-fn log_since(c: &TestCluster, n: NodeId, from: u64) -> String {
-    let text = std::fs::read(c.c.log_path(n)).unwrap_or_default();
-    let from = usize::try_from(from).unwrap_or(usize::MAX).min(text.len());
-    String::from_utf8_lossy(&text[from..]).into_owned()
-}
-
-fn log_len(c: &TestCluster, n: NodeId) -> u64 {
-    billdb_client::local::usage::file_len(&c.c.log_path(n))
-}
 
 /// A five-node cluster whose nodes have their fault points on.
 fn start_with_failpoints(base_port: u16) -> Arc<TestCluster> {
@@ -58,22 +38,6 @@ fn start_with_failpoints(base_port: u16) -> Arc<TestCluster> {
     ))
 }
 
-/// Node `n`'s status, or None while it does not answer (restarting).
-fn try_status(c: &TestCluster, n: NodeId) -> Option<Value> {
-    c.http(n).status().ok()
-}
-
-fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The node is back: storage ok, ready, and it has applied what the
 /// leader committed.
 fn wait_recovered(c: &TestCluster, n: NodeId) {
@@ -81,39 +45,6 @@ fn wait_recovered(c: &TestCluster, n: NodeId) {
         let s = try_status(c, n)?;
         (s["storage"]["state"] == "ok" && c.http(n).get("/readyz").is_ok()).then_some(())
     });
-}
-
-/// Every payment the load acknowledged is in every replica's balances, and
-/// no other: each account's balance is 1.00 × its acknowledged payments.
-fn assert_balances(c: &TestCluster, nodes: &[NodeId], acked_per_account: &[u64]) {
-    for n in nodes {
-        for (i, count) in acked_per_account.iter().enumerate() {
-            let b = balance(c, *n, &format!("OUT-{i}"));
-            assert_eq!(
-                b,
-                rust_decimal::Decimal::from(*count),
-                "node {n}: OUT-{i} balance {b}, {count} payments acknowledged"
-            );
-        }
-    }
-}
-
-/// Acknowledged payments per account, read back from the leader's
-/// exactly-once table: every request the load sent was retried until
-/// acknowledged or reported failed, so the set is known.
-fn acked_per_account(c: &TestCluster, prefix: &str, acked: u64) -> Vec<u64> {
-    let mut per = vec![0u64; LOAD_ACCOUNTS];
-    for i in 0..acked {
-        let i = usize::try_from(i).expect("count");
-        per[i % LOAD_ACCOUNTS] += 1;
-    }
-    // The load is sequential: request i is acknowledged before i+1 is sent.
-    let leader = c.leader();
-    assert!(
-        outcome(c, leader, &format!("{prefix}-{}", acked - 1)).is_some(),
-        "the last acknowledged payment is on the leader"
-    );
-    per
 }
 
 /// Issue 22: an fsync that fails is never retried; the node stops, restarts

@@ -82,6 +82,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/cluster/remove", post(cluster_remove))
         .route("/v1/cluster/transfer-leader", post(cluster_transfer))
         .route("/v1/cluster/snapshot", post(cluster_snapshot))
+        .route("/v1/cluster/scrub", post(cluster_scrub))
         .route("/v1/accounts", post(open_account))
         .route(
             "/v1/accounts/{account_id}",
@@ -334,12 +335,14 @@ async fn cluster_status(State(s): State<HttpState>, caller: Caller) -> HttpResul
 
 async fn cluster_digest(State(s): State<HttpState>, caller: Caller) -> HttpResult {
     caller.require(&[Role::Ops, Role::Auditor])?;
+    s.app.refuse_if_fenced()?;
     let db = s.app.db.clone();
-    let (applied, digest) =
+    let digest =
         tokio::task::spawn_blocking(move || crate::store::state_machine::state_digest(&db))
             .await
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
-            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()));
+    let (applied, digest) = crate::api::ops::fence_on_corruption(&s.app, digest)?;
     ok(serde_json::json!({"applied_index": applied.map(|l| l.index), "digest": digest}))
 }
 
@@ -487,6 +490,32 @@ async fn cluster_snapshot(State(s): State<HttpState>, caller: Caller) -> HttpRes
         "applied_index_when_asked": applied,
         "ms": started.elapsed().as_millis() as u64,
     }))
+}
+
+/// Verify every block of THIS node's database against its checksum now,
+/// at full speed (e.g. after a disk incident), besides the paced
+/// background scrub. A checksum failure fences the node and starts its
+/// repair from peers; the answer is then UNAVAILABLE naming the damage.
+async fn cluster_scrub(State(s): State<HttpState>, caller: Caller) -> HttpResult {
+    caller.require(&[Role::Ops])?;
+    s.app.refuse_if_fenced()?;
+    let started = std::time::Instant::now();
+    let (db, guard) = (s.app.db.clone(), s.app.storage.clone());
+    let read = tokio::task::spawn_blocking(move || crate::scrub::pass(&db, &guard, u64::MAX))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    match read {
+        Ok(bytes) => ok(serde_json::json!({
+            "bytes_verified": bytes,
+            "ms": started.elapsed().as_millis() as u64,
+        })),
+        Err(e) => {
+            if s.app.storage.check_corruption(&e) {
+                s.app.refuse_if_fenced()?;
+            }
+            Err(ApiError::new(ErrorCode::Internal, e).into())
+        }
+    }
 }
 
 // ---- billing: every route goes through `ops::call` (shared with gRPC) ----

@@ -111,7 +111,7 @@ pub async fn call(app: &App, caller: &Caller, ep: Endpoint, a: Value) -> Result<
             "the request must be a JSON object",
         ));
     }
-    match ep {
+    let r = match ep {
         Endpoint::GetAccount => read_account(app, a).await,
         Endpoint::GetRequest => read_request(app, a).await,
         Endpoint::ListRecords => read_records(app, a).await,
@@ -124,6 +124,20 @@ pub async fn call(app: &App, caller: &Caller, ep: Endpoint, a: Value) -> Result<
             let (outcome, log_index) = app.write(request_id, origin, op).await?;
             write_json(outcome, log_index)
         }
+    };
+    fence_on_corruption(app, r)
+}
+
+/// A storage error that is a checksum failure fences this node (the guard
+/// repairs it from its peers) and is answered as UNAVAILABLE with the
+/// reason, like every later request, never as data or as INTERNAL.
+pub fn fence_on_corruption<T>(app: &App, r: Result<T, ApiError>) -> Result<T, ApiError> {
+    match r {
+        Err(e) if e.code == ErrorCode::Internal && app.storage.check_corruption(&e.message) => {
+            app.refuse_if_fenced()?;
+            Err(e)
+        }
+        r => r,
     }
 }
 

@@ -54,8 +54,10 @@ pub struct Status {
     /// fingerprint and expiry, never key material.
     pub security: serde_json::Value,
     /// `{"state": "ok"}`, or `"failed"` with the kind (`disk_full`,
-    /// `io_error`), the storage error, since when (Unix ms) and the
-    /// recovery probes made (`storage_guard`).
+    /// `io_error`, `corruption`), the storage error, since when (Unix ms),
+    /// the recovery probes made or where a repair from peers stands
+    /// (`storage_guard`, `repair`); always the checksum scrub's progress
+    /// and, while rejoining after a repair, the vote fence.
     pub storage: serde_json::Value,
 }
 
@@ -133,16 +135,23 @@ pub fn status(app: &App) -> Status {
             .map(|v| v.map_or_else(|why| why.name(), |()| "ok")),
         raft: app.config.raft.clone(),
         security: security(app),
-        storage: match app.storage.failure() {
-            None => serde_json::json!({"state": "ok"}),
-            Some(f) => serde_json::json!({
-                "state": "failed",
-                "kind": f.kind,
-                "error": f.error,
-                "since_unix_ms": f.since_unix_ms,
-                "probes": f.probes,
-                "last_probe_error": f.last_probe_error,
-            }),
+        storage: {
+            let mut v = match app.storage.failure() {
+                None => serde_json::json!({"state": "ok"}),
+                Some(f) => serde_json::json!({
+                    "state": "failed",
+                    "kind": f.kind,
+                    "error": f.error,
+                    "since_unix_ms": f.since_unix_ms,
+                    "probes": f.probes,
+                    "last_probe_error": f.last_probe_error,
+                    "repair": f.repair,
+                }),
+            };
+            v["scrub"] = serde_json::json!(app.storage.scrub());
+            let fence = app.storage.vote_fence();
+            v["vote_fence_index"] = serde_json::json!((fence > 0).then_some(fence));
+            v
         },
     }
 }
@@ -151,9 +160,10 @@ pub fn status(app: &App) -> Status {
 pub fn ready(app: &App) -> Result<(), String> {
     if let Some(f) = app.storage.failure() {
         return Err(format!(
-            "storage failed ({}): {}; restarting by itself when the disk is usable again",
+            "storage failed ({}): {}; {}",
             f.kind.name(),
-            f.error
+            f.error,
+            crate::storage_guard::recovery_note(&f)
         ));
     }
     let s = status(app);

@@ -28,6 +28,9 @@ const FAILPOINT_POLL_MS: u64 = 5;
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"purged";
 const KEY_COMMITTED: &[u8] = b"committed";
+/// After a repair from peers: no vote is granted until the log holds this
+/// index (u64; absent: no fence). See `crate::repair`.
+const KEY_VOTE_FENCE: &[u8] = b"vote_fence";
 
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
@@ -64,6 +67,9 @@ pub struct LogStore {
     /// with the network layer (`raft_net`), which uses it to spot a
     /// replication stream stuck on purged entries.
     first_kept_index: Arc<AtomicU64>,
+    /// Where every saved vote is mirrored (`super::vote_mirror`), so
+    /// a repair keeps it even when this database is damaged.
+    vote_mirror: Option<PathBuf>,
 }
 
 impl LogStore {
@@ -84,12 +90,48 @@ impl LogStore {
             }),
             appended_bytes: Arc::new(AtomicU64::new(0)),
             first_kept_index: Arc::new(AtomicU64::new(0)),
+            vote_mirror: None,
         };
         let purged: Option<LogId> = store.get_meta(KEY_PURGED)?;
         if let Some(p) = purged {
             store.first_kept_index.store(p.index + 1, Ordering::Release);
         }
         Ok(store)
+    }
+
+    /// Mirror every saved vote into `dir` (`super::vote_mirror::write_vote`);
+    /// the vote held now is mirrored at once.
+    pub fn with_vote_mirror(mut self, dir: PathBuf) -> Result<Self, std::io::Error> {
+        if let Some(v) = self.get_meta::<Vote>(KEY_VOTE)? {
+            super::vote_mirror::write_vote(&dir, &v)?;
+        }
+        self.vote_mirror = Some(dir);
+        Ok(self)
+    }
+
+    /// A new database after a repair: the vote the damaged one held and the
+    /// vote fence, durable before this returns.
+    pub fn restore_after_repair(
+        &self,
+        vote: Option<&Vote>,
+        fence: u64,
+    ) -> Result<(), std::io::Error> {
+        let meta = cf(&self.db, CF_RAFT_META)?;
+        let mut batch = rocksdb::WriteBatch::default();
+        if let Some(v) = vote {
+            batch.put_cf(meta, KEY_VOTE, encode(v)?);
+        }
+        batch.put_cf(meta, KEY_VOTE_FENCE, fence.to_be_bytes());
+        self.db.write_opt(batch, &sync_opts()).map_err(io_err)?;
+        if let (Some(dir), Some(v)) = (&self.vote_mirror, vote) {
+            super::vote_mirror::write_vote(dir, v)?;
+        }
+        Ok(())
+    }
+
+    /// The vote fence (0: none).
+    pub fn vote_fence(&self) -> Result<u64, std::io::Error> {
+        vote_fence(&self.db)
     }
 
     /// Index of the first log entry not purged (0 before any purge).
@@ -126,6 +168,28 @@ impl LogStore {
             None => Ok(None),
         }
     }
+}
+
+/// The vote fence stored in `db` (0: none).
+pub fn vote_fence(db: &DB) -> Result<u64, std::io::Error> {
+    match db
+        .get_cf(cf(db, CF_RAFT_META)?, KEY_VOTE_FENCE)
+        .map_err(io_err)?
+    {
+        None => Ok(0),
+        Some(v) => {
+            let b: [u8; 8] = v.as_slice().try_into().map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "vote fence is not 8 bytes")
+            })?;
+            Ok(u64::from_be_bytes(b))
+        }
+    }
+}
+
+/// Lifts the vote fence (durable before this returns).
+pub fn clear_vote_fence(db: &DB) -> Result<(), std::io::Error> {
+    db.delete_cf_opt(cf(db, CF_RAFT_META)?, KEY_VOTE_FENCE, &sync_opts())
+        .map_err(io_err)
 }
 
 /// The WAL-fsync fault point's pause file in `data_dir`, when the
@@ -238,6 +302,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 &sync_opts(),
             )
             .map_err(io_err)?;
+        if let Some(dir) = &self.vote_mirror {
+            super::vote_mirror::write_vote(dir, vote)?;
+        }
         metrics::histogram!("billdb_vote_save_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
     }

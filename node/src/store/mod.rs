@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod log_store;
 pub mod snapshot;
 pub mod state_machine;
+pub mod vote_mirror;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,0 +1,335 @@
+//! Damaged replicas repair themselves from their peers, against real
+//! processes and real RocksDB files (issue 22): bytes flipped in a
+//! follower's SST file while it is stopped (found by the background scrub
+//! after it starts), in the running leader's (found by an on-demand scrub:
+//! it hands leadership over first), and in two followers at once (the
+//! other three serve throughout). Each time the damaged node must be
+//! fenced (its requests answered UNAVAILABLE, never INTERNAL, never with
+//! data), rebuild itself from the leader without operator action, keep the
+//! damaged files aside, vote again only once caught up, and end with the
+//! same digest as the others; nothing acknowledged is lost.
+//!
+//! Ports (127.0.0.1, node N on base+N, base+100+N, base+200+N): bases
+//! 11000, 11500 and 12500.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use billdb_client::local::RaftTimings;
+use common::*;
+
+/// How long a damaged node may take from its start (or the damage) to be
+/// repaired, ready and caught up.
+const REPAIR_WITHIN: Duration = Duration::from_secs(90);
+/// The family whose largest SST file is damaged: payment records, written
+/// by every payment and read only by record listings, so its data blocks
+/// are not in the block cache when the damage happens.
+const DAMAGED_FAMILY: &str = "records";
+/// An SST smaller than this holds too little to damage meaningfully.
+const SST_BYTES_MIN: u64 = 8 << 10;
+
+fn start(base_port: u16, scrub_interval_s: &str) -> Arc<TestCluster> {
+    let c = Arc::new(TestCluster::start_with_env(
+        base_port,
+        5,
+        RaftTimings::default(),
+        &[("BILLDB_SCRUB_INTERVAL_S", scrub_interval_s)],
+    ));
+    open_load_accounts(&c);
+    c
+}
+
+/// The largest live SST file of `family` in a node's database, read from
+/// the database's own manifest (opened read-only: the node may be running).
+fn largest_sst(data_dir: &Path, family: &str) -> (PathBuf, u64) {
+    let db_dir = data_dir.join("db");
+    let opts = rocksdb::Options::default();
+    let names = rocksdb::DB::list_cf(&opts, &db_dir).expect("list column families");
+    let db =
+        rocksdb::DB::open_cf_for_read_only(&opts, &db_dir, &names, false).expect("open read-only");
+    let files = db.live_files().expect("live files");
+    let f = files
+        .iter()
+        .filter(|f| f.column_family_name == family)
+        .max_by_key(|f| f.size)
+        .unwrap_or_else(|| panic!("no SST file of {family} in {}", db_dir.display()));
+    let path = db_dir.join(f.name.trim_start_matches('/'));
+    (path, f.size as u64)
+}
+
+/// Flips 3 × 64 bytes at 10 %, 30 % and 50 % of the file (data blocks;
+/// the index and footer sit at the end).
+fn flip(path: &Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open the SST");
+    let len = f.metadata().expect("metadata").len();
+    for pct in [10u64, 30, 50] {
+        let at = len * pct / 100;
+        let mut buf = [0u8; 64];
+        f.seek(SeekFrom::Start(at)).expect("seek");
+        f.read_exact(&mut buf).expect("read");
+        for b in &mut buf {
+            *b ^= 0xFF;
+        }
+        f.seek(SeekFrom::Start(at)).expect("seek");
+        f.write_all(&buf).expect("write");
+    }
+    f.sync_all().expect("sync");
+}
+
+/// Fills the cluster through a fast load for `secs`, then builds a
+/// snapshot on `nodes` (a checkpoint: every memtable flushed to SSTs).
+fn fill_and_flush(c: &Arc<TestCluster>, nodes: &[NodeId], secs: u64) -> Load {
+    let live = Arc::new(Mutex::new(c.c.node_ids()));
+    let load = Load::start_paced(c, live, "fill", Duration::ZERO);
+    std::thread::sleep(Duration::from_secs(secs));
+    for n in nodes {
+        c.http(*n)
+            .post("/v1/cluster/snapshot", &serde_json::json!({}))
+            .expect("snapshot");
+    }
+    load
+}
+
+/// Reads from `node` until stopped; every error code seen.
+struct Reader {
+    stop: Arc<AtomicBool>,
+    codes: Arc<Mutex<Vec<String>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reader {
+    fn start(c: &Arc<TestCluster>, node: NodeId) -> Reader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let codes = Arc::new(Mutex::new(Vec::new()));
+        let (c, s, k) = (c.clone(), stop.clone(), codes.clone());
+        let handle = std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !s.load(Ordering::Relaxed) {
+                let a = format!("OUT-{}", i % LOAD_ACCOUNTS);
+                for path in [
+                    format!("/v1/accounts/{a}"),
+                    format!("/v1/accounts/{a}/records?limit=50"),
+                ] {
+                    if let Err(e) = c.http(node).get(&path) {
+                        k.lock()
+                            .unwrap()
+                            .push(e.code().unwrap_or("(no answer)").to_string());
+                    }
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Reader {
+            stop,
+            codes,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("reader thread");
+        }
+        self.codes.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The node repaired itself: its log tells detection, the leader's grant
+/// and the new database; it is ready with storage ok and no vote fence; the
+/// damaged database is kept aside with the reason.
+fn assert_repaired(c: &TestCluster, n: NodeId, log_from: u64) {
+    wait_for("repair done (vote fence lifted)", REPAIR_WITHIN, || {
+        log_since(c, n, log_from)
+            .contains("this node votes again")
+            .then_some(())
+    });
+    wait_for(
+        "repaired node ready, storage ok, voting",
+        REPAIR_WITHIN,
+        || {
+            let s = try_status(c, n)?;
+            (s["storage"]["state"] == "ok"
+                && s["storage"]["vote_fence_index"].is_null()
+                && c.http(n).get("/readyz").is_ok())
+            .then_some(())
+        },
+    );
+    let log = log_since(c, n, log_from);
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("node {n}: {what:?} not logged:\n{log}"))
+    };
+    let found = at("storage corruption");
+    let granted = at("repair granted");
+    let aside = at("the damaged database was moved aside");
+    let voting = at("this node votes again");
+    assert!(
+        found < granted && granted < aside && aside < voting,
+        "{log}"
+    );
+    assert!(
+        log[found..].contains(".sst"),
+        "the damaged file is named: {log}"
+    );
+    let damaged = c.c.data_dir(n).join("damaged");
+    let kept: Vec<PathBuf> = std::fs::read_dir(&damaged)
+        .expect("damaged databases kept")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].join("db").is_dir(), "the damaged database is kept");
+    let reason = std::fs::read_to_string(kept[0].join("reason.txt")).expect("reason");
+    assert!(reason.contains("Corruption"), "{reason}");
+}
+
+/// Finish the load and check every replica: no write failed, digests
+/// equal, balances = acknowledged payments.
+fn assert_nothing_lost(c: &TestCluster, load: Load) {
+    let (acked, failed, _) = load.finish();
+    assert!(failed.is_empty(), "writes failed: {failed:?}");
+    assert!(acked > 100, "too few writes: {acked}");
+    let all = c.c.node_ids();
+    c.wait_converged(&all, Duration::from_secs(60));
+    let per = acked_per_account(c, "fill", acked);
+    assert_balances(c, &all, &per);
+}
+
+/// Reads from the damaged node got data or UNAVAILABLE: never INTERNAL.
+fn assert_no_internal(codes: &[String]) {
+    assert!(
+        !codes.iter().any(|c| c == "INTERNAL"),
+        "a client got INTERNAL from the damaged node: {codes:?}"
+    );
+}
+
+#[test]
+fn a_follower_with_a_damaged_sst_is_fenced_and_repairs_itself_from_its_peers() {
+    let c = start(11000, "3");
+    let (_, victim, _) = pick_follower(&c);
+    let load = fill_and_flush(&c, &[victim], 8);
+
+    c.c.stop(victim).expect("stop the follower");
+    let (sst, size) = largest_sst(&c.c.data_dir(victim), DAMAGED_FAMILY);
+    assert!(
+        size >= SST_BYTES_MIN,
+        "{} is only {size} bytes",
+        sst.display()
+    );
+    flip(&sst);
+    let log_from = log_len(&c, victim);
+    let started = Instant::now();
+    c.c.start(victim).expect("start the damaged follower");
+    let reader = Reader::start(&c, victim);
+
+    // Found by the scrub (or the first read) and fenced within 10 s.
+    wait_for("corruption found", Duration::from_secs(10), || {
+        log_since(&c, victim, log_from)
+            .contains("storage corruption")
+            .then_some(())
+    });
+    assert_repaired(&c, victim, log_from);
+    eprintln!("repaired in {:?}", started.elapsed());
+    assert_no_internal(&reader.finish());
+    assert_nothing_lost(&c, load);
+}
+
+#[test]
+fn a_leader_with_a_damaged_sst_hands_over_and_repairs_itself() {
+    // No background scrub: the damage is found by the on-demand scrub,
+    // while the node leads.
+    let c = start(11500, "0");
+    let leader = c.leader();
+    let load = fill_and_flush(&c, &[leader], 8);
+    let (sst, size) = largest_sst(&c.c.data_dir(leader), DAMAGED_FAMILY);
+    assert!(
+        size >= SST_BYTES_MIN,
+        "{} is only {size} bytes",
+        sst.display()
+    );
+    let log_from = log_len(&c, leader);
+    flip(&sst);
+    let reader = Reader::start(&c, leader);
+
+    let e = c
+        .http(leader)
+        .post("/v1/cluster/scrub", &serde_json::json!({}))
+        .expect_err("the scrub finds the damage");
+    assert_eq!(e.code(), Some("UNAVAILABLE"), "{e}");
+    assert!(e.to_string().contains("corruption"), "{e}");
+
+    // Another node leads within a second or two: the damaged one handed over.
+    let others: Vec<NodeId> =
+        c.c.node_ids()
+            .into_iter()
+            .filter(|n| *n != leader)
+            .collect();
+    let new_leader = wait_for("another leader", Duration::from_secs(5), || {
+        others.iter().find_map(|n| {
+            let s = try_status(&c, *n)?;
+            let l = s["leader_id"].as_u64()?;
+            (l != leader).then_some(l)
+        })
+    });
+    assert_ne!(new_leader, leader);
+    assert_repaired(&c, leader, log_from);
+    let log = log_since(&c, leader, log_from);
+    let found = log.find("storage corruption").expect("corruption logged");
+    let handed = log
+        .find("handing leadership")
+        .expect("leadership handed over");
+    assert!(found < handed, "{log}");
+    assert_no_internal(&reader.finish());
+    assert_nothing_lost(&c, load);
+}
+
+#[test]
+fn two_damaged_followers_repair_while_the_other_three_serve() {
+    let c = start(12500, "3");
+    let leader = c.leader();
+    let victims: Vec<NodeId> =
+        c.c.node_ids()
+            .into_iter()
+            .filter(|n| *n != leader)
+            .take(2)
+            .collect();
+    let load = fill_and_flush(&c, &victims, 8);
+    let mut from = Vec::new();
+    for v in &victims {
+        c.c.stop(*v).expect("stop");
+        let (sst, size) = largest_sst(&c.c.data_dir(*v), DAMAGED_FAMILY);
+        assert!(
+            size >= SST_BYTES_MIN,
+            "{} is only {size} bytes",
+            sst.display()
+        );
+        flip(&sst);
+        from.push(log_len(&c, *v));
+    }
+    for v in &victims {
+        c.c.start(*v).expect("start");
+    }
+    for (v, f) in victims.iter().zip(&from) {
+        assert_repaired(&c, *v, *f);
+    }
+    assert_nothing_lost(&c, load);
+}
