@@ -449,6 +449,85 @@ pub async fn run(d: Damaged) -> std::convert::Infallible {
     }
 }
 
+/// Steps 2–3 for a node whose database fails its checksums at open: no Raft
+/// core ever ran in this process, so the vote comes from its mirror and the
+/// members from theirs. Without a readable vote the node cannot know which
+/// vote it gave and stays down saying so: an operator replaces it (a new
+/// node id). Never returns.
+pub async fn run_unopened(
+    data_dir: PathBuf,
+    self_id: NodeId,
+    channels: Channels,
+    error: String,
+) -> std::convert::Infallible {
+    metrics::gauge!("billdb_storage_failed").set(1.0);
+    metrics::counter!("billdb_storage_failures_total", "kind" => "corruption").increment(1);
+    tracing::error!(
+        error = %error,
+        "storage corruption: the database fails its checksums at open; this node serves \
+         nothing and repairs itself from its peers"
+    );
+    let members = read_members(&data_dir);
+    let mut last_why = String::new();
+    loop {
+        let vote = read_vote(&data_dir);
+        let step = match (&vote, members.is_empty()) {
+            (Err(e), _) => Err(format!(
+                "the vote mirror is unreadable ({e}); without it this node could vote twice \
+                 in a term: replace the node (remove it, add a new one)"
+            )),
+            (Ok(None), _) => Err(format!(
+                "no vote mirror ({}) in the data directory; replace the node (remove it, add a \
+                 new one)",
+                crate::store::vote_mirror::VOTE_FILE
+            )),
+            (_, true) => Err(format!(
+                "no member list ({MEMBERS_FILE}) in the data directory: cannot find the leader"
+            )),
+            (Ok(Some(_)), false) => ask_leader(&channels, self_id, &members, None, true).await,
+        };
+        match step {
+            Ok((leader_id, last_log_index)) => {
+                let marker = Marker {
+                    reason: error.clone(),
+                    vote: vote.ok().flatten(),
+                    vote_fence_index: last_log_index,
+                    leader_id,
+                    granted_unix_ms: unix_ms(),
+                };
+                match serde_json::to_vec_pretty(&marker)
+                    .map_err(std::io::Error::other)
+                    .and_then(|b| write_atomically(&data_dir, MARKER_FILE, &b))
+                {
+                    Ok(()) => {
+                        metrics::counter!("billdb_repairs_total").increment(1);
+                        tracing::warn!(
+                            leader = leader_id,
+                            vote_fence_index = last_log_index,
+                            "repair granted by the leader: restarting with an empty database"
+                        );
+                        restart();
+                    }
+                    Err(e) => {
+                        let why = format!("cannot write the repair marker: {e}");
+                        if why != last_why {
+                            tracing::error!(reason = %why, "repair: waiting");
+                            last_why = why;
+                        }
+                    }
+                }
+            }
+            Err(why) => {
+                if why != last_why {
+                    tracing::warn!(reason = %why, "repair: waiting (this node serves nothing)");
+                    last_why = why;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(ASK_INTERVAL_MS)).await;
+    }
+}
+
 /// Keeps [`MEMBERS_FILE`] equal to the membership, and after a repair
 /// (`fence` > 0) asks the leader to accept the empty log until this node's
 /// log holds the fence index; then lifts the vote fence (`clear` removes it

@@ -176,7 +176,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // A repair from peers was granted before this start: the damaged
     // database moves aside and a new one is made (`repair`).
     let rejoin = crate::repair::take_marker(&config.data_dir).context("repair marker")?;
-    let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
+    let tls_for = |port: Port| (!config.insecure.of(port)).then(|| tls.clone()).flatten();
+    let channels = Channels::new(
+        crate::raft_net::local_ip_of(&config.raft_addr),
+        tls_for(Port::Raft),
+    );
+    let db = match open_db(&config.data_dir.join("db")) {
+        Ok(db) => db,
+        // A database that fails its checksums at open: repaired from the
+        // peers like one found damaged later, instead of exiting at every
+        // start.
+        Err(e)
+            if crate::storage_guard::FailureKind::of(&e.to_string())
+                == crate::storage_guard::FailureKind::Corruption =>
+        {
+            let never = crate::repair::run_unopened(
+                config.data_dir.clone(),
+                config.node_id,
+                channels,
+                e.to_string(),
+            )
+            .await;
+            match never {}
+        }
+        Err(e) => return Err(e).context("opening RocksDB"),
+    };
     let fsync_pause_file = crate::store::log_store::fsync_pause_file(&config.data_dir);
     if let Some(p) = &fsync_pause_file {
         tracing::warn!(file = %p.display(), "fault injection on: WAL fsyncs wait while this file exists");
@@ -200,11 +224,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let log_appended_bytes = log_store.appended_bytes();
     let sm = StateMachine::open(db.clone(), config.data_dir.join("snapshots"))
         .context("opening state machine")?;
-    let tls_for = |port: Port| (!config.insecure.of(port)).then(|| tls.clone()).flatten();
-    let channels = Channels::new(
-        crate::raft_net::local_ip_of(&config.raft_addr),
-        tls_for(Port::Raft),
-    );
     let snapshot_sends = crate::log_purge::SnapshotSends::default();
     let network = Network {
         self_id: config.node_id,

@@ -9,8 +9,15 @@
 //! damaged files aside, vote again only once caught up, and end with the
 //! same digest as the others; nothing acknowledged is lost.
 //!
+//! A follower whose database will not even open (its MANIFEST damaged)
+//! repairs itself the same way instead of exiting at every start.
+//!
+//! A damaged node is rebuilt only while a quorum without it answers the
+//! leader: with two other nodes down it stays fenced and says why, and
+//! repairs once they return.
+//!
 //! Ports (127.0.0.1, node N on base+N, base+100+N, base+200+N): bases
-//! 11000, 11500 and 12500.
+//! 9000, 11000, 11500, 12500 and 13500.
 
 mod common;
 
@@ -157,7 +164,7 @@ impl Drop for Reader {
 /// The node repaired itself: its log tells detection, the leader's grant
 /// and the new database; it is ready with storage ok and no vote fence; the
 /// damaged database is kept aside with the reason.
-fn assert_repaired(c: &TestCluster, n: NodeId, log_from: u64) {
+fn assert_repaired(c: &TestCluster, n: NodeId, log_from: u64, damaged_file: &str) {
     wait_for("repair done (vote fence lifted)", REPAIR_WITHIN, || {
         log_since(c, n, log_from)
             .contains("this node votes again")
@@ -188,7 +195,7 @@ fn assert_repaired(c: &TestCluster, n: NodeId, log_from: u64) {
         "{log}"
     );
     assert!(
-        log[found..].contains(".sst"),
+        log[found..].contains(damaged_file),
         "the damaged file is named: {log}"
     );
     let damaged = c.c.data_dir(n).join("damaged");
@@ -247,7 +254,7 @@ fn a_follower_with_a_damaged_sst_is_fenced_and_repairs_itself_from_its_peers() {
             .contains("storage corruption")
             .then_some(())
     });
-    assert_repaired(&c, victim, log_from);
+    assert_repaired(&c, victim, log_from, ".sst");
     eprintln!("repaired in {:?}", started.elapsed());
     assert_no_internal(&reader.finish());
     assert_nothing_lost(&c, load);
@@ -291,7 +298,7 @@ fn a_leader_with_a_damaged_sst_hands_over_and_repairs_itself() {
         })
     });
     assert_ne!(new_leader, leader);
-    assert_repaired(&c, leader, log_from);
+    assert_repaired(&c, leader, log_from, ".sst");
     let log = log_since(&c, leader, log_from);
     let found = log.find("storage corruption").expect("corruption logged");
     let handed = log
@@ -329,7 +336,89 @@ fn two_damaged_followers_repair_while_the_other_three_serve() {
         c.c.start(*v).expect("start");
     }
     for (v, f) in victims.iter().zip(&from) {
-        assert_repaired(&c, *v, *f);
+        assert_repaired(&c, *v, *f, ".sst");
     }
     assert_nothing_lost(&c, load);
+}
+
+/// The MANIFEST the database's CURRENT file names.
+fn current_manifest(data_dir: &Path) -> PathBuf {
+    let db = data_dir.join("db");
+    let name = std::fs::read_to_string(db.join("CURRENT")).expect("CURRENT");
+    db.join(name.trim())
+}
+
+#[test]
+fn a_follower_whose_database_will_not_open_repairs_itself() {
+    let c = start(13500, "3");
+    let (_, victim, _) = pick_follower(&c);
+    let load = fill_and_flush(&c, &[victim], 4);
+    c.c.stop(victim).expect("stop the follower");
+    flip(&current_manifest(&c.c.data_dir(victim)));
+    let log_from = log_len(&c, victim);
+    c.c.start(victim).expect("start the damaged follower");
+    wait_for(
+        "open refused as corruption",
+        Duration::from_secs(10),
+        || {
+            log_since(&c, victim, log_from)
+                .contains("fails its checksums at open")
+                .then_some(())
+        },
+    );
+    assert_repaired(&c, victim, log_from, "MANIFEST");
+    assert_nothing_lost(&c, load);
+}
+
+#[test]
+fn a_damaged_node_waits_for_a_quorum_without_it_before_it_is_rebuilt() {
+    let c = start(9000, "3");
+    let leader = c.leader();
+    let followers: Vec<NodeId> =
+        c.c.node_ids()
+            .into_iter()
+            .filter(|n| *n != leader)
+            .collect();
+    let (victim, down) = (followers[0], [followers[1], followers[2]]);
+    let load = fill_and_flush(&c, &[victim], 4);
+    let (acked_before, failed, _) = load.finish();
+    assert!(failed.is_empty(), "writes failed: {failed:?}");
+    for n in down {
+        c.c.stop(n).expect("stop");
+    }
+    c.c.stop(victim).expect("stop the victim");
+    let (sst, _) = largest_sst(&c.c.data_dir(victim), DAMAGED_FAMILY);
+    flip(&sst);
+    let log_from = log_len(&c, victim);
+    c.c.start(victim).expect("start the damaged node");
+
+    // Fenced, and waiting: rebuilding it now could lose data (the leader
+    // and one follower are all that answer without it).
+    let st = wait_for("fenced and waiting", Duration::from_secs(20), || {
+        let s = try_status(&c, victim)?;
+        let repair = s["storage"]["repair"].as_str()?.to_string();
+        (s["storage"]["kind"] == "corruption" && repair.starts_with("waiting")).then_some(s)
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    let st2 = try_status(&c, victim).expect("status");
+    assert_eq!(st2["storage"]["state"], "failed", "{st2:#}");
+    assert!(
+        st2["storage"]["repair"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("waiting")),
+        "{st:#}\n{st2:#}"
+    );
+    let e = c.http(victim).get("/readyz").expect_err("not ready");
+    assert_eq!(e.code(), Some("UNAVAILABLE"), "{e}");
+    assert!(!log_since(&c, victim, log_from).contains("repair granted"));
+
+    // The two return: a quorum without the victim answers, and it is rebuilt.
+    for n in down {
+        c.c.start(n).expect("restart");
+    }
+    assert_repaired(&c, victim, log_from, ".sst");
+    let all = c.c.node_ids();
+    c.wait_converged(&all, Duration::from_secs(60));
+    let per = acked_per_account(&c, "fill", acked_before);
+    assert_balances(&c, &all, &per);
 }
