@@ -40,7 +40,8 @@ enum Cmd {
         duration_s: u64,
         /// `all` or a comma-separated list (kill2, pause, partition-halves,
         /// partition-leader, partition-oneway, partition-minority,
-        /// partition-bridge, wipe, rolling-restart, membership).
+        /// partition-bridge, wipe, rolling-restart, membership, disk-stall,
+        /// corruption, fsync-eio, long-outage).
         #[arg(long, default_value = "all")]
         nemesis: String,
         /// Where to write the JSON report.

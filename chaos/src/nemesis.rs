@@ -12,7 +12,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -51,6 +51,15 @@ pub enum Nemesis {
     /// sync and writes go on; with two, no write commits until the hold
     /// ends, and none may be acknowledged meanwhile.
     DiskStall,
+    /// Damage one node's largest SST file (the leader's one time in three)
+    /// as a failing disk would, then ask it to scrub: it must find the
+    /// damage, hand leadership over if it leads, and rebuild itself from
+    /// its peers.
+    Corruption,
+    /// Make one node's next WAL fsync return EIO (the leader's one time in
+    /// three): it must stop, never retry the fsync, restart itself and
+    /// catch up.
+    FsyncEio,
     /// Stop one follower, or the leader and a follower, for minutes (as a
     /// server waiting for a disk): the nodes still up must stay cheap (CPU
     /// near what it was with all up, bounded log growth, few warnings a
@@ -70,6 +79,8 @@ pub const ALL: &[Nemesis] = &[
     Nemesis::RollingRestart,
     Nemesis::Membership,
     Nemesis::DiskStall,
+    Nemesis::Corruption,
+    Nemesis::FsyncEio,
     Nemesis::LongOutage,
 ];
 
@@ -87,6 +98,8 @@ impl Nemesis {
             Nemesis::RollingRestart => "rolling-restart",
             Nemesis::Membership => "membership",
             Nemesis::DiskStall => "disk-stall",
+            Nemesis::Corruption => "corruption",
+            Nemesis::FsyncEio => "fsync-eio",
             Nemesis::LongOutage => "long-outage",
         }
     }
@@ -105,6 +118,9 @@ impl Nemesis {
             Nemesis::Pause => (1_500, 4_000),
             Nemesis::Kill2 => (1_000, 5_000),
             Nemesis::Wipe | Nemesis::RollingRestart => (0, 1),
+            // The fault is done at once; the step lasts until the node has
+            // repaired or restarted itself.
+            Nemesis::Corruption | Nemesis::FsyncEio => (0, 1),
             Nemesis::Membership => (1_000, 3_000),
             Nemesis::DiskStall => (1_000, 4_000),
             _ => (2_000, 6_000),
@@ -321,6 +337,35 @@ fn ms_per_write(cores: f64, writes_per_s: f64) -> Option<f64> {
     (writes_per_s >= 1.0).then(|| cores * 1000.0 / writes_per_s)
 }
 
+/// What a node logs when it restarts itself after a storage failure.
+const RESTART_LINE: &str = "restarting this node to recover";
+/// How long an on-demand scrub of one node may take.
+const SCRUB_WAIT_S: u64 = 120;
+/// How long a damaged or failed node may take to be back.
+const REPAIR_WAIT_S: u64 = 120;
+
+/// Waits until node `n` reports its storage ok, no vote fence, and ready;
+/// how long that took.
+fn wait_repaired(h: &Harness, n: u64, within: Duration) -> Result<Duration> {
+    let started = std::time::Instant::now();
+    loop {
+        let back = h.admin(n).ok().is_some_and(|a| {
+            let ok = a.status().ok().is_some_and(|s| {
+                s["storage"]["state"] == "ok" && s["storage"]["vote_fence_index"].is_null()
+            });
+            ok && a.get("/readyz").is_ok()
+        });
+        if back {
+            return Ok(started.elapsed());
+        }
+        ensure!(
+            started.elapsed() < within,
+            "node {n} was not back (storage ok, ready) within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn fault_at(h: &Harness, ev: &mut NemesisEvent, how: &str, node: u64) {
     ev.leader_faults.push(LeaderFault {
         how: how.to_string(),
@@ -365,6 +410,86 @@ fn inject(h: &mut Harness, step: &Step, rng: &mut StdRng, ev: &mut NemesisEvent)
             fault_at(h, ev, how, leader);
             std::thread::sleep(hold);
             // Released by heal_all.
+        }
+        Nemesis::Corruption => {
+            let victim = if rng.random_bool(1.0 / 3.0) {
+                leader
+            } else {
+                pick(rng, &followers, 1)
+                    .first()
+                    .copied()
+                    .context("no follower")?
+            };
+            // A snapshot flushes every memtable: SST files to damage.
+            h.admin_with_timeout(victim, Duration::from_secs(SCRUB_WAIT_S))?
+                .post("/v1/cluster/snapshot", &serde_json::json!({}))
+                .map_err(|e| anyhow!("snapshot on node {victim}: {e}"))?;
+            let (sst, len) = h.cluster.damage_largest_sst(victim)?;
+            if victim == leader {
+                fault_at(h, ev, "corruption", leader);
+            }
+            let file = sst
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let scrub = h.admin_with_timeout(victim, Duration::from_secs(SCRUB_WAIT_S))?;
+            let found = match scrub.post("/v1/cluster/scrub", &serde_json::json!({})) {
+                // Compaction can replace the file between the damage and
+                // the scrub: nothing damaged is left to find.
+                Ok(_) => false,
+                Err(e) if e.to_string().contains("corruption") => true,
+                Err(e) => bail!("scrub on node {victim}: {e}"),
+            };
+            ev.detail = format!(
+                "node {victim} (leader {leader}): {file} ({len} B) damaged; {}",
+                if found {
+                    "found by its scrub"
+                } else {
+                    "compacted away before its scrub"
+                }
+            );
+            if found {
+                let took = wait_repaired(h, victim, Duration::from_secs(REPAIR_WAIT_S))?;
+                ev.detail = format!("{}; repaired from its peers in {took:?}", ev.detail);
+            }
+        }
+        Nemesis::FsyncEio => {
+            let victim = if rng.random_bool(1.0 / 3.0) {
+                leader
+            } else {
+                pick(rng, &followers, 1)
+                    .first()
+                    .copied()
+                    .context("no follower")?
+            };
+            if victim == leader {
+                fault_at(h, ev, "fsync-eio", leader);
+            }
+            let log = h.cluster.log_path(victim);
+            let log_from = usage::file_len(&log);
+            h.cluster.arm_fsync_error(victim)?;
+            let started = std::time::Instant::now();
+            // The node logs its restart once its guard saw the failure.
+            loop {
+                let text = std::fs::read(&log).unwrap_or_default();
+                let from = usize::try_from(log_from)
+                    .unwrap_or(usize::MAX)
+                    .min(text.len());
+                if String::from_utf8_lossy(&text[from..]).contains(RESTART_LINE) {
+                    break;
+                }
+                ensure!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "node {victim} did not fail and restart within 30 s of its fsync error \
+                     (fired: {})",
+                    h.cluster.fsync_error_fired(victim)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let took = wait_repaired(h, victim, Duration::from_secs(REPAIR_WAIT_S))?;
+            ev.detail = format!(
+                "node {victim} (leader {leader}): a WAL fsync returned EIO; back in {took:?}"
+            );
         }
         Nemesis::Pause => {
             ev.detail = format!("SIGSTOP leader {leader} for {hold:?}");

@@ -220,10 +220,15 @@ impl Harness {
         self.cluster.wait_leader(timeout)
     }
 
-    fn admin(&self, n: u64) -> Result<AdminClient> {
+    pub(crate) fn admin(&self, n: u64) -> Result<AdminClient> {
+        self.admin_with_timeout(n, HTTP_TIMEOUT)
+    }
+
+    /// An ops client of node `n` whose calls may take up to `timeout`.
+    pub(crate) fn admin_with_timeout(&self, n: u64, timeout: Duration) -> Result<AdminClient> {
         Ok(self
             .cluster
-            .http_client(n, HTTP_TIMEOUT)?
+            .http_client(n, timeout)?
             .with_token(Some(self.cluster.token("ops")?)))
     }
 

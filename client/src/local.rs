@@ -1012,6 +1012,62 @@ impl LocalCluster {
         }
     }
 
+    /// Make node `n`'s next WAL fsync fail with an I/O error (its fault
+    /// point must be on); the node then stops its Raft core and restarts
+    /// itself.
+    pub fn arm_fsync_error(&self, n: NodeId) -> Result<()> {
+        let p = self
+            .data_dir(n)
+            .join(billdb_api::failpoints::FSYNC_ERROR_FILE);
+        fs::write(&p, b"").with_context(|| format!("writing {}", p.display()))
+    }
+
+    /// Whether node `n`'s armed fsync error has fired (its file is gone).
+    pub fn fsync_error_fired(&self, n: NodeId) -> bool {
+        !self
+            .data_dir(n)
+            .join(billdb_api::failpoints::FSYNC_ERROR_FILE)
+            .exists()
+    }
+
+    /// Damage node `n`'s largest SST file as a failing disk would: 3 × 64
+    /// bytes inverted at 10 %, 30 % and 50 % of it (data blocks; the index
+    /// and footer are at the end). The file and its size.
+    pub fn damage_largest_sst(&self, n: NodeId) -> Result<(PathBuf, u64)> {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let db = self.data_dir(n).join("db");
+        let mut largest: Option<(u64, PathBuf)> = None;
+        for e in fs::read_dir(&db).with_context(|| format!("listing {}", db.display()))? {
+            let e = e?;
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "sst") {
+                let len = e.metadata()?.len();
+                if largest.as_ref().is_none_or(|(l, _)| len > *l) {
+                    largest = Some((len, path));
+                }
+            }
+        }
+        let (len, path) = largest.with_context(|| format!("no SST file in {}", db.display()))?;
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        for pct in [10u64, 30, 50] {
+            let at = len * pct / 100;
+            let mut buf = [0u8; 64];
+            f.seek(SeekFrom::Start(at))?;
+            let got = f.read(&mut buf)?;
+            for b in &mut buf[..got] {
+                *b ^= 0xFF;
+            }
+            f.seek(SeekFrom::Start(at))?;
+            f.write_all(&buf[..got])?;
+        }
+        f.sync_all()?;
+        Ok((path, len))
+    }
+
     // --- accessors --------------------------------------------------------
 
     /// The (absolute) cluster directory.

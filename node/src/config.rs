@@ -221,6 +221,15 @@ pub struct StorageConfig {
     /// period (default: once a day). 0 turns the scrub off.
     #[serde(default = "d_scrub_interval")]
     pub scrub_interval_s: u64,
+    /// A WAL fsync that has not returned after this long marks the node
+    /// degraded (status `storage.degraded_fsync_ms`,
+    /// `billdb_storage_degraded`): its disk stalls.
+    #[serde(default = "d_fsync_stall")]
+    pub fsync_stall_ms: u64,
+}
+
+fn d_fsync_stall() -> u64 {
+    500
 }
 
 fn d_recover_free() -> u64 {
@@ -236,6 +245,7 @@ impl Default for StorageConfig {
         StorageConfig {
             recover_free_bytes_min: d_recover_free(),
             scrub_interval_s: d_scrub_interval(),
+            fsync_stall_ms: d_fsync_stall(),
         }
     }
 }

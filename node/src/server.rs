@@ -215,6 +215,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         crate::repair::finish_start(&config.data_dir).context("removing the repair marker")?;
     }
     let vote_fence = log_store.vote_fence().context("reading the vote fence")?;
+    let fsync_watch = log_store.fsync_watch();
     if vote_fence > 0 {
         tracing::warn!(
             vote_fence,
@@ -265,6 +266,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     crate::metrics::spawn_leader_watch(app.clone());
     app.storage.set_vote_fence(vote_fence);
+    app.storage
+        .watch_fsyncs(fsync_watch, config.storage.fsync_stall_ms);
     crate::storage_guard::spawn(crate::storage_guard::Guarded {
         raft: raft.clone(),
         guard: app.storage.clone(),

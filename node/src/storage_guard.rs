@@ -126,6 +126,10 @@ pub struct StorageGuard {
     /// index (0: no fence). See `repair`.
     vote_fence: AtomicU64,
     scrub: Mutex<ScrubStatus>,
+    /// When the WAL fsync in progress started (set once at start).
+    fsync: std::sync::OnceLock<crate::store::log_store::FsyncWatch>,
+    /// An fsync in progress longer than this makes the node degraded.
+    fsync_stall_ms: AtomicU64,
 }
 
 impl StorageGuard {
@@ -190,6 +194,23 @@ impl StorageGuard {
         metrics::gauge!("billdb_vote_fence_index").set(index as f64);
     }
 
+    /// Watch the log store's fsyncs: one in progress for longer than
+    /// `stall_ms` makes this node degraded (`degraded`).
+    pub fn watch_fsyncs(&self, watch: crate::store::log_store::FsyncWatch, stall_ms: u64) {
+        let _ = self.fsync.set(watch);
+        self.fsync_stall_ms.store(stall_ms, Ordering::Release);
+    }
+
+    /// How long the WAL fsync in progress has been running, when longer
+    /// than `storage.fsync_stall_ms`: this node's disk stalls (it still
+    /// serves, but its acknowledgements lag; on a leader, writes commit on
+    /// the followers' fsyncs meanwhile).
+    pub fn degraded(&self) -> Option<u64> {
+        let started = (*self.fsync.get()?.lock().ok()?)?;
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        (ms > self.fsync_stall_ms.load(Ordering::Acquire)).then_some(ms)
+    }
+
     pub fn scrub(&self) -> ScrubStatus {
         self.scrub.lock().map(|s| s.clone()).unwrap_or_default()
     }
@@ -242,7 +263,7 @@ pub fn spawn(g: Guarded) {
             channels,
         } = g;
         let error = tokio::select! {
-            e = storage_error(&raft) => match e {
+            e = storage_error(&raft, &guard) => match e {
                 Some(e) => e,
                 None => return,
             },
@@ -320,10 +341,23 @@ pub fn spawn(g: Guarded) {
 /// Waits until the Raft core stops; its storage error's text, or `None`
 /// when it stopped for another reason (a shutdown, a panic). Polls: the
 /// full metrics change with every append, too often to wake for.
-async fn storage_error(raft: &Raft) -> Option<String> {
+async fn storage_error(raft: &Raft, guard: &StorageGuard) -> Option<String> {
     use openraft::async_runtime::WatchReceiver;
     let rx = raft.metrics();
+    let mut was_degraded = false;
     loop {
+        let degraded = guard.degraded();
+        if degraded.is_some() != was_degraded {
+            was_degraded = degraded.is_some();
+            metrics::gauge!("billdb_storage_degraded").set(if was_degraded { 1.0 } else { 0.0 });
+            match degraded {
+                Some(ms) => tracing::warn!(
+                    fsync_ms = ms,
+                    "storage degraded: a WAL fsync has not returned for {ms} ms (a stalled disk)"
+                ),
+                None => tracing::info!("storage no longer degraded: WAL fsyncs return again"),
+            }
+        }
         {
             let m = rx.borrow_watched();
             match &m.running_state {

@@ -288,7 +288,7 @@ fn load_acked(c: &TestCluster, prefix: &str) -> u64 {
 /// quorum and no write waits for the stalled disk: every write of the
 /// load (sequential, through every node) is acknowledged within 1 s.
 #[test]
-fn writes_go_on_while_the_leaders_fsyncs_hang() {
+fn writes_go_on_while_the_leaders_and_a_followers_fsyncs_hang() {
     let c = start_with_failpoints(13000);
     open_load_accounts(&c);
     let leader = c.leader();
@@ -297,10 +297,36 @@ fn writes_go_on_while_the_leaders_fsyncs_hang() {
     let load = Load::start_paced(&c, live, "stall", Duration::from_millis(20));
     std::thread::sleep(Duration::from_secs(1));
     c.c.hold_fsyncs(leader).expect("hold the leader's fsyncs");
+    // A follower's disk stalls too (three still sync: writes go on).
+    let follower =
+        *c.c.node_ids()
+            .iter()
+            .find(|n| **n != leader)
+            .expect("a follower");
+    c.c.hold_fsyncs(follower).expect("hold a follower's fsyncs");
     let held_from = load_acked(&c, "stall");
-    std::thread::sleep(Duration::from_secs(5));
+    // Both report themselves degraded (status and metric) while stalled.
+    for n in [leader, follower] {
+        let st = wait_for("degraded reported", Duration::from_secs(3), || {
+            try_status(&c, n).filter(|s| s["storage"]["degraded_fsync_ms"].as_u64() > Some(500))
+        });
+        assert_eq!(st["storage"]["state"], "ok", "stalled, not failed: {st:#}");
+        wait_for("degraded metric", Duration::from_secs(2), || {
+            (c.metric(n, "billdb_storage_degraded") == 1.0).then_some(())
+        });
+    }
+    std::thread::sleep(Duration::from_secs(4));
     let held_to = load_acked(&c, "stall");
     c.c.release_fsyncs(leader).expect("release");
+    c.c.release_fsyncs(follower).expect("release");
+    for n in [leader, follower] {
+        wait_for("degraded cleared", Duration::from_secs(3), || {
+            try_status(&c, n).filter(|s| s["storage"]["degraded_fsync_ms"].is_null())
+        });
+        wait_for("degraded metric cleared", Duration::from_secs(2), || {
+            (c.metric(n, "billdb_storage_degraded") == 0.0).then_some(())
+        });
+    }
     std::thread::sleep(Duration::from_secs(1));
     let (acked, failed, slowest_ms) = load.finish();
     assert!(failed.is_empty(), "writes failed: {failed:?}");

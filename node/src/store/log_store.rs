@@ -57,6 +57,9 @@ impl Drop for Flusher {
     }
 }
 
+/// When the WAL fsync in progress started, shared with the storage guard.
+pub type FsyncWatch = Arc<std::sync::Mutex<Option<Instant>>>;
+
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
@@ -67,6 +70,9 @@ pub struct LogStore {
     /// with the network layer (`raft_net`), which uses it to spot a
     /// replication stream stuck on purged entries.
     first_kept_index: Arc<AtomicU64>,
+    /// When the WAL fsync in progress started (`None`: none in progress):
+    /// a disk that stalls shows here (`storage_guard::StorageGuard::degraded`).
+    fsync_started: FsyncWatch,
     /// Where every saved vote is mirrored (`super::vote_mirror`), so
     /// a repair keeps it even when this database is damaged.
     vote_mirror: Option<PathBuf>,
@@ -79,9 +85,11 @@ impl LogStore {
     pub fn new(db: Arc<DB>, fsync_pause_file: Option<PathBuf>) -> Result<Self, std::io::Error> {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
         let flush_db = db.clone();
+        let fsync_started = FsyncWatch::default();
+        let watch = fsync_started.clone();
         let thread = std::thread::Builder::new()
             .name("raft-log-fsync".into())
-            .spawn(move || flusher(flush_db, rx, fsync_pause_file))?;
+            .spawn(move || flusher(flush_db, rx, fsync_pause_file, watch))?;
         let store = LogStore {
             db,
             flusher: Arc::new(Flusher {
@@ -90,6 +98,7 @@ impl LogStore {
             }),
             appended_bytes: Arc::new(AtomicU64::new(0)),
             first_kept_index: Arc::new(AtomicU64::new(0)),
+            fsync_started,
             vote_mirror: None,
         };
         let purged: Option<LogId> = store.get_meta(KEY_PURGED)?;
@@ -127,6 +136,11 @@ impl LogStore {
             super::vote_mirror::write_vote(dir, v)?;
         }
         Ok(())
+    }
+
+    /// When the WAL fsync in progress started.
+    pub fn fsync_watch(&self) -> FsyncWatch {
+        self.fsync_started.clone()
     }
 
     /// The vote fence (0: none).
@@ -202,14 +216,26 @@ pub fn fsync_pause_file(data_dir: &std::path::Path) -> Option<PathBuf> {
 
 /// Group commit: wait for at least one callback, take all queued ones, fsync
 /// the WAL once, then complete them. Exits when every sender is gone.
-fn flusher(db: Arc<DB>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>, pause_file: Option<PathBuf>) {
+fn flusher(
+    db: Arc<DB>,
+    rx: mpsc::Receiver<IOFlushed<TypeConfig>>,
+    pause_file: Option<PathBuf>,
+    watch: FsyncWatch,
+) {
+    let mark = |v: Option<Instant>| {
+        if let Ok(mut w) = watch.lock() {
+            *w = v;
+        }
+    };
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
         let started = Instant::now();
+        mark(Some(started));
         let result = sync_wal(&db, pause_file.as_deref());
+        mark(None);
         metrics::histogram!("billdb_wal_fsync_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("billdb_wal_fsync_batch_callbacks").record(batch.len() as f64);
         if let Err(e) = &result {
