@@ -3,13 +3,15 @@
 # clang + libclang (RocksDB's bindgen), a C++ toolchain, the network
 # tools the chaos suite uses, etcd (the benchmark's baseline,
 # `billdb-bench etcd`; its test runs it) and PostgreSQL (the benchmark's
-# other reference, `billdb-bench postgres`; its test runs it). protoc
+# other reference, `billdb-bench postgres`; its test runs it) and
+# Prometheus (`prometheus` and `promtool`: the monitoring tests check
+# /metrics and deploy/monitoring's rules, and scrape a cluster). protoc
 # comes vendored through cargo.
 # Idempotent; installs only what is missing. Needs root or sudo.
 set -euo pipefail
 
 need=()
-for pkg in clang libclang-dev build-essential pkg-config iproute2 iptables procps curl ca-certificates etcd-server postgresql; do
+for pkg in clang libclang-dev build-essential pkg-config iproute2 iptables procps curl ca-certificates etcd-server postgresql prometheus; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 
@@ -19,14 +21,20 @@ if ((${#need[@]})); then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-  # Debian starts etcd-server's and postgresql's system services on
-  # install (where systemd runs). The benchmark starts its own servers on
-  # its own ports, so each is stopped and disabled again: installing
-  # leaves no daemon.
-  for pkg_service in etcd-server:etcd postgresql:postgresql; do
+  # Debian starts etcd-server's, postgresql's and prometheus's system
+  # services on install (where systemd runs, or through their init
+  # scripts). The benchmark and the tests start their own servers on their
+  # own ports, so each is stopped and disabled again: installing leaves no
+  # daemon.
+  for pkg_service in etcd-server:etcd postgresql:postgresql prometheus:prometheus; do
     pkg=${pkg_service%%:*}
-    if [[ " ${need[*]} " == *" $pkg "* ]] && [ -d /run/systemd/system ]; then
-      $SUDO systemctl disable --now "${pkg_service#*:}.service" >/dev/null 2>&1 || true
+    service=${pkg_service#*:}
+    [[ " ${need[*]} " == *" $pkg "* ]] || continue
+    if [ -d /run/systemd/system ]; then
+      $SUDO systemctl disable --now "$service.service" >/dev/null 2>&1 || true
+    elif [ -x "/etc/init.d/$service" ]; then
+      $SUDO "/etc/init.d/$service" stop >/dev/null 2>&1 || true
+      $SUDO update-rc.d "$service" disable >/dev/null 2>&1 || true
     fi
   done
 fi

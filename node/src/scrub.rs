@@ -63,7 +63,7 @@ fn run(db: &DB, guard: &StorageGuard, interval: Duration) {
             Ok(bytes) => {
                 let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 metrics::counter!("billdb_scrub_passes_total").increment(1);
-                metrics::gauge!("billdb_scrub_last_pass_unix_seconds")
+                metrics::gauge!("billdb_scrub_last_pass_timestamp_seconds")
                     .set(unix_ms() as f64 / 1000.0);
                 guard.update_scrub(|s| {
                     s.passes += 1;

@@ -344,6 +344,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let grpc_api = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(CLIENT_STREAMS_PER_CONNECTION_MAX))
+        .layer(crate::metrics::GrpcMetricsLayer)
         .add_service(
             ClusterServer::new(GrpcApi { app: app.clone() })
                 .max_decoding_message_size(CLIENT_MESSAGE_SIZE_BYTES_MAX),

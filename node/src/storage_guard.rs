@@ -394,6 +394,12 @@ pub fn probe(dir: &Path, free_min: u64) -> Result<(), String> {
 
 /// Bytes available to this process on the filesystem holding `dir`.
 pub fn free_bytes(dir: &Path) -> Result<u64, String> {
+    fs_space(dir).map(|(free, _)| free)
+}
+
+/// Bytes available to this process, and the size in bytes, of the
+/// filesystem holding `dir`.
+pub fn fs_space(dir: &Path) -> Result<(u64, u64), String> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| format!("{} contains a NUL byte", dir.display()))?;
@@ -408,7 +414,11 @@ pub fn free_bytes(dir: &Path) -> Result<u64, String> {
             std::io::Error::last_os_error()
         ));
     }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    let frsize = st.f_frsize as u64;
+    Ok((
+        (st.f_bavail as u64).saturating_mul(frsize),
+        (st.f_blocks as u64).saturating_mul(frsize),
+    ))
 }
 
 /// Replaces this process with a fresh start of the same binary and

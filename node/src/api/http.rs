@@ -273,7 +273,7 @@ async fn record_latency(req: axum::extract::Request, next: axum::middleware::Nex
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
     metrics::histogram!(
-        "billdb_http_request_seconds",
+        "billdb_http_request_duration_seconds",
         "route" => route,
         "method" => method,
         "status" => resp.status().as_u16().to_string()
@@ -318,11 +318,10 @@ async fn readyz(State(s): State<HttpState>) -> Response {
 }
 
 async fn metrics_route(State(s): State<HttpState>) -> Response {
-    crate::metrics::refresh(&s.app);
     (
         StatusCode::OK,
         [("content-type", "text/plain; version=0.0.4")],
-        s.prometheus.render(),
+        crate::metrics::render(&s.app, &s.prometheus),
     )
         .into_response()
 }

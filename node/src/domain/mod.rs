@@ -501,7 +501,11 @@ pub fn apply_indexed<T: Txn>(
     let fingerprint = cmd.op.fingerprint();
     match replayed_with(&*txn, &cmd.request_id, fingerprint)? {
         Some(Replay::Original { outcome, log_index }) => return Ok((outcome, log_index)),
-        Some(Replay::Conflict(e)) => return Ok((Outcome::Refused(e), log_index)),
+        Some(Replay::Conflict(e)) => {
+            let outcome = Outcome::Refused(e);
+            crate::metrics::count_outcome(&cmd.op, &outcome);
+            return Ok((outcome, log_index));
+        }
         None => {}
     }
     let req_key = keys::request(&cmd.request_id);
@@ -517,6 +521,7 @@ pub fn apply_indexed<T: Txn>(
         Err(Fail::Refused(e)) => Outcome::Refused(e),
         Err(Fail::Io(e)) => return Err(e),
     };
+    crate::metrics::count_outcome(&cmd.op, &outcome);
     let entry = RequestEntry {
         fingerprint,
         log_index,
