@@ -46,6 +46,7 @@ fn initialise() {
     metrics::gauge!("billdb_build_info", "version" => VERSION).set(1.0);
     metrics::gauge!("billdb_storage_failed").set(0.0);
     metrics::gauge!("billdb_repair_waiting").set(0.0);
+    metrics::gauge!("billdb_storage_degraded").set(0.0);
     for name in [
         "billdb_raft_leader_changes_total",
         "billdb_corruption_reports_total",
@@ -290,6 +291,10 @@ fn describe() {
     describe_gauge!(
         "billdb_storage_failed",
         "1 when this node's storage failed (I/O error or corruption) and the node is fenced, else 0."
+    );
+    describe_gauge!(
+        "billdb_storage_degraded",
+        "1 while a WAL fsync on this node has not returned for storage.fsync_stall_ms (a stalled disk), else 0."
     );
     describe_counter!(
         "billdb_storage_failures_total",
