@@ -304,14 +304,18 @@ fn nodes_that_stay_down_cost_the_others_nothing_and_catch_up_on_return() {
     c.wait_converged(&all, Duration::from_secs(60));
 
     // 3. A node whose data directory is damaged cannot start; the others
-    // must not pay for it while it stays down.
+    // must not pay for it while it stays down. (Damaged *contents* are
+    // repaired from the peers: `corruption.rs`. Here the database's
+    // directory itself is gone, replaced by a file: an I/O error at open,
+    // and the node exits.)
     let leader = c.leader();
     let bad = *all.iter().find(|n| **n != leader).unwrap();
     let rest: Vec<NodeId> = all.iter().copied().filter(|n| *n != bad).collect();
     c.c.stop(bad).unwrap();
     live.lock().unwrap().retain(|n| *n != bad);
     let db = c.c.data_dir(bad).join("db");
-    std::fs::write(db.join("CURRENT"), b"MANIFEST-does-not-exist\n").unwrap();
+    std::fs::rename(&db, db.with_extension("moved")).unwrap();
+    std::fs::write(&db, b"not a database directory\n").unwrap();
     c.c.start(bad).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while c.c.is_running(bad) {
