@@ -136,6 +136,13 @@ pub fn run(a: KillArgs) -> anyhow::Result<Value> {
                         ctx.acks.push(at);
                         return;
                     }
+                    // A refusal (e.g. POSSIBLE_DUPLICATE when two clients
+                    // draw the same sale) is an answer: resending it gets
+                    // the same refusal until the retry bound.
+                    if !ctx.last_retryable {
+                        ctx.stats.err("purchase_acked", "REFUSED".into());
+                        return;
+                    }
                     if t.elapsed() > Duration::from_millis(PURCHASE_RETRY_MS) {
                         ctx.stats.err("purchase_acked", "GAVE_UP".into());
                         return;

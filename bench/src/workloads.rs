@@ -142,6 +142,10 @@ pub struct Ctx {
     pub started: Instant,
     /// Microseconds since `started` of each acknowledged write (leader-kill).
     pub acks: Vec<u64>,
+    /// Whether the last failed call may be retried with the same request
+    /// id (no answer, or between leaders): a refusal may not, exactly-once
+    /// answers it the same way every time.
+    pub last_retryable: bool,
 }
 
 pub enum Method<'a> {
@@ -177,6 +181,7 @@ impl Ctx {
                 Some(v)
             }
             Err(e) => {
+                self.last_retryable = crate::http::retryable(&e);
                 let code = code_of(&e);
                 if code == "TRANSPORT" || code == "UNAVAILABLE" {
                     self.first += 1;
@@ -280,6 +285,7 @@ where
             i: 0,
             started,
             acks: Vec::new(),
+            last_retryable: true,
         };
         let step = step.clone();
         tasks.spawn_on(

@@ -217,6 +217,12 @@ fn load_and_every_workload_at_tiny_scale() {
         "{v}"
     );
     assert_eq!(x["restarted"]["ok"], true, "{v}");
+    // Every purchase got an answer (acknowledged or refused) within the
+    // run: none was resent until the retry bound.
+    assert!(
+        v["ops"]["purchase_acked"]["errors"].get("GAVE_UP").is_none(),
+        "{v}"
+    );
     // The killed leader is not running when the run ends: its CPU until
     // the kill cannot be read any more, so four nodes are counted.
     check_node_cpu(&v, "purchase", 4);
