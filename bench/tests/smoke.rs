@@ -220,7 +220,9 @@ fn load_and_every_workload_at_tiny_scale() {
     // Every purchase got an answer (acknowledged or refused) within the
     // run: none was resent until the retry bound.
     assert!(
-        v["ops"]["purchase_acked"]["errors"].get("GAVE_UP").is_none(),
+        v["ops"]["purchase_acked"]["errors"]
+            .get("GAVE_UP")
+            .is_none(),
         "{v}"
     );
     // The killed leader is not running when the run ends: its CPU until

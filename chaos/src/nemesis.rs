@@ -337,6 +337,17 @@ fn ms_per_write(cores: f64, writes_per_s: f64) -> Option<f64> {
     (writes_per_s >= 1.0).then(|| cores * 1000.0 / writes_per_s)
 }
 
+/// The leader one time in three, else a follower drawn at random.
+fn leader_one_time_in_three(rng: &mut StdRng, leader: u64, followers: &[u64]) -> Result<u64> {
+    if rng.random_bool(1.0 / 3.0) {
+        return Ok(leader);
+    }
+    pick(rng, followers, 1)
+        .first()
+        .copied()
+        .context("no follower")
+}
+
 /// What a node logs when it restarts itself after a storage failure.
 const RESTART_LINE: &str = "restarting this node to recover";
 /// How long an on-demand scrub of one node may take.
@@ -412,14 +423,7 @@ fn inject(h: &mut Harness, step: &Step, rng: &mut StdRng, ev: &mut NemesisEvent)
             // Released by heal_all.
         }
         Nemesis::Corruption => {
-            let victim = if rng.random_bool(1.0 / 3.0) {
-                leader
-            } else {
-                pick(rng, &followers, 1)
-                    .first()
-                    .copied()
-                    .context("no follower")?
-            };
+            let victim = leader_one_time_in_three(rng, leader, &followers)?;
             // A snapshot flushes every memtable: SST files to damage.
             h.admin_with_timeout(victim, Duration::from_secs(SCRUB_WAIT_S))?
                 .post("/v1/cluster/snapshot", &serde_json::json!({}))
@@ -454,14 +458,7 @@ fn inject(h: &mut Harness, step: &Step, rng: &mut StdRng, ev: &mut NemesisEvent)
             }
         }
         Nemesis::FsyncEio => {
-            let victim = if rng.random_bool(1.0 / 3.0) {
-                leader
-            } else {
-                pick(rng, &followers, 1)
-                    .first()
-                    .copied()
-                    .context("no follower")?
-            };
+            let victim = leader_one_time_in_three(rng, leader, &followers)?;
             if victim == leader {
                 fault_at(h, ev, "fsync-eio", leader);
             }

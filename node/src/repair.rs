@@ -331,6 +331,26 @@ async fn ask_leader(
     Err(format!("no leader found ({})", why.join("; ")))
 }
 
+/// Writes the marker of a granted repair and re-executes this node; returns
+/// only when the marker cannot be written, with why.
+fn grant_and_restart(data_dir: &Path, marker: &Marker) -> String {
+    let written = serde_json::to_vec_pretty(marker)
+        .map_err(std::io::Error::other)
+        .and_then(|b| write_atomically(data_dir, MARKER_FILE, &b));
+    match written {
+        Ok(()) => {
+            metrics::counter!("billdb_repairs_total").increment(1);
+            tracing::warn!(
+                leader = marker.leader_id,
+                vote_fence_index = marker.vote_fence_index,
+                "repair granted by the leader: restarting with an empty database"
+            );
+            restart()
+        }
+        Err(e) => format!("cannot write the repair marker: {e}"),
+    }
+}
+
 /// What [`run`] needs.
 pub struct Damaged {
     pub raft: Raft,
@@ -414,27 +434,11 @@ pub async fn run(d: Damaged) -> std::convert::Infallible {
                     leader_id,
                     granted_unix_ms: unix_ms(),
                 };
-                let written = serde_json::to_vec_pretty(&marker)
-                    .map_err(std::io::Error::other)
-                    .and_then(|b| write_atomically(&data_dir, MARKER_FILE, &b));
-                match written {
-                    Ok(()) => {
-                        metrics::counter!("billdb_repairs_total").increment(1);
-                        tracing::warn!(
-                            leader = leader_id,
-                            vote_fence_index = last_log_index,
-                            "repair granted by the leader: restarting with an empty database"
-                        );
-                        restart();
-                    }
-                    Err(e) => {
-                        let why = format!("cannot write the repair marker: {e}");
-                        guard.note_repair(why.clone());
-                        if why != last_why {
-                            tracing::error!(error = %e, "repair: cannot write the marker");
-                            last_why = why;
-                        }
-                    }
+                let why = grant_and_restart(&data_dir, &marker);
+                guard.note_repair(why.clone());
+                if why != last_why {
+                    tracing::error!(reason = %why, "repair: waiting");
+                    last_why = why;
                 }
             }
             Err(why) => {
@@ -495,26 +499,10 @@ pub async fn run_unopened(
                     leader_id,
                     granted_unix_ms: unix_ms(),
                 };
-                match serde_json::to_vec_pretty(&marker)
-                    .map_err(std::io::Error::other)
-                    .and_then(|b| write_atomically(&data_dir, MARKER_FILE, &b))
-                {
-                    Ok(()) => {
-                        metrics::counter!("billdb_repairs_total").increment(1);
-                        tracing::warn!(
-                            leader = leader_id,
-                            vote_fence_index = last_log_index,
-                            "repair granted by the leader: restarting with an empty database"
-                        );
-                        restart();
-                    }
-                    Err(e) => {
-                        let why = format!("cannot write the repair marker: {e}");
-                        if why != last_why {
-                            tracing::error!(reason = %why, "repair: waiting");
-                            last_why = why;
-                        }
-                    }
+                let why = grant_and_restart(&data_dir, &marker);
+                if why != last_why {
+                    tracing::error!(reason = %why, "repair: waiting");
+                    last_why = why;
                 }
             }
             Err(why) => {
