@@ -141,6 +141,28 @@ impl Convergence {
 /// not converge.
 const LAGGING_LOG_LINES: usize = 40;
 
+/// Lines of the leader's log searched for ones naming a lagging node.
+const LEADER_LOG_SCAN_LINES: usize = 2_000;
+
+/// A log line without its terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters final-letter
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 1_000;
 /// Entries kept behind a snapshot: ~20 s of the workload's log, so a
 /// follower that a fault of a few seconds left behind catches up from the
@@ -456,6 +478,38 @@ impl Harness {
         }
     }
 
+    /// What the leader knows of node `n`: its replication progress and
+    /// reachability from the leader's status, and the leader's last log
+    /// lines that name `n` as a target (for a report on a node that did
+    /// not catch up).
+    pub fn leader_view_of(&self, n: u64) -> String {
+        let Ok(l) = self.leader(Duration::from_secs(10)) else {
+            return format!("no leader to ask about node {n}");
+        };
+        let status = self.cluster.status(l).ok();
+        let key = n.to_string();
+        let field = |name: &str| {
+            status
+                .as_ref()
+                .map(|s| s[name][&key].to_string())
+                .unwrap_or_else(|| "?".to_string())
+        };
+        let tail = self.cluster.log_tail(l, LEADER_LOG_SCAN_LINES);
+        let names_n = |line: &str| {
+            let plain = strip_ansi(line);
+            [format!("target_node={n}"), format!("target={n}")]
+                .iter()
+                .any(|p| plain.contains(p.as_str()))
+        };
+        let lines: Vec<&str> = tail.lines().filter(|l| names_n(l)).collect();
+        format!(
+            "leader {l} on node {n}: replication {} peer {}; its last log lines naming node {n}:\n{}",
+            field("replication"),
+            field("peers"),
+            lines[lines.len().saturating_sub(LAGGING_LOG_LINES)..].join("\n")
+        )
+    }
+
     fn read_retry(&self, path: &str) -> Result<Value> {
         self.admin_retry(|a| a.get(path), Duration::from_secs(60))
             .with_context(|| format!("reading {path}"))
@@ -685,6 +739,7 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport>
                     "node {n} (applied {applied:?}), last log lines:\n{}",
                     h.cluster.log_tail(*n, LAGGING_LOG_LINES)
                 ));
+                extra.push(h.leader_view_of(*n));
             }
         }
     }

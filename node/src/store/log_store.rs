@@ -159,6 +159,45 @@ impl LogStore {
         self.appended_bytes.clone()
     }
 
+    /// The entries in `range` from the first held at or after `start`. A
+    /// purged beginning is the only absence the log may show: entries after
+    /// a hole would be applied or sent as if consecutive, so a hole is an
+    /// error.
+    fn read_entries(
+        &self,
+        start: u64,
+        range: impl RangeBounds<u64>,
+    ) -> Result<Vec<Entry>, std::io::Error> {
+        let cf = cf(&self.db, CF_RAFT_LOG)?;
+        let mut out: Vec<Entry> = Vec::new();
+        let it = self.db.iterator_cf(
+            cf,
+            IteratorMode::From(&index_key(start), Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(io_err)?;
+            let idx = u64::from_be_bytes(k.as_ref().try_into().map_err(io_err)?);
+            if !range.contains(&idx) {
+                break;
+            }
+            if let Some(prev) = out.last() {
+                let expected = prev.log_id().index + 1;
+                if idx != expected {
+                    // Never answered as data: the core stops on this error
+                    // and the storage guard takes the node out.
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "the Raft log has a hole: entry {expected} is missing before {idx}"
+                        ),
+                    ));
+                }
+            }
+            out.push(decode::<Entry>(&v)?);
+        }
+        Ok(out)
+    }
+
     fn last_entry_log_id(&self) -> Result<Option<LogId>, std::io::Error> {
         let cf = cf(&self.db, CF_RAFT_LOG)?;
         let mut it = self.db.iterator_cf(cf, IteratorMode::End);
@@ -280,19 +319,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let cf = cf(&self.db, CF_RAFT_LOG)?;
-        let mut out = Vec::new();
-        let it = self.db.iterator_cf(
-            cf,
-            IteratorMode::From(&index_key(start), Direction::Forward),
-        );
-        for item in it {
-            let (k, v) = item.map_err(io_err)?;
-            let idx = u64::from_be_bytes(k.as_ref().try_into().map_err(io_err)?);
-            if !range.contains(&idx) {
-                break;
-            }
-            out.push(decode::<Entry>(&v)?);
+        self.read_entries(start, range)
+    }
+
+    /// For replication: the entries from `start` on, or none when `start`
+    /// itself is purged. The default (`try_get_log_entries`) may begin
+    /// after a purged start, and openraft 0.10.0-alpha.37 then sends them
+    /// as if they followed `start - 1` (checked only by a debug assertion,
+    /// on both sides): a follower would take entries after a hole. An empty
+    /// answer makes openraft send an empty request for the old range, which
+    /// `raft_net` counts as stale and ends the stream on, and the follower
+    /// is then caught up by snapshot.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, std::io::Error> {
+        // openraft bounds `end` by `raft.max_payload_entries`.
+        let out = self.read_entries(start, start..end)?;
+        if out.first().is_some_and(|e| e.log_id().index != start) {
+            return Ok(Vec::new());
         }
         Ok(out)
     }
@@ -399,5 +445,73 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.first_kept_index
             .fetch_max(log_id.index + 1, Ordering::AcqRel);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::LogId;
+    use openraft::storage::RaftLogStorage;
+
+    fn blank(index: u64) -> Entry {
+        use openraft::vote::RaftLeaderIdExt;
+        let leader = openraft::alias::LeaderIdOf::<TypeConfig>::new_committed(1, 1);
+        Entry::new_blank(LogId::new(leader, index))
+    }
+
+    /// Entries 1..=10 with 3 and 4 missing (a hole a bug could leave) and
+    /// 1..=2 purged away afterwards.
+    fn store_with_hole() -> (tempfile::TempDir, LogStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::open_db(&dir.path().join("db")).unwrap();
+        let cf = cf(&db, CF_RAFT_LOG).unwrap();
+        for i in (1..=10).filter(|i| !(3..=4).contains(i)) {
+            db.put_cf(cf, index_key(i), encode(&blank(i)).unwrap())
+                .unwrap();
+        }
+        let store = LogStore::new(db, None).unwrap();
+        (dir, store)
+    }
+
+    fn indexes(v: &[Entry]) -> Vec<u64> {
+        v.iter().map(|e| e.log_id().index).collect()
+    }
+
+    /// A hole inside a read is an error, never entries that do not follow
+    /// each other; a replication read whose start is missing returns
+    /// nothing (openraft would send what follows as if it followed the
+    /// start).
+    #[test]
+    fn reads_refuse_a_hole_and_replication_reads_need_their_start() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (_dir, mut store) = store_with_hole();
+            let mut reader = store.get_log_reader().await;
+            let e = reader.try_get_log_entries(1..=10).await.unwrap_err();
+            assert!(e.to_string().contains("entry 3 is missing"), "{e}");
+            assert_eq!(
+                indexes(&reader.try_get_log_entries(1..=2).await.unwrap()),
+                [1, 2]
+            );
+            assert_eq!(
+                indexes(&reader.try_get_log_entries(3..=10).await.unwrap()),
+                [5, 6, 7, 8, 9, 10],
+                "a missing beginning is allowed (purged entries)"
+            );
+            assert!(
+                reader
+                    .limited_get_log_entries(3, 8)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            assert_eq!(
+                indexes(&reader.limited_get_log_entries(5, 8).await.unwrap()),
+                [5, 6, 7]
+            );
+        });
     }
 }
