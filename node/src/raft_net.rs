@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -336,6 +336,22 @@ impl Conn {
 /// keepalive (1 s / 2 s).
 const APPEND_DEADLINE_MS_MIN: u64 = 1_000;
 
+/// Append requests a replication stream holds ready ahead of the transport.
+const APPEND_REQUESTS_QUEUED_MAX: usize = 16;
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often a replication stream waiting for an answer checks whether its
+/// requests have ended or its oldest request is overdue.
+const IDLE_CHECK_MS: u64 = 100;
+
 /// Empty append requests for purged entries in a row after which a
 /// replication stream is ended and reopened (see `stream_append`).
 const STALE_APPENDS_MAX: u64 = 50;
@@ -344,9 +360,14 @@ const STALE_APPENDS_MAX: u64 = 50;
 /// first, and whether it carried entries.
 type SendTimes = Arc<Mutex<VecDeque<(std::time::Instant, bool)>>>;
 
-fn outstanding(q: &SendTimes) -> usize {
-    // A poisoned lock counts as outstanding: the deadline then applies.
-    q.lock().map(|q| q.len()).unwrap_or(1)
+/// How long ago the oldest unanswered request was sent (`None`: every
+/// request answered).
+fn oldest_unanswered_age(q: &SendTimes) -> Option<Duration> {
+    match q.lock() {
+        Ok(q) => q.front().map(|(sent, _)| sent.elapsed()),
+        // A poisoned lock counts as overdue: the stream is then reopened.
+        Err(_) => Some(Duration::MAX),
+    }
 }
 
 fn deadline_for(action: RPCTypes, option: &RPCOption) -> Duration {
@@ -430,6 +451,30 @@ impl RaftNetworkV2<TypeConfig> for Conn {
                 };
                 futures::future::ready(msg)
             });
+            // openraft's request stream is pumped by a task of this stream's
+            // own, never handed to the transport: it is dropped the moment
+            // this stream ends (`AbortOnDrop` travels with the answers).
+            // Handed to hyper, an ended session's request stream lived on
+            // inside the HTTP/2 connection, waiting for new entries while
+            // holding the lock openraft's replication task takes to start
+            // the next session; at a quiet moment (no new entries) that
+            // follower was never replicated to again (1 in ~30 disk-stall
+            // runs: a follower caught up by snapshot stayed at it).
+            let requests_ended = Arc::new(AtomicBool::new(false));
+            let end_flag = requests_ended.clone();
+            let (tx, rx) = tokio::sync::mpsc::channel::<RaftMsg>(APPEND_REQUESTS_QUEUED_MAX);
+            let pump = tokio::spawn(async move {
+                let mut outbound = std::pin::pin!(outbound);
+                while let Some(msg) = outbound.next().await {
+                    if tx.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+                // Every request is queued: the answers end with the last one.
+                end_flag.store(true, Ordering::Release);
+            });
+            let pump = AbortOnDrop(pump.abort_handle());
+            let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
             let resp = match tokio::time::timeout(ttl, client.stream_append(outbound)).await {
                 Err(_) => Err(self.timeout(RPCTypes::AppendEntries, ttl)),
                 Ok(Err(s)) => Err(status_err(s)),
@@ -444,14 +489,27 @@ impl RaftNetworkV2<TypeConfig> for Conn {
                 metrics::histogram!("billdb_raft_append_seconds", "peer" => peer.clone(), "kind" => "empty"),
                 metrics::histogram!("billdb_raft_append_seconds", "peer" => peer, "kind" => "entries"),
             ];
-            // A response must arrive within the deadline while requests are
-            // outstanding; an idle stream may stay quiet forever.
+            // A response must arrive within the deadline of the oldest
+            // request unanswered; an idle stream may stay quiet forever.
             // The per-stream state travels in the unfold state: nothing is
             // cloned per answer.
-            let state = Some((resp, in_flight, round_trip, stale_run, health));
+            let state = Some((
+                resp,
+                in_flight,
+                round_trip,
+                stale_run,
+                health,
+                requests_ended,
+                pump,
+            ));
             let out = futures::stream::unfold(state, move |state| async move {
-                let (mut resp, in_flight, round_trip, stale_run, health) = state?;
+                let (mut resp, in_flight, round_trip, stale_run, health, requests_ended, pump) =
+                    state?;
                 loop {
+                    let oldest = oldest_unanswered_age(&in_flight);
+                    if oldest.is_none() && requests_ended.load(Ordering::Acquire) {
+                        return None;
+                    }
                     if stale_run.load(Ordering::Acquire) >= STALE_APPENDS_MAX {
                         tracing::warn!(
                             target_node = target,
@@ -461,18 +519,21 @@ impl RaftNetworkV2<TypeConfig> for Conn {
                         let e = AnyError::error("replication stream stuck on purged entries");
                         return Some((Err(RPCError::Unreachable(unreachable(&e))), None));
                     }
-                    match tokio::time::timeout(ttl, resp.next()).await {
-                        Err(_) if outstanding(&in_flight) == 0 => continue,
-                        Err(_) => {
-                            let e = RPCError::Timeout(Timeout {
-                                action: RPCTypes::AppendEntries,
-                                id: self_id,
-                                target,
-                                timeout: ttl,
-                            });
-                            health.on_failure(target, FailureKind::Timeout, &e.to_string());
-                            return Some((Err(e), None));
-                        }
+                    if oldest.is_some_and(|age| age >= ttl) {
+                        let e = RPCError::Timeout(Timeout {
+                            action: RPCTypes::AppendEntries,
+                            id: self_id,
+                            target,
+                            timeout: ttl,
+                        });
+                        health.on_failure(target, FailureKind::Timeout, &e.to_string());
+                        return Some((Err(e), None));
+                    }
+                    // Woken at least every `IDLE_CHECK_MS`, to see whether
+                    // the requests ended or the oldest one's deadline passed.
+                    let wait = ttl.min(Duration::from_millis(IDLE_CHECK_MS));
+                    match tokio::time::timeout(wait, resp.next()).await {
+                        Err(_) => continue,
                         Ok(None) => return None,
                         Ok(Some(Err(s))) => {
                             let e = status_err(s);
@@ -486,9 +547,15 @@ impl RaftNetworkV2<TypeConfig> for Conn {
                             }
                             let item = decode::<StreamAppendResult<TypeConfig>>(&msg.data)
                                 .map_err(codec_err);
-                            let next = item
-                                .is_ok()
-                                .then_some((resp, in_flight, round_trip, stale_run, health));
+                            let next = item.is_ok().then_some((
+                                resp,
+                                in_flight,
+                                round_trip,
+                                stale_run,
+                                health,
+                                requests_ended,
+                                pump,
+                            ));
                             return Some((item, next));
                         }
                     }
