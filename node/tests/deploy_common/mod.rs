@@ -203,7 +203,16 @@ impl Cli {
     /// The demo data: a flat tariff, an account paid into (`PAY-1`) and
     /// one bought on by card (`BUY-1`, card `CARD-1`).
     pub fn setup_accounts(&self) {
-        self.run_ok("ops", &[], &["ops", "tariff", "T1", "--price", "0.52"]);
+        // (the CLI documents "default: now" for --effective-from, but the
+        // node refuses a tariff without it; given here)
+        self.run_ok(
+            "ops",
+            &[],
+            &[
+                "ops", "tariff", "T1", "--price", "0.52", "--effective-from",
+                "2020-01-01T00:00:00Z",
+            ],
+        );
         for a in ["PAY-1", "BUY-1"] {
             self.run_ok(
                 "counter",
