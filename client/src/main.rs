@@ -218,7 +218,10 @@ fn provision_cluster(
         );
         return Ok(());
     }
-    anyhow::ensure!(!nodes.is_empty(), "give each node with --node ID=HOST[,HOST...]");
+    anyhow::ensure!(
+        !nodes.is_empty(),
+        "give each node with --node ID=HOST[,HOST...]"
+    );
     let owner = owner
         .map(|o| -> Result<(u32, u32)> {
             let (u, g) = o.split_once(':').unwrap_or((o, o));
@@ -1214,7 +1217,10 @@ fn step_down(ep: &EndpointArg) -> Result<()> {
             .ok()
             .and_then(|s| s.get("leader_id").and_then(Value::as_u64));
         if leader.is_some_and(|l| l != me) {
-            println!("ok: node {me} handed leadership to node {}", leader.unwrap_or(to));
+            println!(
+                "ok: node {me} handed leadership to node {}",
+                leader.unwrap_or(to)
+            );
             return Ok(());
         }
         if std::time::Instant::now() >= deadline {

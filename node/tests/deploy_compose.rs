@@ -95,7 +95,11 @@ fn compose_cluster_serves_and_survives_a_killed_and_a_paused_container() {
         .lines()
         .filter(|l| l.trim_start().to_ascii_uppercase().starts_with("FROM "))
         .collect();
-    assert_eq!(froms, vec!["FROM scratch"], "the image must not need a registry");
+    assert_eq!(
+        froms,
+        vec!["FROM scratch"],
+        "the image must not need a registry"
+    );
     let tag = run(Command::new(deploy_dir().join("container/build.sh"))
         .arg("--bin-dir")
         .arg(release_dir())
@@ -103,9 +107,15 @@ fn compose_cluster_serves_and_survives_a_killed_and_a_paused_container() {
     assert_eq!(tag.trim(), IMAGE);
     let img = inspect(IMAGE);
     assert_eq!(img["Config"]["User"], "10001:10001", "non-root");
-    assert!(img["Config"]["Volumes"]["/var/lib/billdb"].is_object(), "data on a volume");
+    assert!(
+        img["Config"]["Volumes"]["/var/lib/billdb"].is_object(),
+        "data on a volume"
+    );
     let hc = img["Config"]["Healthcheck"]["Test"].to_string();
-    assert!(hc.contains("cluster") && hc.contains("ready"), "health check on /readyz: {hc}");
+    assert!(
+        hc.contains("cluster") && hc.contains("ready"),
+        "health check on /readyz: {hc}"
+    );
     let size = img["Size"].as_u64().expect("image size");
     assert!(size < 200 << 20, "a small runtime image: {size} bytes");
 
@@ -124,7 +134,8 @@ fn compose_cluster_serves_and_survives_a_killed_and_a_paused_container() {
     });
     let st = inspect(&init);
     assert_eq!(
-        st["State"]["ExitCode"], 0,
+        st["State"]["ExitCode"],
+        0,
         "init failed: {}",
         run(Command::new("docker").args(["logs", &init]))
     );
@@ -157,8 +168,12 @@ fn compose_cluster_serves_and_survives_a_killed_and_a_paused_container() {
     let c = Cli {
         bin: cli_bin(),
         ca: client.join("ca.pem"),
-        grpc: (1..=5).map(|i| format!("172.30.77.{}:7101", 10 + i)).collect(),
-        http: (1..=5).map(|i| format!("172.30.77.{}:7001", 10 + i)).collect(),
+        grpc: (1..=5)
+            .map(|i| format!("172.30.77.{}:7101", 10 + i))
+            .collect(),
+        http: (1..=5)
+            .map(|i| format!("172.30.77.{}:7001", 10 + i))
+            .collect(),
         tokens: ["ops", "auditor", "counter", "bank"]
             .iter()
             .map(|r| (r.to_string(), token(r)))
@@ -196,7 +211,11 @@ fn compose_cluster_serves_and_survives_a_killed_and_a_paused_container() {
     let (mut acked, failed) = load.stop();
     acked.push("buy-first".into());
     acked.push("pay-first".into());
-    eprintln!("{} acknowledged, {} failed (retried)", acked.len(), failed.len());
+    eprintln!(
+        "{} acknowledged, {} failed (retried)",
+        acked.len(),
+        failed.len()
+    );
     verify_nothing_lost(&c, &all, &acked, &failed);
     for (i, id) in nodes.iter().enumerate() {
         wait_for(

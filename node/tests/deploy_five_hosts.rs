@@ -47,15 +47,33 @@ impl Net {
         ip(&["link", "set", BRIDGE, "up"]);
         // Docker (and others) set the FORWARD policy to DROP, and bridged
         // frames pass iptables when br_netfilter is loaded.
-        run(Command::new("iptables").args([
-            "-I", "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT",
-        ]));
+        run(Command::new("iptables")
+            .args(["-I", "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]));
         for i in 1..=5 {
             ip(&["netns", "add", &ns(i)]);
-            ip(&["link", "add", &veth(i), "type", "veth", "peer", "name", "eth0", "netns", &ns(i)]);
+            ip(&[
+                "link",
+                "add",
+                &veth(i),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns(i),
+            ]);
             ip(&["link", "set", &veth(i), "master", BRIDGE]);
             ip(&["link", "set", &veth(i), "up"]);
-            ip(&["-n", &ns(i), "addr", "add", &format!("{}/24", addr(i)), "dev", "eth0"]);
+            ip(&[
+                "-n",
+                &ns(i),
+                "addr",
+                "add",
+                &format!("{}/24", addr(i)),
+                "dev",
+                "eth0",
+            ]);
             ip(&["-n", &ns(i), "link", "set", "eth0", "up"]);
             ip(&["-n", &ns(i), "link", "set", "lo", "up"]);
         }
@@ -68,9 +86,10 @@ impl Net {
             let _ = output(Command::new("ip").args(["link", "del", &veth(i)]));
         }
         let _ = output(Command::new("ip").args(["link", "del", BRIDGE]));
-        while output(Command::new("iptables").args([
-            "-D", "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT",
-        ]))
+        while output(
+            Command::new("iptables")
+                .args(["-D", "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]),
+        )
         .status
         .success()
         {}
@@ -168,7 +187,10 @@ fn five_hosts_on_a_bridge_survive_a_cut_link_and_a_killed_host() {
     for (role, extra) in [
         ("ops", vec!["--operator-id", "ops-1"]),
         ("auditor", vec!["--operator-id", "audit-1"]),
-        ("counter", vec!["--operator-id", "C-0101", "--branch", "B01"]),
+        (
+            "counter",
+            vec!["--operator-id", "C-0101", "--branch", "B01"],
+        ),
         ("bank", vec!["--bank-code", "ICBC"]),
     ] {
         let out = dir.join(format!("{role}.token"));
@@ -189,15 +211,30 @@ fn five_hosts_on_a_bridge_survive_a_cut_link_and_a_killed_host() {
         run(Command::new(&cli)
             .args(["cert", "node", "--ca-dir"])
             .arg(&ca_dir)
-            .args(["--cluster-id", CLUSTER_ID, "--id", &i.to_string(), "--host", &addr(i)])
+            .args([
+                "--cluster-id",
+                CLUSTER_ID,
+                "--id",
+                &i.to_string(),
+                "--host",
+                &addr(i),
+            ])
             .arg("--out")
             .arg(&h));
         std::fs::copy(ca_dir.join("ca.pem"), h.join("ca.pem")).expect("ca.pem");
         let mut cfg = must_replace(&example, "node_id = 1", &format!("node_id = {i}"));
         cfg = must_replace(&cfg, "10.0.0.1:", &format!("{}:", addr(i)));
-        cfg = must_replace(&cfg, "\"/var/lib/billdb/data\"", &format!("{:?}", h.join("data")));
+        cfg = must_replace(
+            &cfg,
+            "\"/var/lib/billdb/data\"",
+            &format!("{:?}", h.join("data")),
+        );
         cfg = must_replace(&cfg, "\"/etc/billdb/tokens.toml\"", &format!("{tokens:?}"));
-        cfg = must_replace(&cfg, "\"/etc/billdb/ca.pem\"", &format!("{:?}", h.join("ca.pem")));
+        cfg = must_replace(
+            &cfg,
+            "\"/etc/billdb/ca.pem\"",
+            &format!("{:?}", h.join("ca.pem")),
+        );
         cfg = must_replace(
             &cfg,
             "\"/etc/billdb/node1.pem\"",
@@ -229,13 +266,23 @@ fn five_hosts_on_a_bridge_survive_a_cut_link_and_a_killed_host() {
     };
     for i in 1..=5 {
         wait_for(&format!("host {i} serves"), Duration::from_secs(30), || {
-            c.try_run("ops", &[i], &["cluster", "ready", "--live", "--timeout-secs", "2"])
-                .ok()
+            c.try_run(
+                "ops",
+                &[i],
+                &["cluster", "ready", "--live", "--timeout-secs", "2"],
+            )
+            .ok()
         });
     }
     // Plaintext is refused on every host: TLS only.
     let plain = output(Command::new(&cli).args([
-        "cluster", "ready", "--live", "--timeout-secs", "2", "--endpoint", "http://10.77.0.1:7001",
+        "cluster",
+        "ready",
+        "--live",
+        "--timeout-secs",
+        "2",
+        "--endpoint",
+        "http://10.77.0.1:7001",
     ]));
     assert!(!plain.status.success(), "plaintext HTTP must be refused");
 
@@ -258,7 +305,8 @@ fn five_hosts_on_a_bridge_survive_a_cut_link_and_a_killed_host() {
     let leader = c.wait_leader(&all, Duration::from_secs(30));
     for i in all {
         wait_for(&format!("host {i} ready"), Duration::from_secs(30), || {
-            c.try_run("ops", &[i], &["cluster", "ready", "--timeout-secs", "2"]).ok()
+            c.try_run("ops", &[i], &["cluster", "ready", "--timeout-secs", "2"])
+                .ok()
         });
     }
     c.setup_accounts();
@@ -268,10 +316,14 @@ fn five_hosts_on_a_bridge_survive_a_cut_link_and_a_killed_host() {
     // The leader's host loses its link.
     ip(&["-n", &ns(leader), "link", "set", "eth0", "down"]);
     let rest: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
-    let second = wait_for("a new leader among the four", Duration::from_secs(30), || {
-        let l = c.leader_seen_by(rest[0])?;
-        (l != leader && rest.contains(&l)).then_some(l)
-    });
+    let second = wait_for(
+        "a new leader among the four",
+        Duration::from_secs(30),
+        || {
+            let l = c.leader_seen_by(rest[0])?;
+            (l != leader && rest.contains(&l)).then_some(l)
+        },
+    );
     let gap = load.wait_more_acked(10, Duration::from_secs(60), "with the old leader cut off");
     eprintln!("host {leader} cut off; host {second} leads; 10 writes in {gap:?}");
 
@@ -279,7 +331,11 @@ fn five_hosts_on_a_bridge_survive_a_cut_link_and_a_killed_host() {
     hosts.kill(second);
     let three: Vec<usize> = rest.iter().copied().filter(|i| *i != second).collect();
     let third = c.wait_leader(&three, Duration::from_secs(30));
-    let gap = load.wait_more_acked(10, Duration::from_secs(60), "with one host cut off and one killed");
+    let gap = load.wait_more_acked(
+        10,
+        Duration::from_secs(60),
+        "with one host cut off and one killed",
+    );
     eprintln!("host {second} killed; host {third} leads; 10 writes in {gap:?}");
 
     // Both come back.

@@ -32,11 +32,16 @@ fn yaml_docs(file: &Path) -> Vec<Value> {
         py.is_file(),
         "/usr/bin/python3 is missing: run deploy/setup.sh (it installs python3-yaml)"
     );
-    let out = output(Command::new(py).arg("-c").arg(
-        "import json, sys, yaml\n\
+    let out = output(
+        Command::new(py)
+            .arg("-c")
+            .arg(
+                "import json, sys, yaml\n\
          docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]\n\
          print(json.dumps(docs))",
-    ).arg(file));
+            )
+            .arg(file),
+    );
     assert!(
         out.status.success(),
         "{} is not valid YAML (or python3-yaml is missing: run deploy/setup.sh): {}",
@@ -75,9 +80,16 @@ fn all_objects() -> Vec<Value> {
             for k in ["apiVersion", "kind"] {
                 assert!(d[k].is_string(), "{r}: an object without {k}: {d}");
             }
-            assert!(d["metadata"]["name"].is_string(), "{r}: an object without a name");
+            assert!(
+                d["metadata"]["name"].is_string(),
+                "{r}: an object without a name"
+            );
             if d["kind"] != "Namespace" {
-                assert_eq!(d["metadata"]["namespace"], "billdb", "{r}: {}", d["metadata"]["name"]);
+                assert_eq!(
+                    d["metadata"]["namespace"], "billdb",
+                    "{r}: {}",
+                    d["metadata"]["name"]
+                );
             }
             objs.push(d);
         }
@@ -98,7 +110,11 @@ fn strs(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("expected a list: {v}"))
         .iter()
-        .map(|s| s.as_str().unwrap_or_else(|| panic!("expected a string: {s}")).to_string())
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("expected a string: {s}"))
+                .to_string()
+        })
         .collect()
 }
 
@@ -117,26 +133,38 @@ fn kubernetes_manifests_hold_what_a_five_node_cluster_needs() {
     assert_eq!(sts["apiVersion"], "apps/v1");
     let spec = &sts["spec"];
     assert_eq!(spec["replicas"], 5);
-    assert_eq!(spec["ordinals"]["start"], 1, "pods billdb-1..5 are nodes 1..5");
+    assert_eq!(
+        spec["ordinals"]["start"], 1,
+        "pods billdb-1..5 are nodes 1..5"
+    );
     assert_eq!(spec["podManagementPolicy"], "Parallel");
     let pod_labels = &spec["template"]["metadata"]["labels"];
     assert!(selects(&spec["selector"]["matchLabels"], pod_labels));
-    let claims = spec["volumeClaimTemplates"].as_array().expect("volumeClaimTemplates");
+    let claims = spec["volumeClaimTemplates"]
+        .as_array()
+        .expect("volumeClaimTemplates");
     assert_eq!(claims.len(), 1, "one PVC per pod");
     assert_eq!(claims[0]["metadata"]["name"], "data");
     assert!(claims[0]["spec"]["resources"]["requests"]["storage"].is_string());
     let pod = &spec["template"]["spec"];
-    let anti = &pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+    let anti =
+        &pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
     let anti = anti.as_array().expect("required pod anti-affinity");
     assert!(
-        anti.iter().any(|t| t["topologyKey"] == "kubernetes.io/hostname"
-            && selects(&t["labelSelector"]["matchLabels"], pod_labels)),
+        anti.iter()
+            .any(|t| t["topologyKey"] == "kubernetes.io/hostname"
+                && selects(&t["labelSelector"]["matchLabels"], pod_labels)),
         "no two billdb pods on one Kubernetes node"
     );
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["securityContext"]["runAsUser"], 10001);
-    let grace = pod["terminationGracePeriodSeconds"].as_u64().expect("grace period");
-    assert!(grace >= 45, "time for the hand-over and the shutdown: {grace}");
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("grace period");
+    assert!(
+        grace >= 45,
+        "time for the hand-over and the shutdown: {grace}"
+    );
     let containers = pod["containers"].as_array().expect("containers");
     assert_eq!(containers.len(), 1);
     let c = &containers[0];
@@ -159,7 +187,10 @@ fn kubernetes_manifests_hold_what_a_five_node_cluster_needs() {
         node_id["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.labels['apps.kubernetes.io/pod-index']"
     );
-    let token = env.iter().find(|e| e["name"] == "BILLDB_TOKEN").expect("BILLDB_TOKEN");
+    let token = env
+        .iter()
+        .find(|e| e["name"] == "BILLDB_TOKEN")
+        .expect("BILLDB_TOKEN");
     let tref = &token["valueFrom"]["secretKeyRef"];
     let ports: BTreeSet<(String, u64)> = c["ports"]
         .as_array()
@@ -185,19 +216,36 @@ fn kubernetes_manifests_hold_what_a_five_node_cluster_needs() {
     let mut mounts = std::collections::BTreeMap::new();
     for m in c["volumeMounts"].as_array().expect("volumeMounts") {
         let name = m["name"].as_str().expect("mount name");
-        assert!(name == "data" || vol(name).is_some(), "mount {name} has no volume");
-        mounts.insert(m["mountPath"].as_str().expect("mountPath").to_string(), m.clone());
+        assert!(
+            name == "data" || vol(name).is_some(),
+            "mount {name} has no volume"
+        );
+        mounts.insert(
+            m["mountPath"].as_str().expect("mountPath").to_string(),
+            m.clone(),
+        );
     }
     assert_eq!(mounts["/var/lib/billdb"]["name"], "data", "data on the PVC");
     let cfg_mount = &mounts["/etc/billdb/node.toml"];
     let cfg_vol = vol(cfg_mount["name"].as_str().expect("name")).expect("config volume");
-    let cm_name = cfg_vol["configMap"]["name"].as_str().expect("configMap volume");
+    let cm_name = cfg_vol["configMap"]["name"]
+        .as_str()
+        .expect("configMap volume");
     let tls_vol = vol(mounts["/etc/billdb/tls"]["name"].as_str().expect("name")).expect("tls");
-    let tls_secret = tls_vol["secret"]["secretName"].as_str().expect("tls secret");
+    let tls_secret = tls_vol["secret"]["secretName"]
+        .as_str()
+        .expect("tls secret");
 
     // Services: headless for peers (published before ready), one for clients.
-    let peers = one(&objs, "Service", spec["serviceName"].as_str().expect("serviceName"));
-    assert_eq!(peers["spec"]["clusterIP"], "None", "the peer Service is headless");
+    let peers = one(
+        &objs,
+        "Service",
+        spec["serviceName"].as_str().expect("serviceName"),
+    );
+    assert_eq!(
+        peers["spec"]["clusterIP"], "None",
+        "the peer Service is headless"
+    );
     assert_eq!(peers["spec"]["publishNotReadyAddresses"], true);
     assert!(selects(&peers["spec"]["selector"], pod_labels));
     let client = one(&objs, "Service", "billdb");
@@ -233,7 +281,10 @@ fn kubernetes_manifests_hold_what_a_five_node_cluster_needs() {
         .expect("node.toml in the ConfigMap");
     let image_toml = std::fs::read_to_string(deploy_dir().join("container/node.toml"))
         .expect("deploy/container/node.toml");
-    assert_eq!(node_toml, image_toml, "the ConfigMap holds the image's node.toml");
+    assert_eq!(
+        node_toml, image_toml,
+        "the ConfigMap holds the image's node.toml"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("node.toml");
     std::fs::write(&p, node_toml).expect("write");
@@ -247,9 +298,19 @@ fn kubernetes_manifests_hold_what_a_five_node_cluster_needs() {
     .expect("args");
     let cfg = billdb_node::config::Config::load(&args).expect("the ConfigMap's config loads");
     assert_eq!(cfg.node_id, 3);
-    assert!(cfg.data_dir.starts_with("/var/lib/billdb"), "data on the PVC");
-    for (addr, port) in [(&cfg.http_addr, 7001), (&cfg.grpc_addr, 7101), (&cfg.raft_addr, 7201)] {
-        assert!(addr.ends_with(&format!(":{port}")), "{addr} is not the container port {port}");
+    assert!(
+        cfg.data_dir.starts_with("/var/lib/billdb"),
+        "data on the PVC"
+    );
+    for (addr, port) in [
+        (&cfg.http_addr, 7001),
+        (&cfg.grpc_addr, 7101),
+        (&cfg.raft_addr, 7201),
+    ] {
+        assert!(
+            addr.ends_with(&format!(":{port}")),
+            "{addr} is not the container port {port}"
+        );
     }
     let tls = cfg.tls.as_ref().expect("[tls]: secure by default");
     assert_eq!(tls.cert_file, Path::new("/etc/billdb/tls/node3.pem"));
@@ -287,17 +348,28 @@ fn kubernetes_manifests_hold_what_a_five_node_cluster_needs() {
         );
     }
     let client_secret = one(&objs, "Secret", tref["name"].as_str().expect("secret name"));
-    let ckeys = client_secret["stringData"].as_object().expect("client secret data");
+    let ckeys = client_secret["stringData"]
+        .as_object()
+        .expect("client secret data");
     assert!(ckeys.contains_key(tref["key"].as_str().expect("key")));
 
     // The bootstrap Job: init, idempotent, the five pods by peer DNS name.
-    let job = objs.iter().find(|o| o["kind"] == "Job").expect("a bootstrap Job");
+    let job = objs
+        .iter()
+        .find(|o| o["kind"] == "Job")
+        .expect("a bootstrap Job");
     assert_eq!(job["apiVersion"], "batch/v1");
     let jpod = &job["spec"]["template"]["spec"];
-    assert!(matches!(jpod["restartPolicy"].as_str(), Some("OnFailure" | "Never")));
+    assert!(matches!(
+        jpod["restartPolicy"].as_str(),
+        Some("OnFailure" | "Never")
+    ));
     let cmd = strs(&jpod["containers"][0]["command"]);
     assert_eq!(&cmd[..3], ["/usr/bin/billdb", "cluster", "init"]);
-    assert!(cmd.contains(&"--if-needed".to_string()), "a rerun is harmless");
+    assert!(
+        cmd.contains(&"--if-needed".to_string()),
+        "a rerun is harmless"
+    );
     let specs: Vec<&String> = cmd
         .iter()
         .zip(cmd.iter().skip(1))
@@ -311,20 +383,30 @@ fn kubernetes_manifests_hold_what_a_five_node_cluster_needs() {
         let host = format!("billdb-{}.{svc}.{ns}.svc.cluster.local", i + 1);
         assert_eq!(
             **s,
-            format!("id={},raft={host}:7201,grpc={host}:7101,http={host}:7001", i + 1),
+            format!(
+                "id={},raft={host}:7201,grpc={host}:7101,http={host}:7001",
+                i + 1
+            ),
             "voter {} is pod billdb-{} by its peer name",
             i + 1,
             i + 1
         );
     }
-    for m in jpod["containers"][0]["volumeMounts"].as_array().expect("job mounts") {
+    for m in jpod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("job mounts")
+    {
         let v = jpod["volumes"]
             .as_array()
             .expect("job volumes")
             .iter()
             .find(|v| v["name"] == m["name"])
             .expect("job mount has a volume");
-        one(&objs, "Secret", v["secret"]["secretName"].as_str().expect("secret volume"));
+        one(
+            &objs,
+            "Secret",
+            v["secret"]["secretName"].as_str().expect("secret volume"),
+        );
     }
 }
 

@@ -120,18 +120,30 @@ fn debian_package_installs_verifies_and_purges() {
         "ReadWritePaths must cover the example's data_dir {:?}",
         cfg.data_dir
     );
-    assert!(setting(&s, "LimitNOFILE").parse::<u64>().expect("LimitNOFILE") >= 65536);
+    assert!(
+        setting(&s, "LimitNOFILE")
+            .parse::<u64>()
+            .expect("LimitNOFILE")
+            >= 65536
+    );
     assert_eq!(setting(&s, "Restart"), "on-failure");
     assert_eq!(setting(&s, "KillSignal"), "SIGTERM");
-    let stop_s: u64 = setting(&s, "TimeoutStopSec").parse().expect("TimeoutStopSec");
-    assert!(stop_s >= 30, "TimeoutStopSec {stop_s} leaves a leader too little time");
+    let stop_s: u64 = setting(&s, "TimeoutStopSec")
+        .parse()
+        .expect("TimeoutStopSec");
+    assert!(
+        stop_s >= 30,
+        "TimeoutStopSec {stop_s} leaves a leader too little time"
+    );
     assert!(setting(&s, "ExecStop").contains("billdb cluster step-down"));
     assert_eq!(
         setting(&s, "ConditionPathExists"),
         "/etc/billdb/node.toml",
         "the unit must not start before the node is configured"
     );
-    assert!(setting(&s, "ExecStart").starts_with("/usr/bin/billdb-node --config /etc/billdb/node.toml"));
+    assert!(
+        setting(&s, "ExecStart").starts_with("/usr/bin/billdb-node --config /etc/billdb/node.toml")
+    );
 
     // Install.
     let before = running("/usr/bin/billdb-node");
@@ -151,7 +163,10 @@ fn debian_package_installs_verifies_and_purges() {
         uid,
         "/var/lib/billdb owned by billdb"
     );
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o750);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o750
+    );
     assert!(Path::new(UNIT).is_file());
     assert!(!Path::new("/etc/billdb/node.toml").exists());
     assert!(
@@ -183,10 +198,17 @@ fn debian_package_installs_verifies_and_purges() {
 
     // Purge: the files go, the data directory (the cluster's data) stays.
     drop(purge);
-    assert!(!output(Command::new(&dpkg).args(["-s", "billdb"])).status.success());
+    assert!(
+        !output(Command::new(&dpkg).args(["-s", "billdb"]))
+            .status
+            .success()
+    );
     assert!(!Path::new("/usr/bin/billdb-node").exists());
     assert!(!Path::new(UNIT).exists());
-    assert!(!Path::new("/etc/billdb").exists(), "an empty /etc/billdb is removed on purge");
+    assert!(
+        !Path::new("/etc/billdb").exists(),
+        "an empty /etc/billdb is removed on purge"
+    );
     if !user_before {
         let _ = output(Command::new("userdel").arg("billdb"));
         let _ = std::fs::remove_dir("/var/lib/billdb");

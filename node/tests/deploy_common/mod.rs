@@ -98,7 +98,10 @@ pub fn build_deb(out: &Path) -> PathBuf {
         .arg("--out")
         .arg(out));
     let deb = PathBuf::from(stdout.trim());
-    assert!(deb.is_file(), "build-deb.sh named {deb:?}, which is not a file");
+    assert!(
+        deb.is_file(),
+        "build-deb.sh named {deb:?}, which is not a file"
+    );
     deb
 }
 
@@ -109,7 +112,10 @@ pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?}: {what}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -148,7 +154,10 @@ impl Cli {
         let mut c = Command::new(&self.bin);
         c.env("BILLDB_CA", &self.ca)
             .env("BILLDB_GRPC", grpc.join(","))
-            .env("BILLDB_ENDPOINT", &self.http[on.first().copied().unwrap_or(1) - 1])
+            .env(
+                "BILLDB_ENDPOINT",
+                &self.http[on.first().copied().unwrap_or(1) - 1],
+            )
             .env("BILLDB_TOKEN", self.token(role))
             .stdin(Stdio::null());
         c
@@ -209,7 +218,12 @@ impl Cli {
             "ops",
             &[],
             &[
-                "ops", "tariff", "T1", "--price", "0.52", "--effective-from",
+                "ops",
+                "tariff",
+                "T1",
+                "--price",
+                "0.52",
+                "--effective-from",
                 "2020-01-01T00:00:00Z",
             ],
         );
@@ -218,8 +232,17 @@ impl Cli {
                 "counter",
                 &[],
                 &[
-                    "account", "open", a, "--name", "Deploy Test", "--branch", "B01",
-                    "--utility", "electricity", "--tariff-id", "T1",
+                    "account",
+                    "open",
+                    a,
+                    "--name",
+                    "Deploy Test",
+                    "--branch",
+                    "B01",
+                    "--utility",
+                    "electricity",
+                    "--tariff-id",
+                    "T1",
                 ],
             );
         }
@@ -232,8 +255,15 @@ impl Cli {
             "bank",
             &[],
             &[
-                "pay", "PAY-1", "1.00", "--bank-code", "ICBC", "--bank-ref", request_id,
-                "--request-id", request_id,
+                "pay",
+                "PAY-1",
+                "1.00",
+                "--bank-code",
+                "ICBC",
+                "--bank-ref",
+                request_id,
+                "--request-id",
+                request_id,
             ],
         )
     }
@@ -244,8 +274,14 @@ impl Cli {
             "counter",
             &[],
             &[
-                "purchase", "--card", "CARD-1", "--amount", "5.00", "--confirm-duplicate",
-                "--request-id", request_id,
+                "purchase",
+                "--card",
+                "CARD-1",
+                "--amount",
+                "5.00",
+                "--confirm-duplicate",
+                "--request-id",
+                request_id,
             ],
         )
     }
@@ -287,7 +323,7 @@ impl Workload {
             let mut i = 0u64;
             while !s.load(Ordering::SeqCst) {
                 i += 1;
-                let (id, r) = if i % 5 == 0 {
+                let (id, r) = if i.is_multiple_of(5) {
                     let id = format!("buy-{tag}-{i}");
                     let r = cli.purchase(&id);
                     (id, r)
@@ -350,14 +386,18 @@ impl Drop for Workload {
 pub fn verify_nothing_lost(cli: &Cli, nodes: &[usize], acked: &[String], failed: &[String]) {
     let mut all: Vec<String> = acked.to_vec();
     for id in failed {
-        wait_for(&format!("retry of {id} acknowledged"), Duration::from_secs(60), || {
-            let r = if id.starts_with("buy-") {
-                cli.purchase(id)
-            } else {
-                cli.pay(id)
-            };
-            r.ok()
-        });
+        wait_for(
+            &format!("retry of {id} acknowledged"),
+            Duration::from_secs(60),
+            || {
+                let r = if id.starts_with("buy-") {
+                    cli.purchase(id)
+                } else {
+                    cli.pay(id)
+                };
+                r.ok()
+            },
+        );
         all.push(id.clone());
     }
     let payments = all.iter().filter(|id| id.starts_with("pay-")).count();
