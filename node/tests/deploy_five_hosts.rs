@@ -302,13 +302,22 @@ fn five_hosts_on_a_bridge_survive_a_cut_link_and_a_killed_host() {
     init.push("--if-needed");
     c.run_ok("ops", &[2], &init);
     let all = [1, 2, 3, 4, 5];
-    let leader = c.wait_leader(&all, Duration::from_secs(30));
+    let first = c.wait_leader(&all, Duration::from_secs(30));
     for i in all {
         wait_for(&format!("host {i} ready"), Duration::from_secs(30), || {
             c.try_run("ops", &[i], &["cluster", "ready", "--timeout-secs", "2"])
                 .ok()
         });
     }
+    // What the unit's ExecStop and the pods' preStop run: a follower has
+    // nothing to hand over; the leader hands leadership to another node.
+    let follower = if first == 1 { 2 } else { 1 };
+    let said = c.run_ok("ops", &[follower], &["cluster", "step-down"]);
+    assert!(said.contains("does not lead"), "{said}");
+    let said = c.run_ok("ops", &[first], &["cluster", "step-down"]);
+    assert!(said.contains("handed leadership"), "{said}");
+    let leader = c.wait_leader(&all, Duration::from_secs(30));
+    assert_ne!(leader, first, "step-down moved leadership away");
     c.setup_accounts();
     let load = Workload::start(&c, "hosts");
     load.wait_more_acked(10, Duration::from_secs(60), "with five hosts up");
