@@ -259,7 +259,14 @@ fn provision_cluster(
         let leaf = certs::node_cert(&ca, cluster_id, *id, hosts)?;
         certs::write_leaf(&node_dir, &format!("node{id}"), &leaf)?;
     }
+    // A run that stopped before the CA key was written left tokens whose
+    // plaintext is gone: start the file afresh.
     let tokens_file = node_dir.join("tokens.toml");
+    match std::fs::remove_file(&tokens_file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => bail!("removing the stale {}: {e}", tokens_file.display()),
+    }
     for (role, op, branch, bank) in [
         ("ops", Some("ops-1"), None, None),
         ("auditor", Some("audit-1"), None, None),
