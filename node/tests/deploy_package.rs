@@ -105,7 +105,7 @@ fn debian_package_installs_verifies_and_purges() {
         "the example must be secure by default"
     );
 
-    // The unit: hardened as the issue asks, and verified.
+    // The unit: hardened (a dedicated user, read-only system, limits), and verified.
     let unit_text =
         std::fs::read_to_string(x.path().join("lib/systemd/system/billdb-node.service"))
             .expect("unit");
