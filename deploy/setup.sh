@@ -6,12 +6,17 @@
 # other reference, `billdb-bench postgres`; its test runs it) and
 # Prometheus (`prometheus` and `promtool`: the monitoring tests check
 # /metrics and deploy/monitoring's rules, and scrape a cluster). protoc
-# comes vendored through cargo.
+# comes vendored through cargo. The deployment tests need systemd
+# (`systemd-analyze verify` of the package's unit), adduser (the package's
+# postinst), docker.io and docker-compose (the image and the compose
+# cluster; the Docker daemon is started below when it is not running) and
+# python3-yaml (the Kubernetes manifests are parsed offline).
 # Idempotent; installs only what is missing. Needs root or sudo.
 set -euo pipefail
 
 need=()
-for pkg in clang libclang-dev build-essential pkg-config iproute2 iptables procps curl ca-certificates etcd-server postgresql prometheus; do
+for pkg in clang libclang-dev build-essential pkg-config iproute2 iptables procps curl ca-certificates etcd-server postgresql prometheus \
+  systemd adduser binutils docker.io docker-compose python3-yaml; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 
@@ -37,6 +42,24 @@ if ((${#need[@]})); then
       $SUDO update-rc.d "$service" disable >/dev/null 2>&1 || true
     fi
   done
+fi
+
+# The Docker daemon, for the container tests: started when it does not
+# answer (where systemd runs, its service; else dockerd in the background).
+if ! docker info >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  if [ -d /run/systemd/system ]; then
+    $SUDO systemctl start docker.service
+  else
+    echo "setup: starting dockerd (log: /var/log/dockerd.log)"
+    $SUDO sh -c 'nohup dockerd >/var/log/dockerd.log 2>&1 &'
+  fi
+  for _ in $(seq 1 30); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+  docker info >/dev/null 2>&1 || { echo "setup: the Docker daemon did not start (see /var/log/dockerd.log)" >&2; exit 1; }
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -180,17 +180,33 @@ impl Client {
         let mut backoff_ms = BACKOFF_START_MS;
         loop {
             let i = self.next.load(Ordering::Relaxed) % self.channels.len();
-            let (_, ch) = &self.channels[i];
-            let result = call(BillingClient::new(ch.clone()), self.request(msg.clone())).await;
+            let (url, ch) = &self.channels[i];
+            // The channel's own timeout does not cover the TLS and HTTP/2
+            // handshakes: a node that accepts connections but never answers
+            // (a paused process, a host whose kernel still runs) would hold
+            // the call forever. Each attempt is bounded here, and the next
+            // node tried.
+            let bound = ATTEMPT_TIMEOUT
+                .min(deadline.saturating_duration_since(Instant::now()))
+                .max(Duration::from_millis(1));
+            let result = tokio::time::timeout(
+                bound,
+                call(BillingClient::new(ch.clone()), self.request(msg.clone())),
+            )
+            .await;
             let err = match result {
-                Ok(resp) => {
+                Ok(Ok(resp)) => {
                     self.follow_leader(resp.metadata());
                     return Ok(resp.into_inner());
                 }
-                Err(status) => {
+                Ok(Err(status)) => {
                     self.follow_leader(status.metadata());
                     ApiError::from_status(&status)
                 }
+                Err(_) => ApiError::new(
+                    ErrorCode::DeadlineExceeded,
+                    format!("{url}: no answer within {} ms", bound.as_millis()),
+                ),
             };
             if !retryable(&err) || Instant::now() + Duration::from_millis(backoff_ms) >= deadline {
                 return Err(err);
@@ -281,6 +297,30 @@ mod tests {
         let b = new_request_id("pay");
         assert!(a.starts_with("pay-"));
         assert_ne!(a, b);
+    }
+
+    #[tokio::test]
+    async fn a_node_that_accepts_but_never_answers_does_not_hold_the_call() {
+        // Like a paused node: the kernel completes the TCP handshake, then
+        // nothing. The call must give up on it and try the next node (here
+        // nothing listens), within the deadline.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let c = Client::new(&[addr, "127.0.0.1:1".to_string()], Some("t"))
+            .unwrap()
+            .with_deadline(Duration::from_millis(1500));
+        let started = Instant::now();
+        let e = c.get_account("A1").await.unwrap_err();
+        assert!(
+            matches!(e.code, ErrorCode::Unavailable | ErrorCode::DeadlineExceeded),
+            "{e:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "held for {:?}",
+            started.elapsed()
+        );
+        drop(silent);
     }
 
     #[tokio::test]

@@ -66,6 +66,241 @@ enum Cmd {
     /// Make a cluster CA and node/client certificates.
     #[command(subcommand)]
     Cert(CertCmd),
+    /// Make bearer tokens for a cluster's tokens file.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// A new random token: its SHA-256 and role appended to TOKENS_FILE (the
+    /// file the nodes load, created if missing), the token itself written to
+    /// --out (mode 0600) or printed.
+    Add {
+        /// The nodes' tokens file (`[auth] tokens_file`).
+        #[arg(long)]
+        tokens_file: PathBuf,
+        /// ops | auditor | counter | bank.
+        #[arg(long)]
+        role: String,
+        /// Who the records name (counter: required).
+        #[arg(long)]
+        operator_id: Option<String>,
+        /// The counter's branch (counter: required).
+        #[arg(long)]
+        branch: Option<String>,
+        /// The bank's code (bank: required).
+        #[arg(long)]
+        bank_code: Option<String>,
+        /// Write the token here (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn run_token(cmd: TokenCmd) -> Result<()> {
+    match cmd {
+        TokenCmd::Add {
+            tokens_file,
+            role,
+            operator_id,
+            branch,
+            bank_code,
+            out,
+        } => {
+            let token = add_token(
+                &tokens_file,
+                &role,
+                operator_id.as_deref(),
+                branch.as_deref(),
+                bank_code.as_deref(),
+            )?;
+            match out {
+                Some(out) => {
+                    write_secret(&out, token.as_bytes())?;
+                    eprintln!(
+                        "{role} token added to {} and written to {}",
+                        tokens_file.display(),
+                        out.display()
+                    );
+                }
+                None => println!("{token}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A new random token of `role`: its SHA-256 appended to `tokens_file`
+/// (created if missing; written beside and renamed over, so a node reloading
+/// it never sees half a file). Returns the token.
+fn add_token(
+    tokens_file: &Path,
+    role: &str,
+    operator_id: Option<&str>,
+    branch: Option<&str>,
+    bank_code: Option<&str>,
+) -> Result<String> {
+    let quoted = |what: &str, v: &str| -> Result<String> {
+        anyhow::ensure!(
+            !v.is_empty()
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            "--{what} {v:?}: use letters, digits, '-', '_' or '.'"
+        );
+        Ok(format!("{} = \"{v}\"\n", what.replace('-', "_")))
+    };
+    match role {
+        "ops" | "auditor" => {}
+        "counter" => anyhow::ensure!(
+            operator_id.is_some() && branch.is_some(),
+            "a counter token needs --operator-id and --branch"
+        ),
+        "bank" => anyhow::ensure!(bank_code.is_some(), "a bank token needs --bank-code"),
+        other => bail!("--role {other:?}: expected ops, auditor, counter or bank"),
+    }
+    let token = local::random_token()?;
+    let mut entry = String::from("\n[[token]]\n");
+    entry.push_str(&format!("sha256 = \"{}\"\n", local::token_sha256(&token)));
+    entry.push_str(&quoted("role", role)?);
+    for (what, v) in [
+        ("operator-id", operator_id),
+        ("branch", branch),
+        ("bank-code", bank_code),
+    ] {
+        if let Some(v) = v {
+            entry.push_str(&quoted(what, v)?);
+        }
+    }
+    let mut text = match std::fs::read_to_string(tokens_file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            String::from("# billdb tokens: SHA-256 of each bearer token and its role\n")
+        }
+        Err(e) => bail!("reading {}: {e}", tokens_file.display()),
+    };
+    text.push_str(&entry);
+    let tmp = tokens_file.with_extension("tmp");
+    std::fs::write(&tmp, text.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, tokens_file)
+        .with_context(|| format!("renaming {} into place", tmp.display()))?;
+    Ok(token)
+}
+
+/// Write `contents` to `path`, mode 0600 from the start.
+fn write_secret(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(contents)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `billdb cert cluster`: everything a new cluster needs, in one directory.
+fn provision_cluster(
+    cluster_id: &str,
+    nodes: &[String],
+    out: &Path,
+    owner: Option<&str>,
+) -> Result<()> {
+    use billdb_client::certs;
+    let ca_dir = out.join("ca");
+    if ca_dir.join("ca.key").exists() {
+        println!(
+            "{} exists: cluster already provisioned, nothing changed",
+            ca_dir.join("ca.key").display()
+        );
+        return Ok(());
+    }
+    anyhow::ensure!(
+        !nodes.is_empty(),
+        "give each node with --node ID=HOST[,HOST...]"
+    );
+    let owner = owner
+        .map(|o| -> Result<(u32, u32)> {
+            let (u, g) = o.split_once(':').unwrap_or((o, o));
+            Ok((
+                u.parse().with_context(|| format!("--owner {o:?}: uid"))?,
+                g.parse().with_context(|| format!("--owner {o:?}: gid"))?,
+            ))
+        })
+        .transpose()?;
+    let mut specs = Vec::new();
+    for n in nodes {
+        let (id, hosts) = n
+            .split_once('=')
+            .with_context(|| format!("--node {n:?}: expected ID=HOST[,HOST...]"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("--node {n:?}: bad id"))?;
+        let hosts: Vec<String> = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect();
+        anyhow::ensure!(!hosts.is_empty(), "--node {n:?}: no host");
+        specs.push((id, hosts));
+    }
+    let node_dir = out.join("node");
+    let client_dir = out.join("client");
+    for d in [&ca_dir, &node_dir, &client_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let ca = certs::new_ca(cluster_id)?;
+    for (id, hosts) in &specs {
+        let leaf = certs::node_cert(&ca, cluster_id, *id, hosts)?;
+        certs::write_leaf(&node_dir, &format!("node{id}"), &leaf)?;
+    }
+    // A run that stopped before the CA key was written left tokens whose
+    // plaintext is gone: start the file afresh.
+    let tokens_file = node_dir.join("tokens.toml");
+    match std::fs::remove_file(&tokens_file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => bail!("removing the stale {}: {e}", tokens_file.display()),
+    }
+    for (role, op, branch, bank) in [
+        ("ops", Some("ops-1"), None, None),
+        ("auditor", Some("audit-1"), None, None),
+        ("counter", Some("C-0101"), Some("B01"), None),
+        ("bank", None, None, Some("ICBC")),
+    ] {
+        let token = add_token(&tokens_file, role, op, branch, bank)?;
+        write_secret(&client_dir.join(format!("{role}.token")), token.as_bytes())?;
+    }
+    // The CA key last: its presence marks a finished provisioning.
+    certs::write_ca(&ca_dir, &ca)?;
+    for d in [&node_dir, &client_dir] {
+        std::fs::copy(ca_dir.join("ca.pem"), d.join("ca.pem"))
+            .with_context(|| format!("copying ca.pem to {}", d.display()))?;
+    }
+    if let Some((uid, gid)) = owner {
+        for d in [&node_dir, &client_dir] {
+            std::os::unix::fs::chown(d, Some(uid), Some(gid))
+                .with_context(|| format!("chown {}", d.display()))?;
+            for e in std::fs::read_dir(d).with_context(|| format!("reading {}", d.display()))? {
+                let p = e?.path();
+                std::os::unix::fs::chown(&p, Some(uid), Some(gid))
+                    .with_context(|| format!("chown {}", p.display()))?;
+            }
+        }
+    }
+    println!(
+        "cluster {cluster_id}: CA in {} (keep it off the nodes), node files in {}, \
+         client CA and tokens in {}",
+        ca_dir.display(),
+        node_dir.display(),
+        client_dir.display()
+    );
+    Ok(())
 }
 
 /// TLS of a client command: the cluster CA to trust and, for mutual TLS,
@@ -119,6 +354,23 @@ enum CertCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A new cluster's files in one go: OUT/ca/ (the CA: keep it off the
+    /// nodes), OUT/node/ (ca.pem, node<ID>.pem and .key for each node,
+    /// tokens.toml) and OUT/client/ (ca.pem and an ops, auditor, counter and
+    /// bank token). Does nothing when OUT/ca/ca.key exists.
+    Cluster {
+        #[arg(long)]
+        cluster_id: String,
+        /// A node and the names and addresses it is reached by:
+        /// `ID=HOST[,HOST...]` (repeat).
+        #[arg(long = "node", value_name = "ID=HOSTS")]
+        nodes: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Give OUT/node and OUT/client to UID:GID (the node's user).
+        #[arg(long, value_name = "UID:GID")]
+        owner: Option<String>,
+    },
     /// A client certificate: OUT/client-<NAME>.pem and .key; map it to a role
     /// in the tokens file with `client_cert = "<NAME>"`.
     Client {
@@ -166,6 +418,12 @@ fn run_cert(cmd: CertCmd) -> Result<()> {
                 out.join(format!("node{id}.key")).display()
             );
         }
+        CertCmd::Cluster {
+            cluster_id,
+            nodes,
+            out,
+            owner,
+        } => provision_cluster(&cluster_id, &nodes, &out, owner.as_deref())?,
         CertCmd::Client {
             ca_dir,
             cluster_id,
@@ -344,6 +602,9 @@ struct EndpointArg {
     /// Bearer token (an ops token for administration).
     #[arg(long, env = "BILLDB_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the bearer token (instead of --token).
+    #[arg(long, env = "BILLDB_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -367,6 +628,14 @@ enum ClusterCmd {
         /// Base port for --local.
         #[arg(long, default_value_t = DEFAULT_BASE_PORT)]
         base_port: u16,
+        /// Succeed when the node is already initialised (a one-shot
+        /// bootstrap job that may run again).
+        #[arg(long)]
+        if_needed: bool,
+        /// Keep trying for this long while the node cannot be reached (a
+        /// bootstrap job started beside the nodes).
+        #[arg(long, default_value_t = 0)]
+        wait_secs: u64,
     },
     /// POST /v1/cluster/learners: add node ID as a learner.
     AddLearner {
@@ -404,6 +673,22 @@ enum ClusterCmd {
         #[command(flatten)]
         ep: EndpointArg,
     },
+    /// GET /readyz (or /healthz with --live): exit 0 when the node answers
+    /// ready, 1 otherwise. For container health checks and scripts.
+    Ready {
+        #[command(flatten)]
+        ep: EndpointArg,
+        /// Only ask whether the process serves (`/healthz`).
+        #[arg(long)]
+        live: bool,
+    },
+    /// If the node at --endpoint leads, hand leadership to the voter that is
+    /// furthest along and wait until it leads; else do nothing. Run it
+    /// before stopping a node (systemd ExecStop, Kubernetes preStop).
+    StepDown {
+        #[command(flatten)]
+        ep: EndpointArg,
+    },
     /// POST /v1/cluster/snapshot: build a snapshot on the node named by
     /// --endpoint now (a checkpoint: quick at any size), e.g. before a backup.
     Snapshot {
@@ -425,6 +710,7 @@ fn main() -> ExitCode {
         Cmd::Invoice(c) => billing_cli::run_invoice(c),
         Cmd::Report(c) => billing_cli::run_report(c),
         Cmd::Cert(c) => run_cert(c),
+        Cmd::Token(c) => run_token(c),
         Cmd::Ops(c) => billing_cli::run_ops(c),
     };
     match r {
@@ -757,10 +1043,17 @@ fn local_up(
 
 fn client(ep: &EndpointArg) -> Result<AdminClient> {
     let tls = ep.tls.load()?;
-    Ok(
-        AdminClient::with_tls(&ep.endpoint, secs(ep.timeout_secs), tls.as_ref())
-            .with_token(ep.token.clone()),
-    )
+    let token = match (&ep.token, &ep.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the token file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    Ok(AdminClient::with_tls(&ep.endpoint, secs(ep.timeout_secs), tls.as_ref()).with_token(token))
 }
 
 /// `s` quoted for a POSIX shell.
@@ -784,6 +1077,8 @@ fn run_cluster(cmd: ClusterCmd) -> Result<()> {
             nodes,
             local,
             base_port,
+            if_needed,
+            wait_secs,
         } => {
             let addrs: Vec<NodeAddrs> = match local {
                 Some(n) => (1..=n)
@@ -797,9 +1092,25 @@ fn run_cluster(cmd: ClusterCmd) -> Result<()> {
             if addrs.is_empty() {
                 bail!("no voters given: use --node SPEC (repeatable) or --local N");
             }
-            let v = client(&ep)?.init(&addrs)?;
             let ids: Vec<NodeId> = addrs.iter().map(|a| a.id).collect();
-            done(&ep, &v, &format!("initialised cluster with voters {ids:?}"))
+            let c = client(&ep)?;
+            let deadline = std::time::Instant::now() + secs(wait_secs);
+            let mut answer = c.init(&addrs);
+            while let Err(e) = &answer
+                && e.status().is_none()
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(500));
+                answer = c.init(&addrs);
+            }
+            match answer {
+                Ok(v) => done(&ep, &v, &format!("initialised cluster with voters {ids:?}")),
+                Err(e) if if_needed && e.is_already_initialized() => {
+                    println!("ok: already initialised; nothing to do");
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         ClusterCmd::AddLearner {
             id,
@@ -856,6 +1167,73 @@ fn run_cluster(cmd: ClusterCmd) -> Result<()> {
             let v = client(&ep)?.snapshot()?;
             done(&ep, &v, "snapshot built")
         }
+        ClusterCmd::Ready { ep, live } => {
+            let c = client(&ep)?;
+            if live {
+                c.healthz()?;
+                println!("live: {}", c.endpoint());
+            } else if c.readyz()? {
+                println!("ready: {}", c.endpoint());
+            } else {
+                bail!("not ready: {}", c.endpoint());
+            }
+            Ok(())
+        }
+        ClusterCmd::StepDown { ep } => step_down(&ep),
+    }
+}
+
+/// `billdb cluster step-down`: move leadership off the node at `ep`.
+fn step_down(ep: &EndpointArg) -> Result<()> {
+    let c = client(ep)?;
+    let v = c.status()?;
+    let me = v
+        .get("node_id")
+        .and_then(Value::as_u64)
+        .context("status has no node_id")?;
+    if v.get("role").and_then(Value::as_str) != Some("leader") {
+        println!("ok: node {me} does not lead; nothing to hand over");
+        return Ok(());
+    }
+    let voters: Vec<NodeId> = v
+        .get("voters")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    let reachable = |id: NodeId| {
+        v.pointer(&format!("/peers/{id}/reachable"))
+            .and_then(Value::as_bool)
+            .unwrap_or(true)
+    };
+    let lag = |id: NodeId| {
+        v.pointer(&format!("/replication/{id}/lag"))
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::MAX)
+    };
+    let to = voters
+        .iter()
+        .copied()
+        .filter(|id| *id != me && reachable(*id))
+        .min_by_key(|id| (lag(*id), *id))
+        .with_context(|| format!("node {me} leads and no other voter is reachable"))?;
+    c.transfer_leader(to)?;
+    let deadline = std::time::Instant::now() + secs(ep.timeout_secs);
+    loop {
+        let leader = c
+            .status()
+            .ok()
+            .and_then(|s| s.get("leader_id").and_then(Value::as_u64));
+        if leader.is_some_and(|l| l != me) {
+            println!(
+                "ok: node {me} handed leadership to node {}",
+                leader.unwrap_or(to)
+            );
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("node {me} still leads after asking node {to} to take over");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

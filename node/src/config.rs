@@ -347,11 +347,28 @@ impl Config {
                 toml::Value::Integer(i64::try_from(v).unwrap_or(i64::MAX)),
             );
         }
-        let cfg: Config = toml::Value::Table(doc)
+        let mut cfg: Config = toml::Value::Table(doc)
             .try_into()
             .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        cfg.expand_node_id();
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// `{node_id}` in the TLS certificate and key paths becomes this node's
+    /// id, so one file serves every node of a container deployment (the
+    /// node id coming from `BILLDB_NODE_ID`).
+    fn expand_node_id(&mut self) {
+        let id = self.node_id.to_string();
+        if let Some(tls) = self.tls.as_mut() {
+            for p in [&mut tls.cert_file, &mut tls.key_file] {
+                if let Some(s) = p.to_str()
+                    && s.contains("{node_id}")
+                {
+                    *p = PathBuf::from(s.replace("{node_id}", &id));
+                }
+            }
+        }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -466,6 +483,25 @@ mod tests {
         a.http_addr = Some("127.0.0.1:9003".into());
         let c = Config::load(&a).unwrap();
         assert_eq!((c.node_id, c.http_addr.as_str()), (3, "127.0.0.1:9003"));
+    }
+
+    #[test]
+    fn node_id_in_tls_paths_is_expanded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        std::fs::write(
+            &p,
+            "data_dir = \"/tmp/x\"\nraft_addr = \"0.0.0.0:7201\"\ngrpc_addr = \"0.0.0.0:7101\"\nhttp_addr = \"0.0.0.0:7001\"\n[tls]\ncluster_id = \"c\"\nca_file = \"/t/ca.pem\"\ncert_file = \"/t/node{node_id}.pem\"\nkey_file = \"/t/node{node_id}.key\"\n",
+        )
+        .unwrap();
+        let mut a = args(Some(p));
+        assert!(Config::load(&a).is_err(), "no node_id anywhere");
+        a.node_id = Some(4);
+        let c = Config::load(&a).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert_file, PathBuf::from("/t/node4.pem"));
+        assert_eq!(tls.key_file, PathBuf::from("/t/node4.key"));
+        assert_eq!(tls.ca_file, PathBuf::from("/t/ca.pem"));
     }
 
     #[test]

@@ -1,0 +1,423 @@
+//! The Kubernetes manifests (deploy/kubernetes), validated offline: there
+//! is no Kubernetes cluster here, and `kubectl apply --dry-run=client`
+//! needs an API server to map kinds, so it cannot run either (see
+//! docs/OPERATIONS.md). Instead every manifest is parsed as YAML (Debian's
+//! python3-yaml, which deploy/setup.sh installs) and the objects the
+//! deployment needs are checked field by field: the StatefulSet of five
+//! (a PVC each, pod anti-affinity, readiness on /readyz, a preStop that
+//! hands leadership away, node ids from the pod index), the headless peer
+//! Service and the client Service (selectors matching the pods), the
+//! PodDisruptionBudget, the Secrets (every file the config names), the
+//! ConfigMap (loaded with the node's own config loader) and the bootstrap
+//! Job (initialising exactly the StatefulSet's five pods by their peer
+//! DNS names).
+
+mod deploy_common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use deploy_common::*;
+use serde_json::Value;
+
+fn k8s_dir() -> PathBuf {
+    deploy_dir().join("kubernetes")
+}
+
+/// Every YAML document of `file`, as JSON.
+fn yaml_docs(file: &Path) -> Vec<Value> {
+    let py = Path::new("/usr/bin/python3");
+    assert!(
+        py.is_file(),
+        "/usr/bin/python3 is missing: run deploy/setup.sh (it installs python3-yaml)"
+    );
+    let out = output(
+        Command::new(py)
+            .arg("-c")
+            .arg(
+                "import json, sys, yaml\n\
+         docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]\n\
+         print(json.dumps(docs))",
+            )
+            .arg(file),
+    );
+    assert!(
+        out.status.success(),
+        "{} is not valid YAML (or python3-yaml is missing: run deploy/setup.sh): {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match serde_json::from_slice(&out.stdout).expect("JSON from python") {
+        Value::Array(v) => v,
+        other => panic!("expected a list of documents, got {other}"),
+    }
+}
+
+fn all_objects() -> Vec<Value> {
+    let kust = yaml_docs(&k8s_dir().join("kustomization.yaml"));
+    assert_eq!(kust.len(), 1);
+    let resources: Vec<String> = kust[0]["resources"]
+        .as_array()
+        .expect("kustomization resources")
+        .iter()
+        .map(|r| r.as_str().expect("resource name").to_string())
+        .collect();
+    // Every manifest in the directory is listed, and every listed one exists.
+    let mut on_disk: Vec<String> = std::fs::read_dir(k8s_dir())
+        .expect("deploy/kubernetes")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    on_disk.sort();
+    let mut listed = resources.clone();
+    listed.sort();
+    assert_eq!(listed, on_disk, "kustomization.yaml lists every manifest");
+    let mut objs = Vec::new();
+    for r in &resources {
+        for d in yaml_docs(&k8s_dir().join(r)) {
+            for k in ["apiVersion", "kind"] {
+                assert!(d[k].is_string(), "{r}: an object without {k}: {d}");
+            }
+            assert!(
+                d["metadata"]["name"].is_string(),
+                "{r}: an object without a name"
+            );
+            if d["kind"] != "Namespace" {
+                assert_eq!(
+                    d["metadata"]["namespace"], "billdb",
+                    "{r}: {}",
+                    d["metadata"]["name"]
+                );
+            }
+            objs.push(d);
+        }
+    }
+    objs
+}
+
+fn one<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    let found: Vec<&Value> = objs
+        .iter()
+        .filter(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(found.len(), 1, "exactly one {kind} {name}");
+    found[0]
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected a list: {v}"))
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("expected a string: {s}"))
+                .to_string()
+        })
+        .collect()
+}
+
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let sel = selector.as_object().expect("selector");
+    !sel.is_empty() && sel.iter().all(|(k, v)| labels[k] == *v)
+}
+
+#[test]
+fn kubernetes_manifests_hold_what_a_five_node_cluster_needs() {
+    let objs = all_objects();
+    one(&objs, "Namespace", "billdb");
+
+    // The StatefulSet.
+    let sts = one(&objs, "StatefulSet", "billdb");
+    assert_eq!(sts["apiVersion"], "apps/v1");
+    let spec = &sts["spec"];
+    assert_eq!(spec["replicas"], 5);
+    assert_eq!(
+        spec["ordinals"]["start"], 1,
+        "pods billdb-1..5 are nodes 1..5"
+    );
+    assert_eq!(spec["podManagementPolicy"], "Parallel");
+    let pod_labels = &spec["template"]["metadata"]["labels"];
+    assert!(selects(&spec["selector"]["matchLabels"], pod_labels));
+    let claims = spec["volumeClaimTemplates"]
+        .as_array()
+        .expect("volumeClaimTemplates");
+    assert_eq!(claims.len(), 1, "one PVC per pod");
+    assert_eq!(claims[0]["metadata"]["name"], "data");
+    assert!(claims[0]["spec"]["resources"]["requests"]["storage"].is_string());
+    let pod = &spec["template"]["spec"];
+    let anti =
+        &pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+    let anti = anti.as_array().expect("required pod anti-affinity");
+    assert!(
+        anti.iter()
+            .any(|t| t["topologyKey"] == "kubernetes.io/hostname"
+                && selects(&t["labelSelector"]["matchLabels"], pod_labels)),
+        "no two billdb pods on one Kubernetes node"
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 10001);
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("grace period");
+    assert!(
+        grace >= 45,
+        "time for the hand-over and the shutdown: {grace}"
+    );
+    let containers = pod["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    assert!(c["image"].as_str().expect("image").starts_with("billdb"));
+    let ready = &c["readinessProbe"]["httpGet"];
+    assert_eq!(ready["path"], "/readyz");
+    assert_eq!(ready["scheme"], "HTTPS");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let pre = strs(&c["lifecycle"]["preStop"]["exec"]["command"]).join(" ");
+    assert!(
+        pre.starts_with("/usr/bin/billdb cluster step-down "),
+        "preStop hands leadership away: {pre}"
+    );
+    let env = c["env"].as_array().expect("env");
+    let node_id = env
+        .iter()
+        .find(|e| e["name"] == "BILLDB_NODE_ID")
+        .expect("BILLDB_NODE_ID");
+    assert_eq!(
+        node_id["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    );
+    let token = env
+        .iter()
+        .find(|e| e["name"] == "BILLDB_TOKEN")
+        .expect("BILLDB_TOKEN");
+    let tref = &token["valueFrom"]["secretKeyRef"];
+    let ports: BTreeSet<(String, u64)> = c["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().expect("port name").to_string(),
+                p["containerPort"].as_u64().expect("port"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [("http", 7001), ("grpc", 7101), ("raft", 7201)]
+            .iter()
+            .map(|(n, p)| (n.to_string(), *p))
+            .collect()
+    );
+    // Every mount is a declared volume or the claim.
+    let volumes: Vec<&Value> = pod["volumes"].as_array().expect("volumes").iter().collect();
+    let vol = |name: &str| volumes.iter().find(|v| v["name"] == name).copied();
+    let mut mounts = std::collections::BTreeMap::new();
+    for m in c["volumeMounts"].as_array().expect("volumeMounts") {
+        let name = m["name"].as_str().expect("mount name");
+        assert!(
+            name == "data" || vol(name).is_some(),
+            "mount {name} has no volume"
+        );
+        mounts.insert(
+            m["mountPath"].as_str().expect("mountPath").to_string(),
+            m.clone(),
+        );
+    }
+    assert_eq!(mounts["/var/lib/billdb"]["name"], "data", "data on the PVC");
+    let cfg_mount = &mounts["/etc/billdb/node.toml"];
+    let cfg_vol = vol(cfg_mount["name"].as_str().expect("name")).expect("config volume");
+    let cm_name = cfg_vol["configMap"]["name"]
+        .as_str()
+        .expect("configMap volume");
+    let tls_vol = vol(mounts["/etc/billdb/tls"]["name"].as_str().expect("name")).expect("tls");
+    let tls_secret = tls_vol["secret"]["secretName"]
+        .as_str()
+        .expect("tls secret");
+
+    // Services: headless for peers (published before ready), one for clients.
+    let peers = one(
+        &objs,
+        "Service",
+        spec["serviceName"].as_str().expect("serviceName"),
+    );
+    assert_eq!(
+        peers["spec"]["clusterIP"], "None",
+        "the peer Service is headless"
+    );
+    assert_eq!(peers["spec"]["publishNotReadyAddresses"], true);
+    assert!(selects(&peers["spec"]["selector"], pod_labels));
+    let client = one(&objs, "Service", "billdb");
+    assert_ne!(client["spec"]["clusterIP"], "None");
+    assert!(selects(&client["spec"]["selector"], pod_labels));
+    for svc in [peers, client] {
+        for p in svc["spec"]["ports"].as_array().expect("service ports") {
+            let target = p["targetPort"].as_str().expect("named targetPort");
+            assert!(
+                ports.iter().any(|(n, _)| n == target),
+                "service port {target} names no container port"
+            );
+        }
+    }
+
+    // PodDisruptionBudget: one at a time.
+    let pdb = objs
+        .iter()
+        .find(|o| o["kind"] == "PodDisruptionBudget")
+        .expect("a PodDisruptionBudget");
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert!(selects(&pdb["spec"]["selector"]["matchLabels"], pod_labels));
+    assert!(
+        pdb["spec"]["maxUnavailable"] == 1 || pdb["spec"]["minAvailable"] == 4,
+        "at most one voluntary disruption: {}",
+        pdb["spec"]
+    );
+
+    // The ConfigMap's node config, through the node's own loader, as node 3.
+    let cm = one(&objs, "ConfigMap", cm_name);
+    let node_toml = cm["data"][cfg_mount["subPath"].as_str().expect("subPath")]
+        .as_str()
+        .expect("node.toml in the ConfigMap");
+    let image_toml = std::fs::read_to_string(deploy_dir().join("container/node.toml"))
+        .expect("deploy/container/node.toml");
+    assert_eq!(
+        node_toml, image_toml,
+        "the ConfigMap holds the image's node.toml"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("node.toml");
+    std::fs::write(&p, node_toml).expect("write");
+    let args = <billdb_node::config::Args as clap::Parser>::try_parse_from([
+        "billdb-node".as_ref(),
+        "--config".as_ref(),
+        p.as_os_str(),
+        "--node-id".as_ref(),
+        "3".as_ref(),
+    ])
+    .expect("args");
+    let cfg = billdb_node::config::Config::load(&args).expect("the ConfigMap's config loads");
+    assert_eq!(cfg.node_id, 3);
+    assert!(
+        cfg.data_dir.starts_with("/var/lib/billdb"),
+        "data on the PVC"
+    );
+    for (addr, port) in [
+        (&cfg.http_addr, 7001),
+        (&cfg.grpc_addr, 7101),
+        (&cfg.raft_addr, 7201),
+    ] {
+        assert!(
+            addr.ends_with(&format!(":{port}")),
+            "{addr} is not the container port {port}"
+        );
+    }
+    let tls = cfg.tls.as_ref().expect("[tls]: secure by default");
+    assert_eq!(tls.cert_file, Path::new("/etc/billdb/tls/node3.pem"));
+    assert!(!cfg.insecure.raft && !cfg.insecure.grpc && !cfg.insecure.http);
+    assert!(
+        refused_without_node_id(&p),
+        "without BILLDB_NODE_ID the config must not load"
+    );
+
+    // The Secret holds every file the config names, for all five nodes.
+    let secret = one(&objs, "Secret", tls_secret);
+    let keys: BTreeSet<String> = secret["stringData"]
+        .as_object()
+        .or_else(|| secret["data"].as_object())
+        .expect("secret data")
+        .keys()
+        .cloned()
+        .collect();
+    let mut named = vec![
+        tls.ca_file.clone(),
+        cfg.auth.tokens_file.clone().expect("tokens_file"),
+    ];
+    for i in 1..=5 {
+        named.push(PathBuf::from(format!("/etc/billdb/tls/node{i}.pem")));
+        named.push(PathBuf::from(format!("/etc/billdb/tls/node{i}.key")));
+    }
+    for f in named {
+        let rel = f
+            .strip_prefix("/etc/billdb/tls")
+            .unwrap_or_else(|_| panic!("{} is not under the Secret's mount", f.display()));
+        assert!(
+            keys.contains(rel.to_str().expect("utf-8")),
+            "the Secret {tls_secret} lacks {}",
+            rel.display()
+        );
+    }
+    let client_secret = one(&objs, "Secret", tref["name"].as_str().expect("secret name"));
+    let ckeys = client_secret["stringData"]
+        .as_object()
+        .expect("client secret data");
+    assert!(ckeys.contains_key(tref["key"].as_str().expect("key")));
+
+    // The bootstrap Job: init, idempotent, the five pods by peer DNS name.
+    let job = objs
+        .iter()
+        .find(|o| o["kind"] == "Job")
+        .expect("a bootstrap Job");
+    assert_eq!(job["apiVersion"], "batch/v1");
+    let jpod = &job["spec"]["template"]["spec"];
+    assert!(matches!(
+        jpod["restartPolicy"].as_str(),
+        Some("OnFailure" | "Never")
+    ));
+    let cmd = strs(&jpod["containers"][0]["command"]);
+    assert_eq!(&cmd[..3], ["/usr/bin/billdb", "cluster", "init"]);
+    assert!(
+        cmd.contains(&"--if-needed".to_string()),
+        "a rerun is harmless"
+    );
+    let specs: Vec<&String> = cmd
+        .iter()
+        .zip(cmd.iter().skip(1))
+        .filter(|(a, _)| *a == "--node")
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(specs.len(), 5, "five voters");
+    let ns = "billdb";
+    let svc = spec["serviceName"].as_str().expect("serviceName");
+    for (i, s) in specs.iter().enumerate() {
+        let host = format!("billdb-{}.{svc}.{ns}.svc.cluster.local", i + 1);
+        assert_eq!(
+            **s,
+            format!(
+                "id={},raft={host}:7201,grpc={host}:7101,http={host}:7001",
+                i + 1
+            ),
+            "voter {} is pod billdb-{} by its peer name",
+            i + 1,
+            i + 1
+        );
+    }
+    for m in jpod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("job mounts")
+    {
+        let v = jpod["volumes"]
+            .as_array()
+            .expect("job volumes")
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .expect("job mount has a volume");
+        one(
+            &objs,
+            "Secret",
+            v["secret"]["secretName"].as_str().expect("secret volume"),
+        );
+    }
+}
+
+fn refused_without_node_id(p: &Path) -> bool {
+    let args = <billdb_node::config::Args as clap::Parser>::try_parse_from([
+        "billdb-node".as_ref(),
+        "--config".as_ref(),
+        p.as_os_str(),
+    ])
+    .expect("args");
+    // Only meaningful when the environment does not give the id either.
+    std::env::var_os("BILLDB_NODE_ID").is_none()
+        && billdb_node::config::Config::load(&args).is_err()
+}
