@@ -258,6 +258,7 @@ pub fn create_hold(db: &DB, data_dir: &Path) -> Result<Hold, std::io::Error> {
     std::fs::rename(&tmp, &dir)?;
     fsync_dir(&holds)?;
     let made = (|| {
+        drop_raft_log(&dir)?;
         // The files first: opening the checkpoint may add RocksDB's LOG.
         let files = list_files(&dir)?;
         let ro = open_read_only(&dir)?;
@@ -276,6 +277,24 @@ pub fn create_hold(db: &DB, data_dir: &Path) -> Result<Hold, std::io::Error> {
             Err(e)
         }
     }
+}
+
+/// Empty the Raft log of the checkpoint at `dir` (its files are dropped):
+/// a backup is the state at its applied index, and a restore starts a new
+/// log anyway. The log's SST files are also the ones that change between
+/// two backups most, so leaving them out keeps incremental backups small.
+fn drop_raft_log(dir: &Path) -> Result<(), std::io::Error> {
+    let db = crate::store::open_db(dir)?;
+    let log = cf(&db, CF_RAFT_LOG)?;
+    db.delete_range_cf(log, [0u8; 8], [0xffu8; 8])
+        .map_err(io_err)?;
+    db.delete_cf(log, [0xffu8; 8]).map_err(io_err)?;
+    db.flush_cf(log).map_err(io_err)?;
+    db.compact_range_cf(log, None::<&[u8]>, None::<&[u8]>);
+    let mut wait = rocksdb::WaitForCompactOptions::default();
+    wait.set_flush(true);
+    db.wait_for_compact(&wait).map_err(io_err)?;
+    Ok(())
 }
 
 /// The path of file `name` of hold `hold_id`, if both are plain names and
