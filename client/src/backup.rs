@@ -277,9 +277,12 @@ fn client(endpoint: &str, o: &CreateOpts, timeout: Duration) -> AdminClient {
     AdminClient::with_tls(endpoint, timeout, o.tls.as_ref()).with_token(o.token.clone())
 }
 
-/// The node to take the backup from: a follower that answers (the one
-/// with the highest applied index), else the leader.
-fn pick_source(o: &CreateOpts) -> Result<(NodeId, String, bool)> {
+/// The node to take the backup from: the follower the destination's
+/// newest backup came from when it still follows and answers (each
+/// replica compacts on its own, so only the same node's files repeat:
+/// that is what makes the next backup incremental); else the follower
+/// with the highest applied index; else the leader.
+fn pick_source(o: &CreateOpts, prefer: Option<NodeId>) -> Result<(NodeId, String, bool)> {
     let entry = client(&o.endpoint, o, o.timeout);
     let status = entry
         .status()
@@ -303,6 +306,9 @@ fn pick_source(o: &CreateOpts) -> Result<(NodeId, String, bool)> {
             let Ok(s) = client(&a, o, o.timeout.min(Duration::from_secs(3))).status() else {
                 continue;
             };
+            if prefer == Some(id) {
+                return Ok((id, a, false));
+            }
             let applied = s["applied_index"].as_u64().unwrap_or(0);
             if best.is_none_or(|(b, _)| applied > b) {
                 best = Some((applied, id));
@@ -330,6 +336,15 @@ impl Drop for HoldGuard {
     }
 }
 
+/// The node the newest backup in `dir` was taken from (unsigned hint:
+/// only a preference).
+fn newest_source(dir: &Path) -> Option<NodeId> {
+    let id = list_ids(dir).ok()?.pop()?;
+    let bytes = std::fs::read(dir.join(BACKUPS_DIR).join(id).join(MANIFEST_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v["source_node"].as_u64()
+}
+
 /// `20261206T060312Z` from an RFC 3339 time.
 fn compact_time(rfc3339: &str) -> String {
     let digits: String = rfc3339
@@ -344,7 +359,8 @@ pub fn create(o: &CreateOpts) -> Result<CreateReport> {
     let started = Instant::now();
     let key = read_signing_key(&o.private_key)?;
     open_destination(&o.to)?;
-    let (source_node, source_addr, source_was_leader) = pick_source(o)?;
+    let prefer = newest_source(&o.to);
+    let (source_node, source_addr, source_was_leader) = pick_source(o, prefer)?;
     let hold_client = client(&source_addr, o, HOLD_TIMEOUT);
     let v = hold_client
         .post("/v1/backup/holds", &serde_json::json!({}))
