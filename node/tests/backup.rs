@@ -555,8 +555,18 @@ fn damaged_or_forged_backups_are_refused_and_old_nodes_cannot_talk_to_the_restor
         vec![tonic::Code::PermissionDenied, tonic::Code::PermissionDenied],
         "old node 1 talking to the restored node {target}"
     );
-    let metrics = http(&c2, target, "ops").get("/metrics").expect("metrics");
-    let text = metrics.as_str().unwrap_or_default().to_string();
+    register_raw_tls(&c2);
+    let addr = c2.http_addr(target).expect("addr");
+    let mut text = String::new();
+    {
+        use std::io::Read;
+        let mut conn = send_raw(
+            &addr,
+            &format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"),
+        );
+        let _ = conn.read_to_string(&mut text);
+    }
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:.200}");
     assert!(
         text.lines().any(|l| l.starts_with("billdb_raft_rpc_refused_total{reason=\"other_cluster\"}")
             && !l.ends_with(" 0")),
