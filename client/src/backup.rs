@@ -109,9 +109,12 @@ fn read_hex_32(path: &Path, what: &str) -> Result<[u8; 32]> {
         .with_context(|| format!("reading the {what} {}", path.display()))?;
     let bytes = hex::decode(text.trim())
         .map_err(|_| anyhow!("{} is not a billdb backup {what} (not hex)", path.display()))?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow!("{} is not a billdb backup {what} (not 32 bytes)", path.display()))
+    bytes.try_into().map_err(|_| {
+        anyhow!(
+            "{} is not a billdb backup {what} (not 32 bytes)",
+            path.display()
+        )
+    })
 }
 
 pub fn read_signing_key(path: &Path) -> Result<SigningKey> {
@@ -191,7 +194,12 @@ fn open_destination(dir: &Path) -> Result<()> {
         .with_context(|| format!("creating {}", dir.display()))?;
     std::fs::create_dir_all(dir.join(BACKUPS_DIR))?;
     let tmp = dir.join(format!(".{MARKER_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec(&Marker { format: BACKUP_FORMAT })?)?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(&Marker {
+            format: BACKUP_FORMAT,
+        })?,
+    )?;
     std::fs::rename(&tmp, dir.join(MARKER_FILE))?;
     fsync_dir(dir)
 }
@@ -499,7 +507,8 @@ fn write_manifest(dir: &Path, m: &Manifest, key: &SigningKey) -> Result<()> {
     std::fs::create_dir_all(&tmp)?;
     let write = |name: &str, content: &[u8]| -> Result<()> {
         let p = tmp.join(name);
-        let mut f = std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?;
+        let mut f =
+            std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?;
         f.write_all(content)?;
         f.sync_all()?;
         Ok(())
@@ -929,8 +938,8 @@ fn restore_one(o: &RestoreOpts, m: &Manifest, id: NodeId, data_dir: &Path) -> Re
         for f in &m.files {
             let src = store_path(&o.from, &f.sha256);
             let dst = work.join(&f.name);
-            let mut input = std::fs::File::open(&src)
-                .with_context(|| format!("opening {}", src.display()))?;
+            let mut input =
+                std::fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
             let out = std::fs::File::create(&dst)
                 .with_context(|| format!("creating {}", dst.display()))?;
             let mut w = Hashing {
@@ -965,7 +974,10 @@ fn restore_one(o: &RestoreOpts, m: &Manifest, id: NodeId, data_dir: &Path) -> Re
                 .map_err(|e| anyhow!("reopening node {id}'s database: {e}"))?;
             billdb_node::backup::summarize(&db).map_err(|e| anyhow!("{e}"))?
         };
-        ensure!(s.digest == check.digest, "node {id}: the digest changed on reopening");
+        ensure!(
+            s.digest == check.digest,
+            "node {id}: the digest changed on reopening"
+        );
         std::fs::rename(&work, data_dir.join("db"))?;
         fsync_dir(data_dir)?;
         Ok(NodeRestore {

@@ -559,7 +559,11 @@ fn run_backup(cmd: BackupCmd) -> Result<()> {
                     "backup {} of node {}{} at applied index {}: {} files, {} bytes; copied {} files, {} bytes, in {} ms",
                     r.backup_id,
                     r.source_node,
-                    if r.source_was_leader { " (the leader: no follower answered)" } else { " (a follower)" },
+                    if r.source_was_leader {
+                        " (the leader: no follower answered)"
+                    } else {
+                        " (a follower)"
+                    },
                     r.applied_index,
                     r.files,
                     r.bytes_total,
@@ -645,7 +649,10 @@ fn run_restore(a: RestoreArgs) -> Result<()> {
     } else {
         print!("{}", backup::render_restore(&r));
     }
-    anyhow::ensure!(r.ok, "the restored state differs from the backup's manifest");
+    anyhow::ensure!(
+        r.ok,
+        "the restored state differs from the backup's manifest"
+    );
     Ok(())
 }
 

@@ -81,10 +81,7 @@ pub fn fingerprint_differences(want: &Fingerprints, got: &Fingerprints) -> Vec<S
     let keys: BTreeSet<&String> = want.keys().chain(got.keys()).collect();
     let zero = Fingerprint::default();
     for k in keys {
-        let (w, g) = (
-            want.get(k).unwrap_or(&zero),
-            got.get(k).unwrap_or(&zero),
-        );
+        let (w, g) = (want.get(k).unwrap_or(&zero), got.get(k).unwrap_or(&zero));
         if w.accounts != g.accounts {
             out.push(format!("{k}: accounts {} != {}", g.accounts, w.accounts));
         }
@@ -233,10 +230,10 @@ fn remove_stale(holds: &Path) {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age.as_secs() > HOLD_AGE_S_MAX);
-        if name.ends_with(".tmp") || old {
-            if let Err(err) = std::fs::remove_dir_all(e.path()) {
-                tracing::warn!(hold = %e.path().display(), %err, "removing a stale backup hold");
-            }
+        if (name.ends_with(".tmp") || old)
+            && let Err(err) = std::fs::remove_dir_all(e.path())
+        {
+            tracing::warn!(hold = %e.path().display(), %err, "removing a stale backup hold");
         }
     }
 }

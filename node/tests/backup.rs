@@ -9,8 +9,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use billdb_client::backup::{self, CreateOpts, RestoreOpts, VerifyOpts};
@@ -180,7 +180,10 @@ struct Sent {
 /// A purchase load of 1.00 purchases on the `P-` accounts through every
 /// node in turn, until stopped; each purchase retried (same request id)
 /// for up to 10 s.
-fn purchase_load(c: &Arc<TestCluster>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Sent>> {
+fn purchase_load(
+    c: &Arc<TestCluster>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Sent>> {
     let c = c.clone();
     std::thread::spawn(move || {
         let mut out = Vec::new();
@@ -263,8 +266,16 @@ fn backup_during_a_purchase_load_restores_into_a_new_cluster_and_the_next_is_inc
         .filter(|s| s.acked.is_some_and(|a| a < asked))
         .collect();
     let after: Vec<&Sent> = sent.iter().filter(|s| s.sent > answered).collect();
-    assert!(before.len() >= 20 && after.len() >= 20, "{} before, {} after", before.len(), after.len());
-    assert!(sent.iter().all(|s| s.acked.is_some()), "every purchase acknowledged");
+    assert!(
+        before.len() >= 20 && after.len() >= 20,
+        "{} before, {} after",
+        before.len(),
+        after.len()
+    );
+    assert!(
+        sent.iter().all(|s| s.acked.is_some()),
+        "every purchase acknowledged"
+    );
 
     let (v1, m1) = backup::verify(&verify_opts(&to, None, &public)).expect("verify");
     assert!(v1.ok, "{v1:?}");
@@ -293,7 +304,8 @@ fn backup_during_a_purchase_load_restores_into_a_new_cluster_and_the_next_is_inc
         r2.bytes_copied,
         r1.bytes_total
     );
-    let (v2, _) = backup::verify(&verify_opts(&to, Some(&r2.backup_id), &public)).expect("verify 2");
+    let (v2, _) =
+        backup::verify(&verify_opts(&to, Some(&r2.backup_id), &public)).expect("verify 2");
     assert!(v2.ok, "{v2:?}");
     assert_eq!(
         backup::list_ids(&to).expect("list"),
@@ -308,14 +320,19 @@ fn backup_during_a_purchase_load_restores_into_a_new_cluster_and_the_next_is_inc
     eprintln!("{}", backup::render_restore(&rep));
     assert!(rep.ok, "{rep:?}");
     assert_eq!(rep.nodes.len(), 5);
-    assert!(rep.nodes.iter().all(|n| n.digest_equal && n.fingerprint_differences.is_empty()));
+    assert!(
+        rep.nodes
+            .iter()
+            .all(|n| n.digest_equal && n.fingerprint_differences.is_empty())
+    );
     assert_eq!(rep.fingerprints, m1.fingerprints);
     // A second restore over the written directories is refused.
     let again = backup::restore(&opts).expect_err("restore over data");
     assert!(again.to_string().contains("not empty"), "{again:#}");
 
     c2.start_all().expect("start restored");
-    c2.wait_all_healthy(Duration::from_secs(30)).expect("healthy");
+    c2.wait_all_healthy(Duration::from_secs(30))
+        .expect("healthy");
     let leader2 = c2.wait_leader(Duration::from_secs(30)).expect("leader");
     for n in 1..=5 {
         let (digest, fps) = fingerprints_of(&c2, n);
@@ -324,16 +341,34 @@ fn backup_during_a_purchase_load_restores_into_a_new_cluster_and_the_next_is_inc
     }
     // Exactly the purchases up to the backup's applied index.
     for s in &before {
-        assert!(found(&c2, leader2, &s.rid), "{} acknowledged before the backup is missing", s.rid);
+        assert!(
+            found(&c2, leader2, &s.rid),
+            "{} acknowledged before the backup is missing",
+            s.rid
+        );
     }
     for s in &after {
-        assert!(!found(&c2, leader2, &s.rid), "{} sent after the backup is in it", s.rid);
+        assert!(
+            !found(&c2, leader2, &s.rid),
+            "{} sent after the backup is in it",
+            s.rid
+        );
     }
     let present = sent.iter().filter(|s| found(&c2, leader2, &s.rid)).count() as u64;
-    let bp = m1.fingerprints.get("BP/electricity").expect("BP/electricity");
-    assert_eq!(bp.records, base_records + present, "one record per purchase present");
+    let bp = m1
+        .fingerprints
+        .get("BP/electricity")
+        .expect("BP/electricity");
     assert_eq!(
-        bp.amounts_by_kind.get("purchase").copied().unwrap_or_default(),
+        bp.records,
+        base_records + present,
+        "one record per purchase present"
+    );
+    assert_eq!(
+        bp.amounts_by_kind
+            .get("purchase")
+            .copied()
+            .unwrap_or_default(),
         rust_decimal::Decimal::from(present),
         "Σ purchases to the cent"
     );
@@ -348,8 +383,13 @@ fn backup_during_a_purchase_load_restores_into_a_new_cluster_and_the_next_is_inc
     assert_eq!(v["result"], "record_posted", "{v}");
     let follower = if leader2 == 1 { 2 } else { 1 };
     assert!(found(&c2, follower, "after-restore"));
-    let acct = http(&c2, follower, "auditor").get("/v1/accounts/H0-1").expect("account");
-    let old = c.http_as(c.leader(), "auditor").get("/v1/accounts/H0-1").expect("account");
+    let acct = http(&c2, follower, "auditor")
+        .get("/v1/accounts/H0-1")
+        .expect("account");
+    let old = c
+        .http_as(c.leader(), "auditor")
+        .get("/v1/accounts/H0-1")
+        .expect("account");
     assert_eq!(acct["balance"], old["balance"], "{acct}");
     eprintln!("test took {:?}", t0.elapsed());
 }
@@ -451,11 +491,15 @@ fn damaged_or_forged_backups_are_refused_and_old_nodes_cannot_talk_to_the_restor
         },
         &largest_sst,
     );
-    let some_file = m.files.iter().find(|f| f.name.starts_with("MANIFEST")).expect("MANIFEST");
+    let some_file = m
+        .files
+        .iter()
+        .find(|f| f.name.starts_with("MANIFEST"))
+        .expect("MANIFEST");
     check(
         "deleted",
         &|d| std::fs::remove_file(store(d, &some_file.name)).expect("rm"),
-        &format!("{}", some_file.name),
+        &some_file.name,
     );
     check(
         "edited",
@@ -499,9 +543,14 @@ fn damaged_or_forged_backups_are_refused_and_old_nodes_cannot_talk_to_the_restor
     // organisation CA), so only the cluster id tells the nodes apart.
     let old_ca = std::fs::read_to_string(c.c.ca_bundle_path()).expect("old ca");
     let new_ca = std::fs::read_to_string(c2.ca_bundle_path()).expect("new ca");
-    std::fs::write(c2.ca_bundle_path(), format!("{}\n{old_ca}", new_ca.trim_end())).expect("bundle");
+    std::fs::write(
+        c2.ca_bundle_path(),
+        format!("{}\n{old_ca}", new_ca.trim_end()),
+    )
+    .expect("bundle");
     c2.start_all().expect("start restored");
-    c2.wait_all_healthy(Duration::from_secs(30)).expect("healthy");
+    c2.wait_all_healthy(Duration::from_secs(30))
+        .expect("healthy");
     c2.wait_leader(Duration::from_secs(30)).expect("leader");
     let old_cert = std::fs::read_to_string(c.c.node_cert_path(1)).expect("old cert");
     let old_key = std::fs::read_to_string(c.c.node_key_path(1)).expect("old key");
@@ -525,21 +574,20 @@ fn damaged_or_forged_backups_are_refused_and_old_nodes_cannot_talk_to_the_restor
             .await
             .expect("the TLS handshake succeeds: the CA is trusted");
         let mut cl = RaftInternalClient::new(ch);
-        let vote = billdb_node::raft_net::encode(
-            &openraft::raft::VoteRequest::<billdb_node::types::TypeConfig>::new(
-                billdb_node::types::Vote::new(1_000, 1),
-                None,
-            ),
-        )
+        let vote = billdb_node::raft_net::encode(&openraft::raft::VoteRequest::<
+            billdb_node::types::TypeConfig,
+        >::new(
+            billdb_node::types::Vote::new(1_000, 1), None
+        ))
         .expect("encode");
-        let append = billdb_node::raft_net::encode(
-            &openraft::raft::AppendEntriesRequest::<billdb_node::types::TypeConfig> {
-                vote: billdb_node::types::Vote::new_committed(1_000, 1),
-                prev_log_id: None,
-                entries: vec![],
-                leader_commit: None,
-            },
-        )
+        let append = billdb_node::raft_net::encode(&openraft::raft::AppendEntriesRequest::<
+            billdb_node::types::TypeConfig,
+        > {
+            vote: billdb_node::types::Vote::new_committed(1_000, 1),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        })
         .expect("encode");
         let code = |r: Result<tonic::Response<RaftMsg>, tonic::Status>| match r {
             Ok(_) => tonic::Code::Ok,
@@ -568,7 +616,8 @@ fn damaged_or_forged_backups_are_refused_and_old_nodes_cannot_talk_to_the_restor
     }
     assert!(text.starts_with("HTTP/1.1 200"), "{text:.200}");
     assert!(
-        text.lines().any(|l| l.starts_with("billdb_raft_rpc_refused_total{reason=\"other_cluster\"}")
+        text.lines().any(|l| l
+            .starts_with("billdb_raft_rpc_refused_total{reason=\"other_cluster\"}")
             && !l.ends_with(" 0")),
         "refusal counted as other_cluster"
     );
@@ -582,7 +631,10 @@ fn damaged_or_forged_backups_are_refused_and_old_nodes_cannot_talk_to_the_restor
     let cfg = std::fs::read_to_string(c.c.config_path(5)).expect("old config");
     let old_data = c.c.data_dir(5).display().to_string();
     let cfg = cfg.replace(&old_data, &c2.data_dir(5).display().to_string());
-    assert!(cfg.contains(&c2.data_dir(5).display().to_string()), "config names the data dir");
+    assert!(
+        cfg.contains(&c2.data_dir(5).display().to_string()),
+        "config names the data dir"
+    );
     let cfg_path = work.path().join("old-node-5.toml");
     std::fs::write(&cfg_path, cfg).expect("config");
     c.c.stop(5).expect("stop old 5 (its ports)");
@@ -591,8 +643,14 @@ fn damaged_or_forged_backups_are_refused_and_old_nodes_cannot_talk_to_the_restor
         .arg(&cfg_path)
         .output()
         .expect("run node");
-    assert!(!out.status.success(), "an old node started on the restored data");
+    assert!(
+        !out.status.success(),
+        "an old node started on the restored data"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("restored for cluster \"restored-b\""), "{stderr}");
+    assert!(
+        stderr.contains("restored for cluster \"restored-b\""),
+        "{stderr}"
+    );
     eprintln!("test took {:?}", t0.elapsed());
 }

@@ -564,13 +564,7 @@ async fn backup_hold(State(s): State<HttpState>, caller: Caller) -> HttpResult {
     let mut v = serde_json::to_value(&hold)
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     v["node_id"] = serde_json::json!(s.app.id);
-    v["cluster_id"] = serde_json::json!(
-        s.app
-            .config
-            .tls
-            .as_ref()
-            .map(|t| t.cluster_id.clone())
-    );
+    v["cluster_id"] = serde_json::json!(s.app.config.tls.as_ref().map(|t| t.cluster_id.clone()));
     ok(v)
 }
 
