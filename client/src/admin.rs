@@ -259,6 +259,60 @@ impl AdminClient {
         handle_response(&url, resp)
     }
 
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> Result<Value, AdminError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.agent.delete(&url);
+        if let Some(h) = self.auth_header() {
+            req = req.header("authorization", h);
+        }
+        handle_response(&url, req.call())
+    }
+
+    /// `GET path`, its 2xx body copied into `out` as it arrives (`progress`
+    /// is told each piece's length); returns the bytes copied. A refusal is
+    /// decoded like any answer. The connection ending before the announced
+    /// length is an error.
+    pub fn download(
+        &self,
+        path: &str,
+        out: &mut dyn std::io::Write,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, AdminError> {
+        use std::io::Read;
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.agent.get(&url);
+        if let Some(h) = self.auth_header() {
+            req = req.header("authorization", h);
+        }
+        let resp = req.call().map_err(|e| AdminError::Transport {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+        if !(200..300).contains(&resp.status().as_u16()) {
+            return handle_response(&url, Ok(resp)).map(|_| 0);
+        }
+        let transport = |message: String| AdminError::Transport {
+            url: url.clone(),
+            message,
+        };
+        let mut reader = resp.into_body().into_reader();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| transport(format!("reading the body: {e}")))?;
+            if n == 0 {
+                return Ok(total);
+            }
+            out.write_all(&buf[..n])
+                .map_err(|e| transport(format!("writing what was read: {e}")))?;
+            total += n as u64;
+            progress(n as u64);
+        }
+    }
+
     /// `PUT path` with a JSON body.
     pub fn put_json(&self, path: &str, body: &Value) -> Result<Value, AdminError> {
         let url = format!("{}{}", self.base, path);

@@ -9,6 +9,7 @@
 //!   `billdb local ...`, also used by integration tests, chaos and benchmarks.
 
 pub mod admin;
+pub mod backup;
 pub mod certs;
 pub mod client;
 pub mod local;

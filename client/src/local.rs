@@ -733,6 +733,30 @@ impl LocalCluster {
         host_prefix: Option<&str>,
         tls: bool,
     ) -> Result<Self> {
+        Self::create_named(
+            dir,
+            node_bin,
+            base_port,
+            n,
+            raft,
+            host_prefix,
+            tls.then_some(LOCAL_CLUSTER_ID),
+        )
+    }
+
+    /// [`create_full`](Self::create_full) with TLS for the cluster id
+    /// `cluster_id` (its CA and every certificate name it), or plaintext
+    /// for `None`: e.g. a new cluster restored from a backup.
+    pub fn create_named(
+        dir: &Path,
+        node_bin: &Path,
+        base_port: u16,
+        n: usize,
+        raft: RaftTimings,
+        host_prefix: Option<&str>,
+        cluster_id: Option<&str>,
+    ) -> Result<Self> {
+        let tls = cluster_id.is_some();
         ensure!(
             (1..=MAX_NODE_ID as usize).contains(&n),
             "node count {n} out of range 1..={MAX_NODE_ID}"
@@ -767,8 +791,8 @@ impl LocalCluster {
             initialized: false,
             raft,
             host_prefix: host_prefix.map(str::to_string),
-            tls: tls.then(|| ClusterTls {
-                cluster_id: LOCAL_CLUSTER_ID.to_string(),
+            tls: cluster_id.map(|id| ClusterTls {
+                cluster_id: id.to_string(),
             }),
             nodes,
         };

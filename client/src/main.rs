@@ -69,6 +69,11 @@ enum Cmd {
     /// Make bearer tokens for a cluster's tokens file.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Backups: keygen, create (online, incremental, signed), verify, list.
+    #[command(subcommand)]
+    Backup(BackupCmd),
+    /// Make a NEW cluster's data directories from a verified backup.
+    Restore(RestoreArgs),
 }
 
 #[derive(Subcommand)]
@@ -301,6 +306,78 @@ fn provision_cluster(
         client_dir.display()
     );
     Ok(())
+}
+
+#[derive(Subcommand)]
+enum BackupCmd {
+    /// Write a signing key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Back up the cluster at one applied index, from a follower, while it
+    /// serves; copies only the files DIR does not hold yet; signs the manifest.
+    Create {
+        #[command(flatten)]
+        ep: EndpointArg,
+        /// Backup destination (made if new; an existing one must be a billdb backup).
+        #[arg(long)]
+        to: PathBuf,
+        /// The Ed25519 private key (`billdb backup keygen`).
+        #[arg(long)]
+        private_key: PathBuf,
+        /// Take it from the leader instead of a follower.
+        #[arg(long)]
+        from_leader: bool,
+    },
+    /// Check a backup: signature, every file's size and SHA-256, then the
+    /// database opened read-only: digest and fingerprints against the manifest.
+    Verify {
+        dir: PathBuf,
+        /// Default: the newest.
+        #[arg(long)]
+        backup: Option<String>,
+        #[arg(long)]
+        public_key: PathBuf,
+        /// Only the signature and the files' hashes (do not open the database).
+        #[arg(long)]
+        shallow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the backups in DIR, oldest first.
+    List {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// Backup destination.
+    #[arg(long)]
+    from: PathBuf,
+    /// Default: the newest.
+    #[arg(long)]
+    backup: Option<String>,
+    #[arg(long)]
+    public_key: PathBuf,
+    /// The NEW cluster's id (its nodes' tls.cluster_id); not the backup's.
+    #[arg(long)]
+    to_cluster: String,
+    /// Every member of the new cluster:
+    /// `id=1,raft=H:P,grpc=H:P,http=H:P` (repeat).
+    #[arg(long = "member", value_name = "SPEC", required = true)]
+    members: Vec<String>,
+    /// A data directory to write on this machine: `ID=PATH` (repeat).
+    #[arg(long = "data-dir", value_name = "ID=PATH", required = true)]
+    data_dirs: Vec<String>,
+    /// Replace what a data directory holds.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 /// TLS of a client command: the cluster CA to trust and, for mutual TLS,
@@ -712,6 +789,8 @@ fn main() -> ExitCode {
         Cmd::Cert(c) => run_cert(c),
         Cmd::Token(c) => run_token(c),
         Cmd::Ops(c) => billing_cli::run_ops(c),
+        Cmd::Backup(c) => run_backup(c),
+        Cmd::Restore(a) => run_restore(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -720,6 +799,147 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// billdb backup, billdb restore
+// ---------------------------------------------------------------------------
+
+fn is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+fn run_backup(cmd: BackupCmd) -> Result<()> {
+    use billdb_client::backup;
+    match cmd {
+        BackupCmd::Keygen { out } => {
+            let (private, public) = backup::keygen(&out)?;
+            println!(
+                "private key {} (keep it secret, off the nodes), public key {}",
+                private.display(),
+                public.display()
+            );
+            Ok(())
+        }
+        BackupCmd::Create {
+            ep,
+            to,
+            private_key,
+            from_leader,
+        } => {
+            let r = backup::create(&backup::CreateOpts {
+                endpoint: ep.endpoint.clone(),
+                tls: ep.tls.load()?,
+                token: ep.token.clone(),
+                to,
+                private_key,
+                from_leader,
+                progress: !ep.json && is_terminal(),
+                timeout: secs(ep.timeout_secs),
+            })?;
+            if ep.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "backup {} of node {}{} at applied index {}: {} files, {} bytes; copied {} files, {} bytes, in {} ms",
+                    r.backup_id,
+                    r.source_node,
+                    if r.source_was_leader {
+                        " (the leader: no follower answered)"
+                    } else {
+                        " (a follower)"
+                    },
+                    r.applied_index,
+                    r.files,
+                    r.bytes_total,
+                    r.files_copied,
+                    r.bytes_copied,
+                    r.ms
+                );
+            }
+            Ok(())
+        }
+        BackupCmd::Verify {
+            dir,
+            backup: id,
+            public_key,
+            shallow,
+            json,
+        } => {
+            let (r, _) = backup::verify(&backup::VerifyOpts {
+                dir,
+                backup_id: id,
+                public_key,
+                deep: !shallow,
+                progress: !json && is_terminal(),
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", backup::render_verify(&r));
+            }
+            anyhow::ensure!(r.ok, "backup {} does not verify", r.backup_id);
+            Ok(())
+        }
+        BackupCmd::List { dir, json } => {
+            let ids = backup::list_ids(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ids)?);
+            } else {
+                for id in ids {
+                    println!("{id}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn run_restore(a: RestoreArgs) -> Result<()> {
+    use billdb_client::backup;
+    let mut members = std::collections::BTreeMap::new();
+    for m in &a.members {
+        let (id, info) = backup::member_of(&parse_node_spec(m)?);
+        anyhow::ensure!(
+            members.insert(id, info).is_none(),
+            "--member: node {id} twice"
+        );
+    }
+    let mut data_dirs = std::collections::BTreeMap::new();
+    for d in &a.data_dirs {
+        let (id, path) = d
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--data-dir {d:?}: expected ID=PATH"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .with_context(|| format!("--data-dir {d:?}: bad node id"))?;
+        anyhow::ensure!(
+            data_dirs.insert(id, PathBuf::from(path)).is_none(),
+            "--data-dir: node {id} twice"
+        );
+    }
+    let r = backup::restore(&backup::RestoreOpts {
+        from: a.from,
+        backup_id: a.backup,
+        public_key: a.public_key,
+        cluster_id: a.to_cluster,
+        members,
+        data_dirs,
+        force: a.force,
+        progress: !a.json && is_terminal(),
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", backup::render_restore(&r));
+    }
+    anyhow::ensure!(
+        r.ok,
+        "the restored state differs from the backup's manifest"
+    );
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

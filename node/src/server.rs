@@ -201,6 +201,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e).context("opening RocksDB"),
     };
+    // A database restored from a backup names the new cluster it was made
+    // for: a node configured for another cluster (the old one) must not
+    // start on it.
+    if let (Some(stamp), Some(tls)) = (
+        crate::backup::stamped_cluster_id(&db).context("reading the cluster id stamp")?,
+        &config.tls,
+    ) {
+        anyhow::ensure!(
+            stamp == tls.cluster_id,
+            "the data directory was restored for cluster {stamp:?}, but tls.cluster_id is {:?}: \
+             this node belongs to another cluster",
+            tls.cluster_id
+        );
+    }
     let fsync_pause_file = crate::store::log_store::fsync_pause_file(&config.data_dir);
     if let Some(p) = &fsync_pause_file {
         tracing::warn!(file = %p.display(), "fault injection on: WAL fsyncs wait while this file exists");

@@ -10,7 +10,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use billdb_api::error::{ApiError, ErrorCode};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -83,6 +83,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/cluster/transfer-leader", post(cluster_transfer))
         .route("/v1/cluster/snapshot", post(cluster_snapshot))
         .route("/v1/cluster/scrub", post(cluster_scrub))
+        .route("/v1/cluster/fingerprints", get(cluster_fingerprints))
+        .route("/v1/backup/holds", post(backup_hold))
+        .route("/v1/backup/holds/{hold_id}", delete(backup_release))
+        .route("/v1/backup/holds/{hold_id}/files/{name}", get(backup_file))
         .route("/v1/accounts", post(open_account))
         .route(
             "/v1/accounts/{account_id}",
@@ -515,6 +519,114 @@ async fn cluster_scrub(State(s): State<HttpState>, caller: Caller) -> HttpResult
             Err(ApiError::new(ErrorCode::Internal, e).into())
         }
     }
+}
+
+/// The state's applied log id, digest and business fingerprints (per
+/// branch and utility: accounts, records, Σ amounts by kind, Σ balances)
+/// from one consistent view of THIS node: what a restored cluster is
+/// checked against its backup's manifest with.
+async fn cluster_fingerprints(State(s): State<HttpState>, caller: Caller) -> HttpResult {
+    caller.require(&[Role::Ops, Role::Auditor])?;
+    s.app.refuse_if_fenced()?;
+    let db = s.app.db.clone();
+    let summary = tokio::task::spawn_blocking(move || crate::backup::summarize(&db))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    ok(serde_json::to_value(summary)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?)
+}
+
+/// Make a backup hold on THIS node (`crate::backup`): first a
+/// linearizable read barrier, so the hold holds every write acknowledged
+/// before the request; then a checkpoint at one applied index, described
+/// (files with SHA-256, digest, fingerprints). The caller downloads the
+/// files and releases the hold.
+async fn backup_hold(State(s): State<HttpState>, caller: Caller) -> HttpResult {
+    caller.require(&[Role::Ops])?;
+    s.app.linearize().await?;
+    let started = std::time::Instant::now();
+    let (db, data_dir) = (s.app.db.clone(), s.app.config.data_dir.clone());
+    let hold = tokio::task::spawn_blocking(move || crate::backup::create_hold(&db, &data_dir))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let hold = match hold {
+        Ok(h) => h,
+        Err(e) => {
+            if s.app.storage.check_corruption(&e.to_string()) {
+                s.app.refuse_if_fenced()?;
+            }
+            return Err(ApiError::new(ErrorCode::Internal, format!("backup hold: {e}")).into());
+        }
+    };
+    let bytes: u64 = hold.files.iter().map(|f| f.size).sum();
+    tracing::info!(hold = %hold.hold_id, applied = ?hold.summary.applied.map(|l| l.index), files = hold.files.len(), bytes, ms = started.elapsed().as_millis() as u64, "backup hold made");
+    let mut v = serde_json::to_value(&hold)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    v["node_id"] = serde_json::json!(s.app.id);
+    v["cluster_id"] = serde_json::json!(s.app.config.tls.as_ref().map(|t| t.cluster_id.clone()));
+    ok(v)
+}
+
+/// Release a backup hold (its checkpoint is removed).
+async fn backup_release(
+    State(s): State<HttpState>,
+    caller: Caller,
+    hold_id: Result<Path<String>, PathRejection>,
+) -> HttpResult {
+    caller.require(&[Role::Ops])?;
+    let Path(hold_id) =
+        hold_id.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
+    let data_dir = s.app.config.data_dir.clone();
+    let released =
+        tokio::task::spawn_blocking(move || crate::backup::release_hold(&data_dir, &hold_id))
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    ok(serde_json::json!({"released": released}))
+}
+
+/// One file of a backup hold, streamed in 1 MiB pieces with its length.
+async fn backup_file(
+    State(s): State<HttpState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> HttpResult {
+    caller.require(&[Role::Ops])?;
+    let Path((hold_id, name)) =
+        path.map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.body_text()))?;
+    let Some(file_path) = crate::backup::hold_file(&s.app.config.data_dir, &hold_id, &name) else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no file {name:?} in backup hold {hold_id:?}"),
+        )
+        .into());
+    };
+    let io = |e: std::io::Error| ApiError::new(ErrorCode::Internal, e.to_string());
+    let file = tokio::fs::File::open(&file_path).await.map_err(io)?;
+    let len = file.metadata().await.map_err(io)?.len();
+    let stream = futures::stream::unfold(Some(file), |state| async move {
+        use tokio::io::AsyncReadExt;
+        let mut f = state?;
+        let mut buf = vec![0u8; 1 << 20];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), Some(f)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Ok((
+        StatusCode::OK,
+        [
+            ("content-type", "application/octet-stream".to_string()),
+            ("content-length", len.to_string()),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 // ---- billing: every route goes through `ops::call` (shared with gRPC) ----

@@ -150,7 +150,7 @@ pub(crate) fn write_snapshot_file(db: &DB, dest: &Path) -> Result<u64, std::io::
 /// file is opened up front (`max_open_files = -1`), so removing the
 /// directory later (a newer snapshot replacing it) cannot break a reader
 /// that is already open.
-pub(crate) fn open_read_only(dir: &Path) -> Result<DB, std::io::Error> {
+pub fn open_read_only(dir: &Path) -> Result<DB, std::io::Error> {
     let mut opts = Options::default();
     opts.set_max_open_files(-1);
     let names = DB::list_cf(&opts, dir).map_err(io_err)?;

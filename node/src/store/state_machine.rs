@@ -479,6 +479,11 @@ pub fn state_digest(db: &DB) -> Result<(Option<LogId>, String), std::io::Error> 
         Some(v) => decode::<Option<LogId>>(&v)?,
         None => None,
     };
+    Ok((applied, digest_in(db, &snap)?))
+}
+
+/// The digest of every domain family as `snap` sees them.
+pub fn digest_in(db: &DB, snap: &rocksdb::Snapshot<'_>) -> Result<String, std::io::Error> {
     let mut h = Sha256::new();
     for (i, family) in FAMILIES.iter().enumerate() {
         for item in snap.iterator_cf(cf(db, family.name())?, IteratorMode::Start) {
@@ -490,7 +495,7 @@ pub fn state_digest(db: &DB) -> Result<(Option<LogId>, String), std::io::Error> 
             h.update(&v);
         }
     }
-    Ok((applied, hex::encode(h.finalize())))
+    Ok(hex::encode(h.finalize()))
 }
 
 /// Remove a file or a directory tree.

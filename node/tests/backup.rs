@@ -1,0 +1,656 @@
+//! Backups against real processes: an online backup during a purchase
+//! load, restored into a NEW five-node cluster that holds exactly what was
+//! acknowledged up to the backup's applied index and serves; an
+//! incremental second backup; damaged and forged backups detected by
+//! verify and refused by restore; a node of the old cluster refused by the
+//! restored one. Base ports 7300, 7310, 7320, 7330 (each uses P+1..5, P+101..105, P+201..205).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use billdb_client::backup::{self, CreateOpts, RestoreOpts, VerifyOpts};
+use billdb_client::local::{LocalCluster, RaftTimings};
+use billdb_node::backup::Fingerprints;
+use billdb_node::types::{NodeId, NodeInfo};
+use common::*;
+use serde_json::{Value, json};
+
+fn create_opts(c: &TestCluster, to: &Path, key: &Path) -> CreateOpts {
+    CreateOpts {
+        endpoint: c.c.http_url(1).expect("url"),
+        tls: c.c.client_tls().expect("tls"),
+        token: Some(c.c.token("ops").expect("token")),
+        to: to.to_path_buf(),
+        private_key: key.to_path_buf(),
+        from_leader: false,
+        progress: false,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+fn verify_opts(dir: &Path, id: Option<&str>, public: &Path) -> VerifyOpts {
+    VerifyOpts {
+        dir: dir.to_path_buf(),
+        backup_id: id.map(str::to_string),
+        public_key: public.to_path_buf(),
+        deep: true,
+        progress: false,
+    }
+}
+
+/// A new (not started) cluster `cluster_id` and restore options writing
+/// all its data directories.
+fn new_cluster(
+    dir: &Path,
+    base: u16,
+    cluster_id: &str,
+    from: &Path,
+    public: &Path,
+) -> (LocalCluster, RestoreOpts) {
+    let c2 = LocalCluster::create_named(
+        dir,
+        node_bin(),
+        base,
+        5,
+        RaftTimings::default(),
+        None,
+        Some(cluster_id),
+    )
+    .expect("new cluster");
+    c2.set_kill_on_drop(true);
+    let mut members = BTreeMap::new();
+    let mut data_dirs = BTreeMap::new();
+    for n in c2.node_ids() {
+        let s = c2.node(n).expect("spec");
+        members.insert(
+            n,
+            NodeInfo {
+                raft_addr: s.raft_addr.clone(),
+                grpc_addr: s.grpc_addr.clone(),
+                http_addr: s.http_addr.clone(),
+            },
+        );
+        data_dirs.insert(n, c2.data_dir(n));
+    }
+    let opts = RestoreOpts {
+        from: from.to_path_buf(),
+        backup_id: None,
+        public_key: public.to_path_buf(),
+        cluster_id: cluster_id.to_string(),
+        members,
+        data_dirs,
+        force: false,
+        progress: false,
+    };
+    (c2, opts)
+}
+
+fn http(c: &LocalCluster, n: NodeId, identity: &str) -> billdb_client::admin::AdminClient {
+    c.http_client(n, Duration::from_secs(10))
+        .expect("client")
+        .with_token(Some(c.token(identity).expect("token")))
+}
+
+fn fingerprints_of(c: &LocalCluster, n: NodeId) -> (String, Fingerprints) {
+    let v = http(c, n, "auditor")
+        .get("/v1/cluster/fingerprints")
+        .expect("fingerprints");
+    (
+        v["digest"].as_str().expect("digest").to_string(),
+        serde_json::from_value(v["fingerprints"].clone()).expect("fingerprints decode"),
+    )
+}
+
+/// Bulk-imported history: `n` imports of 50 accounts and 950 charges
+/// in two branches and two utilities (so the backup has some size).
+fn import_history(c: &TestCluster, n: usize) {
+    let ops = c.http(c.leader());
+    for k in 0..n {
+        let accounts: Vec<Value> = (0..50)
+            .map(|i| {
+                json!({"account_id": format!("H{k}-{i}"), "name": "History", "address": "",
+                    "branch": if i % 2 == 0 { "B01" } else { "B02" },
+                    "utility": if i % 3 == 0 { "water" } else { "electricity" },
+                    "meter_id": "", "tariff_id": "T1", "area": "0", "status": "active",
+                    "balance": format!("{}.{:02}", i, i % 100), "opened_ms": 1_000_000_000_000i64,
+                    "closed_ms": null, "card_no": null, "card_generation": 0})
+            })
+            .collect();
+        let records: Vec<Value> = (0..950i64)
+            .map(|i| {
+                json!({"account_id": format!("H{k}-{}", i % 50), "kind": "charge",
+                    "amount": format!("{}.{:02}", 1 + i % 50, i % 97), "units": "0",
+                    "ts_ms": 1_000_000_200_000i64 + i * 1000, "operator_id": "legacy",
+                    "branch": "B01", "tariff_id": "", "invoice_no": "", "bank_code": "",
+                    "bank_ref": "", "card_no": "", "card_seq": 0})
+            })
+            .collect();
+        let imp = ops
+            .post(
+                "/v1/import",
+                &json!({"request_id": format!("hist-{k}"), "accounts": accounts, "records": records}),
+            )
+            .expect("import");
+        assert_eq!(imp["records"], 950, "{imp}");
+    }
+}
+
+const BUY_ACCOUNTS: usize = 8;
+
+/// Accounts `P-0..7` in branch BP (electricity, flat tariff), each with a card.
+fn open_buy_accounts(c: &TestCluster) {
+    let ops = c.http(c.leader());
+    let counter = c.http_as(c.leader(), "counter");
+    ops.put_json(
+        "/v1/tariffs/TP",
+        &json!({"request_id": "tariff-TP", "kind": "flat", "price": "0.50",
+            "effective_from": "2000-01-01T00:00:00Z"}),
+    )
+    .expect("tariff");
+    for i in 0..BUY_ACCOUNTS {
+        ops.post(
+            "/v1/accounts",
+            &json!({"request_id": format!("open-P-{i}"), "account_id": format!("P-{i}"),
+                "name": "Buyer", "branch": "BP", "utility": "electricity", "tariff_id": "TP"}),
+        )
+        .expect("open account");
+        counter
+            .post(
+                "/v1/cards",
+                &json!({"request_id": format!("card-P-{i}"), "account_id": format!("P-{i}"),
+                    "card_no": format!("PC-{i}")}),
+            )
+            .expect("card");
+    }
+}
+
+/// One purchase sent: request id, when sent, when acknowledged.
+#[derive(Clone)]
+struct Sent {
+    rid: String,
+    sent: Instant,
+    acked: Option<Instant>,
+}
+
+/// A purchase load of 1.00 purchases on the `P-` accounts through every
+/// node in turn, until stopped; each purchase retried (same request id)
+/// for up to 10 s.
+fn purchase_load(
+    c: &Arc<TestCluster>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Sent>> {
+    let c = c.clone();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let clients: Vec<_> = (1..=5).map(|n| c.http_as(n, "counter")).collect();
+        let mut i = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let rid = format!("buy-{i}");
+            let sent = Instant::now();
+            let mut acked = None;
+            let mut k = i;
+            while sent.elapsed() < Duration::from_secs(10) {
+                let r = clients[k % 5].post(
+                    "/v1/purchases",
+                    &json!({"request_id": rid, "account_id": format!("P-{}", i % BUY_ACCOUNTS),
+                        "amount": "1.00", "confirm_duplicate": true}),
+                );
+                match r {
+                    Ok(v) => {
+                        assert_eq!(v["result"], "record_posted", "{v}");
+                        acked = Some(Instant::now());
+                        break;
+                    }
+                    Err(e) => {
+                        eprintln!("{rid}: {e}");
+                        k += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+            out.push(Sent { rid, sent, acked });
+            i += 1;
+        }
+        out
+    })
+}
+
+fn found(c: &LocalCluster, n: NodeId, rid: &str) -> bool {
+    match http(c, n, "ops").get(&format!("/v1/requests/{rid}")) {
+        Ok(_) => true,
+        Err(e) if e.code() == Some("NOT_FOUND") => false,
+        Err(e) => panic!("looking up {rid}: {e}"),
+    }
+}
+
+/// (a) + (b): a backup taken during a purchase load, from a follower,
+/// restored into a new five-node cluster: every purchase acknowledged
+/// before the backup was asked for is there exactly once, none sent after
+/// it answered, the digest and every fingerprint equal the manifest's to
+/// the cent, and the new cluster serves reads and writes. A second backup
+/// into the same destination copies only the new files.
+#[test]
+fn backup_during_a_purchase_load_restores_into_a_new_cluster_and_the_next_is_incremental() {
+    let t0 = Instant::now();
+    let c = Arc::new(TestCluster::start(7300, 5));
+    import_history(&c, 30);
+    open_buy_accounts(&c);
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (private, public) = backup::keygen(&keys.path().join("backup")).expect("keygen");
+    let dest = tempfile::tempdir().expect("tempdir");
+    let to = dest.path().join("backups");
+    let (_, before_load) = fingerprints_of(&c.c, c.leader());
+    let base_records = before_load.get("BP/electricity").map_or(0, |f| f.records);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = purchase_load(&c, stop.clone());
+    std::thread::sleep(Duration::from_millis(1500));
+    let asked = Instant::now();
+    let r1 = backup::create(&create_opts(&c, &to, &private)).expect("backup 1");
+    let answered = Instant::now();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let sent = load.join().expect("load");
+    eprintln!("backup 1: {r1:?}");
+    assert!(!r1.source_was_leader, "taken from a follower");
+    assert_eq!(r1.files_copied, r1.files, "a new destination copies all");
+    assert_eq!(r1.bytes_copied, r1.bytes_total);
+    assert!(r1.bytes_total > 500_000, "{r1:?}");
+    let before: Vec<&Sent> = sent
+        .iter()
+        .filter(|s| s.acked.is_some_and(|a| a < asked))
+        .collect();
+    let after: Vec<&Sent> = sent.iter().filter(|s| s.sent > answered).collect();
+    assert!(
+        before.len() >= 20 && after.len() >= 20,
+        "{} before, {} after",
+        before.len(),
+        after.len()
+    );
+    assert!(
+        sent.iter().all(|s| s.acked.is_some()),
+        "every purchase acknowledged"
+    );
+
+    let (v1, m1) = backup::verify(&verify_opts(&to, None, &public)).expect("verify");
+    assert!(v1.ok, "{v1:?}");
+    let m1 = m1.expect("manifest");
+    assert_eq!(m1.applied_log_id.index, r1.applied_index);
+    assert_eq!(v1.digest_recomputed.as_deref(), Some(m1.digest.as_str()));
+
+    // (b) More purchases, then a second backup into the same destination.
+    let counter = c.http_as(c.leader(), "counter");
+    for i in 0..200 {
+        counter
+            .post(
+                "/v1/purchases",
+                &json!({"request_id": format!("more-{i}"), "account_id": format!("P-{}", i % BUY_ACCOUNTS),
+                    "amount": "2.50", "confirm_duplicate": true}),
+            )
+            .expect("purchase");
+    }
+    let r2 = backup::create(&create_opts(&c, &to, &private)).expect("backup 2");
+    eprintln!("backup 2: {r2:?}");
+    assert!(r2.applied_index > r1.applied_index);
+    assert!(r2.files_copied < r2.files, "{r2:?}");
+    assert!(
+        r2.bytes_copied * 10 < r1.bytes_total,
+        "the second backup copied {} bytes of a {} byte first",
+        r2.bytes_copied,
+        r1.bytes_total
+    );
+    let (v2, _) =
+        backup::verify(&verify_opts(&to, Some(&r2.backup_id), &public)).expect("verify 2");
+    assert!(v2.ok, "{v2:?}");
+    assert_eq!(
+        backup::list_ids(&to).expect("list"),
+        vec![r1.backup_id.clone(), r2.backup_id.clone()]
+    );
+
+    // (a) Restore backup 1 into a NEW cluster.
+    let new_dir = tempfile::tempdir().expect("tempdir");
+    let (c2, mut opts) = new_cluster(new_dir.path(), 7310, "restored", &to, &public);
+    opts.backup_id = Some(r1.backup_id.clone());
+    let rep = backup::restore(&opts).expect("restore");
+    eprintln!("{}", backup::render_restore(&rep));
+    assert!(rep.ok, "{rep:?}");
+    assert_eq!(rep.nodes.len(), 5);
+    assert!(
+        rep.nodes
+            .iter()
+            .all(|n| n.digest_equal && n.fingerprint_differences.is_empty())
+    );
+    assert_eq!(rep.fingerprints, m1.fingerprints);
+    // A second restore over the written directories is refused.
+    let again = backup::restore(&opts).expect_err("restore over data");
+    assert!(again.to_string().contains("not empty"), "{again:#}");
+
+    c2.start_all().expect("start restored");
+    c2.wait_all_healthy(Duration::from_secs(30))
+        .expect("healthy");
+    let leader2 = c2.wait_leader(Duration::from_secs(30)).expect("leader");
+    for n in 1..=5 {
+        let (digest, fps) = fingerprints_of(&c2, n);
+        assert_eq!(digest, m1.digest, "node {n}: digest");
+        assert_eq!(fps, m1.fingerprints, "node {n}: fingerprints to the cent");
+    }
+    // Exactly the purchases up to the backup's applied index.
+    for s in &before {
+        assert!(
+            found(&c2, leader2, &s.rid),
+            "{} acknowledged before the backup is missing",
+            s.rid
+        );
+    }
+    for s in &after {
+        assert!(
+            !found(&c2, leader2, &s.rid),
+            "{} sent after the backup is in it",
+            s.rid
+        );
+    }
+    let present = sent.iter().filter(|s| found(&c2, leader2, &s.rid)).count() as u64;
+    let bp = m1
+        .fingerprints
+        .get("BP/electricity")
+        .expect("BP/electricity");
+    assert_eq!(
+        bp.records,
+        base_records + present,
+        "one record per purchase present"
+    );
+    assert_eq!(
+        bp.amounts_by_kind
+            .get("purchase")
+            .copied()
+            .unwrap_or_default(),
+        rust_decimal::Decimal::from(present),
+        "Σ purchases to the cent"
+    );
+    // The new cluster serves reads and writes.
+    let v = http(&c2, leader2, "counter")
+        .post(
+            "/v1/purchases",
+            &json!({"request_id": "after-restore", "account_id": "P-0", "amount": "3.00",
+                "confirm_duplicate": true}),
+        )
+        .expect("purchase on the restored cluster");
+    assert_eq!(v["result"], "record_posted", "{v}");
+    let follower = if leader2 == 1 { 2 } else { 1 };
+    assert!(found(&c2, follower, "after-restore"));
+    let acct = http(&c2, follower, "auditor")
+        .get("/v1/accounts/H0-1")
+        .expect("account");
+    let old = c
+        .http_as(c.leader(), "auditor")
+        .get("/v1/accounts/H0-1")
+        .expect("account");
+    assert_eq!(acct["balance"], old["balance"], "{acct}");
+    eprintln!("test took {:?}", t0.elapsed());
+}
+
+/// Copy a backup destination (to damage the copy).
+fn copy_dir(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+}
+
+fn only_backup(dir: &Path) -> PathBuf {
+    let ids = backup::list_ids(dir).expect("list");
+    assert_eq!(ids.len(), 1);
+    dir.join("backups").join(&ids[0])
+}
+
+/// Every data directory of the restore options is still empty.
+fn nothing_written(opts: &RestoreOpts) {
+    for d in opts.data_dirs.values() {
+        let empty = !d.exists() || std::fs::read_dir(d).expect("read").next().is_none();
+        assert!(empty, "{} was written to", d.display());
+    }
+}
+
+/// (c) + (d): a flipped byte in one SST, a deleted file, an edited
+/// manifest and a manifest signed by another key are each detected by
+/// verify (naming the file) and refused by restore, which writes nothing;
+/// not-a-backup and a newer format are clear errors. Then a node of the old
+/// cluster, its certificate trusted by the restored cluster's CA bundle,
+/// is refused on the restored cluster's Raft port (another cluster id).
+#[test]
+fn damaged_or_forged_backups_are_refused_and_old_nodes_cannot_talk_to_the_restored_cluster() {
+    let t0 = Instant::now();
+    let c = TestCluster::start(7320, 5);
+    import_history(&c, 4);
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (private, public) = backup::keygen(&keys.path().join("k")).expect("keygen");
+    let (other_private, _) = backup::keygen(&keys.path().join("other")).expect("keygen");
+    let work = tempfile::tempdir().expect("tempdir");
+    let good = work.path().join("good");
+    let r = backup::create(&create_opts(&c, &good, &private)).expect("backup");
+    let (v, m) = backup::verify(&verify_opts(&good, None, &public)).expect("verify");
+    assert!(v.ok, "{v:?}");
+    let m = m.expect("manifest");
+    let new_dir = tempfile::tempdir().expect("tempdir");
+    let (c2, opts) = new_cluster(new_dir.path(), 7330, "restored-b", &good, &public);
+
+    let store = |d: &Path, name: &str| {
+        let f = m.files.iter().find(|f| f.name == name).expect("file");
+        d.join("files").join(&f.sha256)
+    };
+    let largest_sst = m
+        .files
+        .iter()
+        .filter(|f| f.name.ends_with(".sst"))
+        .max_by_key(|f| f.size)
+        .expect("an sst")
+        .name
+        .clone();
+    let check = |name: &str, damage: &dyn Fn(&Path), expect: &str| {
+        let d = work.path().join(name);
+        copy_dir(&good, &d);
+        damage(&d);
+        let (v, _) = backup::verify(&verify_opts(&d, None, &public)).expect("verify runs");
+        assert!(!v.ok, "{name}: not detected");
+        assert!(
+            v.problems.iter().any(|p| p.contains(expect)),
+            "{name}: problems {:?} do not name {expect}",
+            v.problems
+        );
+        let mut o = RestoreOpts {
+            from: d.clone(),
+            backup_id: None,
+            public_key: public.clone(),
+            cluster_id: opts.cluster_id.clone(),
+            members: opts.members.clone(),
+            data_dirs: opts.data_dirs.clone(),
+            force: false,
+            progress: false,
+        };
+        o.backup_id = Some(r.backup_id.clone());
+        let e = backup::restore(&o).expect_err("restore of a bad backup");
+        assert!(format!("{e:#}").contains(expect), "{name}: {e:#}");
+        nothing_written(&o);
+    };
+    check(
+        "flipped",
+        &|d| {
+            let p = store(d, &largest_sst);
+            let mut bytes = std::fs::read(&p).expect("read");
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x01;
+            std::fs::write(&p, bytes).expect("write");
+        },
+        &largest_sst,
+    );
+    let some_file = m
+        .files
+        .iter()
+        .find(|f| f.name.starts_with("MANIFEST"))
+        .expect("MANIFEST");
+    check(
+        "deleted",
+        &|d| std::fs::remove_file(store(d, &some_file.name)).expect("rm"),
+        &some_file.name,
+    );
+    check(
+        "edited",
+        &|d| {
+            let p = only_backup(d).join("manifest.json");
+            let text = std::fs::read_to_string(&p).expect("read");
+            let edited = text.replacen("\"records\": ", "\"records\": 1", 1);
+            assert_ne!(text, edited, "the edit changed the manifest");
+            std::fs::write(&p, edited).expect("write");
+        },
+        "signature does not verify",
+    );
+    check(
+        "other-key",
+        &|d| {
+            let dir = only_backup(d);
+            let bytes = std::fs::read(dir.join("manifest.json")).expect("read");
+            let sig = backup::sign_hex(&other_private, &bytes).expect("sign");
+            std::fs::write(dir.join("manifest.sig"), sig).expect("write");
+        },
+        "signature does not verify",
+    );
+    // Not a billdb backup; a newer format.
+    let stranger = work.path().join("stranger");
+    std::fs::create_dir_all(&stranger).expect("mkdir");
+    std::fs::write(stranger.join("notes.txt"), "x").expect("write");
+    let e = backup::verify(&verify_opts(&stranger, None, &public)).expect_err("stranger");
+    assert!(e.to_string().contains("not a billdb backup"), "{e:#}");
+    let e = backup::create(&create_opts(&c, &stranger, &private)).expect_err("create into it");
+    assert!(e.to_string().contains("not a billdb backup"), "{e:#}");
+    let newer = work.path().join("newer");
+    copy_dir(&good, &newer);
+    std::fs::write(newer.join("billdb-backup.json"), r#"{"format": 99}"#).expect("write");
+    let e = backup::verify(&verify_opts(&newer, None, &public)).expect_err("newer");
+    assert!(e.to_string().contains("newer billdb"), "{e:#}");
+    // The good backup still verifies and restores.
+    let rep = backup::restore(&opts).expect("restore");
+    assert!(rep.ok, "{rep:?}");
+
+    // (d) The restored cluster trusts the old cluster's CA too (one
+    // organisation CA), so only the cluster id tells the nodes apart.
+    let old_ca = std::fs::read_to_string(c.c.ca_bundle_path()).expect("old ca");
+    let new_ca = std::fs::read_to_string(c2.ca_bundle_path()).expect("new ca");
+    std::fs::write(
+        c2.ca_bundle_path(),
+        format!("{}\n{old_ca}", new_ca.trim_end()),
+    )
+    .expect("bundle");
+    c2.start_all().expect("start restored");
+    c2.wait_all_healthy(Duration::from_secs(30))
+        .expect("healthy");
+    c2.wait_leader(Duration::from_secs(30)).expect("leader");
+    let old_cert = std::fs::read_to_string(c.c.node_cert_path(1)).expect("old cert");
+    let old_key = std::fs::read_to_string(c.c.node_key_path(1)).expect("old key");
+    let target: NodeId = 2;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let codes = rt.block_on(async {
+        use billdb_api::raftpb::RaftMsg;
+        use billdb_api::raftpb::raft_internal_client::RaftInternalClient;
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&new_ca))
+            .domain_name(billdb_api::identity::node_dns_name("restored-b", target))
+            .identity(Identity::from_pem(&old_cert, &old_key));
+        let ch = Endpoint::from_shared(format!("https://{}", c2.raft_addr(target).expect("addr")))
+            .expect("endpoint")
+            .tls_config(tls)
+            .expect("tls")
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("the TLS handshake succeeds: the CA is trusted");
+        let mut cl = RaftInternalClient::new(ch);
+        let vote = billdb_node::raft_net::encode(&openraft::raft::VoteRequest::<
+            billdb_node::types::TypeConfig,
+        >::new(
+            billdb_node::types::Vote::new(1_000, 1), None
+        ))
+        .expect("encode");
+        let append = billdb_node::raft_net::encode(&openraft::raft::AppendEntriesRequest::<
+            billdb_node::types::TypeConfig,
+        > {
+            vote: billdb_node::types::Vote::new_committed(1_000, 1),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        })
+        .expect("encode");
+        let code = |r: Result<tonic::Response<RaftMsg>, tonic::Status>| match r {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        vec![
+            code(cl.vote(RaftMsg { data: vote }).await),
+            code(cl.append_entries(RaftMsg { data: append }).await),
+        ]
+    });
+    assert_eq!(
+        codes,
+        vec![tonic::Code::PermissionDenied, tonic::Code::PermissionDenied],
+        "old node 1 talking to the restored node {target}"
+    );
+    register_raw_tls(&c2);
+    let addr = c2.http_addr(target).expect("addr");
+    let mut text = String::new();
+    {
+        use std::io::Read;
+        let mut conn = send_raw(
+            &addr,
+            &format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"),
+        );
+        let _ = conn.read_to_string(&mut text);
+    }
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:.200}");
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("billdb_raft_rpc_refused_total{reason=\"other_cluster\"}")
+            && !l.ends_with(" 0")),
+        "refusal counted as other_cluster"
+    );
+    // The restored cluster kept its state and term: nothing the old node
+    // sent was taken.
+    let (digest, _) = fingerprints_of(&c2, target);
+    assert_eq!(digest, m.digest);
+    // And an old node's configuration on a restored data directory does
+    // not start: the directory is stamped with the new cluster id.
+    c2.stop(5).expect("stop");
+    let cfg = std::fs::read_to_string(c.c.config_path(5)).expect("old config");
+    let old_data = c.c.data_dir(5).display().to_string();
+    let cfg = cfg.replace(&old_data, &c2.data_dir(5).display().to_string());
+    assert!(
+        cfg.contains(&c2.data_dir(5).display().to_string()),
+        "config names the data dir"
+    );
+    let cfg_path = work.path().join("old-node-5.toml");
+    std::fs::write(&cfg_path, cfg).expect("config");
+    c.c.stop(5).expect("stop old 5 (its ports)");
+    let out = std::process::Command::new(node_bin())
+        .arg("--config")
+        .arg(&cfg_path)
+        .output()
+        .expect("run node");
+    assert!(
+        !out.status.success(),
+        "an old node started on the restored data"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("restored for cluster \"restored-b\""),
+        "{stderr}"
+    );
+    eprintln!("test took {:?}", t0.elapsed());
+}
