@@ -463,6 +463,18 @@ impl RaftNetworkV2<TypeConfig> for Conn {
             let requests_ended = Arc::new(AtomicBool::new(false));
             let end_flag = requests_ended.clone();
             let (tx, rx) = tokio::sync::mpsc::channel::<RaftMsg>(APPEND_REQUESTS_QUEUED_MAX);
+            let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let resp = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
+                Err(_) => Err(self.timeout(RPCTypes::AppendEntries, ttl)),
+                Ok(Err(s)) => Err(status_err(s)),
+                Ok(Ok(r)) => Ok(r.into_inner()),
+            };
+            self.note(&resp);
+            let resp = resp?;
+            // Pumped only once the follower has answered the call: a
+            // request taken from openraft for a stream that never opened
+            // counts there as sent and unanswered, which starts its backoff
+            // (a returning follower then waited over a second).
             let pump = tokio::spawn(async move {
                 let mut outbound = std::pin::pin!(outbound);
                 while let Some(msg) = outbound.next().await {
@@ -474,14 +486,6 @@ impl RaftNetworkV2<TypeConfig> for Conn {
                 end_flag.store(true, Ordering::Release);
             });
             let pump = AbortOnDrop(pump.abort_handle());
-            let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
-            let resp = match tokio::time::timeout(ttl, client.stream_append(outbound)).await {
-                Err(_) => Err(self.timeout(RPCTypes::AppendEntries, ttl)),
-                Ok(Err(s)) => Err(status_err(s)),
-                Ok(Ok(r)) => Ok(r.into_inner()),
-            };
-            self.note(&resp);
-            let resp = resp?;
             let health = self.health().clone();
             let (self_id, target) = (self.self_id, self.target);
             let peer = target.to_string();
