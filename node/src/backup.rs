@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::domain::{Account, Family, Record};
-use crate::store::checkpoint::{KEY_APPLIED, KEY_MEMBERSHIP, fsync_dir, open_read_only};
+use crate::store::checkpoint::{KEY_MEMBERSHIP, fsync_dir, open_read_only};
 use crate::store::{CF_RAFT_LOG, CF_RAFT_META, CF_SM_META, cf, decode, encode, io_err, sync_opts};
 use crate::types::{LogId, Membership, NodeId, Nodes, StoredMembership, Vote};
 
@@ -111,13 +111,7 @@ pub fn fingerprint_differences(want: &Fingerprints, got: &Fingerprints) -> Vec<S
 /// snapshot (so a live database gives a consistent answer too).
 pub fn summarize(db: &DB) -> Result<StateSummary, std::io::Error> {
     let snap = db.snapshot();
-    let applied = match snap
-        .get_cf(cf(db, CF_SM_META)?, KEY_APPLIED)
-        .map_err(io_err)?
-    {
-        Some(v) => decode::<Option<LogId>>(&v)?,
-        None => None,
-    };
+    let applied = crate::store::state_machine::applied_in(db, &snap)?;
     let digest = crate::store::state_machine::digest_in(db, &snap)?;
     // Accounts: branch and utility of each, counts and balances.
     let mut fps = Fingerprints::new();

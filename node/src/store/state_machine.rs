@@ -472,14 +472,18 @@ impl StateMachine {
 /// keys and values in order. Equal digests mean identical replicas.
 pub fn state_digest(db: &DB) -> Result<(Option<LogId>, String), std::io::Error> {
     let snap = db.snapshot();
-    let applied = match snap
+    Ok((applied_in(db, &snap)?, digest_in(db, &snap)?))
+}
+
+/// The last applied log id as `snap` sees it.
+pub fn applied_in(db: &DB, snap: &rocksdb::Snapshot) -> Result<Option<LogId>, std::io::Error> {
+    match snap
         .get_cf(cf(db, CF_SM_META)?, KEY_APPLIED)
         .map_err(io_err)?
     {
-        Some(v) => decode::<Option<LogId>>(&v)?,
-        None => None,
-    };
-    Ok((applied, digest_in(db, &snap)?))
+        Some(v) => decode::<Option<LogId>>(&v),
+        None => Ok(None),
+    }
 }
 
 /// The digest of every domain family as `snap` sees them.
