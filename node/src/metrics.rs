@@ -50,6 +50,8 @@ fn initialise() {
     for name in [
         "billdb_raft_leader_changes_total",
         "billdb_corruption_reports_total",
+        "billdb_raft_log_damaged_reports_total",
+        "billdb_raft_log_truncations_total",
         "billdb_purchases_total",
         "billdb_payments_total",
         "billdb_invoices_issued_total",
@@ -303,6 +305,14 @@ fn describe() {
     describe_counter!(
         "billdb_corruption_reports_total",
         "Checksum failures this node found in its storage (reads, Raft core, scrub)."
+    );
+    describe_counter!(
+        "billdb_raft_log_damaged_reports_total",
+        "Raft log entries this node found failing their CRC-32 (reads, scrub); each restarts the node to cut its log there."
+    );
+    describe_counter!(
+        "billdb_raft_log_truncations_total",
+        "Times this process, at its start, cut its Raft log at a damaged entry and fetched the rest again from the leader."
     );
     describe_gauge!(
         "billdb_repair_waiting",

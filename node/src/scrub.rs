@@ -2,7 +2,9 @@
 //! checksum verification, once per `storage.scrub_interval_s` (default a
 //! day), paced over the period so it costs little I/O, and reports the
 //! first checksum failure to the storage guard (which fences the node and
-//! repairs it from its peers: `repair`). Reads bypass the block cache
+//! repairs it from its peers: `repair`). Raft log entries also have their
+//! own CRC-32 checked; a damaged one restarts the node to cut its log
+//! there (`store::log_store::truncate_damaged_tail`). Reads bypass the block cache
 //! (`fill_cache = false`) so the scrub neither evicts the working set nor
 //! trusts a cached copy of a block it is meant to read from disk. The scan
 //! goes in chunks, each with a fresh iterator, so no iterator pins old SST
@@ -74,7 +76,7 @@ fn run(db: &DB, guard: &StorageGuard, interval: Duration) {
             }
             Err(e) => {
                 if guard.check_corruption(&e) {
-                    tracing::error!(error = %e, "checksum scrub: corruption found");
+                    tracing::error!(error = %e, "checksum scrub: damage found");
                     return;
                 }
                 if guard.failure().is_some() {
@@ -116,6 +118,9 @@ pub fn pass(db: &DB, guard: &StorageGuard, rate: u64) -> Result<u64, String> {
                 if from.as_deref() == Some(&k[..]) {
                     continue;
                 }
+                if name == CF_RAFT_LOG {
+                    crate::store::log_store::scrub_entry(db, &k, &v)?;
+                }
                 chunk += (k.len() + v.len()) as u64;
                 last = Some(k.to_vec());
                 if chunk >= CHUNK_BYTES {
@@ -148,17 +153,39 @@ mod tests {
     fn a_pass_reads_every_family_in_chunks() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = crate::store::open_db(&dir.path().join("db")).expect("open");
-        let log = db.cf_handle(CF_RAFT_LOG).expect("cf");
+        let meta = db.cf_handle(CF_RAFT_META).expect("cf");
         let value = vec![7u8; 64 << 10];
         // 160 values of 64 KiB: 10 MiB, three chunks.
         for i in 0u64..160 {
-            db.put_cf(log, i.to_be_bytes(), &value).expect("put");
+            db.put_cf(meta, i.to_be_bytes(), &value).expect("put");
         }
-        db.flush_cf(log).expect("flush");
+        db.flush_cf(meta).expect("flush");
         let guard = StorageGuard::default();
         let read = pass(&db, &guard, u64::MAX).expect("pass");
         assert!(read >= 160 * (64 << 10), "read {read}");
         assert_eq!(guard.scrub().bytes_verified, read);
         assert!(guard.failure().is_none());
+    }
+
+    /// A Raft log value that fails its CRC stops the pass with an error
+    /// naming the entry, which the guard reads as log damage.
+    #[test]
+    fn a_pass_checks_raft_log_entry_crcs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::store::open_db(&dir.path().join("db")).expect("open");
+        let log = db.cf_handle(CF_RAFT_LOG).expect("cf");
+        db.put_cf(log, 5u64.to_be_bytes(), [0u8; 12]).expect("put");
+        let guard = StorageGuard::default();
+        let e = pass(&db, &guard, u64::MAX).expect_err("damage found");
+        assert!(e.starts_with("Raft log entry 5 is damaged"), "{e}");
+        assert_eq!(
+            crate::storage_guard::FailureKind::of(&e),
+            crate::storage_guard::FailureKind::LogDamaged
+        );
+        assert!(guard.check_corruption(&e));
+        assert_eq!(
+            guard.failure().map(|f| f.kind),
+            Some(crate::storage_guard::FailureKind::LogDamaged)
+        );
     }
 }

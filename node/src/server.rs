@@ -228,6 +228,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .context("restoring the vote after a repair")?;
         crate::repair::finish_start(&config.data_dir).context("removing the repair marker")?;
     }
+    // Entries not yet applied, and any a read found damaged, are verified
+    // before the Raft core reads the log; the log is cut at the first
+    // damaged one (and fetched again from the leader, the vote fenced
+    // meanwhile). RocksDB's own checksum failures go to the repair.
+    let log_truncation = match crate::store::log_store::truncate_damaged_tail(&db) {
+        Ok(t) => t,
+        Err(e)
+            if crate::storage_guard::FailureKind::of(&e.to_string())
+                == crate::storage_guard::FailureKind::Corruption =>
+        {
+            let never = crate::repair::run_unopened(
+                config.data_dir.clone(),
+                config.node_id,
+                channels,
+                e.to_string(),
+            )
+            .await;
+            match never {}
+        }
+        Err(e) => return Err(e).context("verifying the Raft log"),
+    };
+    if let Some(t) = &log_truncation {
+        tracing::error!(
+            from_index = t.from_index,
+            last_index_before = t.last_index_before,
+            reason = %t.reason,
+            "Raft log entry {} is damaged ({}): the log was cut there and is fetched again from \
+             the leader; this node grants no vote until its log holds index {} again",
+            t.from_index,
+            t.reason,
+            t.last_index_before
+        );
+    }
     let vote_fence = log_store.vote_fence().context("reading the vote fence")?;
     let fsync_watch = log_store.fsync_watch();
     if vote_fence > 0 {
@@ -280,6 +313,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     crate::metrics::spawn_leader_watch(app.clone());
     app.storage.set_vote_fence(vote_fence);
+    if let Some(t) = &log_truncation {
+        app.storage.note_log_truncation(t);
+    }
     app.storage
         .watch_fsyncs(fsync_watch, config.storage.fsync_stall_ms);
     crate::storage_guard::spawn(crate::storage_guard::Guarded {

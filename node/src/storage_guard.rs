@@ -53,6 +53,10 @@ pub enum FailureKind {
     IoError,
     /// A checksum did not match: data on this node's disk is damaged.
     Corruption,
+    /// A Raft log entry failed its own CRC (or is missing or misplaced)
+    /// while RocksDB's checksums passed: the node restarts, cuts its log
+    /// there and fetches the rest again (`log_store::truncate_damaged_tail`).
+    LogDamaged,
 }
 
 impl FailureKind {
@@ -61,6 +65,7 @@ impl FailureKind {
             FailureKind::DiskFull => "disk_full",
             FailureKind::IoError => "io_error",
             FailureKind::Corruption => "corruption",
+            FailureKind::LogDamaged => "log_damaged",
         }
     }
 
@@ -68,7 +73,10 @@ impl FailureKind {
     /// device" inside its own error type, so the kind is not available.
     pub fn of(error: &str) -> FailureKind {
         let e = error.to_ascii_lowercase();
-        if e.contains("corruption") || e.contains("checksum mismatch") {
+        let log_damage = crate::store::log_store::LOG_DAMAGE_TEXT.to_ascii_lowercase();
+        if e.contains(&log_damage) && e.contains("is damaged") && !e.contains("corruption") {
+            FailureKind::LogDamaged
+        } else if e.contains("corruption") || e.contains("checksum mismatch") {
             FailureKind::Corruption
         } else if e.contains("no space left") || e.contains("nospace") || e.contains("storage full")
         {
@@ -101,6 +109,11 @@ pub fn recovery_note(f: &Failure) -> String {
             "it repairs itself from its peers ({})",
             f.repair.as_deref().unwrap_or("starting")
         ),
+        FailureKind::LogDamaged => {
+            "it restarts, cuts its Raft log at the damaged entry and fetches the rest again \
+             from the leader"
+                .into()
+        }
         _ => "it restarts itself when its disk is usable again".into(),
     }
 }
@@ -130,6 +143,18 @@ pub struct StorageGuard {
     fsync: std::sync::OnceLock<crate::store::log_store::FsyncWatch>,
     /// An fsync in progress longer than this makes the node degraded.
     fsync_stall_ms: AtomicU64,
+    /// The Raft log cut this start made at a damaged entry, if any.
+    log_truncation: Mutex<Option<LogTruncation>>,
+}
+
+/// What status shows of a Raft log cut at start
+/// (`log_store::truncate_damaged_tail`).
+#[derive(Debug, Clone, Serialize)]
+pub struct LogTruncation {
+    pub from_index: u64,
+    pub last_index_before: u64,
+    pub reason: String,
+    pub at_unix_ms: u64,
 }
 
 impl StorageGuard {
@@ -169,11 +194,34 @@ impl StorageGuard {
     /// True when `error` (any error text from storage) is a checksum
     /// failure: it was reported and fences this node.
     pub fn check_corruption(&self, error: &str) -> bool {
-        let corrupt = FailureKind::of(error) == FailureKind::Corruption;
-        if corrupt {
-            self.report_corruption(error);
+        match FailureKind::of(error) {
+            FailureKind::Corruption => {
+                self.report_corruption(error);
+                true
+            }
+            FailureKind::LogDamaged => {
+                self.report_log_damage(error);
+                true
+            }
+            _ => false,
         }
-        corrupt
+    }
+
+    /// The scrub found a Raft log entry that fails its CRC (`error` names
+    /// it; the index is already recorded for the next start). Fences the
+    /// node and wakes the guard, which restarts it.
+    pub fn report_log_damage(&self, error: &str) {
+        metrics::counter!("billdb_raft_log_damaged_reports_total").increment(1);
+        if self.set(Failure {
+            kind: FailureKind::LogDamaged,
+            error: error.to_string(),
+            since_unix_ms: unix_ms(),
+            probes: 0,
+            last_probe_error: None,
+            repair: None,
+        }) {
+            self.reported.notify_one();
+        }
     }
 
     pub(crate) fn note_repair(&self, state: String) {
@@ -209,6 +257,23 @@ impl StorageGuard {
         let started = (*self.fsync.get()?.lock().ok()?)?;
         let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         (ms > self.fsync_stall_ms.load(Ordering::Acquire)).then_some(ms)
+    }
+
+    /// Records the Raft log cut made at this start.
+    pub fn note_log_truncation(&self, t: &crate::store::log_store::Truncation) {
+        metrics::counter!("billdb_raft_log_truncations_total").increment(1);
+        if let Ok(mut g) = self.log_truncation.lock() {
+            *g = Some(LogTruncation {
+                from_index: t.from_index,
+                last_index_before: t.last_index_before,
+                reason: t.reason.clone(),
+                at_unix_ms: unix_ms(),
+            });
+        }
+    }
+
+    pub fn log_truncation(&self) -> Option<LogTruncation> {
+        self.log_truncation.lock().ok().and_then(|g| g.clone())
     }
 
     pub fn scrub(&self) -> ScrubStatus {
@@ -300,6 +365,18 @@ pub fn spawn(g: Guarded) {
             })
             .await;
             match never {}
+        }
+        if kind == FailureKind::LogDamaged {
+            // The index is recorded in the database; the start cuts the
+            // log there (`log_store::truncate_damaged_tail`). Nothing to
+            // wait for: the disk itself works.
+            tracing::error!(
+                kind = kind.name(),
+                error = %error,
+                "a Raft log entry failed its checksum; this node is fenced and restarts to cut \
+                 its log there and fetch the rest again from the leader"
+            );
+            restart();
         }
         tracing::error!(
             kind = kind.name(),
@@ -457,6 +534,14 @@ mod tests {
                  in /d/db/000123.sst offset 4096 size 3900"
             ),
             FailureKind::Corruption
+        );
+        let damaged = crate::store::log_store::damaged_error(
+            42,
+            "its CRC-32 does not match (stored 0x00000001, computed 0x00000002)",
+        );
+        assert_eq!(
+            FailureKind::of(&damaged.to_string()),
+            FailureKind::LogDamaged
         );
     }
 

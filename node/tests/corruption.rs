@@ -16,8 +16,14 @@
 //! leader: with two other nodes down it stays fenced and says why, and
 //! repairs once they return.
 //!
+//! A Raft log entry whose bytes changed while RocksDB's own checksums still
+//! pass (a bit flipped in memory before the write, a misdirected write)
+//! fails its CRC-32: the follower fences itself, restarts, cuts its log at
+//! the entry and fetches the rest again, voting only once it holds again
+//! every index it held before.
+//!
 //! Ports (127.0.0.1, node N on base+N, base+100+N, base+200+N): bases
-//! 9000, 11000, 11500, 12500 and 13500.
+//! 9000, 11000, 11500, 12500, 13500 and 18500.
 
 mod common;
 
@@ -421,4 +427,104 @@ fn a_damaged_node_waits_for_a_quorum_without_it_before_it_is_rebuilt() {
     c.wait_converged(&all, Duration::from_secs(60));
     let per = acked_per_account(&c, "fill", acked_before);
     assert_balances(&c, &all, &per);
+}
+
+/// Changes one byte of the stored value of a Raft log entry in the middle
+/// of the stopped node's log, through RocksDB itself (so every RocksDB
+/// checksum is right and only the entry's own CRC can tell); the index.
+fn damage_raft_log_entry(data_dir: &Path) -> (u64, Vec<u64>) {
+    use billdb_node::store::{CF_RAFT_LOG, open_db};
+    let db = open_db(&data_dir.join("db")).expect("open the stopped node's database");
+    let log = db.cf_handle(CF_RAFT_LOG).expect("raft_log family");
+    let held: Vec<u64> = db
+        .iterator_cf(log, rocksdb::IteratorMode::Start)
+        .map(|i| u64::from_be_bytes(i.expect("read").0.as_ref().try_into().expect("8 bytes")))
+        .collect();
+    assert!(
+        held.len() >= 20,
+        "the log holds only {} entries",
+        held.len()
+    );
+    let index = held[held.len() / 2];
+    let mut v = db
+        .get_cf(log, index.to_be_bytes())
+        .expect("get")
+        .expect("held");
+    let last = v.len() - 1;
+    v[last] ^= 0x01;
+    db.put_cf(log, index.to_be_bytes(), v).expect("put");
+    db.flush_wal(true).expect("sync");
+    (index, held)
+}
+
+#[test]
+fn a_follower_with_a_damaged_raft_log_entry_cuts_its_log_and_fetches_it_again() {
+    let c = start(18500, "2");
+    let (_, victim, _) = pick_follower(&c);
+    let live = Arc::new(Mutex::new(c.c.node_ids()));
+    let load = Load::start_paced(&c, live, "fill", Duration::ZERO);
+    std::thread::sleep(Duration::from_secs(6));
+
+    c.c.stop(victim).expect("stop the follower");
+    let (damaged, held) = damage_raft_log_entry(&c.c.data_dir(victim));
+    let last_before = *held.last().expect("entries");
+    let log_from = log_len(&c, victim);
+    c.c.start(victim).expect("start the damaged follower");
+    let reader = Reader::start(&c, victim);
+
+    // The scrub finds it, the node restarts and cuts its log there.
+    let found = format!("Raft log entry {damaged} is damaged");
+    wait_for("damaged entry found", Duration::from_secs(10), || {
+        log_since(&c, victim, log_from)
+            .contains(&found)
+            .then_some(())
+    });
+    wait_for("log cut and vote fence lifted", REPAIR_WITHIN, || {
+        log_since(&c, victim, log_from)
+            .contains("this node votes again")
+            .then_some(())
+    });
+    let s = wait_for("ready, storage ok, voting", REPAIR_WITHIN, || {
+        let s = try_status(&c, victim)?;
+        (s["storage"]["state"] == "ok"
+            && s["storage"]["vote_fence_index"].is_null()
+            && c.http(victim).get("/readyz").is_ok())
+        .then_some(s)
+    });
+    let cut = &s["storage"]["log_truncation"];
+    assert_eq!(cut["from_index"], damaged, "{s:#}");
+    assert!(
+        cut["last_index_before"]
+            .as_u64()
+            .is_some_and(|l| l >= last_before),
+        "{s:#}"
+    );
+    assert!(
+        cut["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("CRC-32 does not match")),
+        "{s:#}"
+    );
+    assert!(
+        s["last_log_index"]
+            .as_u64()
+            .is_some_and(|l| l >= last_before),
+        "the log holds again every index it held: {s:#}"
+    );
+    let log = log_since(&c, victim, log_from);
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("{what:?} not logged:\n{log}"))
+    };
+    assert!(
+        at(&found) < at("the log was cut there")
+            && at("the log was cut there") < at("this node votes again"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("storage corruption"),
+        "an entry's own CRC cuts the log; it does not rebuild the database: {log}"
+    );
+    assert_no_internal(&reader.finish());
+    assert_nothing_lost(&c, load);
 }

@@ -152,6 +152,7 @@ pub fn status(app: &App) -> Status {
             v["degraded_fsync_ms"] = serde_json::json!(app.storage.degraded());
             let fence = app.storage.vote_fence();
             v["vote_fence_index"] = serde_json::json!((fence > 0).then_some(fence));
+            v["log_truncation"] = serde_json::json!(app.storage.log_truncation());
             v
         },
     }

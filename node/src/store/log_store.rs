@@ -6,6 +6,14 @@
 //! persisted. `save_vote` writes with `sync = true` before returning. All
 //! writes happen on the caller in submission order, so log and vote I/O
 //! stay serialised.
+//!
+//! Every stored entry carries a CRC-32 of its index and its encoding
+//! ([`encode_entry`]), checked on every read, by the scrub, and at start
+//! over the part of the log not yet applied ([`truncate_damaged_tail`]). A
+//! damaged entry is never answered as data: the read fails, the index is
+//! recorded, and the node restarts, cuts its log at the damage and fetches
+//! the rest again from the leader (ARCHITECTURE.md "A damaged Raft log
+//! entry is cut and fetched again").
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -31,9 +39,210 @@ const KEY_COMMITTED: &[u8] = b"committed";
 /// After a repair from peers: no vote is granted until the log holds this
 /// index (u64; absent: no fence). See `crate::repair`.
 const KEY_VOTE_FENCE: &[u8] = b"vote_fence";
+/// The lowest index a read found damaged (u64 big-endian; absent: none):
+/// the next start verifies the log from there ([`truncate_damaged_tail`]).
+const KEY_DAMAGED_FROM: &[u8] = b"damaged_from";
+/// Bytes of the CRC-32 in front of every stored entry.
+const ENTRY_CRC_BYTES: usize = 4;
+/// How the error for a damaged entry begins; `storage_guard::FailureKind`
+/// recognises it (a restart that cuts the log, not a repair of the whole
+/// database).
+pub const LOG_DAMAGE_TEXT: &str = "Raft log entry";
 
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
+}
+
+fn key_index(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+/// CRC-32 of an entry's index key and encoding: a flipped bit, a torn
+/// value, or a value written under the wrong index all fail it.
+fn entry_crc(index: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&index_key(index));
+    h.update(payload);
+    h.finalize()
+}
+
+/// The stored form of `entry`: its CRC-32 (little-endian), then its
+/// encoding.
+pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>, std::io::Error> {
+    let payload = encode(entry)?;
+    let index = entry.log_id().index;
+    let mut out = Vec::with_capacity(ENTRY_CRC_BYTES + payload.len());
+    out.extend_from_slice(&entry_crc(index, &payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// The encoding inside the stored value of entry `index`, when its CRC
+/// matches; otherwise why not.
+pub(crate) fn check_entry(index: u64, raw: &[u8]) -> Result<&[u8], String> {
+    let Some((crc, payload)) = raw.split_first_chunk::<ENTRY_CRC_BYTES>() else {
+        return Err(format!("{} bytes, shorter than its checksum", raw.len()));
+    };
+    let stored = u32::from_le_bytes(*crc);
+    let computed = entry_crc(index, payload);
+    if stored != computed {
+        return Err(format!(
+            "its CRC-32 does not match (stored {stored:#010x}, computed {computed:#010x})"
+        ));
+    }
+    Ok(payload)
+}
+
+/// The entry stored under `index`, or why it cannot be vouched for.
+fn decode_entry(index: u64, raw: &[u8]) -> Result<Entry, String> {
+    let payload = check_entry(index, raw)?;
+    let entry: Entry = decode(payload).map_err(|e| format!("it does not decode: {e}"))?;
+    if entry.log_id().index != index {
+        return Err(format!("it holds entry {}", entry.log_id().index));
+    }
+    Ok(entry)
+}
+
+/// The error a damaged entry is reported with (never its data).
+pub fn damaged_error(index: u64, why: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("{LOG_DAMAGE_TEXT} {index} is damaged: {why}"),
+    )
+}
+
+/// The scrub's check of one stored entry (key and value as read): its
+/// CRC. A damaged one is recorded ([`note_damage`]) and named in the error.
+pub(crate) fn scrub_entry(db: &DB, key: &[u8], raw: &[u8]) -> Result<(), String> {
+    let Some(index) = key_index(key) else {
+        return Err(format!(
+            "{LOG_DAMAGE_TEXT} key of {} bytes is damaged: not 8 bytes",
+            key.len()
+        ));
+    };
+    check_entry(index, raw).map(|_| ()).map_err(|why| {
+        if let Err(e) = note_damage(db, index) {
+            tracing::error!(index, error = %e, "could not record a damaged Raft log entry");
+        }
+        damaged_error(index, &why).to_string()
+    })
+}
+
+/// Records that entry `index` was found damaged (the lowest such index is
+/// kept), durable before this returns, so the next start cuts the log
+/// there even when the entry lies in the applied part.
+pub fn note_damage(db: &DB, index: u64) -> Result<(), std::io::Error> {
+    let meta = cf(db, CF_RAFT_META)?;
+    let known = damaged_from(db)?;
+    if known.is_some_and(|k| k <= index) {
+        return Ok(());
+    }
+    db.put_cf_opt(meta, KEY_DAMAGED_FROM, index.to_be_bytes(), &sync_opts())
+        .map_err(io_err)
+}
+
+fn damaged_from(db: &DB) -> Result<Option<u64>, std::io::Error> {
+    match db
+        .get_cf(cf(db, CF_RAFT_META)?, KEY_DAMAGED_FROM)
+        .map_err(io_err)?
+    {
+        None => Ok(None),
+        Some(v) => Ok(key_index(&v)),
+    }
+}
+
+/// What [`truncate_damaged_tail`] cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    /// The first entry removed: the first one that failed verification.
+    pub from_index: u64,
+    /// The last index the log held before (the vote fence: no vote until
+    /// the log holds it again).
+    pub last_index_before: u64,
+    pub reason: String,
+}
+
+/// At start, before the Raft core reads the log: verifies every entry not
+/// yet applied, and every entry from the lowest one a read found damaged
+/// ([`note_damage`]). At the first entry that fails (its CRC, its
+/// encoding, its index, or missing where one must be), the log is cut
+/// there, the committed index is lowered to the applied one when it was
+/// past the cut, and a vote fence is set at the last index the log held,
+/// all in one synced write. The node then fetches the cut entries again
+/// from the leader (openraft sees a shorter log; a cut into the applied
+/// part is purged up to the applied index at start) and grants no vote
+/// until its log holds that index again, so it never helps elect a leader
+/// that lacks an entry it acknowledged (the vote fence of `crate::repair`).
+pub fn truncate_damaged_tail(db: &DB) -> Result<Option<Truncation>, std::io::Error> {
+    let log = cf(db, CF_RAFT_LOG)?;
+    let meta = cf(db, CF_RAFT_META)?;
+    let applied = {
+        let snap = db.snapshot();
+        super::state_machine::applied_in(db, &snap)?
+    };
+    let marker = damaged_from(db)?;
+    let purged: Option<LogId> = match db.get_cf(meta, KEY_PURGED).map_err(io_err)? {
+        Some(v) => Some(decode(&v)?),
+        None => None,
+    };
+    let first_kept = purged.map_or(0, |p| p.index + 1);
+    let from = applied.map_or(0, |a| a.index + 1);
+    let from = marker.map_or(from, |m| m.min(from)).max(first_kept);
+    let strict_start = applied.is_some() || purged.is_some() || marker.is_some();
+    let mut expected: Option<u64> = None;
+    let mut damage: Option<(u64, String)> = None;
+    for item in db.iterator_cf(
+        log,
+        IteratorMode::From(&index_key(from), Direction::Forward),
+    ) {
+        let (k, v) = item.map_err(io_err)?;
+        let want = expected.unwrap_or(from);
+        let Some(idx) = key_index(&k) else {
+            damage = Some((want, format!("a key of {} bytes follows it", k.len())));
+            break;
+        };
+        // Entries run without a gap from `from` to the end; only a log
+        // that has applied and purged nothing may begin where it likes.
+        if idx != want && (expected.is_some() || strict_start) {
+            damage = Some((want, format!("it is missing; the next entry held is {idx}")));
+            break;
+        }
+        if let Err(why) = decode_entry(idx, &v) {
+            damage = Some((idx, why));
+            break;
+        }
+        expected = Some(idx + 1);
+    }
+    let Some((cut, reason)) = damage else {
+        if marker.is_some() {
+            db.delete_cf_opt(meta, KEY_DAMAGED_FROM, &sync_opts())
+                .map_err(io_err)?;
+        }
+        return Ok(None);
+    };
+    let last_index_before = match db.iterator_cf(log, IteratorMode::End).next() {
+        Some(item) => key_index(&item.map_err(io_err)?.0).unwrap_or(cut),
+        None => cut,
+    };
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(log, index_key(cut), index_key(u64::MAX));
+    batch.delete_cf(log, index_key(u64::MAX));
+    let committed: Option<LogId> = match db.get_cf(meta, KEY_COMMITTED).map_err(io_err)? {
+        Some(v) => decode::<Option<LogId>>(&v)?,
+        None => None,
+    };
+    if committed.is_some_and(|c| c.index >= cut) {
+        batch.put_cf(meta, KEY_COMMITTED, encode(&applied)?);
+    }
+    let fence = vote_fence(db)?.max(last_index_before);
+    batch.put_cf(meta, KEY_VOTE_FENCE, fence.to_be_bytes());
+    batch.delete_cf(meta, KEY_DAMAGED_FROM);
+    db.write_opt(batch, &sync_opts()).map_err(io_err)?;
+    Ok(Some(Truncation {
+        from_index: cut,
+        last_index_before,
+        reason,
+    }))
 }
 
 /// The fsync thread, shared by every clone of a [`LogStore`]. The last
@@ -176,7 +385,7 @@ impl LogStore {
         );
         for item in it {
             let (k, v) = item.map_err(io_err)?;
-            let idx = u64::from_be_bytes(k.as_ref().try_into().map_err(io_err)?);
+            let idx = key_index(&k).ok_or_else(|| io_err("a Raft log key is not 8 bytes"))?;
             if !range.contains(&idx) {
                 break;
             }
@@ -193,16 +402,30 @@ impl LogStore {
                     ));
                 }
             }
-            out.push(decode::<Entry>(&v)?);
+            out.push(self.checked(idx, &v)?);
         }
         Ok(out)
+    }
+
+    /// Entry `index` from its stored value; a damaged one is recorded
+    /// ([`note_damage`]) and answered as an error, never as data.
+    fn checked(&self, index: u64, raw: &[u8]) -> Result<Entry, std::io::Error> {
+        decode_entry(index, raw).map_err(|why| {
+            if let Err(e) = note_damage(&self.db, index) {
+                tracing::error!(index, error = %e, "could not record a damaged Raft log entry");
+            }
+            damaged_error(index, &why)
+        })
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, std::io::Error> {
         let cf = cf(&self.db, CF_RAFT_LOG)?;
         let mut it = self.db.iterator_cf(cf, IteratorMode::End);
         match it.next() {
-            Some(Ok((_, v))) => Ok(Some(decode::<Entry>(&v)?.log_id())),
+            Some(Ok((k, v))) => {
+                let idx = key_index(&k).ok_or_else(|| io_err("a Raft log key is not 8 bytes"))?;
+                Ok(Some(self.checked(idx, &v)?.log_id()))
+            }
             Some(Err(e)) => Err(io_err(e)),
             None => Ok(None),
         }
@@ -410,7 +633,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let mut bytes = 0u64;
         for entry in entries {
-            let value = encode(&entry)?;
+            let value = encode_entry(&entry)?;
             bytes += value.len() as u64;
             batch.put_cf(cf, index_key(entry.log_id().index), value);
         }
@@ -467,7 +690,7 @@ mod tests {
         let db = super::super::open_db(&dir.path().join("db")).unwrap();
         let cf = cf(&db, CF_RAFT_LOG).unwrap();
         for i in (1..=10).filter(|i| !(3..=4).contains(i)) {
-            db.put_cf(cf, index_key(i), encode(&blank(i)).unwrap())
+            db.put_cf(cf, index_key(i), encode_entry(&blank(i)).unwrap())
                 .unwrap();
         }
         let store = LogStore::new(db, None).unwrap();
@@ -513,5 +736,138 @@ mod tests {
                 [5, 6, 7]
             );
         });
+    }
+
+    /// A store with entries 1..=10 and the state machine applied to
+    /// `applied`; committed at 10.
+    fn store_applied(applied: u64) -> (tempfile::TempDir, Arc<DB>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::open_db(&dir.path().join("db")).unwrap();
+        let log = cf(&db, CF_RAFT_LOG).unwrap();
+        for i in 1..=10 {
+            db.put_cf(log, index_key(i), encode_entry(&blank(i)).unwrap())
+                .unwrap();
+        }
+        let meta = cf(&db, CF_RAFT_META).unwrap();
+        db.put_cf(
+            meta,
+            KEY_COMMITTED,
+            encode(&Some(blank(10).log_id())).unwrap(),
+        )
+        .unwrap();
+        let sm = cf(&db, super::super::CF_SM_META).unwrap();
+        db.put_cf(
+            sm,
+            super::super::checkpoint::KEY_APPLIED,
+            encode(&Some(blank(applied).log_id())).unwrap(),
+        )
+        .unwrap();
+        (dir, db)
+    }
+
+    fn flip(db: &DB, index: u64, at: usize) {
+        let log = cf(db, CF_RAFT_LOG).unwrap();
+        let mut v = db.get_cf(log, index_key(index)).unwrap().unwrap();
+        v[at] ^= 0x40;
+        db.put_cf(log, index_key(index), v).unwrap();
+    }
+
+    fn held(db: &DB) -> Vec<u64> {
+        let log = cf(db, CF_RAFT_LOG).unwrap();
+        db.iterator_cf(log, IteratorMode::Start)
+            .map(|i| key_index(&i.unwrap().0).unwrap())
+            .collect()
+    }
+
+    fn committed(db: &DB) -> Option<u64> {
+        let meta = cf(db, CF_RAFT_META).unwrap();
+        let raw = db.get_cf(meta, KEY_COMMITTED).unwrap().unwrap();
+        decode::<Option<LogId>>(&raw).unwrap().map(|l| l.index)
+    }
+
+    /// A flipped byte in an entry not yet applied: found at start, the log
+    /// cut there, committed lowered to applied, the vote fenced at the old
+    /// last index. A sound log is left alone.
+    #[test]
+    fn start_cuts_the_log_at_a_damaged_unapplied_entry() {
+        let (_dir, db) = store_applied(6);
+        assert_eq!(truncate_damaged_tail(&db).unwrap(), None);
+        assert_eq!(held(&db).len(), 10);
+        flip(&db, 8, 7);
+        let t = truncate_damaged_tail(&db).unwrap().expect("damage found");
+        assert_eq!((t.from_index, t.last_index_before), (8, 10));
+        assert!(t.reason.contains("CRC-32 does not match"), "{}", t.reason);
+        assert_eq!(held(&db), [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(committed(&db), Some(6));
+        assert_eq!(vote_fence(&db).unwrap(), 10);
+        assert_eq!(truncate_damaged_tail(&db).unwrap(), None, "cut once");
+    }
+
+    /// Damage in the applied part is seen by a read, which answers an
+    /// error (never the entry) and records the index; the next start cuts
+    /// the log there. An entry stored under another index, a lost one and
+    /// a torn one are damage too.
+    #[test]
+    fn a_read_that_finds_damage_records_it_for_the_next_start() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (_dir, db) = store_applied(10);
+        flip(&db, 4, 0);
+        assert_eq!(
+            truncate_damaged_tail(&db).unwrap(),
+            None,
+            "applied: not scanned"
+        );
+        let mut store = LogStore::new(db.clone(), None).unwrap();
+        let e = rt.block_on(store.try_get_log_entries(1..=10)).unwrap_err();
+        assert!(
+            e.to_string().starts_with("Raft log entry 4 is damaged"),
+            "{e}"
+        );
+        assert_eq!(damaged_from(&db).unwrap(), Some(4));
+        let t = truncate_damaged_tail(&db).unwrap().expect("damage found");
+        assert_eq!((t.from_index, t.last_index_before), (4, 10));
+        assert_eq!(held(&db), [1, 2, 3]);
+        assert_eq!(damaged_from(&db).unwrap(), None);
+        assert_eq!(
+            committed(&db),
+            Some(10),
+            "never raised; here already applied"
+        );
+
+        let (_dir, db) = store_applied(2);
+        let log = cf(&db, CF_RAFT_LOG).unwrap();
+        db.put_cf(
+            log,
+            index_key(5),
+            db.get_cf(log, index_key(6)).unwrap().unwrap(),
+        )
+        .unwrap();
+        let t = truncate_damaged_tail(&db)
+            .unwrap()
+            .expect("misplaced entry");
+        assert_eq!(t.from_index, 5);
+
+        let (_dir, db) = store_applied(2);
+        let log = cf(&db, CF_RAFT_LOG).unwrap();
+        db.delete_cf(log, index_key(7)).unwrap();
+        let t = truncate_damaged_tail(&db).unwrap().expect("hole");
+        assert_eq!(t.from_index, 7);
+        assert!(t.reason.contains("missing"), "{}", t.reason);
+
+        let (_dir, db) = store_applied(2);
+        db.put_cf(log_cf(&db), index_key(3), [1u8, 2]).unwrap();
+        let t = truncate_damaged_tail(&db).unwrap().expect("torn");
+        assert_eq!(t.from_index, 3);
+        assert!(
+            t.reason.contains("shorter than its checksum"),
+            "{}",
+            t.reason
+        );
+    }
+
+    fn log_cf(db: &DB) -> &rocksdb::ColumnFamily {
+        cf(db, CF_RAFT_LOG).unwrap()
     }
 }

@@ -153,8 +153,10 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, std::io::Error> {
 /// imported has the form of the numbers billdb assigns
 /// (`invoices::is_assigned_form`), so an assigned number is known new
 /// without a lookup. A format-5 database may hold such a legacy number,
-/// which an assigned one would then silently overwrite.
-pub const DATA_FORMAT: u32 = 6;
+/// which an assigned one would then silently overwrite. 7: every Raft log
+/// entry is stored behind a CRC-32 of its index and encoding
+/// (`log_store::encode_entry`).
+pub const DATA_FORMAT: u32 = 7;
 /// The stamp is 4 bytes, u32 little-endian, in every format (it was
 /// fixed-width bincode before format 5), so any build can read any stamp.
 const KEY_FORMAT: &[u8] = b"data_format";
@@ -317,12 +319,20 @@ mod tests {
         let other = dir.path().join("other");
         {
             let db = open_db(&other).unwrap();
-            db.put_cf(cf(&db, CF_SM_META).unwrap(), KEY_FORMAT, format_stamp(7))
-                .unwrap();
+            db.put_cf(
+                cf(&db, CF_SM_META).unwrap(),
+                KEY_FORMAT,
+                format_stamp(DATA_FORMAT + 1),
+            )
+            .unwrap();
         }
         let Err(e) = open_db(&other) else {
             panic!("another format must be refused")
         };
-        assert!(e.to_string().contains("format 7"), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("format {}", DATA_FORMAT + 1)),
+            "{e}"
+        );
     }
 }
