@@ -7,7 +7,7 @@
 //! Module map: `history` (recorded operations), `linear` (Wing–Gong search),
 //! `checker` (the checks), `net` (iptables partitions), `nemesis` (faults and
 //! the seeded schedule), `workload` (clients), `run` (the harness), `report`
-//! (table + JSON).
+//! (table + JSON), `small_disk` (tmpfs data directories for `disk-full`).
 
 pub mod checker;
 pub mod history;
@@ -16,4 +16,5 @@ pub mod nemesis;
 pub mod net;
 pub mod report;
 pub mod run;
+pub mod small_disk;
 pub mod workload;

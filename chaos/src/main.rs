@@ -41,7 +41,7 @@ enum Cmd {
         /// `all` or a comma-separated list (kill2, pause, partition-halves,
         /// partition-leader, partition-oneway, partition-minority,
         /// partition-bridge, wipe, rolling-restart, membership, disk-stall,
-        /// corruption, fsync-eio, long-outage).
+        /// corruption, fsync-eio, disk-full, long-outage).
         #[arg(long, default_value = "all")]
         nemesis: String,
         /// Where to write the JSON report.
@@ -69,7 +69,30 @@ enum Cmd {
         /// a snapshot; a follower further behind catches up by snapshot.
         #[arg(long, default_value_t = run::LOGS_TO_KEEP_AFTER_SNAPSHOT)]
         logs_to_keep_after_snapshot: u64,
+        /// How long each fault is held, in ms: `5000`, or a range
+        /// `4000-6000` drawn from (default: each nemesis's own range), e.g.
+        /// `--nemesis disk-stall --fault-ms 5000` for five-second stalls.
+        #[arg(long, value_parser = parse_fault_ms)]
+        fault_ms: Option<(u64, u64)>,
     },
+}
+
+fn parse_fault_ms(s: &str) -> std::result::Result<(u64, u64), String> {
+    let num = |x: &str| {
+        x.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{x:?} is not a whole number of milliseconds"))
+    };
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(s)?, num(s)?),
+    };
+    if lo > hi || hi > 600_000 {
+        return Err(format!(
+            "{s:?}: want MS or MIN-MAX with MIN <= MAX <= 600000"
+        ));
+    }
+    Ok((lo, hi))
 }
 
 fn random_seed() -> u64 {
@@ -129,6 +152,7 @@ fn real_main() -> Result<bool> {
         gap_target_ms,
         snapshot_logs_since_last,
         logs_to_keep_after_snapshot,
+        fault_ms,
     } = Cli::parse().cmd;
     let seed = seed.unwrap_or_else(random_seed);
     let mut cfg = RunConfig::new(dir, base_port, seed);
@@ -140,6 +164,7 @@ fn real_main() -> Result<bool> {
     cfg.gap_target_ms = gap_target_ms;
     cfg.snapshot_logs_since_last = snapshot_logs_since_last;
     cfg.logs_to_keep_after_snapshot = logs_to_keep_after_snapshot;
+    cfg.fault_ms = fault_ms;
     println!("seed {seed} (replay with --seed {seed})");
     let rep = run::run(&cfg, &mut |line| println!("{line}"))?;
     print!("{}", report::render(&rep));

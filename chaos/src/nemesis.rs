@@ -60,6 +60,13 @@ pub enum Nemesis {
     /// three): it must stop, never retry the fsync, restart itself and
     /// catch up.
     FsyncEio,
+    /// Fill one node's filesystem (a follower's; the leader's one time in
+    /// three once its data sits on a small disk already): its writes fail
+    /// with ENOSPC, it must fence itself (`disk_full`, UNAVAILABLE to
+    /// clients), the others go on, and once the ballast goes it must
+    /// restart itself and catch up, losing nothing. A node's data moves
+    /// onto a tmpfs of its own the first time (`small_disk`).
+    DiskFull,
     /// Stop one follower, or the leader and a follower, for minutes (as a
     /// server waiting for a disk): the nodes still up must stay cheap (CPU
     /// near what it was with all up, bounded log growth, few warnings a
@@ -81,6 +88,7 @@ pub const ALL: &[Nemesis] = &[
     Nemesis::DiskStall,
     Nemesis::Corruption,
     Nemesis::FsyncEio,
+    Nemesis::DiskFull,
     Nemesis::LongOutage,
 ];
 
@@ -100,6 +108,7 @@ impl Nemesis {
             Nemesis::DiskStall => "disk-stall",
             Nemesis::Corruption => "corruption",
             Nemesis::FsyncEio => "fsync-eio",
+            Nemesis::DiskFull => "disk-full",
             Nemesis::LongOutage => "long-outage",
         }
     }
@@ -123,6 +132,8 @@ impl Nemesis {
             Nemesis::Corruption | Nemesis::FsyncEio => (0, 1),
             Nemesis::Membership => (1_000, 3_000),
             Nemesis::DiskStall => (1_000, 4_000),
+            // How long the disk stays full once the node has fenced itself.
+            Nemesis::DiskFull => (2_000, 6_000),
             _ => (2_000, 6_000),
         }
     }
@@ -195,6 +206,7 @@ pub struct Schedule {
     list: Vec<Nemesis>,
     once: bool,
     next: usize,
+    fault_ms: Option<(u64, u64)>,
 }
 
 impl Schedule {
@@ -204,7 +216,15 @@ impl Schedule {
             list,
             once,
             next: 0,
+            fault_ms: None,
         }
+    }
+
+    /// Every fault held for a duration drawn from `range` (ms) instead of
+    /// its nemesis's own range.
+    pub fn with_fault_ms(mut self, range: Option<(u64, u64)>) -> Self {
+        self.fault_ms = range;
+        self
     }
 }
 
@@ -232,7 +252,7 @@ impl Iterator for Schedule {
             }
         };
         self.next += 1;
-        let (lo, hi) = nemesis.fault_ms(self.once);
+        let (lo, hi) = self.fault_ms.unwrap_or_else(|| nemesis.fault_ms(self.once));
         Some(Step {
             nemesis,
             fault_ms: self.rng.random_range(lo..hi.max(lo + 1)),
@@ -488,6 +508,66 @@ fn inject(h: &mut Harness, step: &Step, rng: &mut StdRng, ev: &mut NemesisEvent)
                 "node {victim} (leader {leader}): a WAL fsync returned EIO; back in {took:?}"
             );
         }
+        Nemesis::DiskFull => {
+            let mut victim = leader_one_time_in_three(rng, leader, &followers)?;
+            if victim == leader && !h.small_disks.is_small(leader) {
+                victim = pick(rng, &followers, 1)
+                    .first()
+                    .copied()
+                    .context("no follower")?;
+            }
+            let data = h.cluster.data_dir(victim);
+            let mut moved = String::new();
+            if !h.small_disks.is_small(victim) {
+                h.cluster.stop(victim)?;
+                let bytes = h.small_disks.move_onto_tmpfs(victim, &data)?;
+                h.cluster.start(victim)?;
+                let took = wait_repaired(h, victim, Duration::from_secs(REPAIR_WAIT_S))?;
+                moved = format!("moved onto a tmpfs of its own ({bytes} B, back in {took:?}); ");
+            }
+            if victim == leader {
+                fault_at(h, ev, "disk-full", leader);
+            }
+            let (path, _) = crate::small_disk::fill(&data)?;
+            let ballast = crate::small_disk::Ballast(path);
+            // Its next write fails: it must fence itself as disk_full.
+            let started = std::time::Instant::now();
+            loop {
+                let kind = h
+                    .admin(victim)
+                    .ok()
+                    .and_then(|a| a.status().ok())
+                    .map(|s| s["storage"]["kind"].clone());
+                if kind.as_ref().is_some_and(|k| k == "disk_full") {
+                    break;
+                }
+                ensure!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "node {victim} did not fence itself within 30 s of its disk filling \
+                     (storage kind {kind:?})"
+                );
+                crate::small_disk::fill(&data)?;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let fenced_in = started.elapsed();
+            // Clients are refused with UNAVAILABLE, never INTERNAL or data.
+            match h.admin(victim)?.get("/v1/accounts/chaos-disk-full-probe") {
+                Err(e) if e.code() == Some("UNAVAILABLE") => {}
+                other => bail!("node {victim} with a full disk answered a read with {other:?}"),
+            }
+            // Held full (RocksDB deletes files meanwhile: topped up).
+            let until = std::time::Instant::now() + hold;
+            while std::time::Instant::now() < until {
+                crate::small_disk::fill(&data)?;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            drop(ballast);
+            let took = wait_repaired(h, victim, Duration::from_secs(REPAIR_WAIT_S))?;
+            ev.detail = format!(
+                "node {victim} (leader {leader}): {moved}filesystem filled, fenced in \
+                 {fenced_in:?}, full for {hold:?}, back by itself in {took:?} after space returned"
+            );
+        }
         Nemesis::Pause => {
             ev.detail = format!("SIGSTOP leader {leader} for {hold:?}");
             fault_at(h, ev, "pause", leader);
@@ -718,6 +798,24 @@ mod tests {
             Schedule::new(7, vec![Nemesis::Pause], false)
                 .take(100)
                 .all(|s| s.fault_ms >= 1_500)
+        );
+    }
+
+    /// `--fault-ms` holds every fault for a duration from its range.
+    #[test]
+    fn fault_ms_override() {
+        let steps: Vec<Step> = Schedule::new(3, vec![Nemesis::DiskStall], false)
+            .with_fault_ms(Some((5_000, 5_000)))
+            .take(30)
+            .collect();
+        assert!(steps.iter().all(|s| s.fault_ms == 5_000), "{steps:?}");
+        let steps: Vec<Step> = Schedule::new(3, ALL.to_vec(), false)
+            .with_fault_ms(Some((4_000, 6_000)))
+            .take(100)
+            .collect();
+        assert!(
+            steps.iter().all(|s| (4_000..=6_000).contains(&s.fault_ms)),
+            "{steps:?}"
         );
     }
 

@@ -58,6 +58,9 @@ pub struct RunConfig {
     /// `raft.logs_to_keep_after_snapshot`.
     pub snapshot_logs_since_last: u64,
     pub logs_to_keep_after_snapshot: u64,
+    /// Every fault held for a duration drawn from this range (ms), instead
+    /// of each nemesis's own.
+    pub fault_ms: Option<(u64, u64)>,
 }
 
 impl RunConfig {
@@ -77,6 +80,7 @@ impl RunConfig {
             lin_steps_max: 5_000_000,
             lease_reads: false,
             gap_target_ms: 1_000.0,
+            fault_ms: None,
             snapshot_logs_since_last: SNAPSHOT_LOGS_SINCE_LAST,
             logs_to_keep_after_snapshot: LOGS_TO_KEEP_AFTER_SNAPSHOT,
         }
@@ -97,6 +101,10 @@ pub struct Harness {
     firewall: Option<Firewall>,
     /// Retired node ids (wiped, removed and replaced), oldest first.
     retired: Vec<u64>,
+    /// Data directories moved onto a tmpfs of their own (`disk-full`);
+    /// declared after `cluster`, so they are unmounted after its nodes are
+    /// killed.
+    pub small_disks: crate::small_disk::SmallDisks,
 }
 
 /// Nodes build a snapshot every this many entries (every ~8 s under the
@@ -212,6 +220,7 @@ impl Harness {
             next_id: NODES + 1,
             firewall,
             retired: Vec::new(),
+            small_disks: Default::default(),
         };
         h.publish_members()?;
         Ok(h)
@@ -374,6 +383,7 @@ impl Harness {
     /// fresh node id (as learner, then voter). Returns the fresh id.
     pub fn replace_node(&mut self, victim: u64) -> Result<u64> {
         self.cluster.kill(victim)?;
+        self.small_disks.release(victim)?;
         self.cluster.wipe(victim)?;
         self.remove_member(victim)?;
         self.retired.push(victim);
@@ -677,7 +687,7 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport>
     let once = cfg.duration_s == 0;
     let deadline = run_start + Duration::from_secs(cfg.duration_s);
     let mut events = Vec::new();
-    for step in Schedule::new(cfg.seed, cfg.nemeses.clone(), once) {
+    for step in Schedule::new(cfg.seed, cfg.nemeses.clone(), once).with_fault_ms(cfg.fault_ms) {
         if !once && Instant::now() >= deadline {
             break;
         }
