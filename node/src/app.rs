@@ -878,6 +878,12 @@ impl App {
         }
     }
 
+    /// A leadership transfer from this node begins in `term`: no lease
+    /// read under this term's lease from here on.
+    pub fn note_leader_transfer(&self, term: u64) {
+        self.fence.transferring(term);
+    }
+
     /// Refuse voter sets that are empty, name unknown nodes, or could not
     /// reach a quorum from the nodes the leader hears from now.
     fn check_new_voters(

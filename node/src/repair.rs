@@ -374,35 +374,19 @@ pub async fn run(d: Damaged) -> std::convert::Infallible {
         error,
     } = d;
     let m = raft.metrics().borrow_watched().clone();
-    if m.current_leader == Some(self_id) {
-        // The follower with the most of the log takes over.
-        let to = m.replication.as_ref().and_then(|r| {
-            r.iter()
-                .filter(|(id, _)| **id != self_id)
-                .filter(|(id, _)| {
-                    m.membership_config
-                        .membership()
-                        .voter_ids()
-                        .any(|v| v == **id)
-                })
-                .max_by_key(|(_, l)| l.as_ref().map(|l| l.index))
-                .map(|(id, _)| *id)
-        });
-        if let Some(to) = to {
-            guard.note_repair(format!("handing leadership to node {to}"));
-            tracing::warn!(
-                to,
-                "repair: handing leadership to node {to} before stopping"
-            );
-            let _ = raft.trigger().transfer_leader(to).await;
-            let _ = raft
-                .wait(Some(Duration::from_millis(HANDOVER_WAIT_MS)))
-                .metrics(
-                    |m| m.current_leader != Some(self_id),
-                    "leadership handed over",
-                )
-                .await;
-        }
+    if let Some(to) = crate::handover::successor(&raft, self_id) {
+        guard.note_repair(format!("handing leadership to node {to}"));
+        tracing::warn!(
+            to,
+            "repair: handing leadership to node {to} before stopping"
+        );
+        crate::handover::hand_over(
+            &raft,
+            self_id,
+            Duration::from_millis(HANDOVER_WAIT_MS),
+            |_| {},
+        )
+        .await;
     }
     let vote_seen = raft.metrics().borrow_watched().vote;
     let hint = raft

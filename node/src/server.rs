@@ -286,8 +286,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         log_store,
         sm.clone(),
     )
-    .await
-    .context("starting raft")?;
+    .await;
+    let raft = match raft {
+        Ok(r) => r,
+        // openraft read a damaged entry while loading the log (its term
+        // boundaries, the membership): the read recorded the index, and the
+        // next start cuts the log there.
+        Err(e)
+            if crate::storage_guard::FailureKind::of(&e.to_string())
+                == crate::storage_guard::FailureKind::LogDamaged =>
+        {
+            tracing::error!(error = %e, "a Raft log entry read at start is damaged; restarting to cut the log there");
+            crate::storage_guard::restart();
+        }
+        Err(e) => return Err(e).context("starting raft"),
+    };
     let auth = match &config.auth.tokens_file {
         Some(path) => crate::auth::Auth::load(path).context("loading auth.tokens_file")?,
         None => {
@@ -433,7 +446,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     shutdown_signal().await;
-    tracing::info!("shutting down");
+    // A leader hands over first: a rolling restart or `systemctl stop`
+    // then pauses writes for one transfer, not an election timeout.
+    let handover = crate::handover::hand_over(
+        &raft,
+        config.node_id,
+        Duration::from_millis(HANDOVER_ON_STOP_MS),
+        |term| app.note_leader_transfer(term),
+    )
+    .await;
+    match handover {
+        crate::handover::Handover::NotLeader => tracing::info!("shutting down"),
+        crate::handover::Handover::Done { to, took_ms } => tracing::info!(
+            to,
+            took_ms,
+            "shutting down: leadership handed to node {to} in {took_ms} ms"
+        ),
+        crate::handover::Handover::TimedOut { to } => tracing::warn!(
+            to,
+            "shutting down: node {to} did not take over within {HANDOVER_ON_STOP_MS} ms; \
+             an election follows"
+        ),
+    }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), raft.shutdown()).await;
     for h in [raft_server, grpc_server] {
@@ -443,6 +477,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     db.flush_wal(true).context("final WAL sync")?;
     Ok(())
 }
+
+/// How long a stopping leader waits for its successor to take over.
+const HANDOVER_ON_STOP_MS: u64 = 3_000;
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -114,6 +114,41 @@ fn kill_leader_and_follower_then_catch_up() {
     assert_eq!(total_balance(&c, 2), Decimal::from(acked.len() as u64));
 }
 
+/// SIGTERM to the leader (a rolling restart, `systemctl stop`): it hands
+/// leadership to the most caught-up voter before it stops, names it in its
+/// log, and that node leads; nothing acknowledged is lost.
+#[test]
+fn a_leader_stopped_with_sigterm_hands_over_first() {
+    let c = TestCluster::start(18800, 5);
+    open_accounts(&c);
+    let all: Vec<NodeId> = (1..=5).collect();
+    let mut acked = write_load(&c, &all, "pre", 100, 2);
+    let leader = c.leader();
+    let log_from = log_len(&c, leader);
+    c.c.stop(leader).expect("SIGTERM the leader");
+    let log = log_since(&c, leader, log_from);
+    let to: NodeId = log
+        .lines()
+        .find_map(|l| {
+            let rest = l.split("leadership handed to node ").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("node {leader} did not hand over before stopping:\n{log}"));
+    assert_ne!(to, leader);
+    let others: Vec<NodeId> = all.iter().copied().filter(|n| *n != leader).collect();
+    let st = c.status(to);
+    assert_eq!(st["leader_id"], to, "{st:#}");
+    acked.extend(write_load(&c, &others, "after", 50, 2));
+    c.c.start(leader).expect("restart");
+    c.c.wait_healthy(leader, Duration::from_secs(30)).unwrap();
+    c.wait_converged(&all, Duration::from_secs(60));
+    for id in &acked {
+        let o = outcome(&c, leader, id).unwrap_or_else(|| panic!("acknowledged {id} lost"));
+        assert_eq!(o["result"], "payment_posted", "{id}: {o}");
+    }
+    assert_eq!(total_balance(&c, leader), Decimal::from(acked.len() as u64));
+}
+
 /// Issue item 3: three of five down → writes and linearizable reads are
 /// refused with UNAVAILABLE within a bounded time; after restart they work
 /// and nothing acknowledged is lost.
