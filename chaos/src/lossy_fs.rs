@@ -13,7 +13,10 @@
 //! rename, unlink, rmdir, chmod) reach the backing directory at once and
 //! survive a power loss whether or not the directory was fsynced (as in
 //! LazyFS); reordering or tearing within one sync is not modelled (a sync
-//! writes a file's pages all or nothing from the model's view).
+//! writes a file's pages all or nothing from the model's view). Hard
+//! links (RocksDB checkpoints link SST files) share their inode's pending
+//! data while mounted; after a remount each name is looked up on its own
+//! (nothing is pending then).
 //!
 //! Bounds: a file's unsynced pages past [`Limits::file_dirty_bytes_max`],
 //! or a mount's past [`Limits::mount_dirty_bytes_max`], are written back
@@ -110,6 +113,9 @@ struct Dirty {
 struct Handle {
     ino: u64,
     file: File,
+    /// Opened for writing (a read-only handle can still fsync, and its
+    /// sync writes through another file).
+    writable: bool,
 }
 
 #[derive(Debug)]
@@ -219,6 +225,19 @@ impl State {
             .collect();
         for p in gone {
             if let Some(ino) = self.inos.remove(&p) {
+                if self.paths.get(&ino).and_then(|o| o.as_ref()) != Some(&p) {
+                    continue;
+                }
+                // Another name of the same file (a hard link) takes over.
+                let other = self
+                    .inos
+                    .iter()
+                    .find(|(_, i)| **i == ino)
+                    .map(|(q, _)| q.clone());
+                if other.is_some() {
+                    self.paths.insert(ino, other);
+                    continue;
+                }
                 self.paths.insert(ino, None);
                 if !self.has_handles(ino) {
                     self.drop_dirty(ino);
@@ -274,12 +293,22 @@ impl State {
         h.file.metadata().map_err(|e| errno_of(&e))
     }
 
-    /// A file to read or write inode `ino`'s backing data through.
+    /// A file to read inode `ino`'s backing data through.
     fn file_for(&self, ino: u64, fh: Option<u64>) -> Result<File, Errno> {
+        self.file_with(ino, fh, false)
+    }
+
+    /// A file to write inode `ino`'s backing data through.
+    fn file_to_write(&self, ino: u64, fh: Option<u64>) -> Result<File, Errno> {
+        self.file_with(ino, fh, true)
+    }
+
+    fn file_with(&self, ino: u64, fh: Option<u64>, write: bool) -> Result<File, Errno> {
+        let usable = |h: &&Handle| h.ino == ino && (h.writable || !write);
         let h = fh
             .and_then(|fh| self.handles.get(&fh))
-            .filter(|h| h.ino == ino)
-            .or_else(|| self.handles.values().find(|h| h.ino == ino));
+            .filter(usable)
+            .or_else(|| self.handles.values().find(usable));
         if let Some(h) = h {
             return h.file.try_clone().map_err(|e| errno_of(&e));
         }
@@ -380,7 +409,7 @@ impl State {
             self.writeback(ino, file)?;
             let others: Vec<u64> = self.dirty.keys().copied().collect();
             for other in others {
-                match self.file_for(other, None) {
+                match self.file_to_write(other, None) {
                     Ok(f) => self.writeback(other, &f)?,
                     Err(_) => {
                         self.drop_dirty(other);
@@ -492,13 +521,21 @@ impl LossyFs {
             }
             opts.mode(mode);
         }
+        let writable = create_mode.is_some() || flags & libc::O_ACCMODE != libc::O_RDONLY;
         let file = opts.open(path).map_err(|e| errno_of(&e))?;
-        if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+        if flags & libc::O_TRUNC != 0 && writable {
             st.set_size(ino, &file, 0)?;
         }
         let fh = st.next_fh;
         st.next_fh += 1;
-        st.handles.insert(fh, Handle { ino, file });
+        st.handles.insert(
+            fh,
+            Handle {
+                ino,
+                file,
+                writable,
+            },
+        );
         Ok(fh)
     }
 }
@@ -543,7 +580,7 @@ impl fuser::Filesystem for LossyFs {
         let r = self.lock().and_then(|mut st| {
             let ino = ino.0;
             if let Some(size) = size {
-                let file = st.file_for(ino, fh.map(|f| f.0))?;
+                let file = st.file_to_write(ino, fh.map(|f| f.0))?;
                 st.set_size(ino, &file, size)?;
             }
             if let Some(mode) = mode {
@@ -660,12 +697,38 @@ impl fuser::Filesystem for LossyFs {
                     to.join(tail)
                 };
                 st.inos.insert(new.clone(), ino);
-                st.paths.insert(ino, Some(new));
+                if st.paths.get(&ino).and_then(|o| o.as_ref()) == Some(&old) {
+                    st.paths.insert(ino, Some(new));
+                }
             }
             Ok(())
         });
         match r {
             Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self.lock().and_then(|mut st| {
+            let to = st.child(newparent.0, newname)?;
+            let from = st.path_of(ino.0)?;
+            let to_abs = st.backing.join(&to);
+            std::fs::hard_link(from, &to_abs).map_err(|e| errno_of(&e))?;
+            // Both names are one inode: they share its pending data.
+            st.inos.insert(to, ino.0);
+            let md = std::fs::symlink_metadata(&to_abs).map_err(|e| errno_of(&e))?;
+            Ok(st.attr(ino.0, &md))
+        });
+        match r {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -745,7 +808,7 @@ impl fuser::Filesystem for LossyFs {
         reply: ReplyWrite,
     ) {
         let r = self.lock().and_then(|mut st| {
-            let file = st.file_for(ino.0, Some(fh.0))?;
+            let file = st.file_to_write(ino.0, Some(fh.0))?;
             st.write(ino.0, &file, offset, data)
         });
         match (r, u32::try_from(data.len())) {
@@ -798,7 +861,7 @@ impl fuser::Filesystem for LossyFs {
     ) {
         let r = self.lock().and_then(|mut st| {
             if st.dirty.contains_key(&ino.0) {
-                let file = st.file_for(ino.0, Some(fh.0))?;
+                let file = st.file_to_write(ino.0, Some(fh.0))?;
                 st.writeback(ino.0, &file)?;
                 st.syncs += 1;
             }
@@ -919,7 +982,7 @@ impl fuser::Filesystem for LossyFs {
                 // Preallocation without a size change holds no data.
                 libc::FALLOC_FL_KEEP_SIZE => Ok(()),
                 0 => {
-                    let file = st.file_for(ino.0, Some(fh.0))?;
+                    let file = st.file_to_write(ino.0, Some(fh.0))?;
                     let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
                     let size = st.read_size(ino.0, &file)?;
                     if end > size {
@@ -1123,10 +1186,24 @@ impl LossyMount {
 
     /// Unmounts (pending data stays unwritten: call after a power loss or
     /// when the data no longer matters).
+    /// A mount still in use (a process holding a file open) is detached
+    /// lazily: it disappears from the path now and ends with its last user.
     pub fn unmount(&mut self) -> Result<()> {
-        if let Some(s) = self.session.take() {
-            s.umount_and_join()
-                .with_context(|| format!("unmounting {}", self.mountpoint.display()))?;
+        let Some(s) = self.session.take() else {
+            return Ok(());
+        };
+        if s.umount_and_join().is_ok() {
+            return Ok(());
+        }
+        if is_mount_point(&self.mountpoint) {
+            let c = CString::new(self.mountpoint.as_os_str().as_bytes())
+                .context("mount point path with a NUL byte")?;
+            // SAFETY: `c` is a valid NUL-terminated path.
+            let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                bail!("detaching {}: {e}", self.mountpoint.display());
+            }
         }
         Ok(())
     }

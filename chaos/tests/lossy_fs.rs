@@ -180,3 +180,48 @@ fn pending_data_is_bounded_by_writing_back() {
         assert!(read(&mnt.join(format!("big{i}"))).iter().all(|&b| b == 9));
     }
 }
+
+#[test]
+fn hard_links_share_the_synced_bytes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut m = mount(tmp.path(), Limits::default());
+    let mnt = m.mountpoint().to_path_buf();
+    let mut f = File::create(mnt.join("000013.sst")).expect("create");
+    f.write_all(b"table").expect("write");
+    f.sync_all().expect("fsync");
+    drop(f);
+    fs::create_dir(mnt.join("checkpoint")).expect("mkdir");
+    fs::hard_link(mnt.join("000013.sst"), mnt.join("checkpoint/000013.sst")).expect("link");
+    assert_eq!(read(&mnt.join("checkpoint/000013.sst")), b"table");
+    // Pending data is shared by both names, and lost by both.
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(mnt.join("000013.sst"))
+        .expect("open");
+    f.write_all(b" unsynced").expect("append");
+    drop(f);
+    assert_eq!(read(&mnt.join("checkpoint/000013.sst")), b"table unsynced");
+    fs::remove_file(mnt.join("000013.sst")).expect("unlink the first name");
+    assert_eq!(read(&mnt.join("checkpoint/000013.sst")), b"table unsynced");
+    fs::hard_link(mnt.join("checkpoint/000013.sst"), mnt.join("000013.sst")).expect("relink");
+    m.power_loss().expect("power loss");
+    assert_eq!(read(&mnt.join("checkpoint/000013.sst")), b"table");
+    assert_eq!(read(&mnt.join("000013.sst")), b"table");
+}
+
+#[test]
+fn fsync_through_a_read_only_handle_makes_the_file_durable() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut m = mount(tmp.path(), Limits::default());
+    let p = m.mountpoint().join("snapshot.meta");
+    let mut w = File::create(&p).expect("create");
+    w.write_all(b"written by one handle").expect("write");
+    drop(w);
+    // fsync(2) of a descriptor opened read-only syncs the file all the same.
+    File::open(&p)
+        .expect("open read-only")
+        .sync_all()
+        .expect("fsync");
+    m.power_loss().expect("power loss");
+    assert_eq!(read(&p), b"written by one handle");
+}
