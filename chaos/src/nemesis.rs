@@ -808,6 +808,14 @@ mod tests {
         assert!(parse_list("").is_err());
         for n in ALL {
             assert_eq!(n.name().parse::<Nemesis>().unwrap(), *n);
+            assert!(!n.is_power_loss(), "{n:?} in `all` needs lossy mounts");
         }
+        for n in POWER_LOSS {
+            assert_eq!(n.name().parse::<Nemesis>().unwrap(), *n);
+        }
+        assert_eq!(
+            parse_list("power-loss-leader,kill2").unwrap(),
+            vec![Nemesis::PowerLossLeader, Nemesis::Kill2]
+        );
     }
 }
