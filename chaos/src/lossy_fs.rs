@@ -92,9 +92,9 @@ pub struct PowerLossReport {
     pub files: usize,
     /// Unsynced pages dropped, in bytes.
     pub dropped_bytes: u64,
-    /// The files, relative to the mount point (at most 20), with the bytes
-    /// dropped of each.
-    pub examples: Vec<(String, u64)>,
+    /// Every such file, relative to the mount point, with the bytes
+    /// dropped of it, most first.
+    pub dropped: Vec<(String, u64)>,
 }
 
 /// A file's state since its last sync.
@@ -1173,8 +1173,7 @@ impl LossyMount {
                 dropped.push((name, bytes));
             }
             dropped.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            dropped.truncate(20);
-            rep.examples = dropped;
+            rep.dropped = dropped;
             st.handles.clear();
             rep
         };

@@ -305,6 +305,7 @@ pub fn execute(h: &mut Harness, step: &Step) -> NemesisEvent {
         end_ns: 0,
         leader_faults: Vec::new(),
         dropped_unsynced_bytes: 0,
+        dropped_wal_bytes: 0,
         error: None,
     };
     let result = inject(h, step, &mut rng, &mut ev);
@@ -544,8 +545,14 @@ fn inject(h: &mut Harness, step: &Step, rng: &mut StdRng, ev: &mut NemesisEvent)
             for &n in &victims {
                 let rep = h.power_loss(n)?;
                 ev.dropped_unsynced_bytes += rep.dropped_bytes;
+                ev.dropped_wal_bytes += rep
+                    .dropped
+                    .iter()
+                    .filter(|(f, _)| f.starts_with("db/") && f.ends_with(".log"))
+                    .map(|(_, b)| b)
+                    .sum::<u64>();
                 let top: Vec<String> = rep
-                    .examples
+                    .dropped
                     .iter()
                     .take(3)
                     .map(|(f, b)| format!("{f} {b} B"))
