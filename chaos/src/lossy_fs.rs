@@ -322,18 +322,17 @@ impl State {
 
     /// The inode's pending state, made from its backing file on first use.
     fn dirty_mut(&mut self, ino: u64, file: &File) -> Result<&mut Dirty, Errno> {
-        if !self.dirty.contains_key(&ino) {
-            let len = file.metadata().map_err(|e| errno_of(&e))?.len();
-            self.dirty.insert(
-                ino,
-                Dirty {
+        match self.dirty.entry(ino) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let len = file.metadata().map_err(|e| errno_of(&e))?.len();
+                Ok(e.insert(Dirty {
                     pages: BTreeMap::new(),
                     size_bytes: len,
                     floor_bytes: len,
-                },
-            );
+                }))
+            }
         }
-        self.dirty.get_mut(&ino).ok_or(Errno::EIO)
     }
 
     fn read(&self, ino: u64, file: &File, offset: u64, len: u64) -> Result<Vec<u8>, Errno> {
@@ -376,16 +375,20 @@ impl State {
             let floor = d.floor_bytes;
             for pno in pages_of(offset, data.len() as u64) {
                 let page_start = pno * PAGE_BYTES;
-                if !d.pages.contains_key(&pno) {
-                    let mut page = vec![0u8; PAGE_BYTES as usize];
-                    if page_start < floor {
-                        let n = usize::try_from((floor - page_start).min(PAGE_BYTES)).unwrap_or(0);
-                        pread_full(file, &mut page[..n], page_start).map_err(|e| errno_of(&e))?;
+                let page = match d.pages.entry(pno) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        let mut page = vec![0u8; PAGE_BYTES as usize];
+                        if page_start < floor {
+                            let n =
+                                usize::try_from((floor - page_start).min(PAGE_BYTES)).unwrap_or(0);
+                            pread_full(file, &mut page[..n], page_start)
+                                .map_err(|e| errno_of(&e))?;
+                        }
+                        added += PAGE_BYTES;
+                        e.insert(page)
                     }
-                    d.pages.insert(pno, page);
-                    added += PAGE_BYTES;
-                }
-                let page = d.pages.get_mut(&pno).ok_or(Errno::EIO)?;
+                };
                 let from = offset.max(page_start);
                 let to = end.min(page_start + PAGE_BYTES);
                 let src = usize::try_from(from - offset).unwrap_or(0);
@@ -433,7 +436,7 @@ impl State {
                     freed += PAGE_BYTES;
                 }
                 // The page that holds the new end keeps only what lies before it.
-                if size % PAGE_BYTES != 0
+                if !size.is_multiple_of(PAGE_BYTES)
                     && let Some(page) = d.pages.get_mut(&(size / PAGE_BYTES))
                 {
                     let from = usize::try_from(size % PAGE_BYTES).unwrap_or(0);
