@@ -5,10 +5,10 @@
 //! account, money, replica convergence). See ARCHITECTURE.md "Chaos suite".
 //!
 //! Module map: `history` (recorded operations), `linear` (Wing–Gong search),
-//! `checker` (the checks), `lossy_fs` (a FUSE filesystem that
-//! drops unsynced data at a simulated power loss), `net` (iptables partitions), `nemesis` (faults and
-//! the seeded schedule), `workload` (clients), `run` (the harness), `report`
-//! (table + JSON).
+//! `checker` (the checks), `lossy_fs` (a FUSE filesystem that drops
+//! unsynced data at a simulated power loss), `net` (iptables partitions),
+//! `nemesis` (faults and the seeded schedule), `workload` (clients), `run`
+//! (the harness), `report` (table + JSON).
 
 pub mod checker;
 pub mod history;
