@@ -10,13 +10,16 @@
 # (`systemd-analyze verify` of the package's unit), adduser (the package's
 # postinst), docker.io and docker-compose (the image and the compose
 # cluster; the Docker daemon is started below when it is not running) and
-# python3-yaml (the Kubernetes manifests are parsed offline).
+# python3-yaml (the Kubernetes manifests are parsed offline). The chaos
+# suite's power-loss test mounts a lossy FUSE filesystem: it needs
+# /dev/fuse (the fuse kernel module, loaded below when missing) and, when
+# not root, fusermount3 (fuse3).
 # Idempotent; installs only what is missing. Needs root or sudo.
 set -euo pipefail
 
 need=()
 for pkg in clang libclang-dev build-essential pkg-config iproute2 iptables procps curl ca-certificates etcd-server postgresql prometheus \
-  systemd adduser binutils docker.io docker-compose python3-yaml; do
+  systemd adduser binutils docker.io docker-compose python3-yaml fuse3; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 
@@ -42,6 +45,14 @@ if ((${#need[@]})); then
       $SUDO update-rc.d "$service" disable >/dev/null 2>&1 || true
     fi
   done
+fi
+
+# FUSE, for the lossy filesystem of chaos/tests/power_loss.rs.
+if [ ! -e /dev/fuse ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO modprobe fuse >/dev/null 2>&1 || true
+  [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing (load the fuse kernel module): the power-loss test needs FUSE" >&2; exit 1; }
 fi
 
 # The Docker daemon, for the container tests: started when it does not

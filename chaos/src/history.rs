@@ -123,9 +123,20 @@ pub struct NemesisEvent {
     pub end_ns: u64,
     /// Instants at which the then-leader was made unavailable, and how.
     pub leader_faults: Vec<LeaderFault>,
+    /// Unsynced bytes a simulated power loss dropped (`power-loss-*`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_unsynced_bytes: u64,
+    /// ... of which in RocksDB WAL files (`db/*.log`): a write appended
+    /// but not yet synced when the power went.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_wal_bytes: u64,
     /// Error of the nemesis itself (it could not do or undo the fault).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -41,7 +41,9 @@ enum Cmd {
         /// `all` or a comma-separated list (kill2, pause, partition-halves,
         /// partition-leader, partition-oneway, partition-minority,
         /// partition-bridge, wipe, rolling-restart, membership, disk-stall,
-        /// corruption, fsync-eio, disk-full, long-outage).
+        /// corruption, fsync-eio, disk-full, long-outage; outside `all`, as they put
+        /// the nodes' data directories on lossy FUSE mounts:
+        /// power-loss-follower, power-loss-leader, power-loss-all).
         #[arg(long, default_value = "all")]
         nemesis: String,
         /// Where to write the JSON report.

@@ -72,6 +72,15 @@ pub enum Nemesis {
     /// near what it was with all up, bounded log growth, few warnings a
     /// second) while writes go on; the stopped ones catch up on return.
     LongOutage,
+    /// One follower loses power: SIGKILL, every write it had not fsynced
+    /// dropped by the lossy filesystem under its data directory, restart.
+    /// Only in runs whose nodes sit on lossy mounts (not in `ALL`).
+    PowerLossFollower,
+    /// The leader loses power (as `PowerLossFollower`).
+    PowerLossLeader,
+    /// All five lose power at once (as `PowerLossFollower`): only what
+    /// each node fsynced is left anywhere.
+    PowerLossAll,
 }
 
 pub const ALL: &[Nemesis] = &[
@@ -92,6 +101,14 @@ pub const ALL: &[Nemesis] = &[
     Nemesis::LongOutage,
 ];
 
+/// Nemeses that need every node's data directory on a lossy filesystem
+/// (`crate::lossy_fs`): a run listing one mounts them. Not in `ALL`.
+pub const POWER_LOSS: &[Nemesis] = &[
+    Nemesis::PowerLossFollower,
+    Nemesis::PowerLossLeader,
+    Nemesis::PowerLossAll,
+];
+
 impl Nemesis {
     pub fn name(self) -> &'static str {
         match self {
@@ -110,7 +127,14 @@ impl Nemesis {
             Nemesis::FsyncEio => "fsync-eio",
             Nemesis::DiskFull => "disk-full",
             Nemesis::LongOutage => "long-outage",
+            Nemesis::PowerLossFollower => "power-loss-follower",
+            Nemesis::PowerLossLeader => "power-loss-leader",
+            Nemesis::PowerLossAll => "power-loss-all",
         }
+    }
+
+    pub fn is_power_loss(self) -> bool {
+        POWER_LOSS.contains(&self)
     }
 
     pub fn is_partition(self) -> bool {
@@ -134,6 +158,10 @@ impl Nemesis {
             Nemesis::DiskStall => (1_000, 4_000),
             // How long the disk stays full once the node has fenced itself.
             Nemesis::DiskFull => (2_000, 6_000),
+            // How long the machines stay dark before they are started again.
+            Nemesis::PowerLossFollower | Nemesis::PowerLossLeader | Nemesis::PowerLossAll => {
+                (200, 2_000)
+            }
             _ => (2_000, 6_000),
         }
     }
@@ -142,12 +170,20 @@ impl Nemesis {
 impl FromStr for Nemesis {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        ALL.iter().copied().find(|n| n.name() == s).ok_or_else(|| {
-            anyhow!(
-                "unknown nemesis {s:?}; known: all, {}",
-                ALL.iter().map(|n| n.name()).collect::<Vec<_>>().join(", ")
-            )
-        })
+        ALL.iter()
+            .chain(POWER_LOSS)
+            .copied()
+            .find(|n| n.name() == s)
+            .ok_or_else(|| {
+                anyhow!(
+                    "unknown nemesis {s:?}; known: all, {}",
+                    ALL.iter()
+                        .chain(POWER_LOSS)
+                        .map(|n| n.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
     }
 }
 
@@ -288,6 +324,8 @@ pub fn execute(h: &mut Harness, step: &Step) -> NemesisEvent {
         heal_ns: 0,
         end_ns: 0,
         leader_faults: Vec::new(),
+        dropped_unsynced_bytes: 0,
+        dropped_wal_bytes: 0,
         error: None,
     };
     let result = inject(h, step, &mut rng, &mut ev);
@@ -567,6 +605,50 @@ fn inject(h: &mut Harness, step: &Step, rng: &mut StdRng, ev: &mut NemesisEvent)
                 "node {victim} (leader {leader}): {moved}filesystem filled, fenced in \
                  {fenced_in:?}, full for {hold:?}, back by itself in {took:?} after space returned"
             );
+        Nemesis::PowerLossFollower | Nemesis::PowerLossLeader | Nemesis::PowerLossAll => {
+            let victims = match step.nemesis {
+                Nemesis::PowerLossFollower => pick(rng, &followers, 1),
+                Nemesis::PowerLossLeader => vec![leader],
+                _ => members.clone(),
+            };
+            ensure!(!victims.is_empty(), "no node to cut the power of");
+            if victims.contains(&leader) {
+                fault_at(h, ev, "power-loss", leader);
+            }
+            // All victims die before any disk forgets: the same instant
+            // for every machine on the same power.
+            for &n in &victims {
+                h.cluster.kill(n)?;
+            }
+            let mut lost = Vec::new();
+            for &n in &victims {
+                let rep = h.power_loss(n)?;
+                ev.dropped_unsynced_bytes += rep.dropped_bytes;
+                ev.dropped_wal_bytes += rep
+                    .dropped
+                    .iter()
+                    .filter(|(f, _)| f.starts_with("db/") && f.ends_with(".log"))
+                    .map(|(_, b)| b)
+                    .sum::<u64>();
+                let top: Vec<String> = rep
+                    .dropped
+                    .iter()
+                    .take(3)
+                    .map(|(f, b)| format!("{f} {b} B"))
+                    .collect();
+                lost.push(format!(
+                    "node {n}: {} B in {} files ({})",
+                    rep.dropped_bytes,
+                    rep.files,
+                    top.join(", ")
+                ));
+            }
+            ev.detail = format!(
+                "power lost on {victims:?} (leader {leader}), dark {hold:?}; unsynced data dropped: {}",
+                lost.join("; ")
+            );
+            std::thread::sleep(hold);
+            // Restarted by heal_all.
         }
         Nemesis::Pause => {
             ev.detail = format!("SIGSTOP leader {leader} for {hold:?}");
@@ -830,6 +912,14 @@ mod tests {
         assert!(parse_list("").is_err());
         for n in ALL {
             assert_eq!(n.name().parse::<Nemesis>().unwrap(), *n);
+            assert!(!n.is_power_loss(), "{n:?} in `all` needs lossy mounts");
         }
+        for n in POWER_LOSS {
+            assert_eq!(n.name().parse::<Nemesis>().unwrap(), *n);
+        }
+        assert_eq!(
+            parse_list("power-loss-leader,kill2").unwrap(),
+            vec![Nemesis::PowerLossLeader, Nemesis::Kill2]
+        );
     }
 }

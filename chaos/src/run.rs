@@ -5,7 +5,9 @@
 //!
 //! May touch: the run directory (cluster files, node data, history.jsonl),
 //! the node processes it starts (all SIGKILLed when the harness is dropped,
-//! even on panic), its iptables chain (removed on drop), and HTTP to its nodes.
+//! even on panic), its iptables chain (removed on drop), the lossy FUSE
+//! mounts under its nodes' data directories in power-loss runs (unmounted
+//! on drop), and HTTP to its nodes.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -22,6 +24,7 @@ use serde_json::{Value, json};
 
 use crate::checker::{self, FinalAccount, FinalRecord, FinalState, ReportLine};
 use crate::history::{NemesisEvent, Op, Recorder};
+use crate::lossy_fs::{self, LossyMount, PowerLossReport};
 use crate::nemesis::{self, Nemesis, Schedule};
 use crate::net::{self, Firewall};
 use crate::report::{self, RunReport};
@@ -105,6 +108,10 @@ pub struct Harness {
     /// declared after `cluster`, so they are unmounted after its nodes are
     /// killed.
     pub small_disks: crate::small_disk::SmallDisks,
+    /// Each node's data directory on a lossy filesystem (runs with a
+    /// power-loss nemesis), over `node<N>/disk`. Declared after `cluster`:
+    /// dropped after its nodes are killed.
+    lossy: std::collections::BTreeMap<u64, LossyMount>,
 }
 
 /// Nodes build a snapshot every this many entries (every ~8 s under the
@@ -205,6 +212,28 @@ impl Harness {
             Some(net::HOST_PREFIX),
         )?;
         cluster.set_kill_on_drop(true);
+        let mut lossy = std::collections::BTreeMap::new();
+        if cfg.nemeses.iter().any(|n| n.is_power_loss()) {
+            ensure!(
+                !cfg.nemeses.contains(&Nemesis::Wipe),
+                "the wipe nemesis replaces nodes by fresh ones off the lossy mounts: \
+                 not in a run with power losses"
+            );
+            ensure!(
+                !cfg.nemeses.contains(&Nemesis::DiskFull),
+                "the disk-full nemesis moves a node's data onto a tmpfs, off its lossy mount: \
+                 not in a run with power losses"
+            );
+            for n in cluster.node_ids() {
+                let m = LossyMount::mount(
+                    &cluster.node_dir(n).join("disk"),
+                    &cluster.data_dir(n),
+                    lossy_fs::Limits::default(),
+                )
+                .with_context(|| format!("node {n}: lossy filesystem for its data directory"))?;
+                lossy.insert(n, m);
+            }
+        }
         // The WAL-fsync fault point (`disk-stall`): off unless a pause file
         // appears in a node's data directory.
         cluster.enable_failpoints();
@@ -221,9 +250,21 @@ impl Harness {
             firewall,
             retired: Vec::new(),
             small_disks: Default::default(),
+            lossy,
         };
         h.publish_members()?;
         Ok(h)
+    }
+
+    /// Node `n`'s machine loses power (its process must be dead): its
+    /// lossy filesystem drops what it had not fsynced and is mounted again.
+    pub fn power_loss(&mut self, n: u64) -> Result<PowerLossReport> {
+        let m = self
+            .lossy
+            .get_mut(&n)
+            .with_context(|| format!("node {n}'s data directory is not on a lossy filesystem"))?;
+        m.power_loss()
+            .with_context(|| format!("power loss on node {n}"))
     }
 
     pub fn members(&self) -> Vec<u64> {
