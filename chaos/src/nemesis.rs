@@ -605,6 +605,7 @@ fn inject(h: &mut Harness, step: &Step, rng: &mut StdRng, ev: &mut NemesisEvent)
                 "node {victim} (leader {leader}): {moved}filesystem filled, fenced in \
                  {fenced_in:?}, full for {hold:?}, back by itself in {took:?} after space returned"
             );
+        }
         Nemesis::PowerLossFollower | Nemesis::PowerLossLeader | Nemesis::PowerLossAll => {
             let victims = match step.nemesis {
                 Nemesis::PowerLossFollower => pick(rng, &followers, 1),
