@@ -202,6 +202,49 @@ pub struct Config {
     pub insecure: Insecure,
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Scheduled backups by the cluster itself (`backup::schedule`).
+    #[serde(default)]
+    pub backup: Option<BackupConfig>,
+}
+
+/// `[backup]`: one backup per `interval_s`, taken by one follower into
+/// `dir` (a billdb backup destination every node sees, e.g. a shared
+/// mount), then pruned per `[backup.retention]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// The backup destination, the same directory on every node.
+    pub dir: PathBuf,
+    /// One scheduled backup per this many seconds (slots aligned on Unix
+    /// time: 86400 is one per UTC day).
+    pub interval_s: u64,
+    /// The Ed25519 private key the manifests are signed with (hex, as
+    /// `billdb backup keygen` writes it; mode 0600). Never logged.
+    pub signing_key_file: PathBuf,
+    #[serde(default)]
+    pub retention: crate::backup::store::Retention,
+    /// A claim on a slot not renewed (every second) for this long is
+    /// abandoned (its node died) and another follower takes the slot.
+    #[serde(default = "d_claim_stale")]
+    pub claim_stale_s: u64,
+    /// The follower ranked r among the candidates waits r × this before it
+    /// takes an open slot (rank 0: the node of the previous backup, so the
+    /// next one is incremental).
+    #[serde(default = "d_stagger")]
+    pub stagger_s: u64,
+    /// Attempts one node makes at one slot before leaving it to others.
+    #[serde(default = "d_attempts")]
+    pub attempts_per_node_max: u32,
+}
+
+fn d_claim_stale() -> u64 {
+    30
+}
+fn d_stagger() -> u64 {
+    10
+}
+fn d_attempts() -> u32 {
+    2
 }
 
 /// `[storage]`: how a node whose storage failed recovers
@@ -429,6 +472,31 @@ impl Config {
         ] {
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|e| anyhow::anyhow!("{name} {addr:?}: {e}"))?;
+        }
+        if let Some(b) = &self.backup {
+            anyhow::ensure!(
+                (2..=31 * 86_400).contains(&b.interval_s),
+                "backup.interval_s in 2..=2678400 (31 days)"
+            );
+            anyhow::ensure!(
+                (3..=3600).contains(&b.claim_stale_s),
+                "backup.claim_stale_s in 3..=3600"
+            );
+            anyhow::ensure!(
+                (1..=3600).contains(&b.stagger_s),
+                "backup.stagger_s in 1..=3600"
+            );
+            anyhow::ensure!(
+                (1..=100).contains(&b.attempts_per_node_max),
+                "backup.attempts_per_node_max in 1..=100"
+            );
+            anyhow::ensure!(
+                !b.dir.as_os_str().is_empty(),
+                "backup.dir must name the backup destination"
+            );
+            b.retention
+                .validate()
+                .map_err(|e| anyhow::anyhow!("backup.retention: {e}"))?;
         }
         if self.tls.is_none() {
             use crate::listen::Port;

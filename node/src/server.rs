@@ -279,6 +279,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sm.fence(),
     );
     crate::metrics::spawn_leader_watch(app.clone());
+    crate::backup::schedule::spawn(&app).context("[backup]")?;
     app.storage.set_vote_fence(vote_fence);
     app.storage
         .watch_fsyncs(fsync_watch, config.storage.fsync_stall_ms);
