@@ -164,6 +164,9 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
 struct View {
     done: Option<Done>,
     claim: Option<Claim>,
+    /// Claims left on earlier slots: their nodes died or hang (a live
+    /// writer renews its claim past the end of its slot too).
+    old_claims: Vec<Claim>,
     /// Failed attempts at this slot, per node.
     failures: BTreeMap<NodeId, u32>,
     newest_done: Option<Done>,
@@ -182,6 +185,15 @@ fn read_view(dir: &Path, slot: u64) -> Result<View> {
             .and_then(|n| n.parse::<u64>().ok())
         {
             newest = newest.max(Some(n));
+        }
+        if let Some(n) = name
+            .strip_prefix("slot-")
+            .and_then(|r| r.strip_suffix(".claim"))
+            .and_then(|n| n.parse::<u64>().ok())
+            && n < slot
+            && let Some(c) = read_json::<Claim>(&sd.join(&name))
+        {
+            v.old_claims.push(c);
         }
         if let Some(kind) = name.strip_prefix(&prefix)
             && let Some(rest) = kind.strip_prefix("failed-")
@@ -371,6 +383,30 @@ pub fn spawn(app: &App) -> Result<()> {
     Ok(())
 }
 
+/// Count and show a claim this node found abandoned and set aside.
+fn note_abandoned(app: &App, c: &Claim) {
+    metrics::counter!("billdb_backup_failures_total", "reason" => "abandoned").increment(1);
+    tracing::warn!(
+        slot = c.slot,
+        node = c.node,
+        "scheduled backup abandoned by its node (it stopped renewing its claim)"
+    );
+    let f = Failed {
+        slot: c.slot,
+        node: c.node,
+        reason: "abandoned".into(),
+        message: format!(
+            "node {} stopped renewing its claim on slot {} (died or hung)",
+            c.node, c.slot
+        ),
+        unix_ms: unix_ms(),
+    };
+    with_state(&app.backup, |s| {
+        s.failures_total += 1;
+        s.last_failure = Some(f);
+    });
+}
+
 /// This node's rank among the candidates for `slot` (None: not a
 /// candidate now).
 fn rank(app: &App, view: &View, prefer: Option<NodeId>) -> Option<usize> {
@@ -413,6 +449,9 @@ async fn run(app: App, cfg: BackupConfig, key: Arc<SigningKey>) {
     let stagger = Duration::from_secs(cfg.stagger_s);
     // The claim being watched: (nonce, beat, since when unchanged).
     let mut watched: Option<(String, u64, Instant)> = None;
+    // The same for claims on earlier slots, by nonce.
+    let mut watched_old: std::collections::HashMap<String, (u64, Instant)> =
+        std::collections::HashMap::new();
     // When this node saw the current slot open (no claim, no backup).
     let mut open_since: Option<(u64, Instant)> = None;
     loop {
@@ -440,6 +479,25 @@ async fn run(app: App, cfg: BackupConfig, key: Arc<SigningKey>) {
         if let Some(d) = &view.newest_done {
             show_last_success(d);
             with_state(&app.backup, |s| s.last_success = Some(d.clone()));
+        }
+        // Claims on earlier slots that stopped changing: their backups
+        // were abandoned; record them (one node wins each).
+        watched_old.retain(|nonce, _| view.old_claims.iter().any(|c| c.nonce == *nonce));
+        for c in &view.old_claims {
+            let w = watched_old
+                .entry(c.nonce.clone())
+                .or_insert((c.beat, Instant::now()));
+            if w.0 != c.beat {
+                *w = (c.beat, Instant::now());
+            }
+            if w.1.elapsed() >= stale_after && rank(&app, &view, None).is_some() {
+                let (d, stale) = (dir.clone(), c.clone());
+                if let Ok(Ok(true)) =
+                    tokio::task::spawn_blocking(move || break_claim(&d, &stale)).await
+                {
+                    note_abandoned(&app, c);
+                }
+            }
         }
         if with_state(&app.backup, |s| s.running_slot.is_some()) {
             continue;
@@ -470,29 +528,7 @@ async fn run(app: App, cfg: BackupConfig, key: Arc<SigningKey>) {
             }
             let (d, stale) = (dir.clone(), c.clone());
             match tokio::task::spawn_blocking(move || break_claim(&d, &stale)).await {
-                Ok(Ok(true)) => {
-                    metrics::counter!("billdb_backup_failures_total", "reason" => "abandoned")
-                        .increment(1);
-                    let f = Failed {
-                        slot,
-                        node: c.node,
-                        reason: "abandoned".into(),
-                        message: format!(
-                            "node {} stopped renewing its claim on slot {slot} (died or hung)",
-                            c.node
-                        ),
-                        unix_ms: unix_ms(),
-                    };
-                    tracing::warn!(
-                        slot,
-                        node = c.node,
-                        "scheduled backup abandoned by its node: taking the slot over"
-                    );
-                    with_state(&app.backup, |s| {
-                        s.failures_total += 1;
-                        s.last_failure = Some(f);
-                    });
-                }
+                Ok(Ok(true)) => note_abandoned(&app, c),
                 Ok(Ok(false)) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(error = %format!("{e:#}"), "breaking an abandoned backup claim")
