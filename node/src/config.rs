@@ -573,6 +573,57 @@ mod tests {
     }
 
     #[test]
+    fn backup_section_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        let base = "node_id = 1\ndata_dir = \"/tmp/x\"\nraft_addr = \"127.0.0.1:7201\"\ngrpc_addr = \"127.0.0.1:7101\"\nhttp_addr = \"127.0.0.1:7001\"\n[insecure]\nraft = true\ngrpc = true\nhttp = true\n";
+        let backup =
+            "[backup]\ndir = \"/mnt/b\"\ninterval_s = 3600\nsigning_key_file = \"/etc/b.key\"\n";
+        std::fs::write(&p, base).unwrap();
+        assert_eq!(Config::load(&args(Some(p.clone()))).unwrap().backup, None);
+        std::fs::write(&p, format!("{base}{backup}")).unwrap();
+        let b = Config::load(&args(Some(p.clone())))
+            .unwrap()
+            .backup
+            .unwrap();
+        assert_eq!((b.interval_s, b.claim_stale_s, b.stagger_s), (3600, 30, 10));
+        assert_eq!(b.retention, crate::backup::store::Retention::default());
+        for (bad, why) in [
+            ("interval_s = 1\n", "interval too short"),
+            ("claim_stale_s = 1\n", "claim stale too short"),
+            ("stagger_s = 0\n", "no stagger"),
+            ("bogus = 1\n", "unknown key"),
+            (
+                "[backup.retention]\nkeep_daily = 0\nkeep_monthly = 0\n",
+                "keeps nothing",
+            ),
+        ] {
+            let text = if bad.starts_with('[') {
+                format!("{base}{backup}{bad}")
+            } else {
+                format!(
+                    "{base}{}{bad}",
+                    backup.replace(
+                        "interval_s = 3600\n",
+                        if bad.starts_with("interval_s") {
+                            ""
+                        } else {
+                            "interval_s = 3600\n"
+                        }
+                    )
+                )
+            };
+            std::fs::write(&p, text).unwrap();
+            assert!(Config::load(&args(Some(p.clone()))).is_err(), "{why}");
+        }
+        std::fs::write(&p, format!("{base}[backup]\ndir = \"/mnt/b\"\n")).unwrap();
+        assert!(
+            Config::load(&args(Some(p.clone()))).is_err(),
+            "interval and key are required"
+        );
+    }
+
+    #[test]
     fn bad_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("n.toml");

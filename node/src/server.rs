@@ -159,6 +159,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    let backup_key = crate::backup::schedule::load_key(&config).context("[backup]")?;
     for port in [Port::Raft, Port::Grpc, Port::Http] {
         if config.insecure.of(port) {
             tracing::warn!(
@@ -279,7 +280,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sm.fence(),
     );
     crate::metrics::spawn_leader_watch(app.clone());
-    crate::backup::schedule::spawn(&app).context("[backup]")?;
+    crate::backup::schedule::spawn(&app, backup_key);
     app.storage.set_vote_fence(vote_fence);
     app.storage
         .watch_fsyncs(fsync_watch, config.storage.fsync_stall_ms);

@@ -101,7 +101,7 @@ fn metric_sum(c: &TestCluster, nodes: &[NodeId], sample: &str) -> f64 {
     nodes.iter().map(|n| c.metric(*n, sample)).sum()
 }
 
-const INTERVAL_S: u64 = 8;
+const INTERVAL_S: u64 = 16;
 
 /// (a) must-show #5. Every node starts with the backup fault point set: a
 /// backup it claims waits. The first claimant is killed while it holds its
@@ -122,6 +122,12 @@ fn scheduled_backups_continue_when_the_node_writing_one_is_killed() {
         c.data_dir(n)
             .join(billdb_api::failpoints::BACKUP_PAUSE_FILE)
     };
+    // Start just after a slot begins, so the first claim has most of its
+    // slot left and the takeover happens within it.
+    let now_ms = billdb_node::backup::store::unix_ms();
+    std::thread::sleep(Duration::from_millis(
+        INTERVAL_S * 1000 - now_ms % (INTERVAL_S * 1000) + 100,
+    ));
     let c = TestCluster::start_configured(
         6000,
         5,
@@ -159,9 +165,9 @@ fn scheduled_backups_continue_when_the_node_writing_one_is_killed() {
         Duration::from_secs(3 * INTERVAL_S),
         || current_claim(&dest),
     );
+    let claim_seen_ms = billdb_node::backup::store::unix_ms();
     let leader = c.leader();
     assert_ne!(victim, leader, "the leader never claims");
-    import(&c, "S", 3);
     assert!(done_records(&dest).is_empty(), "the claimant waits");
     for n in &all {
         assert_eq!(
@@ -177,6 +183,7 @@ fn scheduled_backups_continue_when_the_node_writing_one_is_killed() {
         std::fs::remove_file(pause(&c.c, *n)).expect("unpause");
     }
     eprintln!("killed node {victim} holding the claim on slot {slot}");
+    import(&c, "S", 3);
 
     // The abandoned claim is found and counted once; another follower
     // writes a backup (of that slot, or the next one when the claim was
@@ -198,7 +205,19 @@ fn scheduled_backups_continue_when_the_node_writing_one_is_killed() {
         Duration::from_secs(4 * INTERVAL_S),
         || done_records(&dest).into_values().next(),
     );
-    assert!(taken.slot >= slot);
+    // Claim renewal stops at the kill: abandoned after claim_stale_s (3 s),
+    // then taken by the next follower in rank (1 s stagger per rank, at
+    // most 3 ranks): within the slot when at least 9 s of it were left.
+    let left_ms = (slot + 1) * INTERVAL_S * 1000 - claim_seen_ms;
+    if left_ms > 9_000 {
+        assert_eq!(
+            taken.slot, slot,
+            "taken over within its slot ({left_ms} ms left)"
+        );
+    } else {
+        assert!(taken.slot > slot, "{taken:?}");
+        eprintln!("the claim came {left_ms} ms before its slot's end: the next slot was taken");
+    }
     assert_ne!(taken.node, victim);
     assert_ne!(taken.node, c.leader(), "taken from a follower: {taken:?}");
     assert!(taken.finished_unix_ms > killed_at_ms);
@@ -284,6 +303,44 @@ fn scheduled_backups_continue_when_the_node_writing_one_is_killed() {
         let left = std::fs::read_dir(&holds).map(|r| r.count()).unwrap_or(0);
         assert_eq!(left, 0, "node {} kept a hold", d.node);
     }
+    // The signing key never reaches a log.
+    let key_hex = std::fs::read_to_string(&private).expect("key");
+    for n in &all {
+        let log = std::fs::read_to_string(c.c.log_path(*n)).expect("node log");
+        assert!(
+            log.contains("scheduled backups on"),
+            "node {n} logs the schedule"
+        );
+        assert!(
+            !log.contains(key_hex.trim()),
+            "node {n} logged the signing key"
+        );
+    }
+    // A node whose signing key file holds no key refuses to start, before
+    // it touches its data, naming the file and not its content.
+    let bad = keys.path().join("bad.key");
+    std::fs::write(&bad, "SECRET-MATERIAL-not-a-key\n").expect("bad key");
+    let cfg = std::fs::read_to_string(c.c.config_path(victim))
+        .expect("config")
+        .replace(&private.display().to_string(), &bad.display().to_string());
+    let cfg_path = keys.path().join("bad-node.toml");
+    std::fs::write(&cfg_path, cfg).expect("config");
+    let out = std::process::Command::new(node_bin())
+        .arg("--config")
+        .arg(&cfg_path)
+        .output()
+        .expect("run node");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "started with a bad key: {said}");
+    assert!(
+        said.contains("backup.signing_key_file") && said.contains(&bad.display().to_string()),
+        "{said}"
+    );
+    assert!(!said.contains("SECRET-MATERIAL"), "{said}");
     eprintln!(
         "scheduled: {} slots done ({:?}), wall {:?}",
         done.len(),

@@ -342,16 +342,15 @@ fn show_last_success(d: &Done) {
     metrics::gauge!("billdb_backup_last_duration_seconds").set(d.duration_ms as f64 / 1000.0);
 }
 
-/// Start the scheduler when `[backup]` is configured. Fails (the node does
-/// not start) when the signing key cannot be read: a misconfiguration
-/// better seen at once than at the first slot. An unreachable destination
-/// does not stop the node: each look and attempt reports it.
-pub fn spawn(app: &App) -> Result<()> {
-    let Some(cfg) = app.config.backup.clone() else {
-        return Ok(());
+/// The signing key of `[backup]`, when configured, read at start before
+/// the node touches its data: a key that cannot be read stops the node
+/// (a misconfiguration better seen at once than at the first slot). The
+/// error names the file, never its content.
+pub fn load_key(config: &crate::config::Config) -> Result<Option<SigningKey>> {
+    let Some(cfg) = &config.backup else {
+        return Ok(None);
     };
-    let key = store::read_signing_key(&cfg.signing_key_file)
-        .with_context(|| "backup.signing_key_file".to_string())?;
+    let key = store::read_signing_key(&cfg.signing_key_file).context("backup.signing_key_file")?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -364,6 +363,16 @@ pub fn spawn(app: &App) -> Result<()> {
             );
         }
     }
+    Ok(Some(key))
+}
+
+/// Start the scheduler when `[backup]` is configured (`key` from
+/// [`load_key`]). An unreachable destination does not stop the node: each
+/// look and attempt reports it.
+pub fn spawn(app: &App, key: Option<SigningKey>) {
+    let (Some(cfg), Some(key)) = (app.config.backup.clone(), key) else {
+        return;
+    };
     with_state(&app.backup, |s| {
         s.configured = true;
         s.dir = Some(cfg.dir.clone());
@@ -380,7 +389,6 @@ pub fn spawn(app: &App) -> Result<()> {
         "scheduled backups on"
     );
     tokio::spawn(run(app.clone(), cfg, Arc::new(key)));
-    Ok(())
 }
 
 /// Count and show a claim this node found abandoned and set aside.
