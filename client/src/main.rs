@@ -310,6 +310,10 @@ fn provision_cluster(
 
 #[derive(Subcommand)]
 enum BackupCmd {
+    /// Make DIR a backup destination (new or empty; an existing destination
+    /// is left as it is): the shared directory scheduled backups write to
+    /// must be made once, so that an unmounted share is not taken for one.
+    Init { dir: PathBuf },
     /// Write a signing key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.
     Keygen {
         #[arg(long)]
@@ -380,7 +384,7 @@ enum BackupCmd {
 impl BackupCmd {
     fn json(&self) -> bool {
         match self {
-            BackupCmd::Keygen { .. } => false,
+            BackupCmd::Keygen { .. } | BackupCmd::Init { .. } => false,
             BackupCmd::Create { ep, .. } => ep.json,
             BackupCmd::Verify { json, .. }
             | BackupCmd::List { json, .. }
@@ -877,6 +881,11 @@ fn is_terminal() -> bool {
 fn run_backup(cmd: BackupCmd) -> Result<()> {
     use billdb_client::backup;
     match cmd {
+        BackupCmd::Init { dir } => {
+            billdb_node::backup::store::open_destination(&dir)?;
+            println!("{} is a billdb backup destination", dir.display());
+            Ok(())
+        }
         BackupCmd::Keygen { out } => {
             let (private, public) = backup::keygen(&out)?;
             println!(

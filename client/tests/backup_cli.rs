@@ -1,4 +1,4 @@
-//! `billdb backup keygen | create | verify | list | prune` and `billdb
+//! `billdb backup keygen | init | create | verify | list | prune` and `billdb
 //! restore` driven as an operator would, against a real three-node local
 //! cluster the CLI starts (`billdb local up`): the good path in `--json`
 //! and readable form, and for each command a bad input refused with a
@@ -207,8 +207,20 @@ fn backup_commands_as_an_operator_runs_them() {
     refused(env, &args, true, "NOT_A_BACKUP");
     assert_eq!(tree(&stranger), stranger_before);
 
-    // create twice, with a write between: the second is incremental.
+    // init: a new destination; a stranger directory: refused, untouched.
+    refused(
+        None,
+        &["backup", "init", &p(&stranger)],
+        false,
+        "NOT_A_BACKUP",
+    );
+    assert_eq!(tree(&stranger), stranger_before);
     let dest = tmp.path().join("dest");
+    let (ok, out, err) = run(None, &["backup", "init", &p(&dest)]);
+    assert!(ok, "{out}{err}");
+    assert!(dest.join("billdb-backup.json").is_file());
+
+    // create twice, with a write between: the second is incremental.
     let args: Vec<String> = create(&dest);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let b1 = ok_json(env, &args);

@@ -103,6 +103,60 @@ fn metric_sum(c: &TestCluster, nodes: &[NodeId], sample: &str) -> f64 {
 
 const INTERVAL_S: u64 = 16;
 
+/// The body of a raw HTTP/1.1 answer (content-length or chunked).
+fn http_body(answer: &str) -> String {
+    let (head, body) = answer.split_once("\r\n\r\n").expect("headers end");
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_string();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("chunk size");
+        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
+
+/// `promtool check metrics` passes on an exposition (promtool from
+/// Debian's prometheus package, as the monitoring test uses; fails, never
+/// skips, when it is missing).
+fn assert_promtool_clean(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let promtool = ["/usr/bin/promtool", "promtool"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok())
+        .expect("promtool is not installed: run deploy/setup.sh");
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feeding promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// (a) must-show #5. Every node starts with the backup fault point set: a
 /// backup it claims waits. The first claimant is killed while it holds its
 /// claim; the others are let go.
@@ -113,6 +167,8 @@ fn scheduled_backups_continue_when_the_node_writing_one_is_killed() {
     let (private, public) = backup::keygen(&keys.path().join("sched")).expect("keygen");
     let shared = tempfile::tempdir().expect("tempdir");
     let dest = shared.path().join("backups");
+    // Made once by the operator (`billdb backup init`): nodes never make it.
+    billdb_node::backup::store::open_destination(&dest).expect("destination");
     let extra = format!(
         "[backup]\ndir = {:?}\ninterval_s = {INTERVAL_S}\nsigning_key_file = {:?}\nclaim_stale_s = 3\nstagger_s = 1\n[backup.retention]\nkeep_last = 1000\n",
         dest.display().to_string(),
@@ -243,6 +299,22 @@ fn scheduled_backups_continue_when_the_node_writing_one_is_killed() {
                 .then_some(())
         },
     );
+    // Every backup metric of a node that wrote one passes promtool.
+    let text = http_body(&c.metrics_text(taken.node));
+    for name in [
+        "billdb_backup_last_size_bytes",
+        "billdb_backup_last_copied_bytes",
+        "billdb_backup_last_duration_seconds",
+        "billdb_backup_successes_total",
+        "billdb_backup_running",
+        "billdb_backup_prune_freed_bytes_total",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP"
+        );
+    }
+    assert_promtool_clean(&text);
     let sizes: BTreeSet<u64> = done_records(&dest)
         .values()
         .map(|d| d.bytes_total)

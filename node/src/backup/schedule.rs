@@ -35,6 +35,10 @@
 //! taken), a hold on this node, its files stored by content, the manifest
 //! signed; then a prune per `[backup.retention]`.
 //!
+//! The destination must exist (`billdb backup init`, or any `billdb backup
+//! create`): a node never makes one, so an unmounted shared mount (its
+//! empty mount point) is an error, not five separate destinations.
+//!
 //! May touch: `dir` (through `store`, and `dir/schedule/`), this node's
 //! `data_dir/backup-holds/` (through `backup`); reads the signing key file
 //! once at start (its content is never logged or shown).
@@ -441,18 +445,6 @@ fn rank(app: &App, view: &View, prefer: Option<NodeId>) -> Option<usize> {
 
 async fn run(app: App, cfg: BackupConfig, key: Arc<SigningKey>) {
     let dir = cfg.dir.clone();
-    {
-        let d = dir.clone();
-        let made = tokio::task::spawn_blocking(move || {
-            store::open_destination(&d)?;
-            std::fs::create_dir_all(sched_dir(&d))
-                .with_context(|| format!("creating {}", sched_dir(&d).display()))
-        })
-        .await;
-        if let Ok(Err(e)) | Err(e) = made.map_err(|e| anyhow!("{e}")) {
-            tracing::error!(dir = %dir.display(), error = %format!("{e:#}"), "backup destination");
-        }
-    }
     let stale_after = Duration::from_secs(cfg.claim_stale_s);
     let stagger = Duration::from_secs(cfg.stagger_s);
     // The claim being watched: (nonce, beat, since when unchanged).
@@ -467,7 +459,15 @@ async fn run(app: App, cfg: BackupConfig, key: Arc<SigningKey>) {
         let slot = unix_ms() / 1000 / cfg.interval_s;
         let d = dir.clone();
         let view = match tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(sched_dir(&d)).ok();
+            // Only inside a billdb backup destination the operator made
+            // (`billdb backup init`): a node never makes one, so a shared
+            // mount that is not mounted (an empty mount point on the local
+            // disk) is refused instead of each node backing up on its own.
+            store::check_marker(&d).map_err(|e| {
+                anyhow!("{e:#} (is the shared mount mounted? make a new destination with `billdb backup init`)")
+            })?;
+            std::fs::create_dir_all(sched_dir(&d))
+                .with_context(|| format!("creating {}", sched_dir(&d).display()))?;
             read_view(&d, slot)
         })
         .await
