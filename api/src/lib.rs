@@ -46,4 +46,8 @@ pub mod failpoints {
     /// at least the number of bytes the file says (the file is removed:
     /// one break), as a link that drops mid-transfer.
     pub const SNAPSHOT_RECEIVE_BREAK_FILE: &str = "failpoint-snapshot-receive-break-after-bytes";
+    /// While a file of this name exists in a node's data directory, a
+    /// scheduled backup the node has claimed waits (its claim renewed)
+    /// before it starts: a test can kill the node in the middle of one.
+    pub const BACKUP_PAUSE_FILE: &str = "failpoint-backup-pause";
 }

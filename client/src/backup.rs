@@ -1,73 +1,39 @@
-//! Backups, CLI side: `billdb backup keygen | create | verify | list` and
-//! `billdb restore` (the node side is `billdb_node::backup`).
+//! Backups, CLI side: `billdb backup keygen | create | verify | list |
+//! prune` and `billdb restore` (the node side is `billdb_node::backup`).
 //!
-//! A backup destination `DIR` holds:
+//! The destination's layout, the writer (shared with the node's scheduled
+//! backups) and `prune` are `billdb_node::backup::store`; here are the
+//! keys, the choice of the node to back up from and the download of its
+//! hold over HTTP, verify and restore.
 //!
-//! - `billdb-backup.json`: the marker (`{"format": 1}`); a directory without
-//!   it that is not empty is refused as "not a billdb backup".
-//! - `files/<sha256>`: every database file ever backed up, named by the
-//!   SHA-256 of its content. RocksDB never changes an SST file once written,
-//!   so a later backup finds most of its files here already and copies only
-//!   the new ones (incremental); two backups share what they share.
-//! - `backups/<id>/manifest.json` + `manifest.sig`: one backup: cluster id,
-//!   applied log id, time, every file (name, size, SHA-256), the state
-//!   digest and the business fingerprints; the signature is Ed25519 over the
-//!   exact bytes of `manifest.json`.
-//!
-//! Everything is written under a temporary name (`.…part`, `.…tmp`),
-//! fsynced and renamed, so an interrupted run leaves nothing a later run
-//! takes for a good file or backup.
+//! May touch: the destination directory, the key files it is given, and
+//! the data directories a restore is given.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
+use billdb_node::backup::store::{self, HoldSource, check_marker, fsync_dir, store_path};
 use billdb_node::backup::{FileEntry, Fingerprints, Hold, fingerprint_differences};
-use billdb_node::types::{LogId, NodeId, NodeInfo, Nodes};
+use billdb_node::types::{NodeId, NodeInfo, Nodes};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde::Serialize;
 
 use crate::admin::AdminClient;
 use crate::tls::ClientTls;
 
-/// Format of the destination layout and the manifest this build writes.
-pub const BACKUP_FORMAT: u32 = 1;
-pub const MARKER_FILE: &str = "billdb-backup.json";
-pub const FILES_DIR: &str = "files";
-pub const BACKUPS_DIR: &str = "backups";
-pub const MANIFEST_FILE: &str = "manifest.json";
-pub const SIGNATURE_FILE: &str = "manifest.sig";
+pub use billdb_node::backup::store::{
+    BACKUP_FORMAT, BACKUPS_DIR, BackupError, FILES_DIR, MANIFEST_FILE, MARKER_FILE, Manifest,
+    PruneReport, Retention, SIGNATURE_FILE, code_of, list_ids, prune, render_prune,
+};
+
 /// Longest wait for a node to make a hold (a flush and hashing every file).
 const HOLD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Bound on one file's download.
 const FILE_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
-
-/// One backup's manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    pub format: u32,
-    pub backup_id: String,
-    /// The cluster id of the source (`None`: a cluster without TLS).
-    pub cluster_id: Option<String>,
-    /// The database's data format (`billdb_node::store::DATA_FORMAT`).
-    pub data_format: u32,
-    pub source_node: NodeId,
-    pub applied_log_id: LogId,
-    /// When the hold was made (RFC 3339) and as Unix milliseconds.
-    pub created_at: String,
-    pub created_unix_ms: u64,
-    pub files: Vec<FileEntry>,
-    pub bytes_total: u64,
-    /// `GET /v1/cluster/digest` of the state.
-    pub digest: String,
-    /// Per `branch/utility`: accounts, records, Σ amounts by kind, Σ balances.
-    pub fingerprints: Fingerprints,
-}
 
 // ---- keys -------------------------------------------------------------------
 
@@ -85,11 +51,15 @@ fn random_32() -> Result<[u8; 32]> {
 pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf)> {
     let private = prefix.with_extension("key");
     let public = prefix.with_extension("pub");
-    ensure!(
-        !private.exists(),
-        "{} already exists: a key is never overwritten",
-        private.display()
-    );
+    if private.exists() {
+        return Err(store::error(
+            store::E_INVALID_ARGUMENT,
+            format!(
+                "{} already exists: a key is never overwritten",
+                private.display()
+            ),
+        ));
+    }
     let key = SigningKey::from_bytes(&random_32()?);
     crate::certs::write_file(
         &private,
@@ -104,26 +74,12 @@ pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((private, public))
 }
 
-fn read_hex_32(path: &Path, what: &str) -> Result<[u8; 32]> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the {what} {}", path.display()))?;
-    let bytes = hex::decode(text.trim())
-        .map_err(|_| anyhow!("{} is not a billdb backup {what} (not hex)", path.display()))?;
-    bytes.try_into().map_err(|_| {
-        anyhow!(
-            "{} is not a billdb backup {what} (not 32 bytes)",
-            path.display()
-        )
-    })
-}
-
 pub fn read_signing_key(path: &Path) -> Result<SigningKey> {
-    Ok(SigningKey::from_bytes(&read_hex_32(path, "private key")?))
+    store::read_signing_key(path)
 }
 
 pub fn read_verifying_key(path: &Path) -> Result<VerifyingKey> {
-    VerifyingKey::from_bytes(&read_hex_32(path, "public key")?)
-        .map_err(|e| anyhow!("{} is not a valid Ed25519 public key: {e}", path.display()))
+    store::read_verifying_key(path)
 }
 
 // ---- progress ---------------------------------------------------------------
@@ -143,110 +99,26 @@ pub fn bytes_bar(total: u64, what: &str, show: bool) -> ProgressBar {
     pb
 }
 
-// ---- the destination --------------------------------------------------------
-
-#[derive(Serialize, Deserialize)]
-struct Marker {
-    format: u32,
+/// The writer's progress as a bar.
+struct Bar {
+    pb: Option<ProgressBar>,
+    show: bool,
 }
 
-fn fsync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
-}
-
-/// Check that `dir` is a billdb backup destination this build reads.
-fn check_marker(dir: &Path) -> Result<()> {
-    let path = dir.join(MARKER_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|_| {
-        anyhow!(
-            "{} is not a billdb backup (no {MARKER_FILE})",
-            dir.display()
-        )
-    })?;
-    let m: Marker = serde_json::from_str(&text)
-        .map_err(|e| anyhow!("{} is not a billdb backup marker: {e}", path.display()))?;
-    ensure!(
-        m.format <= BACKUP_FORMAT,
-        "{} was written by a newer billdb (backup format {}; this build reads up to {BACKUP_FORMAT})",
-        dir.display(),
-        m.format
-    );
-    Ok(())
-}
-
-/// Open the destination, making it when it is new or empty.
-fn open_destination(dir: &Path) -> Result<()> {
-    if dir.join(MARKER_FILE).exists() {
-        return check_marker(dir);
+impl store::Progress for Bar {
+    fn begin(&mut self, bytes: u64) {
+        self.pb = Some(bytes_bar(bytes, "copy", self.show));
     }
-    if dir.exists() {
-        let mut entries =
-            std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
-        ensure!(
-            entries.next().is_none(),
-            "{} is not empty and is not a billdb backup: choose an empty or new directory",
-            dir.display()
-        );
-    }
-    std::fs::create_dir_all(dir.join(FILES_DIR))
-        .with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::create_dir_all(dir.join(BACKUPS_DIR))?;
-    let tmp = dir.join(format!(".{MARKER_FILE}.tmp"));
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec(&Marker {
-            format: BACKUP_FORMAT,
-        })?,
-    )?;
-    std::fs::rename(&tmp, dir.join(MARKER_FILE))?;
-    fsync_dir(dir)
-}
-
-fn store_path(dir: &Path, sha256: &str) -> PathBuf {
-    dir.join(FILES_DIR).join(sha256)
-}
-
-/// Whether the store holds this file already (same size; its content was
-/// checked when it was stored).
-fn held(dir: &Path, f: &FileEntry) -> bool {
-    std::fs::metadata(store_path(dir, &f.sha256)).is_ok_and(|m| m.is_file() && m.len() == f.size)
-}
-
-/// A writer that hashes and counts what goes through it.
-struct Hashing<W: Write> {
-    inner: W,
-    h: Sha256,
-    n: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.h.update(&buf[..n]);
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Every backup id in `dir`, oldest first.
-pub fn list_ids(dir: &Path) -> Result<Vec<String>> {
-    check_marker(dir)?;
-    let mut ids = Vec::new();
-    for e in std::fs::read_dir(dir.join(BACKUPS_DIR))
-        .with_context(|| format!("reading {}", dir.join(BACKUPS_DIR).display()))?
-    {
-        let name = e?.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') {
-            ids.push(name);
+    fn advance(&mut self, bytes: u64) {
+        if let Some(pb) = &self.pb {
+            pb.inc(bytes);
         }
     }
-    ids.sort();
-    Ok(ids)
+    fn end(&mut self) {
+        if let Some(pb) = self.pb.take() {
+            pb.finish_and_clear();
+        }
+    }
 }
 
 // ---- create -----------------------------------------------------------------
@@ -344,30 +216,35 @@ impl Drop for HoldGuard {
     }
 }
 
-/// The node the newest backup in `dir` was taken from (unsigned hint:
-/// only a preference).
-fn newest_source(dir: &Path) -> Option<NodeId> {
-    let id = list_ids(dir).ok()?.pop()?;
-    let bytes = std::fs::read(dir.join(BACKUPS_DIR).join(id).join(MANIFEST_FILE)).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v["source_node"].as_u64()
+/// A hold's files, downloaded from its node's HTTP route.
+struct HttpHold {
+    dl: AdminClient,
+    hold_id: String,
 }
 
-/// `20261206T060312Z` from an RFC 3339 time.
-fn compact_time(rfc3339: &str) -> String {
-    let digits: String = rfc3339
-        .chars()
-        .take(19)
-        .filter(|c| c.is_ascii_digit() || *c == 'T')
-        .collect();
-    format!("{digits}Z")
+impl HoldSource for HttpHold {
+    fn copy(
+        &mut self,
+        f: &FileEntry,
+        out: &mut dyn Write,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        self.dl
+            .download(
+                &format!("/v1/backup/holds/{}/files/{}", self.hold_id, f.name),
+                out,
+                progress,
+            )
+            .map(|_| ())
+            .map_err(|e| anyhow!("downloading {}: {e}", f.name))
+    }
 }
 
 pub fn create(o: &CreateOpts) -> Result<CreateReport> {
     let started = Instant::now();
     let key = read_signing_key(&o.private_key)?;
-    open_destination(&o.to)?;
-    let prefer = newest_source(&o.to);
+    store::open_destination(&o.to)?;
+    let prefer = store::newest_source(&o.to);
     let (source_node, source_addr, source_was_leader) = pick_source(o, prefer)?;
     let hold_client = client(&source_addr, o, HOLD_TIMEOUT);
     let v = hold_client
@@ -378,149 +255,37 @@ pub fn create(o: &CreateOpts) -> Result<CreateReport> {
         client: client(&source_addr, o, o.timeout),
         hold_id: hold.hold_id.clone(),
     };
-    ensure!(
-        hold.data_format == billdb_node::store::DATA_FORMAT,
-        "node {source_node} runs data format {}, this billdb reads format {}: use the billdb of the cluster's release",
-        hold.data_format,
-        billdb_node::store::DATA_FORMAT
-    );
-    let applied = hold
-        .summary
-        .applied
-        .context("the node has applied nothing yet: nothing to back up")?;
-    let created_unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let created_at = billdb_node::api::validate::to_rfc3339(created_unix_ms as i64);
-
-    let missing: Vec<&FileEntry> = hold.files.iter().filter(|f| !held(&o.to, f)).collect();
-    let bytes_copied: u64 = missing.iter().map(|f| f.size).sum();
-    let pb = bytes_bar(bytes_copied, "copy", o.progress);
-    let dl = client(&source_addr, o, FILE_TIMEOUT);
-    for f in &missing {
-        fetch_file(&dl, &o.to, &hold.hold_id, f, &pb)?;
-    }
-    pb.finish_and_clear();
-    fsync_dir(&o.to.join(FILES_DIR))?;
-
-    let mut backup_id = format!("{}-{:012}", compact_time(&created_at), applied.index);
-    let mut n = 2;
-    while o.to.join(BACKUPS_DIR).join(&backup_id).exists() {
-        backup_id = format!("{}-{:012}-{n}", compact_time(&created_at), applied.index);
-        n += 1;
-    }
-    let manifest = Manifest {
-        format: BACKUP_FORMAT,
-        backup_id: backup_id.clone(),
-        cluster_id: v["cluster_id"].as_str().map(str::to_string),
-        data_format: hold.data_format,
-        source_node,
-        applied_log_id: applied,
-        created_at,
-        created_unix_ms,
-        bytes_total: hold.files.iter().map(|f| f.size).sum(),
-        files: hold.files.clone(),
-        digest: hold.summary.digest.clone(),
-        fingerprints: hold.summary.fingerprints.clone(),
-    };
-    write_manifest(&o.to, &manifest, &key)?;
+    let w = store::write_backup(
+        &o.to,
+        store::Source {
+            hold: &hold,
+            node: source_node,
+            cluster_id: v["cluster_id"].as_str().map(str::to_string),
+        },
+        &mut HttpHold {
+            dl: client(&source_addr, o, FILE_TIMEOUT),
+            hold_id: hold.hold_id.clone(),
+        },
+        &key,
+        &mut Bar {
+            pb: None,
+            show: o.progress,
+        },
+        &mut || Ok(()),
+    )?;
     Ok(CreateReport {
-        backup_id,
+        backup_id: w.backup_id,
         dir: o.to.clone(),
         source_node,
         source_was_leader,
-        applied_index: applied.index,
-        files: manifest.files.len(),
-        files_copied: missing.len(),
-        bytes_total: manifest.bytes_total,
-        bytes_copied,
-        digest: manifest.digest,
+        applied_index: w.applied_index,
+        files: w.files,
+        files_copied: w.files_copied,
+        bytes_total: w.bytes_total,
+        bytes_copied: w.bytes_copied,
+        digest: w.digest,
         ms: started.elapsed().as_millis() as u64,
     })
-}
-
-/// Download one file of a hold into the store: `.…part`, checked against
-/// its size and SHA-256, fsynced, renamed to its hash.
-fn fetch_file(
-    dl: &AdminClient,
-    dir: &Path,
-    hold_id: &str,
-    f: &FileEntry,
-    pb: &ProgressBar,
-) -> Result<()> {
-    ensure!(
-        f.sha256.len() == 64 && f.sha256.bytes().all(|b| b.is_ascii_hexdigit()),
-        "the node named file {} with a bad hash {:?}",
-        f.name,
-        f.sha256
-    );
-    let dest = store_path(dir, &f.sha256);
-    let part = dir
-        .join(FILES_DIR)
-        .join(format!(".{}.{}.part", f.sha256, std::process::id()));
-    let file =
-        std::fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?;
-    let mut w = Hashing {
-        inner: std::io::BufWriter::with_capacity(1 << 20, file),
-        h: Sha256::new(),
-        n: 0,
-    };
-    let got = dl.download(
-        &format!("/v1/backup/holds/{hold_id}/files/{}", f.name),
-        &mut w,
-        &mut |n| pb.inc(n),
-    );
-    let check = (|| -> Result<()> {
-        got.with_context(|| format!("downloading {}", f.name))?;
-        let sha = hex::encode(w.h.clone().finalize());
-        ensure!(
-            w.n == f.size && sha == f.sha256,
-            "{}: received {} bytes with SHA-256 {sha}, the node announced {} bytes, {}",
-            f.name,
-            w.n,
-            f.size,
-            f.sha256
-        );
-        let file = w
-            .inner
-            .into_inner()
-            .map_err(|e| anyhow!("writing {}: {}", part.display(), e.error()))?;
-        file.sync_all()
-            .with_context(|| format!("syncing {}", part.display()))?;
-        std::fs::rename(&part, &dest).with_context(|| format!("renaming to {}", dest.display()))
-    })();
-    if check.is_err() {
-        let _ = std::fs::remove_file(&part);
-    }
-    check
-}
-
-fn write_manifest(dir: &Path, m: &Manifest, key: &SigningKey) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(m)?;
-    let sig = key.sign(&bytes);
-    let backups = dir.join(BACKUPS_DIR);
-    let tmp = backups.join(format!(".{}.tmp", m.backup_id));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp)?;
-    let write = |name: &str, content: &[u8]| -> Result<()> {
-        let p = tmp.join(name);
-        let mut f =
-            std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?;
-        f.write_all(content)?;
-        f.sync_all()?;
-        Ok(())
-    };
-    write(MANIFEST_FILE, &bytes)?;
-    write(
-        SIGNATURE_FILE,
-        format!("{}\n", hex::encode(sig.to_bytes())).as_bytes(),
-    )?;
-    fsync_dir(&tmp)?;
-    std::fs::rename(&tmp, backups.join(&m.backup_id))?;
-    fsync_dir(&backups)
 }
 
 // ---- verify -----------------------------------------------------------------
@@ -559,11 +324,12 @@ fn read_manifest(
     key: &VerifyingKey,
 ) -> Result<std::result::Result<Manifest, String>> {
     let bdir = dir.join(BACKUPS_DIR).join(backup_id);
-    ensure!(
-        billdb_node::backup::safe_name(backup_id) && bdir.is_dir(),
-        "{} holds no backup {backup_id:?}",
-        dir.display()
-    );
+    if !(billdb_node::backup::safe_name(backup_id) && bdir.is_dir()) {
+        return Err(store::error(
+            store::E_NO_SUCH_BACKUP,
+            format!("{} holds no backup {backup_id:?}", dir.display()),
+        ));
+    }
     let bytes = std::fs::read(bdir.join(MANIFEST_FILE))
         .with_context(|| format!("reading the manifest of backup {backup_id}"))?;
     // The format first, for a clear message on a newer backup.
@@ -571,10 +337,14 @@ fn read_manifest(
         anyhow!("backup {backup_id}: {MANIFEST_FILE} is not a billdb manifest: {e}")
     })?;
     let format = loose["format"].as_u64().unwrap_or(0);
-    ensure!(
-        format <= BACKUP_FORMAT as u64,
-        "backup {backup_id} was written by a newer billdb (manifest format {format}; this build reads up to {BACKUP_FORMAT})"
-    );
+    if format > BACKUP_FORMAT as u64 {
+        return Err(store::error(
+            store::E_NEWER_FORMAT,
+            format!(
+                "backup {backup_id} was written by a newer billdb (manifest format {format}; this build reads up to {BACKUP_FORMAT})"
+            ),
+        ));
+    }
     let sig_text = std::fs::read_to_string(bdir.join(SIGNATURE_FILE)).unwrap_or_default();
     let sig = hex::decode(sig_text.trim())
         .ok()
@@ -685,9 +455,12 @@ fn choose(dir: &Path, backup_id: Option<&str>) -> Result<String> {
             check_marker(dir)?;
             Ok(id.to_string())
         }
-        None => list_ids(dir)?
-            .pop()
-            .ok_or_else(|| anyhow!("{} holds no backup yet", dir.display())),
+        None => list_ids(dir)?.pop().ok_or_else(|| {
+            store::error(
+                store::E_NO_SUCH_BACKUP,
+                format!("{} holds no backup yet", dir.display()),
+            )
+        }),
     }
 }
 
@@ -857,25 +630,41 @@ fn is_empty_dir(p: &Path) -> Result<bool> {
 /// verifies completely.
 pub fn restore(o: &RestoreOpts) -> Result<RestoreReport> {
     let started = Instant::now();
-    ensure!(
-        billdb_api::identity::check_name(&o.cluster_id).is_ok(),
-        "--to-cluster {:?}: a cluster id is a-z, 0-9 and '-'",
-        o.cluster_id
-    );
-    ensure!(!o.members.is_empty(), "no --member given");
-    ensure!(!o.data_dirs.is_empty(), "no --data-dir given");
+    let bad = |code: &'static str, msg: String| -> Result<()> { Err(store::error(code, msg)) };
+    let invalid = store::E_INVALID_ARGUMENT;
+    if billdb_api::identity::check_name(&o.cluster_id).is_err() {
+        bad(
+            invalid,
+            format!(
+                "--to-cluster {:?}: a cluster id is a-z, 0-9 and '-'",
+                o.cluster_id
+            ),
+        )?;
+    }
+    if o.members.is_empty() {
+        bad(invalid, "no --member given".into())?;
+    }
+    if o.data_dirs.is_empty() {
+        bad(invalid, "no --data-dir given".into())?;
+    }
     for id in o.data_dirs.keys() {
-        ensure!(
-            o.members.contains_key(id),
-            "--data-dir for node {id}, which is not a --member"
-        );
+        if !o.members.contains_key(id) {
+            bad(
+                invalid,
+                format!("--data-dir for node {id}, which is not a --member"),
+            )?;
+        }
     }
     for (id, d) in &o.data_dirs {
-        ensure!(
-            o.force || is_empty_dir(d)?,
-            "the data directory of node {id} ({}) is not empty: refusing to restore over it (--force replaces it)",
-            d.display()
-        );
+        if !(o.force || is_empty_dir(d)?) {
+            bad(
+                store::E_NOT_EMPTY,
+                format!(
+                    "the data directory of node {id} ({}) is not empty: refusing to restore over it (--force replaces it)",
+                    d.display()
+                ),
+            )?;
+        }
     }
     let (v, m) = verify(&VerifyOpts {
         dir: o.from.clone(),
@@ -886,17 +675,26 @@ pub fn restore(o: &RestoreOpts) -> Result<RestoreReport> {
     })?;
     let m = match (v.ok, m) {
         (true, Some(m)) => m,
-        _ => bail!(
-            "backup {} does not verify; nothing restored:\n{}",
-            v.backup_id,
-            v.problems.join("\n")
-        ),
+        _ => {
+            return Err(store::error(
+                store::E_VERIFY_FAILED,
+                format!(
+                    "backup {} does not verify; nothing restored:\n{}",
+                    v.backup_id,
+                    v.problems.join("\n")
+                ),
+            ));
+        }
     };
-    ensure!(
-        m.cluster_id.as_deref() != Some(o.cluster_id.as_str()),
-        "--to-cluster {} is the backup's own cluster id: a restore makes a NEW cluster, give it a new id",
-        o.cluster_id
-    );
+    if m.cluster_id.as_deref() == Some(o.cluster_id.as_str()) {
+        bad(
+            invalid,
+            format!(
+                "--to-cluster {} is the backup's own cluster id: a restore makes a NEW cluster, give it a new id",
+                o.cluster_id
+            ),
+        )?;
+    }
     let mut nodes = Vec::new();
     for (id, data_dir) in &o.data_dirs {
         nodes.push(restore_one(o, &m, *id, data_dir)?);
@@ -942,11 +740,7 @@ fn restore_one(o: &RestoreOpts, m: &Manifest, id: NodeId, data_dir: &Path) -> Re
                 std::fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
             let out = std::fs::File::create(&dst)
                 .with_context(|| format!("creating {}", dst.display()))?;
-            let mut w = Hashing {
-                inner: out,
-                h: Sha256::new(),
-                n: 0,
-            };
+            let mut w = store::Hashing::new(out);
             let mut buf = vec![0u8; 1 << 20];
             loop {
                 use std::io::Read;
@@ -958,7 +752,7 @@ fn restore_one(o: &RestoreOpts, m: &Manifest, id: NodeId, data_dir: &Path) -> Re
                 pb.inc(n as u64);
             }
             ensure!(
-                hex::encode(w.h.clone().finalize()) == f.sha256 && w.n == f.size,
+                w.hex() == f.sha256 && w.n == f.size,
                 "{} changed while it was being restored",
                 f.name
             );

@@ -310,6 +310,10 @@ fn provision_cluster(
 
 #[derive(Subcommand)]
 enum BackupCmd {
+    /// Make DIR a backup destination (new or empty; an existing destination
+    /// is left as it is): the shared directory scheduled backups write to
+    /// must be made once, so that an unmounted share is not taken for one.
+    Init { dir: PathBuf },
     /// Write a signing key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.
     Keygen {
         #[arg(long)]
@@ -345,12 +349,48 @@ enum BackupCmd {
         #[arg(long)]
         json: bool,
     },
-    /// List the backups in DIR, oldest first.
+    /// List the backups in DIR, oldest first (time, source node, applied
+    /// index, size; manifests read without checking their signatures).
     List {
         dir: PathBuf,
         #[arg(long)]
         json: bool,
     },
+    /// Delete the backups the retention does not keep, then every stored
+    /// file no kept backup references (a file a kept backup needs is never
+    /// deleted) and the leftovers of interrupted runs. At least one --keep
+    /// rule is required.
+    Prune {
+        dir: PathBuf,
+        /// Keep the N newest backups.
+        #[arg(long, default_value_t = 0)]
+        keep_last: u32,
+        /// Keep the newest backup of each of the N most recent days (UTC)
+        /// that have one.
+        #[arg(long, default_value_t = 0)]
+        keep_daily: u32,
+        /// Keep the newest backup of each of the M most recent months (UTC)
+        /// that have one.
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: u32,
+        /// Print what would be deleted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl BackupCmd {
+    fn json(&self) -> bool {
+        match self {
+            BackupCmd::Keygen { .. } | BackupCmd::Init { .. } => false,
+            BackupCmd::Create { ep, .. } => ep.json,
+            BackupCmd::Verify { json, .. }
+            | BackupCmd::List { json, .. }
+            | BackupCmd::Prune { json, .. } => *json,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -789,16 +829,44 @@ fn main() -> ExitCode {
         Cmd::Cert(c) => run_cert(c),
         Cmd::Token(c) => run_token(c),
         Cmd::Ops(c) => billing_cli::run_ops(c),
-        Cmd::Backup(c) => run_backup(c),
-        Cmd::Restore(a) => run_restore(a),
+        Cmd::Backup(c) => {
+            let json = c.json();
+            json_error(json, run_backup(c))
+        }
+        Cmd::Restore(a) => {
+            let json = a.json;
+            json_error(json, run_restore(a))
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match billdb_client::backup::code_of(&e) {
+                Some(code) => eprintln!("error: {code}: {e:#}"),
+                None => eprintln!("error: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Set when a command already printed its failure as its one `--json`
+/// document (a verify report that says FAILED, with its `error`).
+static JSON_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// With `--json`, a failure is also a JSON document on stdout:
+/// `{"error": {"code", "message"}}` (`code`: one of the backup error codes,
+/// or `FAILED`).
+fn json_error(json: bool, r: Result<()>) -> Result<()> {
+    let printed = JSON_PRINTED.load(std::sync::atomic::Ordering::Relaxed);
+    if let (true, false, Err(e)) = (json, printed, &r) {
+        let code = billdb_client::backup::code_of(e).unwrap_or("FAILED");
+        println!(
+            "{}",
+            serde_json::json!({"error": {"code": code, "message": format!("{e:#}")}})
+        );
+    }
+    r
 }
 
 // ---------------------------------------------------------------------------
@@ -813,6 +881,11 @@ fn is_terminal() -> bool {
 fn run_backup(cmd: BackupCmd) -> Result<()> {
     use billdb_client::backup;
     match cmd {
+        BackupCmd::Init { dir } => {
+            billdb_node::backup::store::open_destination(&dir)?;
+            println!("{} is a billdb backup destination", dir.display());
+            Ok(())
+        }
         BackupCmd::Keygen { out } => {
             let (private, public) = backup::keygen(&out)?;
             println!(
@@ -874,22 +947,93 @@ fn run_backup(cmd: BackupCmd) -> Result<()> {
                 deep: !shallow,
                 progress: !json && is_terminal(),
             })?;
+            let failed = (!r.ok).then(|| {
+                billdb_node::backup::store::error(
+                    billdb_node::backup::store::E_VERIFY_FAILED,
+                    format!("backup {} does not verify", r.backup_id),
+                )
+            });
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                // One document: the report, with the error when it failed.
+                let mut v = serde_json::to_value(&r)?;
+                if let Some(e) = &failed {
+                    v["error"] =
+                        serde_json::json!({"code": "VERIFY_FAILED", "message": format!("{e:#}")});
+                    JSON_PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", backup::render_verify(&r));
             }
-            anyhow::ensure!(r.ok, "backup {} does not verify", r.backup_id);
+            if let Some(e) = failed {
+                return Err(e);
+            }
             Ok(())
         }
         BackupCmd::List { dir, json } => {
-            let ids = backup::list_ids(&dir)?;
+            let mut rows = Vec::new();
+            for id in backup::list_ids(&dir)? {
+                let m = match billdb_node::backup::store::read_manifest_unverified(&dir, &id) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        rows.push(serde_json::json!({"backup_id": id, "error": format!("{e:#}")}));
+                        continue;
+                    }
+                };
+                rows.push(serde_json::json!({
+                    "backup_id": id,
+                    "created_at": m.created_at,
+                    "source_node": m.source_node,
+                    "applied_index": m.applied_log_id.index,
+                    "files": m.files.len(),
+                    "bytes_total": m.bytes_total,
+                }));
+            }
             if json {
-                println!("{}", serde_json::to_string_pretty(&ids)?);
+                println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                for id in ids {
-                    println!("{id}");
+                for r in rows {
+                    if let Some(e) = r["error"].as_str() {
+                        println!(
+                            "{}  UNREADABLE: {e}",
+                            r["backup_id"].as_str().unwrap_or_default()
+                        );
+                        continue;
+                    }
+                    println!(
+                        "{}  {}  node {}  applied index {}  {} files  {} bytes",
+                        r["backup_id"].as_str().unwrap_or_default(),
+                        r["created_at"].as_str().unwrap_or_default(),
+                        r["source_node"],
+                        r["applied_index"],
+                        r["files"],
+                        r["bytes_total"]
+                    );
                 }
+            }
+            Ok(())
+        }
+        BackupCmd::Prune {
+            dir,
+            keep_last,
+            keep_daily,
+            keep_monthly,
+            dry_run,
+            json,
+        } => {
+            let r = backup::prune(
+                &dir,
+                &backup::Retention {
+                    keep_last,
+                    keep_daily,
+                    keep_monthly,
+                },
+                dry_run,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", backup::render_prune(&r));
             }
             Ok(())
         }

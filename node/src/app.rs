@@ -128,6 +128,9 @@ pub struct App {
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// Set when this node's storage failed: the node is fenced.
     pub storage: Arc<crate::storage_guard::StorageGuard>,
+    /// Where the scheduled backups stand, as this node sees them
+    /// (`backup::schedule`; empty when `[backup]` is not configured).
+    pub backup: crate::backup::schedule::Shared,
     /// Batches this node's proposals (group commit) and stamps their time.
     proposer: Proposer,
     /// What the state machine has applied: lease reads on the leader.
@@ -160,6 +163,7 @@ impl App {
             auth,
             tls,
             storage: Arc::default(),
+            backup: Arc::default(),
             leader_contact_ms: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         }
@@ -219,7 +223,7 @@ impl App {
     /// This node cannot serve writes or linearizable reads now: it leads
     /// without a quorum, or follows a leader it cannot hear. Clients should
     /// try another node at once rather than wait out the deadline here.
-    fn cut_off(&self) -> bool {
+    pub fn cut_off(&self) -> bool {
         let m = self.metrics();
         match m.current_leader {
             Some(l) if l == self.id => !self.quorum_heard(&m),

@@ -202,6 +202,49 @@ pub struct Config {
     pub insecure: Insecure,
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Scheduled backups by the cluster itself (`backup::schedule`).
+    #[serde(default)]
+    pub backup: Option<BackupConfig>,
+}
+
+/// `[backup]`: one backup per `interval_s`, taken by one follower into
+/// `dir` (a billdb backup destination every node sees, e.g. a shared
+/// mount), then pruned per `[backup.retention]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// The backup destination, the same directory on every node.
+    pub dir: PathBuf,
+    /// One scheduled backup per this many seconds (slots aligned on Unix
+    /// time: 86400 is one per UTC day).
+    pub interval_s: u64,
+    /// The Ed25519 private key the manifests are signed with (hex, as
+    /// `billdb backup keygen` writes it; mode 0600). Never logged.
+    pub signing_key_file: PathBuf,
+    #[serde(default)]
+    pub retention: crate::backup::store::Retention,
+    /// A claim on a slot not renewed (every second) for this long is
+    /// abandoned (its node died) and another follower takes the slot.
+    #[serde(default = "d_claim_stale")]
+    pub claim_stale_s: u64,
+    /// The follower ranked r among the candidates waits r × this before it
+    /// takes an open slot (rank 0: the node of the previous backup, so the
+    /// next one is incremental).
+    #[serde(default = "d_stagger")]
+    pub stagger_s: u64,
+    /// Attempts one node makes at one slot before leaving it to others.
+    #[serde(default = "d_attempts")]
+    pub attempts_per_node_max: u32,
+}
+
+fn d_claim_stale() -> u64 {
+    30
+}
+fn d_stagger() -> u64 {
+    10
+}
+fn d_attempts() -> u32 {
+    2
 }
 
 /// `[storage]`: how a node whose storage failed recovers
@@ -430,6 +473,31 @@ impl Config {
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|e| anyhow::anyhow!("{name} {addr:?}: {e}"))?;
         }
+        if let Some(b) = &self.backup {
+            anyhow::ensure!(
+                (2..=31 * 86_400).contains(&b.interval_s),
+                "backup.interval_s in 2..=2678400 (31 days)"
+            );
+            anyhow::ensure!(
+                (3..=3600).contains(&b.claim_stale_s),
+                "backup.claim_stale_s in 3..=3600"
+            );
+            anyhow::ensure!(
+                (1..=3600).contains(&b.stagger_s),
+                "backup.stagger_s in 1..=3600"
+            );
+            anyhow::ensure!(
+                (1..=100).contains(&b.attempts_per_node_max),
+                "backup.attempts_per_node_max in 1..=100"
+            );
+            anyhow::ensure!(
+                !b.dir.as_os_str().is_empty(),
+                "backup.dir must name the backup destination"
+            );
+            b.retention
+                .validate()
+                .map_err(|e| anyhow::anyhow!("backup.retention: {e}"))?;
+        }
         if self.tls.is_none() {
             use crate::listen::Port;
             for port in [Port::Raft, Port::Grpc, Port::Http] {
@@ -502,6 +570,57 @@ mod tests {
         assert_eq!(tls.cert_file, PathBuf::from("/t/node4.pem"));
         assert_eq!(tls.key_file, PathBuf::from("/t/node4.key"));
         assert_eq!(tls.ca_file, PathBuf::from("/t/ca.pem"));
+    }
+
+    #[test]
+    fn backup_section_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        let base = "node_id = 1\ndata_dir = \"/tmp/x\"\nraft_addr = \"127.0.0.1:7201\"\ngrpc_addr = \"127.0.0.1:7101\"\nhttp_addr = \"127.0.0.1:7001\"\n[insecure]\nraft = true\ngrpc = true\nhttp = true\n";
+        let backup =
+            "[backup]\ndir = \"/mnt/b\"\ninterval_s = 3600\nsigning_key_file = \"/etc/b.key\"\n";
+        std::fs::write(&p, base).unwrap();
+        assert_eq!(Config::load(&args(Some(p.clone()))).unwrap().backup, None);
+        std::fs::write(&p, format!("{base}{backup}")).unwrap();
+        let b = Config::load(&args(Some(p.clone())))
+            .unwrap()
+            .backup
+            .unwrap();
+        assert_eq!((b.interval_s, b.claim_stale_s, b.stagger_s), (3600, 30, 10));
+        assert_eq!(b.retention, crate::backup::store::Retention::default());
+        for (bad, why) in [
+            ("interval_s = 1\n", "interval too short"),
+            ("claim_stale_s = 1\n", "claim stale too short"),
+            ("stagger_s = 0\n", "no stagger"),
+            ("bogus = 1\n", "unknown key"),
+            (
+                "[backup.retention]\nkeep_daily = 0\nkeep_monthly = 0\n",
+                "keeps nothing",
+            ),
+        ] {
+            let text = if bad.starts_with('[') {
+                format!("{base}{backup}{bad}")
+            } else {
+                format!(
+                    "{base}{}{bad}",
+                    backup.replace(
+                        "interval_s = 3600\n",
+                        if bad.starts_with("interval_s") {
+                            ""
+                        } else {
+                            "interval_s = 3600\n"
+                        }
+                    )
+                )
+            };
+            std::fs::write(&p, text).unwrap();
+            assert!(Config::load(&args(Some(p.clone()))).is_err(), "{why}");
+        }
+        std::fs::write(&p, format!("{base}[backup]\ndir = \"/mnt/b\"\n")).unwrap();
+        assert!(
+            Config::load(&args(Some(p.clone()))).is_err(),
+            "interval and key are required"
+        );
     }
 
     #[test]

@@ -47,6 +47,9 @@ fn initialise() {
     metrics::gauge!("billdb_storage_failed").set(0.0);
     metrics::gauge!("billdb_repair_waiting").set(0.0);
     metrics::gauge!("billdb_storage_degraded").set(0.0);
+    // 0 without [backup]; the scheduler sets them when configured.
+    metrics::gauge!("billdb_backup_interval_seconds").set(0.0);
+    metrics::gauge!("billdb_backup_last_success_timestamp_seconds").set(0.0);
     for name in [
         "billdb_raft_leader_changes_total",
         "billdb_corruption_reports_total",
@@ -357,6 +360,53 @@ fn describe() {
     describe_gauge!(
         "billdb_tls_certificate_expiry_timestamp_seconds",
         "Unix time this node's TLS certificate expires (not after)."
+    );
+    // --- scheduled backups (`backup::schedule`; only with [backup]) ---
+    describe_gauge!(
+        "billdb_backup_interval_seconds",
+        Unit::Seconds,
+        "Configured interval of the scheduled backups (backup.interval_s); 0: no [backup] configured on this node."
+    );
+    describe_gauge!(
+        "billdb_backup_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time the newest scheduled backup in the destination was written, by any node (0: none yet)."
+    );
+    describe_gauge!(
+        "billdb_backup_last_size_bytes",
+        Unit::Bytes,
+        "Size of the newest scheduled backup (all its files, shared ones included)."
+    );
+    describe_gauge!(
+        "billdb_backup_last_copied_bytes",
+        Unit::Bytes,
+        "Bytes the newest scheduled backup copied (the files the destination did not hold yet)."
+    );
+    describe_gauge!(
+        "billdb_backup_last_duration_seconds",
+        Unit::Seconds,
+        "Time the newest scheduled backup took, from its claim to its manifest."
+    );
+    describe_gauge!(
+        "billdb_backup_running",
+        "1 while this node writes a scheduled backup."
+    );
+    describe_counter!(
+        "billdb_backup_successes_total",
+        "Scheduled backups this node wrote."
+    );
+    describe_counter!(
+        "billdb_backup_failures_total",
+        "Failed scheduled backup attempts, by reason: error and claim_lost (this node's own), abandoned (another node's claim that stopped being renewed, taken over by this node)."
+    );
+    describe_counter!(
+        "billdb_backup_prune_freed_bytes_total",
+        Unit::Bytes,
+        "Bytes the prunes after this node's scheduled backups freed."
+    );
+    describe_counter!(
+        "billdb_backup_prune_failures_total",
+        "Prunes after this node's scheduled backups that failed (the next success tries again)."
     );
     describe_counter!(
         "billdb_log_lines_suppressed_total",

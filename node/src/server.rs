@@ -159,6 +159,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    let backup_key = crate::backup::schedule::load_key(&config).context("[backup]")?;
     for port in [Port::Raft, Port::Grpc, Port::Http] {
         if config.insecure.of(port) {
             tracing::warn!(
@@ -325,6 +326,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sm.fence(),
     );
     crate::metrics::spawn_leader_watch(app.clone());
+    crate::backup::schedule::spawn(&app, backup_key);
     app.storage.set_vote_fence(vote_fence);
     if let Some(t) = &log_truncation {
         app.storage.note_log_truncation(t);

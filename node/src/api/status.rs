@@ -59,6 +59,11 @@ pub struct Status {
     /// (`storage_guard`, `repair`); always the checksum scrub's progress
     /// and, while rejoining after a repair, the vote fence.
     pub storage: serde_json::Value,
+    /// Scheduled backups (`[backup]`): `configured`, and when they are the
+    /// destination, interval, retention, the newest scheduled backup (by
+    /// any node: when, which, size, duration), this node's successes and
+    /// failures, the slot it is writing now, its last prune.
+    pub backup: crate::backup::schedule::State,
 }
 
 fn security(app: &App) -> serde_json::Value {
@@ -154,6 +159,10 @@ pub fn status(app: &App) -> Status {
             v["vote_fence_index"] = serde_json::json!((fence > 0).then_some(fence));
             v["log_truncation"] = serde_json::json!(app.storage.log_truncation());
             v
+        },
+        backup: match app.backup.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
         },
     }
 }

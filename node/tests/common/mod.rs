@@ -42,13 +42,37 @@ impl TestCluster {
         raft: RaftTimings,
         env: &[(&str, &str)],
     ) -> TestCluster {
+        Self::start_configured(base_port, n, raft, env, "", &|_| {})
+    }
+
+    /// As `start_with_env`, with `extra_toml` appended to every node.toml
+    /// (sections the local cluster manager does not write, e.g. `[backup]`)
+    /// and `before_start` run on the created cluster before its nodes start.
+    pub fn start_configured(
+        base_port: u16,
+        n: usize,
+        raft: RaftTimings,
+        env: &[(&str, &str)],
+        extra_toml: &str,
+        before_start: &dyn Fn(&LocalCluster),
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let c = LocalCluster::create_with(dir.path(), node_bin(), base_port, n, raft)
             .expect("create cluster");
         c.set_kill_on_drop(true);
+        if !extra_toml.is_empty() {
+            for id in c.node_ids() {
+                let p = c.config_path(id);
+                let mut text = std::fs::read_to_string(&p).expect("node.toml");
+                text.push('\n');
+                text.push_str(extra_toml);
+                std::fs::write(&p, text).expect("node.toml");
+            }
+        }
         for (k, v) in env {
             c.set_node_env(k, v);
         }
+        before_start(&c);
         c.start_all().expect("start nodes");
         c.wait_all_healthy(Duration::from_secs(30))
             .expect("nodes healthy");

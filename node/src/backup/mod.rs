@@ -15,8 +15,15 @@
 //! restored database into the first state of a NEW cluster
 //! ([`rewrite_for_new_cluster`]).
 //!
+//! The destination a backup is written to, the writer both the CLI and
+//! the node use, and `prune` live in [`store`]; the node's scheduled
+//! backups in [`schedule`].
+//!
 //! May touch: `data_dir/backup-holds/` (and read the live database to
 //! checkpoint it); the database directory it is given to rewrite.
+
+pub mod schedule;
+pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
