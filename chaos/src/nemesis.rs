@@ -566,7 +566,7 @@ fn inject(h: &mut Harness, step: &Step, rng: &mut StdRng, ev: &mut NemesisEvent)
             if victim == leader {
                 fault_at(h, ev, "disk-full", leader);
             }
-            let (path, _) = crate::small_disk::fill(&data)?;
+            let path = crate::small_disk::fill(&data)?;
             let ballast = crate::small_disk::Ballast(path);
             // Its next write fails: it must fence itself as disk_full.
             let started = std::time::Instant::now();

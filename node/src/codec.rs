@@ -25,6 +25,11 @@ pub fn encode<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, bincode::Error> {
     options().serialize(v)
 }
 
+/// Appends the encoding of `v` to `out` (no intermediate buffer).
+pub fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> Result<(), bincode::Error> {
+    options().serialize_into(out, v)
+}
+
 pub fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, bincode::Error> {
     options().deserialize(raw)
 }

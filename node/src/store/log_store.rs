@@ -69,11 +69,10 @@ fn entry_crc(index: u64, payload: &[u8]) -> u32 {
 /// The stored form of `entry`: its CRC-32 (little-endian), then its
 /// encoding.
 pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>, std::io::Error> {
-    let payload = encode(entry)?;
-    let index = entry.log_id().index;
-    let mut out = Vec::with_capacity(ENTRY_CRC_BYTES + payload.len());
-    out.extend_from_slice(&entry_crc(index, &payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    let mut out = vec![0u8; ENTRY_CRC_BYTES];
+    crate::codec::encode_into(&mut out, entry).map_err(io_err)?;
+    let crc = entry_crc(entry.log_id().index, &out[ENTRY_CRC_BYTES..]);
+    out[..ENTRY_CRC_BYTES].copy_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
 
