@@ -41,6 +41,9 @@ enum Cmd {
     /// Call a node's HTTP admin API.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// One node: rebuild it from its peers.
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Accounts: open, show, contact, close/suspend/resume, records.
     #[command(subcommand)]
     Account(billing_cli::AccountCmd),
@@ -819,6 +822,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Local(c) => run_local(c),
         Cmd::Cluster(c) => run_cluster(c),
+        Cmd::Node(c) => run_node(c),
         Cmd::Account(c) => billing_cli::run_account(c),
         Cmd::Pay(p) => billing_cli::run_pay(p),
         Cmd::Card(c) => billing_cli::run_card(c),
@@ -1423,6 +1427,117 @@ fn client(ep: &EndpointArg) -> Result<AdminClient> {
 /// `s` quoted for a POSIX shell.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// POST /v1/node/repair: rebuild the node at --endpoint from its peers,
+    /// for a disk no longer trusted. Its database moves aside into
+    /// `damaged/` and it rejoins from a snapshot of the leader. Refused,
+    /// nothing changed, unless the leader would agree now (a quorum answers
+    /// it without this node).
+    Repair {
+        #[command(flatten)]
+        ep: EndpointArg,
+        /// Why (kept with the moved-aside database and logged).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Follow the repair until the node is ready and votes again.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
+    },
+}
+
+fn run_node(cmd: NodeCmd) -> Result<()> {
+    match cmd {
+        NodeCmd::Repair {
+            ep,
+            reason,
+            wait,
+            wait_secs,
+        } => {
+            let c = client(&ep)?;
+            let before = c
+                .status()?
+                .pointer("/storage/last_repair/granted_unix_ms")
+                .and_then(Value::as_u64);
+            let mut body = serde_json::json!({});
+            if let Some(r) = reason {
+                body["reason"] = Value::String(r);
+            }
+            let v = c.post("/v1/node/repair", &body)?;
+            let node = v.get("node_id").and_then(Value::as_u64).unwrap_or(0);
+            done(&ep, &v, &format!("node {node} is repairing from its peers"))?;
+            if wait {
+                wait_repaired(&c, node, before, secs(wait_secs))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Follows a repair on `c`'s node until it finished a repair newer than
+/// `before` and is ready with no vote fence; prints each phase once.
+fn wait_repaired(
+    c: &AdminClient,
+    node: NodeId,
+    before: Option<u64>,
+    limit: Duration,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut said = String::new();
+    loop {
+        let mut say = |phase: String| {
+            if phase != said {
+                eprintln!("node {node}: {phase}");
+                said = phase;
+            }
+        };
+        match c.status() {
+            Err(_) => say("restarting".into()),
+            Ok(v) => {
+                let repaired = v
+                    .pointer("/storage/last_repair/granted_unix_ms")
+                    .and_then(Value::as_u64);
+                let applied = v.get("applied_index").and_then(Value::as_u64).unwrap_or(0);
+                let committed = v
+                    .get("committed_index")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                let fence = v
+                    .pointer("/storage/vote_fence_index")
+                    .and_then(Value::as_u64);
+                if v.pointer("/storage/state").and_then(Value::as_str) == Some("failed") {
+                    let state = v
+                        .pointer("/storage/repair")
+                        .and_then(Value::as_str)
+                        .unwrap_or("starting");
+                    say(format!("fenced, repair {state}"));
+                } else if repaired.is_none() || repaired == before {
+                    say("waiting for the repair to start".into());
+                } else if let Some(f) = fence {
+                    say(format!(
+                        "rejoining: log up to the vote fence {f}, applied {applied} of {committed}"
+                    ));
+                } else if c.readyz().unwrap_or(false) {
+                    println!("ok: node {node} was rebuilt from its peers and is ready");
+                    return Ok(());
+                } else {
+                    say(format!("catching up: applied {applied} of {committed}"));
+                }
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "node {node} is not repaired after {} s (last: {said})",
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 fn run_cluster(cmd: ClusterCmd) -> Result<()> {

@@ -338,6 +338,73 @@ fn counter_bank_and_report_commands_against_a_real_cluster() {
         assert_eq!(a.balance, "25.00");
         assert_eq!(client.preferred_endpoint(), 1, "the leader is endpoint 1");
     });
+
+    // An operator rebuilds the leader from its peers (a disk no longer
+    // trusted): a counter may not; ops may, and with --wait the command
+    // follows it (hand-over, restart, rejoin) until the node is ready.
+    let leader_ep = format!("127.0.0.1:{}", BASE_PORT + leader as u16);
+    let (ok, _, err) = run(
+        &["node", "repair", "--endpoint", &leader_ep],
+        Some(&counter),
+    );
+    assert!(!ok && err.contains("PERMISSION_DENIED"), "{err}");
+    let (ok, out, err) = run(
+        &[
+            "node",
+            "repair",
+            "--endpoint",
+            &leader_ep,
+            "--reason",
+            "controller replaced",
+            "--wait",
+            "--wait-secs",
+            "120",
+        ],
+        Some(&ops),
+    );
+    assert!(ok, "node repair failed:\n{out}\n{err}");
+    assert!(out.contains("rebuilt from its peers and is ready"), "{out}");
+    assert!(
+        err.contains(&format!("node {leader}: fenced")),
+        "progress shown: {err}"
+    );
+    let st = ok_json(&["cluster", "status", "--endpoint", &leader_ep], &ops);
+    assert_eq!(st["storage"]["state"], "ok", "{st:#}");
+    assert_eq!(
+        st["storage"]["last_repair"]["reason"],
+        "repair requested by an operator: controller replaced",
+        "{st:#}"
+    );
+    assert_ne!(st["leader_id"], leader, "it handed leadership over: {st:#}");
+    let kept: Vec<_> = std::fs::read_dir(cluster.data_dir(leader).join("damaged"))
+        .expect("the old database is kept aside")
+        .collect();
+    assert_eq!(kept.len(), 1);
+    // Its state equals the others' again.
+    let tls = cluster.client_tls().expect("client tls");
+    let digest = |n: u64| {
+        billdb_client::admin::AdminClient::with_tls(
+            &format!("127.0.0.1:{}", BASE_PORT + n as u16),
+            std::time::Duration::from_secs(10),
+            tls.as_ref(),
+        )
+        .with_token(Some(auditor.clone()))
+        .get("/v1/cluster/digest")
+        .map(|v| v["digest"].clone())
+        .ok()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let all: Vec<_> = (1..=5).map(digest).collect();
+        if all.iter().all(|d| d.is_some() && *d == all[0]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "digests differ after the repair: {all:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 #[test]

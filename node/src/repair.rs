@@ -192,7 +192,6 @@ pub async fn serve(
     req: RepairRequest,
     fresh_ms: u64,
 ) -> RepairReply {
-    use openraft::async_runtime::Instant as _;
     if caller.is_some_and(|c| c != req.node_id) {
         return RepairReply::Refused {
             reason: format!(
@@ -213,30 +212,10 @@ pub async fn serve(
             reason: format!("node {} is not a member of this cluster", req.node_id),
         };
     }
-    let voters: Vec<NodeId> = membership.voter_ids().collect();
-    let majority = voters.len() / 2 + 1;
-    let heard = voters
-        .iter()
-        .filter(|id| **id != req.node_id)
-        .filter(|id| {
-            **id == self_id
-                || m.heartbeat.as_ref().is_some_and(|hb| {
-                    hb.get(*id)
-                        .cloned()
-                        .flatten()
-                        .is_some_and(|t| t.elapsed().as_millis() <= u128::from(fresh_ms))
-                })
-        })
-        .count();
-    if req.allow && heard < majority {
-        return RepairReply::Refused {
-            reason: format!(
-                "only {heard} of {} voters answer the leader without node {}; a quorum of \
-                 {majority} is needed to rebuild it safely",
-                voters.len(),
-                req.node_id
-            ),
-        };
+    if req.allow
+        && let Err(reason) = quorum_without(&m, self_id, req.node_id, fresh_ms)
+    {
+        return RepairReply::Refused { reason };
     }
     match raft
         .trigger()
@@ -270,6 +249,95 @@ pub async fn serve(
     }
 }
 
+/// On the leader `self_id`: whether a majority of voters other than `node`
+/// answered it within `fresh_ms` (the leader counts itself unless it is
+/// `node`): only then can `node` be rebuilt without risking what the
+/// cluster needs.
+fn quorum_without(
+    m: &openraft::RaftMetrics<crate::types::TypeConfig>,
+    self_id: NodeId,
+    node: NodeId,
+    fresh_ms: u64,
+) -> Result<(), String> {
+    use openraft::async_runtime::Instant as _;
+    let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+    let majority = voters.len() / 2 + 1;
+    let heard = voters
+        .iter()
+        .filter(|id| **id != node)
+        .filter(|id| {
+            **id == self_id
+                || m.heartbeat.as_ref().is_some_and(|hb| {
+                    hb.get(*id)
+                        .cloned()
+                        .flatten()
+                        .is_some_and(|t| t.elapsed().as_millis() <= u128::from(fresh_ms))
+                })
+        })
+        .count();
+    if heard < majority {
+        return Err(format!(
+            "only {heard} of {} voters answer the leader without node {node}; a quorum of \
+             {majority} is needed to rebuild it safely",
+            voters.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Why an ask found no grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AskError {
+    /// The leader answered and refused (`Refused`'s reason).
+    Refused(String),
+    /// No member answered as the leader.
+    NoLeader(String),
+}
+
+impl std::fmt::Display for AskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AskError::Refused(why) | AskError::NoLeader(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Before an operator's repair (`POST /v1/node/repair`) fences this node:
+/// would the leader agree to rebuild it now? On the leader itself the
+/// quorum is checked here (the repair hands leadership over first); on a
+/// follower the leader is asked, exactly as the repair will ask it. The
+/// leader's id when it would.
+pub async fn preflight(
+    raft: &Raft,
+    self_id: NodeId,
+    channels: &Channels,
+    data_dir: &Path,
+    fresh_ms: u64,
+) -> Result<NodeId, AskError> {
+    let m = raft.metrics().borrow_watched().clone();
+    if let Err(e) = &m.running_state {
+        return Err(AskError::NoLeader(format!(
+            "this node's Raft core stopped ({e})"
+        )));
+    }
+    if m.current_leader == Some(self_id) {
+        quorum_without(&m, self_id, self_id, fresh_ms).map_err(AskError::Refused)?;
+        return Ok(self_id);
+    }
+    let mut members = read_members(data_dir);
+    for (id, node) in m.membership_config.membership().nodes() {
+        members.insert(*id, node.raft_addr.clone());
+    }
+    if !members.contains_key(&self_id) {
+        return Err(AskError::Refused(format!(
+            "node {self_id} is not a member of a cluster: there is nothing to repair it from"
+        )));
+    }
+    ask_leader(channels, self_id, &members, m.current_leader, true)
+        .await
+        .map(|(leader, _)| leader)
+}
+
 /// Asks the members in turn (the hinted leader first) until the leader
 /// answers; its grant, or why none was had.
 async fn ask_leader(
@@ -278,7 +346,7 @@ async fn ask_leader(
     members: &BTreeMap<NodeId, String>,
     hint: Option<NodeId>,
     allow: bool,
-) -> Result<(NodeId, u64), String> {
+) -> Result<(NodeId, u64), AskError> {
     let mut order: Vec<NodeId> = hint.into_iter().filter(|h| *h != self_id).collect();
     order.extend(members.keys().copied().filter(|id| *id != self_id));
     let mut asked = std::collections::BTreeSet::new();
@@ -317,7 +385,7 @@ async fn ask_leader(
                 ..
             }) => return Ok((leader_id, last_log_index)),
             Ok(RepairReply::Refused { reason }) => {
-                return Err(format!("leader {id} refused: {reason}"));
+                return Err(AskError::Refused(format!("leader {id} refused: {reason}")));
             }
             Ok(RepairReply::NotLeader { leader_id }) => {
                 why.push(format!("node {id} is not the leader"));
@@ -328,7 +396,10 @@ async fn ask_leader(
             Err(e) => why.push(format!("node {id}: {e}")),
         }
     }
-    Err(format!("no leader found ({})", why.join("; ")))
+    Err(AskError::NoLeader(format!(
+        "no leader found ({})",
+        why.join("; ")
+    )))
 }
 
 /// Writes the marker of a granted repair and re-executes this node; returns
@@ -426,6 +497,7 @@ pub async fn run(d: Damaged) -> std::convert::Infallible {
                 }
             }
             Err(why) => {
+                let why = why.to_string();
                 guard.note_repair(format!("waiting: {why}"));
                 if why != last_why {
                     tracing::warn!(reason = %why, "repair: waiting (this node stays fenced)");
@@ -472,7 +544,9 @@ pub async fn run_unopened(
             (_, true) => Err(format!(
                 "no member list ({MEMBERS_FILE}) in the data directory: cannot find the leader"
             )),
-            (Ok(Some(_)), false) => ask_leader(&channels, self_id, &members, None, true).await,
+            (Ok(Some(_)), false) => ask_leader(&channels, self_id, &members, None, true)
+                .await
+                .map_err(|e| e.to_string()),
         };
         match step {
             Ok((leader_id, last_log_index)) => {

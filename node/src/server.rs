@@ -135,6 +135,32 @@ fn spawn_snapshot_by_log_bytes(raft: Raft, appended: Arc<AtomicU64>, bytes_since
     });
 }
 
+/// `r` is what reading the database at start gave; when it is a checksum
+/// failure, this node is repaired from its peers (`repair::run_unopened`,
+/// which never returns). Other errors are returned.
+async fn repaired_if_corrupt<T, E: std::fmt::Display>(
+    r: Result<T, E>,
+    config: &Config,
+    channels: &Channels,
+) -> Result<T, E> {
+    match r {
+        Err(e)
+            if crate::storage_guard::FailureKind::of(&e.to_string())
+                == crate::storage_guard::FailureKind::Corruption =>
+        {
+            let never = crate::repair::run_unopened(
+                config.data_dir.clone(),
+                config.node_id,
+                channels.clone(),
+                e.to_string(),
+            )
+            .await;
+            match never {}
+        }
+        r => r,
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -182,26 +208,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         crate::raft_net::local_ip_of(&config.raft_addr),
         tls_for(Port::Raft),
     );
-    let db = match open_db(&config.data_dir.join("db")) {
-        Ok(db) => db,
-        // A database that fails its checksums at open: repaired from the
-        // peers like one found damaged later, instead of exiting at every
-        // start.
-        Err(e)
-            if crate::storage_guard::FailureKind::of(&e.to_string())
-                == crate::storage_guard::FailureKind::Corruption =>
-        {
-            let never = crate::repair::run_unopened(
-                config.data_dir.clone(),
-                config.node_id,
-                channels,
-                e.to_string(),
-            )
-            .await;
-            match never {}
-        }
-        Err(e) => return Err(e).context("opening RocksDB"),
-    };
+    // A database that fails its checksums at open is repaired from the
+    // peers like one found damaged later, instead of exiting at every start.
+    let db = repaired_if_corrupt(open_db(&config.data_dir.join("db")), &config, &channels)
+        .await
+        .context("opening RocksDB")?;
     // A database restored from a backup names the new cluster it was made
     // for: a node configured for another cluster (the old one) must not
     // start on it.
@@ -233,23 +244,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // before the Raft core reads the log; the log is cut at the first
     // damaged one (and fetched again from the leader, the vote fenced
     // meanwhile). RocksDB's own checksum failures go to the repair.
-    let log_truncation = match crate::store::log_store::truncate_damaged_tail(&db) {
-        Ok(t) => t,
-        Err(e)
-            if crate::storage_guard::FailureKind::of(&e.to_string())
-                == crate::storage_guard::FailureKind::Corruption =>
-        {
-            let never = crate::repair::run_unopened(
-                config.data_dir.clone(),
-                config.node_id,
-                channels,
-                e.to_string(),
-            )
-            .await;
-            match never {}
-        }
-        Err(e) => return Err(e).context("verifying the Raft log"),
-    };
+    let log_truncation = repaired_if_corrupt(
+        crate::store::log_store::truncate_damaged_tail(&db),
+        &config,
+        &channels,
+    )
+    .await
+    .context("verifying the Raft log")?;
     if let Some(t) = &log_truncation {
         tracing::error!(
             from_index = t.from_index,
@@ -330,6 +331,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     app.storage.set_vote_fence(vote_fence);
     if let Some(t) = &log_truncation {
         app.storage.note_log_truncation(t);
+    }
+    if let Some(m) = &rejoin {
+        app.storage.note_rebuilt(crate::storage_guard::LastRepair {
+            reason: m.reason.clone(),
+            leader_id: m.leader_id,
+            granted_unix_ms: m.granted_unix_ms,
+            vote_fence_index: m.vote_fence_index,
+        });
     }
     app.storage
         .watch_fsyncs(fsync_watch, config.storage.fsync_stall_ms);

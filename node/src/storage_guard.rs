@@ -57,7 +57,14 @@ pub enum FailureKind {
     /// while RocksDB's checksums passed: the node restarts, cuts its log
     /// there and fetches the rest again (`log_store::truncate_damaged_tail`).
     LogDamaged,
+    /// An operator asked for this node to be rebuilt from its peers
+    /// (`POST /v1/node/repair`, `billdb node repair`): handled like
+    /// corruption, though no checksum failed.
+    RepairRequested,
 }
+
+/// The text every operator's repair request carries (see [`FailureKind::of`]).
+pub const OPERATOR_REPAIR_TEXT: &str = "repair requested by an operator";
 
 impl FailureKind {
     pub fn name(self) -> &'static str {
@@ -66,7 +73,14 @@ impl FailureKind {
             FailureKind::IoError => "io_error",
             FailureKind::Corruption => "corruption",
             FailureKind::LogDamaged => "log_damaged",
+            FailureKind::RepairRequested => "repair_requested",
         }
+    }
+
+    /// Whether the node is rebuilt from its peers (`repair`), rather than
+    /// restarted on the data it has.
+    pub fn repairs_from_peers(self) -> bool {
+        matches!(self, FailureKind::Corruption | FailureKind::RepairRequested)
     }
 
     /// From the error's text: RocksDB reports ENOSPC as "No space left on
@@ -74,7 +88,9 @@ impl FailureKind {
     pub fn of(error: &str) -> FailureKind {
         let e = error.to_ascii_lowercase();
         let log_damage = crate::store::log_store::LOG_DAMAGE_TEXT.to_ascii_lowercase();
-        if e.contains(&log_damage) && e.contains("is damaged") && !e.contains("corruption") {
+        if e.contains(OPERATOR_REPAIR_TEXT) {
+            FailureKind::RepairRequested
+        } else if e.contains(&log_damage) && e.contains("is damaged") && !e.contains("corruption") {
             FailureKind::LogDamaged
         } else if e.contains("corruption") || e.contains("checksum mismatch") {
             FailureKind::Corruption
@@ -105,7 +121,7 @@ pub struct Failure {
 /// or a repair from peers.
 pub fn recovery_note(f: &Failure) -> String {
     match f.kind {
-        FailureKind::Corruption => format!(
+        FailureKind::Corruption | FailureKind::RepairRequested => format!(
             "it repairs itself from its peers ({})",
             f.repair.as_deref().unwrap_or("starting")
         ),
@@ -145,6 +161,18 @@ pub struct StorageGuard {
     fsync_stall_ms: AtomicU64,
     /// The Raft log cut this start made at a damaged entry, if any.
     log_truncation: Mutex<Option<LogTruncation>>,
+    /// The repair from peers this start completed, if any.
+    last_repair: Mutex<Option<LastRepair>>,
+}
+
+/// What status shows of the repair this start finished (the database was
+/// moved aside and a new one made): why, who granted it, when.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastRepair {
+    pub reason: String,
+    pub leader_id: crate::types::NodeId,
+    pub granted_unix_ms: u64,
+    pub vote_fence_index: u64,
 }
 
 /// What status shows of a Raft log cut at start
@@ -224,6 +252,26 @@ impl StorageGuard {
         }
     }
 
+    /// An operator asked for this node's repair from its peers (`reason`
+    /// contains [`OPERATOR_REPAIR_TEXT`]). Fences the node and wakes the
+    /// guard, which runs the repair; false when the node was already
+    /// fenced for another reason.
+    pub fn request_repair(&self, reason: &str) -> bool {
+        debug_assert!(reason.contains(OPERATOR_REPAIR_TEXT));
+        let set = self.set(Failure {
+            kind: FailureKind::RepairRequested,
+            error: reason.to_string(),
+            since_unix_ms: unix_ms(),
+            probes: 0,
+            last_probe_error: None,
+            repair: Some("starting".into()),
+        });
+        if set {
+            self.reported.notify_one();
+        }
+        set
+    }
+
     pub(crate) fn note_repair(&self, state: String) {
         if let Ok(mut g) = self.failure.lock()
             && let Some(f) = g.as_mut()
@@ -270,6 +318,16 @@ impl StorageGuard {
                 at_unix_ms: unix_ms(),
             });
         }
+    }
+
+    pub fn note_rebuilt(&self, r: LastRepair) {
+        if let Ok(mut g) = self.last_repair.lock() {
+            *g = Some(r);
+        }
+    }
+
+    pub fn last_repair(&self) -> Option<LastRepair> {
+        self.last_repair.lock().ok().and_then(|g| g.clone())
     }
 
     pub fn log_truncation(&self) -> Option<LogTruncation> {
@@ -346,15 +404,24 @@ pub fn spawn(g: Guarded) {
             since_unix_ms: unix_ms(),
             probes: 0,
             last_probe_error: None,
-            repair: (kind == FailureKind::Corruption).then(|| "starting".to_string()),
+            repair: kind.repairs_from_peers().then(|| "starting".to_string()),
         });
-        if kind == FailureKind::Corruption {
-            tracing::error!(
-                kind = kind.name(),
-                error = %error,
-                "storage corruption: a checksum did not match; this node is fenced (not ready, \
-                 refusing requests, not voting) and repairs itself from its peers"
-            );
+        if kind.repairs_from_peers() {
+            if kind == FailureKind::Corruption {
+                tracing::error!(
+                    kind = kind.name(),
+                    error = %error,
+                    "storage corruption: a checksum did not match; this node is fenced (not \
+                     ready, refusing requests, not voting) and repairs itself from its peers"
+                );
+            } else {
+                tracing::warn!(
+                    kind = kind.name(),
+                    reason = %error,
+                    "an operator asked for this node's repair: it is fenced (not ready, refusing \
+                     requests, not voting) and rebuilds itself from its peers"
+                );
+            }
             let never = crate::repair::run(crate::repair::Damaged {
                 raft,
                 guard,
@@ -543,6 +610,10 @@ mod tests {
             FailureKind::of(&damaged.to_string()),
             FailureKind::LogDamaged
         );
+        let asked = format!("{OPERATOR_REPAIR_TEXT}: the disk was replaced");
+        assert_eq!(FailureKind::of(&asked), FailureKind::RepairRequested);
+        assert!(FailureKind::RepairRequested.repairs_from_peers());
+        assert!(!FailureKind::LogDamaged.repairs_from_peers());
     }
 
     #[test]

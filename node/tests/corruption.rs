@@ -22,8 +22,14 @@
 //! the entry and fetches the rest again, voting only once it holds again
 //! every index it held before.
 //!
+//! An operator can ask for the same rebuild (`POST /v1/node/repair`, the
+//! `billdb node repair` command) for a disk no longer trusted: refused with
+//! nothing changed for a wrong role, bad input or without a quorum that
+//! answers without the node; accepted, the node rebuilds under load and
+//! loses nothing.
+//!
 //! Ports (127.0.0.1, node N on base+N, base+100+N, base+200+N): bases
-//! 9000, 11000, 11500, 12500, 13500 and 18500.
+//! 9000, 11000, 11500, 12500, 13500, 14500 and 18500.
 
 mod common;
 
@@ -171,6 +177,26 @@ impl Drop for Reader {
 /// and the new database; it is ready with storage ok and no vote fence; the
 /// damaged database is kept aside with the reason.
 fn assert_repaired(c: &TestCluster, n: NodeId, log_from: u64, damaged_file: &str) {
+    assert_rebuilt(
+        c,
+        n,
+        log_from,
+        "storage corruption",
+        damaged_file,
+        "Corruption",
+    );
+}
+
+/// [`assert_repaired`] for any cause: `started` is logged first, followed
+/// by `named`; the kept reason contains `reason`.
+fn assert_rebuilt(
+    c: &TestCluster,
+    n: NodeId,
+    log_from: u64,
+    started: &str,
+    named: &str,
+    reason: &str,
+) {
     wait_for("repair done (vote fence lifted)", REPAIR_WITHIN, || {
         log_since(c, n, log_from)
             .contains("this node votes again")
@@ -192,7 +218,7 @@ fn assert_repaired(c: &TestCluster, n: NodeId, log_from: u64, damaged_file: &str
         log.find(what)
             .unwrap_or_else(|| panic!("node {n}: {what:?} not logged:\n{log}"))
     };
-    let found = at("storage corruption");
+    let found = at(started);
     let granted = at("repair granted");
     let aside = at("the damaged database was moved aside");
     let voting = at("this node votes again");
@@ -200,10 +226,7 @@ fn assert_repaired(c: &TestCluster, n: NodeId, log_from: u64, damaged_file: &str
         found < granted && granted < aside && aside < voting,
         "{log}"
     );
-    assert!(
-        log[found..].contains(damaged_file),
-        "the damaged file is named: {log}"
-    );
+    assert!(log[found..].contains(named), "{named:?} is named: {log}");
     let damaged = c.c.data_dir(n).join("damaged");
     let kept: Vec<PathBuf> = std::fs::read_dir(&damaged)
         .expect("damaged databases kept")
@@ -211,8 +234,8 @@ fn assert_repaired(c: &TestCluster, n: NodeId, log_from: u64, damaged_file: &str
         .collect();
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert!(kept[0].join("db").is_dir(), "the damaged database is kept");
-    let reason = std::fs::read_to_string(kept[0].join("reason.txt")).expect("reason");
-    assert!(reason.contains("Corruption"), "{reason}");
+    let kept_reason = std::fs::read_to_string(kept[0].join("reason.txt")).expect("reason");
+    assert!(kept_reason.contains(reason), "{kept_reason}");
 }
 
 /// Finish the load and check every replica: no write failed, digests
@@ -531,4 +554,106 @@ fn a_follower_with_a_damaged_raft_log_entry_cuts_its_log_and_fetches_it_again() 
     );
     assert_no_internal(&reader.finish());
     assert_nothing_lost(&c, load);
+}
+
+#[test]
+fn an_operator_rebuilds_a_follower_from_its_peers_only_when_that_is_safe() {
+    let c = start(14500, "0");
+    let leader = c.leader();
+    let followers: Vec<NodeId> =
+        c.c.node_ids()
+            .into_iter()
+            .filter(|n| *n != leader)
+            .collect();
+    let (victim, others) = (followers[0], [followers[1], followers[2]]);
+    let repair = |body: serde_json::Value| c.http(victim).post("/v1/node/repair", &body);
+    let untouched = |why: &str| {
+        let s = try_status(&c, victim).expect("status");
+        assert_eq!(s["storage"]["state"], "ok", "{why}: {s:#}");
+        assert!(c.http(victim).get("/readyz").is_ok(), "{why}: still ready");
+        assert!(!c.c.data_dir(victim).join("damaged").exists(), "{why}");
+    };
+
+    // A role other than ops, unknown fields and an overlong reason are
+    // refused, and nothing changes.
+    let e = c
+        .http_as(victim, "auditor")
+        .post("/v1/node/repair", &serde_json::json!({}))
+        .expect_err("an auditor may not repair");
+    assert_eq!(e.code(), Some("PERMISSION_DENIED"), "{e}");
+    let e = repair(serde_json::json!({"reason": "x".repeat(201)})).expect_err("too long");
+    assert_eq!(e.code(), Some("INVALID_ARGUMENT"), "{e}");
+    let e = repair(serde_json::json!({"force": true})).expect_err("unknown field");
+    assert_eq!(e.code(), Some("INVALID_ARGUMENT"), "{e}");
+    untouched("bad requests");
+
+    // With two other followers down, only the leader and one follower
+    // answer without the victim: rebuilding it could lose data. Refused.
+    let load = fill_and_flush(&c, &[], 3);
+    let (acked_before, failed, _) = load.finish();
+    assert!(failed.is_empty(), "writes failed: {failed:?}");
+    for n in others {
+        c.c.stop(n).expect("stop");
+    }
+    let log_from = log_len(&c, victim);
+    let e = wait_for(
+        "refused for want of a quorum",
+        Duration::from_secs(15),
+        || match repair(serde_json::json!({"reason": "drill"})) {
+            Err(e) if e.code() == Some("NO_QUORUM") => Some(e),
+            _ => None,
+        },
+    );
+    assert!(e.to_string().contains("nothing changed"), "{e}");
+    untouched("no quorum without the victim");
+    assert!(!log_since(&c, victim, log_from).contains("repair granted"));
+    for n in others {
+        c.c.start(n).expect("restart");
+    }
+    c.c.wait_all_healthy(Duration::from_secs(30))
+        .expect("the two are back");
+    let all = c.c.node_ids();
+    c.wait_converged(&all, Duration::from_secs(60));
+
+    // Accepted under load: fenced at once, rebuilt, nothing lost.
+    let live = Arc::new(Mutex::new(c.c.node_ids()));
+    let load = Load::start_paced(&c, live, "more", Duration::ZERO);
+    std::thread::sleep(Duration::from_secs(2));
+    let log_from = log_len(&c, victim);
+    let reason = "disk controller replaced";
+    let v = wait_for("repair accepted", Duration::from_secs(30), || {
+        repair(serde_json::json!({"reason": reason})).ok()
+    });
+    assert_eq!(v["state"], "repairing", "{v}");
+    assert_eq!(v["node_id"], victim, "{v}");
+    assert_eq!(v["leader_id"], leader, "{v}");
+    // Asked again while it repairs: the same answer, nothing new started.
+    if let Ok(again) = repair(serde_json::json!({})) {
+        assert_eq!(again["state"], "repairing", "{again}");
+    }
+    assert_rebuilt(
+        &c,
+        victim,
+        log_from,
+        "an operator asked for this node's repair",
+        reason,
+        "repair requested by an operator",
+    );
+    let s = c.status(victim);
+    assert!(
+        s["storage"]["last_repair"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(reason)),
+        "{s:#}"
+    );
+    assert_eq!(s["storage"]["last_repair"]["leader_id"], leader, "{s:#}");
+    let (acked, failed, _) = load.finish();
+    assert!(failed.is_empty(), "writes failed: {failed:?}");
+    c.wait_converged(&all, Duration::from_secs(60));
+    let per: Vec<u64> = acked_per_account(&c, "fill", acked_before)
+        .into_iter()
+        .zip(acked_per_account(&c, "more", acked))
+        .map(|(a, b)| a + b)
+        .collect();
+    assert_balances(&c, &all, &per);
 }

@@ -84,6 +84,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/cluster/snapshot", post(cluster_snapshot))
         .route("/v1/cluster/scrub", post(cluster_scrub))
         .route("/v1/cluster/fingerprints", get(cluster_fingerprints))
+        .route("/v1/node/repair", post(node_repair))
         .route("/v1/backup/holds", post(backup_hold))
         .route("/v1/backup/holds/{hold_id}", delete(backup_release))
         .route("/v1/backup/holds/{hold_id}/files/{name}", get(backup_file))
@@ -519,6 +520,100 @@ async fn cluster_scrub(State(s): State<HttpState>, caller: Caller) -> HttpResult
             Err(ApiError::new(ErrorCode::Internal, e).into())
         }
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RepairJson {
+    /// Why (kept with the moved-aside database and in the log).
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Longest reason an operator may give for a repair.
+const REPAIR_REASON_CHARS_MAX: usize = 200;
+
+/// Rebuild THIS node from its peers (`repair`), as if its data had failed
+/// a checksum: for a disk an operator no longer trusts (a replaced
+/// controller, a filesystem check that found errors, a node that diverged).
+/// Refused, with nothing changed, unless the leader would agree now (a
+/// leader known and a quorum answering it without this node). Accepted
+/// (202): the node is fenced at once, hands leadership over if it leads,
+/// moves its database aside into `damaged/` and rejoins with a snapshot;
+/// `/readyz` answers 200 again when it has caught up.
+async fn node_repair(
+    State(s): State<HttpState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResult {
+    caller.require(&[Role::Ops])?;
+    let req: RepairJson = match &body {
+        Ok(b) if b.iter().all(u8::is_ascii_whitespace) => RepairJson::default(),
+        _ => parse(body)?,
+    };
+    let reason = req.reason.unwrap_or_default();
+    if reason.chars().count() > REPAIR_REASON_CHARS_MAX || reason.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("reason: at most {REPAIR_REASON_CHARS_MAX} characters, no control characters"),
+        )
+        .with_details(serde_json::json!({"field": "reason"}))
+        .into());
+    }
+    let accepted = |leader_id: Option<NodeId>, state: Option<String>| {
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({
+                "node_id": s.app.id,
+                "state": "repairing",
+                "leader_id": leader_id,
+                "repair": state,
+                "next": "the node is fenced, moves its database aside into damaged/ and rebuilds \
+                         from a snapshot of the leader; GET /v1/cluster/status shows \
+                         storage.failure.repair, and /readyz answers 200 once it caught up",
+            })),
+        )
+            .into_response())
+    };
+    if let Some(f) = s.app.storage.failure() {
+        if f.kind.repairs_from_peers() {
+            return accepted(None, f.repair);
+        }
+        s.app.refuse_if_fenced()?;
+    }
+    let leader_id = crate::repair::preflight(
+        &s.app.raft,
+        s.app.id,
+        &s.app.channels,
+        &s.app.config.data_dir,
+        s.app.config.raft.election_timeout_max_ms,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::repair::AskError::Refused(why) => ApiError::new(
+            ErrorCode::NoQuorum,
+            format!("repair refused, nothing changed: {why}"),
+        ),
+        crate::repair::AskError::NoLeader(why) => ApiError::new(
+            ErrorCode::Unavailable,
+            format!("repair not possible now, nothing changed: {why}"),
+        )
+        .with_details(serde_json::json!({"retry_after_ms": 2000})),
+    })?;
+    let text = if reason.is_empty() {
+        crate::storage_guard::OPERATOR_REPAIR_TEXT.to_string()
+    } else {
+        format!("{}: {reason}", crate::storage_guard::OPERATOR_REPAIR_TEXT)
+    };
+    tracing::warn!(
+        leader_id,
+        reason = %reason,
+        "an operator asked for this node's repair from its peers"
+    );
+    if !s.app.storage.request_repair(&text) {
+        s.app.refuse_if_fenced()?;
+    }
+    accepted(Some(leader_id), Some("starting".into()))
 }
 
 /// The state's applied log id, digest and business fingerprints (per

@@ -57,7 +57,8 @@ pub struct Status {
     /// `io_error`, `corruption`), the storage error, since when (Unix ms),
     /// the recovery probes made or where a repair from peers stands
     /// (`storage_guard`, `repair`); always the checksum scrub's progress
-    /// and, while rejoining after a repair, the vote fence.
+    /// and, while rejoining after a repair, the vote fence; the repair this
+    /// start finished (`last_repair`: reason, granting leader, when).
     pub storage: serde_json::Value,
     /// Scheduled backups (`[backup]`): `configured`, and when they are the
     /// destination, interval, retention, the newest scheduled backup (by
@@ -158,6 +159,7 @@ pub fn status(app: &App) -> Status {
             let fence = app.storage.vote_fence();
             v["vote_fence_index"] = serde_json::json!((fence > 0).then_some(fence));
             v["log_truncation"] = serde_json::json!(app.storage.log_truncation());
+            v["last_repair"] = serde_json::json!(app.storage.last_repair());
             v
         },
         backup: match app.backup.lock() {
