@@ -537,11 +537,11 @@ pub fn write_op(caller: &Caller, ep: Endpoint, a: Value) -> Result<(String, Op),
             let op = Op::DefineTariff {
                 tariff_id: id("tariff_id", &r.tariff_id)?,
                 tariff,
-                effective_from_ms: time_ms(
-                    "effective_from",
-                    r.effective_from,
-                    r.effective_from_ms,
-                )?,
+                // Neither given: effective from now (the command's time).
+                effective_from_ms: match (&r.effective_from, r.effective_from_ms) {
+                    (None, None) => domain::EFFECTIVE_FROM_COMMAND_TIME,
+                    _ => time_ms("effective_from", r.effective_from, r.effective_from_ms)?,
+                },
             };
             (r.request_id, op)
         }

@@ -70,10 +70,21 @@ pub(crate) fn not_active<G: Get + ?Sized>(view: &G, card: &Card) -> Res<()> {
             }))
             .into())
         }
-        _ => refuse(
-            ErrorCode::CardUnknown,
-            format!("card {:?} was revoked", card.card_no),
-        ),
+        // A card is revoked when its account closes: the cashier needs
+        // to hear that the account is closed, not that the card is unknown.
+        _ => match get_account(view, &card.account_id)? {
+            Some(a) if a.is_closed() => refuse(
+                ErrorCode::AccountClosed,
+                format!(
+                    "card {:?} belongs to account {:?}, which is closed",
+                    card.card_no, a.account_id
+                ),
+            ),
+            _ => refuse(
+                ErrorCode::CardUnknown,
+                format!("card {:?} was revoked", card.card_no),
+            ),
+        },
     }
 }
 

@@ -168,7 +168,10 @@ pub enum Op {
         records: Vec<ImportRecord>,
     },
     /// Add (or replace) the version of `tariff_id` effective from
-    /// `effective_from_ms`.
+    /// `effective_from_ms`, or from the command's own time when it is
+    /// [`EFFECTIVE_FROM_COMMAND_TIME`] (the default "now": a retry with the
+    /// same request_id carries the same op, and every replica resolves it
+    /// to the same `ts_ms`).
     DefineTariff {
         tariff_id: String,
         tariff: TariffSpec,
@@ -178,6 +181,10 @@ pub enum Op {
         invoice_no: String,
     },
 }
+
+/// `DefineTariff::effective_from_ms` meaning "from the command's time"
+/// (outside the range a client may give, `calendar::TS_MIN_MS..`).
+pub const EFFECTIVE_FROM_COMMAND_TIME: i64 = i64::MIN;
 
 impl Op {
     pub fn name(&self) -> &'static str {

@@ -163,6 +163,11 @@ pub(crate) fn define<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     };
     let tariff = &tariff.to_tariff(tariff_id);
     tariff.validate().map_err(ApiError::from)?;
+    let effective_from_ms = &if *effective_from_ms == super::EFFECTIVE_FROM_COMMAND_TIME {
+        ctx.cmd.ts_ms
+    } else {
+        *effective_from_ms
+    };
     let mut versions = match get_tariff(txn, &tariff.tariff_id)? {
         Some(v) => v.versions,
         None => Vec::new(),

@@ -411,6 +411,9 @@ fn suspend_resume_close_lifecycle() {
             reason: String::new(),
         },
         issue("A1", "C9"),
+        // A sale on the closed account's (revoked) card: the cashier hears
+        // that the account is closed, not that the card is unknown.
+        buy_card("C1", "10.00"),
     ]
     .into_iter()
     .enumerate()
@@ -1648,6 +1651,25 @@ fn imported_invoice_numbers_are_kept_unique_and_never_take_the_assigned_form() {
 }
 
 // -------------------------------------------------------- tariffs, invoices
+
+#[test]
+fn a_tariff_without_an_effective_time_takes_effect_at_the_commands_time() {
+    let mut w = World::new();
+    let now = define_tariff(
+        "T",
+        TariffSpec::Flat { price: d("0.52") },
+        super::EFFECTIVE_FROM_COMMAND_TIME,
+    );
+    w.ok("t1", t0() + 7, now.clone());
+    let v = tariffs::get_tariff(&w.t, "T").unwrap().unwrap();
+    assert_eq!(v.versions.len(), 1);
+    assert_eq!(v.versions[0].effective_from_ms, t0() + 7);
+    // A retry (same request_id, same op) is the original, not a new version.
+    w.ok("t1", t0() + 99, now);
+    let v = tariffs::get_tariff(&w.t, "T").unwrap().unwrap();
+    assert_eq!(v.versions.len(), 1);
+    assert_eq!(v.versions[0].effective_from_ms, t0() + 7);
+}
 
 #[test]
 fn define_tariff_versions_and_refusals() {
