@@ -297,6 +297,42 @@ fn counter_bank_and_report_commands_against_a_real_cluster() {
     assert!(ok, "{err}");
     assert!(text.contains("C-0101") && text.contains("total:"), "{text}");
 
+    // A tariff without --effective-from takes effect now: a sale under it
+    // right after succeeds. Once the account is closed, a sale on its card
+    // is refused ACCOUNT_CLOSED (what the cashier needs to hear).
+    let t = ok_json(&["ops", "tariff", "T-NOW", "--price", "0.52"], &ops);
+    assert_eq!(t["result"], "tariff_defined", "{t}");
+    let opened = ok_json(
+        &[
+            "account",
+            "open",
+            "CLI-2",
+            "--name",
+            "Wang Fang",
+            "--branch",
+            "B01",
+            "--utility",
+            "electricity",
+            "--tariff-id",
+            "T-NOW",
+        ],
+        &counter,
+    );
+    assert_eq!(opened["outcome"]["result"], "account_opened", "{opened}");
+    ok_json(&["card", "issue", "CLI-2", "CARD-CLI-2"], &counter);
+    let sale = ok_json(
+        &["purchase", "--card", "CARD-CLI-2", "--amount", "5.20"],
+        &counter,
+    );
+    assert_eq!(sale["record"]["tariff_id"], "T-NOW", "{sale}");
+    let closed = ok_json(&["account", "close", "CLI-2", "--reason", "moved"], &ops);
+    assert!(closed.to_string().contains("closed"), "{closed}");
+    let refused = refused_json(
+        &["purchase", "--card", "CARD-CLI-2", "--amount", "5.20"],
+        &counter,
+    );
+    assert_eq!(refused["code"], "ACCOUNT_CLOSED", "{refused}");
+
     // Roles: a counter may not post bank payments.
     let denied = refused_json(
         &[

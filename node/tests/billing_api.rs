@@ -626,6 +626,29 @@ fn every_operation_happy_path_and_refusals() {
         )),
         "ACCOUNT_CLOSED"
     );
+    // A sale on the closed account's card: ACCOUNT_CLOSED, not CARD_UNKNOWN.
+    assert_eq!(
+        code(counter.post(
+            "/v1/purchases",
+            &json!({"request_id": "buy-closed-card", "card_no": "CARD-1B", "amount": "3.00"})
+        )),
+        "ACCOUNT_CLOSED"
+    );
+    // A tariff defined without an effective time is in force at once.
+    let (st, v) = api.put(
+        "ops",
+        "/v1/tariffs/T-NOW",
+        json!({"request_id": "tariff-now", "kind": "flat", "price": "0.52"}),
+    );
+    assert_eq!((st, &v["result"]), (200, &json!("tariff_defined")), "{v}");
+    open(&counter, "A-NOW", "T-NOW");
+    let sale = counter
+        .post(
+            "/v1/purchases",
+            &json!({"request_id": "buy-now", "account_id": "A-NOW", "amount": "5.20"}),
+        )
+        .expect("a sale under a tariff effective now");
+    assert_eq!(sale["record"]["tariff_id"], "T-NOW", "{sale}");
     // Closed accounts stay readable.
     assert_eq!(
         auditor.get("/v1/accounts/A1").expect("closed account")["status"],
