@@ -17,6 +17,12 @@
 //!   the last piece, which takes what makes the pieces add up exactly to the
 //!   amount. Units and money of the pieces sum exactly to the totals.
 //!
+//! An **area** tariff prices heating by heated area, not sales: a season's
+//! charge is area (m²) × price per m², times the tariff's
+//! `suspended_share` for an account that reported a heating stop
+//! (suspended), rounded half-even to the cent ([`season_charge`]). Sales
+//! under an area tariff are refused (`INVALID_TARIFF`).
+//!
 //! Everything is exact [`Decimal`] arithmetic with checked operations and
 //! bounded inputs (see the constants), deterministic, and panic-free.
 
@@ -71,7 +77,12 @@ mod opt_decimal_str {
     }
 }
 
-/// Flat or ladder pricing.
+/// Most decimal places of an area tariff's `suspended_share`.
+pub const SHARE_DECIMALS: u32 = 4;
+/// Largest heated area an account may have, m² (as `Account::area`).
+pub const AREA_MAX_M2: Decimal = Decimal::from_parts(1_000_000, 0, 0, false, 0);
+
+/// Flat or ladder pricing of sales, or an area tariff for season charges.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TariffKind {
@@ -81,6 +92,15 @@ pub enum TariffKind {
     },
     Ladder {
         tiers: Vec<Tier>,
+    },
+    /// Heating priced per m² of heated area per season.
+    Area {
+        #[serde(with = "rust_decimal::serde::str")]
+        price_per_m2: Decimal,
+        /// The share of the full charge an account with a heating stop
+        /// (suspended) pays: 0 to 1, e.g. 0.30.
+        #[serde(with = "rust_decimal::serde::str")]
+        suspended_share: Decimal,
     },
 }
 
@@ -285,6 +305,34 @@ impl Tariff {
         Ok(t)
     }
 
+    /// A validated area tariff.
+    pub fn area(
+        tariff_id: impl Into<String>,
+        price_per_m2: Decimal,
+        suspended_share: Decimal,
+    ) -> Result<Self, TariffError> {
+        let t = Tariff {
+            tariff_id: tariff_id.into(),
+            kind: TariffKind::Area {
+                price_per_m2,
+                suspended_share,
+            },
+        };
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// Refuses an area tariff for a sale.
+    fn for_sales(&self) -> Result<(), TariffError> {
+        match self.kind {
+            TariffKind::Area { .. } => Err(invalid(
+                &self.tariff_id,
+                "an area tariff prices season charges by heated area; it cannot price a sale",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks the tariff: non-empty id; prices > 0, at most
     /// [`PRICE_DECIMALS`] places, at most [`PRICE_MAX`]; a ladder has 1 to
     /// [`MAX_TIERS`] tiers whose bounds are > 0, at most 3 decimal places, at
@@ -295,6 +343,25 @@ impl Tariff {
         check_tariff_id(id)?;
         match &self.kind {
             TariffKind::Flat { price } => check_price(id, "flat tariff", *price),
+            TariffKind::Area {
+                price_per_m2,
+                suspended_share,
+            } => {
+                check_price(id, "area tariff", *price_per_m2)?;
+                if *suspended_share < Decimal::ZERO
+                    || *suspended_share > Decimal::ONE
+                    || suspended_share.scale() > SHARE_DECIMALS
+                {
+                    return Err(invalid(
+                        id,
+                        format!(
+                            "suspended_share {suspended_share} must be 0 to 1 with at most \
+                             {SHARE_DECIMALS} decimal places"
+                        ),
+                    ));
+                }
+                Ok(())
+            }
             TariffKind::Ladder { tiers } => {
                 if tiers.is_empty() {
                     return Err(invalid(id, "a ladder needs at least one tier"));
@@ -366,7 +433,8 @@ impl Tariff {
         }
     }
 
-    /// The tiers this tariff prices with; a flat tariff is one unbounded tier.
+    /// The tiers this tariff prices sales with; a flat tariff is one
+    /// unbounded tier, an area tariff none (it prices no sale).
     pub fn tiers(&self) -> Vec<Tier> {
         match &self.kind {
             TariffKind::Flat { price } => vec![Tier {
@@ -374,6 +442,7 @@ impl Tariff {
                 price: *price,
             }],
             TariffKind::Ladder { tiers } => tiers.clone(),
+            TariffKind::Area { .. } => Vec::new(),
         }
     }
 }
@@ -572,6 +641,7 @@ pub fn price_by_money(
     money: Decimal,
 ) -> Result<Quote, TariffError> {
     tariff.validate()?;
+    tariff.for_sales()?;
     check_year_units(year_units_before)?;
     let money = money::validate_amount(money)?;
 
@@ -640,6 +710,7 @@ pub fn price_by_units(
     units: Decimal,
 ) -> Result<Quote, TariffError> {
     tariff.validate()?;
+    tariff.for_sales()?;
     check_year_units(year_units_before)?;
     let units = money::validate_units(units)?;
     if units < MIN_PURCHASE_UNITS {
@@ -689,6 +760,61 @@ pub fn price_by_units(
     build_quote(segments, amount)
 }
 
+/// A season's heating charge under an area tariff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeasonCharge {
+    /// area × price per m² (× the suspended share), exact.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub exact: Decimal,
+    /// `exact` rounded half-even to the cent: what is charged.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+}
+
+/// The season charge of an account with `area_m2` of heated area under the
+/// area tariff `tariff`; `suspended`: the account reported a heating stop
+/// and pays the tariff's `suspended_share` of the full charge. Refused for
+/// a tariff that is not an area tariff, an area outside 0..=[`AREA_MAX_M2`]
+/// or with more than 2 decimal places, and a charge over [`AMOUNT_MAX`].
+pub fn season_charge(
+    tariff: &Tariff,
+    area_m2: Decimal,
+    suspended: bool,
+) -> Result<SeasonCharge, TariffError> {
+    tariff.validate()?;
+    let TariffKind::Area {
+        price_per_m2,
+        suspended_share,
+    } = tariff.kind
+    else {
+        return Err(invalid(
+            &tariff.tariff_id,
+            "not an area tariff: a season charge needs a price per m²",
+        ));
+    };
+    if area_m2 < Decimal::ZERO || area_m2 > AREA_MAX_M2 || area_m2.scale() > 2 {
+        return Err(invalid(
+            &tariff.tariff_id,
+            format!("area {area_m2} m² must be 0 to {AREA_MAX_M2} with at most 2 decimal places"),
+        ));
+    }
+    let full = mul(area_m2, price_per_m2)?;
+    let exact = if suspended {
+        mul(full, suspended_share)?
+    } else {
+        full
+    };
+    let amount = money::round_cents_half_even(exact);
+    if amount > AMOUNT_MAX {
+        return Err(TariffError::AmountOverLimit {
+            units: format!("{area_m2} m²"),
+            amount: amount.to_string(),
+            max: AMOUNT_MAX.to_string(),
+        });
+    }
+    Ok(SeasonCharge { exact, amount })
+}
+
 /// [`price_by_money`] or [`price_by_units`], as asked.
 pub fn price(
     tariff: &Tariff,
@@ -711,6 +837,7 @@ pub fn exact_cost(
     units: Decimal,
 ) -> Result<Decimal, TariffError> {
     tariff.validate()?;
+    tariff.for_sales()?;
     check_year_units(year_units_before)?;
     if units == Decimal::ZERO {
         return Ok(Decimal::ZERO);
@@ -761,6 +888,60 @@ mod tests {
             ],
         )
         .expect("valid ladder")
+    }
+
+    #[test]
+    fn season_charges_are_area_times_price_rounded_half_even() {
+        let t = Tariff::area("HEAT", d("3.65"), d("0.30")).expect("valid area tariff");
+        let full = season_charge(&t, d("85.50"), false).expect("full");
+        assert_eq!((full.exact, full.amount), (d("312.0750"), d("312.08")));
+        // Half-even: 0.125 → 0.12, 0.135 → 0.14.
+        let t1 = Tariff::area("H1", d("0.0125"), d("1")).expect("valid");
+        assert_eq!(
+            season_charge(&t1, d("10"), false).expect("a").amount,
+            d("0.12")
+        );
+        let t2 = Tariff::area("H2", d("0.0135"), d("1")).expect("valid");
+        assert_eq!(
+            season_charge(&t2, d("10"), false).expect("a").amount,
+            d("0.14")
+        );
+        // A heating stop pays the share of the full charge.
+        let stop = season_charge(&t, d("85.50"), true).expect("suspended");
+        assert_eq!((stop.exact, stop.amount), (d("93.622500"), d("93.62")));
+        assert_eq!(
+            season_charge(&t, d("0"), false).expect("zero").amount,
+            d("0.00")
+        );
+        for bad in ["-1", "1000000.01", "10.005"] {
+            let e = season_charge(&t, d(bad), false).expect_err(bad);
+            assert_eq!(e.code(), "INVALID_TARIFF", "{bad}: {e}");
+        }
+        let flat = Tariff::flat("F", d("0.5")).expect("flat");
+        assert_eq!(
+            season_charge(&flat, d("10"), false)
+                .expect_err("flat")
+                .code(),
+            "INVALID_TARIFF"
+        );
+        // An area tariff prices no sale.
+        for e in [
+            price_by_money(&t, Decimal::ZERO, d("10.00")).expect_err("money"),
+            price_by_units(&t, Decimal::ZERO, d("10")).expect_err("units"),
+        ] {
+            assert_eq!(e.code(), "INVALID_TARIFF", "{e}");
+            assert!(e.to_string().contains("area tariff"), "{e}");
+        }
+        for share in ["-0.1", "1.01", "0.12345"] {
+            assert!(Tariff::area("H", d("1"), d(share)).is_err(), "{share}");
+        }
+        assert!(Tariff::area("H", d("0"), d("0.3")).is_err(), "price 0");
+        // Stored as JSON, tagged "area".
+        let json = serde_json::to_value(&t).expect("json");
+        assert_eq!(json["kind"]["type"], "area", "{json}");
+        assert_eq!(json["kind"]["price_per_m2"], "3.65", "{json}");
+        let back: Tariff = serde_json::from_value(json).expect("round trip");
+        assert_eq!(back, t);
     }
 
     #[test]

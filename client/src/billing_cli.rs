@@ -272,14 +272,20 @@ pub enum ReportCmd {
 /// Operations staff commands (ops role).
 #[derive(Subcommand)]
 pub enum OpsCmd {
-    /// Define a tariff version: `--price P` (flat) or `--tier UP_TO:PRICE`
-    /// repeated, the last as `-:PRICE` (ladder over a year's units).
+    /// Define a tariff version: `--price P` (flat), `--tier UP_TO:PRICE`
+    /// repeated, the last as `-:PRICE` (ladder over a year's units), or
+    /// `--price P --suspended-share S` (area: heating at P per m² of heated
+    /// area per season; an account with a heating stop pays S of it).
     Tariff {
         tariff_id: String,
         #[arg(long, conflicts_with = "tier", required_unless_present = "tier")]
         price: Option<String>,
         #[arg(long)]
         tier: Vec<String>,
+        /// Makes it an area tariff: the share (0 to 1, e.g. 0.30) of the
+        /// season charge an account with a heating stop pays.
+        #[arg(long, conflicts_with = "tier")]
+        suspended_share: Option<String>,
         /// RFC 3339; default: now.
         #[arg(long)]
         effective_from: Option<String>,
@@ -716,11 +722,19 @@ pub fn run_ops(cmd: OpsCmd) -> Result<()> {
             tariff_id,
             price,
             tier,
+            suspended_share,
             effective_from,
             w,
         } => {
             let tiers = parse_tiers(&tier)?;
-            let kind = if tiers.is_empty() { "flat" } else { "ladder" }.to_string();
+            let kind = if suspended_share.is_some() {
+                "area"
+            } else if tiers.is_empty() {
+                "flat"
+            } else {
+                "ladder"
+            }
+            .to_string();
             write(&w, "tariff", |c, request_id| async move {
                 c.define_tariff(pb::DefineTariffRequest {
                     request_id,
@@ -730,6 +744,7 @@ pub fn run_ops(cmd: OpsCmd) -> Result<()> {
                     tiers,
                     effective_from,
                     effective_from_ms: None,
+                    suspended_share,
                 })
                 .await
             })

@@ -462,7 +462,7 @@ impl pb::billing_server::Billing for GrpcApi {
     }
 
     async fn define_tariff(&self, req: Request<pb::DefineTariffRequest>) -> JsonResult {
-        self.typed(req, Endpoint::DefineTariff, |r| json!({"request_id": r.request_id, "tariff_id": r.tariff_id, "kind": r.kind, "price": r.price, "tiers": if r.tiers.is_empty() { serde_json::Value::Null } else { r.tiers.iter().map(|t| json!({"up_to": t.up_to, "price": t.price})).collect() }, "effective_from": r.effective_from, "effective_from_ms": r.effective_from_ms})).await
+        self.typed(req, Endpoint::DefineTariff, |r| json!({"request_id": r.request_id, "tariff_id": r.tariff_id, "kind": r.kind, "price": r.price, "tiers": if r.tiers.is_empty() { serde_json::Value::Null } else { r.tiers.iter().map(|t| json!({"up_to": t.up_to, "price": t.price})).collect() }, "effective_from": r.effective_from, "effective_from_ms": r.effective_from_ms, "suspended_share": r.suspended_share})).await
     }
 
     async fn list_records(&self, req: Request<pb::ListRecordsRequest>) -> JsonResult {

@@ -297,10 +297,14 @@ struct TierArgs {
 struct TariffArgs {
     request_id: String,
     tariff_id: String,
-    /// flat | ladder
+    /// flat | ladder | area
     kind: String,
+    /// flat: per unit; area: per m² of heated area per season.
     price: Option<String>,
     tiers: Option<Vec<TierArgs>>,
+    /// area: the share of the full charge a heating stop (suspended
+    /// account) pays, 0 to 1.
+    suspended_share: Option<String>,
     /// RFC 3339 UTC.
     effective_from: Option<String>,
     effective_from_ms: Option<i64>,
@@ -509,10 +513,33 @@ pub fn write_op(caller: &Caller, ep: Endpoint, a: Value) -> Result<(String, Op),
         }
         Endpoint::DefineTariff => {
             let r: TariffArgs = args(a)?;
+            if r.kind != "area" && r.suspended_share.is_some() {
+                return Err(invalid("suspended_share: only for kind area"));
+            }
             let tariff = match (r.kind.as_str(), r.price, r.tiers) {
                 ("flat", Some(p), None) => TariffSpec::Flat {
                     price: price("price", &p)?,
                 },
+                ("area", Some(p), None) => {
+                    let share = r.suspended_share.ok_or_else(|| {
+                        invalid("suspended_share: required for kind area (e.g. \"0.30\")")
+                    })?;
+                    let share: rust_decimal::Decimal = share
+                        .parse()
+                        .map_err(|_| invalid("suspended_share: not a decimal"))?;
+                    if share < rust_decimal::Decimal::ZERO
+                        || share > rust_decimal::Decimal::ONE
+                        || share.scale() > billdb_api::tariff::SHARE_DECIMALS
+                    {
+                        return Err(invalid(
+                            "suspended_share: 0 to 1 with at most 4 decimal places",
+                        ));
+                    }
+                    TariffSpec::Area {
+                        price_per_m2: price("price", &p)?,
+                        suspended_share: share,
+                    }
+                }
                 ("ladder", None, Some(tiers)) => {
                     if tiers.is_empty() || tiers.len() > 16 {
                         return Err(invalid("tiers: 1..=16 tiers"));
@@ -530,7 +557,8 @@ pub fn write_op(caller: &Caller, ep: Endpoint, a: Value) -> Result<(String, Op),
                 }
                 _ => {
                     return Err(invalid(
-                        "kind must be flat (with price) or ladder (with tiers)",
+                        "kind must be flat (with price), ladder (with tiers) or area (with \
+                         price per m² and suspended_share)",
                     ));
                 }
             };

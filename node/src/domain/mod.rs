@@ -29,6 +29,7 @@ mod ledger;
 mod payments;
 mod purchases;
 mod reports;
+pub mod season_bill;
 mod seasons;
 mod tariffs;
 pub mod txn;
@@ -180,6 +181,13 @@ pub enum Op {
     PrintInvoice {
         invoice_no: String,
     },
+    /// Raise the open season's heating charge of these accounts
+    /// (`season_bill`; at most `season_bill::BILL_BATCH_MAX`). New ops go
+    /// last: the log's encoding numbers variants in order.
+    BillSeason {
+        season_id: String,
+        account_ids: Vec<String>,
+    },
 }
 
 /// `DefineTariff::effective_from_ms` meaning "from the command's time"
@@ -208,6 +216,7 @@ impl Op {
             Op::Import { .. } => "import",
             Op::DefineTariff { .. } => "define_tariff",
             Op::PrintInvoice { .. } => "print_invoice",
+            Op::BillSeason { .. } => "bill_season",
         }
     }
 
@@ -278,6 +287,16 @@ pub enum Outcome {
         reprint: bool,
     },
     Refused(ApiError),
+    /// One season bill command (new outcomes go last: stored outcomes are
+    /// encoded with their variant's number).
+    SeasonBilled {
+        season_id: String,
+        billed: u32,
+        skipped: u32,
+        already: u32,
+        #[serde(with = "billdb_api::money::decimal_compact")]
+        amount: Decimal,
+    },
 }
 
 fn json_with(result: &str, v: impl Serialize) -> serde_json::Value {
@@ -345,6 +364,14 @@ impl Outcome {
                 json!({"result":"invoice_printed","invoice":invoice,"reprint":reprint,"print_count":invoice.print_count})
             }
             Outcome::Refused(e) => serde_json::to_value(e).unwrap_or_default(),
+            Outcome::SeasonBilled {
+                season_id,
+                billed,
+                skipped,
+                already,
+                amount,
+            } => json!({"result":"season_billed","season_id":season_id,"billed":billed,
+                "skipped":skipped,"already":already,"amount":amount.to_string()}),
         }
     }
 }
@@ -434,6 +461,7 @@ fn dispatch<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
         Op::Import { .. } => import::import(txn, ctx),
         Op::DefineTariff { .. } => tariffs::define(txn, ctx),
         Op::PrintInvoice { .. } => invoices::print(txn, ctx),
+        Op::BillSeason { .. } => season_bill::bill(txn, ctx),
     }
 }
 

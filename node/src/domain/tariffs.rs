@@ -30,6 +30,11 @@ pub enum TariffSpec {
     Ladder {
         tiers: Vec<(Option<Decimal>, Decimal)>,
     },
+    /// Heating per m² of heated area per season (`season_bill`).
+    Area {
+        price_per_m2: Decimal,
+        suspended_share: Decimal,
+    },
 }
 
 impl TariffSpec {
@@ -46,6 +51,13 @@ impl TariffSpec {
                             price: *price,
                         })
                         .collect(),
+                },
+                TariffSpec::Area {
+                    price_per_m2,
+                    suspended_share,
+                } => TariffKind::Area {
+                    price_per_m2: *price_per_m2,
+                    suspended_share: *suspended_share,
                 },
             },
         }

@@ -2450,3 +2450,204 @@ impl IntoOutcome for billdb_api::error::ApiError {
         Outcome::Refused(self)
     }
 }
+
+// ----------------------------------------------------------- season billing
+
+fn area_of(id: &str, area: &str) -> Op {
+    Op::UpdateContact {
+        account_id: id.into(),
+        name: None,
+        address: None,
+        phone: None,
+        area: Some(d(area)),
+    }
+}
+
+fn bill(season: &str, ids: &[&str]) -> Op {
+    Op::BillSeason {
+        season_id: season.into(),
+        account_ids: ids.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn season_report(w: &World, season: &str) -> season_bill::Report {
+    season_bill::report(&w.t, season).unwrap()
+}
+
+#[test]
+fn a_season_is_billed_once_per_account_by_area_and_skips_say_why() {
+    let mut w = World::new();
+    let area = |p: &str, s: &str| TariffSpec::Area {
+        price_per_m2: d(p),
+        suspended_share: d(s),
+    };
+    w.ok("t1", 0, define_tariff("HEAT", area("3.65", "0.30"), 0));
+    w.ok(
+        "t2",
+        0,
+        define_tariff("ELEC", TariffSpec::Flat { price: d("0.5") }, 0),
+    );
+    for (id, tariff, a) in [
+        ("H1", "HEAT", "85.50"),
+        ("H2", "HEAT", "60"),
+        ("H3", "HEAT", "0"),
+        ("H4", "HEAT", "50"),
+        ("H5", "ELEC", "40"),
+        ("H6", "NOPE", "70.25"),
+    ] {
+        w.ok(&format!("o{id}"), t0(), open(id, "heat", tariff));
+        if a != "0" {
+            w.ok(&format!("a{id}"), t0() + 1, area_of(id, a));
+        }
+    }
+    w.ok("oE1", t0(), open("E1", "electricity", "ELEC"));
+    w.ok(
+        "s2",
+        t0() + 2,
+        Op::Suspend {
+            account_id: "H2".into(),
+            reason: "heating stop".into(),
+        },
+    );
+    w.ok(
+        "c4",
+        t0() + 2,
+        Op::Close {
+            account_id: "H4".into(),
+            reason: "demolished".into(),
+        },
+    );
+    // Not while the season is not open.
+    assert_eq!(
+        w.code("b0", t0() + 3, bill("2026-27", &["H1"])),
+        ErrorCode::InvalidState
+    );
+    w.ok(
+        "season",
+        t0() + 4,
+        Op::OpenHeatingSeason {
+            season_id: "2026-27".into(),
+        },
+    );
+    assert_eq!(
+        w.code("b1", t0() + 5, bill("2025-26", &["H1"])),
+        ErrorCode::InvalidState
+    );
+    assert_eq!(
+        w.code("b2", t0() + 5, bill("2026-27", &["H1", "H1"])),
+        ErrorCode::InvalidArgument
+    );
+    let too_many: Vec<String> = (0..=season_bill::BILL_BATCH_MAX)
+        .map(|i| format!("X{i}"))
+        .collect();
+    let refs: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    assert_eq!(
+        w.code("b3", t0() + 5, bill("2026-27", &refs)),
+        ErrorCode::InvalidArgument
+    );
+
+    let all = ["H1", "H2", "H3", "H4", "H5", "H6", "E1"];
+    let o = w.ok("run1", t0() + 10, bill("2026-27", &all));
+    // H1: 85.50 × 3.65 = 312.075 → 312.08; H2 (heating stop): 60 × 3.65 ×
+    // 0.30 = 65.70.
+    assert_eq!(
+        o,
+        Outcome::SeasonBilled {
+            season_id: "2026-27".into(),
+            billed: 2,
+            skipped: 5,
+            already: 0,
+            amount: d("377.78"),
+        }
+    );
+    assert_eq!(w.account("H1").balance, d("-312.08"));
+    assert_eq!(w.account("H2").balance, d("-65.70"));
+    let r = season_report(&w, "2026-27");
+    assert_eq!((r.accounts_billed, r.total), (2, d("377.78")));
+    assert_eq!(r.accounts_skipped, 5);
+    let skipped: Vec<(&str, u64)> = r.skipped.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(
+        skipped,
+        vec![
+            ("closed", 1),
+            ("no_area", 1),
+            ("no_tariff", 1),
+            ("not_area_tariff", 1),
+            ("not_heat", 1)
+        ]
+    );
+    // The records are the report: one charge each, of the line's amount.
+    let mut sum = Decimal::ZERO;
+    for id in ["H1", "H2"] {
+        let page = list_records(&w.t, &all_query(id)).unwrap().unwrap();
+        let charges: Vec<_> = page.records.iter().filter(|r| r.kind == "charge").collect();
+        assert_eq!(charges.len(), 1, "{id}");
+        sum += charges[0].amount;
+    }
+    assert_eq!(sum, r.total);
+
+    // Run again (another run, same accounts): nothing is charged twice.
+    let o = w.ok("run2", t0() + 20, bill("2026-27", &all));
+    assert!(
+        matches!(
+            o,
+            Outcome::SeasonBilled {
+                billed: 0,
+                already: 2,
+                skipped: 5,
+                ..
+            }
+        ),
+        "{o:?}"
+    );
+    assert_eq!(w.account("H1").balance, d("-312.08"));
+    assert_eq!(season_report(&w, "2026-27"), r);
+
+    // The missing tariff is defined: the next run bills H6, and its skip goes.
+    w.ok("t3", t0() + 21, define_tariff("NOPE", area("2", "0.5"), 0));
+    let o = w.ok("run3", t0() + 22, bill("2026-27", &all));
+    assert!(
+        matches!(
+            o,
+            Outcome::SeasonBilled {
+                billed: 1,
+                already: 2,
+                ..
+            }
+        ),
+        "{o:?}"
+    );
+    assert_eq!(w.account("H6").balance, d("-140.50"));
+    let r = season_report(&w, "2026-27");
+    assert_eq!((r.accounts_billed, r.total), (3, d("518.28")));
+    assert_eq!(r.accounts_skipped, 4);
+    assert!(!r.skipped.contains_key("no_tariff"), "{r:?}");
+    let (lines, next) = season_bill::lines(&w.t, "2026-27", true, None, 100).unwrap();
+    assert_eq!(next, None);
+    let ids: Vec<&str> = lines.iter().map(|l| l.account_id.as_str()).collect();
+    assert_eq!(ids, vec!["E1", "H3", "H4", "H5"]);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.skipped.is_some() && l.record_seq.is_none())
+    );
+    let by: Vec<(&str, &str, u64, Decimal)> = r
+        .by_branch_and_tariff
+        .iter()
+        .map(|l| {
+            (
+                l.branch.as_str(),
+                l.tariff_id.as_str(),
+                l.accounts,
+                l.amount,
+            )
+        })
+        .collect();
+    assert_eq!(
+        by,
+        vec![
+            ("b1", "HEAT", 2, d("377.78")),
+            ("b1", "NOPE", 1, d("140.50"))
+        ]
+    );
+}
