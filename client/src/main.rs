@@ -8,6 +8,7 @@
 //! success, 1 on any failure (2 for usage errors, from clap).
 
 mod billing_cli;
+mod season_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -66,6 +67,9 @@ enum Cmd {
     /// Operations: tariffs, charges, adjustments, seasons, boundary, import, request lookup.
     #[command(subcommand)]
     Ops(billing_cli::OpsCmd),
+    /// Heating seasons: bill every heat account in one action, the report.
+    #[command(subcommand)]
+    Season(season_cli::SeasonCmd),
     /// Make a cluster CA and node/client certificates.
     #[command(subcommand)]
     Cert(CertCmd),
@@ -706,7 +710,7 @@ enum LocalCmd {
 }
 
 #[derive(Args, Clone)]
-struct EndpointArg {
+pub(crate) struct EndpointArg {
     /// Admin HTTP endpoint of any node (https:// when --ca is given and no
     /// scheme is).
     #[arg(long, env = "BILLDB_ENDPOINT", default_value = "127.0.0.1:7001")]
@@ -833,6 +837,7 @@ fn main() -> ExitCode {
         Cmd::Cert(c) => run_cert(c),
         Cmd::Token(c) => run_token(c),
         Cmd::Ops(c) => billing_cli::run_ops(c),
+        Cmd::Season(c) => season_cli::run(c),
         Cmd::Backup(c) => {
             let json = c.json();
             json_error(json, run_backup(c))
@@ -1409,7 +1414,7 @@ fn local_up(
 // billdb cluster
 // ---------------------------------------------------------------------------
 
-fn client(ep: &EndpointArg) -> Result<AdminClient> {
+pub(crate) fn client(ep: &EndpointArg) -> Result<AdminClient> {
     let tls = ep.tls.load()?;
     let token = match (&ep.token, &ep.token_file) {
         (Some(t), _) => Some(t.clone()),

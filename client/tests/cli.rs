@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const BASE_PORT: u16 = 17000;
 
@@ -332,6 +332,74 @@ fn counter_bank_and_report_commands_against_a_real_cluster() {
         &counter,
     );
     assert_eq!(refused["code"], "ACCOUNT_CLOSED", "{refused}");
+
+    // The heating utility's season in one command: an area tariff, a heat
+    // account of 85.50 m², the season opened and billed.
+    let t = ok_json(
+        &[
+            "ops",
+            "tariff",
+            "T-HEAT",
+            "--price",
+            "3.65",
+            "--suspended-share",
+            "0.30",
+        ],
+        &ops,
+    );
+    assert_eq!(t["result"], "tariff_defined", "{t}");
+    ok_json(
+        &[
+            "account",
+            "open",
+            "CLI-H1",
+            "--name",
+            "Zhao Lei",
+            "--branch",
+            "B01",
+            "--utility",
+            "heat",
+            "--tariff-id",
+            "T-HEAT",
+        ],
+        &counter,
+    );
+    ok_json(
+        &["account", "contact", "CLI-H1", "--area", "85.50"],
+        &counter,
+    );
+    ok_json(&["ops", "season", "2026-27"], &ops);
+    let endpoint = format!("127.0.0.1:{}", BASE_PORT + 1);
+    let (ok, out, err) = run(
+        &["season", "bill", "2026-27", "--endpoint", &endpoint],
+        Some(&ops),
+    );
+    assert!(ok, "season bill failed:\n{out}\n{err}");
+    assert!(out.contains("1 accounts billed, total 312.08"), "{out}");
+    assert!(
+        err.contains("billed in"),
+        "progress and summary on stderr: {err}"
+    );
+    // Run again: nothing is charged twice.
+    let r = ok_json(
+        &[
+            "season",
+            "bill",
+            "2026-27",
+            "--endpoint",
+            &endpoint,
+            "--request-id",
+            "again",
+        ],
+        &ops,
+    );
+    assert_eq!(
+        (&r["accounts_billed"], &r["total"]),
+        (&json!(1), &json!("312.08")),
+        "{r}"
+    );
+    let acct = ok_json(&["account", "get", "CLI-H1"], &counter);
+    assert_eq!(acct["balance"], "-312.08", "{acct}");
 
     // Roles: a counter may not post bank payments.
     let denied = refused_json(

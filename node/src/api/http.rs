@@ -112,6 +112,11 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/reports/bank-daily", get(bank_daily_report))
         .route("/v1/segments/boundary", put(set_boundary))
         .route("/v1/seasons", post(open_season))
+        .route(
+            "/v1/seasons/{season_id}/bill",
+            post(season_bill).get(season_bill_report),
+        )
+        .route("/v1/seasons/{season_id}/bill/lines", get(season_bill_lines))
         .route("/v1/tariffs/{tariff_id}", put(define_tariff))
         .route(IMPORT_PATH, post(import))
         .route("/v1/requests/{request_id}", get(get_request))
@@ -881,6 +886,40 @@ async fn get_request(
     let mut extra = query(q)?;
     extra.push(("request_id".into(), request_id));
     run(&s, &caller, Endpoint::GetRequest, None, extra).await
+}
+
+async fn season_bill(
+    State(s): State<HttpState>,
+    caller: Caller,
+    season_id: PathArg,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResult {
+    let season_id = path(season_id)?;
+    let body = parse_value(body)?;
+    let r = super::season::bill(&s.app, &caller, &season_id, body).await;
+    ok(ops::fence_on_corruption(&s.app, r)?)
+}
+
+async fn season_bill_report(
+    State(s): State<HttpState>,
+    caller: Caller,
+    season_id: PathArg,
+) -> HttpResult {
+    let season_id = path(season_id)?;
+    let r = super::season::report(&s.app, &caller, &season_id).await;
+    ok(ops::fence_on_corruption(&s.app, r)?)
+}
+
+async fn season_bill_lines(
+    State(s): State<HttpState>,
+    caller: Caller,
+    season_id: PathArg,
+    q: QueryArgs,
+) -> HttpResult {
+    let season_id = path(season_id)?;
+    let q = query(q)?;
+    let r = super::season::lines(&s.app, &caller, &season_id, q).await;
+    ok(ops::fence_on_corruption(&s.app, r)?)
 }
 
 async fn monthly_report(State(s): State<HttpState>, caller: Caller, q: QueryArgs) -> HttpResult {

@@ -5,5 +5,6 @@
 pub mod grpc;
 pub mod http;
 pub mod ops;
+pub mod season;
 pub mod status;
 pub mod validate;

@@ -194,6 +194,29 @@ fn assess(
     }
 }
 
+/// Why `season_id` cannot be billed now (`INVALID_STATE`): it is not the
+/// open heating season. `None`: it is.
+pub fn not_open<G: Get + ?Sized>(
+    view: &G,
+    season_id: &str,
+) -> Result<Option<billdb_api::error::ApiError>, std::io::Error> {
+    let open = seasons::current_season(view)?;
+    if open.as_ref().map(|s| s.season_id.as_str()) == Some(season_id) {
+        return Ok(None);
+    }
+    Ok(Some(billdb_api::error::ApiError::new(
+        ErrorCode::InvalidState,
+        format!(
+            "season {season_id:?} is not the open heating season ({}): a season is billed \
+             while it is open",
+            open.map_or("none is open".to_string(), |s| format!(
+                "{:?} is",
+                s.season_id
+            ))
+        ),
+    )))
+}
+
 /// Apply `Op::BillSeason`.
 pub(crate) fn bill<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     let Op::BillSeason {
@@ -219,19 +242,8 @@ pub(crate) fn bill<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
             );
         }
     }
-    let open = seasons::current_season(txn)?;
-    if open.as_ref().map(|s| s.season_id.as_str()) != Some(season_id.as_str()) {
-        return refuse(
-            ErrorCode::InvalidState,
-            format!(
-                "season {season_id:?} is not the open heating season ({}): a season is billed \
-                 while it is open",
-                open.map_or("none is open".to_string(), |s| format!(
-                    "{:?} is",
-                    s.season_id
-                ))
-            ),
-        );
+    if let Some(e) = not_open(txn, season_id)? {
+        return Err(e.into());
     }
     let ts = ctx.ts();
     let mut tariffs = Tariffs(BTreeMap::new());
@@ -331,6 +343,69 @@ pub(crate) fn bill<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
         already,
         amount,
     })
+}
+
+/// What [`next_heat_accounts`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextAccounts {
+    /// Heat accounts, in key order.
+    pub heat: Vec<String>,
+    /// Accounts looked at (heat or not).
+    pub looked_at: usize,
+    /// The last account looked at: where the next call goes on from.
+    pub last: Option<String>,
+    /// No account after `last`.
+    pub end: bool,
+}
+
+/// The heat accounts after `after` (an account id; `None`: from the
+/// first) in key order: up to `want` of them, looking at no more than
+/// `look_max` accounts.
+pub fn next_heat_accounts<R: ReadView + ?Sized>(
+    view: &R,
+    after: Option<&str>,
+    want: usize,
+    look_max: usize,
+) -> Result<NextAccounts, std::io::Error> {
+    let mut out = NextAccounts {
+        heat: Vec::new(),
+        looked_at: 0,
+        last: after.map(str::to_string),
+        end: false,
+    };
+    loop {
+        let start = match &out.last {
+            Some(a) => {
+                let mut k = keys::account(a);
+                k.push(0);
+                k
+            }
+            None => Vec::new(),
+        };
+        let chunk = SCAN_LIMIT_MAX
+            .min(look_max.saturating_sub(out.looked_at))
+            .max(1);
+        let rows = view.scan(Family::Accounts, &start, &[], false, chunk)?;
+        let got = rows.len();
+        for (_, v) in rows {
+            let a: super::Account = keys::decode(&v)?;
+            out.looked_at += 1;
+            if a.utility == "heat" {
+                out.heat.push(a.account_id.clone());
+            }
+            out.last = Some(a.account_id);
+            if out.heat.len() >= want {
+                return Ok(out);
+            }
+        }
+        if got < chunk {
+            out.end = true;
+            return Ok(out);
+        }
+        if out.looked_at >= look_max {
+            return Ok(out);
+        }
+    }
 }
 
 /// One (branch, tariff) line of a season bill report.
