@@ -21,6 +21,7 @@ mod leader_kill;
 mod load;
 mod postgres;
 mod progress;
+mod season;
 mod stats;
 mod tls_cost;
 mod up;
@@ -64,6 +65,10 @@ enum Cmd {
     /// What TLS costs: purchases against a secure and a plaintext cluster
     /// in alternating rounds, medians and ratios.
     TlsCost(tls_cost::TlsCostArgs),
+    /// Season billing at scale: N heat accounts imported, a season opened
+    /// and billed as `billdb season bill` does; the billing timed and its
+    /// report checked to the cent.
+    Season(season::SeasonArgs),
 }
 
 /// Prints node RSS, disk use and CPU of a result, if it has them.
@@ -123,6 +128,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::LeaderKill(a) => {
             let json = a.json;
             output(&leader_kill::run(a)?, json, workloads::print_table)?;
+        }
+        Cmd::Season(a) => {
+            let json = a.json;
+            output(&season::run(a)?, json, season::print_table)?;
         }
         Cmd::CardCheck(a) => {
             let json = a.json;
