@@ -180,7 +180,25 @@ pub fn report(v: &Value) -> String {
     ));
     if let Some(t) = v.get("total") {
         out.push_str(&format!(
-            "  total: {} records, amount {}, units {}\n",
+            "  records: {}\n",
+            scalar(t.get("count").unwrap_or(&Value::Null)),
+        ));
+    }
+    // Totals per kind, never across kinds: a reissue delivers a sale's
+    // credit again and a payment is not a sale.
+    if let Some(kinds) = v.get("totals_by_kind").and_then(Value::as_object) {
+        for (kind, t) in kinds {
+            out.push_str(&format!(
+                "  total {kind}: {} records, amount {}, units {}\n",
+                scalar(t.get("count").unwrap_or(&Value::Null)),
+                scalar(t.get("amount").unwrap_or(&Value::Null)),
+                scalar(t.get("units").unwrap_or(&Value::Null)),
+            ));
+        }
+    }
+    if let Some(t) = v.get("sales") {
+        out.push_str(&format!(
+            "  sales (purchases, each counted once): {} sales, amount {}, units {}\n",
             scalar(t.get("count").unwrap_or(&Value::Null)),
             scalar(t.get("amount").unwrap_or(&Value::Null)),
             scalar(t.get("units").unwrap_or(&Value::Null)),
@@ -233,14 +251,29 @@ mod tests {
     }
 
     #[test]
-    fn report_prints_total_and_truncation() {
+    fn report_prints_totals_per_kind_sales_once_and_truncation() {
         let r = report(&json!({
             "period": "2026-03", "truncated": true,
             "lines": [{"value": "op", "kind": "purchase", "count": 1, "amount": "1.00", "units": "2"}],
-            "total": {"count": 1, "amount": "1.00", "units": "2"},
+            "total": {"count": 2},
+            "totals_by_kind": {"purchase": {"count": 1, "amount": "192.30", "units": "384.6"},
+                               "reissue": {"count": 1, "amount": "0", "units": "384.6"}},
+            "sales": {"count": 1, "amount": "192.30", "units": "384.6"},
             "read": {"consistency": "stale"}
         }));
-        assert!(r.contains("total: 1 records, amount 1.00, units 2"), "{r}");
+        assert!(r.contains("records: 2"), "{r}");
+        assert!(
+            r.contains("total reissue: 1 records, amount 0, units 384.6"),
+            "{r}"
+        );
+        assert!(
+            r.contains("sales (purchases, each counted once): 1 sales, amount 192.30, units 384.6"),
+            "{r}"
+        );
+        assert!(
+            !r.contains("769.2"),
+            "reissued units are not added to sold units: {r}"
+        );
         assert!(r.contains("truncated"), "{r}");
         assert!(r.contains("read: stale"), "{r}");
     }

@@ -295,7 +295,13 @@ fn counter_bank_and_report_commands_against_a_real_cluster() {
     assert_eq!(line["amount"], "10.00", "{rep}");
     let (ok, text, err) = run(&["report", "monthly", &month], Some(&auditor));
     assert!(ok, "{err}");
-    assert!(text.contains("C-0101") && text.contains("total:"), "{text}");
+    assert!(text.contains("C-0101"), "{text}");
+    // One sale and its reissue: the reissued units are not sold units.
+    assert!(
+        text.contains("sales (purchases, each counted once): 1 sales, amount 10.00"),
+        "{text}"
+    );
+    assert!(text.contains("total reissue: 1 records"), "{text}");
 
     // A tariff without --effective-from takes effect now: a sale under it
     // right after succeeds. Once the account is closed, a sale on its card

@@ -836,17 +836,37 @@ async fn consistency(app: &App, c: Option<&str>) -> Result<Value, ApiError> {
     }
 }
 
+/// A report's lines with totals per record kind, never across kinds: a
+/// sum of purchases, reissues (the same credit delivered again), payments
+/// and charges means nothing, so `total` only counts the records covered;
+/// `sales` is the purchases alone (what was sold, counted once).
 fn report_json(rep: domain::Report, meta: Value) -> Result<Value, ApiError> {
     let mut v = serde_json::to_value(&rep).map_err(internal)?;
+    let zero = rust_decimal::Decimal::ZERO;
     let mut count = 0u64;
-    let mut amount = rust_decimal::Decimal::ZERO;
-    let mut units = rust_decimal::Decimal::ZERO;
+    let mut by_kind: std::collections::BTreeMap<
+        &str,
+        (u64, rust_decimal::Decimal, rust_decimal::Decimal),
+    > = std::collections::BTreeMap::new();
     for l in &rep.lines {
         count = count.saturating_add(l.count);
-        amount = amount.checked_add(l.amount).unwrap_or(amount);
-        units = units.checked_add(l.units).unwrap_or(units);
+        let k = by_kind.entry(l.kind.as_str()).or_insert((0, zero, zero));
+        k.0 = k.0.saturating_add(l.count);
+        k.1 =
+            k.1.checked_add(l.amount)
+                .ok_or_else(|| internal("report overflow"))?;
+        k.2 =
+            k.2.checked_add(l.units)
+                .ok_or_else(|| internal("report overflow"))?;
     }
-    v["total"] = json!({"count": count, "amount": amount.to_string(), "units": units.to_string()});
+    let row = |(n, a, u): (u64, rust_decimal::Decimal, rust_decimal::Decimal)| json!({"count": n, "amount": a.to_string(), "units": u.to_string()});
+    let sales = by_kind.get("purchase").copied().unwrap_or((0, zero, zero));
+    v["totals_by_kind"] = by_kind
+        .into_iter()
+        .map(|(k, t)| (k.to_string(), row(t)))
+        .collect();
+    v["sales"] = row(sales);
+    v["total"] = json!({"count": count});
     v["read"] = meta;
     Ok(v)
 }
