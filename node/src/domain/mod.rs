@@ -22,6 +22,7 @@
 mod accounts;
 pub mod calendar;
 mod cards;
+pub mod drills;
 mod import;
 mod invoices;
 mod keys;
@@ -177,6 +178,12 @@ pub enum Op {
     PrintInvoice {
         invoice_no: String,
     },
+    /// The summary of a failover drill (`billdb drill run`), kept as the
+    /// last drill of its scenario (`drills.rs`). Appended last: the variant
+    /// index is the stored encoding.
+    RecordDrill {
+        summary: Box<drills::DrillSummary>,
+    },
 }
 
 impl Op {
@@ -201,6 +208,7 @@ impl Op {
             Op::Import { .. } => "import",
             Op::DefineTariff { .. } => "define_tariff",
             Op::PrintInvoice { .. } => "print_invoice",
+            Op::RecordDrill { .. } => "record_drill",
         }
     }
 
@@ -271,6 +279,12 @@ pub enum Outcome {
         reprint: bool,
     },
     Refused(ApiError),
+    /// A drill summary stored (after `Refused`: the variant index is the
+    /// stored encoding).
+    DrillRecorded {
+        scenario: String,
+        recorded_ms: i64,
+    },
 }
 
 fn json_with(result: &str, v: impl Serialize) -> serde_json::Value {
@@ -338,6 +352,12 @@ impl Outcome {
                 json!({"result":"invoice_printed","invoice":invoice,"reprint":reprint,"print_count":invoice.print_count})
             }
             Outcome::Refused(e) => serde_json::to_value(e).unwrap_or_default(),
+            Outcome::DrillRecorded {
+                scenario,
+                recorded_ms,
+            } => {
+                json!({"result":"drill_recorded","scenario":scenario,"recorded_ms":recorded_ms})
+            }
         }
     }
 }
@@ -427,6 +447,7 @@ fn dispatch<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
         Op::Import { .. } => import::import(txn, ctx),
         Op::DefineTariff { .. } => tariffs::define(txn, ctx),
         Op::PrintInvoice { .. } => invoices::print(txn, ctx),
+        Op::RecordDrill { .. } => drills::record(txn, ctx),
     }
 }
 
