@@ -51,7 +51,7 @@ pub mod failpoints {
     /// before it starts: a test can kill the node in the middle of one.
     pub const BACKUP_PAUSE_FILE: &str = "failpoint-backup-pause";
     /// When a file of this name exists in a node's data directory, the
-    /// next client write this node receives whose request_id starts with
+    /// next client write this node receives whose request_id ends with
     /// the file's content is answered as if applied but never written (the
     /// file is then renamed to [`ACK_WITHOUT_WRITE_FIRED_FILE`], holding
     /// the request_id): an acknowledged write lost, so a test proves the

@@ -26,9 +26,9 @@ pub fn ack_without_write(app: &App, request_id: &str, op: &Op) -> Option<Value> 
     }
     use billdb_api::failpoints::{ACK_WITHOUT_WRITE_FILE, ACK_WITHOUT_WRITE_FIRED_FILE};
     let armed = app.config.data_dir.join(ACK_WITHOUT_WRITE_FILE);
-    let prefix = std::fs::read_to_string(&armed).ok()?;
-    let prefix = prefix.trim();
-    if prefix.is_empty() || !request_id.starts_with(prefix) {
+    let wanted = std::fs::read_to_string(&armed).ok()?;
+    let suffix = wanted.trim();
+    if suffix.is_empty() || !request_id.ends_with(suffix) {
         return None;
     }
     // One shot: only the caller that removes the file answers falsely.

@@ -1,0 +1,384 @@
+//! `billdb drill` against real five-node local clusters, as an operator
+//! runs it: every scenario with the local executor (short durations), the
+//! manual executor with this test playing the operator, a cluster that
+//! loses an acknowledged write (the node's test-only fault point) reported
+//! FAILED with the request named, `drill verify` accepting an untouched
+//! report and refusing a changed number, the summary recorded in the
+//! cluster, and the status page at `/` in headless Chromium (five members,
+//! the leader, a killed node shown down within 5 s, the last drills).
+//! Ports: clusters on base 33000, 33300, 33600 (HTTP B+1..5, gRPC
+//! B+101..105, Raft B+201..205).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use billdb_client::local::{LocalCluster, find_node_bin};
+use serde_json::Value;
+
+fn billdb() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_billdb"))
+}
+
+/// A running, initialised five-node cluster in a temp dir (killed on drop).
+struct Cluster {
+    c: LocalCluster,
+    dir: tempfile::TempDir,
+}
+
+fn cluster(base: u16, failpoints: bool) -> Cluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = find_node_bin(None).expect("billdb-node next to the test binary");
+    let c = LocalCluster::create(&dir.path().join("c"), &node, base, 5).expect("create");
+    c.set_kill_on_drop(true);
+    if failpoints {
+        c.enable_failpoints();
+    }
+    c.start_all().expect("start");
+    c.wait_all_healthy(Duration::from_secs(30)).expect("healthy");
+    c.init().expect("init");
+    c.wait_leader(Duration::from_secs(30)).expect("leader");
+    Cluster { c, dir }
+}
+
+impl Cluster {
+    fn keys(&self) -> (PathBuf, PathBuf) {
+        let prefix = self.dir.path().join("operator");
+        if !prefix.with_extension("key").exists() {
+            let (ok, out, err) = run(&["backup", "keygen", "--out", prefix.to_str().unwrap()]);
+            assert!(ok, "keygen: {out} {err}");
+        }
+        (prefix.with_extension("key"), prefix.with_extension("pub"))
+    }
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("reports")
+    }
+    fn status(&self, n: u64) -> Value {
+        self.c
+            .admin(n)
+            .expect("admin")
+            .status()
+            .expect("status")
+    }
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(billdb())
+        .args(args)
+        .env_remove("BILLDB_TOKEN")
+        .env_remove("BILLDB_CA")
+        .env_remove("BILLDB_ENDPOINT")
+        .output()
+        .expect("billdb runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const SHORT: &[&str] = &[
+    "--warmup-s",
+    "1",
+    "--down-s",
+    "1",
+    "--after-s",
+    "1",
+    "--json",
+];
+
+/// `billdb drill run SCENARIO --executor local`: (passed, the JSON answer).
+fn drill_local(c: &Cluster, scenario: &str, operator: &str) -> (bool, Value, String) {
+    let (key, _) = c.keys();
+    let dir = c.c.dir().to_str().unwrap().to_string();
+    let out = c.out();
+    let mut args = vec![
+        "drill",
+        "run",
+        scenario,
+        "--dir",
+        &dir,
+        "--private-key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--operator",
+        operator,
+    ];
+    args.extend_from_slice(SHORT);
+    let (ok, stdout, stderr) = run(&args);
+    let v: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("drill {scenario}: not JSON ({e}): {stdout}\n{stderr}"));
+    (ok, v, stderr)
+}
+
+fn report_json(v: &Value) -> PathBuf {
+    PathBuf::from(
+        v["files"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|f| f.ends_with(".json"))
+            .expect("a .json report"),
+    )
+}
+
+fn assert_clean(scenario: &str, v: &Value, stderr: &str) {
+    assert_eq!(v["result"], "PASS", "{scenario}: {v:#}\n{stderr}");
+    assert_eq!(v["verification"]["lost"], 0, "{scenario}: {v:#}");
+    assert_eq!(v["verification"]["duplicated"], 0, "{scenario}: {v:#}");
+    assert_eq!(v["verification"]["digests_equal"], true, "{scenario}: {v:#}");
+    assert!(
+        v["measured"]["write_gap_ms"].as_u64().is_some(),
+        "{scenario}: writes recovered: {v:#}"
+    );
+}
+
+fn chromium(args: &[&str], profile: &Path) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            // The test cluster's own CA is not in Chromium's trust store.
+            "--ignore-certificate-errors",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium runs (Debian package chromium: deploy/setup.sh installs it)");
+    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn page_url(c: &Cluster, n: u64) -> String {
+    let token = c.c.token("auditor").expect("auditor token");
+    format!("{}/#token={token}", c.c.http_url(n).expect("url"))
+}
+
+fn node_states(dom: &str) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut rest = dom;
+    while let Some(i) = rest.find("data-node=\"") {
+        rest = &rest[i + 11..];
+        let id: u64 = rest[..rest.find('"').unwrap()].parse().unwrap();
+        let j = rest.find("data-state=\"").unwrap() + 12;
+        let state = rest[j..j + rest[j..].find('"').unwrap()].to_string();
+        out.push((id, state));
+    }
+    out
+}
+
+/// Every scenario by the local executor, reports verified (and a changed
+/// one refused), the summaries in the cluster and on the status page.
+#[test]
+fn every_scenario_passes_with_evidence_and_the_status_page_shows_it() {
+    let c = cluster(33000, false);
+    let mut reports = Vec::new();
+    for scenario in ["leader-kill", "two-down", "rolling-restart", "full-power-loss"] {
+        let (ok, v, stderr) = drill_local(&c, scenario, "Drill Tester");
+        assert!(ok, "{scenario}: exit status: {v:#}\n{stderr}");
+        assert_clean(scenario, &v, &stderr);
+        // Progress went to stderr as the drill ran.
+        assert!(stderr.contains("phase: verify"), "{scenario}: {stderr}");
+        reports.push((scenario, report_json(&v), v));
+    }
+    let (_, public) = c.keys();
+
+    // The report: verified as written, as HTML too; a changed number refused.
+    let (scenario, path, v) = &reports[0];
+    let (ok, out, err) = run(&["drill", "verify", path.to_str().unwrap(), "--public-key", public.to_str().unwrap()]);
+    assert!(ok, "verify: {out} {err}");
+    let html = path.with_extension("html");
+    let text = std::fs::read_to_string(&html).expect("html report");
+    assert!(text.contains("<svg") && !text.contains("src=\"http") && !text.contains("href=\"http"), "self-contained HTML with its chart");
+    let (ok, out, err) = run(&["drill", "verify", html.to_str().unwrap(), "--public-key", public.to_str().unwrap()]);
+    assert!(ok, "verify html: {out} {err}");
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(doc["data"]["scenario"], *scenario);
+    assert_eq!(doc["data"]["operator"], "Drill Tester");
+    assert_eq!(doc["data"]["cluster"]["members"].as_array().map(Vec::len), Some(5));
+    let acked = doc["data"]["workload"]["acknowledged"].as_u64().unwrap();
+    assert!(acked > 0);
+    assert_eq!(v["verification"]["lost"], 0);
+    doc["data"]["workload"]["acknowledged"] = Value::from(acked + 1);
+    let changed = c.dir.path().join("changed.json");
+    std::fs::write(&changed, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    let (ok, out, err) = run(&["drill", "verify", changed.to_str().unwrap(), "--public-key", public.to_str().unwrap()]);
+    assert!(!ok, "a changed number must be refused: {out}");
+    assert!(err.contains("changed after signing"), "{err}");
+    // Another operator's key does not verify it either.
+    let other = c.dir.path().join("other");
+    assert!(run(&["backup", "keygen", "--out", other.to_str().unwrap()]).0);
+    let (ok, _, err) = run(&["drill", "verify", path.to_str().unwrap(), "--public-key", other.with_extension("pub").to_str().unwrap()]);
+    assert!(!ok && err.contains("signature"), "{err}");
+
+    // Bad input changes nothing: an unknown scenario is refused before any fault.
+    let leader_before = c.c.wait_leader(Duration::from_secs(10)).unwrap();
+    let term_before = c.status(leader_before)["term"].as_u64();
+    let (key, _) = c.keys();
+    let (ok, _, err) = run(&["drill", "run", "meteor-strike", "--dir", c.c.dir().to_str().unwrap(), "--private-key", key.to_str().unwrap()]);
+    assert!(!ok && err.contains("INVALID_ARGUMENT"), "{err}");
+    assert_eq!(c.status(leader_before)["term"].as_u64(), term_before);
+
+    // The cluster knows its last drill per scenario, on every node.
+    for n in c.c.node_ids() {
+        let drills = c.status(n)["drills"].as_array().cloned().unwrap_or_default();
+        let mut names: Vec<&str> = drills.iter().filter_map(|d| d["summary"]["scenario"].as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["full-power-loss", "leader-kill", "rolling-restart", "two-down"], "node {n}");
+        for d in &drills {
+            assert_eq!(d["summary"]["result"], "PASS");
+            assert_eq!(d["summary"]["run_by"], "Drill Tester");
+        }
+    }
+
+    // The status page in headless Chromium, served by the leader.
+    let leader = c.c.wait_leader(Duration::from_secs(10)).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let dom = chromium(&["--dump-dom", &page_url(&c, leader)], &profile.path().join("p1"));
+    let states = node_states(&dom);
+    assert_eq!(states.len(), 5, "five members: {states:?}");
+    assert!(states.iter().all(|(_, s)| s == "up"), "{states:?}");
+    assert!(dom.contains(&format!("node {leader}")), "the leader is named");
+    for s in ["leader-kill", "two-down", "rolling-restart", "full-power-loss"] {
+        assert!(dom.contains(&format!("data-scenario=\"{s}\"")), "drill {s} on the page");
+    }
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("drill-status-page.png");
+    chromium(
+        &["--window-size=1280,1400", &format!("--screenshot={}", shot.display()), &page_url(&c, leader)],
+        &profile.path().join("p2"),
+    );
+    assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "screenshot {}", shot.display());
+    // A stranger gets the empty shell, no data: the data needs a token.
+    let stranger = chromium(&["--dump-dom", &c.c.http_url(leader).unwrap()], &profile.path().join("p3"));
+    assert!(node_states(&stranger).is_empty() && stranger.contains("id=\"login\""), "no data without a token");
+
+    // A killed follower is shown down within 5 s.
+    let victim = c.c.node_ids().into_iter().find(|n| *n != leader).unwrap();
+    c.c.kill(victim).unwrap();
+    let killed = Instant::now();
+    let mut k = 0;
+    loop {
+        k += 1;
+        let dom = chromium(&["--dump-dom", &page_url(&c, leader)], &profile.path().join(format!("k{k}")));
+        if node_states(&dom).contains(&(victim, "down".to_string())) {
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(5), "node {victim} not shown down within 5 s: {:?}", node_states(&dom));
+    }
+    c.c.start(victim).unwrap();
+}
+
+/// The manual executor, with this test as the operator: it reads each
+/// prompt, does what it says with the local cluster, and confirms.
+#[test]
+fn manual_executor_played_by_the_test() {
+    let c = cluster(33300, false);
+    let (key, public) = c.keys();
+    let leader = c.c.wait_leader(Duration::from_secs(10)).unwrap();
+    let out = c.out();
+    let mut child = Command::new(billdb())
+        .args(["drill", "run", "leader-kill", "--executor", "manual"])
+        .args(["--endpoint", &c.c.http_addr(2).unwrap()])
+        .args(["--ca", c.c.ca_bundle_path().to_str().unwrap()])
+        .args(["--private-key", key.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(["--operator", "Night Shift"])
+        .args(SHORT)
+        .env("BILLDB_TOKEN", c.c.token("ops").unwrap())
+        .env_remove("BILLDB_CA")
+        .env_remove("BILLDB_ENDPOINT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("billdb drill");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut did = Vec::new();
+    let mut last = String::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(what) = line.strip_prefix("ACTION: ") {
+            let server = |s: &str| -> u64 {
+                let i = s.find("server ").expect("names a server") + 7;
+                s[i..].split(|ch: char| !ch.is_ascii_digit()).next().unwrap().parse().unwrap()
+            };
+            if what.starts_with("power off") {
+                let n = server(what);
+                c.c.kill(n).unwrap();
+                did.push(format!("kill {n}"));
+            } else if what.starts_with("power on") {
+                let n = server(what);
+                c.c.start(n).unwrap();
+                did.push(format!("start {n}"));
+            } else if what.starts_with("type `done`") {
+                writeln!(stdin, "done").unwrap();
+                stdin.flush().unwrap();
+            } else {
+                panic!("unexpected prompt: {what}");
+            }
+        } else if !line.trim().is_empty() {
+            last = line;
+        }
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(did, [format!("kill {leader}"), format!("start {leader}")], "told to power off the leader, then on");
+    let v: Value = serde_json::from_str(last.trim()).unwrap_or_else(|e| panic!("{e}: {last}"));
+    assert!(status.success(), "{v:#}");
+    assert_clean("leader-kill (manual)", &v, "");
+    let path = report_json(&v);
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(doc["data"]["executor"], "manual");
+    assert_eq!(doc["data"]["operator"], "Night Shift");
+    let (ok, out, err) = run(&["drill", "verify", path.to_str().unwrap(), "--public-key", public.to_str().unwrap()]);
+    assert!(ok, "{out} {err}");
+}
+
+/// A cluster that acknowledges a write it never wrote (the node's
+/// test-only fault point, on every node): the drill is FAILED, names the
+/// missing request, exits 1, and the cluster records the FAILED drill.
+#[test]
+fn a_lost_acknowledged_write_fails_the_drill_and_is_named() {
+    let c = cluster(33600, true);
+    for n in c.c.node_ids() {
+        std::fs::write(
+            c.c.data_dir(n).join(billdb_api::failpoints::ACK_WITHOUT_WRITE_FILE),
+            "-w0-6",
+        )
+        .unwrap();
+    }
+    let (ok, v, stderr) = drill_local(&c, "leader-kill", "Drill Tester");
+    assert!(!ok, "a drill that lost a write must fail: {v:#}");
+    assert_eq!(v["result"], "FAILED", "{v:#}\n{stderr}");
+    let fired: Vec<String> = c
+        .c
+        .node_ids()
+        .into_iter()
+        .filter_map(|n| {
+            std::fs::read_to_string(c.c.data_dir(n).join(billdb_api::failpoints::ACK_WITHOUT_WRITE_FIRED_FILE)).ok()
+        })
+        .collect();
+    assert_eq!(fired.len(), 1, "the fault point fired once: {fired:?}");
+    let lost: Vec<&str> = v["verification"]["lost_requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["request_id"].as_str())
+        .collect();
+    assert_eq!(lost, [fired[0].as_str()], "{v:#}");
+    assert_eq!(v["verification"]["lost"], 1);
+    let failures = v["failures"].to_string();
+    assert!(failures.contains(&fired[0]) && failures.contains("RPO"), "{failures}");
+    let leader = c.c.wait_leader(Duration::from_secs(10)).unwrap();
+    let drills = c.status(leader)["drills"].clone();
+    assert_eq!(drills[0]["summary"]["result"], "FAILED", "{drills}");
+    assert_eq!(drills[0]["summary"]["lost"], 1, "{drills}");
+}
