@@ -82,7 +82,7 @@ enum Cmd {
 #[derive(Subcommand)]
 enum DrillCmd {
     /// Run SCENARIO (leader-kill, two-down, rolling-restart,
-    /// full-power-loss) under a workload of billing operations on drill
+    /// full-power-loss; node-replace with the local executor) under a workload of billing operations on drill
     /// accounts (branch DRILL); measure, heal, verify; write a signed report
     /// (JSON, Markdown, HTML) and record the summary in the cluster.
     /// Exit 0 when the drill passed, 1 when it FAILED.

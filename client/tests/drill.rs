@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use billdb_client::local::{LocalCluster, find_node_bin};
+use billdb_client::local::{LocalCluster, RaftTimings, find_node_bin};
 use serde_json::Value;
 
 fn billdb() -> &'static Path {
@@ -28,9 +28,13 @@ struct Cluster {
 }
 
 fn cluster(base: u16, failpoints: bool) -> Cluster {
+    cluster_with(base, failpoints, RaftTimings::default())
+}
+
+fn cluster_with(base: u16, failpoints: bool, raft: RaftTimings) -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = find_node_bin(None).expect("billdb-node next to the test binary");
-    let c = LocalCluster::create(&dir.path().join("c"), &node, base, 5).expect("create");
+    let c = LocalCluster::create_with(&dir.path().join("c"), &node, base, 5, raft).expect("create");
     c.set_kill_on_drop(true);
     if failpoints {
         c.enable_failpoints();
@@ -42,7 +46,24 @@ fn cluster(base: u16, failpoints: bool) -> Cluster {
     Cluster { c, dir }
 }
 
+impl Drop for Cluster {
+    /// Every node the cluster's description names now (a drill may have
+    /// added one) is killed, not only those this handle knew.
+    fn drop(&mut self) {
+        if let Ok(fresh) = LocalCluster::open(self.c.dir()) {
+            fresh.set_kill_on_drop(true);
+        }
+    }
+}
+
 impl Cluster {
+    /// Read the cluster's description again (a drill added a node).
+    fn reopen(&mut self) {
+        let fresh = LocalCluster::open(self.c.dir()).expect("open");
+        fresh.set_kill_on_drop(true);
+        self.c.set_kill_on_drop(false);
+        self.c = fresh;
+    }
     fn keys(&self) -> (PathBuf, PathBuf) {
         let prefix = self.dir.path().join("operator");
         if !prefix.with_extension("key").exists() {
@@ -77,6 +98,14 @@ fn run(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+const SCENARIOS: [&str; 5] = [
+    "leader-kill",
+    "two-down",
+    "rolling-restart",
+    "full-power-loss",
+    "node-replace",
+];
 
 const SHORT: &[&str] = &[
     "--warmup-s",
@@ -180,9 +209,19 @@ fn node_states(dom: &str) -> Vec<(u64, String)> {
 /// one refused), the summaries in the cluster and on the status page.
 #[test]
 fn every_scenario_passes_with_evidence_and_the_status_page_shows_it() {
-    let c = cluster(33000, false);
+    // Snapshots often and a short log behind them: faults land on snapshot
+    // builds, and node-replace's fresh node must catch up by snapshot.
+    let mut c = cluster_with(
+        33000,
+        false,
+        RaftTimings {
+            snapshot_logs_since_last: Some(200),
+            logs_to_keep_after_snapshot: Some(20),
+            ..RaftTimings::default()
+        },
+    );
     let mut reports = Vec::new();
-    for scenario in ["leader-kill", "two-down", "rolling-restart", "full-power-loss"] {
+    for scenario in SCENARIOS {
         let (ok, v, stderr) = drill_local(&c, scenario, "Drill Tester");
         assert!(ok, "{scenario}: exit status: {v:#}\n{stderr}");
         assert_clean(scenario, &v, &stderr);
@@ -191,11 +230,25 @@ fn every_scenario_passes_with_evidence_and_the_status_page_shows_it() {
         reports.push((scenario, report_json(&v), v));
     }
     let (_, public) = c.keys();
+    c.reopen();
+    // node-replace: node 6 replaced a follower and caught up by snapshot.
+    let (_, path, _) = reports.last().unwrap();
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let replaced = &doc["data"]["cluster"]["replaced"];
+    assert_eq!(replaced["added"], 6, "{replaced}");
+    assert!(replaced["new_node_snapshot_index_after_catch_up"].as_u64().is_some(), "caught up by snapshot: {replaced}");
+    let members: Vec<u64> = c.status(6)["voters"].as_array().unwrap().iter().filter_map(Value::as_u64).collect();
+    assert_eq!(members.len(), 5);
+    assert!(members.contains(&6) && !members.contains(&replaced["removed"].as_u64().unwrap()), "{members:?}");
 
     // The report: verified as written, as HTML too; a changed number refused.
     let (scenario, path, v) = &reports[0];
     let (ok, out, err) = run(&["drill", "verify", path.to_str().unwrap(), "--public-key", public.to_str().unwrap()]);
     assert!(ok, "verify: {out} {err}");
+    for (s, p, _) in &reports[1..] {
+        let (ok, out, err) = run(&["drill", "verify", p.to_str().unwrap(), "--public-key", public.to_str().unwrap()]);
+        assert!(ok, "verify {s}: {out} {err}");
+    }
     let html = path.with_extension("html");
     let text = std::fs::read_to_string(&html).expect("html report");
     assert!(text.contains("<svg") && !text.contains("src=\"http") && !text.contains("href=\"http"), "self-contained HTML with its chart");
@@ -229,11 +282,12 @@ fn every_scenario_passes_with_evidence_and_the_status_page_shows_it() {
     assert_eq!(c.status(leader_before)["term"].as_u64(), term_before);
 
     // The cluster knows its last drill per scenario, on every node.
-    for n in c.c.node_ids() {
+    let members: Vec<u64> = c.status(6)["voters"].as_array().unwrap().iter().filter_map(Value::as_u64).collect();
+    for n in members.iter().copied() {
         let drills = c.status(n)["drills"].as_array().cloned().unwrap_or_default();
         let mut names: Vec<&str> = drills.iter().filter_map(|d| d["summary"]["scenario"].as_str()).collect();
         names.sort_unstable();
-        assert_eq!(names, ["full-power-loss", "leader-kill", "rolling-restart", "two-down"], "node {n}");
+        assert_eq!(names, ["full-power-loss", "leader-kill", "node-replace", "rolling-restart", "two-down"], "node {n}");
         for d in &drills {
             assert_eq!(d["summary"]["result"], "PASS");
             assert_eq!(d["summary"]["run_by"], "Drill Tester");
@@ -248,7 +302,7 @@ fn every_scenario_passes_with_evidence_and_the_status_page_shows_it() {
     assert_eq!(states.len(), 5, "five members: {states:?}");
     assert!(states.iter().all(|(_, s)| s == "up"), "{states:?}");
     assert!(dom.contains(&format!("node {leader}")), "the leader is named");
-    for s in ["leader-kill", "two-down", "rolling-restart", "full-power-loss"] {
+    for s in SCENARIOS {
         assert!(dom.contains(&format!("data-scenario=\"{s}\"")), "drill {s} on the page");
     }
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("drill-status-page.png");
@@ -262,7 +316,7 @@ fn every_scenario_passes_with_evidence_and_the_status_page_shows_it() {
     assert!(node_states(&stranger).is_empty() && stranger.contains("id=\"login\""), "no data without a token");
 
     // A killed follower is shown down within 5 s.
-    let victim = c.c.node_ids().into_iter().find(|n| *n != leader).unwrap();
+    let victim = members.iter().copied().find(|n| *n != leader).unwrap();
     c.c.kill(victim).unwrap();
     let killed = Instant::now();
     let mut k = 0;
