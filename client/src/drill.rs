@@ -170,7 +170,10 @@ pub trait Executor {
     /// `old`'s data gone, `new` running (not yet a member). Its addresses.
     fn provision(&mut self, old: NodeId, new: NodeId) -> Result<crate::admin::NodeAddrs> {
         let _ = (old, new);
-        bail!("node-replace: the {} executor cannot provision a node", self.name())
+        bail!(
+            "node-replace: the {} executor cannot provision a node",
+            self.name()
+        )
     }
 }
 
@@ -308,6 +311,9 @@ struct Shared {
     error_times: Mutex<Vec<u64>>,
     ops_total: AtomicU64,
     phase: Mutex<String>,
+    /// The terminal's progress line (hidden when stderr is not a terminal:
+    /// phase changes are then plain lines on stderr).
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Shared {
@@ -340,7 +346,11 @@ impl Shared {
     }
     fn set_phase(&self, p: &str) {
         *lock(&self.phase) = p.to_string();
-        eprintln!("[{:>6.1}s] phase: {p}", self.t0.elapsed().as_secs_f64());
+        let line = format!("[{:>6.1}s] phase: {p}", self.t0.elapsed().as_secs_f64());
+        match &self.bar {
+            Some(b) if !b.is_finished() => b.println(line),
+            _ => eprintln!("{line}"),
+        }
     }
 }
 
@@ -356,16 +366,15 @@ fn error_code(e: &AdminError) -> String {
 fn definite(e: &AdminError) -> bool {
     match e.code() {
         None => false,
-        Some(c) => !matches!(
-            c,
-            "UNAVAILABLE"
-                | "DEADLINE_EXCEEDED"
-                | "TIMEOUT"
-                | "INTERNAL"
-                | "NOT_LEADER"
-                | "RESOURCE_EXHAUSTED"
-                | "OVERLOADED"
-        ) && !c.starts_with("HTTP_"),
+        // Transient: the node could not decide now (no leader or quorum
+        // yet, still starting, a storage fault it repairs); any other code
+        // is the cluster's answer.
+        Some(c) => {
+            !matches!(
+                c,
+                "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "NO_QUORUM" | "NOT_INITIALIZED" | "INTERNAL"
+            ) && !c.starts_with("HTTP_")
+        }
     }
 }
 
@@ -427,6 +436,7 @@ pub fn run(mut target: Target, exec: &mut dyn Executor, o: &RunOpts) -> Result<r
         error_times: Mutex::new(Vec::new()),
         ops_total: AtomicU64::new(0),
         phase: Mutex::new(String::new()),
+        bar: o.show_progress.then(indicatif::ProgressBar::new_spinner),
     });
     sh.set_phase("setup");
     let leader0 = target.wait_leader(Duration::from_secs(30))?;
@@ -470,8 +480,7 @@ pub fn run(mut target: Target, exec: &mut dyn Executor, o: &RunOpts) -> Result<r
     }
     let progress = {
         let s = sh.clone();
-        let show = o.show_progress;
-        std::thread::spawn(move || progress_loop(&s, show))
+        std::thread::spawn(move || progress_loop(&s))
     };
 
     sh.set_phase("warmup");
@@ -479,7 +488,7 @@ pub fn run(mut target: Target, exec: &mut dyn Executor, o: &RunOpts) -> Result<r
     let mut actions: Vec<Action> = Vec::new();
     let mut replaced = Value::Null;
     let faults = scenario(&mut target, exec, o, &sh, &mut actions, &mut replaced);
-    let heal = heal_all(&target, exec, &sh, &mut actions);
+    let heal = heal_all(exec, &sh, &mut actions);
     let first_fault_ms = actions.iter().find(|a| a.fault).map(|a| a.t_ms);
     // Every node ready: the time from the first fault.
     let health_at = wait_all_ready(&target, Duration::from_secs(120));
@@ -567,7 +576,9 @@ pub fn run(mut target: Target, exec: &mut dyn Executor, o: &RunOpts) -> Result<r
     let rto_ms = u64::try_from(o.rto.as_millis()).unwrap_or(u64::MAX);
     match write_gap {
         Some(g) if g <= rto_ms => {}
-        Some(g) => failures.push(format!("RTO: write gap {g} ms over the objective {rto_ms} ms")),
+        Some(g) => failures.push(format!(
+            "RTO: write gap {g} ms over the objective {rto_ms} ms"
+        )),
         None => failures.push("RTO: writes did not recover after a fault".into()),
     }
     if health_ms.is_none() {
@@ -582,11 +593,20 @@ pub fn run(mut target: Target, exec: &mut dyn Executor, o: &RunOpts) -> Result<r
     if acknowledged == 0 {
         failures.push("no write was acknowledged".into());
     }
-    let result = if failures.is_empty() { "PASS" } else { "FAILED" };
+    let result = if failures.is_empty() {
+        "PASS"
+    } else {
+        "FAILED"
+    };
     let finished_ms = unix_ms();
-    let timeline: Vec<Value> = seconds
-        .iter()
-        .map(|(s, x)| json!({"t_s": s, "writes_ok": x.writes_ok, "reads_ok": x.reads_ok, "errors": x.errors, "nodes": x.nodes}))
+    // Every second of the drill, those without any answer too.
+    let last_s = seconds.keys().next_back().copied().unwrap_or(0);
+    let empty = Second::default();
+    let timeline: Vec<Value> = (0..=last_s)
+        .map(|s| {
+            let x = seconds.get(&s).unwrap_or(&empty);
+            json!({"t_s": s, "writes_ok": x.writes_ok, "reads_ok": x.reads_ok, "errors": x.errors, "nodes": x.nodes})
+        })
         .collect();
     let data = json!({
         "format": report::FORMAT,
@@ -673,7 +693,7 @@ fn send_write(
                 url: String::new(),
                 message: e.to_string(),
             })
-            .and_then(|c| c.post(path, body).map_err(Into::into));
+            .and_then(|c| c.post(path, body));
         match r {
             Ok(v) => return (Ok(v), attempts, attempt_ms),
             Err(e) if definite(&e) => return (Err(e), attempts, attempt_ms),
@@ -737,7 +757,7 @@ fn writer(
     let mut i = 0u64;
     while !sh.stop.load(Ordering::Relaxed) {
         let rid = format!("{drill_id}-w{k}-{i}");
-        let (kind, path, body) = if i % 2 == 0 {
+        let (kind, path, body) = if i.is_multiple_of(2) {
             (
                 "payment",
                 "/v1/payments",
@@ -806,7 +826,7 @@ fn reader(t: &Target, sh: &Shared, accounts: &[(String, String)]) {
         let (account, card) = &accounts[i % accounts.len()];
         let start = sh.ms();
         let r = t.client(n, Duration::from_secs(2)).map(|c| {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 c.get(&format!("/v1/accounts/{account}"))
             } else {
                 c.post(
@@ -832,17 +852,26 @@ fn reader(t: &Target, sh: &Shared, accounts: &[(String, String)]) {
 fn sampler(t: &Target, sh: &Shared) {
     while !sh.stop.load(Ordering::Relaxed) {
         let sec = sh.ms() / 1000;
-        let mut nodes = BTreeMap::new();
-        for n in t.nodes.keys() {
-            let v = match t.status(*n) {
-                Some(s) => json!({
-                    "role": s.get("role"), "term": s.get("term"),
-                    "commit": s.get("committed_index"), "applied": s.get("applied_index"),
-                }),
-                None => json!("down"),
-            };
-            nodes.insert(*n, v);
-        }
+        // All nodes at once: a down node's timeout does not delay the others.
+        let nodes: BTreeMap<NodeId, Value> = std::thread::scope(|scope| {
+            let asks: Vec<_> = t
+                .nodes
+                .keys()
+                .map(|n| (*n, scope.spawn(move || t.status(*n))))
+                .collect();
+            asks.into_iter()
+                .map(|(n, h)| {
+                    let v = match h.join().ok().flatten() {
+                        Some(s) => json!({
+                            "role": s.get("role"), "term": s.get("term"),
+                            "commit": s.get("committed_index"), "applied": s.get("applied_index"),
+                        }),
+                        None => json!("down"),
+                    };
+                    (n, v)
+                })
+                .collect()
+        });
         lock(&sh.seconds).entry(sec).or_default().nodes = nodes;
         let next = (sec + 1) * 1000;
         let now = sh.ms();
@@ -852,11 +881,9 @@ fn sampler(t: &Target, sh: &Shared) {
     }
 }
 
-fn progress_loop(sh: &Shared, show: bool) {
-    let bar = if show {
-        indicatif::ProgressBar::new_spinner()
-    } else {
-        indicatif::ProgressBar::hidden()
+fn progress_loop(sh: &Shared) {
+    let Some(bar) = &sh.bar else {
+        return;
     };
     let mut last = (Instant::now(), 0u64);
     while !sh.stop.load(Ordering::Relaxed) {
@@ -1010,10 +1037,20 @@ fn scenario(
                 r => r,
             })
             .with_context(|| format!("removing node {old}"))?;
-            actions.push(Action { t_ms: sh.ms(), action: "remove".into(), node: old, fault: false });
+            actions.push(Action {
+                t_ms: sh.ms(),
+                action: "remove".into(),
+                node: old,
+                fault: false,
+            });
             sh.set_phase(&format!("provisioning node {new}"));
             let addrs = exec.provision(old, new)?;
-            actions.push(Action { t_ms: sh.ms(), action: "provision".into(), node: new, fault: false });
+            actions.push(Action {
+                t_ms: sh.ms(),
+                action: "provision".into(),
+                node: new,
+                fault: false,
+            });
             t.nodes.remove(&old);
             let leader_snapshot = t
                 .leader()
@@ -1033,12 +1070,17 @@ fn scenario(
                     .and_then(|l| t.status(l))
                     .and_then(|s| s["committed_index"].as_u64())
                     .unwrap_or(u64::MAX);
-                let applied = t.status(new).and_then(|s| s["applied_index"].as_u64()).unwrap_or(0);
+                let applied = t
+                    .status(new)
+                    .and_then(|s| s["applied_index"].as_u64())
+                    .unwrap_or(0);
                 if applied + 5 >= committed {
                     break;
                 }
                 if Instant::now() >= deadline {
-                    bail!("node {new} did not catch up in 120 s (applied {applied}, committed {committed})");
+                    bail!(
+                        "node {new} did not catch up in 120 s (applied {applied}, committed {committed})"
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -1046,7 +1088,12 @@ fn scenario(
             let voters: Vec<NodeId> = t.nodes.keys().copied().collect();
             admin_retry(t, |c| c.change_membership(&voters))
                 .with_context(|| format!("promoting node {new}: voters {voters:?}"))?;
-            actions.push(Action { t_ms: sh.ms(), action: "promote".into(), node: new, fault: false });
+            actions.push(Action {
+                t_ms: sh.ms(),
+                action: "promote".into(),
+                node: new,
+                fault: false,
+            });
             *replaced = json!({"removed": old, "added": new,
                 "leader_snapshot": leader_snapshot,
                 "new_node_snapshot_index_after_catch_up": st["snapshot_index"],
@@ -1109,7 +1156,9 @@ pub fn step_down(t: &Target, n: NodeId) -> Result<()> {
     c.transfer_leader(to)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(l) = t.status(n).and_then(|s| s.get("leader_id").and_then(Value::as_u64))
+        if let Some(l) = t
+            .status(n)
+            .and_then(|s| s.get("leader_id").and_then(Value::as_u64))
             && l != n
         {
             return Ok(());
@@ -1122,12 +1171,7 @@ pub fn step_down(t: &Target, n: NodeId) -> Result<()> {
 }
 
 /// Start whatever the scenario left down (nothing, normally).
-fn heal_all(
-    t: &Target,
-    exec: &mut dyn Executor,
-    sh: &Shared,
-    actions: &mut Vec<Action>,
-) -> Result<()> {
+fn heal_all(exec: &mut dyn Executor, sh: &Shared, actions: &mut Vec<Action>) -> Result<()> {
     sh.set_phase("heal");
     let mut started: BTreeSet<NodeId> = BTreeSet::new();
     let mut down: BTreeMap<NodeId, bool> = BTreeMap::new();
@@ -1146,7 +1190,6 @@ fn heal_all(
             act(exec, sh, actions, "start", n, false)?;
         }
     }
-    let _ = t;
     Ok(())
 }
 
@@ -1165,7 +1208,9 @@ fn wait_all_ready(t: &Target, within: Duration) -> Option<Instant> {
 
 // ---- verification -------------------------------------------------------------
 
-fn retry<T>(mut f: impl FnMut() -> std::result::Result<T, AdminError>) -> std::result::Result<T, AdminError> {
+fn retry<T>(
+    mut f: impl FnMut() -> std::result::Result<T, AdminError>,
+) -> std::result::Result<T, AdminError> {
     let mut last = None;
     for _ in 0..20 {
         match f() {
@@ -1193,7 +1238,11 @@ fn verify(t: &Target, writes: &[WriteRecord], accounts: &[(String, String)]) -> 
     }
 }
 
-fn verify_inner(t: &Target, writes: &[WriteRecord], accounts: &[(String, String)]) -> Result<Value> {
+fn verify_inner(
+    t: &Target,
+    writes: &[WriteRecord],
+    accounts: &[(String, String)],
+) -> Result<Value> {
     // 1. Converge: every member applied the leader's commit, digests equal.
     let deadline = Instant::now() + Duration::from_secs(60);
     let (digests, applied) = loop {
@@ -1219,7 +1268,8 @@ fn verify_inner(t: &Target, writes: &[WriteRecord], accounts: &[(String, String)
             }
         }
         let first = d.values().next().map(|v| v["digest"].clone());
-        let equal = d.len() == t.nodes.len() && d.values().all(|v| Some(&v["digest"]) == first.as_ref());
+        let equal =
+            d.len() == t.nodes.len() && d.values().all(|v| Some(&v["digest"]) == first.as_ref());
         if (all && equal) || Instant::now() >= deadline {
             break (d, committed);
         }
@@ -1227,11 +1277,16 @@ fn verify_inner(t: &Target, writes: &[WriteRecord], accounts: &[(String, String)
     };
     let first = digests.values().next().map(|v| v["digest"].clone());
     let digests_equal = digests.len() == t.nodes.len()
-        && digests.values().all(|v| Some(&v["digest"]) == first.as_ref());
+        && digests
+            .values()
+            .all(|v| Some(&v["digest"]) == first.as_ref());
 
     // 2. Every acknowledged write's outcome on every node.
     let mut lost = Vec::new();
-    let acked: Vec<&WriteRecord> = writes.iter().filter(|w| w.state == "acknowledged").collect();
+    let acked: Vec<&WriteRecord> = writes
+        .iter()
+        .filter(|w| w.state == "acknowledged")
+        .collect();
     for n in t.nodes.keys() {
         let c = t.client(*n, Duration::from_secs(5))?;
         for w in &acked {
@@ -1261,11 +1316,13 @@ fn verify_inner(t: &Target, writes: &[WriteRecord], accounts: &[(String, String)
             let mut sum = Decimal::ZERO;
             let mut token: Option<String> = None;
             loop {
-                let mut path = format!("/v1/accounts/{account}/records?segment=all&limit=500&order=asc");
+                let mut path =
+                    format!("/v1/accounts/{account}/records?segment=all&limit=500&order=asc");
                 if let Some(tk) = &token {
                     path.push_str(&format!("&page_token={tk}"));
                 }
-                let page = retry(|| c.get(&path)).with_context(|| format!("records of {account} on node {n}"))?;
+                let page = retry(|| c.get(&path))
+                    .with_context(|| format!("records of {account} on node {n}"))?;
                 for r in page["records"].as_array().cloned().unwrap_or_default() {
                     let rid = r["request_id"].as_str().unwrap_or_default().to_string();
                     let eff: Decimal = r["balance_effect"]
@@ -1377,7 +1434,10 @@ fn record_summary(t: &Target, rep: &report::Report) -> Result<()> {
     let mut last = None;
     for k in 0..40 {
         let n = ids[k % ids.len()];
-        match t.client(n, Duration::from_secs(5))?.post("/v1/drills", &body) {
+        match t
+            .client(n, Duration::from_secs(5))?
+            .post("/v1/drills", &body)
+        {
             Ok(_) => return Ok(()),
             Err(e) if definite(&e) => return Err(e.into()),
             Err(e) => last = Some(e),

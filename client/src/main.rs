@@ -79,66 +79,70 @@ enum Cmd {
     Drill(DrillCmd),
 }
 
+#[derive(Args)]
+struct DrillRunArgs {
+    scenario: String,
+    /// Who does the faults: `local` (a `billdb local` directory, --dir)
+    /// or `manual` (the operator, told what to do, confirms on stdin).
+    #[arg(long, default_value = "local")]
+    executor: String,
+    /// The local cluster's directory (executor local).
+    #[arg(long, default_value = ".billdb/local")]
+    dir: PathBuf,
+    /// Any node's HTTP endpoint (executor manual; the members are read from it).
+    #[arg(long, env = "BILLDB_ENDPOINT")]
+    endpoint: Option<String>,
+    #[command(flatten)]
+    tls: TlsArg,
+    /// An ops token (executor manual; local reads the directory's).
+    #[arg(long, env = "BILLDB_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Who runs the drill (written into the report). Default: $USER.
+    #[arg(long)]
+    operator: Option<String>,
+    /// The operator's Ed25519 private key (`billdb backup keygen`).
+    #[arg(long)]
+    private_key: PathBuf,
+    /// Where the report files go.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Recovery time objective: the longest write gap that passes (ms).
+    #[arg(long, default_value_t = 5000)]
+    rto_ms: u64,
+    /// Recovery point objective: acknowledged writes that may be lost.
+    #[arg(long, default_value_t = 0)]
+    rpo_writes: u64,
+    /// Load before the first fault (s).
+    #[arg(long, default_value_t = 5)]
+    warmup_s: u64,
+    /// How long killed nodes stay down once writes recovered (s).
+    #[arg(long, default_value_t = 5)]
+    down_s: u64,
+    /// Load after every node is ready again (s).
+    #[arg(long, default_value_t = 5)]
+    after_s: u64,
+    /// Longest wait for writes to recover after a fault (s).
+    #[arg(long, default_value_t = 60)]
+    recovery_max_s: u64,
+    /// Concurrent writers (each on its own drill account).
+    #[arg(long, default_value_t = 2)]
+    writers: usize,
+    /// Do not write the summary into the cluster.
+    #[arg(long)]
+    no_record: bool,
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum DrillCmd {
     /// Run SCENARIO (leader-kill, two-down, rolling-restart,
-    /// full-power-loss; node-replace with the local executor) under a workload of billing operations on drill
-    /// accounts (branch DRILL); measure, heal, verify; write a signed report
-    /// (JSON, Markdown, HTML) and record the summary in the cluster.
+    /// full-power-loss; node-replace with the local executor) under a
+    /// workload of billing operations on drill accounts (branch DRILL);
+    /// measure, heal, verify; write a signed report (JSON, Markdown, HTML)
+    /// and record the summary in the cluster.
     /// Exit 0 when the drill passed, 1 when it FAILED.
-    Run {
-        scenario: String,
-        /// Who does the faults: `local` (a `billdb local` directory, --dir)
-        /// or `manual` (the operator, told what to do, confirms on stdin).
-        #[arg(long, default_value = "local")]
-        executor: String,
-        /// The local cluster's directory (executor local).
-        #[arg(long, default_value = ".billdb/local")]
-        dir: PathBuf,
-        /// Any node's HTTP endpoint (executor manual; the members are read from it).
-        #[arg(long, env = "BILLDB_ENDPOINT")]
-        endpoint: Option<String>,
-        #[command(flatten)]
-        tls: TlsArg,
-        /// An ops token (executor manual; local reads the directory's).
-        #[arg(long, env = "BILLDB_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// Who runs the drill (written into the report). Default: $USER.
-        #[arg(long)]
-        operator: Option<String>,
-        /// The operator's Ed25519 private key (`billdb backup keygen`).
-        #[arg(long)]
-        private_key: PathBuf,
-        /// Where the report files go.
-        #[arg(long, default_value = ".")]
-        out: PathBuf,
-        /// Recovery time objective: the longest write gap that passes (ms).
-        #[arg(long, default_value_t = 5000)]
-        rto_ms: u64,
-        /// Recovery point objective: acknowledged writes that may be lost.
-        #[arg(long, default_value_t = 0)]
-        rpo_writes: u64,
-        /// Load before the first fault (s).
-        #[arg(long, default_value_t = 5)]
-        warmup_s: u64,
-        /// How long killed nodes stay down once writes recovered (s).
-        #[arg(long, default_value_t = 5)]
-        down_s: u64,
-        /// Load after every node is ready again (s).
-        #[arg(long, default_value_t = 5)]
-        after_s: u64,
-        /// Longest wait for writes to recover after a fault (s).
-        #[arg(long, default_value_t = 60)]
-        recovery_max_s: u64,
-        /// Concurrent writers (each on its own drill account).
-        #[arg(long, default_value_t = 2)]
-        writers: usize,
-        /// Do not write the summary into the cluster.
-        #[arg(long)]
-        no_record: bool,
-        #[arg(long)]
-        json: bool,
-    },
+    Run(Box<DrillRunArgs>),
     /// Check a report (its .json, or the .html that embeds it): the data's
     /// SHA-256 and the signature with the operator's public key.
     Verify {
@@ -1623,7 +1627,10 @@ fn run_cluster(cmd: ClusterCmd) -> Result<()> {
 fn run_drill(cmd: DrillCmd) -> Result<()> {
     use billdb_client::drill::{self, Executor, report};
     match cmd {
-        DrillCmd::Verify { report: path, public_key } => {
+        DrillCmd::Verify {
+            report: path,
+            public_key,
+        } => {
             let r = report::read(&path)?;
             report::verify(&r, &public_key)?;
             println!(
@@ -1635,26 +1642,27 @@ fn run_drill(cmd: DrillCmd) -> Result<()> {
             );
             Ok(())
         }
-        DrillCmd::Run {
-            scenario,
-            executor,
-            dir,
-            endpoint,
-            tls,
-            token,
-            operator,
-            private_key,
-            out,
-            rto_ms,
-            rpo_writes,
-            warmup_s,
-            down_s,
-            after_s,
-            recovery_max_s,
-            writers,
-            no_record,
-            json,
-        } => {
+        DrillCmd::Run(args) => {
+            let DrillRunArgs {
+                scenario,
+                executor,
+                dir,
+                endpoint,
+                tls,
+                token,
+                operator,
+                private_key,
+                out,
+                rto_ms,
+                rpo_writes,
+                warmup_s,
+                down_s,
+                after_s,
+                recovery_max_s,
+                writers,
+                no_record,
+                json,
+            } = *args;
             if !drill::SCENARIOS.contains(&scenario.as_str()) {
                 bail!(
                     "INVALID_ARGUMENT: unknown scenario {scenario:?}: one of {}",

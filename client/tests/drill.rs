@@ -40,7 +40,8 @@ fn cluster_with(base: u16, failpoints: bool, raft: RaftTimings) -> Cluster {
         c.enable_failpoints();
     }
     c.start_all().expect("start");
-    c.wait_all_healthy(Duration::from_secs(30)).expect("healthy");
+    c.wait_all_healthy(Duration::from_secs(30))
+        .expect("healthy");
     c.init().expect("init");
     c.wait_leader(Duration::from_secs(30)).expect("leader");
     Cluster { c, dir }
@@ -76,11 +77,7 @@ impl Cluster {
         self.dir.path().join("reports")
     }
     fn status(&self, n: u64) -> Value {
-        self.c
-            .admin(n)
-            .expect("admin")
-            .status()
-            .expect("status")
+        self.c.admin(n).expect("admin").status().expect("status")
     }
 }
 
@@ -158,7 +155,10 @@ fn assert_clean(scenario: &str, v: &Value, stderr: &str) {
     assert_eq!(v["result"], "PASS", "{scenario}: {v:#}\n{stderr}");
     assert_eq!(v["verification"]["lost"], 0, "{scenario}: {v:#}");
     assert_eq!(v["verification"]["duplicated"], 0, "{scenario}: {v:#}");
-    assert_eq!(v["verification"]["digests_equal"], true, "{scenario}: {v:#}");
+    assert_eq!(
+        v["verification"]["digests_equal"], true,
+        "{scenario}: {v:#}"
+    );
     assert!(
         v["measured"]["write_gap_ms"].as_u64().is_some(),
         "{scenario}: writes recovered: {v:#}"
@@ -183,7 +183,11 @@ fn chromium(args: &[&str], profile: &Path) -> String {
         .args(args)
         .output()
         .expect("chromium runs (Debian package chromium: deploy/setup.sh installs it)");
-    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -236,58 +240,136 @@ fn every_scenario_passes_with_evidence_and_the_status_page_shows_it() {
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let replaced = &doc["data"]["cluster"]["replaced"];
     assert_eq!(replaced["added"], 6, "{replaced}");
-    assert!(replaced["new_node_snapshot_index_after_catch_up"].as_u64().is_some(), "caught up by snapshot: {replaced}");
-    let members: Vec<u64> = c.status(6)["voters"].as_array().unwrap().iter().filter_map(Value::as_u64).collect();
+    assert!(
+        replaced["new_node_snapshot_index_after_catch_up"]
+            .as_u64()
+            .is_some(),
+        "caught up by snapshot: {replaced}"
+    );
+    let members: Vec<u64> = c.status(6)["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
     assert_eq!(members.len(), 5);
-    assert!(members.contains(&6) && !members.contains(&replaced["removed"].as_u64().unwrap()), "{members:?}");
+    assert!(
+        members.contains(&6) && !members.contains(&replaced["removed"].as_u64().unwrap()),
+        "{members:?}"
+    );
 
     // The report: verified as written, as HTML too; a changed number refused.
     let (scenario, path, v) = &reports[0];
-    let (ok, out, err) = run(&["drill", "verify", path.to_str().unwrap(), "--public-key", public.to_str().unwrap()]);
+    let (ok, out, err) = run(&[
+        "drill",
+        "verify",
+        path.to_str().unwrap(),
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
     assert!(ok, "verify: {out} {err}");
     for (s, p, _) in &reports[1..] {
-        let (ok, out, err) = run(&["drill", "verify", p.to_str().unwrap(), "--public-key", public.to_str().unwrap()]);
+        let (ok, out, err) = run(&[
+            "drill",
+            "verify",
+            p.to_str().unwrap(),
+            "--public-key",
+            public.to_str().unwrap(),
+        ]);
         assert!(ok, "verify {s}: {out} {err}");
     }
     let html = path.with_extension("html");
     let text = std::fs::read_to_string(&html).expect("html report");
-    assert!(text.contains("<svg") && !text.contains("src=\"http") && !text.contains("href=\"http"), "self-contained HTML with its chart");
-    let (ok, out, err) = run(&["drill", "verify", html.to_str().unwrap(), "--public-key", public.to_str().unwrap()]);
+    assert!(
+        text.contains("<svg") && !text.contains("src=\"http") && !text.contains("href=\"http"),
+        "self-contained HTML with its chart"
+    );
+    let (ok, out, err) = run(&[
+        "drill",
+        "verify",
+        html.to_str().unwrap(),
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
     assert!(ok, "verify html: {out} {err}");
     let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(doc["data"]["scenario"], *scenario);
     assert_eq!(doc["data"]["operator"], "Drill Tester");
-    assert_eq!(doc["data"]["cluster"]["members"].as_array().map(Vec::len), Some(5));
+    assert_eq!(
+        doc["data"]["cluster"]["members"].as_array().map(Vec::len),
+        Some(5)
+    );
     let acked = doc["data"]["workload"]["acknowledged"].as_u64().unwrap();
     assert!(acked > 0);
     assert_eq!(v["verification"]["lost"], 0);
     doc["data"]["workload"]["acknowledged"] = Value::from(acked + 1);
     let changed = c.dir.path().join("changed.json");
     std::fs::write(&changed, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
-    let (ok, out, err) = run(&["drill", "verify", changed.to_str().unwrap(), "--public-key", public.to_str().unwrap()]);
+    let (ok, out, err) = run(&[
+        "drill",
+        "verify",
+        changed.to_str().unwrap(),
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
     assert!(!ok, "a changed number must be refused: {out}");
     assert!(err.contains("changed after signing"), "{err}");
     // Another operator's key does not verify it either.
     let other = c.dir.path().join("other");
     assert!(run(&["backup", "keygen", "--out", other.to_str().unwrap()]).0);
-    let (ok, _, err) = run(&["drill", "verify", path.to_str().unwrap(), "--public-key", other.with_extension("pub").to_str().unwrap()]);
+    let (ok, _, err) = run(&[
+        "drill",
+        "verify",
+        path.to_str().unwrap(),
+        "--public-key",
+        other.with_extension("pub").to_str().unwrap(),
+    ]);
     assert!(!ok && err.contains("signature"), "{err}");
 
     // Bad input changes nothing: an unknown scenario is refused before any fault.
     let leader_before = c.c.wait_leader(Duration::from_secs(10)).unwrap();
     let term_before = c.status(leader_before)["term"].as_u64();
     let (key, _) = c.keys();
-    let (ok, _, err) = run(&["drill", "run", "meteor-strike", "--dir", c.c.dir().to_str().unwrap(), "--private-key", key.to_str().unwrap()]);
+    let (ok, _, err) = run(&[
+        "drill",
+        "run",
+        "meteor-strike",
+        "--dir",
+        c.c.dir().to_str().unwrap(),
+        "--private-key",
+        key.to_str().unwrap(),
+    ]);
     assert!(!ok && err.contains("INVALID_ARGUMENT"), "{err}");
     assert_eq!(c.status(leader_before)["term"].as_u64(), term_before);
 
     // The cluster knows its last drill per scenario, on every node.
-    let members: Vec<u64> = c.status(6)["voters"].as_array().unwrap().iter().filter_map(Value::as_u64).collect();
+    let members: Vec<u64> = c.status(6)["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
     for n in members.iter().copied() {
-        let drills = c.status(n)["drills"].as_array().cloned().unwrap_or_default();
-        let mut names: Vec<&str> = drills.iter().filter_map(|d| d["summary"]["scenario"].as_str()).collect();
+        let drills = c.status(n)["drills"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut names: Vec<&str> = drills
+            .iter()
+            .filter_map(|d| d["summary"]["scenario"].as_str())
+            .collect();
         names.sort_unstable();
-        assert_eq!(names, ["full-power-loss", "leader-kill", "node-replace", "rolling-restart", "two-down"], "node {n}");
+        assert_eq!(
+            names,
+            [
+                "full-power-loss",
+                "leader-kill",
+                "node-replace",
+                "rolling-restart",
+                "two-down"
+            ],
+            "node {n}"
+        );
         for d in &drills {
             assert_eq!(d["summary"]["result"], "PASS");
             assert_eq!(d["summary"]["run_by"], "Drill Tester");
@@ -297,23 +379,48 @@ fn every_scenario_passes_with_evidence_and_the_status_page_shows_it() {
     // The status page in headless Chromium, served by the leader.
     let leader = c.c.wait_leader(Duration::from_secs(10)).unwrap();
     let profile = tempfile::tempdir().unwrap();
-    let dom = chromium(&["--dump-dom", &page_url(&c, leader)], &profile.path().join("p1"));
+    let dom = chromium(
+        &["--dump-dom", &page_url(&c, leader)],
+        &profile.path().join("p1"),
+    );
     let states = node_states(&dom);
     assert_eq!(states.len(), 5, "five members: {states:?}");
     assert!(states.iter().all(|(_, s)| s == "up"), "{states:?}");
-    assert!(dom.contains(&format!("node {leader}")), "the leader is named");
+    assert!(
+        dom.contains(&format!("node {leader}")),
+        "the leader is named"
+    );
     for s in SCENARIOS {
-        assert!(dom.contains(&format!("data-scenario=\"{s}\"")), "drill {s} on the page");
+        assert!(
+            dom.contains(&format!("data-scenario=\"{s}\"")),
+            "drill {s} on the page"
+        );
     }
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("drill-status-page.png");
     chromium(
-        &["--window-size=1280,1400", &format!("--screenshot={}", shot.display()), &page_url(&c, leader)],
+        &[
+            "--window-size=1280,1400",
+            &format!("--screenshot={}", shot.display()),
+            &page_url(&c, leader),
+        ],
         &profile.path().join("p2"),
     );
-    assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "screenshot {}", shot.display());
+    assert!(
+        std::fs::metadata(&shot)
+            .map(|m| m.len() > 10_000)
+            .unwrap_or(false),
+        "screenshot {}",
+        shot.display()
+    );
     // A stranger gets the empty shell, no data: the data needs a token.
-    let stranger = chromium(&["--dump-dom", &c.c.http_url(leader).unwrap()], &profile.path().join("p3"));
-    assert!(node_states(&stranger).is_empty() && stranger.contains("id=\"login\""), "no data without a token");
+    let stranger = chromium(
+        &["--dump-dom", &c.c.http_url(leader).unwrap()],
+        &profile.path().join("p3"),
+    );
+    assert!(
+        node_states(&stranger).is_empty() && stranger.contains("id=\"login\""),
+        "no data without a token"
+    );
 
     // A killed follower is shown down within 5 s.
     let victim = members.iter().copied().find(|n| *n != leader).unwrap();
@@ -322,11 +429,18 @@ fn every_scenario_passes_with_evidence_and_the_status_page_shows_it() {
     let mut k = 0;
     loop {
         k += 1;
-        let dom = chromium(&["--dump-dom", &page_url(&c, leader)], &profile.path().join(format!("k{k}")));
+        let dom = chromium(
+            &["--dump-dom", &page_url(&c, leader)],
+            &profile.path().join(format!("k{k}")),
+        );
         if node_states(&dom).contains(&(victim, "down".to_string())) {
             break;
         }
-        assert!(killed.elapsed() < Duration::from_secs(5), "node {victim} not shown down within 5 s: {:?}", node_states(&dom));
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "node {victim} not shown down within 5 s: {:?}",
+            node_states(&dom)
+        );
     }
     c.c.start(victim).unwrap();
 }
@@ -343,7 +457,12 @@ fn manual_executor_played_by_the_test() {
         .args(["drill", "run", "leader-kill", "--executor", "manual"])
         .args(["--endpoint", &c.c.http_addr(2).unwrap()])
         .args(["--ca", c.c.ca_bundle_path().to_str().unwrap()])
-        .args(["--private-key", key.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "--private-key",
+            key.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .args(["--operator", "Night Shift"])
         .args(SHORT)
         .env("BILLDB_TOKEN", c.c.token("ops").unwrap())
@@ -363,7 +482,12 @@ fn manual_executor_played_by_the_test() {
         if let Some(what) = line.strip_prefix("ACTION: ") {
             let server = |s: &str| -> u64 {
                 let i = s.find("server ").expect("names a server") + 7;
-                s[i..].split(|ch: char| !ch.is_ascii_digit()).next().unwrap().parse().unwrap()
+                s[i..]
+                    .split(|ch: char| !ch.is_ascii_digit())
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
             };
             if what.starts_with("power off") {
                 let n = server(what);
@@ -384,7 +508,11 @@ fn manual_executor_played_by_the_test() {
         }
     }
     let status = child.wait().unwrap();
-    assert_eq!(did, [format!("kill {leader}"), format!("start {leader}")], "told to power off the leader, then on");
+    assert_eq!(
+        did,
+        [format!("kill {leader}"), format!("start {leader}")],
+        "told to power off the leader, then on"
+    );
     let v: Value = serde_json::from_str(last.trim()).unwrap_or_else(|e| panic!("{e}: {last}"));
     assert!(status.success(), "{v:#}");
     assert_clean("leader-kill (manual)", &v, "");
@@ -392,7 +520,13 @@ fn manual_executor_played_by_the_test() {
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(doc["data"]["executor"], "manual");
     assert_eq!(doc["data"]["operator"], "Night Shift");
-    let (ok, out, err) = run(&["drill", "verify", path.to_str().unwrap(), "--public-key", public.to_str().unwrap()]);
+    let (ok, out, err) = run(&[
+        "drill",
+        "verify",
+        path.to_str().unwrap(),
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
     assert!(ok, "{out} {err}");
 }
 
@@ -404,7 +538,8 @@ fn a_lost_acknowledged_write_fails_the_drill_and_is_named() {
     let c = cluster(33600, true);
     for n in c.c.node_ids() {
         std::fs::write(
-            c.c.data_dir(n).join(billdb_api::failpoints::ACK_WITHOUT_WRITE_FILE),
+            c.c.data_dir(n)
+                .join(billdb_api::failpoints::ACK_WITHOUT_WRITE_FILE),
             "-w0-6",
         )
         .unwrap();
@@ -412,14 +547,17 @@ fn a_lost_acknowledged_write_fails_the_drill_and_is_named() {
     let (ok, v, stderr) = drill_local(&c, "leader-kill", "Drill Tester");
     assert!(!ok, "a drill that lost a write must fail: {v:#}");
     assert_eq!(v["result"], "FAILED", "{v:#}\n{stderr}");
-    let fired: Vec<String> = c
-        .c
-        .node_ids()
-        .into_iter()
-        .filter_map(|n| {
-            std::fs::read_to_string(c.c.data_dir(n).join(billdb_api::failpoints::ACK_WITHOUT_WRITE_FIRED_FILE)).ok()
-        })
-        .collect();
+    let fired: Vec<String> =
+        c.c.node_ids()
+            .into_iter()
+            .filter_map(|n| {
+                std::fs::read_to_string(
+                    c.c.data_dir(n)
+                        .join(billdb_api::failpoints::ACK_WITHOUT_WRITE_FIRED_FILE),
+                )
+                .ok()
+            })
+            .collect();
     assert_eq!(fired.len(), 1, "the fault point fired once: {fired:?}");
     let lost: Vec<&str> = v["verification"]["lost_requests"]
         .as_array()
@@ -430,7 +568,10 @@ fn a_lost_acknowledged_write_fails_the_drill_and_is_named() {
     assert_eq!(lost, [fired[0].as_str()], "{v:#}");
     assert_eq!(v["verification"]["lost"], 1);
     let failures = v["failures"].to_string();
-    assert!(failures.contains(&fired[0]) && failures.contains("RPO"), "{failures}");
+    assert!(
+        failures.contains(&fired[0]) && failures.contains("RPO"),
+        "{failures}"
+    );
     let leader = c.c.wait_leader(Duration::from_secs(10)).unwrap();
     let drills = c.status(leader)["drills"].clone();
     assert_eq!(drills[0]["summary"]["result"], "FAILED", "{drills}");

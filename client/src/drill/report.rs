@@ -140,7 +140,9 @@ impl Report {
                     .as_array()
                     .map(|a| {
                         a.iter()
-                            .map(|x| format!("{} ({})", x["id"], x["http_addr"].as_str().unwrap_or("")))
+                            .map(|x| {
+                                format!("{} ({})", x["id"], x["http_addr"].as_str().unwrap_or(""))
+                            })
                             .collect::<Vec<_>>()
                             .join(", ")
                     })
@@ -150,7 +152,10 @@ impl Report {
         ] {
             let _ = writeln!(s, "| {k} | {} |", val.trim_matches('"'));
         }
-        let _ = writeln!(s, "\n## Objectives\n\n| objective | target | measured | result |\n|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "\n## Objectives\n\n| objective | target | measured | result |\n|---|---|---|---|"
+        );
         let _ = writeln!(
             s,
             "| RTO (write gap) | ≤ {} ms | {} ms | {} |",
@@ -166,8 +171,16 @@ impl Report {
             pass(m["rpo_pass"].as_bool())
         );
         let _ = writeln!(s, "\n## Measured\n\n| | |\n|---|---|");
-        let _ = writeln!(s, "| write gap (fault → first acknowledged write) | {} ms |", m["write_gap_ms"]);
-        let _ = writeln!(s, "| read gap (fault → first answered read) | {} ms |", m["read_gap_ms"]);
+        let _ = writeln!(
+            s,
+            "| write gap (fault → first acknowledged write) | {} ms |",
+            m["write_gap_ms"]
+        );
+        let _ = writeln!(
+            s,
+            "| read gap (fault → first answered read) | {} ms |",
+            m["read_gap_ms"]
+        );
         let _ = writeln!(s, "| every node ready after | {} ms |", m["health_ms"]);
         let w = &d["workload"];
         let _ = writeln!(
@@ -175,7 +188,11 @@ impl Report {
             "| writes sent / acknowledged / refused / unknown | {} / {} / {} / {} |",
             w["writes"], w["acknowledged"], w["refused"], w["unknown"]
         );
-        let _ = writeln!(s, "| reads answered / failed | {} / {} |", w["reads_ok"], w["reads_failed"]);
+        let _ = writeln!(
+            s,
+            "| reads answered / failed | {} / {} |",
+            w["reads_ok"], w["reads_failed"]
+        );
         let _ = writeln!(s, "\n## Verified after heal\n\n| | |\n|---|---|");
         let _ = writeln!(
             s,
@@ -185,12 +202,25 @@ impl Report {
         let _ = writeln!(s, "| lost | {} |", v["lost"]);
         let _ = writeln!(s, "| duplicated | {} |", v["duplicated"]);
         let _ = writeln!(s, "| records from no sent request | {} |", v["phantom"]);
-        let _ = writeln!(s, "| balances equal records and acknowledged writes | {} |", v["balances_ok"]);
-        let _ = writeln!(s, "| state digests equal on all replicas | {} |", v["digests_equal"]);
+        let _ = writeln!(
+            s,
+            "| balances equal records and acknowledged writes | {} |",
+            v["balances_ok"]
+        );
+        let _ = writeln!(
+            s,
+            "| state digests equal on all replicas | {} |",
+            v["digests_equal"]
+        );
         if let Some(l) = v["lost_requests"].as_array().filter(|l| !l.is_empty()) {
             let _ = writeln!(s, "\nLost acknowledged requests:\n");
             for x in l {
-                let _ = writeln!(s, "- `{}` missing on nodes {}", x["request_id"].as_str().unwrap_or("?"), x["missing_on"]);
+                let _ = writeln!(
+                    s,
+                    "- `{}` missing on nodes {}",
+                    x["request_id"].as_str().unwrap_or("?"),
+                    x["missing_on"]
+                );
             }
         }
         if let Some(f) = d["failures"].as_array().filter(|f| !f.is_empty()) {
@@ -199,13 +229,38 @@ impl Report {
                 let _ = writeln!(s, "- {}", x.as_str().unwrap_or("?"));
             }
         }
-        let _ = writeln!(s, "\n## Actions\n\n| t (ms) | action | node |\n|---|---|---|");
+        let _ = writeln!(
+            s,
+            "\n## Actions\n\n| t (ms) | action | node |\n|---|---|---|"
+        );
         for a in d["actions"].as_array().cloned().unwrap_or_default() {
-            let _ = writeln!(s, "| {} | {}{} | {} |", a["t_ms"], a["action"].as_str().unwrap_or(""), if a["fault"].as_bool() == Some(true) { " (fault)" } else { "" }, a["node"]);
+            let _ = writeln!(
+                s,
+                "| {} | {}{} | {} |",
+                a["t_ms"],
+                a["action"].as_str().unwrap_or(""),
+                if a["fault"].as_bool() == Some(true) {
+                    " (fault)"
+                } else {
+                    ""
+                },
+                a["node"]
+            );
         }
-        let _ = writeln!(s, "\n## Timeline\n\n| t (s) | writes/s | reads/s | errors | nodes (role term commit) |\n|---|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "\n## Timeline\n\n| t (s) | writes/s | reads/s | errors | nodes (role term commit) |\n|---|---|---|---|---|"
+        );
         for x in d["timeline"].as_array().cloned().unwrap_or_default() {
-            let _ = writeln!(s, "| {} | {} | {} | {} | {} |", x["t_s"], x["writes_ok"], x["reads_ok"], errors_text(&x["errors"]), nodes_text(&x["nodes"]));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                x["t_s"],
+                x["writes_ok"],
+                x["reads_ok"],
+                errors_text(&x["errors"]),
+                nodes_text(&x["nodes"])
+            );
         }
         let _ = writeln!(
             s,
@@ -224,27 +279,79 @@ impl Report {
             .replace('>', "\\u003e")
             .replace('&', "\\u0026");
         let mut s = String::new();
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>billdb drill {} {}</title>\n<style>body{{font-family:system-ui,Arial,sans-serif;margin:1.5em;max-width:1100px}}table{{border-collapse:collapse;margin:.5em 0}}th,td{{border:1px solid #ccd;padding:.25em .5em;font-size:.9em;text-align:left}}.PASS{{color:#11691f}}.FAILED{{color:#b00020}}pre{{white-space:pre-wrap;font-size:.85em}}</style></head><body>\n",
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>billdb drill {} {}</title>\n<style>body{{font-family:system-ui,Arial,sans-serif;margin:1.5em;max-width:1100px}}table{{border-collapse:collapse;margin:.5em 0}}th,td{{border:1px solid #ccd;padding:.25em .5em;font-size:.9em;text-align:left}}.PASS{{color:#11691f}}.FAILED{{color:#b00020}}pre{{white-space:pre-wrap;font-size:.85em}}</style></head><body>",
             esc(d["scenario"].as_str().unwrap_or("")),
             esc(d["result"].as_str().unwrap_or(""))
         );
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<h1>Failover drill: {} — <span class=\"{r}\">{r}</span></h1>\n",
+            "<h1>Failover drill: {} — <span class=\"{r}\">{r}</span></h1>",
             esc(d["scenario"].as_str().unwrap_or("")),
             r = esc(d["result"].as_str().unwrap_or(""))
         );
         s.push_str(&chart(d));
-        // The Markdown, as text: every number of the report, readable.
-        let _ = write!(s, "<pre>{}</pre>\n", esc(&md));
-        let _ = write!(
+        // Every number of the report: the Markdown, rendered.
+        s.push_str(&markdown_html(&md));
+        let _ = writeln!(
             s,
-            "<script type=\"application/json\" id=\"{EMBED_ID}\">{embedded}</script>\n</body></html>\n"
+            "<script type=\"application/json\" id=\"{EMBED_ID}\">{embedded}</script>\n</body></html>"
         );
         s
     }
+}
+
+/// The subset of Markdown [`Report::markdown`] writes (headings, tables,
+/// lists, paragraphs, `code`) as HTML, every text escaped.
+fn markdown_html(md: &str) -> String {
+    fn inline(t: &str) -> String {
+        let mut out = String::new();
+        for (i, part) in esc(t.trim_end_matches("  ")).split('`').enumerate() {
+            if i % 2 == 1 {
+                let _ = write!(out, "<code>{part}</code>");
+            } else {
+                out.push_str(part);
+            }
+        }
+        out
+    }
+    let mut out = String::new();
+    let lines: Vec<&str> = md.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i];
+        if l.starts_with('|') {
+            out.push_str("<table>\n");
+            let mut first = true;
+            while i < lines.len() && lines[i].starts_with('|') {
+                let row = lines[i].trim().trim_matches('|');
+                if !row.chars().all(|c| matches!(c, '-' | '|' | ' ')) {
+                    let tag = if first { "th" } else { "td" };
+                    out.push_str("<tr>");
+                    for cell in row.split('|') {
+                        let _ = write!(out, "<{tag}>{}</{tag}>", inline(cell.trim()));
+                    }
+                    out.push_str("</tr>\n");
+                }
+                first = false;
+                i += 1;
+            }
+            out.push_str("</table>\n");
+            continue;
+        }
+        if let Some(h) = l.strip_prefix("## ") {
+            let _ = writeln!(out, "<h2>{}</h2>", inline(h));
+        } else if l.starts_with("# ") {
+            // The page has its own title.
+        } else if let Some(item) = l.strip_prefix("- ") {
+            let _ = writeln!(out, "<ul><li>{}</li></ul>", inline(item));
+        } else if !l.trim().is_empty() {
+            let _ = writeln!(out, "<p>{}</p>", inline(l));
+        }
+        i += 1;
+    }
+    out
 }
 
 fn pass(b: Option<bool>) -> &'static str {
@@ -296,7 +403,12 @@ pub fn esc(s: &str) -> String {
 fn chart(d: &Value) -> String {
     let tl = d["timeline"].as_array().cloned().unwrap_or_default();
     let (w, h, pad) = (900.0f64, 260.0f64, 40.0f64);
-    let last_s = tl.iter().filter_map(|x| x["t_s"].as_u64()).max().unwrap_or(1).max(1) as f64;
+    let last_s = tl
+        .iter()
+        .filter_map(|x| x["t_s"].as_u64())
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
     let ops: Vec<(f64, f64)> = tl
         .iter()
         .map(|x| {
@@ -310,40 +422,46 @@ fn chart(d: &Value) -> String {
     let x = |t: f64| pad + (w - 2.0 * pad) * t / last_s;
     let y = |v: f64| h - pad - (h - 2.0 * pad) * v / max_ops;
     let mut s = String::new();
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"operations per second\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"#fff\" stroke=\"#ccd\"/>\n"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"operations per second\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"#fff\" stroke=\"#ccd\"/>"
     );
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#333\"/><line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{}\" stroke=\"#333\"/>\n",
+        "<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#333\"/><line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{}\" stroke=\"#333\"/>",
         h - pad,
         w - pad,
         h - pad,
         h - pad
     );
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<text x=\"4\" y=\"{}\" font-size=\"11\">{max_ops:.0}</text><text x=\"4\" y=\"{}\" font-size=\"11\">0</text><text x=\"{}\" y=\"{}\" font-size=\"11\">{last_s:.0} s</text><text x=\"{pad}\" y=\"16\" font-size=\"12\">operations per second (acknowledged writes + answered reads)</text>\n",
+        "<text x=\"4\" y=\"{}\" font-size=\"11\">{max_ops:.0}</text><text x=\"4\" y=\"{}\" font-size=\"11\">0</text><text x=\"{}\" y=\"{}\" font-size=\"11\">{last_s:.0} s</text><text x=\"{pad}\" y=\"16\" font-size=\"12\">operations per second (acknowledged writes + answered reads)</text>",
         pad + 4.0,
         h - pad,
         w - pad - 20.0,
         h - pad + 16.0
     );
-    let pts: Vec<String> = ops.iter().map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v))).collect();
-    let _ = write!(
+    let pts: Vec<String> = ops
+        .iter()
+        .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
+        .collect();
+    let _ = writeln!(
         s,
-        "<polyline fill=\"none\" stroke=\"#1f5fbf\" stroke-width=\"2\" points=\"{}\"/>\n",
+        "<polyline fill=\"none\" stroke=\"#1f5fbf\" stroke-width=\"2\" points=\"{}\"/>",
         pts.join(" ")
     );
+    // Labels of marks close together are stacked, not drawn over each other.
+    let mut k = 0u32;
     let mut mark = |t_ms: f64, color: &str, label: &str| {
         let xx = x(t_ms / 1000.0);
-        let _ = write!(
+        let ly = pad + 10.0 + 11.0 * f64::from(k % 8);
+        k += 1;
+        let _ = writeln!(
             s,
-            "<line x1=\"{xx:.1}\" y1=\"{pad}\" x2=\"{xx:.1}\" y2=\"{}\" stroke=\"{color}\" stroke-dasharray=\"4 3\"/><text x=\"{:.1}\" y=\"{}\" font-size=\"10\" fill=\"{color}\">{}</text>\n",
+            "<line x1=\"{xx:.1}\" y1=\"{pad}\" x2=\"{xx:.1}\" y2=\"{}\" stroke=\"{color}\" stroke-dasharray=\"4 3\"/><text x=\"{:.1}\" y=\"{ly:.1}\" font-size=\"10\" fill=\"{color}\">{}</text>",
             h - pad,
             xx + 2.0,
-            pad + 10.0,
             esc(label)
         );
     };
@@ -440,7 +558,10 @@ mod tests {
     #[test]
     fn canonical_sorts_keys_at_every_level() {
         let a = json!({"b": 1, "a": {"z": [1, {"y": 2, "x": 3}], "c": "s"}});
-        assert_eq!(canonical(&a), r#"{"a":{"c":"s","z":[1,{"x":3,"y":2}]},"b":1}"#);
+        assert_eq!(
+            canonical(&a),
+            r#"{"a":{"c":"s","z":[1,{"x":3,"y":2}]},"b":1}"#
+        );
     }
 
     #[test]
