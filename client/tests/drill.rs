@@ -528,6 +528,56 @@ fn manual_executor_played_by_the_test() {
         public.to_str().unwrap(),
     ]);
     assert!(ok, "{out} {err}");
+
+    // POST /v1/drills: bad input and the wrong role are refused with a
+    // code and change nothing.
+    let ops = c.c.admin(2).unwrap();
+    let before = ops.get("/v1/drills").unwrap();
+    assert_eq!(
+        before["drills"][0]["summary"]["run_by"], "Night Shift",
+        "{before}"
+    );
+    let good = serde_json::json!({
+        "request_id": "bad-drill-1", "scenario": "leader-kill", "result": "PASS",
+        "started_ms": 1_796_000_000_000i64, "write_gap_ms": 1, "read_gap_ms": 1, "health_ms": 1,
+        "acknowledged": 1, "lost": 0, "duplicated": 0, "digests_equal": true,
+        "report_sha256": "ab".repeat(32), "run_by": "someone"
+    });
+    let mut cases = Vec::new();
+    for (field, bad) in [
+        ("result", Value::from("MAYBE")),
+        ("report_sha256", Value::from("xyz")),
+        ("scenario", Value::from("no spaces allowed")),
+        ("extra", Value::from(1)),
+        ("write_gap_ms", Value::from(-1)),
+        ("health_ms", Value::from(100_000_000_000u64)),
+    ] {
+        let mut v = good.clone();
+        v[field] = bad;
+        cases.push(v);
+    }
+    for body in cases {
+        let e = ops.post("/v1/drills", &body).expect_err("refused");
+        assert_eq!(e.code(), Some("INVALID_ARGUMENT"), "{body}: {e}");
+    }
+    let auditor =
+        c.c.http_client(2, Duration::from_secs(5))
+            .unwrap()
+            .with_token(Some(c.c.token("auditor").unwrap()));
+    let e = auditor
+        .post("/v1/drills", &good)
+        .expect_err("an auditor may not record a drill");
+    assert_eq!(e.code(), Some("PERMISSION_DENIED"), "{e}");
+    assert_eq!(
+        auditor.get("/v1/drills").unwrap(),
+        before,
+        "nothing changed; an auditor reads drills"
+    );
+    let stranger = c.c.http_client(2, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        stranger.get("/v1/drills").expect_err("no token").code(),
+        Some("UNAUTHENTICATED")
+    );
 }
 
 /// A cluster that acknowledges a write it never wrote (the node's

@@ -565,6 +565,46 @@ mod tests {
     }
 
     #[test]
+    fn a_signed_report_verifies_and_any_change_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, public) = crate::backup::keygen(&dir.path().join("k")).unwrap();
+        let data = json!({"format": FORMAT, "scenario": "leader-kill", "result": "PASS",
+                          "measured": {"write_gap_ms": 700}, "timeline": [], "actions": []});
+        let r = Report::sign(data, &key).unwrap();
+        verify(&r, &public).unwrap();
+        // The files it writes verify too (the HTML embeds the JSON).
+        for f in r.write(dir.path()).unwrap() {
+            if !f.extension().is_some_and(|e| e == "md") {
+                verify(&read(&f).unwrap(), &public).unwrap();
+            }
+        }
+        let mut changed = r.clone();
+        changed.data["measured"]["write_gap_ms"] = json!(699);
+        assert!(verify(&changed, &public).is_err());
+        // Re-hashed by a forger but not re-signed: the signature fails.
+        changed.sha256 = hex::encode(data_sha256(&changed.data));
+        let e = format!("{:#}", verify(&changed, &public).unwrap_err());
+        assert!(e.contains("signature"), "{e}");
+        // Another key.
+        let (_, other) = crate::backup::keygen(&dir.path().join("other")).unwrap();
+        assert!(verify(&r, &other).is_err());
+    }
+
+    #[test]
+    fn the_html_escapes_report_text() {
+        let md = "## <b>x</b>\n| a | `<script>` |\n|---|---|\n| 1 | 2 |\n- <i>";
+        let h = markdown_html(md);
+        assert!(
+            !h.contains("<script>") && !h.contains("<b>") && !h.contains("<i>"),
+            "{h}"
+        );
+        assert!(
+            h.contains("<code>&lt;script&gt;</code>") && h.contains("<table>"),
+            "{h}"
+        );
+    }
+
+    #[test]
     fn utc_formats_known_instants() {
         assert_eq!(utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc(1_796_558_400_000), "2026-12-06T12:00:00Z");
