@@ -75,16 +75,20 @@ impl Target {
             .with_token(Some(self.token.clone())))
     }
 
+    /// The members of a local cluster as its running nodes know them (a
+    /// node the directory still describes may have been removed, e.g. by a
+    /// node-replace drill).
     pub fn from_local(c: &LocalCluster) -> Result<Target> {
-        let mut nodes = BTreeMap::new();
+        let (tls, token) = (c.client_tls()?, c.token("ops")?);
+        let mut last = None;
         for n in c.node_ids() {
-            nodes.insert(n, c.http_addr(n)?);
+            match Target::discover(&c.http_addr(n)?, tls.clone(), token.clone()) {
+                Ok(t) => return Ok(t),
+                Err(e) => last = Some(e),
+            }
         }
-        Ok(Target {
-            nodes,
-            tls: c.client_tls()?,
-            token: c.token("ops")?,
-        })
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("the local cluster has no nodes")))
+            .context("no node of the local cluster answers: is it up (billdb local up)?")
     }
 
     /// The members as the node at `endpoint` knows them.
