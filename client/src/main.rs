@@ -124,7 +124,7 @@ struct DrillRunArgs {
     /// Longest wait for writes to recover after a fault (s).
     #[arg(long, default_value_t = 60)]
     recovery_max_s: u64,
-    /// Concurrent writers (each on its own drill account).
+    /// Concurrent writers (each on its own drill account), 1..=64.
     #[arg(long, default_value_t = 2)]
     writers: usize,
     /// Do not write the summary into the cluster.
@@ -1668,6 +1668,9 @@ fn run_drill(cmd: DrillCmd) -> Result<()> {
                     "INVALID_ARGUMENT: unknown scenario {scenario:?}: one of {}",
                     drill::SCENARIOS.join(", ")
                 );
+            }
+            if !(1..=64).contains(&writers) {
+                bail!("INVALID_ARGUMENT: --writers {writers}: 1..=64");
             }
             // The key must be readable before anything is done to the cluster.
             billdb_client::backup::read_signing_key(&private_key)?;

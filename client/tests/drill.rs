@@ -340,7 +340,55 @@ fn every_scenario_passes_with_evidence_and_the_status_page_shows_it() {
         key.to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("INVALID_ARGUMENT"), "{err}");
-    assert_eq!(c.status(leader_before)["term"].as_u64(), term_before);
+    let dir = c.c.dir().to_str().unwrap().to_string();
+    let (ok, _, err) = run(&[
+        "drill",
+        "run",
+        "leader-kill",
+        "--dir",
+        &dir,
+        "--private-key",
+        key.to_str().unwrap(),
+        "--writers",
+        "0",
+    ]);
+    assert!(!ok && err.contains("INVALID_ARGUMENT"), "{err}");
+    let missing = c.dir.path().join("no-such.key");
+    let (ok, _, err) = run(&[
+        "drill",
+        "run",
+        "leader-kill",
+        "--dir",
+        &dir,
+        "--private-key",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("no-such.key"), "{err}");
+    let (ok, _, err) = run(&[
+        "drill",
+        "run",
+        "node-replace",
+        "--executor",
+        "manual",
+        "--endpoint",
+        &c.c.http_addr(leader_before).unwrap(),
+        "--ca",
+        c.c.ca_bundle_path().to_str().unwrap(),
+        "--token",
+        &c.c.token("ops").unwrap(),
+        "--private-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("local executor"), "{err}");
+    assert_eq!(
+        c.status(leader_before)["term"].as_u64(),
+        term_before,
+        "no fault was done"
+    );
+    assert_eq!(
+        c.c.wait_leader(Duration::from_secs(10)).unwrap(),
+        leader_before
+    );
 
     // The cluster knows its last drill per scenario, on every node.
     let members: Vec<u64> = c.status(6)["voters"]
