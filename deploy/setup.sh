@@ -13,13 +13,14 @@
 # python3-yaml (the Kubernetes manifests are parsed offline). The chaos
 # suite's power-loss test mounts a lossy FUSE filesystem: it needs
 # /dev/fuse (the fuse kernel module, loaded below when missing) and, when
-# not root, fusermount3 (fuse3).
+# not root, fusermount3 (fuse3). The drill test (client/tests/drill.rs)
+# opens each node's status page in headless Chromium (chromium).
 # Idempotent; installs only what is missing. Needs root or sudo.
 set -euo pipefail
 
 need=()
 for pkg in clang libclang-dev build-essential pkg-config iproute2 iptables procps curl ca-certificates etcd-server postgresql prometheus \
-  systemd adduser binutils docker.io docker-compose python3-yaml fuse3; do
+  systemd adduser binutils docker.io docker-compose python3-yaml fuse3 chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 

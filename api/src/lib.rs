@@ -50,4 +50,13 @@ pub mod failpoints {
     /// scheduled backup the node has claimed waits (its claim renewed)
     /// before it starts: a test can kill the node in the middle of one.
     pub const BACKUP_PAUSE_FILE: &str = "failpoint-backup-pause";
+    /// When a file of this name exists in a node's data directory, the
+    /// next client write this node receives whose request_id ends with
+    /// the file's content is answered as if applied but never written (the
+    /// file is then renamed to [`ACK_WITHOUT_WRITE_FIRED_FILE`], holding
+    /// the request_id): an acknowledged write lost, so a test proves the
+    /// drill verifier reports one.
+    pub const ACK_WITHOUT_WRITE_FILE: &str = "failpoint-ack-without-write";
+    /// See [`ACK_WITHOUT_WRITE_FILE`].
+    pub const ACK_WITHOUT_WRITE_FIRED_FILE: &str = "failpoint-ack-without-write.fired";
 }

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod backup;
 pub mod certs;
 pub mod client;
+pub mod drill;
 pub mod local;
 pub mod render;
 pub mod tls;

@@ -81,6 +81,82 @@ enum Cmd {
     Backup(BackupCmd),
     /// Make a NEW cluster's data directories from a verified backup.
     Restore(RestoreArgs),
+    /// Failover drills: run a scenario with evidence, verify a report.
+    #[command(subcommand)]
+    Drill(DrillCmd),
+}
+
+#[derive(Args)]
+struct DrillRunArgs {
+    scenario: String,
+    /// Who does the faults: `local` (a `billdb local` directory, --dir)
+    /// or `manual` (the operator, told what to do, confirms on stdin).
+    #[arg(long, default_value = "local")]
+    executor: String,
+    /// The local cluster's directory (executor local).
+    #[arg(long, default_value = ".billdb/local")]
+    dir: PathBuf,
+    /// Any node's HTTP endpoint (executor manual; the members are read from it).
+    #[arg(long, env = "BILLDB_ENDPOINT")]
+    endpoint: Option<String>,
+    #[command(flatten)]
+    tls: TlsArg,
+    /// An ops token (executor manual; local reads the directory's).
+    #[arg(long, env = "BILLDB_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Who runs the drill (written into the report). Default: $USER.
+    #[arg(long)]
+    operator: Option<String>,
+    /// The operator's Ed25519 private key (`billdb backup keygen`).
+    #[arg(long)]
+    private_key: PathBuf,
+    /// Where the report files go.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Recovery time objective: the longest write gap that passes (ms).
+    #[arg(long, default_value_t = 5000)]
+    rto_ms: u64,
+    /// Recovery point objective: acknowledged writes that may be lost.
+    #[arg(long, default_value_t = 0)]
+    rpo_writes: u64,
+    /// Load before the first fault (s).
+    #[arg(long, default_value_t = 5)]
+    warmup_s: u64,
+    /// How long killed nodes stay down once writes recovered (s).
+    #[arg(long, default_value_t = 5)]
+    down_s: u64,
+    /// Load after every node is ready again (s).
+    #[arg(long, default_value_t = 5)]
+    after_s: u64,
+    /// Longest wait for writes to recover after a fault (s).
+    #[arg(long, default_value_t = 60)]
+    recovery_max_s: u64,
+    /// Concurrent writers (each on its own drill account), 1..=64.
+    #[arg(long, default_value_t = 2)]
+    writers: usize,
+    /// Do not write the summary into the cluster.
+    #[arg(long)]
+    no_record: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum DrillCmd {
+    /// Run SCENARIO (leader-kill, two-down, rolling-restart,
+    /// full-power-loss; node-replace with the local executor) under a
+    /// workload of billing operations on drill accounts (branch DRILL);
+    /// measure, heal, verify; write a signed report (JSON, Markdown, HTML)
+    /// and record the summary in the cluster.
+    /// Exit 0 when the drill passed, 1 when it FAILED.
+    Run(Box<DrillRunArgs>),
+    /// Check a report (its .json, or the .html that embeds it): the data's
+    /// SHA-256 and the signature with the operator's public key.
+    Verify {
+        report: PathBuf,
+        #[arg(long)]
+        public_key: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -846,6 +922,7 @@ fn main() -> ExitCode {
             let json = a.json;
             json_error(json, run_restore(a))
         }
+        Cmd::Drill(c) => run_drill(c),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -1664,6 +1741,141 @@ fn run_cluster(cmd: ClusterCmd) -> Result<()> {
             Ok(())
         }
         ClusterCmd::StepDown { ep } => step_down(&ep),
+    }
+}
+
+fn run_drill(cmd: DrillCmd) -> Result<()> {
+    use billdb_client::drill::{self, Executor, report};
+    match cmd {
+        DrillCmd::Verify {
+            report: path,
+            public_key,
+        } => {
+            let r = report::read(&path)?;
+            report::verify(&r, &public_key)?;
+            println!(
+                "ok: {} is signed by that key and unchanged: {} {} (sha256 {})",
+                path.display(),
+                r.data["scenario"].as_str().unwrap_or("?"),
+                r.data["result"].as_str().unwrap_or("?"),
+                r.sha256
+            );
+            Ok(())
+        }
+        DrillCmd::Run(args) => {
+            let DrillRunArgs {
+                scenario,
+                executor,
+                dir,
+                endpoint,
+                tls,
+                token,
+                operator,
+                private_key,
+                out,
+                rto_ms,
+                rpo_writes,
+                warmup_s,
+                down_s,
+                after_s,
+                recovery_max_s,
+                writers,
+                no_record,
+                json,
+            } = *args;
+            if !drill::SCENARIOS.contains(&scenario.as_str()) {
+                bail!(
+                    "INVALID_ARGUMENT: unknown scenario {scenario:?}: one of {}",
+                    drill::SCENARIOS.join(", ")
+                );
+            }
+            if !(1..=64).contains(&writers) {
+                bail!("INVALID_ARGUMENT: --writers {writers}: 1..=64");
+            }
+            // The key must be readable before anything is done to the cluster.
+            billdb_client::backup::read_signing_key(&private_key)?;
+            let operator = operator
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "unknown".into());
+            let (target, mut exec): (drill::Target, Box<dyn Executor>) = match executor.as_str() {
+                "local" => {
+                    let c = LocalCluster::open(&dir)?;
+                    let t = drill::Target::from_local(&c)?;
+                    (t, Box::new(drill::LocalExecutor { cluster: c }))
+                }
+                "manual" => {
+                    let ep = endpoint.context("--endpoint: any node of the cluster")?;
+                    let token = token.context("--token (or BILLDB_TOKEN): an ops token")?;
+                    let t = drill::Target::discover(&ep, tls.load()?, token)?;
+                    let servers = t.nodes.clone();
+                    (
+                        t,
+                        Box::new(drill::ManualExecutor {
+                            servers,
+                            input: Box::new(std::io::BufReader::new(std::io::stdin())),
+                            prompted_at: None,
+                        }),
+                    )
+                }
+                other => bail!("INVALID_ARGUMENT: --executor {other:?}: local or manual"),
+            };
+            let o = drill::RunOpts {
+                scenario,
+                operator,
+                out_dir: out.clone(),
+                private_key,
+                warmup: secs(warmup_s),
+                down: secs(down_s),
+                recovery_max: secs(recovery_max_s),
+                after: secs(after_s),
+                write_deadline: Duration::from_secs(30),
+                writers,
+                rto: Duration::from_millis(rto_ms),
+                rpo_writes,
+                record: !no_record,
+                show_progress: is_terminal(),
+            };
+            let r = drill::run(target, exec.as_mut(), &o)?;
+            let files = r.write(&out)?;
+            let d = &r.data;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"result": d["result"], "sha256": r.sha256,
+                        "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+                        "measured": d["measured"], "verification": {
+                            "lost": d["verification"]["lost"], "duplicated": d["verification"]["duplicated"],
+                            "digests_equal": d["verification"]["digests_equal"],
+                            "lost_requests": d["verification"]["lost_requests"]},
+                        "failures": d["failures"]})
+                );
+            } else {
+                println!(
+                    "drill {} {}: write gap {} ms, read gap {} ms, all ready after {} ms; \
+                     {} acknowledged, lost {}, duplicated {}, digests equal {}",
+                    d["scenario"].as_str().unwrap_or("?"),
+                    d["result"].as_str().unwrap_or("?"),
+                    d["measured"]["write_gap_ms"],
+                    d["measured"]["read_gap_ms"],
+                    d["measured"]["health_ms"],
+                    d["workload"]["acknowledged"],
+                    d["verification"]["lost"],
+                    d["verification"]["duplicated"],
+                    d["verification"]["digests_equal"]
+                );
+                for f in d["failures"].as_array().cloned().unwrap_or_default() {
+                    println!("FAILED: {}", f.as_str().unwrap_or("?"));
+                }
+                for f in &files {
+                    println!("report: {}", f.display());
+                }
+            }
+            if r.passed() {
+                Ok(())
+            } else {
+                bail!("the drill FAILED (see the report)")
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod backup;
 pub mod codec;
 pub mod config;
 pub mod domain;
+pub mod failpoint_ack;
 pub mod handover;
 pub mod listen;
 pub mod log_limit;

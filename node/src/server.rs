@@ -178,6 +178,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if logging.is_ok() {
         crate::log_limit::spawn_summary(log_limit);
     }
+    if std::env::var(billdb_api::failpoints::ENV).as_deref() == Ok("1") {
+        tracing::warn!(
+            "TEST FAULT POINTS ON ({}=1): files in the data directory can make this node \
+             hold fsyncs or acknowledge a write it never wrote; never set it on a node \
+             that holds real data",
+            billdb_api::failpoints::ENV
+        );
+    }
     // TLS first: a node with bad material stops before it touches its data.
     let tls = match &config.tls {
         Some(t) => Some(Arc::new(

@@ -71,6 +71,7 @@ const IMPORT_PATH: &str = "/v1/import";
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
+        .route("/", get(status_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_route))
@@ -120,6 +121,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/tariffs/{tariff_id}", put(define_tariff))
         .route(IMPORT_PATH, post(import))
         .route("/v1/requests/{request_id}", get(get_request))
+        .route("/v1/drills", post(record_drill).get(list_drills))
         .fallback(|| async { HttpError(ApiError::new(ErrorCode::NotFound, "no such route")) })
         // Bodies are bounded once, by `bounded_body`, per route: axum's own
         // limit (2 MB by default) would refuse a larger configured import
@@ -851,6 +853,41 @@ body_route!(set_boundary, Endpoint::SetBoundary);
 body_route!(open_season, Endpoint::OpenSeason);
 body_route!(define_tariff, Endpoint::DefineTariff, "tariff_id");
 body_route!(import, Endpoint::Import);
+body_route!(record_drill, Endpoint::RecordDrill);
+
+async fn list_drills(State(s): State<HttpState>, caller: Caller, q: QueryArgs) -> HttpResult {
+    let extra = query(q)?;
+    run(&s, &caller, Endpoint::ListDrills, None, extra).await
+}
+
+/// `GET /`: the status page (`status_page.html`). A static shell without
+/// any data, the same bytes for everyone, so it answers without a
+/// credential like `/healthz`: it holds no cluster data. Its script asks
+/// `/v1/cluster/status` (ops or auditor) with a token the user pastes (kept
+/// in the tab's sessionStorage) and renders that. The headers forbid any
+/// other origin, framing and caching.
+async fn status_page() -> Response {
+    (
+        StatusCode::OK,
+        [
+            ("content-type", "text/html; charset=utf-8"),
+            (
+                "content-security-policy",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+            ),
+            ("x-frame-options", "DENY"),
+            ("x-content-type-options", "nosniff"),
+            ("referrer-policy", "no-referrer"),
+            ("cache-control", "no-store"),
+        ],
+        STATUS_PAGE,
+    )
+        .into_response()
+}
+
+const STATUS_PAGE: &str = include_str!("status_page.html");
 
 async fn get_account(
     State(s): State<HttpState>,

@@ -45,6 +45,10 @@ pub enum Endpoint {
     OpenSeason,
     DefineTariff,
     Import,
+    /// A failover drill's summary (`billdb drill run`), one per scenario.
+    RecordDrill,
+    /// The last drill of every scenario.
+    ListDrills,
 }
 
 const ALL: &[Role] = &[Role::Counter, Role::Bank, Role::Ops, Role::Auditor];
@@ -59,13 +63,13 @@ impl Endpoint {
             GetAccount | GetRequest => ALL,
             ListRecords => &[Role::Counter, Role::Ops, Role::Auditor],
             VerifyCard => &[Role::Counter, Role::Ops, Role::Auditor],
-            MonthlyReport => &[Role::Ops, Role::Auditor],
+            MonthlyReport | ListDrills => &[Role::Ops, Role::Auditor],
             BankDailyReport => &[Role::Bank, Role::Ops, Role::Auditor],
             OpenAccount | UpdateContact | IssueCard | ReplaceCard | Purchase | Reissue
             | ConfirmLoaded | PrintInvoice => COUNTER,
             Payment => &[Role::Bank, Role::Ops],
             Close | Suspend | Resume | Reverse | Adjust | PostCharge | SetBoundary | OpenSeason
-            | DefineTariff | Import => OPS,
+            | DefineTariff | Import | RecordDrill => OPS,
         }
     }
 }
@@ -118,8 +122,12 @@ pub async fn call(app: &App, caller: &Caller, ep: Endpoint, a: Value) -> Result<
         Endpoint::VerifyCard => read_verify(app, a).await,
         Endpoint::MonthlyReport => read_monthly(app, a).await,
         Endpoint::BankDailyReport => read_bank_daily(app, caller, a).await,
+        Endpoint::ListDrills => read_drills(app, a).await,
         _ => {
             let (request_id, op) = write_op(caller, ep, a)?;
+            if let Some(fake) = crate::failpoint_ack::ack_without_write(app, &request_id, &op) {
+                return Ok(fake);
+            }
             let origin = origin(caller, &op);
             let (outcome, log_index) = app.write(request_id, origin, op).await?;
             write_json(outcome, log_index)
@@ -283,6 +291,27 @@ struct SeasonArgs {
     request_id: String,
     season_id: String,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrillArgs {
+    request_id: String,
+    scenario: String,
+    result: String,
+    started_ms: i64,
+    write_gap_ms: u64,
+    read_gap_ms: u64,
+    health_ms: u64,
+    acknowledged: u64,
+    lost: u64,
+    duplicated: u64,
+    digests_equal: bool,
+    report_sha256: String,
+    run_by: String,
+}
+
+/// Longest value of a drill duration field: a day, in ms.
+const DRILL_MS_MAX: u64 = 86_400_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -587,6 +616,53 @@ pub fn write_op(caller: &Caller, ep: Endpoint, a: Value) -> Result<(String, Op),
             };
             (r.request_id, op)
         }
+        Endpoint::RecordDrill => {
+            let r: DrillArgs = args(a)?;
+            if !matches!(r.result.as_str(), "PASS" | "FAILED") {
+                return Err(invalid("result: PASS or FAILED"));
+            }
+            for (f, v) in [
+                ("write_gap_ms", r.write_gap_ms),
+                ("read_gap_ms", r.read_gap_ms),
+                ("health_ms", r.health_ms),
+            ] {
+                if v > DRILL_MS_MAX {
+                    return Err(invalid(format!("{f}: at most {DRILL_MS_MAX}")));
+                }
+            }
+            if !(domain::calendar::TS_MIN_MS..=domain::calendar::TS_MAX_MS).contains(&r.started_ms)
+            {
+                return Err(invalid("started_ms: out of range"));
+            }
+            if r.report_sha256.len() != 64
+                || !r
+                    .report_sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(invalid("report_sha256: 64 lowercase hex digits"));
+            }
+            let summary = domain::drills::DrillSummary {
+                scenario: id("scenario", &r.scenario)?,
+                result: r.result,
+                started_ms: r.started_ms,
+                write_gap_ms: r.write_gap_ms,
+                read_gap_ms: r.read_gap_ms,
+                health_ms: r.health_ms,
+                acknowledged: r.acknowledged,
+                lost: r.lost,
+                duplicated: r.duplicated,
+                digests_equal: r.digests_equal,
+                report_sha256: r.report_sha256,
+                run_by: text("run_by", &r.run_by)?,
+            };
+            (
+                r.request_id,
+                Op::RecordDrill {
+                    summary: Box::new(summary),
+                },
+            )
+        }
         _ => return Err(internal(format!("{ep:?} is not a write"))),
     };
     Ok((id("request_id", &rid)?, op))
@@ -670,6 +746,20 @@ async fn read_request(app: &App, a: Value) -> Result<Value, ApiError> {
                 format!("no request {request_id:?} was applied"),
             )),
         }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoArgs {}
+
+/// The last drill of every scenario, linearizable.
+async fn read_drills(app: &App, a: Value) -> Result<Value, ApiError> {
+    let _: NoArgs = args(a)?;
+    app.linearize().await?;
+    view_here(app, |view| {
+        let drills = domain::drills::list(view).map_err(internal)?;
+        Ok(json!({ "drills": drills }))
     })
 }
 

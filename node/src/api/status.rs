@@ -16,6 +16,8 @@ pub struct Replication {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub node_id: NodeId,
+    /// The node's build version (as `billdb_build_info{version}`).
+    pub version: &'static str,
     pub role: String,
     pub term: u64,
     pub leader_id: Option<NodeId>,
@@ -65,6 +67,13 @@ pub struct Status {
     /// any node: when, which, size, duration), this node's successes and
     /// failures, the slot it is writing now, its last prune.
     pub backup: crate::backup::schedule::State,
+    /// The data directory's filesystem: `free_bytes`, `capacity_bytes`
+    /// (absent when it cannot be read).
+    pub disk: serde_json::Value,
+    /// The last failover drill of each scenario (`billdb drill run`), as
+    /// this node has applied it: summary, when and by whom recorded; or
+    /// `{"error": …}` when it cannot be read.
+    pub drills: serde_json::Value,
 }
 
 fn security(app: &App) -> serde_json::Value {
@@ -121,6 +130,7 @@ pub fn status(app: &App) -> Status {
         .unwrap_or_default();
     Status {
         node_id: app.id,
+        version: crate::metrics::VERSION,
         role: role.to_string(),
         term: m.current_term,
         leader_id: m.current_leader,
@@ -165,6 +175,19 @@ pub fn status(app: &App) -> Status {
         backup: match app.backup.lock() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
+        },
+        disk: match crate::storage_guard::fs_space(&app.config.data_dir) {
+            Ok((free, capacity)) => {
+                serde_json::json!({"free_bytes": free, "capacity_bytes": capacity})
+            }
+            Err(e) => serde_json::json!({ "error": e }),
+        },
+        drills: {
+            let view = crate::store::state_machine::RocksRead::new(&app.db);
+            match crate::domain::drills::list(&view) {
+                Ok(d) => serde_json::json!(d),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            }
         },
     }
 }

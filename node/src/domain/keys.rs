@@ -15,7 +15,8 @@
 //! | `tariffs`      | tariff_id                             | `TariffVersions`  |
 //! | `invoices`     | invoice_no                            | `Invoice`         |
 //! | `reports`      | see [`crate::domain::reports`]        | `ReportRow`       |
-//! | `domain_meta`  | `boundary`, `season`                  | i64 / `Season`    |
+//! | `domain_meta`  | `boundary`, `season`, `invoice_seq`   | i64 / `Season` / u64 |
+//! |                | `drill/` ‖ scenario ([`super::drills`]) | `DrillEntry`   |
 
 use serde::{Serialize, de::DeserializeOwned};
 

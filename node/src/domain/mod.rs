@@ -22,6 +22,7 @@
 mod accounts;
 pub mod calendar;
 mod cards;
+pub mod drills;
 mod import;
 mod invoices;
 mod keys;
@@ -188,6 +189,12 @@ pub enum Op {
         season_id: String,
         account_ids: Vec<String>,
     },
+    /// The summary of a failover drill (`billdb drill run`), kept as the
+    /// last drill of its scenario (`drills.rs`). Appended last: the variant
+    /// index is the stored encoding.
+    RecordDrill {
+        summary: Box<drills::DrillSummary>,
+    },
 }
 
 /// `DefineTariff::effective_from_ms` meaning "from the command's time"
@@ -217,6 +224,7 @@ impl Op {
             Op::DefineTariff { .. } => "define_tariff",
             Op::PrintInvoice { .. } => "print_invoice",
             Op::BillSeason { .. } => "bill_season",
+            Op::RecordDrill { .. } => "record_drill",
         }
     }
 
@@ -297,6 +305,12 @@ pub enum Outcome {
         #[serde(with = "billdb_api::money::decimal_compact")]
         amount: Decimal,
     },
+    /// A drill summary stored (after `Refused`: the variant index is the
+    /// stored encoding).
+    DrillRecorded {
+        scenario: String,
+        recorded_ms: i64,
+    },
 }
 
 fn json_with(result: &str, v: impl Serialize) -> serde_json::Value {
@@ -372,6 +386,12 @@ impl Outcome {
                 amount,
             } => json!({"result":"season_billed","season_id":season_id,"billed":billed,
                 "skipped":skipped,"already":already,"amount":amount.to_string()}),
+            Outcome::DrillRecorded {
+                scenario,
+                recorded_ms,
+            } => {
+                json!({"result":"drill_recorded","scenario":scenario,"recorded_ms":recorded_ms})
+            }
         }
     }
 }
@@ -462,6 +482,7 @@ fn dispatch<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
         Op::DefineTariff { .. } => tariffs::define(txn, ctx),
         Op::PrintInvoice { .. } => invoices::print(txn, ctx),
         Op::BillSeason { .. } => season_bill::bill(txn, ctx),
+        Op::RecordDrill { .. } => drills::record(txn, ctx),
     }
 }
 

@@ -2651,3 +2651,85 @@ fn a_season_is_billed_once_per_account_by_area_and_skips_say_why() {
         ]
     );
 }
+
+fn drill_summary(scenario: &str, result: &str) -> Box<super::drills::DrillSummary> {
+    Box::new(super::drills::DrillSummary {
+        scenario: scenario.into(),
+        result: result.into(),
+        started_ms: 1_700_000_000_000,
+        write_gap_ms: 700,
+        read_gap_ms: 710,
+        health_ms: 2900,
+        acknowledged: 400,
+        lost: 0,
+        duplicated: 0,
+        digests_equal: true,
+        report_sha256: "ab".repeat(32),
+        run_by: "Drill Tester".into(),
+    })
+}
+
+#[test]
+fn the_last_drill_per_scenario_is_kept_and_replayed_exactly_once() {
+    let mut w = World::new();
+    let o = w.ok(
+        "d1",
+        1_000,
+        Op::RecordDrill {
+            summary: drill_summary("leader-kill", "PASS"),
+        },
+    );
+    assert_eq!(
+        o,
+        Outcome::DrillRecorded {
+            scenario: "leader-kill".into(),
+            recorded_ms: 1_000
+        }
+    );
+    w.ok(
+        "d2",
+        2_000,
+        Op::RecordDrill {
+            summary: drill_summary("two-down", "PASS"),
+        },
+    );
+    // A later drill of a scenario replaces its entry.
+    w.ok(
+        "d3",
+        3_000,
+        Op::RecordDrill {
+            summary: drill_summary("leader-kill", "FAILED"),
+        },
+    );
+    // A redelivery of d1 answers its stored outcome and changes nothing.
+    let again = w.run(
+        "d1",
+        4_000,
+        Op::RecordDrill {
+            summary: drill_summary("leader-kill", "PASS"),
+        },
+    );
+    assert_eq!(again, o);
+    let drills = super::drills::list(&w.t).unwrap();
+    let got: Vec<(&str, &str, i64, &str)> = drills
+        .iter()
+        .map(|d| {
+            (
+                d.summary.scenario.as_str(),
+                d.summary.result.as_str(),
+                d.recorded_ms,
+                d.recorded_by.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("leader-kill", "FAILED", 3_000, "op1"),
+            ("two-down", "PASS", 2_000, "op1")
+        ]
+    );
+    // The other meta keys are not drills.
+    w.ok("b", 5_000, Op::SetSegmentBoundary { boundary_ms: 10 });
+    assert_eq!(super::drills::list(&w.t).unwrap().len(), 2);
+}
