@@ -71,6 +71,20 @@ pub enum AccountCmd {
         #[command(flatten)]
         conn: ConnArg,
     },
+    /// A customer statement for a period: opening balance, every charge,
+    /// payment, purchase, reversal and adjustment with the balance after
+    /// it, closing balance.
+    Statement {
+        account_id: String,
+        /// From this time (RFC 3339), inclusive.
+        #[arg(long)]
+        from: String,
+        /// Up to this time (RFC 3339), exclusive.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        conn: ConnArg,
+    },
     /// Change contact details (only the fields given).
     Contact {
         account_id: String,
@@ -526,6 +540,12 @@ pub fn run_account(cmd: AccountCmd) -> Result<()> {
         } => write(&w, "resume", |c, id| async move {
             c.resume_account(lifecycle(account_id, reason, id)).await
         }),
+        AccountCmd::Statement {
+            account_id,
+            from,
+            to,
+            conn,
+        } => run_statement(account_id, from, to, conn),
         AccountCmd::Records {
             account_id,
             segment,
@@ -550,6 +570,19 @@ pub fn run_account(cmd: AccountCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn run_statement(account_id: String, from: String, to: String, conn: ConnArg) -> Result<()> {
+    let req = pb::StatementRequest {
+        account_id,
+        from: Some(from),
+        to: Some(to),
+        from_ms: None,
+        to_ms: None,
+    };
+    let v = call(&conn, |c| async move { c.statement(req).await })?;
+    print_read(&v, conn.json, render::statement);
+    Ok(())
 }
 
 pub fn run_card(cmd: CardCmd) -> Result<()> {

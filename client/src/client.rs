@@ -272,6 +272,8 @@ impl Client {
         define_tariff(pb::DefineTariffRequest);
         /// A page of an account's records (segment, range, order, page token).
         list_records(pb::ListRecordsRequest);
+        /// A customer statement: opening balance, the period's records, closing balance.
+        statement(pb::StatementRequest);
         /// The stored outcome of a request id.
         get_request(pb::GetRequestRequest);
         monthly_report(pb::MonthlyReportRequest);

@@ -130,6 +130,52 @@ pub fn records(v: &Value) -> String {
     out
 }
 
+/// A customer statement: the account, opening balance, the period's
+/// records with the balance after each, totals per kind, closing balance.
+pub fn statement(v: &Value) -> String {
+    let get = |k: &str| scalar(v.get(k).unwrap_or(&Value::Null));
+    let lines = v
+        .get("lines")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut out = format!(
+        "statement of account {}  {}  {}\n  period {} to {}\n  opening balance {}\n",
+        get("account_id"),
+        get("name"),
+        get("address"),
+        get("from"),
+        get("to"),
+        get("opening_balance"),
+    );
+    out.push_str(&table(
+        &lines,
+        &[
+            "ts",
+            "record_id",
+            "kind",
+            "amount",
+            "units",
+            "balance_effect",
+            "balance_after",
+            "invoice_no",
+            "reason",
+        ],
+    ));
+    if let Some(kinds) = v.get("totals_by_kind").and_then(Value::as_object) {
+        for (kind, t) in kinds {
+            out.push_str(&format!(
+                "  {kind}: {} records, amount {}, balance effect {}\n",
+                scalar(t.get("count").unwrap_or(&Value::Null)),
+                scalar(t.get("amount").unwrap_or(&Value::Null)),
+                scalar(t.get("balance_effect").unwrap_or(&Value::Null)),
+            ));
+        }
+    }
+    out.push_str(&format!("  closing balance {}\n", get("closing_balance")));
+    out
+}
+
 /// A card check: verdict first, then the account and the recent records.
 pub fn card_check(v: &Value) -> String {
     let get = |k: &str| scalar(v.get(k).unwrap_or(&Value::Null));

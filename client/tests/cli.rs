@@ -406,6 +406,36 @@ fn counter_bank_and_report_commands_against_a_real_cluster() {
     );
     let acct = ok_json(&["account", "get", "CLI-H1"], &counter);
     assert_eq!(acct["balance"], "-312.08", "{acct}");
+    // The customer's statement shows the season charge and closes on the
+    // balance.
+    let st = ok_json(
+        &[
+            "account",
+            "statement",
+            "CLI-H1",
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "2999-01-01T00:00:00Z",
+        ],
+        &counter,
+    );
+    assert_eq!(st["lines"][0]["kind"], "charge", "{st}");
+    assert_eq!(st["closing_balance"], "-312.08", "{st}");
+    let (ok, text, err) = run(
+        &[
+            "account",
+            "statement",
+            "CLI-H1",
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "2999-01-01T00:00:00Z",
+        ],
+        Some(&counter),
+    );
+    assert!(ok, "{err}");
+    assert!(text.contains("closing balance -312.08"), "{text}");
 
     // Roles: a counter may not post bank payments.
     let denied = refused_json(

@@ -298,15 +298,28 @@ fn backup_during_a_purchase_load_restores_into_a_new_cluster_and_the_next_is_inc
     eprintln!("backup 2: {r2:?}");
     assert!(r2.applied_index > r1.applied_index);
     assert!(r2.files_copied < r2.files, "{r2:?}");
-    assert!(
-        r2.bytes_copied * 10 < r1.bytes_total,
-        "the second backup copied {} bytes of a {} byte first",
-        r2.bytes_copied,
-        r1.bytes_total
-    );
-    let (v2, _) =
+    let (v2, m2) =
         backup::verify(&verify_opts(&to, Some(&r2.backup_id), &public)).expect("verify 2");
     assert!(v2.ok, "{v2:?}");
+    // Incremental: exactly the files the destination did not hold yet
+    // (by content) were copied. How many that is depends on whether RocksDB
+    // compacted between the two backups (at this tiny size a compaction
+    // rewrites most files; at the benchmark's size it rewrites a small
+    // part): the copy is judged against what changed, not a fixed share.
+    let m2 = m2.expect("manifest 2");
+    let held: std::collections::BTreeSet<&str> =
+        m1.files.iter().map(|f| f.sha256.as_str()).collect();
+    let new_bytes: u64 = m2
+        .files
+        .iter()
+        .filter(|f| !held.contains(f.sha256.as_str()))
+        .map(|f| f.size)
+        .sum();
+    assert_eq!(
+        r2.bytes_copied, new_bytes,
+        "the second backup copies what the first does not hold, and nothing else: {r2:?}"
+    );
+    assert!(r2.bytes_copied < r2.bytes_total, "{r2:?}");
     assert_eq!(
         backup::list_ids(&to).expect("list"),
         vec![r1.backup_id.clone(), r2.backup_id.clone()]

@@ -649,6 +649,31 @@ fn every_operation_happy_path_and_refusals() {
         )
         .expect("a sale under a tariff effective now");
     assert_eq!(sale["record"]["tariff_id"], "T-NOW", "{sale}");
+    // The customer's statement: opening 0, the sale, closing = the balance.
+    let st = auditor
+        .get("/v1/accounts/A-NOW/statement?from=2000-01-01T00:00:00Z&to=2999-01-01T00:00:00Z")
+        .expect("statement");
+    assert_eq!(dec(&st["opening_balance"]), Decimal::ZERO, "{st}");
+    assert_eq!(st["lines"].as_array().map(Vec::len), Some(1), "{st}");
+    assert_eq!(st["lines"][0]["kind"], "purchase", "{st}");
+    let acct = auditor.get("/v1/accounts/A-NOW").expect("account");
+    assert_eq!(dec(&st["closing_balance"]), dec(&acct["balance"]), "{st}");
+    assert_eq!(
+        code(
+            auditor.get(
+                "/v1/accounts/A-NOW/statement?from=2001-01-01T00:00:00Z&to=2000-01-01T00:00:00Z"
+            )
+        ),
+        "INVALID_ARGUMENT"
+    );
+    assert_eq!(
+        code(
+            bank.get(
+                "/v1/accounts/A-NOW/statement?from=2000-01-01T00:00:00Z&to=2999-01-01T00:00:00Z"
+            )
+        ),
+        "PERMISSION_DENIED"
+    );
     // Closed accounts stay readable.
     assert_eq!(
         auditor.get("/v1/accounts/A1").expect("closed account")["status"],

@@ -465,6 +465,10 @@ impl pb::billing_server::Billing for GrpcApi {
         self.typed(req, Endpoint::DefineTariff, |r| json!({"request_id": r.request_id, "tariff_id": r.tariff_id, "kind": r.kind, "price": r.price, "tiers": if r.tiers.is_empty() { serde_json::Value::Null } else { r.tiers.iter().map(|t| json!({"up_to": t.up_to, "price": t.price})).collect() }, "effective_from": r.effective_from, "effective_from_ms": r.effective_from_ms, "suspended_share": r.suspended_share})).await
     }
 
+    async fn statement(&self, req: Request<pb::StatementRequest>) -> JsonResult {
+        self.typed(req, Endpoint::Statement, |r| json!({"account_id": r.account_id, "from": r.from, "to": r.to, "from_ms": r.from_ms.map(|v| v.to_string()), "to_ms": r.to_ms.map(|v| v.to_string())})).await
+    }
+
     async fn list_records(&self, req: Request<pb::ListRecordsRequest>) -> JsonResult {
         self.typed(req, Endpoint::ListRecords, |r| json!({"account_id": r.account_id, "segment": r.segment, "from": r.from, "to": r.to, "limit": r.limit.map(|l| l.to_string()), "page_token": r.page_token, "order": r.order})).await
     }

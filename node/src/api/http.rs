@@ -98,6 +98,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/accounts/{account_id}/suspend", post(suspend_account))
         .route("/v1/accounts/{account_id}/resume", post(resume_account))
         .route("/v1/accounts/{account_id}/records", get(list_records))
+        .route(
+            "/v1/accounts/{account_id}/statement",
+            get(account_statement),
+        )
         .route("/v1/cards", post(issue_card))
         .route("/v1/cards/verify", post(verify_card))
         .route("/v1/cards/{card_no}/replace", post(replace_card))
@@ -911,6 +915,18 @@ async fn list_records(
     let mut extra = query(q)?;
     extra.push(("account_id".into(), account_id));
     run(&s, &caller, Endpoint::ListRecords, None, extra).await
+}
+
+async fn account_statement(
+    State(s): State<HttpState>,
+    caller: Caller,
+    account_id: PathArg,
+    q: QueryArgs,
+) -> HttpResult {
+    let account_id = path(account_id)?;
+    let mut extra = query(q)?;
+    extra.push(("account_id".into(), account_id));
+    run(&s, &caller, Endpoint::Statement, None, extra).await
 }
 
 async fn get_request(

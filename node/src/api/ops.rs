@@ -49,6 +49,8 @@ pub enum Endpoint {
     RecordDrill,
     /// The last drill of every scenario.
     ListDrills,
+    /// A customer statement: one account over a period.
+    Statement,
 }
 
 const ALL: &[Role] = &[Role::Counter, Role::Bank, Role::Ops, Role::Auditor];
@@ -61,7 +63,7 @@ impl Endpoint {
         use Endpoint::*;
         match self {
             GetAccount | GetRequest => ALL,
-            ListRecords => &[Role::Counter, Role::Ops, Role::Auditor],
+            ListRecords | Statement => &[Role::Counter, Role::Ops, Role::Auditor],
             VerifyCard => &[Role::Counter, Role::Ops, Role::Auditor],
             MonthlyReport | ListDrills => &[Role::Ops, Role::Auditor],
             BankDailyReport => &[Role::Bank, Role::Ops, Role::Auditor],
@@ -123,6 +125,7 @@ pub async fn call(app: &App, caller: &Caller, ep: Endpoint, a: Value) -> Result<
         Endpoint::MonthlyReport => read_monthly(app, a).await,
         Endpoint::BankDailyReport => read_bank_daily(app, caller, a).await,
         Endpoint::ListDrills => read_drills(app, a).await,
+        Endpoint::Statement => read_statement(app, a).await,
         _ => {
             let (request_id, op) = write_op(caller, ep, a)?;
             if let Some(fake) = crate::failpoint_ack::ack_without_write(app, &request_id, &op) {
@@ -761,6 +764,49 @@ async fn read_drills(app: &App, a: Value) -> Result<Value, ApiError> {
         let drills = domain::drills::list(view).map_err(internal)?;
         Ok(json!({ "drills": drills }))
     })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatementArgs {
+    account_id: String,
+    /// RFC 3339, inclusive.
+    from: Option<String>,
+    /// RFC 3339, exclusive.
+    to: Option<String>,
+    from_ms: Option<String>,
+    to_ms: Option<String>,
+}
+
+/// A customer statement (`domain::statements`): opening balance, every
+/// record of [from, to) with the balance after it, closing balance.
+async fn read_statement(app: &App, a: Value) -> Result<Value, ApiError> {
+    let r: StatementArgs = args(a)?;
+    let account_id = validate::id("account_id", &r.account_id)?;
+    let ms = |field: &str, v: Option<String>| -> Result<Option<i64>, ApiError> {
+        v.map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| invalid(format!("{field}: milliseconds since 1970")))
+        })
+        .transpose()
+    };
+    let from_ms = time_ms("from", r.from, ms("from_ms", r.from_ms)?)?;
+    let to_ms = time_ms("to", r.to, ms("to_ms", r.to_ms)?)?;
+    app.linearize().await?;
+    let st = with_view(app, move |view| {
+        domain::statements::statement(view, &account_id, from_ms, to_ms).map_err(internal)?
+    })
+    .await?;
+    let mut v = serde_json::to_value(&st).map_err(internal)?;
+    v["from"] = json!(validate::to_rfc3339(st.from_ms));
+    v["to"] = json!(validate::to_rfc3339(st.to_ms));
+    if let Some(lines) = v["lines"].as_array_mut() {
+        for l in lines {
+            let ts = l["ts_ms"].as_i64().unwrap_or(0);
+            l["ts"] = json!(validate::to_rfc3339(ts));
+        }
+    }
+    Ok(v)
 }
 
 /// Query parameters arrive as strings (HTTP query, gRPC JSON alike).

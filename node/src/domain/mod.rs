@@ -32,6 +32,7 @@ mod purchases;
 mod reports;
 pub mod season_bill;
 mod seasons;
+pub mod statements;
 mod tariffs;
 pub mod txn;
 

@@ -2733,3 +2733,67 @@ fn the_last_drill_per_scenario_is_kept_and_replayed_exactly_once() {
     w.ok("b", 5_000, Op::SetSegmentBoundary { boundary_ms: 10 });
     assert_eq!(super::drills::list(&w.t).unwrap().len(), 2);
 }
+
+// -------------------------------------------------------------- statements
+
+#[test]
+fn a_statement_equals_the_ledger_to_the_cent() {
+    let mut w = World::standard();
+    w.ok("p1", t0() + DAY, pay("A1", "100.00", "R1"));
+    w.ok("b1", t0() + 2 * DAY, buy_card("C1", "30.00"));
+    w.ok("p2", t0() + 3 * DAY, pay("A1", "50.00", "R2"));
+    w.ok(
+        "adj",
+        t0() + 4 * DAY,
+        Op::Adjust {
+            account_id: "A1".into(),
+            amount: d("-2.50"),
+            reason: "meter fee".into(),
+        },
+    );
+    let now = w.account("A1").balance;
+    let s = statements::statement(&w.t, "A1", t0() + DAY + DAY / 2, t0() + 3 * DAY + DAY / 2)
+        .unwrap()
+        .unwrap();
+    let kinds: Vec<&str> = s.lines.iter().map(|l| l.kind.as_str()).collect();
+    assert_eq!(kinds, vec!["purchase", "payment"]);
+    // Opening: the balance after p1; closing: opening plus the period's
+    // effects; the adjustment after `to` takes it to the balance now.
+    let all = list_records(&w.t, &all_query("A1"))
+        .unwrap()
+        .unwrap()
+        .records;
+    let effect = |rid: &str| {
+        all.iter()
+            .find(|r| r.request_id == rid)
+            .map(|r| r.balance_effect)
+            .unwrap()
+    };
+    assert_eq!(s.opening_balance, effect("p1"));
+    assert_eq!(s.opening_balance, d("100.00"));
+    assert_eq!(
+        s.closing_balance,
+        s.opening_balance + effect("b1") + effect("p2")
+    );
+    assert_eq!(s.lines[1].balance_after, s.closing_balance);
+    assert_eq!(s.closing_balance + d("-2.50"), now);
+    assert_eq!(s.balance_now, now);
+    assert_eq!(s.totals_by_kind["payment"].amount, d("50.00"));
+    assert_eq!(s.totals_by_kind["purchase"].count, 1);
+    // The whole life: opening 0, closing the balance now.
+    let whole = statements::statement(&w.t, "A1", 0, t0() + 10 * DAY)
+        .unwrap()
+        .unwrap();
+    assert_eq!(whole.opening_balance, d("0"));
+    assert_eq!(whole.closing_balance, now);
+    assert_eq!(whole.lines.len(), all.len());
+    // Bad periods and unknown accounts are refused.
+    let e = statements::statement(&w.t, "A1", 10, 10)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    let e = statements::statement(&w.t, "NOPE", 0, 10)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::AccountNotFound);
+}
