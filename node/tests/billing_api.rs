@@ -641,7 +641,16 @@ fn every_operation_happy_path_and_refusals() {
         json!({"request_id": "tariff-now", "kind": "flat", "price": "0.52"}),
     );
     assert_eq!((st, &v["result"]), (200, &json!("tariff_defined")), "{v}");
-    open(&counter, "A-NOW", "T-NOW");
+    let opened = open(&counter, "A-NOW", "T-NOW");
+    assert!(opened.get("warnings").is_none(), "{opened}");
+    // An account on a tariff nobody defined is opened, but said loudly.
+    let opened = open(&counter, "A-NOTARIFF", "T-MISSING");
+    assert!(
+        opened["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.starts_with("TARIFF_NOT_FOUND") && w.contains("T-MISSING")),
+        "{opened}"
+    );
     let sale = counter
         .post(
             "/v1/purchases",

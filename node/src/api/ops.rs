@@ -131,9 +131,17 @@ pub async fn call(app: &App, caller: &Caller, ep: Endpoint, a: Value) -> Result<
             if let Some(fake) = crate::failpoint_ack::ack_without_write(app, &request_id, &op) {
                 return Ok(fake);
             }
+            let tariff = match &op {
+                Op::OpenAccount { tariff_id, .. } => Some(tariff_id.clone()),
+                _ => None,
+            };
             let origin = origin(caller, &op);
             let (outcome, log_index) = app.write(request_id, origin, op).await?;
-            write_json(outcome, log_index)
+            let mut v = write_json(outcome, log_index)?;
+            if let Some(t) = tariff {
+                warn_unknown_tariff(app, &t, &mut v)?;
+            }
+            Ok(v)
         }
     };
     fence_on_corruption(app, r)
@@ -150,6 +158,34 @@ pub fn fence_on_corruption<T>(app: &App, r: Result<T, ApiError>) -> Result<T, Ap
         }
         r => r,
     }
+}
+
+/// An account opened on a tariff that is not defined (yet) is accepted,
+/// since tariffs may be defined after the accounts of a migration, but
+/// said loudly: every sale on it is refused `TARIFF_NOT_FOUND` until the
+/// tariff exists. The answer carries a `warnings` entry and the node logs
+/// it.
+fn warn_unknown_tariff(app: &App, tariff_id: &str, v: &mut Value) -> Result<(), ApiError> {
+    let known = view_here(app, |view| {
+        domain::get_tariff(view, tariff_id)
+            .map(|t| t.is_some())
+            .map_err(internal)
+    })?;
+    if !known {
+        let msg = format!(
+            "TARIFF_NOT_FOUND: tariff {tariff_id:?} is not defined; sales on this account are \
+             refused until it is (PUT /v1/tariffs/{tariff_id})"
+        );
+        tracing::warn!(
+            tariff_id,
+            "an account was opened on a tariff that is not defined"
+        );
+        match v.get_mut("warnings").and_then(Value::as_array_mut) {
+            Some(w) => w.push(json!(msg)),
+            None => v["warnings"] = json!([msg]),
+        }
+    }
+    Ok(())
 }
 
 /// A refused command is an error; its code says why.
