@@ -38,6 +38,9 @@ use super::{
 /// below the batch limits (about six keys per account).
 pub const BILL_BATCH_MAX: usize = 256;
 
+/// The channel of a season charge record.
+pub const SEASON_CHANNEL: &str = "season";
+
 /// How the charge is computed, as every report says it.
 pub const ROUNDING_NOTE: &str = "each account's charge is its heated area (m²) × the area \
     tariff's price per m² (× the tariff's suspended_share for an account with a heating \
@@ -278,6 +281,7 @@ pub(crate) fn bill<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
             Ok(charge) => {
                 let mut rec = ledger::draft(ctx, &account, "charge");
                 rec.branch = account.branch.clone();
+                rec.channel = SEASON_CHANNEL.to_string();
                 rec.amount = charge;
                 rec.balance_effect = -charge;
                 rec.reason = format!(

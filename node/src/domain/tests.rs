@@ -2582,6 +2582,8 @@ fn a_season_is_billed_once_per_account_by_area_and_skips_say_why() {
         let page = list_records(&w.t, &all_query(id)).unwrap().unwrap();
         let charges: Vec<_> = page.records.iter().filter(|r| r.kind == "charge").collect();
         assert_eq!(charges.len(), 1, "{id}");
+        assert_eq!(charges[0].channel, season_bill::SEASON_CHANNEL);
+        assert_eq!(charges[0].branch, "b1");
         sum += charges[0].amount;
     }
     assert_eq!(sum, r.total);
