@@ -23,6 +23,10 @@ pub const LEADER_METADATA: &str = "billdb-leader";
 pub mod money;
 pub mod tariff;
 
+/// The branch of failover-drill accounts (`billdb drill run`): their
+/// records are kept out of business reports unless asked for.
+pub const DRILL_BRANCH: &str = "DRILL";
+
 /// Test-only fault points of `billdb-node`, named here once for the node
 /// and the harnesses that drive it (`LocalCluster`, chaos, tests).
 pub mod failpoints {

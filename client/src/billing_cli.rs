@@ -267,6 +267,9 @@ pub enum ReportCmd {
         /// Read this node's state without a leader round (says how stale).
         #[arg(long)]
         stale: bool,
+        /// The failover drills' records: exclude (default), include, only.
+        #[arg(long)]
+        drills: Option<String>,
         #[command(flatten)]
         conn: ConnArg,
     },
@@ -704,12 +707,14 @@ pub fn run_report(cmd: ReportCmd) -> Result<()> {
             month,
             group_by,
             stale,
+            drills,
             conn,
         } => {
             let req = pb::MonthlyReportRequest {
                 month,
                 group_by,
                 consistency: consistency(stale),
+                drills,
             };
             let v = call(&conn, |c| async move { c.monthly_report(req).await })?;
             print_read(&v, conn.json, render::report);

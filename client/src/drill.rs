@@ -40,7 +40,7 @@ pub const SCENARIOS: &[&str] = &[
 
 /// Branch, bank code and tariff of the drill's accounts and payments:
 /// reports grouped by branch keep them apart (`DRILL`).
-pub const DRILL_BRANCH: &str = "DRILL";
+pub const DRILL_BRANCH: &str = billdb_api::DRILL_BRANCH;
 pub const DRILL_BANK: &str = "DRILL";
 pub const DRILL_TARIFF: &str = "DRILL-FLAT";
 

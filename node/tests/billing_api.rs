@@ -537,6 +537,7 @@ fn every_operation_happy_path_and_refusals() {
                     month: month.clone(),
                     group_by: Some("kind".into()),
                     consistency: None,
+                    drills: None,
                 },
                 &at,
             ))

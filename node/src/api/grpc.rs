@@ -486,7 +486,7 @@ impl pb::billing_server::Billing for GrpcApi {
         self.typed(
             req,
             Endpoint::MonthlyReport,
-            |r| json!({"month": r.month, "group_by": r.group_by, "consistency": r.consistency}),
+            |r| json!({"month": r.month, "group_by": r.group_by, "consistency": r.consistency, "drills": r.drills}),
         )
         .await
     }

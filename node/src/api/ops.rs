@@ -981,6 +981,8 @@ struct MonthlyArgs {
     month: String,
     group_by: Option<String>,
     consistency: Option<String>,
+    /// exclude (default) | include | only: the failover drills' records.
+    drills: Option<String>,
 }
 
 /// Linearize unless the caller asked for a stale read; say how stale.
@@ -1053,12 +1055,20 @@ async fn read_monthly(app: &App, a: Value) -> Result<Value, ApiError> {
         Some("kind") => GroupBy::Kind,
         Some(_) => return Err(invalid("group_by: operator | branch | tariff | kind")),
     };
+    let (drills, drills_name) = match r.drills.as_deref() {
+        None | Some("exclude") => (domain::Drills::Exclude, "excluded"),
+        Some("include") => (domain::Drills::Include, "included"),
+        Some("only") => (domain::Drills::Only, "only"),
+        Some(_) => return Err(invalid("drills: exclude | include | only")),
+    };
     let meta = consistency(app, r.consistency.as_deref()).await?;
     let rep = with_view(app, move |view| {
-        domain::monthly_report(view, &month, group_by).map_err(internal)
+        domain::monthly_report_with(view, &month, group_by, drills).map_err(internal)
     })
     .await?;
-    report_json(rep, meta)
+    let mut v = report_json(rep, meta)?;
+    v["drills"] = json!(drills_name);
+    Ok(v)
 }
 
 #[derive(Deserialize)]

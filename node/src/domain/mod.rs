@@ -53,7 +53,9 @@ pub use ledger::{
     LIST_LIMIT_MAX, Record, RecordMeta, RecordPage, RecordQuery, Segment, get_record, list_records,
     parse_record_id, record_id, segment_boundary,
 };
-pub use reports::{GroupBy, Report, ReportLine, bank_daily_report, monthly_report};
+pub use reports::{
+    Drills, GroupBy, Report, ReportLine, bank_daily_report, monthly_report, monthly_report_with,
+};
 pub use seasons::{Season, current_season};
 pub use tariffs::{TariffSpec, get_tariff, year_units};
 pub use txn::{Family, Get, MemTxn, ReadView, Scratch, Txn, WriteSet};

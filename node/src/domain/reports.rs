@@ -8,6 +8,9 @@
 //!   this gives the reissued and reversed totals);
 //! * `D` ‖ day `YYYY-MM-DD` ‖ bank_code ‖ kind, for records carrying a bank
 //!   code (payments and their reversals): the bank's daily reconciliation.
+//! * `m` ‖ month ‖ … as `M`, for the records of failover-drill accounts
+//!   (branch `billdb_api::DRILL_BRANCH`): kept out of business reports
+//!   unless asked for ([`Drills`]).
 //!
 //! A row is (count, amount, units) summed over the records it covers, with
 //! their signs (a reversal subtracts), by the record's own timestamp.
@@ -69,9 +72,26 @@ pub struct Report {
     pub truncated: bool,
 }
 
-/// `M` ‖ month ‖ dim, appended to `k`: the prefix of a month's rows.
-fn push_month_prefix(k: &mut Vec<u8>, month: impl AsRef<[u8]>, dim: u8) {
-    k.push(b'M');
+/// Whether a monthly report covers the failover drills' records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drills {
+    /// Business records only (the default).
+    Exclude,
+    /// Business and drill records.
+    Include,
+    /// Drill records only.
+    Only,
+}
+
+/// The tag of a month's rows: `M` for business records, `m` for drills'.
+fn month_tag(drill: bool) -> u8 {
+    if drill { b'm' } else { b'M' }
+}
+
+/// `M` (or `m`) ‖ month ‖ dim, appended to `k`: the prefix of a month's
+/// rows.
+fn push_month_prefix_tagged(k: &mut Vec<u8>, tag: u8, month: impl AsRef<[u8]>, dim: u8) {
+    k.push(tag);
     keys::push_id(k, month);
     k.push(dim);
 }
@@ -82,9 +102,10 @@ fn push_day_prefix(k: &mut Vec<u8>, day: impl AsRef<[u8]>) {
     keys::push_id(k, day);
 }
 
+#[cfg(test)]
 fn month_key(month: &str, dim: u8) -> Vec<u8> {
     let mut k = Vec::new();
-    push_month_prefix(&mut k, month, dim);
+    push_month_prefix_tagged(&mut k, b'M', month, dim);
     k
 }
 
@@ -122,6 +143,7 @@ fn month_day(ts_ms: i64) -> ([u8; 7], [u8; 10]) {
 /// (reused: no allocation per key once it has grown).
 fn for_each_row_key(r: &Record, key: &mut Vec<u8>, mut f: impl FnMut(&[u8]) -> Res<()>) -> Res<()> {
     let (month, day) = month_day(r.ts_ms);
+    let tag = month_tag(r.branch == billdb_api::DRILL_BRANCH);
     for (dim, value) in [
         (b'o', &r.operator_id),
         (b'b', &r.branch),
@@ -129,7 +151,7 @@ fn for_each_row_key(r: &Record, key: &mut Vec<u8>, mut f: impl FnMut(&[u8]) -> R
         (b'k', &r.kind),
     ] {
         key.clear();
-        push_month_prefix(key, month, dim);
+        push_month_prefix_tagged(key, tag, month, dim);
         keys::push_id(key, value);
         keys::push_id(key, &r.kind);
         f(key)?;
@@ -270,13 +292,56 @@ fn scan_report<R: ReadView + ?Sized>(
     })
 }
 
-/// Monthly report (`month` = `YYYY-MM`): one line per (value, kind).
+/// Monthly report (`month` = `YYYY-MM`) of business records: one line
+/// per (value, kind).
 pub fn monthly_report<R: ReadView + ?Sized>(
     view: &R,
     month: &str,
     group_by: GroupBy,
 ) -> Result<Report, std::io::Error> {
-    scan_report(view, month_key(month, group_by.dim()), month, None)
+    monthly_report_with(view, month, group_by, Drills::Exclude)
+}
+
+/// [`monthly_report`], with the drills' records left out, added, or alone.
+pub fn monthly_report_with<R: ReadView + ?Sized>(
+    view: &R,
+    month: &str,
+    group_by: GroupBy,
+    drills: Drills,
+) -> Result<Report, std::io::Error> {
+    let prefix = |drill: bool| {
+        let mut k = Vec::new();
+        push_month_prefix_tagged(&mut k, month_tag(drill), month, group_by.dim());
+        k
+    };
+    match drills {
+        Drills::Exclude => scan_report(view, prefix(false), month, None),
+        Drills::Only => scan_report(view, prefix(true), month, None),
+        Drills::Include => {
+            let mut a = scan_report(view, prefix(false), month, None)?;
+            let b = scan_report(view, prefix(true), month, None)?;
+            for l in b.lines {
+                match a
+                    .lines
+                    .iter_mut()
+                    .find(|x| x.value == l.value && x.kind == l.kind)
+                {
+                    Some(x) => {
+                        x.count += l.count;
+                        x.amount = add(x.amount, l.amount)
+                            .map_err(|_| std::io::Error::other("report arithmetic overflow"))?;
+                        x.units = add(x.units, l.units)
+                            .map_err(|_| std::io::Error::other("report arithmetic overflow"))?;
+                    }
+                    None => a.lines.push(l),
+                }
+            }
+            a.lines
+                .sort_by(|x, y| (&x.value, &x.kind).cmp(&(&y.value, &y.kind)));
+            a.truncated |= b.truncated;
+            Ok(a)
+        }
+    }
 }
 
 /// A bank's (or every bank's) payments and reversals of one day

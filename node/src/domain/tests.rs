@@ -2799,3 +2799,27 @@ fn a_statement_equals_the_ledger_to_the_cent() {
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::AccountNotFound);
 }
+
+#[test]
+fn drill_records_stay_out_of_business_reports_unless_asked_for() {
+    let mut w = World::standard();
+    w.ok("p1", t0() + DAY, pay("A1", "10.00", "R1"));
+    let mut drill = open("D1", "electricity", "RES");
+    if let Op::OpenAccount { branch, .. } = &mut drill {
+        *branch = billdb_api::DRILL_BRANCH.into();
+    }
+    w.ok("od", t0(), drill);
+    w.ok("pd", t0() + DAY, pay("D1", "7.00", "RD"));
+    let month = "2026-03";
+    let amount = |r: &Report| r.lines.iter().map(|l| l.amount).sum::<Decimal>();
+    let business = monthly_report(&w.t, month, GroupBy::Kind).unwrap();
+    assert_eq!(amount(&business), d("10.00"), "{business:?}");
+    let only = monthly_report_with(&w.t, month, GroupBy::Kind, Drills::Only).unwrap();
+    assert_eq!(amount(&only), d("7.00"), "{only:?}");
+    let both = monthly_report_with(&w.t, month, GroupBy::Kind, Drills::Include).unwrap();
+    assert_eq!(both.lines.len(), 1, "one (payment) line, summed: {both:?}");
+    assert_eq!((both.lines[0].count, both.lines[0].amount), (2, d("17.00")));
+    let by_branch = monthly_report_with(&w.t, month, GroupBy::Branch, Drills::Include).unwrap();
+    let branches: Vec<&str> = by_branch.lines.iter().map(|l| l.value.as_str()).collect();
+    assert_eq!(branches, vec!["DRILL", "b1"]);
+}
