@@ -438,9 +438,43 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
+/// From a leader's status document (`GET /v1/cluster/status`): the voter
+/// other than `me` that should take over — reachable, least behind, lowest
+/// id on a tie. `None` when no other voter is reachable.
+pub fn successor_from_status(v: &Value, me: u64) -> Option<u64> {
+    let voters = v.get("voters").and_then(Value::as_array)?;
+    let reachable = |id: u64| {
+        v.pointer(&format!("/peers/{id}/reachable"))
+            .and_then(Value::as_bool)
+            .unwrap_or(true)
+    };
+    let lag = |id: u64| {
+        v.pointer(&format!("/replication/{id}/lag"))
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::MAX)
+    };
+    voters
+        .iter()
+        .filter_map(Value::as_u64)
+        .filter(|id| *id != me && reachable(*id))
+        .min_by_key(|id| (lag(*id), *id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_successor_is_the_reachable_voter_least_behind() {
+        let v = serde_json::json!({
+            "voters": [1, 2, 3, 4],
+            "peers": {"2": {"reachable": false}},
+            "replication": {"2": {"lag": 0}, "3": {"lag": 5}, "4": {"lag": 5}},
+        });
+        assert_eq!(successor_from_status(&v, 1), Some(3));
+        let alone = serde_json::json!({"voters": [1, 2], "peers": {"2": {"reachable": false}}});
+        assert_eq!(successor_from_status(&alone, 1), None);
+    }
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
 

@@ -1136,26 +1136,7 @@ pub fn step_down(t: &Target, n: NodeId) -> Result<()> {
     if v.get("role").and_then(Value::as_str) != Some("leader") {
         return Ok(());
     }
-    let voters: Vec<NodeId> = v
-        .get("voters")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default();
-    let lag = |id: NodeId| {
-        v.pointer(&format!("/replication/{id}/lag"))
-            .and_then(Value::as_u64)
-            .unwrap_or(u64::MAX)
-    };
-    let reachable = |id: NodeId| {
-        v.pointer(&format!("/peers/{id}/reachable"))
-            .and_then(Value::as_bool)
-            .unwrap_or(true)
-    };
-    let to = voters
-        .iter()
-        .copied()
-        .filter(|id| *id != n && reachable(*id))
-        .min_by_key(|id| (lag(*id), *id))
+    let to = crate::admin::successor_from_status(&v, n)
         .with_context(|| format!("node {n} leads and no other voter is reachable"))?;
     c.transfer_leader(to)?;
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -1891,26 +1891,7 @@ fn step_down(ep: &EndpointArg) -> Result<()> {
         println!("ok: node {me} does not lead; nothing to hand over");
         return Ok(());
     }
-    let voters: Vec<NodeId> = v
-        .get("voters")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default();
-    let reachable = |id: NodeId| {
-        v.pointer(&format!("/peers/{id}/reachable"))
-            .and_then(Value::as_bool)
-            .unwrap_or(true)
-    };
-    let lag = |id: NodeId| {
-        v.pointer(&format!("/replication/{id}/lag"))
-            .and_then(Value::as_u64)
-            .unwrap_or(u64::MAX)
-    };
-    let to = voters
-        .iter()
-        .copied()
-        .filter(|id| *id != me && reachable(*id))
-        .min_by_key(|id| (lag(*id), *id))
+    let to = billdb_client::admin::successor_from_status(&v, me)
         .with_context(|| format!("node {me} leads and no other voter is reachable"))?;
     c.transfer_leader(to)?;
     let deadline = std::time::Instant::now() + secs(ep.timeout_secs);
