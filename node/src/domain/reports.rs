@@ -236,7 +236,8 @@ impl RowDeltas {
 }
 
 /// Parse `n` length-prefixed strings after a prefix.
-fn split_tail(mut tail: &[u8], n: usize) -> Option<Vec<String>> {
+/// The `n` length-prefixed ids a row key ends with (`None`: malformed).
+pub(crate) fn split_tail(mut tail: &[u8], n: usize) -> Option<Vec<String>> {
     let mut parts = Vec::with_capacity(n);
     for _ in 0..n {
         let (&len, rest) = tail.split_first()?;

@@ -439,18 +439,6 @@ pub struct Report {
     pub truncated: bool,
 }
 
-fn split_ids(mut tail: &[u8], n: usize) -> Option<Vec<String>> {
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (&len, rest) = tail.split_first()?;
-        let len = usize::from(len);
-        let id = rest.get(..len)?;
-        out.push(String::from_utf8(id.to_vec()).ok()?);
-        tail = &rest[len..];
-    }
-    tail.is_empty().then_some(out)
-}
-
 /// The report of `season_id`'s bill from `view`.
 pub fn report<R: ReadView + ?Sized>(view: &R, season_id: &str) -> Result<Report, std::io::Error> {
     let p = prefix(season_id, b's');
@@ -465,7 +453,7 @@ pub fn report<R: ReadView + ?Sized>(view: &R, season_id: &str) -> Result<Report,
     let mut lines = Vec::with_capacity(rows.len());
     let (mut accounts, mut total) = (0u64, Decimal::ZERO);
     for (k, v) in rows {
-        let ids = split_ids(&k[p.len()..], 2)
+        let ids = super::reports::split_tail(&k[p.len()..], 2)
             .ok_or_else(|| std::io::Error::other("a season sum key is malformed"))?;
         let s: Sum = keys::decode(&v)?;
         accounts += s.accounts;
@@ -489,7 +477,7 @@ pub fn report<R: ReadView + ?Sized>(view: &R, season_id: &str) -> Result<Report,
         false,
         SCAN_LIMIT_MAX,
     )? {
-        let code = split_ids(&k[p.len()..], 1)
+        let code = super::reports::split_tail(&k[p.len()..], 1)
             .and_then(|v| v.into_iter().next())
             .ok_or_else(|| std::io::Error::other("a season skip key is malformed"))?;
         let n: u64 = keys::decode(&v)?;
@@ -558,7 +546,8 @@ mod tests {
             "length-prefixed ids keep seasons apart"
         );
         let s = sum_key("2026", "B01", "HEAT");
-        let ids = split_ids(&s[prefix("2026", b's').len()..], 2).expect("ids");
+        let ids =
+            crate::domain::reports::split_tail(&s[prefix("2026", b's').len()..], 2).expect("ids");
         assert_eq!(ids, vec!["B01".to_string(), "HEAT".to_string()]);
     }
 }
