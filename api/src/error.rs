@@ -312,6 +312,14 @@ pub struct ApiError {
 /// gRPC metadata key that carries the error code.
 pub const GRPC_CODE_METADATA: &str = "billdb-code";
 
+/// `google.rpc.ErrorInfo.domain` of every billdb refusal.
+pub const GRPC_ERROR_DOMAIN: &str = "billdb";
+
+/// Largest JSON of an error's details carried in its gRPC `ErrorInfo`
+/// (trailers are small); larger details are left out and said so
+/// (`metadata["details_omitted"]`). HTTP answers always carry them.
+pub const GRPC_DETAILS_BYTES_MAX: usize = 4096;
+
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
@@ -326,25 +334,62 @@ impl ApiError {
         self
     }
 
+    /// The gRPC status of this refusal: the gRPC code of [`ErrorCode::grpc_code`],
+    /// the message `"CODE: human text"`, and the billdb code twice over: as
+    /// a `google.rpc.ErrorInfo` detail (`reason` = the code, `domain` =
+    /// [`GRPC_ERROR_DOMAIN`], `metadata["details"]` = the details as JSON when
+    /// there are any and they fit [`GRPC_DETAILS_BYTES_MAX`]) in
+    /// `grpc-status-details-bin`, which any gRPC library's rich-status
+    /// helper reads, and in the `billdb-code` metadata entry (kept for v1
+    /// clients). A `retry_after_ms` detail is also a `google.rpc.RetryInfo`.
     pub fn to_status(&self) -> tonic::Status {
-        let mut status = tonic::Status::new(
+        use tonic_types::{ErrorDetails, StatusExt};
+        let mut info = std::collections::HashMap::new();
+        if !self.details.is_null() {
+            match serde_json::to_string(&self.details) {
+                Ok(json) if json.len() <= GRPC_DETAILS_BYTES_MAX => {
+                    info.insert("details".to_string(), json);
+                }
+                _ => {
+                    info.insert("details_omitted".to_string(), "too large".to_string());
+                }
+            }
+        }
+        let mut details =
+            ErrorDetails::with_error_info(self.code.as_str(), GRPC_ERROR_DOMAIN, info);
+        if let Some(ms) = self.details.get("retry_after_ms").and_then(|v| v.as_u64()) {
+            details.set_retry_info(Some(std::time::Duration::from_millis(ms)));
+        }
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if let Ok(v) = tonic::metadata::MetadataValue::try_from(self.code.as_str()) {
+            metadata.insert(GRPC_CODE_METADATA, v);
+        }
+        tonic::Status::with_error_details_and_metadata(
             self.code.grpc_code(),
             format!("{}: {}", self.code, self.message),
-        );
-        if let Ok(v) = tonic::metadata::MetadataValue::try_from(self.code.as_str()) {
-            status.metadata_mut().insert(GRPC_CODE_METADATA, v);
-        }
-        status
+            details,
+            metadata,
+        )
     }
 
-    /// Recover an [`ApiError`] from a gRPC status produced by [`ApiError::to_status`];
+    /// Recover an [`ApiError`] from a gRPC status produced by [`ApiError::to_status`]
+    /// (the `ErrorInfo` detail first, then the `billdb-code` metadata entry);
     /// statuses from elsewhere map to UNAVAILABLE/INTERNAL by gRPC code.
     pub fn from_status(status: &tonic::Status) -> ApiError {
-        let code = status
-            .metadata()
-            .get(GRPC_CODE_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .and_then(ErrorCode::parse)
+        use tonic_types::StatusExt;
+        let info = status
+            .get_details_error_info()
+            .filter(|i| i.domain == GRPC_ERROR_DOMAIN);
+        let code = info
+            .as_ref()
+            .and_then(|i| ErrorCode::parse(&i.reason))
+            .or_else(|| {
+                status
+                    .metadata()
+                    .get(GRPC_CODE_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(ErrorCode::parse)
+            })
             .unwrap_or(match status.code() {
                 tonic::Code::Unavailable | tonic::Code::Cancelled => ErrorCode::Unavailable,
                 tonic::Code::DeadlineExceeded => ErrorCode::DeadlineExceeded,
@@ -357,7 +402,11 @@ impl ApiError {
             .strip_prefix(&prefix)
             .unwrap_or(status.message())
             .to_string();
-        ApiError::new(code, message)
+        let details = info
+            .and_then(|i| i.metadata.get("details").cloned())
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or(serde_json::Value::Null);
+        ApiError::new(code, message).with_details(details)
     }
 }
 
@@ -434,5 +483,51 @@ mod tests {
         let back = ApiError::from_status(&e.to_status());
         assert_eq!(back.code, ErrorCode::UnknownNode);
         assert_eq!(back.message, "node 9 is not a member");
+    }
+
+    #[test]
+    fn status_carries_the_code_in_error_info_with_details_and_retry_info() {
+        use tonic_types::StatusExt;
+        let e = ApiError::new(ErrorCode::Unavailable, "no leader")
+            .with_details(serde_json::json!({"retry_after_ms": 250, "field": "x"}));
+        let status = e.to_status();
+        let info = status.get_details_error_info().expect("ErrorInfo detail");
+        assert_eq!(info.reason, "UNAVAILABLE");
+        assert_eq!(info.domain, GRPC_ERROR_DOMAIN);
+        let retry = status.get_details_retry_info().expect("RetryInfo detail");
+        assert_eq!(
+            retry.retry_delay,
+            Some(std::time::Duration::from_millis(250))
+        );
+        // Without the metadata entry the ErrorInfo alone gives code and details.
+        let bare = tonic::Status::with_error_details(
+            status.code(),
+            status.message(),
+            status.get_error_details(),
+        );
+        let back = ApiError::from_status(&bare);
+        assert_eq!(back.code, ErrorCode::Unavailable);
+        assert_eq!(back.details, e.details);
+    }
+
+    #[test]
+    fn oversized_details_are_left_out_of_the_status_and_said_so() {
+        use tonic_types::StatusExt;
+        let big = "x".repeat(GRPC_DETAILS_BYTES_MAX + 1);
+        let e = ApiError::new(ErrorCode::InvalidArgument, "bad")
+            .with_details(serde_json::json!({ "rows": big }));
+        let info = e
+            .to_status()
+            .get_details_error_info()
+            .expect("ErrorInfo detail");
+        assert!(!info.metadata.contains_key("details"));
+        assert_eq!(
+            info.metadata.get("details_omitted").map(String::as_str),
+            Some("too large")
+        );
+        assert_eq!(
+            ApiError::from_status(&e.to_status()).code,
+            ErrorCode::InvalidArgument
+        );
     }
 }
