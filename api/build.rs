@@ -7,9 +7,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc) };
     }
     println!("cargo:rerun-if-changed=proto");
-    tonic_prost_build::configure().compile_protos(
-        &["proto/billdb.proto", "proto/raft_internal.proto"],
-        &["proto"],
-    )?;
+    // The client API's descriptors are kept for gRPC server reflection
+    // (`billdb_api::FILE_DESCRIPTOR_SET`); the node-to-node transport is
+    // compiled apart so that reflection on the client port lists only the
+    // client API.
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("billdb_v1_descriptor.bin"))
+        .compile_protos(&["proto/billdb.proto"], &["proto"])?;
+    tonic_prost_build::configure().compile_protos(&["proto/raft_internal.proto"], &["proto"])?;
     Ok(())
 }

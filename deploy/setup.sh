@@ -20,7 +20,7 @@ set -euo pipefail
 
 need=()
 for pkg in clang libclang-dev build-essential pkg-config iproute2 iptables procps curl ca-certificates etcd-server postgresql prometheus \
-  systemd adduser binutils docker.io docker-compose python3-yaml fuse3 chromium; do
+  systemd adduser binutils docker.io docker-compose python3-yaml python3-venv fuse3 chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 
@@ -78,4 +78,17 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found: install Rust (https://rustup.rs) first" >&2
   exit 1
 fi
+# The Python environment of the API tests: rebuilt when the pinned
+# requirements change (their hash is kept beside it).
+PYENV="${BILLDB_PYENV:-/var/tmp/billdb-pyenv}"
+REQS="$(dirname "$0")/python-requirements.txt"
+want="$(sha256sum "$REQS" | cut -d' ' -f1)"
+if [ "$(cat "$PYENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+  echo "setup: making the Python environment $PYENV"
+  rm -rf "$PYENV"
+  python3 -m venv "$PYENV"
+  "$PYENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQS"
+  echo "$want" > "$PYENV/.requirements.sha256"
+fi
+
 echo "setup: prerequisites present"

@@ -8,6 +8,11 @@ pub mod pb {
     tonic::include_proto!("billdb.v1");
 }
 
+/// The encoded `FileDescriptorSet` of the client API (`billdb.v1`), served by
+/// the node's gRPC reflection so a client with no .proto file can list and
+/// call every RPC.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("billdb_v1_descriptor");
+
 /// Node-to-node Raft transport (`billdb.raft.v1`).
 pub mod raftpb {
     tonic::include_proto!("billdb.raft.v1");

@@ -423,10 +423,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 stopped(stop_rx.clone()),
             ),
     );
+    let (reflection_v1, reflection_v1alpha) =
+        crate::api::grpc_discovery::reflection_services().context("gRPC reflection descriptors")?;
     let grpc_api = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(CLIENT_STREAMS_PER_CONNECTION_MAX))
         .layer(crate::metrics::GrpcMetricsLayer)
+        .add_service(crate::api::grpc_discovery::health_service(app.clone()))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             ClusterServer::new(GrpcApi { app: app.clone() })
                 .max_decoding_message_size(CLIENT_MESSAGE_SIZE_BYTES_MAX),

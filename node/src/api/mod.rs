@@ -3,6 +3,7 @@
 //! share semantics and error codes. No storage or Raft internals here.
 
 pub mod grpc;
+pub mod grpc_discovery;
 pub mod http;
 pub mod ops;
 pub mod season;

@@ -192,7 +192,12 @@ pub fn status(app: &App) -> Status {
     }
 }
 
-/// Ready: a member that knows a leader and has applied what it knows is committed.
+/// A leader whose majority has not answered for this many election
+/// timeouts is not ready (`ready`).
+pub const LEADER_QUORUM_SILENCE_ELECTION_TIMEOUTS: u64 = 2;
+
+/// Ready: a member that knows a leader and has applied what it knows is
+/// committed; a leader also needs a majority that answered recently.
 pub fn ready(app: &App) -> Result<(), String> {
     if let Some(f) = app.storage.failure() {
         return Err(format!(
@@ -208,6 +213,28 @@ pub fn ready(app: &App) -> Result<(), String> {
     }
     if s.leader_id.is_none() {
         return Err("no leader known".into());
+    }
+    if s.leader_id == Some(app.id) && s.voters.len() > 1 {
+        // A leader cut off from its quorum does not know it has lost
+        // leadership until it hears a higher term; it must not say ready
+        // (writes sent to it wait and time out).
+        use openraft::async_runtime::Instant as _;
+        let heard_ms = app
+            .metrics()
+            .last_quorum_acked
+            .map(|t| t.elapsed().as_millis() as u64);
+        let limit_ms =
+            LEADER_QUORUM_SILENCE_ELECTION_TIMEOUTS * app.config.raft.election_timeout_max_ms;
+        match heard_ms {
+            Some(ms) if ms <= limit_ms => {}
+            Some(ms) => {
+                return Err(format!(
+                    "leader without a quorum: a majority last answered {ms} ms ago \
+                     (limit {limit_ms} ms)"
+                ));
+            }
+            None => return Err("leader without a quorum: no majority has answered yet".into()),
+        }
     }
     if s.applied_index < s.committed_index {
         return Err(format!(

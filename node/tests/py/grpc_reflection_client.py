@@ -1,0 +1,109 @@
+"""A gRPC client that has no .proto file: it learns billdb's API from the
+node's server reflection, then calls it (node/tests/grpc_discovery.rs runs it).
+
+Prints one JSON document on stdout:
+  services      every service the reflection service lists
+  purchase      the answer of a purchase on --card
+  refusal       {grpc_code, reason, domain, details} of a purchase on an
+                unknown card, read from the google.rpc.Status ErrorInfo detail
+  health        the grpc.health.v1 status of "" and billdb.v1.Billing
+"""
+
+import argparse
+import json
+import sys
+import uuid
+
+import grpc
+from google.protobuf import descriptor_pool, message_factory
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from grpc_status import rpc_status
+
+
+def message_class(pool, full_name):
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(full_name))
+
+
+def unary(channel, pool, service, method):
+    """A callable for service/method whose types come from reflection."""
+    m = pool.FindServiceByName(service).FindMethodByName(method)
+    req = message_factory.GetMessageClass(m.input_type)
+    resp = message_factory.GetMessageClass(m.output_type)
+    call = channel.unary_unary(
+        f"/{service}/{method}",
+        request_serializer=req.SerializeToString,
+        response_deserializer=resp.FromString,
+    )
+    return req, call
+
+
+def to_dict(msg):
+    return {f.name: v for f, v in msg.ListFields()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", required=True, help="host:port of a node's gRPC port")
+    ap.add_argument("--ca", required=True, help="the cluster CA bundle (PEM)")
+    ap.add_argument("--server-name", help="the name to check the certificate for, when not the target's host")
+    ap.add_argument("--token", required=True)
+    ap.add_argument("--card", required=True)
+    ap.add_argument("--amount", default="10.00")
+    args = ap.parse_args()
+
+    with open(args.ca, "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    options = []
+    if args.server_name:
+        options.append(("grpc.ssl_target_name_override", args.server_name))
+    channel = grpc.secure_channel(args.target, creds, options=options)
+    grpc.channel_ready_future(channel).result(timeout=10)
+
+    db = ProtoReflectionDescriptorDatabase(channel)
+    services = sorted(db.get_services())
+    pool = descriptor_pool.DescriptorPool(db)
+    auth = [("authorization", f"Bearer {args.token}")]
+
+    req_cls, purchase = unary(channel, pool, "billdb.v1.Billing", "Purchase")
+    answer = purchase(
+        req_cls(request_id=str(uuid.uuid4()), card_no=args.card, amount=args.amount),
+        metadata=auth,
+        timeout=10,
+    )
+    out = {"services": services, "purchase": to_dict(answer)}
+
+    try:
+        purchase(
+            req_cls(request_id=str(uuid.uuid4()), card_no="NO-SUCH-CARD-0", amount="1.00"),
+            metadata=auth,
+            timeout=10,
+        )
+        out["refusal"] = None
+    except grpc.RpcError as err:
+        status = rpc_status.from_call(err)
+        refusal = {"grpc_code": err.code().name, "message": err.details()}
+        for detail in status.details if status else []:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                refusal.update(
+                    reason=info.reason, domain=info.domain, metadata=dict(info.metadata)
+                )
+        out["refusal"] = refusal
+
+    health = health_pb2_grpc.HealthStub(channel)
+    out["health"] = {
+        name or "(server)": health_pb2.HealthCheckResponse.ServingStatus.Name(
+            health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10).status
+        )
+        for name in ["", "billdb.v1.Billing"]
+    }
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
