@@ -8,6 +8,9 @@
 //!   this gives the reissued and reversed totals);
 //! * `D` ‖ day `YYYY-MM-DD` ‖ bank_code ‖ kind, for records carrying a bank
 //!   code (payments and their reversals): the bank's daily reconciliation.
+//! * `P` ‖ day ‖ bank_code ‖ bank_ref and `R` ‖ bank_code ‖ day ‖ …: the
+//!   bank payment index and stored reconciliations
+//!   ([`super::bank_recon`]);
 //! * `m` ‖ month ‖ … as `M`, for the records of failover-drill accounts
 //!   (branch `billdb_api::DRILL_BRANCH`): kept out of business reports
 //!   unless asked for ([`Drills`]).
@@ -112,6 +115,14 @@ fn month_key(month: &str, dim: u8) -> Vec<u8> {
 fn day_key(day: &str) -> Vec<u8> {
     let mut k = Vec::new();
     push_day_prefix(&mut k, day);
+    k
+}
+
+/// The `D` row of one bank's records of one kind on one day.
+pub(crate) fn bank_day_row_key(day: &str, bank_code: &str, kind: &str) -> Vec<u8> {
+    let mut k = day_key(day);
+    keys::push_id(&mut k, bank_code);
+    keys::push_id(&mut k, kind);
     k
 }
 
@@ -361,7 +372,6 @@ pub fn bank_daily_report<R: ReadView + ?Sized>(
 }
 
 /// One row, for tests and point lookups.
-#[allow(dead_code)]
 pub(crate) fn row<G: Get + ?Sized>(
     view: &G,
     key: &[u8],
