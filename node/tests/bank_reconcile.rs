@@ -430,3 +430,107 @@ fn a_statement_with_seeded_differences_finds_exactly_them() {
     // Every replica holds the same state (index and stored results included).
     c.wait_converged(&c.c.node_ids(), Duration::from_secs(30));
 }
+
+/// A large bank's day: 20,000 payments of one bank on one day (1,000
+/// accounts × 20, imported) against a 20,000-line statement (the most one
+/// statement may hold) with three seeded differences of each kind; the
+/// time of the reconciliation call is printed.
+#[test]
+fn a_day_of_twenty_thousand_payments_is_reconciled_exactly() {
+    const N: usize = 20_000;
+    let c = TestCluster::start(35500, 5);
+    let leader = c.leader();
+    let ops = c.http(leader);
+    let amount = |i: usize| format!("{}.{:02}", 1 + i % 997, i % 100);
+    let accounts: Vec<Value> = (0..1000).map(|a| account(&format!("BG-{a:04}"))).collect();
+    ops.post(
+        "/v1/import",
+        &json!({"request_id": "big-accounts", "accounts": accounts, "records": []}),
+    )
+    .expect("import accounts");
+    let started = std::time::Instant::now();
+    for chunk in 0..(N / 1000) {
+        let records: Vec<Value> = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|i| {
+                payment(
+                    &format!("BG-{:04}", i % 1000),
+                    "BIG",
+                    &format!("BIG-{i:05}"),
+                    &amount(i),
+                    DAY_MS + (i as i64) * 4_000,
+                )
+            })
+            .collect();
+        ops.post(
+            "/v1/import",
+            &json!({"request_id": format!("big-imp-{chunk}"), "accounts": [],
+                "records": records}),
+        )
+        .expect("import");
+    }
+    eprintln!("imported {N} payments in {:?}", started.elapsed());
+    // The file: every payment except 3 (missing in the file), 3 with
+    // another amount, plus 3 the bank has and billdb does not.
+    let mut csv = String::from("bank_ref,account_id,amount,time\n");
+    let mut file_total = Decimal::ZERO;
+    let mut billdb_total = Decimal::ZERO;
+    let mut lines = 0;
+    for i in 0..N {
+        billdb_total += d(&amount(i));
+        if [17, 9_999, 19_998].contains(&i) {
+            continue;
+        }
+        let a = if [5, 12_345, 19_999].contains(&i) {
+            format!("{}.00", 2000 + i % 7)
+        } else {
+            amount(i)
+        };
+        file_total += d(&a);
+        lines += 1;
+        csv.push_str(&format!("BIG-{i:05},BG-{:04},{a},10:00:00\n", i % 1000));
+    }
+    for j in 0..3 {
+        file_total += d("10.00");
+        lines += 1;
+        csv.push_str(&format!("NEW-{j},BG-0001,10.00,11:00:00\n"));
+    }
+    assert_eq!(lines, N, "the statement is at its line limit");
+    let started = std::time::Instant::now();
+    let v = ops
+        .post(
+            "/v1/banks/BIG/reconciliations",
+            &json!({"request_id": "big-rec", "date": DAY, "csv": csv}),
+        )
+        .expect("reconcile");
+    let took = started.elapsed();
+    eprintln!(
+        "reconciled {N} statement lines against {N} payments in {took:?} (body {} bytes)",
+        csv.len()
+    );
+    let want: BTreeSet<(String, String)> = [
+        ("missing_in_bank", "BIG-00017"),
+        ("missing_in_bank", "BIG-09999"),
+        ("missing_in_bank", "BIG-19998"),
+        ("amount_mismatch", "BIG-00005"),
+        ("amount_mismatch", "BIG-12345"),
+        ("amount_mismatch", "BIG-19999"),
+        ("missing_in_billdb", "NEW-0"),
+        ("missing_in_billdb", "NEW-1"),
+        ("missing_in_billdb", "NEW-2"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(classes(&v), want);
+    assert_eq!(v["matched"]["count"], N - 6);
+    assert_eq!(v["totals"]["file"]["count"], N);
+    assert_eq!(v["totals"]["billdb"]["count"], N);
+    assert_eq!(dv(&v["totals"]["file"]["amount"]), file_total);
+    assert_eq!(dv(&v["totals"]["billdb"]["amount"]), billdb_total);
+    assert_eq!(
+        dv(&v["totals"]["difference"]),
+        file_total - billdb_total,
+        "{}",
+        v["totals"]
+    );
+}
