@@ -29,7 +29,9 @@ pub enum BankCmd {
     /// account mismatches, reversed payments, and the totals both ways.
     /// Exit status: 0 when everything matched, 3 when there are
     /// differences (the result is stored either way), 1 on an error (a bad
-    /// line of the file, named by its number; nothing is stored).
+    /// line of the file, named by its number; nothing is stored; with
+    /// --json the error is also printed as {"error": {code, message,
+    /// details}}).
     Reconcile {
         /// The statement file.
         file: PathBuf,
@@ -144,6 +146,9 @@ fn reconcile(
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("reading the statement {}", file.display()))?;
     if let Err(e) = billdb_api::statement::parse_csv(&text) {
+        if ep.json {
+            println!("{}", json!({"error": e}));
+        }
         bail!("{}: {}: {}", file.display(), e.code.as_str(), e.message);
     }
     let c = client(ep)?;
@@ -158,7 +163,23 @@ fn reconcile(
         "csv": text,
         "file_name": file_name,
     });
-    let v = c.post(&format!("/v1/banks/{bank}/reconciliations"), &body)?;
+    let v = match c.post(&format!("/v1/banks/{bank}/reconciliations"), &body) {
+        Ok(v) => v,
+        Err(e) => {
+            if ep.json {
+                let details = match &e {
+                    billdb_client::admin::AdminError::Api { details, .. } => details.clone(),
+                    _ => Value::Null,
+                };
+                println!(
+                    "{}",
+                    json!({"error": {"code": e.code().unwrap_or("UNAVAILABLE"),
+                        "message": e.to_string(), "details": details}})
+                );
+            }
+            return Err(e.into());
+        }
+    };
     if ep.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {

@@ -268,6 +268,42 @@ fn reconcile_prints_the_differences_and_exits_by_them() {
         err.contains("TOO_MANY_DECIMALS") && err.contains("line 2"),
         "{err}"
     );
+    let (code, out, _) = run(
+        &env,
+        &[
+            "bank",
+            "reconcile",
+            "--bank",
+            "ICBC",
+            "--date",
+            DAY,
+            bad.to_str().expect("path"),
+            "--json",
+        ],
+        Some(&ops),
+    );
+    assert_eq!(code, 1);
+    let e: Value = serde_json::from_str(&out).expect("error json");
+    assert_eq!(e["error"]["code"], "TOO_MANY_DECIMALS", "{e}");
+    assert_eq!(e["error"]["details"]["line"], 2, "{e}");
+    // Refused by the node (an auditor may not reconcile): exit 1, JSON error.
+    let (code, out, _) = run(
+        &env,
+        &[
+            "bank",
+            "reconcile",
+            "--bank",
+            "ICBC",
+            "--date",
+            DAY,
+            st,
+            "--json",
+        ],
+        Some(&auditor),
+    );
+    assert_eq!(code, 1);
+    let e: Value = serde_json::from_str(&out).expect("error json");
+    assert_eq!(e["error"]["code"], "PERMISSION_DENIED", "{e}");
     assert_eq!(stored(&env, &auditor), before);
 
     // A clean statement of the day (the bank's own token): exit 0.

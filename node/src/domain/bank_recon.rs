@@ -811,6 +811,42 @@ mod tests {
         assert_eq!(m.file.file_amount, Decimal::from(ITEMS_MAX as u64 + 10));
     }
 
+    /// A stored reconciliation with the most items, every id and text at
+    /// its longest, fits one log entry of the default size (256 KiB) with
+    /// room to spare.
+    #[test]
+    fn the_largest_stored_reconciliation_fits_a_default_log_entry() {
+        let long = |c: char| c.to_string().repeat(64);
+        let file: Vec<StatementLine> = (0..ITEMS_MAX)
+            .map(|i| StatementLine {
+                line: 20_000 - i as u32,
+                bank_ref: format!("{i:05}{}", "R".repeat(59)),
+                account_id: long('A'),
+                amount: dec("999999.99"),
+                time: "2026-03-07T23:59:59.999999999+08:00".into(),
+            })
+            .collect();
+        let m = reconcile(&file, &[], &BTreeMap::new()).unwrap();
+        assert_eq!(m.items.len(), ITEMS_MAX);
+        let rec = Reconciliation {
+            bank_code: long('B'),
+            day: "2026-03-07".into(),
+            file_sha256: "f".repeat(64),
+            file_name: "n".repeat(200),
+            as_of_index: u64::MAX,
+            matching: m,
+            role: "ops".into(),
+            recorded_ms: i64::MAX,
+            recorded_by: long('O'),
+        };
+        let op = Op::RecordReconciliation {
+            reconciliation: Box::new(rec),
+        };
+        let bytes = crate::codec::encode(&op).unwrap().len();
+        eprintln!("the largest stored reconciliation encodes to {bytes} bytes");
+        assert!(bytes < 200 << 10, "{bytes} bytes");
+    }
+
     #[test]
     fn a_long_reference_gets_a_hashed_request_id_that_is_still_an_id() {
         let mut it = Item::new(Class::MissingInBillDb, &"X".repeat(64));
