@@ -392,10 +392,30 @@ fn a_statement_with_seeded_differences_finds_exactly_them() {
         )
         .expect_err("another file under the same id");
     assert_eq!(e.code(), Some("IDEMPOTENCY_CONFLICT"), "{e}");
+    // A payment of the day arrives late (a legacy import); a retry of
+    // rec-1 still answers what was stored, not a new match.
+    ops.post(
+        "/v1/import",
+        &json!({"request_id": "imp-2", "accounts": [],
+            "records": [payment("A-09", "ICBC", "R09", "9.00", DAY_MS + 15 * H)]}),
+    )
+    .expect("late import");
+    let again = c
+        .http_as(follower, "ops")
+        .post(
+            "/v1/banks/ICBC/reconciliations",
+            &json!({"request_id": "rec-1", "date": DAY, "csv": STATEMENT,
+                "file_name": "icbc-20260307.csv"}),
+        )
+        .expect("retry after the day changed");
+    assert_eq!(again["replayed"], true);
+    assert_eq!(classes(&again), want);
+    assert_eq!(again["totals"], v["totals"]);
 
     // The bank itself reconciles a clean file of its day: balanced.
     let clean = "R01,A-01,100.00,00:00\nR02,A-02,250.50,09:30\nR03,A-03,57.00,10:00\n\
-                 R04,A-04,42.42,11:00\nR05,A-05,0.01,12:00\nR06,A-06,19.99,13:00\n";
+                 R04,A-04,42.42,11:00\nR05,A-05,0.01,12:00\nR06,A-06,19.99,13:00\n\
+                 R09,A-09,9.00,15:00\n";
     let ok = c
         .http_as(leader, "bank")
         .post(

@@ -168,39 +168,14 @@ pub async fn reconcile(
     app.linearize().await?;
 
     // A retry of a stored reconciliation answers what was stored.
-    let db = app.db.clone();
-    let rid = request_id.clone();
-    let before = tokio::task::spawn_blocking(move || {
-        let view = RocksRead::new(&db);
-        match domain::request_outcome(&view, &rid)? {
-            None => Ok(None),
-            Some(o) => Ok(Some((o, bank_recon::get(&view, &rid)?))),
-        }
-    })
-    .await
-    .map_err(internal)?
-    .map_err(|e: std::io::Error| internal(e))?;
-    if let Some((outcome, stored)) = before {
-        return match stored {
-            Some(s)
-                if s.file_sha256 == file_sha256 && s.bank_code == bank_code && s.day == r.date =>
-            {
-                let mut v = reconciliation_json(&request_id, &s, true);
-                v["replayed"] = json!(true);
-                Ok(v)
-            }
-            _ => Err(ApiError::new(
-                ErrorCode::IdempotencyConflict,
-                format!(
-                    "request_id {request_id:?} was already used for {}",
-                    match outcome {
-                        Outcome::ReconciliationRecorded { bank_code, day, .. } =>
-                            format!("another statement (bank {bank_code}, {day})"),
-                        _ => "another request".to_string(),
-                    }
-                ),
-            )),
-        };
+    let the_file = TheFile {
+        request_id: &request_id,
+        bank_code: &bank_code,
+        day: &r.date,
+        file_sha256: &file_sha256,
+    };
+    if let Some(answer) = stored_answer(app, &the_file).await? {
+        return Ok(answer);
     }
 
     let db = app.db.clone();
@@ -253,7 +228,7 @@ pub async fn reconcile(
     let rec = Reconciliation {
         bank_code: bank_code.clone(),
         day: r.date.clone(),
-        file_sha256,
+        file_sha256: file_sha256.clone(),
         file_name,
         as_of_index,
         matching,
@@ -273,12 +248,71 @@ pub async fn reconcile(
             stored.recorded_ms = recorded_ms;
             stored.recorded_by = caller.operator();
         }
+        // The same request was stored meanwhile (a retry racing its
+        // original, the day's payments changed in between): its answer.
+        Outcome::Refused(e) if e.code == ErrorCode::IdempotencyConflict => {
+            app.linearize().await?;
+            return match stored_answer(app, &the_file).await? {
+                Some(answer) => Ok(answer),
+                None => Err(e),
+            };
+        }
         Outcome::Refused(e) => return Err(e),
         other => return Err(internal(format!("unexpected outcome {other:?}"))),
     }
     let mut v = reconciliation_json(&request_id, &stored, true);
     v["log_index"] = json!(log_index);
     Ok(v)
+}
+
+/// What a reconciliation request is about, to recognise its stored answer.
+struct TheFile<'a> {
+    request_id: &'a str,
+    bank_code: &'a str,
+    day: &'a str,
+    file_sha256: &'a str,
+}
+
+/// The stored answer to `f.request_id` (marked `replayed`) if it was
+/// stored for the same bank, day and file; IDEMPOTENCY_CONFLICT if the
+/// request_id was used for anything else; `None` if it was never used.
+async fn stored_answer(app: &App, f: &TheFile<'_>) -> Result<Option<Value>, ApiError> {
+    let db = app.db.clone();
+    let rid = f.request_id.to_string();
+    let before = tokio::task::spawn_blocking(move || {
+        let view = RocksRead::new(&db);
+        match domain::request_outcome(&view, &rid)? {
+            None => Ok(None),
+            Some(o) => Ok(Some((o, bank_recon::get(&view, &rid)?))),
+        }
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e: std::io::Error| internal(e))?;
+    let Some((outcome, stored)) = before else {
+        return Ok(None);
+    };
+    match stored {
+        Some(s)
+            if s.file_sha256 == f.file_sha256 && s.bank_code == f.bank_code && s.day == f.day =>
+        {
+            let mut v = reconciliation_json(f.request_id, &s, true);
+            v["replayed"] = json!(true);
+            Ok(Some(v))
+        }
+        _ => Err(ApiError::new(
+            ErrorCode::IdempotencyConflict,
+            format!(
+                "request_id {:?} was already used for {}",
+                f.request_id,
+                match outcome {
+                    Outcome::ReconciliationRecorded { bank_code, day, .. } =>
+                        format!("another statement (bank {bank_code}, {day})"),
+                    _ => "another request".to_string(),
+                }
+            ),
+        )),
+    }
 }
 
 fn sum_json(s: &Sum) -> Value {
