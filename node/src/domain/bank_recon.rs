@@ -59,14 +59,14 @@ pub struct DayPayment {
     pub payment: BankPayment,
 }
 
-fn day_prefix(day: &str, bank_code: &str) -> Vec<u8> {
+fn day_prefix(day: impl AsRef<[u8]>, bank_code: &str) -> Vec<u8> {
     let mut k = vec![TAG_PAYMENT];
     keys::push_id(&mut k, day);
     keys::push_id(&mut k, bank_code);
     k
 }
 
-fn payment_key(day: &str, bank_code: &str, bank_ref: &str) -> Vec<u8> {
+fn payment_key(day: impl AsRef<[u8]>, bank_code: &str, bank_ref: &str) -> Vec<u8> {
     let mut k = day_prefix(day, bank_code);
     keys::push_id(&mut k, bank_ref);
     k
@@ -85,7 +85,10 @@ pub(crate) fn index_payment<T: Txn + ?Sized>(txn: &mut T, r: &Record) -> Res<()>
         reversed_by: None,
         reversed_ms: None,
     };
-    let key = payment_key(&calendar::day_str(r.ts_ms), &r.bank_code, &r.bank_ref);
+    // The day's digits as the report rows write them (no formatting:
+    // an import indexes every legacy payment it carries).
+    let (_, day) = reports::month_day(r.ts_ms);
+    let key = payment_key(day, &r.bank_code, &r.bank_ref);
     write(txn, Family::Reports, key, &entry)?;
     Ok(())
 }
@@ -100,11 +103,8 @@ pub(crate) fn mark_reversed<T: Txn + ?Sized>(
     if orig.kind != "payment" || orig.bank_code.is_empty() {
         return Ok(());
     }
-    let key = payment_key(
-        &calendar::day_str(orig.ts_ms),
-        &orig.bank_code,
-        &orig.bank_ref,
-    );
+    let (_, day) = reports::month_day(orig.ts_ms);
+    let key = payment_key(day, &orig.bank_code, &orig.bank_ref);
     let Some(mut entry): Option<BankPayment> = read(txn, Family::Reports, &key)? else {
         return Ok(());
     };

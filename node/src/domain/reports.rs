@@ -130,7 +130,7 @@ pub(crate) fn bank_day_row_key(day: &str, bank_code: &str, kind: &str) -> Vec<u8
 /// formatting machinery: bulk imports build these for every record).
 /// Domain timestamps lie in years 1970..=9999 (`calendar::TS_MAX_MS`), so
 /// the widths are fixed.
-fn month_day(ts_ms: i64) -> ([u8; 7], [u8; 10]) {
+pub(crate) fn month_day(ts_ms: i64) -> ([u8; 7], [u8; 10]) {
     let (y, m, d) = calendar::civil(ts_ms);
     let y = y.clamp(0, 9999) as u32;
     let digit = |n: u32| b'0' + (n % 10) as u8;
