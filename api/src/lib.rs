@@ -26,6 +26,7 @@ pub mod identity;
 pub const LEADER_METADATA: &str = "billdb-leader";
 
 pub mod money;
+pub mod statement;
 pub mod tariff;
 
 /// The branch of failover-drill accounts (`billdb drill run`): their

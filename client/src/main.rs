@@ -5,8 +5,10 @@
 //! Scope: `local` commands touch only the cluster directory given with `--dir`
 //! (default `./.billdb/local`) and the node processes started from it; `cluster`
 //! commands only send HTTP requests to `--endpoint`. Exit status is 0 on
-//! success, 1 on any failure (2 for usage errors, from clap).
+//! success, 1 on any failure (2 for usage errors, from clap; `billdb bank
+//! reconcile` exits 3 when the statement and billdb differ).
 
+mod bank_cli;
 mod billing_cli;
 mod season_cli;
 
@@ -70,6 +72,11 @@ enum Cmd {
     /// Heating seasons: bill every heat account in one action, the report.
     #[command(subcommand)]
     Season(season_cli::SeasonCmd),
+    /// Banks: reconcile a statement file against a business day's
+    /// payments (exit 3 when they differ), list the day's payments, the
+    /// stored reconciliations.
+    #[command(subcommand)]
+    Bank(bank_cli::BankCmd),
     /// Make a cluster CA and node/client certificates.
     #[command(subcommand)]
     Cert(CertCmd),
@@ -914,6 +921,10 @@ fn main() -> ExitCode {
         Cmd::Token(c) => run_token(c),
         Cmd::Ops(c) => billing_cli::run_ops(c),
         Cmd::Season(c) => season_cli::run(c),
+        Cmd::Bank(c) => match bank_cli::run(c) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Cmd::Backup(c) => {
             let json = c.json();
             json_error(json, run_backup(c))

@@ -126,6 +126,15 @@ pub fn router(state: HttpState) -> Router {
         .route(IMPORT_PATH, post(import))
         .route("/v1/requests/{request_id}", get(get_request))
         .route("/v1/drills", post(record_drill).get(list_drills))
+        .route("/v1/banks/{bank_code}/payments", get(bank_payments))
+        .route(
+            "/v1/banks/{bank_code}/reconciliations",
+            post(bank_reconcile).get(bank_reconciliations),
+        )
+        .route(
+            "/v1/banks/{bank_code}/reconciliations/{request_id}",
+            get(bank_reconciliation),
+        )
         .fallback(|| async { HttpError(ApiError::new(ErrorCode::NotFound, "no such route")) })
         // Bodies are bounded once, by `bounded_body`, per route: axum's own
         // limit (2 MB by default) would refuse a larger configured import
@@ -186,11 +195,12 @@ async fn bounded_body(
     next: axum::middleware::Next,
 ) -> Response {
     let limits = &state.app.config.limits;
-    let size_bytes_max = if req.uri().path() == IMPORT_PATH {
-        limits.import_body_bytes_max
-    } else {
-        limits.request_body_bytes_max
-    };
+    let size_bytes_max =
+        if req.uri().path() == IMPORT_PATH || super::bank::is_statement_path(req.uri().path()) {
+            limits.import_body_bytes_max
+        } else {
+            limits.request_body_bytes_max
+        };
     let timeout = std::time::Duration::from_millis(limits.request_timeout_ms);
     let (parts, body) = req.into_parts();
     let declared_bytes = parts
@@ -972,6 +982,54 @@ async fn season_bill_lines(
     let season_id = path(season_id)?;
     let q = query(q)?;
     let r = super::season::lines(&s.app, &caller, &season_id, q).await;
+    ok(ops::fence_on_corruption(&s.app, r)?)
+}
+
+async fn bank_payments(
+    State(s): State<HttpState>,
+    caller: Caller,
+    bank_code: PathArg,
+    q: QueryArgs,
+) -> HttpResult {
+    let (bank_code, q) = (path(bank_code)?, query(q)?);
+    let r = super::bank::payments(&s.app, &caller, &bank_code, q).await;
+    ok(ops::fence_on_corruption(&s.app, r)?)
+}
+
+async fn bank_reconcile(
+    State(s): State<HttpState>,
+    caller: Caller,
+    bank_code: PathArg,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResult {
+    let (bank_code, body) = (path(bank_code)?, parse_value(body)?);
+    let r = super::bank::reconcile(&s.app, &caller, &bank_code, body).await;
+    ok(ops::fence_on_corruption(&s.app, r)?)
+}
+
+async fn bank_reconciliations(
+    State(s): State<HttpState>,
+    caller: Caller,
+    bank_code: PathArg,
+    q: QueryArgs,
+) -> HttpResult {
+    let (bank_code, q) = (path(bank_code)?, query(q)?);
+    let r = super::bank::list(&s.app, &caller, &bank_code, q).await;
+    ok(ops::fence_on_corruption(&s.app, r)?)
+}
+
+async fn bank_reconciliation(
+    State(s): State<HttpState>,
+    caller: Caller,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> HttpResult {
+    let Path((bank_code, request_id)) = p.map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("path parameter: {}", e.body_text()),
+        )
+    })?;
+    let r = super::bank::get(&s.app, &caller, &bank_code, &request_id).await;
     ok(ops::fence_on_corruption(&s.app, r)?)
 }
 

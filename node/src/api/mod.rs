@@ -2,6 +2,7 @@
 //! validate input, then call the same [`crate::app::App`] methods, so they
 //! share semantics and error codes. No storage or Raft internals here.
 
+pub mod bank;
 pub mod grpc;
 pub mod grpc_discovery;
 pub mod http;

@@ -192,6 +192,7 @@ pub(crate) fn post_with<T: Txn + ?Sized>(
         Some(d) => d.add_record(&draft)?,
         None => reports::add_record(txn, &draft)?,
     }
+    super::bank_recon::index_payment(txn, &draft)?;
     if !draft.invoice_no.is_empty() {
         super::invoices::issue(txn, &draft)?;
     }
@@ -283,6 +284,7 @@ pub(crate) fn reverse<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
         super::tariffs::set_year_units(txn, &orig.account_id, year, after)?;
     }
     let rec = post(txn, &mut account, rec, true)?;
+    super::bank_recon::mark_reversed(txn, &orig, &rec)?;
     orig_meta.reversed_by = Some(rec.seq);
     put_meta(txn, &orig.account_id, orig.seq, &orig_meta)?;
     if let Some(l) = account.last_purchase_mut(orig.seq) {

@@ -20,6 +20,7 @@
 //! request entry, by construction.
 
 mod accounts;
+pub mod bank_recon;
 pub mod calendar;
 mod cards;
 pub mod drills;
@@ -198,6 +199,12 @@ pub enum Op {
     RecordDrill {
         summary: Box<drills::DrillSummary>,
     },
+    /// The result of matching a bank's statement against one business
+    /// day of its payments (`bank_recon`), kept with who and when.
+    /// Appended last: the variant index is the stored encoding.
+    RecordReconciliation {
+        reconciliation: Box<bank_recon::Reconciliation>,
+    },
 }
 
 /// `DefineTariff::effective_from_ms` meaning "from the command's time"
@@ -228,6 +235,7 @@ impl Op {
             Op::PrintInvoice { .. } => "print_invoice",
             Op::BillSeason { .. } => "bill_season",
             Op::RecordDrill { .. } => "record_drill",
+            Op::RecordReconciliation { .. } => "record_reconciliation",
         }
     }
 
@@ -314,6 +322,15 @@ pub enum Outcome {
         scenario: String,
         recorded_ms: i64,
     },
+    /// A bank reconciliation stored (appended last: the variant index is
+    /// the stored encoding).
+    ReconciliationRecorded {
+        bank_code: String,
+        day: String,
+        recorded_ms: i64,
+        /// Lines or payments someone has to act on.
+        differences: u64,
+    },
 }
 
 fn json_with(result: &str, v: impl Serialize) -> serde_json::Value {
@@ -395,6 +412,13 @@ impl Outcome {
             } => {
                 json!({"result":"drill_recorded","scenario":scenario,"recorded_ms":recorded_ms})
             }
+            Outcome::ReconciliationRecorded {
+                bank_code,
+                day,
+                recorded_ms,
+                differences,
+            } => json!({"result":"reconciliation_recorded","bank_code":bank_code,"date":day,
+                "recorded_ms":recorded_ms,"differences":differences}),
         }
     }
 }
@@ -486,6 +510,7 @@ fn dispatch<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
         Op::PrintInvoice { .. } => invoices::print(txn, ctx),
         Op::BillSeason { .. } => season_bill::bill(txn, ctx),
         Op::RecordDrill { .. } => drills::record(txn, ctx),
+        Op::RecordReconciliation { .. } => bank_recon::record(txn, ctx),
     }
 }
 

@@ -8,6 +8,9 @@
 //!   this gives the reissued and reversed totals);
 //! * `D` ‖ day `YYYY-MM-DD` ‖ bank_code ‖ kind, for records carrying a bank
 //!   code (payments and their reversals): the bank's daily reconciliation.
+//! * `P` ‖ day ‖ bank_code ‖ bank_ref and `R` ‖ bank_code ‖ day ‖ …: the
+//!   bank payment index and stored reconciliations
+//!   ([`super::bank_recon`]);
 //! * `m` ‖ month ‖ … as `M`, for the records of failover-drill accounts
 //!   (branch `billdb_api::DRILL_BRANCH`): kept out of business reports
 //!   unless asked for ([`Drills`]).
@@ -115,11 +118,19 @@ fn day_key(day: &str) -> Vec<u8> {
     k
 }
 
+/// The `D` row of one bank's records of one kind on one day.
+pub(crate) fn bank_day_row_key(day: &str, bank_code: &str, kind: &str) -> Vec<u8> {
+    let mut k = day_key(day);
+    keys::push_id(&mut k, bank_code);
+    keys::push_id(&mut k, kind);
+    k
+}
+
 /// `YYYY-MM` and `YYYY-MM-DD` of `ts_ms`, written as digits (no
 /// formatting machinery: bulk imports build these for every record).
 /// Domain timestamps lie in years 1970..=9999 (`calendar::TS_MAX_MS`), so
 /// the widths are fixed.
-fn month_day(ts_ms: i64) -> ([u8; 7], [u8; 10]) {
+pub(crate) fn month_day(ts_ms: i64) -> ([u8; 7], [u8; 10]) {
     let (y, m, d) = calendar::civil(ts_ms);
     let y = y.clamp(0, 9999) as u32;
     let digit = |n: u32| b'0' + (n % 10) as u8;
@@ -361,7 +372,6 @@ pub fn bank_daily_report<R: ReadView + ?Sized>(
 }
 
 /// One row, for tests and point lookups.
-#[allow(dead_code)]
 pub(crate) fn row<G: Get + ?Sized>(
     view: &G,
     key: &[u8],

@@ -2823,3 +2823,126 @@ fn drill_records_stay_out_of_business_reports_unless_asked_for() {
     let branches: Vec<&str> = by_branch.lines.iter().map(|l| l.value.as_str()).collect();
     assert_eq!(branches, vec!["DRILL", "b1"]);
 }
+
+// ------------------------------------------------------- bank reconciliation
+
+/// The bank payment index is written by the apply that posts a payment,
+/// under the payment's own UTC day, and marked by its reversal; a refused
+/// payment writes none; a bank's day is exactly its payments; the count
+/// agrees with the bank-daily report row.
+#[test]
+fn the_bank_day_index_follows_payments_reversals_and_refusals() {
+    let mut w = World::standard();
+    w.ok("o2", t0(), open("A2", "water", "RES"));
+    let day = days_ms(2026, 3, 7);
+    let p1 = w.ok("p1", day, pay("A1", "10.00", "R1"));
+    w.ok("p2", day + DAY - 1, pay("A2", "0.01", "R2"));
+    w.ok("p3", day + DAY, pay("A1", "3.00", "R3")); // the next day
+    w.ok("p0", day - 1, pay("A1", "4.00", "R0")); // the day before
+    w.ok(
+        "pb",
+        day + 5,
+        Op::Payment {
+            account_id: "A1".into(),
+            amount: d("7.00"),
+            bank_code: "BOC".into(),
+            bank_ref: "R1".into(),
+        },
+    );
+    assert_eq!(
+        w.code("dup", day + 6, pay("A2", "9.00", "R1")),
+        ErrorCode::DuplicatePayment
+    );
+    let (list, more) = bank_recon::day_payments_page(&w.t, "ICBC", "2026-03-07", None, 10).unwrap();
+    assert!(!more);
+    let refs: Vec<(&str, &str, Decimal)> = list
+        .iter()
+        .map(|p| {
+            (
+                p.bank_ref.as_str(),
+                p.payment.account_id.as_str(),
+                p.payment.amount,
+            )
+        })
+        .collect();
+    assert_eq!(
+        refs,
+        vec![("R1", "A1", d("10.00")), ("R2", "A2", d("0.01"))]
+    );
+    assert_eq!(
+        bank_recon::reported_payments(&w.t, "ICBC", "2026-03-07").unwrap(),
+        (2, d("10.01"))
+    );
+    // Paged one at a time, the same.
+    let (a, more) = bank_recon::day_payments_page(&w.t, "ICBC", "2026-03-07", None, 1).unwrap();
+    assert!(more);
+    let (b, more) =
+        bank_recon::day_payments_page(&w.t, "ICBC", "2026-03-07", Some(&a[0].bank_ref), 1).unwrap();
+    assert!(!more);
+    assert_eq!(vec![a[0].clone(), b[0].clone()], list);
+
+    // A reversal (on a later day) marks the payment under its own day.
+    let rev = w.ok(
+        "rev",
+        day + 3 * DAY,
+        Op::Reverse {
+            record_id: rid_of(&p1),
+            reason: "wrong account".into(),
+        },
+    );
+    let (rec, _, _) = posted(&rev);
+    let (list, _) = bank_recon::day_payments_page(&w.t, "ICBC", "2026-03-07", None, 10).unwrap();
+    assert_eq!(list[0].payment.reversed_by, Some(rec.seq));
+    assert_eq!(list[0].payment.reversed_ms, Some(day + 3 * DAY));
+    assert_eq!(list[1].payment.reversed_by, None);
+    // Found from a neighbouring day: R0 was posted the day before.
+    let e = bank_recon::posted_elsewhere(&w.t, "ICBC", "R0", "2026-03-07")
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.day.as_deref(), Some("2026-03-06"));
+    assert_eq!(e.request_id, "p0");
+    assert!(
+        bank_recon::posted_elsewhere(&w.t, "ICBC", "NONE", "2026-03-07")
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// An imported payment with a bank code is indexed like a posted one.
+#[test]
+fn imported_payments_are_indexed_under_their_legacy_day() {
+    let mut w = World::standard();
+    let day = days_ms(2019, 5, 31);
+    w.ok(
+        "imp",
+        t0(),
+        Op::Import {
+            accounts: Vec::new(),
+            records: vec![ImportRecord {
+                account_id: "A1".into(),
+                kind: "payment".into(),
+                amount: d("12.50"),
+                units: Decimal::ZERO,
+                ts_ms: day + 1000,
+                operator_id: "legacy".into(),
+                branch: String::new(),
+                tariff_id: String::new(),
+                invoice_no: String::new(),
+                bank_code: "OLD".into(),
+                bank_ref: "L1".into(),
+                card_no: String::new(),
+                card_seq: 0,
+            }],
+        },
+    );
+    let (list, _) = bank_recon::day_payments_page(&w.t, "OLD", "2019-05-31", None, 10).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].bank_ref, "L1");
+    assert_eq!(list[0].payment.amount, d("12.50"));
+    assert_eq!(
+        bank_recon::reported_payments(&w.t, "OLD", "2019-05-31")
+            .unwrap()
+            .0,
+        1
+    );
+}

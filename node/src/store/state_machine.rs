@@ -183,6 +183,11 @@ impl<'a> RocksRead<'a> {
             snap: db.snapshot(),
         }
     }
+
+    /// The last applied log id as this view sees it.
+    pub fn applied(&self) -> Result<Option<LogId>, std::io::Error> {
+        applied_in(self.db, &self.snap)
+    }
 }
 
 impl Get for RocksRead<'_> {
