@@ -132,7 +132,7 @@ pub struct TariffVersions {
 }
 
 /// One tier's share of a purchase.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TierPiece {
     #[serde(with = "crate::money::decimal_compact")]

@@ -569,6 +569,14 @@ fn every_operation_happy_path_and_refusals() {
         code(counter.post("/v1/import", &json!({"request_id": "import-2"}))),
         "PERMISSION_DENIED"
     );
+    // An empty import is a bad argument, not a too-large one.
+    assert_eq!(
+        code(ops.post(
+            "/v1/import",
+            &json!({"request_id": "import-0", "accounts": [], "records": []})
+        )),
+        "INVALID_ARGUMENT"
+    );
     // A migration-sized import: 600 records, a body well over the 64 KiB
     // limit of other requests (imports may carry up to 1 MiB).
     let records: Vec<Value> = (0..600i64)

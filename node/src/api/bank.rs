@@ -137,9 +137,9 @@ fn payment_json(p: &DayPayment) -> Value {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReconcileArgs {
+pub(crate) struct ReconcileArgs {
     request_id: String,
     date: String,
     /// The statement file's text (CSV `bank_ref,account_id,amount,time`).

@@ -75,6 +75,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_route))
+        .route("/openapi.json", get(openapi_json))
         .route("/v1/cluster/status", get(cluster_status))
         .route("/v1/cluster/digest", get(cluster_digest))
         .route("/v1/cluster/init", post(cluster_init))
@@ -343,6 +344,18 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     }
 }
 
+/// `GET /openapi.json`: the API's description (`openapi.rs`), no token.
+async fn openapi_json() -> Response {
+    static DOCUMENT: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(super::openapi::document_json);
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        DOCUMENT.as_str(),
+    )
+        .into_response()
+}
+
 async fn metrics_route(State(s): State<HttpState>) -> Response {
     (
         StatusCode::OK,
@@ -371,18 +384,18 @@ async fn cluster_digest(State(s): State<HttpState>, caller: Caller) -> HttpResul
     ok(serde_json::json!({"applied_index": applied.map(|l| l.index), "digest": digest}))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NodeJson {
+pub(crate) struct NodeJson {
     id: NodeId,
     raft_addr: String,
     grpc_addr: String,
     http_addr: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct InitJson {
+pub(crate) struct InitJson {
     nodes: Vec<NodeJson>,
 }
 
@@ -433,9 +446,9 @@ async fn cluster_add_learner(
     admin_json(s.app.admin(AdminOp::AddLearner { id: n.id, node }).await?)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MembershipJson {
+pub(crate) struct MembershipJson {
     voters: Vec<NodeId>,
 }
 
@@ -450,9 +463,9 @@ async fn cluster_membership(
     admin_json(s.app.admin(AdminOp::ChangeMembership { voters }).await?)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RemoveJson {
+pub(crate) struct RemoveJson {
     id: NodeId,
 }
 
@@ -466,9 +479,9 @@ async fn cluster_remove(
     admin_json(s.app.admin(AdminOp::Remove { id: req.id }).await?)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TransferJson {
+pub(crate) struct TransferJson {
     to: NodeId,
 }
 
@@ -543,9 +556,9 @@ async fn cluster_scrub(State(s): State<HttpState>, caller: Caller) -> HttpResult
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RepairJson {
+pub(crate) struct RepairJson {
     /// Why (kept with the moved-aside database and in the log).
     #[serde(default)]
     reason: Option<String>,

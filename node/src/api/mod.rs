@@ -6,6 +6,7 @@ pub mod bank;
 pub mod grpc;
 pub mod grpc_discovery;
 pub mod http;
+pub mod openapi;
 pub mod ops;
 pub mod season;
 pub mod status;

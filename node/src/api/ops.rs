@@ -203,9 +203,9 @@ pub fn write_json(outcome: Outcome, log_index: u64) -> Result<Value, ApiError> {
 
 // ---- writes: wire → Op ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct OpenAccountArgs {
+pub(crate) struct OpenAccountArgs {
     request_id: String,
     account_id: String,
     name: String,
@@ -219,9 +219,9 @@ struct OpenAccountArgs {
     tariff_id: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateContactArgs {
+pub(crate) struct UpdateContactArgs {
     request_id: String,
     account_id: String,
     name: Option<String>,
@@ -230,26 +230,26 @@ struct UpdateContactArgs {
     area: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LifecycleArgs {
+pub(crate) struct LifecycleArgs {
     request_id: String,
     account_id: String,
     #[serde(default)]
     reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct IssueCardArgs {
+pub(crate) struct IssueCardArgs {
     request_id: String,
     account_id: String,
     card_no: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReplaceCardArgs {
+pub(crate) struct ReplaceCardArgs {
     request_id: String,
     card_no: String,
     new_card_no: String,
@@ -257,83 +257,88 @@ struct ReplaceCardArgs {
     reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PurchaseArgs {
+pub(crate) struct PurchaseArgs {
     request_id: String,
     card_no: Option<String>,
     account_id: Option<String>,
+    #[schema(pattern = r"^[0-9]+(\.[0-9]{1,2})?$")]
     amount: Option<String>,
+    #[schema(pattern = r"^[0-9]+(\.[0-9]{1,3})?$")]
     units: Option<String>,
     #[serde(default)]
     confirm_duplicate: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RecordArgs {
+pub(crate) struct RecordArgs {
     request_id: String,
     record_id: String,
     #[serde(default)]
     reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PaymentArgs {
+pub(crate) struct PaymentArgs {
     request_id: String,
     account_id: String,
+    #[schema(pattern = r"^[0-9]+(\.[0-9]{1,2})?$")]
     amount: String,
     bank_code: String,
     bank_ref: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AdjustArgs {
+pub(crate) struct AdjustArgs {
     request_id: String,
     account_id: String,
+    #[schema(pattern = r"^-?[0-9]+(\.[0-9]{1,2})?$")]
     amount: String,
     reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ChargeArgs {
+pub(crate) struct ChargeArgs {
     request_id: String,
     account_id: String,
+    #[schema(pattern = r"^[0-9]+(\.[0-9]{1,2})?$")]
     amount: String,
     period: String,
     #[serde(default)]
     reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct InvoiceArgs {
+pub(crate) struct InvoiceArgs {
     request_id: String,
     invoice_no: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BoundaryArgs {
+pub(crate) struct BoundaryArgs {
     request_id: String,
     /// RFC 3339 UTC.
     boundary: Option<String>,
     boundary_ms: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SeasonArgs {
+pub(crate) struct SeasonArgs {
     request_id: String,
     season_id: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DrillArgs {
+pub(crate) struct DrillArgs {
     request_id: String,
     scenario: String,
     result: String,
@@ -352,17 +357,17 @@ struct DrillArgs {
 /// Longest value of a drill duration field: a day, in ms.
 const DRILL_MS_MAX: u64 = 86_400_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TierArgs {
+pub(crate) struct TierArgs {
     /// Upper bound of the tier in units; absent for the last tier.
     up_to: Option<String>,
     price: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TariffArgs {
+pub(crate) struct TariffArgs {
     request_id: String,
     tariff_id: String,
     /// flat | ladder | area
@@ -378,9 +383,9 @@ struct TariffArgs {
     effective_from_ms: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ImportArgs {
+pub(crate) struct ImportArgs {
     request_id: String,
     #[serde(default)]
     accounts: Vec<domain::ImportAccount>,
@@ -643,6 +648,9 @@ pub fn write_op(caller: &Caller, ep: Endpoint, a: Value) -> Result<(String, Op),
         }
         Endpoint::Import => {
             let r: ImportArgs = args(a)?;
+            if r.accounts.is_empty() && r.records.is_empty() {
+                return Err(invalid("an import carries at least one account or record"));
+            }
             if r.accounts.len() + r.records.len() > domain::IMPORT_ITEMS_MAX {
                 return Err(invalid(format!(
                     "at most {} accounts + records per import",
@@ -741,9 +749,9 @@ fn view_here<T>(
     f(&RocksRead::new(&app.db))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AccountIdArgs {
+pub(crate) struct AccountIdArgs {
     account_id: String,
 }
 
@@ -767,9 +775,9 @@ async fn read_account(app: &App, a: Value) -> Result<Value, ApiError> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RequestIdArgs {
+pub(crate) struct RequestIdArgs {
     request_id: String,
 }
 
@@ -788,9 +796,9 @@ async fn read_request(app: &App, a: Value) -> Result<Value, ApiError> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NoArgs {}
+pub(crate) struct NoArgs {}
 
 /// The last drill of every scenario, linearizable.
 async fn read_drills(app: &App, a: Value) -> Result<Value, ApiError> {
@@ -802,9 +810,9 @@ async fn read_drills(app: &App, a: Value) -> Result<Value, ApiError> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct StatementArgs {
+pub(crate) struct StatementArgs {
     account_id: String,
     /// RFC 3339, inclusive.
     from: Option<String>,
@@ -846,9 +854,9 @@ async fn read_statement(app: &App, a: Value) -> Result<Value, ApiError> {
 }
 
 /// Query parameters arrive as strings (HTTP query, gRPC JSON alike).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ListArgs {
+pub(crate) struct ListArgs {
     account_id: String,
     segment: Option<String>,
     from: Option<String>,
@@ -938,9 +946,9 @@ fn records_page(view: &RocksRead<'_>, q: &RecordQuery) -> Result<Value, ApiError
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     card_no: String,
     #[serde(default)]
     generation: u32,
@@ -975,9 +983,9 @@ async fn read_verify(app: &App, a: Value) -> Result<Value, ApiError> {
 /// Newest records a card check returns with its verdict.
 const VERIFY_RECENT_MAX: usize = 20;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MonthlyArgs {
+pub(crate) struct MonthlyArgs {
     month: String,
     group_by: Option<String>,
     consistency: Option<String>,
@@ -1071,9 +1079,9 @@ async fn read_monthly(app: &App, a: Value) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BankDailyArgs {
+pub(crate) struct BankDailyArgs {
     date: String,
     bank_code: Option<String>,
     consistency: Option<String>,

@@ -36,9 +36,9 @@ const LOOK_MAX: usize = 20_000;
 /// Most lines one page of `GET …/bill/lines` returns.
 pub const LINES_PAGE_MAX: usize = 1_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BillArgs {
+pub(crate) struct BillArgs {
     request_id: String,
     /// Go on after this account (the previous answer's `next_after`).
     #[serde(default)]

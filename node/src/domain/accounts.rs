@@ -13,7 +13,7 @@ use super::{Ctx, Op, Outcome, Res, check_id, check_text, keys, read, refuse, wri
 
 pub const UTILITIES: &[&str] = &["electricity", "heat", "water", "gas"];
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Account {
     pub account_id: String,
     pub name: String,
@@ -52,7 +52,7 @@ pub struct Account {
 /// to that record and its `RecordMeta` (a purchase sets it; confirming the
 /// credit loaded, and reversing the purchase, update it; the domain property
 /// test checks the equality after every step).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LastPurchase {
     pub seq: u64,
     pub card_no: String,

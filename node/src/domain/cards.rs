@@ -12,7 +12,7 @@ use super::ledger::{self, Record, RecordQuery, Segment};
 use super::txn::{Family, Get, ReadView, Txn};
 use super::{Ctx, Op, Outcome, Res, check_id, check_text, keys, read, refuse, write};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Card {
     pub card_no: String,
     pub account_id: String,
@@ -196,7 +196,7 @@ pub(crate) fn revoke<T: Txn + ?Sized>(txn: &mut T, card_no: &str, ts_ms: i64) ->
 }
 
 /// The answer to a card check.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CardCheck {
     /// `OK`, or `CARD_UNKNOWN`, `CARD_REPLACED`, `ACCOUNT_CLOSED`,
     /// `ACCOUNT_SUSPENDED`, `CREDIT_NOT_LOADED`.

@@ -17,7 +17,7 @@ pub const META_DRILL_PREFIX: &[u8] = b"drill/";
 pub const DRILLS_MAX: usize = 64;
 
 /// What a drill reported, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DrillSummary {
     pub scenario: String,
     /// `PASS` or `FAILED`.
@@ -41,7 +41,7 @@ pub struct DrillSummary {
 
 /// A stored drill: the summary plus when and by which token it was
 /// recorded (the command's time and operator).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DrillEntry {
     pub summary: DrillSummary,
     pub recorded_ms: i64,

@@ -30,7 +30,7 @@ use super::{invoices, ledger};
 /// Most accounts + records in one import command.
 pub const IMPORT_ITEMS_MAX: usize = 1000;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImportAccount {
     pub account_id: String,
     pub name: String,
@@ -52,7 +52,7 @@ pub struct ImportAccount {
     pub card_generation: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImportRecord {
     pub account_id: String,
     /// purchase | payment | charge | adjustment

@@ -15,7 +15,7 @@ use super::ledger::Record;
 use super::txn::{Family, Get, Txn};
 use super::{Ctx, Op, Outcome, Res, accounts, keys, read, refuse, write};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Invoice {
     pub invoice_no: String,
     pub account_id: String,

@@ -22,7 +22,7 @@ use super::txn::{Family, Get, ReadView, Txn};
 use super::{Ctx, Op, Outcome, Res, check_text, keys, read, refuse, reports, sub, write};
 
 /// One ledger entry. Never changed once written.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Record {
     pub account_id: String,
     /// Per-account record number, 1, 2, …

@@ -46,7 +46,7 @@ use sha2::{Digest, Sha256};
 
 use billdb_api::error::{ApiError, ErrorCode};
 
-pub use accounts::{Account, LastPurchase, get_account};
+pub use accounts::{Account, LastPurchase, UTILITIES, get_account};
 pub use cards::{Card, CardCheck, get_card, verify_card};
 pub use import::{IMPORT_ITEMS_MAX, ImportAccount, ImportRecord};
 pub use invoices::{Invoice, get_invoice};

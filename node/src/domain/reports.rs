@@ -55,7 +55,7 @@ impl GroupBy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ReportLine {
     /// The operator, branch, tariff, kind or bank the line is about.
     pub value: String,
@@ -67,7 +67,7 @@ pub struct ReportLine {
     pub units: Decimal,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub period: String,
     pub lines: Vec<ReportLine>,

@@ -47,7 +47,9 @@ pub const ROUNDING_NOTE: &str = "each account's charge is its heated area (m²) 
     stop), rounded half-even to the cent";
 
 /// Why an account got no season charge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
     /// Closed accounts are frozen.
@@ -81,7 +83,8 @@ impl SkipReason {
 }
 
 /// One account's line in a season's bill.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = SeasonBillLine)]
 pub struct Line {
     pub account_id: String,
     pub branch: String,
@@ -413,7 +416,8 @@ pub fn next_heat_accounts<R: ReadView + ?Sized>(
 }
 
 /// One (branch, tariff) line of a season bill report.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = SeasonBillSumLine)]
 pub struct SumLine {
     pub branch: String,
     pub tariff_id: String,
@@ -424,7 +428,8 @@ pub struct SumLine {
 
 /// The season bill report: what was charged, to the cent, and what was
 /// skipped, how many for each reason.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = SeasonBillReport)]
 pub struct Report {
     pub season_id: String,
     pub accounts_billed: u64,

@@ -29,7 +29,7 @@ pub struct Season {
 }
 
 /// An account's carry-forward into a season.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AccountSeason {
     pub number: u32,
     pub season_id: String,

@@ -23,7 +23,8 @@ pub const STATEMENT_LINES_MAX: usize = 10_000;
 /// Most records read for one statement (the period's and every later one).
 pub const RECORDS_READ_MAX: usize = 200_000;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = StatementLine)]
 pub struct Line {
     pub record_id: String,
     pub ts_ms: i64,
@@ -44,7 +45,8 @@ pub struct Line {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = StatementKindTotal)]
 pub struct KindTotal {
     pub count: u64,
     #[serde(with = "rust_decimal::serde::str")]
@@ -53,7 +55,7 @@ pub struct KindTotal {
     pub balance_effect: Decimal,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Statement {
     pub account_id: String,
     pub name: String,
