@@ -41,7 +41,7 @@ const README_BLOCKS: &[(&str, Plan)] = &[
 
 const INTEGRATION_BLOCKS: &[(&str, Plan)] = &[
     (
-        "BILLDB_API_FUZZ_EXAMPLES=500",
+        "BILLDB_API_FUZZ_EXAMPLES=200",
         Plan::NotRun("the long fuzzing run; node/tests/api_contract.rs runs the short one"),
     ),
     ("eval \"$(billdb local env)\"", Plan::Run),

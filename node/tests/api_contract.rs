@@ -31,6 +31,41 @@ fn pyenv() -> PathBuf {
     env
 }
 
+/// Identifiers that exist (seeded above), each offered for its parameter
+/// in most generated requests; the rest stay random.
+const CONFIG: &str = r#"
+[dictionaries.accounts]
+values = ["A1", "H2"]
+[dictionaries.cards]
+values = ["CARD-1"]
+[dictionaries.records]
+values = ["A1:1", "H2:1", "H2:2"]
+[dictionaries.invoices]
+values = ["INV000000000001"]
+[dictionaries.tariffs]
+values = ["T1", "H1"]
+[dictionaries.seasons]
+values = ["2026-2027"]
+[dictionaries.banks]
+values = ["ICBC"]
+[dictionaries.branches]
+values = ["B01", "B02"]
+
+[parameters]
+"path.account_id" = { dictionary = "accounts", probability = 0.6 }
+"path.card_no" = { dictionary = "cards", probability = 0.6 }
+"path.record_id" = { dictionary = "records", probability = 0.6 }
+"path.invoice_no" = { dictionary = "invoices", probability = 0.6 }
+"path.tariff_id" = { dictionary = "tariffs", probability = 0.6 }
+"path.season_id" = { dictionary = "seasons", probability = 0.6 }
+"path.bank_code" = { dictionary = "banks", probability = 0.6 }
+"body.account_id" = { dictionary = "accounts", probability = 0.6 }
+"body.card_no" = { dictionary = "cards", probability = 0.6 }
+"body.tariff_id" = { dictionary = "tariffs", probability = 0.6 }
+"body.bank_code" = { dictionary = "banks", probability = 0.6 }
+"body.branch" = { dictionary = "branches", probability = 0.6 }
+"#;
+
 #[test]
 fn the_served_description_is_the_checked_in_one_and_the_api_keeps_it() {
     let c = TestCluster::start(37300, 5);
@@ -51,27 +86,88 @@ fn the_served_description_is_the_checked_in_one_and_the_api_keeps_it() {
     );
     assert_eq!(served["openapi"], "3.1.0");
 
-    // Some data for the fuzzer to find.
+    // Data for the fuzzer to find: the identifiers in CONFIG's
+    // dictionaries exist, so generated requests reach past "not found".
     let ops = c.http(1);
-    ops.put_json(
-        "/v1/tariffs/T1",
-        &json!({"request_id": "tariff-T1", "kind": "flat", "price": "0.50"}),
+    let bank = c.http_as(1, "bank");
+    let seed: &[(&str, &str, serde_json::Value)] = &[
+        (
+            "PUT",
+            "/v1/tariffs/T1",
+            json!({"request_id": "s-1", "kind": "flat", "price": "0.50"}),
+        ),
+        (
+            "PUT",
+            "/v1/tariffs/H1",
+            json!({"request_id": "s-2", "kind": "area", "price": "25.00", "suspended_share": "0.3"}),
+        ),
+        (
+            "POST",
+            "/v1/accounts",
+            json!({"request_id": "s-3", "account_id": "A1", "name": "Fuzz", "branch": "B01", "utility": "electricity", "tariff_id": "T1"}),
+        ),
+        (
+            "POST",
+            "/v1/accounts",
+            json!({"request_id": "s-4", "account_id": "H2", "name": "Heat", "branch": "B02", "utility": "heat", "tariff_id": "H1"}),
+        ),
+        (
+            "PATCH",
+            "/v1/accounts/H2",
+            json!({"request_id": "s-5", "area": "80.50"}),
+        ),
+        (
+            "POST",
+            "/v1/cards",
+            json!({"request_id": "s-6", "account_id": "A1", "card_no": "CARD-1"}),
+        ),
+        (
+            "POST",
+            "/v1/purchases",
+            json!({"request_id": "s-7", "card_no": "CARD-1", "amount": "100.00"}),
+        ),
+        (
+            "POST",
+            "/v1/seasons",
+            json!({"request_id": "s-8", "season_id": "2026-2027"}),
+        ),
+        (
+            "POST",
+            "/v1/seasons/2026-2027/bill",
+            json!({"request_id": "s-9"}),
+        ),
+    ];
+    for (method, path, body) in seed {
+        let r = match *method {
+            "PUT" => ops.put_json(path, body),
+            "PATCH" => {
+                let addr = c.c.http_addr(1).expect("addr");
+                let token = c.c.token("ops").expect("token");
+                let (status, v) = raw_request(&addr, "PATCH", path, &body.to_string(), &token);
+                assert_eq!(status, 200, "PATCH {path}: {v}");
+                Ok(v)
+            }
+            _ => ops.post(path, body),
+        };
+        r.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    }
+    bank.post(
+        "/v1/payments",
+        &json!({"request_id": "s-10", "account_id": "H2", "amount": "50.00", "bank_code": "ICBC", "bank_ref": "R1"}),
     )
-    .expect("tariff");
-    ops.post(
-        "/v1/accounts",
-        &json!({"request_id": "open-A1", "account_id": "A1", "name": "Fuzz",
-                "branch": "B01", "utility": "electricity", "tariff_id": "T1"}),
-    )
-    .expect("open");
+    .expect("payment");
 
     let examples = std::env::var("BILLDB_API_FUZZ_EXAMPLES").unwrap_or_else(|_| "25".into());
     let dir = tempfile::tempdir().expect("tempdir");
     let doc = dir.path().join("openapi.json");
     std::fs::write(&doc, &checked_in).expect("write the document");
+    let config = dir.path().join("schemathesis.toml");
+    std::fs::write(&config, CONFIG).expect("write the config");
     let out = Command::new(pyenv().join("bin/st"))
         .current_dir(dir.path())
         .arg("--no-color")
+        .arg("--config-file")
+        .arg(&config)
         .arg("run")
         .arg(&doc)
         .args(["--url", &c.c.http_url(1).expect("url")])

@@ -265,14 +265,6 @@ struct SeasonBillRun {
     ms: u64,
 }
 
-/// One page of a season bill's lines.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct SeasonBillLines {
-    lines: Vec<domain::season_bill::Line>,
-    next_after: Option<String>,
-}
-
 /// A count and a sum of money.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -964,7 +956,7 @@ fn routes() -> Vec<Route> {
             summary: "Every account's season bill line, a page at a time (skipped=true|false, after, limit).",
             roles: Some(OPS_AUDITOR),
             args: Query(season_lines_query),
-            answer: Json(200, named::<SeasonBillLines>),
+            answer: Json(200, named::<super::season::LinesPage>),
         },
         // ---- cluster ----
         Route {

@@ -33,6 +33,35 @@ use crate::store::state_machine::RocksRead;
 pub const CALL_BUDGET_MS: u64 = 3_000;
 /// Most accounts one batch's scan looks at (heat or not).
 const LOOK_MAX: usize = 20_000;
+/// One account's line as `GET …/bill/lines` answers it (also its schema
+/// in the OpenAPI document).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct LineAnswer {
+    account_id: String,
+    branch: String,
+    tariff_id: String,
+    /// Heated area, m².
+    area_m2: String,
+    /// A heating stop: the suspended share was charged.
+    suspended: bool,
+    /// Billed: the charge; skipped: 0.
+    amount: String,
+    /// Billed: the charge record.
+    record_id: Option<String>,
+    /// Skipped: why (closed, no_area, no_tariff, not_area_tariff,
+    /// rounds_to_zero, not_heat, refused), and in words.
+    skipped: Option<&'static str>,
+    reason: Option<String>,
+}
+
+/// One page of `GET …/bill/lines`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct LinesPage {
+    lines: Vec<LineAnswer>,
+    /// Give it back as `after` for the next page; null at the end.
+    next_after: Option<String>,
+}
+
 /// Most lines one page of `GET …/bill/lines` returns.
 pub const LINES_PAGE_MAX: usize = 1_000;
 
@@ -240,23 +269,27 @@ pub async fn lines(
     .await
     .map_err(internal)?
     .map_err(internal)?;
-    let lines: Vec<Value> = page
+    let lines: Vec<LineAnswer> = page
         .into_iter()
-        .map(|l| {
-            json!({
-                "account_id": l.account_id,
-                "branch": l.branch,
-                "tariff_id": l.tariff_id,
-                "area_m2": l.area_m2.to_string(),
-                "suspended": l.suspended,
-                "amount": l.amount.to_string(),
-                "record_id": l.record_seq.map(|s| crate::domain::record_id(&l.account_id, s)),
-                "skipped": l.skipped.as_ref().map(|(r, _)| r.code()),
-                "reason": l.skipped.as_ref().map(|(_, t)| t.clone()),
-            })
+        .map(|l| LineAnswer {
+            record_id: l
+                .record_seq
+                .map(|s| crate::domain::record_id(&l.account_id, s)),
+            skipped: l.skipped.as_ref().map(|(r, _)| r.code()),
+            reason: l.skipped.as_ref().map(|(_, t)| t.clone()),
+            area_m2: l.area_m2.to_string(),
+            amount: l.amount.to_string(),
+            account_id: l.account_id,
+            branch: l.branch,
+            tariff_id: l.tariff_id,
+            suspended: l.suspended,
         })
         .collect();
-    Ok(json!({"lines": lines, "next_after": next}))
+    serde_json::to_value(LinesPage {
+        lines,
+        next_after: next,
+    })
+    .map_err(internal)
 }
 
 #[cfg(test)]

@@ -83,8 +83,7 @@ impl SkipReason {
 }
 
 /// One account's line in a season's bill.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[schema(as = SeasonBillLine)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Line {
     pub account_id: String,
     pub branch: String,
