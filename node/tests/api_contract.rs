@@ -4,8 +4,9 @@
 //! `deploy/setup.sh` makes) fuzzes every billing, report and season route of
 //! a real five-node cluster from it, positive and negative cases: no 5xx,
 //! every answer matches its schema, no undocumented status code or content
-//! type, every route refuses a request without a token (`ignored_auth`)
-//! and an undocumented method (`unsupported_method`). Cluster administration and backup routes are described but not
+//! type, every request the description calls invalid is refused
+//! (`negative_data_rejection`), every route refuses a request without a
+//! token (`ignored_auth`) and an undocumented method (`unsupported_method`). Cluster administration and backup routes are described but not
 //! fuzzed here (they remove members and rebuild nodes).
 //!
 //! `BILLDB_API_FUZZ_EXAMPLES` (default 25) sets the examples per route; the
@@ -178,7 +179,7 @@ fn the_served_description_is_the_checked_in_one_and_the_api_keeps_it() {
         .args(["--max-examples", &examples, "--seed", "20261206", "--workers", "2"])
         .args([
             "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,ignored_auth,unsupported_method",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection,ignored_auth,unsupported_method",
         ])
         .args(["--report", "junit", "--report-dir"])
         .arg(dir.path())

@@ -178,7 +178,7 @@ fn reflection_client_without_proto_purchases_and_reads_refusal_codes() {
 
 #[test]
 fn health_is_not_serving_on_a_leader_cut_off_from_its_quorum_and_serving_after() {
-    let c = TestCluster::start(37100, 5);
+    let c = TestCluster::start(37500, 5);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let leader = c.leader();

@@ -1412,11 +1412,40 @@ pub fn document() -> OpenApi {
 
 /// The document as served and checked in (pretty JSON, trailing newline).
 pub fn document_json() -> String {
-    let mut s = document()
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let mut v = match serde_json::to_value(document()) {
+        Ok(v) => v,
+        Err(e) => return format!("{{\"error\": \"{e}\"}}\n"),
+    };
+    unsigned_integers(&mut v);
+    let mut s =
+        serde_json::to_string_pretty(&v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     s.push('\n');
     s
+}
+
+/// Unsigned integers as the server reads them: `uint32` / `uint64` with
+/// their real maximum (utoipa writes `u-int32`, and without
+/// `non_strict_integers` the signed range, which refuses values the
+/// server accepts).
+fn unsigned_integers(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let max = match m.get("format").and_then(|f| f.as_str()) {
+                Some("u-int32") => Some(("uint32", serde_json::json!(u32::MAX))),
+                Some("u-int64") => Some(("uint64", serde_json::json!(u64::MAX))),
+                _ => None,
+            };
+            if let Some((format, maximum)) = max {
+                m.insert("format".into(), serde_json::json!(format));
+                m.insert("maximum".into(), maximum);
+            }
+            for child in m.values_mut() {
+                unsigned_integers(child);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(unsigned_integers),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -1461,6 +1490,10 @@ mod tests {
         assert!(served.len() > 40, "parsed routes: {served:?}");
         let doc = document();
         let described: BTreeSet<String> = doc.paths.paths.keys().cloned().collect();
+        assert!(
+            !document_json().contains("u-int"),
+            "unsigned formats are rewritten"
+        );
         assert_eq!(described, served);
     }
 

@@ -954,14 +954,19 @@ pub(crate) struct VerifyArgs {
     generation: u32,
     #[serde(default)]
     seq_on_card: u64,
-    /// Accepted and ignored: a check writes nothing.
+    /// Accepted (in the form of every request_id) and ignored: a check
+    /// writes nothing.
     #[serde(default)]
     request_id: Option<String>,
 }
 
 async fn read_verify(app: &App, a: Value) -> Result<Value, ApiError> {
     let r: VerifyArgs = args(a)?;
-    let _ = r.request_id;
+    // Ignored (a check writes nothing), but held to the same form as
+    // every request_id, so a client's bug shows here too.
+    if let Some(rid) = &r.request_id {
+        validate::id("request_id", rid)?;
+    }
     let card_no = validate::id("card_no", &r.card_no)?;
     app.linearize().await?;
     // Bounded: one card, one account, VERIFY_RECENT_MAX records.
