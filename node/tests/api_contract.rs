@@ -20,18 +20,6 @@ use std::process::Command;
 use common::*;
 use serde_json::json;
 
-fn pyenv() -> PathBuf {
-    let env = std::env::var_os("BILLDB_PYENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/billdb-pyenv"));
-    assert!(
-        env.join("bin/st").exists(),
-        "{}/bin/st is missing: run deploy/setup.sh (it makes the Python environment the API tests use)",
-        env.display()
-    );
-    env
-}
-
 /// Identifiers that exist (seeded above), each offered for its parameter
 /// in most generated requests; the rest stay random.
 const CONFIG: &str = r#"
@@ -164,7 +152,7 @@ fn the_served_description_is_the_checked_in_one_and_the_api_keeps_it() {
     std::fs::write(&doc, &checked_in).expect("write the document");
     let config = dir.path().join("schemathesis.toml");
     std::fs::write(&config, CONFIG).expect("write the config");
-    let out = Command::new(pyenv().join("bin/st"))
+    let out = Command::new(py_tool("st"))
         .current_dir(dir.path())
         .arg("--no-color")
         .arg("--config-file")

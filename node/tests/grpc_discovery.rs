@@ -20,19 +20,6 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-fn python() -> PathBuf {
-    let env = std::env::var_os("BILLDB_PYENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/billdb-pyenv"));
-    let py = env.join("bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: run deploy/setup.sh (it makes the Python environment the API tests use)",
-        py.display()
-    );
-    py
-}
-
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/py")
@@ -98,7 +85,7 @@ fn reflection_client_without_proto_purchases_and_reads_refusal_codes() {
     .expect("card");
 
     let node = 2;
-    let out = Command::new(python())
+    let out = Command::new(py_tool("python"))
         .arg(script("grpc_reflection_client.py"))
         .args(["--target", &c.c.grpc_addr(node).expect("addr")])
         .arg("--ca")

@@ -15,22 +15,9 @@ use common::*;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-fn python() -> PathBuf {
-    let env = std::env::var_os("BILLDB_PYENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/billdb-pyenv"));
-    let py = env.join("bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: run deploy/setup.sh (it makes the Python environment the API tests use)",
-        py.display()
-    );
-    py
-}
-
 fn example(c: &TestCluster, node: NodeId, identity: &str, script: &str, args: &[&str]) -> Value {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
-    let out = Command::new(python())
+    let out = Command::new(py_tool("python"))
         .current_dir(&dir)
         .arg(script)
         .args(args)

@@ -33,20 +33,6 @@ use crate::domain;
 // ---- answer envelopes (the documents `Outcome::to_json`, `write_json` and
 // the read functions build around the domain types) ----
 
-/// A write's answer: which outcome (`result`) and the Raft log index that
-/// holds the write. A resent request (same `request_id`) answers the first
-/// outcome.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct WriteCommon {
-    /// account_opened | account_updated | card_issued | card_replaced |
-    /// record_posted | payment_posted | credit_loaded | boundary_set |
-    /// season_opened | imported | tariff_defined | invoice_printed |
-    /// drill_recorded
-    result: String,
-    log_index: u64,
-}
-
 /// `POST /v1/accounts`.
 #[derive(ToSchema)]
 #[allow(dead_code)]

@@ -207,21 +207,27 @@ pub fn ready(app: &App) -> Result<(), String> {
             crate::storage_guard::recovery_note(&f)
         ));
     }
-    let s = status(app);
-    if !s.voters.contains(&app.id) && !s.learners.contains(&app.id) {
+    // Raft's metrics only (no status document: this runs every
+    // `HEALTH_REFRESH_MS` for the gRPC health service).
+    let m = app.metrics();
+    let membership = m.membership_config.membership();
+    let voters = membership.voter_ids().count();
+    let member = membership.voter_ids().any(|id| id == app.id)
+        || membership.learner_ids().any(|id| id == app.id);
+    if !member {
         return Err("not a member of any cluster yet".into());
     }
-    if s.leader_id.is_none() {
+    let Some(leader_id) = m.current_leader else {
         return Err("no leader known".into());
-    }
-    if s.leader_id == Some(app.id) && s.voters.len() > 1 {
+    };
+    if leader_id == app.id && voters > 1 {
         // A leader cut off from its quorum does not know it has lost
         // leadership until it hears a higher term; it must not say ready
         // (writes sent to it wait and time out).
         use openraft::async_runtime::Instant as _;
-        let heard_ms = app
-            .metrics()
+        let heard_ms = m
             .last_quorum_acked
+            .as_ref()
             .map(|t| t.elapsed().as_millis() as u64);
         let limit_ms =
             LEADER_QUORUM_SILENCE_ELECTION_TIMEOUTS * app.config.raft.election_timeout_max_ms;
@@ -236,11 +242,10 @@ pub fn ready(app: &App) -> Result<(), String> {
             None => return Err("leader without a quorum: no majority has answered yet".into()),
         }
     }
-    if s.applied_index < s.committed_index {
-        return Err(format!(
-            "applying: {:?} of {:?}",
-            s.applied_index, s.committed_index
-        ));
+    let applied = m.last_applied.as_ref().map(|l| l.index);
+    let committed = m.local_committed.as_ref().map(|l| l.index);
+    if applied < committed {
+        return Err(format!("applying: {applied:?} of {committed:?}"));
     }
     Ok(())
 }

@@ -539,3 +539,19 @@ pub fn acked_per_account(c: &TestCluster, prefix: &str, acked: u64) -> Vec<u64> 
     );
     per
 }
+
+/// `name` (e.g. `python`, `st`) from the Python environment of the API
+/// tests that `deploy/setup.sh` makes in `$BILLDB_PYENV` (default
+/// /var/tmp/billdb-pyenv); a missing one fails the test.
+pub fn py_tool(name: &str) -> std::path::PathBuf {
+    let env = std::env::var_os("BILLDB_PYENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/tmp/billdb-pyenv"));
+    let tool = env.join("bin").join(name);
+    assert!(
+        tool.exists(),
+        "{} is missing: run deploy/setup.sh (it makes the Python environment the API tests use)",
+        tool.display()
+    );
+    tool
+}
