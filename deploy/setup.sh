@@ -56,6 +56,25 @@ if [ ! -e /dev/fuse ]; then
   [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing (load the fuse kernel module): the power-loss test needs FUSE" >&2; exit 1; }
 fi
 
+# The tests start clusters on fixed loopback ports, some of them (32000-
+# 39999) inside the kernel's ephemeral range (32768-60999 by default): an
+# outgoing connection of anything on this machine could hold one for a
+# moment and a cluster would fail to start with "address ... is not free".
+# Reserving the range keeps the kernel from handing those ports out as
+# ephemeral ones; listening on them is unaffected.
+TEST_PORTS="32000-39999"
+reserved=$(cat /proc/sys/net/ipv4/ip_local_reserved_ports 2>/dev/null || echo "?")
+if [ "$reserved" != "?" ] && [[ ",$reserved," != *",$TEST_PORTS,"* ]]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  want="$TEST_PORTS"
+  [ -z "$reserved" ] || want="$reserved,$TEST_PORTS"
+  if ! $SUDO sysctl -q -w "net.ipv4.ip_local_reserved_ports=$want" >/dev/null 2>&1; then
+    echo "setup: warning: could not reserve ports $TEST_PORTS (net.ipv4.ip_local_reserved_ports);" \
+      "a test cluster may then find a port held by an outgoing connection" >&2
+  fi
+fi
+
 # The Docker daemon, for the container tests: started when it does not
 # answer (where systemd runs, its service; else dockerd in the background).
 if ! docker info >/dev/null 2>&1; then
