@@ -3,15 +3,26 @@
 //!
 //! This crate does no I/O.
 
-/// Client-facing gRPC API (`billdb.v1`).
+/// Client-facing gRPC API, version 1 (`billdb.v1`): cluster administration,
+/// and the billing service answering JSON strings (kept for one release
+/// beside [`pb2`]).
 pub mod pb {
     tonic::include_proto!("billdb.v1");
 }
 
-/// The encoded `FileDescriptorSet` of the client API (`billdb.v1`), served by
-/// the node's gRPC reflection so a client with no .proto file can list and
-/// call every RPC.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("billdb_v1_descriptor");
+/// Client-facing gRPC API, version 2 (`billdb.v2`): the billing service with
+/// one typed reply per operation.
+pub mod pb2 {
+    tonic::include_proto!("billdb.v2");
+}
+
+/// The encoded `FileDescriptorSet` of the client API (`billdb.v1` and
+/// `billdb.v2`), served by the node's gRPC reflection so a client with no
+/// .proto file can list and call every RPC, and read by [`v2json`].
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("billdb_client_descriptor");
+
+pub mod v2json;
 
 /// Node-to-node Raft transport (`billdb.raft.v1`).
 pub mod raftpb {

@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use billdb_api::pb::billing_client::BillingClient;
-use billdb_api::pb::{OpenAccountRequest, PaymentRequest};
+use billdb_api::pb2::billing_client::BillingClient;
+use billdb_api::pb2::{OpenAccountRequest, PaymentRequest};
 use hdrhistogram::Histogram;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;

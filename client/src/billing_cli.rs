@@ -4,7 +4,8 @@
 
 use anyhow::{Result, anyhow};
 use billdb_api::error::ApiError;
-use billdb_api::pb;
+use billdb_api::pb2 as pb;
+use billdb_api::v2json;
 use billdb_client::client::{Client, new_request_id};
 use billdb_client::render;
 use clap::{Args, Subcommand};
@@ -386,19 +387,37 @@ fn api_err(e: ApiError, json_out: bool) -> anyhow::Error {
     anyhow!("{}: {}", e.code, e.message)
 }
 
-fn print_write(reply: pb::WriteReply, json_out: bool, request_id: &str) -> Result<()> {
-    let outcome: Value =
-        serde_json::from_str(&reply.outcome_json).unwrap_or(Value::String(reply.outcome_json));
+/// A typed reply as the JSON the HTTP API answers (for `--json` and the
+/// renderers).
+fn as_json<M: prost::Message + prost::Name>(m: &M) -> Result<Value> {
+    v2json::to_json(m).map_err(|e| anyhow!("{e}"))
+}
+
+/// An account opening or a payment: `{"request_id","log_index","outcome"}`.
+fn print_write(mut outcome: Value, json_out: bool, request_id: &str) -> Result<()> {
+    let log_index = outcome
+        .as_object_mut()
+        .and_then(|o| o.remove("log_index"))
+        .unwrap_or(Value::Null);
     if json_out {
         println!(
             "{}",
-            json!({"request_id": request_id, "log_index": reply.log_index, "outcome": outcome})
+            json!({"request_id": request_id, "log_index": log_index, "outcome": outcome})
         );
     } else {
-        println!("ok  request {request_id}  (log index {})", reply.log_index);
+        println!("ok  request {request_id}  (log index {log_index})");
         print!("{}", render::key_values(&outcome));
+        print_warnings(&outcome);
     }
     Ok(())
+}
+
+fn print_warnings(v: &Value) {
+    if let Some(w) = v.get("warnings").and_then(Value::as_array) {
+        for warning in w {
+            println!("WARNING  {}", render::scalar(warning));
+        }
+    }
 }
 
 /// The answer of a JSON-reply write: `ok request …` and its fields.
@@ -408,13 +427,7 @@ fn print_outcome(v: &Value, json_out: bool, request_id: &str) {
     } else {
         println!("ok  request {request_id}");
         print!("{}", render::key_values(v));
-        if let Some(w) = v.get("warnings").and_then(Value::as_array)
-            && !w.is_empty()
-        {
-            for warning in w {
-                println!("WARNING  {}", render::scalar(warning));
-            }
-        }
+        print_warnings(v);
     }
 }
 
@@ -438,15 +451,28 @@ where
     rt.block_on(f(client)).map_err(|e| api_err(e, conn.json))
 }
 
-fn write<F, Fut>(w: &WriteArg, prefix: &str, f: F) -> Result<()>
+fn write<R, F, Fut>(w: &WriteArg, prefix: &str, f: F) -> Result<()>
 where
+    R: prost::Message + prost::Name,
     F: FnOnce(Client, String) -> Fut,
-    Fut: std::future::Future<Output = Result<Value, ApiError>>,
+    Fut: std::future::Future<Output = Result<R, ApiError>>,
 {
     let request_id = w.id(prefix);
     let id = request_id.clone();
-    let v = call(&w.conn, move |c| f(c, id))?;
-    print_outcome(&v, w.conn.json, &request_id);
+    let reply = call(&w.conn, move |c| f(c, id))?;
+    print_outcome(&as_json(&reply)?, w.conn.json, &request_id);
+    Ok(())
+}
+
+/// A read: its reply as JSON (`--json`) or rendered.
+fn read<R, F, Fut>(conn: &ConnArg, render: fn(&Value) -> String, f: F) -> Result<()>
+where
+    R: prost::Message + prost::Name,
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<R, ApiError>>,
+{
+    let reply = call(conn, f)?;
+    print_read(&as_json(&reply)?, conn.json, render);
     Ok(())
 }
 
@@ -482,17 +508,12 @@ pub fn run_account(cmd: AccountCmd) -> Result<()> {
                 tariff_id,
             };
             let reply = call(&w.conn, |c| async move { c.open_account(req).await })?;
-            print_write(reply, w.conn.json, &request_id)
+            print_write(as_json(&reply)?, w.conn.json, &request_id)
         }
         AccountCmd::Get { account_id, conn } => {
             let a = call(&conn, |c| async move { c.get_account(&account_id).await })?;
             if conn.json {
-                println!(
-                    "{}",
-                    json!({"account_id": a.account_id, "name": a.name, "address": a.address, "branch": a.branch,
-                           "utility": a.utility, "meter_id": a.meter_id, "tariff_id": a.tariff_id, "status": a.status,
-                           "balance": a.balance, "opened_ms": a.opened_ms, "last_seq": a.last_seq})
-                );
+                println!("{}", as_json(&a)?);
             } else {
                 println!("account  {}  ({}, {})", a.account_id, a.utility, a.status);
                 println!("  name     {}", a.name);
@@ -568,9 +589,9 @@ pub fn run_account(cmd: AccountCmd) -> Result<()> {
                 page_token,
                 order: Some(if asc { "asc" } else { "desc" }.to_string()),
             };
-            let v = call(&conn, |c| async move { c.list_records(req).await })?;
-            print_read(&v, conn.json, render::records);
-            Ok(())
+            read(&conn, render::records, |c| async move {
+                c.list_records(req).await
+            })
         }
     }
 }
@@ -583,9 +604,9 @@ fn run_statement(account_id: String, from: String, to: String, conn: ConnArg) ->
         from_ms: None,
         to_ms: None,
     };
-    let v = call(&conn, |c| async move { c.statement(req).await })?;
-    print_read(&v, conn.json, render::statement);
-    Ok(())
+    read(&conn, render::statement, |c| async move {
+        c.statement(req).await
+    })
 }
 
 pub fn run_card(cmd: CardCmd) -> Result<()> {
@@ -627,9 +648,9 @@ pub fn run_card(cmd: CardCmd) -> Result<()> {
                 generation,
                 seq_on_card,
             };
-            let v = call(&conn, |c| async move { c.verify_card(req).await })?;
-            print_read(&v, conn.json, render::card_check);
-            Ok(())
+            read(&conn, render::card_check, |c| async move {
+                c.verify_card(req).await
+            })
         }
     }
 }
@@ -716,9 +737,9 @@ pub fn run_report(cmd: ReportCmd) -> Result<()> {
                 consistency: consistency(stale),
                 drills,
             };
-            let v = call(&conn, |c| async move { c.monthly_report(req).await })?;
-            print_read(&v, conn.json, render::report);
-            Ok(())
+            read(&conn, render::report, |c| async move {
+                c.monthly_report(req).await
+            })
         }
         ReportCmd::BankDaily {
             date,
@@ -731,9 +752,9 @@ pub fn run_report(cmd: ReportCmd) -> Result<()> {
                 bank_code,
                 consistency: consistency(stale),
             };
-            let v = call(&conn, |c| async move { c.bank_daily_report(req).await })?;
-            print_read(&v, conn.json, render::report);
-            Ok(())
+            read(&conn, render::report, |c| async move {
+                c.bank_daily_report(req).await
+            })
         }
     }
 }
@@ -837,14 +858,18 @@ pub fn run_ops(cmd: OpsCmd) -> Result<()> {
                 .map_err(|e| anyhow!("reading {}: {e}", file.display()))?;
             let rows: Value = serde_json::from_str(&text)
                 .map_err(|e| anyhow!("{} is not JSON: {e}", file.display()))?;
-            let v = call(&conn, |c| async move { c.import(&rows).await })?;
-            print_read(&v, conn.json, render::key_values);
-            Ok(())
+            read(&conn, render::key_values, |c| async move {
+                c.import(&rows).await
+            })
         }
         OpsCmd::Request { request_id, conn } => {
             let req = pb::GetRequestRequest { request_id };
-            let v = call(&conn, |c| async move { c.get_request(req).await })?;
-            print_read(&v, conn.json, render::key_values);
+            let reply = call(&conn, |c| async move { c.get_request(req).await })?;
+            print_read(
+                &request_outcome(as_json(&reply)?),
+                conn.json,
+                render::key_values,
+            );
             Ok(())
         }
     }
@@ -860,7 +885,17 @@ pub fn run_pay(p: PayArgs) -> Result<()> {
         bank_ref: p.bank_ref,
     };
     let reply = call(&p.w.conn, |c| async move { c.post_payment(req).await })?;
-    print_write(reply, p.w.conn.json, &request_id)
+    print_write(as_json(&reply)?, p.w.conn.json, &request_id)
+}
+
+/// `billdb.v2.RequestOutcome` as JSON names its outcome by its kind
+/// (`{"request_id", "record_posted": {…}}`); shown as the HTTP API does,
+/// `{"request_id", "outcome": {…}}`.
+fn request_outcome(v: Value) -> Value {
+    let Value::Object(mut o) = v else { return v };
+    let request_id = o.remove("request_id").unwrap_or(Value::Null);
+    let outcome = o.into_iter().next().map(|(_, v)| v).unwrap_or(Value::Null);
+    json!({"request_id": request_id, "outcome": outcome})
 }
 
 #[cfg(test)]

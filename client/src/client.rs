@@ -1,4 +1,5 @@
-//! The billdb Rust client: gRPC to any node of a cluster.
+//! The billdb Rust client: gRPC (`billdb.v2.Billing`, typed replies) to
+//! any node of a cluster.
 //!
 //! - Any node is an entry point (each forwards to the leader). Nodes name
 //!   the leader in every answer (`billdb-leader` metadata) and the client
@@ -16,8 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use billdb_api::error::{ApiError, ErrorCode};
-use billdb_api::pb;
-use billdb_api::pb::billing_client::BillingClient;
+use billdb_api::pb2 as pb;
+use billdb_api::pb2::billing_client::BillingClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
@@ -50,27 +51,15 @@ pub fn new_request_id(prefix: &str) -> String {
     format!("{prefix}-{ms}-{random:016x}")
 }
 
-/// The answer of a JSON-reply RPC: the same document the HTTP route returns.
-fn json_reply(reply: pb::JsonReply) -> Result<serde_json::Value, ApiError> {
-    serde_json::from_str(&reply.json).map_err(|e| {
-        ApiError::new(
-            ErrorCode::Internal,
-            format!("the node answered a reply that is not JSON: {e}"),
-        )
-    })
-}
-
-/// One client method per billing RPC answering a `JsonReply`, each retried
-/// like every call (same request, same request_id).
-macro_rules! json_rpcs {
-    ($($(#[$doc:meta])* $name:ident($req:ty);)*) => {
+/// One client method per billing RPC (`billdb.v2.Billing`, typed replies),
+/// each retried like every call (same request, same request_id).
+macro_rules! rpcs {
+    ($($(#[$doc:meta])* $name:ident($req:ty) -> $reply:ty;)*) => {
         $(
             $(#[$doc])*
-            pub async fn $name(&self, req: $req) -> Result<serde_json::Value, ApiError> {
-                let reply = self
-                    .retry(req, |mut c, r| async move { c.$name(r).await })
-                    .await?;
-                json_reply(reply)
+            pub async fn $name(&self, req: $req) -> Result<$reply, ApiError> {
+                self.retry(req, |mut c, r| async move { c.$name(r).await })
+                    .await
             }
         )*
     };
@@ -218,74 +207,77 @@ impl Client {
         }
     }
 
-    pub async fn open_account(
-        &self,
-        req: pb::OpenAccountRequest,
-    ) -> Result<pb::WriteReply, ApiError> {
-        self.retry(req, |mut c, r| async move { c.open_account(r).await })
-            .await
-    }
-
-    pub async fn post_payment(&self, req: pb::PaymentRequest) -> Result<pb::WriteReply, ApiError> {
-        self.retry(req, |mut c, r| async move { c.post_payment(r).await })
-            .await
-    }
-
     /// Bulk import: `rows` is the JSON body of `POST /v1/import`.
-    pub async fn import(&self, rows: &serde_json::Value) -> Result<serde_json::Value, ApiError> {
-        let req = pb::JsonRequest {
-            args_json: rows.to_string(),
+    pub async fn import(&self, rows: &serde_json::Value) -> Result<pb::ImportReply, ApiError> {
+        let req = pb::ImportRequest {
+            rows_json: rows.to_string(),
         };
-        let reply = self
-            .retry(req, |mut c, r| async move { c.import(r).await })
-            .await?;
-        json_reply(reply)
+        self.retry(req, |mut c, r| async move { c.import(r).await })
+            .await
     }
 
-    json_rpcs! {
-        /// `PATCH /v1/accounts/{id}`: name, address, phone, area.
-        update_contact(pb::UpdateContactRequest);
-        /// Close (freeze) an account: kept in every query, refuses writes.
-        close_account(pb::LifecycleRequest);
-        suspend_account(pb::LifecycleRequest);
-        resume_account(pb::LifecycleRequest);
-        /// Issue the account's card (one active card per account).
-        issue_card(pb::IssueCardRequest);
-        /// Replace a card; the old one is refused from then on.
-        replace_card(pb::ReplaceCardRequest);
-        /// Card check: verdict, account, expected seq, recent records.
-        verify_card(pb::VerifyCardRequest);
-        /// A purchase by card or account, by money or units.
-        purchase(pb::PurchaseRequest);
-        /// Re-issue the latest unloaded purchase's credit (once, no money).
-        reissue(pb::RecordRequest);
-        /// The card reader confirmed the credit was loaded.
-        confirm_loaded(pb::RecordRequest);
-        /// Reverse a record (once).
-        reverse(pb::RecordRequest);
-        adjust(pb::AdjustRequest);
-        post_charge(pb::ChargeRequest);
-        /// Reprint an invoice: same number, marked and counted.
-        print_invoice(pb::PrintInvoiceRequest);
-        set_segment_boundary(pb::SetBoundaryRequest);
-        open_heating_season(pb::OpenSeasonRequest);
-        define_tariff(pb::DefineTariffRequest);
-        /// A page of an account's records (segment, range, order, page token).
-        list_records(pb::ListRecordsRequest);
-        /// A customer statement: opening balance, the period's records, closing balance.
-        statement(pb::StatementRequest);
-        /// The stored outcome of a request id.
-        get_request(pb::GetRequestRequest);
-        monthly_report(pb::MonthlyReportRequest);
-        bank_daily_report(pb::BankDailyReportRequest);
-    }
-
+    /// An account as of now (linearizable).
     pub async fn get_account(&self, account_id: &str) -> Result<pb::Account, ApiError> {
         let req = pb::GetAccountRequest {
             account_id: account_id.to_string(),
         };
         self.retry(req, |mut c, r| async move { c.get_account(r).await })
             .await
+    }
+
+    rpcs! {
+        /// Open an account (its id chosen by the caller).
+        open_account(pb::OpenAccountRequest) -> pb::OpenAccountReply;
+        /// A bank's payment, once per (bank_code, bank_ref).
+        post_payment(pb::PaymentRequest) -> pb::PaymentReply;
+        /// `PATCH /v1/accounts/{id}`: name, address, phone, area.
+        update_contact(pb::UpdateContactRequest) -> pb::AccountReply;
+        /// Close (freeze) an account: kept in every query, refuses writes.
+        close_account(pb::LifecycleRequest) -> pb::AccountReply;
+        suspend_account(pb::LifecycleRequest) -> pb::AccountReply;
+        resume_account(pb::LifecycleRequest) -> pb::AccountReply;
+        /// Issue the account's card (one active card per account).
+        issue_card(pb::IssueCardRequest) -> pb::CardIssuedReply;
+        /// Replace a card; the old one is refused from then on.
+        replace_card(pb::ReplaceCardRequest) -> pb::CardReplacedReply;
+        /// Card check: verdict, account, expected seq, recent records.
+        verify_card(pb::VerifyCardRequest) -> pb::CardCheck;
+        /// A purchase by card or account, by money or units.
+        purchase(pb::PurchaseRequest) -> pb::RecordReply;
+        /// Re-issue the latest unloaded purchase's credit (once, no money).
+        reissue(pb::RecordRequest) -> pb::RecordReply;
+        /// The card reader confirmed the credit was loaded.
+        confirm_loaded(pb::RecordRequest) -> pb::CreditLoadedReply;
+        /// Reverse a record (once).
+        reverse(pb::RecordRequest) -> pb::RecordReply;
+        adjust(pb::AdjustRequest) -> pb::RecordReply;
+        post_charge(pb::ChargeRequest) -> pb::RecordReply;
+        /// Reprint an invoice: same number, marked and counted.
+        print_invoice(pb::PrintInvoiceRequest) -> pb::InvoicePrintedReply;
+        set_segment_boundary(pb::SetBoundaryRequest) -> pb::BoundarySetReply;
+        open_heating_season(pb::OpenSeasonRequest) -> pb::SeasonOpenedReply;
+        define_tariff(pb::DefineTariffRequest) -> pb::TariffDefinedReply;
+        /// A page of an account's records (segment, range, order, page token).
+        list_records(pb::ListRecordsRequest) -> pb::RecordsPage;
+        /// A customer statement: opening balance, the period's records, closing balance.
+        statement(pb::StatementRequest) -> pb::Statement;
+        /// The stored outcome of a request id.
+        get_request(pb::GetRequestRequest) -> pb::RequestOutcome;
+        monthly_report(pb::MonthlyReportRequest) -> pb::MonthlyReport;
+        bank_daily_report(pb::BankDailyReportRequest) -> pb::Report;
+        /// One run of a season's bill (ops): call again with `after` =
+        /// `next_after` until `done`.
+        bill_season(pb::BillSeasonRequest) -> pb::SeasonBillRun;
+        /// The season bill report.
+        season_bill(pb::SeasonBillReportRequest) -> pb::SeasonBillReport;
+        /// A page of the season bill's per-account lines.
+        season_bill_lines(pb::SeasonBillLinesRequest) -> pb::SeasonBillLines;
+        /// A page of one bank's payments of one day.
+        bank_payments(pb::BankPaymentsRequest) -> pb::BankDayPayments;
+        /// Reconcile a bank's statement file against billdb, and store the result.
+        reconcile(pb::ReconcileRequest) -> pb::Reconciliation;
+        list_reconciliations(pb::ListReconciliationsRequest) -> pb::Reconciliations;
+        get_reconciliation(pb::GetReconciliationRequest) -> pb::Reconciliation;
     }
 }
 

@@ -504,6 +504,7 @@ fn grpc_code_name(code: &str) -> &'static str {
 fn grpc_method_label(path: &str) -> String {
     let known = path
         .strip_prefix("/billdb.v1.")
+        .or_else(|| path.strip_prefix("/billdb.v2."))
         .and_then(|rest| rest.split_once('/'))
         .is_some_and(|(service, method)| {
             !service.is_empty()

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use billdb_api::pb::billing_server::BillingServer;
 use billdb_api::pb::cluster_server::ClusterServer;
+use billdb_api::pb2::billing_server::BillingServer as BillingV2Server;
 use billdb_api::raftpb::raft_internal_server::RaftInternalServer;
 use openraft::SnapshotPolicy;
 
@@ -438,6 +439,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .add_service(
             BillingServer::new(GrpcApi { app: app.clone() })
+                .max_decoding_message_size(CLIENT_MESSAGE_SIZE_BYTES_MAX),
+        )
+        .add_service(
+            BillingV2Server::new(GrpcApi { app: app.clone() })
                 .max_decoding_message_size(CLIENT_MESSAGE_SIZE_BYTES_MAX),
         )
         .serve_with_incoming_shutdown(accept(grpc_listener, Port::Grpc), stopped(stop_rx.clone()));

@@ -111,6 +111,7 @@ fn reflection_client_without_proto_purchases_and_reads_refusal_codes() {
         .filter_map(Value::as_str)
         .collect();
     for s in [
+        "billdb.v2.Billing",
         "billdb.v1.Billing",
         "billdb.v1.Cluster",
         "grpc.health.v1.Health",
@@ -122,10 +123,11 @@ fn reflection_client_without_proto_purchases_and_reads_refusal_codes() {
         "the Raft transport must not be described on the client port: {services:?}"
     );
 
-    // The purchase went through and is durable: the account's records hold it.
-    let reply: Value =
-        serde_json::from_str(v["purchase"]["json"].as_str().expect("JsonReply.json"))
-            .expect("json");
+    // The card check's verdict is an enum value of the typed reply.
+    assert_eq!(v["verdict"], "OK", "{v}");
+    // The purchase went through and is durable: the account's records hold
+    // it. The reply is typed (billdb.v2): fields, not a JSON string.
+    let reply = &v["purchase"];
     let amount = |v: &Value| -> rust_decimal::Decimal {
         v.as_str()
             .and_then(|s| s.parse().ok())
@@ -137,7 +139,11 @@ fn reflection_client_without_proto_purchases_and_reads_refusal_codes() {
         rust_decimal::Decimal::new(1250, 2),
         "{reply}"
     );
-    let seq = reply["record"]["seq"].as_u64().expect("record seq");
+    // uint64 travels as a string in protobuf's JSON form.
+    let seq: u64 = reply["record"]["seq"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("record seq: {reply}"));
     let records = ops
         .get("/v1/accounts/R1/records?segment=all")
         .expect("records");
@@ -160,6 +166,7 @@ fn reflection_client_without_proto_purchases_and_reads_refusal_codes() {
 
     // Health through the same generic client.
     assert_eq!(v["health"]["(server)"], "SERVING", "{v}");
+    assert_eq!(v["health"]["billdb.v2.Billing"], "SERVING", "{v}");
     assert_eq!(v["health"]["billdb.v1.Billing"], "SERVING", "{v}");
 }
 

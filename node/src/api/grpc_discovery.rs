@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use billdb_api::pb::billing_server::BillingServer;
 use billdb_api::pb::cluster_server::ClusterServer;
+use billdb_api::pb2::billing_server::BillingServer as BillingV2Server;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -23,7 +24,8 @@ use crate::app::App;
 pub const HEALTH_REFRESH_MS: u64 = 250;
 
 /// The health service, kept up to date by a task that runs until the
-/// process ends. The overall status ("") and `billdb.v1.Billing` follow
+/// process ends. The overall status (""), `billdb.v2.Billing` and
+/// `billdb.v1.Billing` follow
 /// readiness (a member, a leader known, everything committed applied,
 /// storage sound); `billdb.v1.Cluster` is SERVING while the process runs,
 /// since its RPCs (status, membership) are what an operator uses on a node
@@ -50,7 +52,11 @@ async fn refresh(app: App, reporter: HealthReporter) {
             Err(_) => ServingStatus::NotServing,
         };
         if last != Some(now) {
-            for name in ["", <BillingServer<GrpcApi> as NamedService>::NAME] {
+            for name in [
+                "",
+                <BillingServer<GrpcApi> as NamedService>::NAME,
+                <BillingV2Server<GrpcApi> as NamedService>::NAME,
+            ] {
                 reporter.set_service_status(name, now).await;
             }
             tracing::info!(
@@ -65,7 +71,7 @@ async fn refresh(app: App, reporter: HealthReporter) {
 
 /// The reflection services (v1 and v1alpha: grpcurl speaks v1, older
 /// clients such as grpcio-reflection's descriptor database v1alpha) over
-/// `billdb.v1` and `grpc.health.v1`. The node-to-node Raft API is on
+/// `billdb.v1`, `billdb.v2` and `grpc.health.v1`. The node-to-node Raft API is on
 /// another port and is not described here.
 pub fn reflection_services() -> anyhow::Result<(
     tonic_reflection::server::v1::ServerReflectionServer<

@@ -202,6 +202,108 @@ struct AccountView {
     opened: String,
 }
 
+/// A statement line as answered: the line and its time in RFC 3339.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct StatementLineView {
+    #[schema(inline)]
+    #[serde(flatten)]
+    line: domain::statements::Line,
+    /// RFC 3339 UTC.
+    ts: String,
+}
+
+/// `GET /v1/accounts/{account_id}/statement`: the account, the period
+/// (`from` inclusive, `to` exclusive; ms and RFC 3339), the opening
+/// balance, every record of the period with the balance after it, totals
+/// per kind, the closing balance (opening + Σ the lines' effects) and the
+/// balance now.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct StatementView {
+    account_id: String,
+    name: String,
+    address: String,
+    branch: String,
+    utility: String,
+    status: String,
+    from_ms: i64,
+    to_ms: i64,
+    /// RFC 3339 UTC.
+    from: String,
+    /// RFC 3339 UTC.
+    to: String,
+    #[schema(pattern = r"^-?[0-9]{1,15}(\.[0-9]{1,2})?$")]
+    opening_balance: String,
+    lines: Vec<StatementLineView>,
+    totals_by_kind: std::collections::BTreeMap<String, domain::statements::KindTotal>,
+    #[schema(pattern = r"^-?[0-9]{1,15}(\.[0-9]{1,2})?$")]
+    closing_balance: String,
+    #[schema(pattern = r"^-?[0-9]{1,15}(\.[0-9]{1,2})?$")]
+    balance_now: String,
+}
+
+/// How fresh a report's read was.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ReadConsistency {
+    /// linearizable (the default: everything committed before the request)
+    /// | stale (this node's state as it is; the fields below say how stale)
+    consistency: String,
+    applied_index: Option<u64>,
+    leader_commit_index: Option<u64>,
+    behind_by: Option<u64>,
+    leader: Option<u64>,
+    node_id: Option<u64>,
+}
+
+/// A count, a sum of money and a sum of units.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct KindSum {
+    count: u64,
+    #[schema(pattern = r"^-?[0-9]{1,15}(\.[0-9]{1,2})?$")]
+    amount: String,
+    #[schema(pattern = r"^-?[0-9]{1,15}(\.[0-9]{1,3})?$")]
+    units: String,
+}
+
+/// How many records a report covers (amounts are never added across
+/// kinds).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct RecordCount {
+    count: u64,
+}
+
+/// `GET /v1/reports/bank-daily` (and the base of the monthly report): the
+/// lines, totals per record kind (never across kinds: a purchase and a
+/// payment do not add up), `sales` (the purchases alone: what was sold,
+/// counted once) and how many records it covers.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ReportView {
+    #[schema(inline)]
+    #[serde(flatten)]
+    report: domain::Report,
+    totals_by_kind: std::collections::BTreeMap<String, KindSum>,
+    sales: KindSum,
+    total: RecordCount,
+    read: ReadConsistency,
+}
+
+/// `GET /v1/reports/monthly`: the report and whether it covers the
+/// failover drills' records.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct MonthlyReport {
+    #[schema(inline)]
+    #[serde(flatten)]
+    report: ReportView,
+    /// excluded (the default: business figures) | included | only
+    drills: String,
+}
+
 /// One page of an account's records.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -306,8 +408,7 @@ struct ReconciliationView {
     /// No difference between the file and billdb.
     balanced: bool,
     differences: u64,
-    /// `file`, `billdb` (count, amount) and their `difference`.
-    totals: serde_json::Value,
+    totals: ReconciliationTotals,
     matched: CountAmountOpt,
     missing_in_billdb: CountAmountOpt,
     posted_other_day: CountAmountOpt,
@@ -319,7 +420,53 @@ struct ReconciliationView {
     items_truncated: bool,
     /// Every difference (at most 500), each with its class and, for a
     /// payment missing in billdb, the command that posts it.
-    items: Option<Vec<serde_json::Value>>,
+    items: Option<Vec<ReconciliationItem>>,
+    /// True when this answers a retry of a stored reconciliation (the same
+    /// request_id and file): nothing new was recorded.
+    replayed: Option<bool>,
+    /// `POST` only: the log entry that stored it.
+    log_index: Option<u64>,
+}
+
+/// The file's and billdb's totals of a reconciled day.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ReconciliationTotals {
+    file: CountAmount,
+    billdb: CountAmount,
+    /// The file's amount minus billdb's.
+    #[schema(pattern = r"^-?[0-9]{1,15}(\.[0-9]{1,2})?$")]
+    difference: String,
+}
+
+/// One itemised difference of a reconciliation: the file's side (absent
+/// for `missing_in_bank`) and billdb's (absent for `missing_in_billdb`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ReconciliationItem {
+    /// missing_in_billdb | posted_other_day | missing_in_bank |
+    /// amount_mismatch | account_mismatch | reversed_in_billdb
+    class: String,
+    bank_ref: String,
+    /// The file's line number (1 = the first line).
+    line: Option<u32>,
+    file_account_id: Option<String>,
+    #[schema(pattern = r"^-?[0-9]{1,15}(\.[0-9]{1,2})?$")]
+    file_amount: Option<String>,
+    file_time: Option<String>,
+    record_id: Option<String>,
+    billdb_account_id: Option<String>,
+    #[schema(pattern = r"^-?[0-9]{1,15}(\.[0-9]{1,2})?$")]
+    billdb_amount: Option<String>,
+    /// RFC 3339 UTC.
+    billdb_ts: Option<String>,
+    /// The reversal record (`reversed_in_billdb`).
+    reversal_record_id: Option<String>,
+    /// The day billdb holds the payment on (`posted_other_day`).
+    billdb_date: Option<String>,
+    request_id: Option<String>,
+    /// For `missing_in_billdb`: the `billdb pay` command line that posts it.
+    post_command: Option<String>,
 }
 
 /// A class of a reconciliation: how many, and their sums in the file and
@@ -696,7 +843,7 @@ fn routes() -> Vec<Route> {
             summary: "A customer statement for [from, to): opening balance, every record with the balance after it, totals per kind, closing balance.",
             roles: ep(E::Statement),
             args: Query(args_of::<ops::StatementArgs>),
-            answer: Json(200, named::<domain::statements::Statement>),
+            answer: Json(200, named::<StatementView>),
         },
         Route {
             method: Post,
@@ -841,7 +988,7 @@ fn routes() -> Vec<Route> {
             summary: "The monthly business report: lines grouped by operator|branch|tariff|kind, totals per kind, sales counted once; drill records excluded unless drills=include|only.",
             roles: ep(E::MonthlyReport),
             args: Query(args_of::<ops::MonthlyArgs>),
-            answer: Json(200, named::<domain::Report>),
+            answer: Json(200, named::<MonthlyReport>),
         },
         Route {
             method: Get,
@@ -850,7 +997,7 @@ fn routes() -> Vec<Route> {
             summary: "One day's bank postings per bank (a bank token: its own bank only).",
             roles: ep(E::BankDailyReport),
             args: Query(args_of::<ops::BankDailyArgs>),
-            answer: Json(200, named::<domain::Report>),
+            answer: Json(200, named::<ReportView>),
         },
         Route {
             method: Post,

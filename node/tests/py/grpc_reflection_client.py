@@ -3,10 +3,14 @@ node's server reflection, then calls it (node/tests/grpc_discovery.rs runs it).
 
 Prints one JSON document on stdout:
   services      every service the reflection service lists
-  purchase      the answer of a purchase on --card
+  verdict       the card check's verdict on --card before the sale (an enum
+                value name, from the typed billdb.v2 reply)
+  purchase      the typed answer of a purchase on --card (billdb.v2), as a
+                dict with the proto's field names
   refusal       {grpc_code, reason, domain, details} of a purchase on an
                 unknown card, read from the google.rpc.Status ErrorInfo detail
-  health        the grpc.health.v1 status of "" and billdb.v1.Billing
+  health        the grpc.health.v1 status of "", billdb.v2.Billing and
+                billdb.v1.Billing
 """
 
 import argparse
@@ -15,7 +19,7 @@ import sys
 import uuid
 
 import grpc
-from google.protobuf import descriptor_pool, message_factory
+from google.protobuf import descriptor_pool, json_format, message_factory
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -42,7 +46,7 @@ def unary(channel, pool, service, method):
 
 
 def to_dict(msg):
-    return {f.name: v for f, v in msg.ListFields()}
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
 
 
 def main():
@@ -68,13 +72,17 @@ def main():
     pool = descriptor_pool.DescriptorPool(db)
     auth = [("authorization", f"Bearer {args.token}")]
 
-    req_cls, purchase = unary(channel, pool, "billdb.v1.Billing", "Purchase")
+    verify_cls, verify = unary(channel, pool, "billdb.v2.Billing", "VerifyCard")
+    check = verify(verify_cls(card_no=args.card, generation=1), metadata=auth, timeout=10)
+    verdict = check.DESCRIPTOR.fields_by_name["verdict"].enum_type.values_by_number[check.verdict].name
+
+    req_cls, purchase = unary(channel, pool, "billdb.v2.Billing", "Purchase")
     answer = purchase(
         req_cls(request_id=str(uuid.uuid4()), card_no=args.card, amount=args.amount),
         metadata=auth,
         timeout=10,
     )
-    out = {"services": services, "purchase": to_dict(answer)}
+    out = {"services": services, "verdict": verdict, "purchase": to_dict(answer)}
 
     try:
         purchase(
@@ -100,7 +108,7 @@ def main():
         name or "(server)": health_pb2.HealthCheckResponse.ServingStatus.Name(
             health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10).status
         )
-        for name in ["", "billdb.v1.Billing"]
+        for name in ["", "billdb.v2.Billing", "billdb.v1.Billing"]
     }
     json.dump(out, sys.stdout)
 
