@@ -1496,7 +1496,8 @@ pub fn document() -> OpenApi {
             Some(roles) => {
                 op = op
                     .description(Some(format!("Roles: {}.", role_names(roles))))
-                    .security(SecurityRequirement::new("bearer", Vec::<String>::new()));
+                    .security(SecurityRequirement::new("bearer", Vec::<String>::new()))
+                    .security(SecurityRequirement::new("mutualTLS", Vec::<String>::new()));
             }
             None => {
                 op = op
@@ -1517,11 +1518,24 @@ pub fn document() -> OpenApi {
                 Http::builder()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "A token from auth.tokens_file (roles ops, counter, bank, auditor); a \
-                         client certificate mapped to a role (mutual TLS) works instead.",
+                        "A token from auth.tokens_file (roles ops, counter, bank, auditor), \
+                         as `Authorization: Bearer <token>`.",
                     ))
                     .build(),
             ),
+        )
+        .security_scheme(
+            "mutualTLS",
+            SecurityScheme::MutualTls {
+                description: Some(
+                    "Instead of a token: a client certificate signed by the cluster's CA \
+                     whose name (billdb://<cluster>/client/<name>) the tokens file maps to \
+                     a role (a `client_cert` entry). A request that carries an \
+                     Authorization header is judged by its token alone."
+                        .to_string(),
+                ),
+                extensions: None,
+            },
         )
         .build();
     OpenApiBuilder::new()
