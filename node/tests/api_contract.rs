@@ -75,6 +75,34 @@ fn the_served_description_is_the_checked_in_one_and_the_api_keeps_it() {
     );
     assert_eq!(served["openapi"], "3.1.0");
 
+    // Every worked example in the document fits the schema it shows; and
+    // the check can fail (a money amount as a number is caught).
+    let check_examples = |doc: &serde_json::Value| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("openapi.json");
+        std::fs::write(&path, doc.to_string()).expect("write");
+        let out = Command::new(py_tool("python"))
+            .arg(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/py/check_openapi_examples.py"),
+            )
+            .arg(&path)
+            .output()
+            .expect("run the examples check");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.success(), v)
+    };
+    let (ok, v) = check_examples(&served);
+    assert!(ok, "examples that do not fit their schema: {v}");
+    assert!(v["checked"].as_u64().unwrap_or(0) >= 10, "{v}");
+    eprintln!("OpenAPI examples checked against their schemas: {v}");
+    let mut broken = served.clone();
+    broken["paths"]["/v1/payments"]["post"]["requestBody"]["content"]["application/json"]["example"]
+        ["amount"] = json!(200);
+    let (ok, v) = check_examples(&broken);
+    assert!(!ok, "a number for a money string went unnoticed: {v}");
+
     // Data for the fuzzer to find: the identifiers in CONFIG's
     // dictionaries exist, so generated requests reach past "not found".
     let ops = c.http(1);

@@ -1338,6 +1338,86 @@ fn codes_by_status() -> BTreeMap<u16, Vec<&'static str>> {
     m
 }
 
+/// A request and its answer, shown to integrators in the document
+/// (`node/tests/api_contract.rs` checks each against its schema).
+struct Example {
+    request: serde_json::Value,
+    answer: serde_json::Value,
+}
+
+/// The worked examples of the routes a counter or a bank integrates
+/// first: open an account, check a card, sell, confirm the credit loaded,
+/// post a bank payment.
+fn example(path: &str) -> Option<Example> {
+    use serde_json::json;
+    let record = json!({
+        "account_id": "E-100234", "seq": 9, "kind": "purchase", "amount": "100.00",
+        "units": "202.83", "balance_effect": "0", "tariff_id": "RES-LADDER",
+        "tiers": [
+            {"units": "150.00", "price": "0.48", "amount": "72.00"},
+            {"units": "52.83", "price": "0.53", "amount": "28.00"}
+        ],
+        "card_no": "CARD-100234", "card_seq": 8, "invoice_no": "INV000000004711",
+        "bank_code": "", "bank_ref": "", "refers_to": null, "reason": "",
+        "channel": "counter", "operator_id": "C-0101", "branch": "B01",
+        "request_id": "sale-B01-20261206-0042", "ts_ms": 1796569200000i64,
+        "record_id": "E-100234:9", "ts": "2026-12-06T08:20:00.000Z"
+    });
+    let e = match path {
+        "/v1/accounts" => Example {
+            request: json!({
+                "request_id": "open-E-100234", "account_id": "E-100234", "name": "Wang Fang",
+                "address": "12 Heping Rd, Apt 301", "branch": "B01", "utility": "electricity",
+                "meter_id": "M-88231", "tariff_id": "RES-LADDER"
+            }),
+            answer: json!({
+                "result": "account_opened", "account_id": "E-100234",
+                "opened_ms": 1796560000000i64, "log_index": 48213
+            }),
+        },
+        "/v1/cards/verify" => Example {
+            request: json!({"card_no": "CARD-100234", "generation": 1, "seq_on_card": 7}),
+            answer: json!({
+                "verdict": "CREDIT_NOT_LOADED",
+                "message": "the credit of purchase 8 has not been confirmed loaded (card carries seq 7)",
+                "expected_seq": 8, "current_card": "CARD-100234",
+                "unloaded_record_id": "E-100234:8", "replaced_ms": null,
+                "account": null, "card": null, "recent": []
+            }),
+        },
+        "/v1/purchases" => Example {
+            request: json!({
+                "request_id": "sale-B01-20261206-0042", "card_no": "CARD-100234",
+                "amount": "100.00"
+            }),
+            answer: json!({
+                "result": "record_posted", "record_id": "E-100234:9", "record": record,
+                "balance": "0", "warnings": [], "log_index": 48302
+            }),
+        },
+        "/v1/purchases/{record_id}/loaded" => Example {
+            request: json!({"request_id": "loaded-E-100234-9"}),
+            answer: json!({
+                "result": "credit_loaded", "record_id": "E-100234:9",
+                "already_loaded": false, "log_index": 48303
+            }),
+        },
+        "/v1/payments" => Example {
+            request: json!({
+                "request_id": "icbc-20261206-000123", "account_id": "E-100234",
+                "amount": "200.00", "bank_code": "ICBC", "bank_ref": "20261206000123"
+            }),
+            answer: json!({
+                "result": "payment_posted", "account_id": "E-100234", "seq": 10,
+                "record_id": "E-100234:10", "amount": "200.00", "balance": "200.00",
+                "invoice_no": "INV000000004712", "log_index": 48310
+            }),
+        },
+        _ => return None,
+    };
+    Some(e)
+}
+
 fn json_content(schema: impl Into<RefOr<Schema>>) -> Content {
     Content::new(Some(schema))
 }
@@ -1398,9 +1478,11 @@ pub fn document() -> OpenApi {
             Args::Nothing => {}
             Args::Body(f) | Args::OptionalBody(f) => {
                 let schema = f(&mut reg, &params);
+                let mut content = json_content(schema);
+                content.example = example(r.path).map(|e| e.request);
                 op = op.request_body(Some(
                     RequestBodyBuilder::new()
-                        .content("application/json", json_content(schema))
+                        .content("application/json", content)
                         .required(Some(if matches!(r.args, Args::Body(_)) {
                             Required::True
                         } else {
@@ -1440,12 +1522,16 @@ pub fn document() -> OpenApi {
             }
         }
         op = match r.answer {
-            Answer::Json(status, f) => op.response(
-                status.to_string(),
-                ResponseBuilder::new()
-                    .description("the answer")
-                    .content("application/json", json_content(f(&mut reg))),
-            ),
+            Answer::Json(status, f) => {
+                let mut content = json_content(f(&mut reg));
+                content.example = example(r.path).map(|e| e.answer);
+                op.response(
+                    status.to_string(),
+                    ResponseBuilder::new()
+                        .description("the answer")
+                        .content("application/json", content),
+                )
+            }
             Answer::Text(ct) => op.response(
                 "200",
                 ResponseBuilder::new().description("the answer").content(
