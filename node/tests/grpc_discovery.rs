@@ -91,7 +91,8 @@ fn reflection_client_without_proto_purchases_and_reads_refusal_codes() {
         .arg("--ca")
         .arg(c.c.ca_bundle_path())
         .args(["--token", &c.c.token("counter").expect("token")])
-        .args(["--card", "CARD-R1", "--amount", "12.50"])
+        .args(["--card", "CARD-R1", "--amount", "12.50", "--account", "R1"])
+        .args(["--bank-token", &c.c.token("bank").expect("bank token")])
         .output()
         .expect("run the Python reflection client");
     assert!(
@@ -157,6 +158,30 @@ fn reflection_client_without_proto_purchases_and_reads_refusal_codes() {
         amount(&stored["amount"]),
         rust_decimal::Decimal::new(1250, 2)
     );
+
+    // The rest of the counter session through the same generic client: the
+    // sale is the newest recent record, and its invoice printed once.
+    let recent = &v["session"]["recent"]["records"];
+    assert_eq!(recent[0]["record_id"], reply["record_id"], "{v}");
+    let printed = &v["session"]["printed"];
+    assert_eq!(
+        printed["invoice"]["invoice_no"], reply["record"]["invoice_no"],
+        "{v}"
+    );
+    assert_eq!(printed["print_count"], 1, "{v}");
+    // The bank posting sent twice with one request_id: one record.
+    let (first, again) = (&v["bank"]["first"], &v["bank"]["again"]);
+    assert_eq!(first["result"], "payment_posted", "{v}");
+    assert_eq!(first["record_id"], again["record_id"], "{v}");
+    let payments = ops
+        .get("/v1/accounts/R1/records?segment=all")
+        .expect("records")["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|r| r["kind"] == "payment")
+        .count();
+    assert_eq!(payments, 1, "a retried posting made one payment");
 
     // The refusal carries the billdb code in google.rpc.ErrorInfo.
     let refusal = &v["refusal"];

@@ -9,6 +9,11 @@ Prints one JSON document on stdout:
                 dict with the proto's field names
   refusal       {grpc_code, reason, domain, details} of a purchase on an
                 unknown card, read from the google.rpc.Status ErrorInfo detail
+  session       the rest of the counter session: the account's recent
+                records (ListRecords, newest first) and the invoice printed
+                (PrintInvoice of the sale's invoice_no)
+  bank          a bank posting sent twice with one request_id (--bank-token,
+                --account): both answers, which must name one record
   health        the grpc.health.v1 status of "", billdb.v2.Billing and
                 billdb.v1.Billing
 """
@@ -57,6 +62,9 @@ def main():
     ap.add_argument("--token", required=True)
     ap.add_argument("--card", required=True)
     ap.add_argument("--amount", default="10.00")
+    ap.add_argument("--account", required=True, help="the card's account")
+    ap.add_argument("--bank-token", required=True, help="a bank role token for --bank-code")
+    ap.add_argument("--bank-code", default="ICBC")
     args = ap.parse_args()
 
     with open(args.ca, "rb") as f:
@@ -83,6 +91,34 @@ def main():
         timeout=10,
     )
     out = {"services": services, "verdict": verdict, "purchase": to_dict(answer)}
+
+    list_cls, list_records = unary(channel, pool, "billdb.v2.Billing", "ListRecords")
+    recent = list_records(
+        list_cls(account_id=args.account, segment="recent", limit=5, order="desc"),
+        metadata=auth,
+        timeout=10,
+    )
+    print_cls, print_invoice = unary(channel, pool, "billdb.v2.Billing", "PrintInvoice")
+    printed = print_invoice(
+        print_cls(request_id=str(uuid.uuid4()), invoice_no=answer.record.invoice_no),
+        metadata=auth,
+        timeout=10,
+    )
+    out["session"] = {"recent": to_dict(recent), "printed": to_dict(printed)}
+
+    bank_auth = [("authorization", f"Bearer {args.bank_token}")]
+    pay_cls, post_payment = unary(channel, pool, "billdb.v2.Billing", "PostPayment")
+    payment = pay_cls(
+        request_id=f"reflect-pay-{uuid.uuid4()}",
+        account_id=args.account,
+        amount="50.00",
+        bank_code=args.bank_code,
+        bank_ref=f"REFLECT-{uuid.uuid4().hex[:12]}",
+    )
+    # The same request again, as after a lost answer: one payment.
+    first = post_payment(payment, metadata=bank_auth, timeout=10)
+    again = post_payment(payment, metadata=bank_auth, timeout=10)
+    out["bank"] = {"first": to_dict(first), "again": to_dict(again)}
 
     try:
         purchase(
