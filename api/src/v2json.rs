@@ -105,6 +105,31 @@ pub fn request_outcome_json(v: &Value) -> Result<Value, String> {
     Ok(reshaped)
 }
 
+/// The inverse of [`request_outcome_json`], on the JSON of a
+/// `billdb.v2.RequestOutcome` ([`to_json`]): `{"request_id", "outcome"}` as
+/// the HTTP API answers it (for tools that print answers as JSON).
+pub fn request_outcome_http_json(v: Value) -> Value {
+    let Value::Object(mut o) = v else { return v };
+    let request_id = o.remove("request_id").unwrap_or(Value::Null);
+    let outcome = match o.into_iter().next() {
+        Some((case, r)) if case == "refused" => {
+            let details = r["details_json"]
+                .as_str()
+                .filter(|d| !d.is_empty())
+                .and_then(|d| serde_json::from_str(d).ok())
+                .unwrap_or(Value::Null);
+            json!({"code": r["code"], "message": r["message"], "details": details})
+        }
+        Some((case, r)) if case == "other" => r["json"]
+            .as_str()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or(r),
+        Some((_, r)) => r,
+        None => Value::Null,
+    };
+    json!({"request_id": request_id, "outcome": outcome})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +263,11 @@ mod tests {
         };
         assert_eq!(r.code(), pb2::ErrorCode::AccountClosed);
         assert_eq!(r.details_json, r#"{"account_id":"A"}"#);
+        let o = pb2::RequestOutcome {
+            request_id: "r2".into(),
+            outcome: Some(pb2::request_outcome::Outcome::Refused(r)),
+        };
+        assert_eq!(request_outcome_http_json(to_json(&o).unwrap()), refused);
         let other =
             json!({"request_id": "r3", "outcome": {"result": "season_billed", "billed": 3}});
         let o: pb2::RequestOutcome = from_json(&request_outcome_json(&other).unwrap()).unwrap();
@@ -245,6 +275,11 @@ mod tests {
             panic!("{o:?}")
         };
         assert_eq!(x.result, "season_billed");
+        let o = pb2::RequestOutcome {
+            request_id: "r3".into(),
+            outcome: Some(pb2::request_outcome::Outcome::Other(x)),
+        };
+        assert_eq!(request_outcome_http_json(to_json(&o).unwrap()), other);
     }
 
     /// Every typed reply has exactly the fields of its HTTP answer's

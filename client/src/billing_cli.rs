@@ -865,11 +865,8 @@ pub fn run_ops(cmd: OpsCmd) -> Result<()> {
         OpsCmd::Request { request_id, conn } => {
             let req = pb::GetRequestRequest { request_id };
             let reply = call(&conn, |c| async move { c.get_request(req).await })?;
-            print_read(
-                &request_outcome(as_json(&reply)?),
-                conn.json,
-                render::key_values,
-            );
+            let v = v2json::request_outcome_http_json(as_json(&reply)?);
+            print_read(&v, conn.json, render::key_values);
             Ok(())
         }
     }
@@ -886,16 +883,6 @@ pub fn run_pay(p: PayArgs) -> Result<()> {
     };
     let reply = call(&p.w.conn, |c| async move { c.post_payment(req).await })?;
     print_write(as_json(&reply)?, p.w.conn.json, &request_id)
-}
-
-/// `billdb.v2.RequestOutcome` as JSON names its outcome by its kind
-/// (`{"request_id", "record_posted": {…}}`); shown as the HTTP API does,
-/// `{"request_id", "outcome": {…}}`.
-fn request_outcome(v: Value) -> Value {
-    let Value::Object(mut o) = v else { return v };
-    let request_id = o.remove("request_id").unwrap_or(Value::Null);
-    let outcome = o.into_iter().next().map(|(_, v)| v).unwrap_or(Value::Null);
-    json!({"request_id": request_id, "outcome": outcome})
 }
 
 #[cfg(test)]

@@ -268,8 +268,9 @@ fn every_billing_rpc_answers_its_typed_reply() {
         assert_eq!(st.totals_by_kind["purchase"].count, 1);
 
         // Reports.
-        let month = st.lines[0].ts_ms;
-        let month = chrono_month(month);
+        // The RFC 3339 time the answers carry beside ts_ms gives the month
+        // and the day.
+        let month = st.lines[0].ts[..7].to_string();
         let report = auditor
             .monthly_report(pb2::MonthlyReportRequest {
                 month: month.clone(),
@@ -283,8 +284,13 @@ fn every_billing_rpc_answers_its_typed_reply() {
             report.lines.iter().any(|l| l.value == "purchase" || l.kind == "purchase"),
             "{report:?}"
         );
-        let (y, m, d) = civil(pay_ts(&page, &pay.record_id));
-        let day = format!("{y:04}-{m:02}-{d:02}");
+        let day = page
+            .records
+            .iter()
+            .find(|r| r.record_id.as_deref() == Some(pay.record_id.as_str()))
+            .and_then(|r| r.ts.as_deref())
+            .expect("the payment is listed with its time")[..10]
+            .to_string();
         let daily = auditor
             .bank_daily_report(pb2::BankDailyReportRequest {
                 date: day.clone(),
@@ -556,34 +562,4 @@ fn every_billing_rpc_answers_its_typed_reply() {
         let v2_json = v2json::to_json(&page_now).expect("v2 as JSON");
         assert_eq!(without_nulls(&v1_json), without_nulls(&v2_json));
     });
-}
-
-/// `YYYY-MM` of a time in ms (UTC).
-fn chrono_month(ms: i64) -> String {
-    let (y, m, _) = civil(ms);
-    format!("{y:04}-{m:02}")
-}
-
-/// The payment's time, from the listed records.
-fn pay_ts(page: &pb2::RecordsPage, record_id: &str) -> i64 {
-    page.records
-        .iter()
-        .find(|r| r.record_id.as_deref() == Some(record_id))
-        .map(|r| r.ts_ms)
-        .expect("the payment is listed")
-}
-
-/// Year, month, day (UTC) of a time in ms: days from the civil calendar
-/// (Howard Hinnant's algorithm).
-fn civil(ms: i64) -> (i64, u32, u32) {
-    let z = ms.div_euclid(86_400_000) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }

@@ -264,6 +264,25 @@ impl GrpcApi {
         Ok((caller, req.into_inner()))
     }
 
+    /// A `billdb.v2` reply from a route function that checks its own roles
+    /// (season bill, bank day): `f` gets the caller and the request.
+    async fn v2_route<T, R, F, Fut>(&self, req: Request<T>, bytes_max: usize, f: F) -> V2<R>
+    where
+        T: prost::Message,
+        R: prost::Message + prost::Name + Default,
+        F: FnOnce(Caller, T) -> Fut,
+        Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
+    {
+        let r = match self.open(req, bytes_max) {
+            Ok((caller, r)) => f(caller, r)
+                .await
+                .map_err(|e| e.to_status())
+                .and_then(|v| typed(&v)),
+            Err(e) => Err(e),
+        };
+        self.hint(r.map(Response::new))
+    }
+
     /// A `billdb.v2` reply: the answer read as `R`.
     async fn v2<T: prost::Message, R: prost::Message + prost::Name + Default>(
         &self,
@@ -580,110 +599,83 @@ impl pb2::billing_server::Billing for GrpcApi {
             .await
     }
     async fn bill_season(&self, req: Request<pb2::BillSeasonRequest>) -> V2<pb2::SeasonBillRun> {
-        let r = async {
-            let (caller, r) = self.open(req, self.app.config.limits.request_body_bytes_max)?;
+        let max = self.app.config.limits.request_body_bytes_max;
+        self.v2_route(req, max, |caller, r| async move {
             let body = json!({"request_id": r.request_id, "after": r.after});
-            let v = season::bill(&self.app, &caller, &r.season_id, body)
-                .await
-                .map_err(|e| e.to_status())?;
-            typed(&v)
-        }
-        .await;
-        self.hint(r.map(Response::new))
+            season::bill(&self.app, &caller, &r.season_id, body).await
+        })
+        .await
     }
     async fn season_bill(
         &self,
         req: Request<pb2::SeasonBillReportRequest>,
     ) -> V2<pb2::SeasonBillReport> {
-        let r = async {
-            let (caller, r) = self.open(req, self.app.config.limits.request_body_bytes_max)?;
-            let v = season::report(&self.app, &caller, &r.season_id)
-                .await
-                .map_err(|e| e.to_status())?;
-            typed(&v)
-        }
-        .await;
-        self.hint(r.map(Response::new))
+        let max = self.app.config.limits.request_body_bytes_max;
+        self.v2_route(req, max, |caller, r| async move {
+            season::report(&self.app, &caller, &r.season_id).await
+        })
+        .await
     }
     async fn season_bill_lines(
         &self,
         req: Request<pb2::SeasonBillLinesRequest>,
     ) -> V2<pb2::SeasonBillLines> {
-        let r = async {
-            let (caller, r) = self.open(req, self.app.config.limits.request_body_bytes_max)?;
+        let max = self.app.config.limits.request_body_bytes_max;
+        self.v2_route(req, max, |caller, r| async move {
             let query = query([
                 ("skipped", r.skipped.map(|b| b.to_string())),
                 ("after", r.after),
                 ("limit", r.limit.map(|l| l.to_string())),
             ]);
-            let v = season::lines(&self.app, &caller, &r.season_id, query)
-                .await
-                .map_err(|e| e.to_status())?;
-            typed(&v)
-        }
-        .await;
-        self.hint(r.map(Response::new))
+            season::lines(&self.app, &caller, &r.season_id, query).await
+        })
+        .await
     }
     async fn bank_payments(
         &self,
         req: Request<pb2::BankPaymentsRequest>,
     ) -> V2<pb2::BankDayPayments> {
-        let r = async {
-            let (caller, r) = self.open(req, self.app.config.limits.request_body_bytes_max)?;
+        let max = self.app.config.limits.request_body_bytes_max;
+        self.v2_route(req, max, |caller, r| async move {
             let query = query([
                 ("date", Some(r.date)),
                 ("after", r.after),
                 ("limit", r.limit.map(|l| l.to_string())),
             ]);
-            let v = bank::payments(&self.app, &caller, &r.bank_code, query)
-                .await
-                .map_err(|e| e.to_status())?;
-            typed(&v)
-        }
-        .await;
-        self.hint(r.map(Response::new))
+            bank::payments(&self.app, &caller, &r.bank_code, query).await
+        })
+        .await
     }
     async fn reconcile(&self, req: Request<pb2::ReconcileRequest>) -> V2<pb2::Reconciliation> {
-        let r = async {
-            let (caller, r) = self.open(req, self.app.config.limits.import_body_bytes_max)?;
+        // A statement file may be as large as a bulk import.
+        let max = self.app.config.limits.import_body_bytes_max;
+        self.v2_route(req, max, |caller, r| async move {
             let body = json!({
                 "request_id": r.request_id, "date": r.date, "csv": r.csv, "file_name": r.file_name,
             });
-            let v = bank::reconcile(&self.app, &caller, &r.bank_code, body)
-                .await
-                .map_err(|e| e.to_status())?;
-            typed(&v)
-        }
-        .await;
-        self.hint(r.map(Response::new))
+            bank::reconcile(&self.app, &caller, &r.bank_code, body).await
+        })
+        .await
     }
     async fn list_reconciliations(
         &self,
         req: Request<pb2::ListReconciliationsRequest>,
     ) -> V2<pb2::Reconciliations> {
-        let r = async {
-            let (caller, r) = self.open(req, self.app.config.limits.request_body_bytes_max)?;
-            let v = bank::list(&self.app, &caller, &r.bank_code, query([("date", r.date)]))
-                .await
-                .map_err(|e| e.to_status())?;
-            typed(&v)
-        }
-        .await;
-        self.hint(r.map(Response::new))
+        let max = self.app.config.limits.request_body_bytes_max;
+        self.v2_route(req, max, |caller, r| async move {
+            bank::list(&self.app, &caller, &r.bank_code, query([("date", r.date)])).await
+        })
+        .await
     }
     async fn get_reconciliation(
         &self,
         req: Request<pb2::GetReconciliationRequest>,
     ) -> V2<pb2::Reconciliation> {
-        let r = async {
-            let (caller, r) = self.open(req, self.app.config.limits.request_body_bytes_max)?;
-            let v = bank::get(&self.app, &caller, &r.bank_code, &r.reconciliation_id)
-                .await
-                .map_err(|e| e.to_status())?;
-            typed(&v)
-        }
-        .await;
-        self.hint(r.map(Response::new))
+        let max = self.app.config.limits.request_body_bytes_max;
+        self.v2_route(req, max, |caller, r| async move {
+            bank::get(&self.app, &caller, &r.bank_code, &r.reconciliation_id).await
+        })
+        .await
     }
 }
 

@@ -1457,6 +1457,10 @@ pub fn document() -> OpenApi {
     }
     for r in routes() {
         let params = path_params(r.path);
+        let (example_request, example_answer) = match example(r.path) {
+            Some(e) => (Some(e.request), Some(e.answer)),
+            None => (None, None),
+        };
         let mut op = OperationBuilder::new()
             .operation_id(Some(operation_id(&r.method, r.path)))
             .summary(Some(r.summary))
@@ -1479,7 +1483,7 @@ pub fn document() -> OpenApi {
             Args::Body(f) | Args::OptionalBody(f) => {
                 let schema = f(&mut reg, &params);
                 let mut content = json_content(schema);
-                content.example = example(r.path).map(|e| e.request);
+                content.example = example_request;
                 op = op.request_body(Some(
                     RequestBodyBuilder::new()
                         .content("application/json", content)
@@ -1524,7 +1528,7 @@ pub fn document() -> OpenApi {
         op = match r.answer {
             Answer::Json(status, f) => {
                 let mut content = json_content(f(&mut reg));
-                content.example = example(r.path).map(|e| e.answer);
+                content.example = example_answer;
                 op.response(
                     status.to_string(),
                     ResponseBuilder::new()
