@@ -330,6 +330,8 @@ mod tests {
             ("StatementKindTotal", "StatementKindTotal"),
             ("Report", "ReportView"),
             ("MonthlyReport", "MonthlyReport"),
+            ("BalanceReport", "BalanceReport"),
+            ("BalanceLine", "BalanceLine"),
             ("KindSum", "KindSum"),
             ("RecordCount", "RecordCount"),
             ("ReadConsistency", "ReadConsistency"),

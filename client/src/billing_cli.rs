@@ -26,13 +26,13 @@ pub struct ConnArg {
     token: Option<String>,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     #[command(flatten)]
     tls: crate::TlsArg,
 }
 
 impl ConnArg {
-    fn client(&self) -> Result<Client> {
+    pub(crate) fn client(&self) -> Result<Client> {
         let eps: Vec<String> = self
             .grpc
             .split(',')
@@ -271,6 +271,17 @@ pub enum ReportCmd {
         /// The failover drills' records: exclude (default), include, only.
         #[arg(long)]
         drills: Option<String>,
+        #[command(flatten)]
+        conn: ConnArg,
+    },
+    /// Accounts and Σ balance (debit and credit apart) per branch,
+    /// utility or tariff, over every account.
+    Balances {
+        /// branch (default) | utility | tariff
+        #[arg(long)]
+        group_by: Option<String>,
+        #[arg(long)]
+        stale: bool,
         #[command(flatten)]
         conn: ConnArg,
     },
@@ -739,6 +750,19 @@ pub fn run_report(cmd: ReportCmd) -> Result<()> {
             };
             read(&conn, render::report, |c| async move {
                 c.monthly_report(req).await
+            })
+        }
+        ReportCmd::Balances {
+            group_by,
+            stale,
+            conn,
+        } => {
+            let req = pb::BalanceReportRequest {
+                group_by,
+                consistency: consistency(stale),
+            };
+            read(&conn, render::balances, |c| async move {
+                c.balance_report(req).await
             })
         }
         ReportCmd::BankDaily {

@@ -265,6 +265,8 @@ impl Client {
         get_request(pb::GetRequestRequest) -> pb::RequestOutcome;
         monthly_report(pb::MonthlyReportRequest) -> pb::MonthlyReport;
         bank_daily_report(pb::BankDailyReportRequest) -> pb::Report;
+        /// Accounts and Σ balance per branch|utility|tariff (every account).
+        balance_report(pb::BalanceReportRequest) -> pb::BalanceReport;
         /// One run of a season's bill (ops): call again with `after` =
         /// `next_after` until `done`.
         bill_season(pb::BillSeasonRequest) -> pb::SeasonBillRun;

@@ -14,5 +14,6 @@ pub mod certs;
 pub mod client;
 pub mod drill;
 pub mod local;
+pub mod migrate;
 pub mod render;
 pub mod tls;

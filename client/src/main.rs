@@ -10,6 +10,7 @@
 
 mod bank_cli;
 mod billing_cli;
+mod import_cli;
 mod season_cli;
 
 use std::path::{Path, PathBuf};
@@ -72,6 +73,12 @@ enum Cmd {
     /// Heating seasons: bill every heat account in one action, the report.
     #[command(subcommand)]
     Season(season_cli::SeasonCmd),
+    /// Migrate a legacy system's CSV files (accounts, cards, records, a
+    /// mapping of legacy codes) in resumable batches: a rejects file with
+    /// every row not imported and why, and a reconciliation report (per
+    /// account differences with likely causes; totals per branch against
+    /// billdb's, exit 3 when they differ). docs/MIGRATION.md.
+    Import(import_cli::ImportArgs),
     /// Banks: reconcile a statement file against a business day's
     /// payments (exit 3 when they differ), list the day's payments, the
     /// stored reconciliations.
@@ -921,6 +928,7 @@ fn main() -> ExitCode {
         Cmd::Token(c) => run_token(c),
         Cmd::Ops(c) => billing_cli::run_ops(c),
         Cmd::Season(c) => season_cli::run(c),
+        Cmd::Import(a) => return import_cli::run(a),
         Cmd::Bank(c) => match bank_cli::run(c) {
             Ok(code) => return code,
             Err(e) => Err(e),

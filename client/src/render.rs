@@ -209,6 +209,29 @@ pub fn card_check(v: &Value) -> String {
 }
 
 /// A monthly or bank-daily report: its lines and the total.
+/// The balance report: one line per group, then the total.
+pub fn balances(v: &Value) -> String {
+    let mut lines = v
+        .get("lines")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(t) = v.get("total") {
+        let mut t = t.clone();
+        t["key"] = Value::from("TOTAL");
+        lines.push(t);
+    }
+    let mut out = format!(
+        "balances by {}\n",
+        scalar(v.get("group_by").unwrap_or(&Value::Null))
+    );
+    out.push_str(&table(
+        &lines,
+        &["key", "accounts", "closed", "balance", "debit", "credit"],
+    ));
+    out
+}
+
 pub fn report(v: &Value) -> String {
     let lines = v
         .get("lines")

@@ -448,6 +448,9 @@ mod args {
             "consistency": r.consistency, "drills": r.drills,
         })
     }
+    pub fn balance_report(r: pb2::BalanceReportRequest) -> Value {
+        json!({"group_by": r.group_by, "consistency": r.consistency})
+    }
     pub fn bank_daily_report(r: pb2::BankDailyReportRequest) -> Value {
         json!({"date": r.date, "bank_code": r.bank_code, "consistency": r.consistency})
     }
@@ -596,6 +599,13 @@ impl pb2::billing_server::Billing for GrpcApi {
         req: Request<pb2::BankDailyReportRequest>,
     ) -> V2<pb2::Report> {
         self.v2(req, Endpoint::BankDailyReport, args::bank_daily_report)
+            .await
+    }
+    async fn balance_report(
+        &self,
+        req: Request<pb2::BalanceReportRequest>,
+    ) -> V2<pb2::BalanceReport> {
+        self.v2(req, Endpoint::BalanceReport, args::balance_report)
             .await
     }
     async fn bill_season(&self, req: Request<pb2::BillSeasonRequest>) -> V2<pb2::SeasonBillRun> {

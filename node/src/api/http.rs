@@ -116,6 +116,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/invoices/{invoice_no}/print", post(print_invoice))
         .route("/v1/reports/monthly", get(monthly_report))
         .route("/v1/reports/bank-daily", get(bank_daily_report))
+        .route("/v1/reports/balances", get(balance_report))
         .route("/v1/segments/boundary", put(set_boundary))
         .route("/v1/seasons", post(open_season))
         .route(
@@ -1049,6 +1050,11 @@ async fn bank_reconciliation(
 async fn monthly_report(State(s): State<HttpState>, caller: Caller, q: QueryArgs) -> HttpResult {
     let extra = query(q)?;
     run(&s, &caller, Endpoint::MonthlyReport, None, extra).await
+}
+
+async fn balance_report(State(s): State<HttpState>, caller: Caller, q: QueryArgs) -> HttpResult {
+    let extra = query(q)?;
+    run(&s, &caller, Endpoint::BalanceReport, None, extra).await
 }
 
 async fn bank_daily_report(State(s): State<HttpState>, caller: Caller, q: QueryArgs) -> HttpResult {

@@ -304,6 +304,19 @@ struct MonthlyReport {
     drills: String,
 }
 
+/// `GET /v1/reports/balances`: accounts and Σ balance per group (every
+/// account, one snapshot), and how fresh the read was.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct BalanceReport {
+    /// branch | utility | tariff
+    group_by: String,
+    lines: Vec<domain::balances::BalanceLine>,
+    /// Every account (key "").
+    total: domain::balances::BalanceLine,
+    read: ReadConsistency,
+}
+
 /// One page of an account's records.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -998,6 +1011,15 @@ fn routes() -> Vec<Route> {
             roles: ep(E::BankDailyReport),
             args: Query(args_of::<ops::BankDailyArgs>),
             answer: Json(200, named::<ReportView>),
+        },
+        Route {
+            method: Get,
+            path: "/v1/reports/balances",
+            tag: Tag::Reports,
+            summary: "Accounts and Σ balance (debit and credit apart) per branch|utility|tariff over every account: the receivables, and a migration's billdb-side totals.",
+            roles: ep(E::BalanceReport),
+            args: Query(args_of::<ops::BalanceArgs>),
+            answer: Json(200, named::<BalanceReport>),
         },
         Route {
             method: Post,

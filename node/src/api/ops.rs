@@ -51,6 +51,8 @@ pub enum Endpoint {
     ListDrills,
     /// A customer statement: one account over a period.
     Statement,
+    /// Accounts and Σ balance per branch, utility or tariff.
+    BalanceReport,
 }
 
 const ALL: &[Role] = &[Role::Counter, Role::Bank, Role::Ops, Role::Auditor];
@@ -65,7 +67,7 @@ impl Endpoint {
             GetAccount | GetRequest => ALL,
             ListRecords | Statement => &[Role::Counter, Role::Ops, Role::Auditor],
             VerifyCard => &[Role::Counter, Role::Ops, Role::Auditor],
-            MonthlyReport | ListDrills => &[Role::Ops, Role::Auditor],
+            MonthlyReport | ListDrills | BalanceReport => &[Role::Ops, Role::Auditor],
             BankDailyReport => &[Role::Bank, Role::Ops, Role::Auditor],
             OpenAccount | UpdateContact | IssueCard | ReplaceCard | Purchase | Reissue
             | ConfirmLoaded | PrintInvoice => COUNTER,
@@ -126,6 +128,7 @@ pub async fn call(app: &App, caller: &Caller, ep: Endpoint, a: Value) -> Result<
         Endpoint::BankDailyReport => read_bank_daily(app, caller, a).await,
         Endpoint::ListDrills => read_drills(app, a).await,
         Endpoint::Statement => read_statement(app, a).await,
+        Endpoint::BalanceReport => read_balances(app, a).await,
         _ => {
             let (request_id, op) = write_op(caller, ep, a)?;
             if let Some(fake) = crate::failpoint_ack::ack_without_write(app, &request_id, &op) {
@@ -1081,6 +1084,35 @@ async fn read_monthly(app: &App, a: Value) -> Result<Value, ApiError> {
     .await?;
     let mut v = report_json(rep, meta)?;
     v["drills"] = json!(drills_name);
+    Ok(v)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BalanceArgs {
+    /// branch (default) | utility | tariff
+    group_by: Option<String>,
+    /// linearizable (default) | stale
+    consistency: Option<String>,
+}
+
+/// The balance report (`domain::balances`): every account, one snapshot.
+async fn read_balances(app: &App, a: Value) -> Result<Value, ApiError> {
+    use domain::balances::{BalanceGroup, balance_report};
+    let r: BalanceArgs = args(a)?;
+    let group_by = match r.group_by.as_deref() {
+        None | Some("branch") => BalanceGroup::Branch,
+        Some("utility") => BalanceGroup::Utility,
+        Some("tariff") => BalanceGroup::Tariff,
+        Some(_) => return Err(invalid("group_by: branch | utility | tariff")),
+    };
+    let meta = consistency(app, r.consistency.as_deref()).await?;
+    let rep = with_view(app, move |view| {
+        balance_report(view, group_by).map_err(internal)
+    })
+    .await?;
+    let mut v = serde_json::to_value(&rep).map_err(internal)?;
+    v["read"] = meta;
     Ok(v)
 }
 

@@ -51,7 +51,7 @@ pub(crate) fn next_number<T: Txn + ?Sized>(txn: &mut T) -> Res<String> {
 /// assigns (`INV` ‖ 12 digits). Imports refuse legacy numbers of this form,
 /// so such a number was assigned by the counter, once: it needs no lookup
 /// to be known new.
-pub(crate) fn is_assigned_form(invoice_no: &str) -> bool {
+pub fn is_assigned_form(invoice_no: &str) -> bool {
     let b = invoice_no.as_bytes();
     b.len() == 15 && b.starts_with(b"INV") && b[3..].iter().all(u8::is_ascii_digit)
 }

@@ -13,6 +13,7 @@
 //! reversal, record listing, segment boundary), `invoices`, `tariffs`
 //! (versions, year units), `reports` (incremental report rows), `seasons`
 //! (heating season, lazy carry-forward), `import` (bulk legacy import),
+//! `balances` (accounts and Σ balance per branch/utility/tariff),
 //! `calendar` (UTC civil dates), `keys`, `txn`.
 //!
 //! Every command runs against a [`Scratch`] overlay: its writes reach the
@@ -20,6 +21,7 @@
 //! request entry, by construction.
 
 mod accounts;
+pub mod balances;
 pub mod bank_recon;
 pub mod calendar;
 mod cards;
@@ -49,7 +51,7 @@ use billdb_api::error::{ApiError, ErrorCode};
 pub use accounts::{Account, LastPurchase, UTILITIES, get_account};
 pub use cards::{Card, CardCheck, get_card, verify_card};
 pub use import::{IMPORT_ITEMS_MAX, ImportAccount, ImportRecord};
-pub use invoices::{Invoice, get_invoice};
+pub use invoices::{Invoice, get_invoice, is_assigned_form};
 pub use ledger::{
     LIST_LIMIT_MAX, Record, RecordMeta, RecordPage, RecordQuery, Segment, get_record, list_records,
     parse_record_id, record_id, segment_boundary,

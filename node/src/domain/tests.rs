@@ -2946,3 +2946,64 @@ fn imported_payments_are_indexed_under_their_legacy_day() {
         1
     );
 }
+
+/// The balance report sums every account's balance per group to the cent,
+/// with the debit and credit sides apart, closed accounts counted and kept.
+#[test]
+fn balance_report_sums_every_account_per_group() {
+    let mut w = World::new();
+    w.ok("t", 0, define_tariff("RES", ladder(), 0));
+    let mut accounts = Vec::new();
+    // 2,500 accounts: more than one scan chunk, so the paging is exercised.
+    for i in 0..2500u32 {
+        let mut a = import_account(&format!("B{i:05}"), None);
+        a.branch = format!("br{}", i % 3);
+        a.balance = Decimal::new(i64::from(i) * 101 - 120_000, 2);
+        if i % 7 == 0 {
+            a.status = "closed".into();
+            a.closed_ms = Some(days_ms(2020, 1, 1));
+        }
+        accounts.push(a);
+    }
+    for (n, chunk) in accounts.chunks(IMPORT_ITEMS_MAX).enumerate() {
+        w.ok(
+            &format!("i{n}"),
+            t0(),
+            Op::Import {
+                accounts: chunk.to_vec(),
+                records: vec![],
+            },
+        );
+    }
+    let rep = balances::balance_report(&w.t, balances::BalanceGroup::Branch).unwrap();
+    assert_eq!(rep.group_by, "branch");
+    assert_eq!(
+        rep.lines.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(),
+        ["br0", "br1", "br2"]
+    );
+    for line in &rep.lines {
+        let mine: Vec<_> = accounts.iter().filter(|a| a.branch == line.key).collect();
+        assert_eq!(line.accounts, mine.len() as u64);
+        assert_eq!(
+            line.closed,
+            mine.iter().filter(|a| a.status == "closed").count() as u64
+        );
+        let sum: Decimal = mine.iter().map(|a| a.balance).sum();
+        assert_eq!(line.balance, sum);
+        let debit: Decimal = mine
+            .iter()
+            .filter(|a| a.balance < Decimal::ZERO)
+            .map(|a| -a.balance)
+            .sum();
+        assert_eq!(line.debit, debit);
+        assert_eq!(line.credit - line.debit, line.balance);
+    }
+    assert_eq!(rep.total.accounts, 2500);
+    assert_eq!(
+        rep.total.balance,
+        accounts.iter().map(|a| a.balance).sum::<Decimal>()
+    );
+    let by_utility = balances::balance_report(&w.t, balances::BalanceGroup::Utility).unwrap();
+    assert_eq!(by_utility.lines.len(), 1);
+    assert_eq!(by_utility.lines[0].balance, rep.total.balance);
+}
