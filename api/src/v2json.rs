@@ -176,7 +176,8 @@ mod tests {
                         "BankPayments",
                         "Reconcile",
                         "ListReconciliations",
-                        "GetReconciliation"
+                        "GetReconciliation",
+                        "BalanceReport"
                     ]
                     .iter()
                     .any(|p| v2.name().starts_with(p)),

@@ -18,6 +18,7 @@ mod etcd;
 mod grpc_writes;
 mod http;
 mod leader_kill;
+mod legacy;
 mod load;
 mod postgres;
 mod progress;
@@ -69,6 +70,10 @@ enum Cmd {
     /// and billed as `billdb season bill` does; the billing timed and its
     /// report checked to the cent.
     Season(season::SeasonArgs),
+    /// The legacy migration path: the dataset written as legacy CSV files
+    /// and `billdb import` run on them, timed as a whole process; its
+    /// reconciliation must find the totals equal and no difference.
+    Legacy(legacy::LegacyArgs),
 }
 
 /// Prints node RSS, disk use and CPU of a result, if it has them.
@@ -132,6 +137,15 @@ fn main() -> anyhow::Result<()> {
         Cmd::Season(a) => {
             let json = a.json;
             output(&season::run(a)?, json, season::print_table)?;
+        }
+        Cmd::Legacy(a) => {
+            let json = a.json;
+            let v = legacy::run(a)?;
+            output(&v, json, legacy::print_table)?;
+            anyhow::ensure!(
+                v["totals_agree"] == true && v["differences"] == 0 && v["rejected"] == 0,
+                "the legacy import did not reconcile"
+            );
         }
         Cmd::CardCheck(a) => {
             let json = a.json;
