@@ -660,6 +660,20 @@ fn a_seeded_legacy_dataset_imports_resumes_and_reconciles_to_the_cent() {
         s["cards_not_active"], 30,
         "the replaced legacy cards are counted"
     );
+    // Every row is imported, rejected, or (a replaced card) counted apart.
+    let rows = &s["rows"];
+    assert_eq!(rows["accounts.csv"]["read"], 65, "{rows}");
+    assert_eq!(rows["accounts.csv"]["imported"], 60, "{rows}");
+    assert_eq!(rows["cards.csv"]["read"], 64, "{rows}");
+    assert_eq!(rows["cards.csv"]["imported"], 30, "{rows}");
+    assert_eq!(rows["cards.csv"]["rejected"], 4, "{rows}");
+    let r = &rows["records.csv"];
+    assert_eq!(
+        r["read"].as_u64().unwrap(),
+        r["imported"].as_u64().unwrap() + r["rejected"].as_u64().unwrap(),
+        "{rows}"
+    );
+    assert_eq!(r["rejected"], 7, "{rows}");
 
     // The balance report (CLI) says the same as the files.
     let (code, rep, err) = run(&env, &["report", "balances", "--json"], Some(&auditor));
@@ -763,6 +777,22 @@ fn a_seeded_legacy_dataset_imports_resumes_and_reconciles_to_the_cent() {
         "",
         "",
     ]);
+    // A record of the refused account: billdb's A001 is another account.
+    let refused_rec = r.row(&[
+        "A001",
+        "SALE",
+        "5.00",
+        "10",
+        "2025-06-01 10:00",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+    ]);
     r.write(&wave.join("records.csv"));
     std::fs::write(wave.join("mapping.csv"), MAPPING).unwrap();
     let out2 = tmp.path().join("out2").to_string_lossy().into_owned();
@@ -779,7 +809,11 @@ fn a_seeded_legacy_dataset_imports_resumes_and_reconciles_to_the_cent() {
         rejects[&("records.csv".to_string(), pay_line)].contains("DUPLICATE_PAYMENT"),
         "{rejects:#?}"
     );
-    assert_eq!(rejects.len(), 2, "{rejects:#?}");
+    assert!(
+        rejects[&("records.csv".to_string(), refused_rec)].contains("refused by billdb"),
+        "{rejects:#?}"
+    );
+    assert_eq!(rejects.len(), 3, "{rejects:#?}");
     let s2: Value = serde_json::from_str(&stdout).unwrap();
     // B001's legacy balance counted the payment billdb refused.
     let diffs = s2["differences"].as_array().unwrap();

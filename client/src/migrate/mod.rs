@@ -425,8 +425,8 @@ impl Reader {
             }
             for (c, line) in card_lines {
                 if c.status != "active" {
+                    // Counted apart (`cards_not_active`), not imported.
                     self.st.cards_not_active += 1;
-                    self.st.rows.entry("cards.csv").or_default().imported += 1;
                     continue;
                 }
                 if let Some((other, other_line)) = active.get(&c.account_id) {
@@ -581,8 +581,10 @@ impl Reader {
             self.progress
                 .records(r.position().byte(), total_bytes, &self.st);
             let account_id = rec.get(0).unwrap_or("").trim().to_string();
+            // An account the cluster refused (it holds one with that id)
+            // takes none of these records, whatever this file says.
             let reason = match self.st.tallies.get(&account_id) {
-                None if refused_accounts.contains(&account_id) => Some(format!(
+                _ if refused_accounts.contains(&account_id) => Some(format!(
                     "account {account_id} was refused by billdb (see its accounts.csv line)"
                 )),
                 None if account_id.is_empty() => Some("missing field: account_id is empty".into()),
