@@ -15,6 +15,8 @@ use anyhow::{Context, ensure};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
+use billdb_client::migrate::legacy::{ACCOUNT_COLUMNS, CARD_COLUMNS, RECORD_COLUMNS};
+
 use crate::cluster::{Target, TargetArgs};
 use crate::dataset::{Spec, tariffs};
 use crate::load::DataArgs;
@@ -68,36 +70,9 @@ fn write_files(spec: &Spec, dir: &Path) -> anyhow::Result<u64> {
     let mut accounts = open("accounts.csv")?;
     let mut cards = open("cards.csv")?;
     let mut records = open("records.csv")?;
-    accounts.write_record([
-        "account_id",
-        "name",
-        "address",
-        "branch",
-        "utility",
-        "meter_id",
-        "tariff_code",
-        "area_m2",
-        "status",
-        "balance",
-        "opened",
-        "closed",
-    ])?;
-    cards.write_record(["card_no", "account_id", "generation", "status"])?;
-    records.write_record([
-        "account_id",
-        "kind",
-        "amount",
-        "units",
-        "time",
-        "operator",
-        "branch",
-        "tariff_code",
-        "invoice_no",
-        "bank_code",
-        "bank_ref",
-        "card_no",
-        "card_seq",
-    ])?;
+    accounts.write_record(ACCOUNT_COLUMNS)?;
+    cards.write_record(CARD_COLUMNS)?;
+    records.write_record(RECORD_COLUMNS)?;
     let mut n = 0u64;
     for i in 0..spec.accounts {
         let a = spec.account(i);

@@ -397,13 +397,20 @@ pub fn card(row: &Row<'_>) -> Result<LegacyCard, String> {
     })
 }
 
-/// One row of `records.csv` as an import record. `account` is the row's
-/// account as imported (its branch and tariff fill empty fields).
+/// What a record row takes from its account as imported: empty branch and
+/// tariff fields take the account's.
+pub struct RecordAccount<'a> {
+    pub account_id: &'a str,
+    pub branch: &'a str,
+    pub tariff_id: &'a str,
+}
+
+/// One row of `records.csv` as an import record of `account`.
 pub fn record(
     row: &Row<'_>,
     map: &Mapping,
     zone: Zone,
-    account: &ImportAccount,
+    account: &RecordAccount<'_>,
 ) -> Result<ImportRecord, String> {
     let kind = map.map("kind", row.required("kind")?)?;
     if !RECORD_KINDS.contains(&kind.as_str()) {
@@ -423,14 +430,14 @@ pub fn record(
     let units = parse_units(row.get("units"), "units")?;
     let ts_ms = parse_time(row.required("time")?, zone)?;
     let branch = match row.get("branch") {
-        "" => account.branch.clone(),
+        "" => account.branch.to_string(),
         b => map.map("branch", b)?,
     };
     if !is_id(&branch) {
         return Err(format!("branch {branch:?} is not a billdb branch id"));
     }
     let tariff_id = match row.get("tariff_code") {
-        "" => account.tariff_id.clone(),
+        "" => account.tariff_id.to_string(),
         t => map.map("tariff", t)?,
     };
     let invoice_no = row.get("invoice_no").to_string();
@@ -473,7 +480,7 @@ pub fn record(
         ));
     }
     Ok(ImportRecord {
-        account_id: account.account_id.clone(),
+        account_id: account.account_id.to_string(),
         kind,
         amount,
         units,
@@ -610,7 +617,12 @@ mod tests {
         }
         let rec = |line: &str| {
             let f: Vec<&str> = line.split(',').collect();
-            record(&Row::new(f, &RECORD_COLUMNS).unwrap(), &m, zone, &a)
+            let of = RecordAccount {
+                account_id: &a.account_id,
+                branch: &a.branch,
+                tariff_id: &a.tariff_id,
+            };
+            record(&Row::new(f, &RECORD_COLUMNS).unwrap(), &m, zone, &of)
         };
         let r = rec("A1,charge,2226.15,87.3,2020-11-15,,,,L-1,,,,").unwrap();
         assert_eq!((r.branch.as_str(), r.tariff_id.as_str()), ("BR1", "HEAT-A"));

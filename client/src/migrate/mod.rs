@@ -374,6 +374,32 @@ impl Reader {
             .map_err(|_| anyhow!("the sender stopped"))
     }
 
+    /// One row of a legacy file, counted as read: the row and its line,
+    /// or `None` when it is not readable CSV (rejected here). An I/O error
+    /// stops the import.
+    fn readable(
+        &mut self,
+        src: Source,
+        rec: csv::Result<csv::StringRecord>,
+    ) -> Result<Option<(csv::StringRecord, u64)>> {
+        self.st.rows.entry(src.file()).or_default().read += 1;
+        match rec {
+            Ok(rec) => {
+                let line = rec.position().map_or(0, |p| p.line());
+                Ok(Some((rec, line)))
+            }
+            Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => {
+                Err(anyhow!("reading {}: {e}", src.file()))
+            }
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                let why = format!("unreadable row: {e}");
+                self.rejects.add(&mut self.st, src, line, "", &why)?;
+                Ok(None)
+            }
+        }
+    }
+
     fn accounts(&mut self, b: &mut Batcher) -> Result<()> {
         let o = self.o.clone();
         // Cards first: the active card joins its account's import item.
@@ -384,25 +410,9 @@ impl Reader {
             header(&mut r, "cards.csv", &legacy::CARD_COLUMNS)?;
             let mut seen: HashMap<String, u64> = HashMap::new();
             for rec in r.records() {
-                let (rec, line) = match rec {
-                    Ok(rec) => {
-                        let line = rec.position().map_or(0, |p| p.line());
-                        (rec, line)
-                    }
-                    Err(e) => {
-                        let line = e.position().map_or(0, |p| p.line());
-                        self.st.rows.entry("cards.csv").or_default().read += 1;
-                        self.rejects.add(
-                            &mut self.st,
-                            Source::Cards,
-                            line,
-                            "",
-                            &format!("unreadable row: {e}"),
-                        )?;
-                        continue;
-                    }
+                let Some((rec, line)) = self.readable(Source::Cards, rec)? else {
+                    continue;
                 };
-                self.st.rows.entry("cards.csv").or_default().read += 1;
                 let parsed = Row::new(rec.iter().collect(), &legacy::CARD_COLUMNS)
                     .and_then(|row| legacy::card(&row));
                 let c = match parsed {
@@ -445,23 +455,8 @@ impl Reader {
         header(&mut r, "accounts.csv", &legacy::ACCOUNT_COLUMNS)?;
         let mut seen: HashMap<String, u64> = HashMap::new();
         for rec in r.records() {
-            self.st.rows.entry("accounts.csv").or_default().read += 1;
-            let (rec, line) = match rec {
-                Ok(rec) => {
-                    let line = rec.position().map_or(0, |p| p.line());
-                    (rec, line)
-                }
-                Err(e) => {
-                    let line = e.position().map_or(0, |p| p.line());
-                    self.rejects.add(
-                        &mut self.st,
-                        Source::Accounts,
-                        line,
-                        "",
-                        &format!("unreadable row: {e}"),
-                    )?;
-                    continue;
-                }
+            let Some((rec, line)) = self.readable(Source::Accounts, rec)? else {
+                continue;
             };
             let parsed = Row::new(rec.iter().collect(), &legacy::ACCOUNT_COLUMNS)
                 .and_then(|row| legacy::account(&row, &self.map, o.zone));
@@ -600,8 +595,13 @@ impl Reader {
             }
             let row = Row::new(rec.iter().collect(), &legacy::RECORD_COLUMNS);
             let parsed = row.and_then(|row| {
-                let acct = self.account_defaults(&account_id);
-                legacy::record(&row, &self.map, o.zone, &acct)
+                let t = self.st.tallies.get(&account_id);
+                let of = legacy::RecordAccount {
+                    account_id: &account_id,
+                    branch: t.map_or("", |t| t.branch.as_str()),
+                    tariff_id: t.map_or("", |t| t.tariff.as_str()),
+                };
+                legacy::record(&row, &self.map, o.zone, &of)
             });
             let ir = match parsed {
                 Ok(ir) => ir,
@@ -666,35 +666,6 @@ impl Reader {
             self.send(Msg::Batch(batch))?;
         }
         Ok(())
-    }
-
-    /// The account's branch and tariff (empty record fields take them).
-    fn account_defaults(&self, account_id: &str) -> ImportAccount {
-        let t = self.st.tallies.get(account_id);
-        ImportAccount {
-            account_id: account_id.to_string(),
-            name: String::new(),
-            address: String::new(),
-            branch: t.map(|t| t.branch.clone()).unwrap_or_default(),
-            utility: String::new(),
-            meter_id: String::new(),
-            tariff_id: self.tariff_of(account_id),
-            area: Decimal::ZERO,
-            status: String::new(),
-            balance: Decimal::ZERO,
-            opened_ms: 0,
-            closed_ms: None,
-            card_no: None,
-            card_generation: 0,
-        }
-    }
-
-    fn tariff_of(&self, account_id: &str) -> String {
-        self.st
-            .tallies
-            .get(account_id)
-            .map(|t| t.tariff.clone())
-            .unwrap_or_default()
     }
 
     fn count_record(&mut self, ir: &ImportRecord, line: u64) {
