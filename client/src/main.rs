@@ -304,6 +304,20 @@ fn write_secret(path: &Path, contents: &[u8]) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Gives `dir` and the files directly in it to `uid:gid`.
+fn chown_dir(dir: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+        .with_context(|| format!("chown {}", dir.display()))?;
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_file() {
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid))
+                .with_context(|| format!("chown {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// `billdb cert cluster`: everything a new cluster needs, in one directory.
 fn provision_cluster(
     cluster_id: &str,
@@ -351,19 +365,32 @@ fn provision_cluster(
         anyhow::ensure!(!hosts.is_empty(), "--node {n:?}: no host");
         specs.push((id, hosts));
     }
+    // Duplicate ids would give two nodes one directory.
+    let mut seen = std::collections::BTreeSet::new();
+    for (id, _) in &specs {
+        anyhow::ensure!(seen.insert(*id), "--node {id}: given twice");
+    }
     let node_dir = out.join("node");
     let client_dir = out.join("client");
     for d in [&ca_dir, &node_dir, &client_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
+    // One directory per node, holding only that node's key: what the node
+    // mounts or is copied to, so that no node can read another's key.
+    let per_node: Vec<PathBuf> = specs
+        .iter()
+        .map(|(id, _)| node_dir.join(id.to_string()))
+        .collect();
     let ca = certs::new_ca(cluster_id)?;
-    for (id, hosts) in &specs {
+    for ((id, hosts), dir) in specs.iter().zip(&per_node) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let leaf = certs::node_cert(&ca, cluster_id, *id, hosts)?;
-        certs::write_leaf(&node_dir, &format!("node{id}"), &leaf)?;
+        certs::write_leaf(dir, &format!("node{id}"), &leaf)?;
     }
-    // A run that stopped before the CA key was written left tokens whose
-    // plaintext is gone: start the file afresh.
-    let tokens_file = node_dir.join("tokens.toml");
+    // The cluster's token list (hashes only): `billdb token add` edits this
+    // one; every node reads a copy. A run that stopped before the CA key
+    // was written left tokens whose plaintext is gone: start afresh.
+    let tokens_file = out.join("tokens.toml");
     match std::fs::remove_file(&tokens_file) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -380,26 +407,25 @@ fn provision_cluster(
     }
     // The CA key last: its presence marks a finished provisioning.
     certs::write_ca(&ca_dir, &ca)?;
-    for d in [&node_dir, &client_dir] {
+    for d in per_node.iter().chain([&client_dir]) {
         std::fs::copy(ca_dir.join("ca.pem"), d.join("ca.pem"))
             .with_context(|| format!("copying ca.pem to {}", d.display()))?;
     }
+    for d in &per_node {
+        std::fs::copy(&tokens_file, d.join("tokens.toml"))
+            .with_context(|| format!("copying tokens.toml to {}", d.display()))?;
+    }
     if let Some((uid, gid)) = owner {
-        for d in [&node_dir, &client_dir] {
-            std::os::unix::fs::chown(d, Some(uid), Some(gid))
-                .with_context(|| format!("chown {}", d.display()))?;
-            for e in std::fs::read_dir(d).with_context(|| format!("reading {}", d.display()))? {
-                let p = e?.path();
-                std::os::unix::fs::chown(&p, Some(uid), Some(gid))
-                    .with_context(|| format!("chown {}", p.display()))?;
-            }
+        for d in per_node.iter().chain([&node_dir, &client_dir]) {
+            chown_dir(d, uid, gid)?;
         }
     }
     println!(
-        "cluster {cluster_id}: CA in {} (keep it off the nodes), node files in {}, \
-         client CA and tokens in {}",
+        "cluster {cluster_id}: CA in {} (keep it off the nodes), node N's files in {}/N \
+         (each holds only its own key), the token list in {}, client CA and tokens in {}",
         ca_dir.display(),
         node_dir.display(),
+        tokens_file.display(),
         client_dir.display()
     );
     Ok(())
@@ -569,9 +595,11 @@ enum CertCmd {
         out: PathBuf,
     },
     /// A new cluster's files in one go: OUT/ca/ (the CA: keep it off the
-    /// nodes), OUT/node/ (ca.pem, node<ID>.pem and .key for each node,
-    /// tokens.toml) and OUT/client/ (ca.pem and an ops, auditor, counter and
-    /// bank token). Does nothing when OUT/ca/ca.key exists.
+    /// nodes), OUT/node/<ID>/ for each node (ca.pem, node<ID>.pem and .key,
+    /// tokens.toml: only that node's key), OUT/tokens.toml (the token list
+    /// `billdb token add` edits; copy it to the nodes after a change) and
+    /// OUT/client/ (ca.pem and an ops, auditor, counter and bank token).
+    /// Does nothing when OUT/ca/ca.key exists.
     Cluster {
         #[arg(long)]
         cluster_id: String,
@@ -584,6 +612,20 @@ enum CertCmd {
         /// Give OUT/node and OUT/client to UID:GID (the node's user).
         #[arg(long, value_name = "UID:GID")]
         owner: Option<String>,
+    },
+    /// Copies one node's files out of a directory that may hold several
+    /// nodes' (as `cert cluster` writes them, or a mounted secret): FROM's
+    /// ca.pem, node<ID>.pem, node<ID>.key and tokens.toml into OUT, the key
+    /// with mode 0600. For an init step that leaves the running node only
+    /// its own key (deploy/kubernetes/statefulset.yaml).
+    Install {
+        #[arg(long)]
+        from: PathBuf,
+        /// The node's id (default: $BILLDB_NODE_ID).
+        #[arg(long, env = "BILLDB_NODE_ID")]
+        id: u64,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// A client certificate: OUT/client-<NAME>.pem and .key; map it to a role
     /// in the tokens file with `client_cert = "<NAME>"`.
@@ -638,6 +680,30 @@ fn run_cert(cmd: CertCmd) -> Result<()> {
             out,
             owner,
         } => provision_cluster(&cluster_id, &nodes, &out, owner.as_deref())?,
+        CertCmd::Install { from, id, out } => {
+            let key = format!("node{id}.key");
+            // All four read before anything is written.
+            let mut files = Vec::new();
+            for (name, mode) in [
+                ("ca.pem".to_string(), 0o644),
+                (format!("node{id}.pem"), 0o644),
+                (key.clone(), 0o600),
+                ("tokens.toml".to_string(), 0o644),
+            ] {
+                let src = from.join(&name);
+                let bytes = std::fs::read(&src)
+                    .with_context(|| format!("node {id}: reading {}", src.display()))?;
+                files.push((name, bytes, mode));
+            }
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            for (name, bytes, mode) in files {
+                certs::write_file(&out.join(name), &bytes, mode)?;
+            }
+            println!(
+                "node {id}: ca.pem, node{id}.pem, {key}, tokens.toml in {}",
+                out.display()
+            );
+        }
         CertCmd::Client {
             ca_dir,
             cluster_id,

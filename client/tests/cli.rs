@@ -648,3 +648,120 @@ fn cert_commands_make_a_ca_and_certificates_with_private_keys_kept_private() {
     );
     assert!(!ok && err.contains("not a valid name"), "{err}");
 }
+
+#[test]
+fn cert_cluster_gives_each_node_a_directory_with_only_its_own_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("secrets");
+    let out_s = out.to_string_lossy().into_owned();
+    let mut args = vec![
+        "cert",
+        "cluster",
+        "--cluster-id",
+        "heat-north",
+        "--out",
+        &out_s,
+    ];
+    let specs: Vec<String> = (1..=3)
+        .map(|i| format!("{i}=db{i}.example.net,10.0.0.{i}"))
+        .collect();
+    for s in &specs {
+        args.extend(["--node", s]);
+    }
+    let (ok, _, err) = run(&args, None);
+    assert!(ok, "{err}");
+    let list = |d: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        list(&out.join("node")),
+        ["1", "2", "3"],
+        "a directory per node"
+    );
+    let tokens = std::fs::read_to_string(out.join("tokens.toml")).expect("the token list");
+    assert_eq!(tokens.matches("[[token]]").count(), 4);
+    for i in 1..=3 {
+        let d = out.join(format!("node/{i}"));
+        let mut want = vec![
+            "ca.pem".to_string(),
+            format!("node{i}.key"),
+            format!("node{i}.pem"),
+            "tokens.toml".to_string(),
+        ];
+        want.sort();
+        assert_eq!(list(&d), want, "node {i}: its own key only");
+        let mode = std::fs::metadata(d.join(format!("node{i}.key")))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(d.join("tokens.toml")).unwrap(),
+            tokens,
+            "node {i} reads the cluster's token list"
+        );
+    }
+    assert!(!out.join("node/ca.key").exists() && out.join("ca/ca.key").exists());
+    // A second run changes nothing (the CA exists).
+    let before = std::fs::read(out.join("node/2/node2.key")).unwrap();
+    let (ok, stdout, err) = run(&args, None);
+    assert!(ok && stdout.contains("nothing changed"), "{stdout}{err}");
+    assert_eq!(std::fs::read(out.join("node/2/node2.key")).unwrap(), before);
+    // A node given twice is refused before anything is written.
+    let dup = tmp.path().join("dup").to_string_lossy().into_owned();
+    let (ok, _, err) = run(
+        &[
+            "cert",
+            "cluster",
+            "--cluster-id",
+            "c",
+            "--out",
+            &dup,
+            "--node",
+            "1=a",
+            "--node",
+            "1=b",
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("given twice"), "{err}");
+    assert!(!tmp.path().join("dup/ca/ca.key").exists());
+
+    // `cert install` copies one node's files out of a directory holding
+    // several, the key private; a node whose files are not there is refused.
+    let inst = tmp.path().join("inst");
+    let inst_s = inst.to_string_lossy().into_owned();
+    let from = out.join("node/2").to_string_lossy().into_owned();
+    let (ok, _, err) = run(
+        &[
+            "cert", "install", "--from", &from, "--id", "2", "--out", &inst_s,
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        list(&inst),
+        ["ca.pem", "node2.key", "node2.pem", "tokens.toml"]
+    );
+    assert_eq!(std::fs::read(inst.join("node2.key")).unwrap(), before);
+    let mode = std::fs::metadata(inst.join("node2.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let other = tmp.path().join("other").to_string_lossy().into_owned();
+    let (ok, _, err) = run(
+        &[
+            "cert", "install", "--from", &from, "--id", "3", "--out", &other,
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("node3.pem"), "{err}");
+    assert!(!tmp.path().join("other").exists(), "nothing written");
+}

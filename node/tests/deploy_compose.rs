@@ -154,6 +154,36 @@ fn compose_cluster_serves_and_survives_a_killed_and_a_paused_container() {
             .expect("network")["IPAddress"]
             .clone();
         assert_eq!(ip, format!("172.30.77.{}", 11 + i), "its own address");
+        // It mounts only its own node directory: no other node's key.
+        let n = i + 1;
+        let mounts = inspect(id)["Mounts"].clone();
+        let tls = mounts
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["Destination"] == "/etc/billdb/tls")
+            .expect("a TLS mount")
+            .clone();
+        assert_eq!(tls["RW"], false, "read-only");
+        let src = PathBuf::from(tls["Source"].as_str().expect("source"));
+        assert_eq!(
+            src,
+            secrets.join(format!("node/{n}")),
+            "billdb-{n}'s own files"
+        );
+        let mut files: Vec<String> = std::fs::read_dir(&src)
+            .expect("node dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let mut want = vec![
+            "ca.pem".to_string(),
+            format!("node{n}.key"),
+            format!("node{n}.pem"),
+            "tokens.toml".to_string(),
+        ];
+        want.sort();
+        assert_eq!(files, want, "billdb-{n} sees its own key only");
     }
     eprintln!("five healthy containers after {:?}", started.elapsed());
 

@@ -232,9 +232,23 @@ fn kubernetes_manifests_hold_what_a_five_node_cluster_needs() {
         .as_str()
         .expect("configMap volume");
     let tls_vol = vol(mounts["/etc/billdb/tls"]["name"].as_str().expect("name")).expect("tls");
-    let tls_secret = tls_vol["secret"]["secretName"]
-        .as_str()
-        .expect("tls secret");
+    assert!(
+        tls_vol["emptyDir"].is_object(),
+        "the node's TLS directory is the init container's copy, not a Secret: {tls_vol}"
+    );
+    assert_eq!(mounts["/etc/billdb/tls"]["readOnly"], true);
+    for m in mounts.values() {
+        let name = m["name"].as_str().expect("name");
+        if let Some(v) = vol(name) {
+            assert!(
+                v["secret"].is_null() && v["projected"].is_null(),
+                "the billdb container mounts no Secret (another node's key): {v}"
+            );
+        }
+    }
+    let inits = pod["initContainers"].as_array().expect("initContainers");
+    assert_eq!(inits.len(), 1, "one init container");
+    let init = &inits[0];
 
     // Services: headless for peers (published before ready), one for clients.
     let peers = one(
@@ -320,32 +334,111 @@ fn kubernetes_manifests_hold_what_a_five_node_cluster_needs() {
         "without BILLDB_NODE_ID the config must not load"
     );
 
-    // The Secret holds every file the config names, for all five nodes.
-    let secret = one(&objs, "Secret", tls_secret);
-    let keys: BTreeSet<String> = secret["stringData"]
-        .as_object()
-        .or_else(|| secret["data"].as_object())
-        .expect("secret data")
-        .keys()
-        .cloned()
+    // The init container: node N's files out of the five Secrets into the
+    // in-memory `tls` volume, by the real `billdb cert install` run here on
+    // the files the projected volume would hold.
+    let init_env = init["env"].as_array().expect("init env");
+    let init_id = init_env
+        .iter()
+        .find(|e| e["name"] == "BILLDB_NODE_ID")
+        .expect("the init container gets BILLDB_NODE_ID");
+    assert_eq!(
+        init_id["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    );
+    let mut init_mounts = std::collections::BTreeMap::new();
+    for m in init["volumeMounts"].as_array().expect("init mounts") {
+        let name = m["name"].as_str().expect("name").to_string();
+        assert!(vol(&name).is_some(), "init mount {name} has no volume");
+        init_mounts.insert(name, m["mountPath"].as_str().expect("path").to_string());
+    }
+    let tls_name = tls_vol["name"].as_str().expect("name");
+    let init_out = init_mounts
+        .get(tls_name)
+        .expect("the init container writes the tls volume");
+    let (all_name, all_path) = init_mounts
+        .iter()
+        .find(|(n, _)| n.as_str() != tls_name)
+        .expect("the init container reads the five Secrets");
+    let projected = &vol(all_name).expect("volume")["projected"]["sources"];
+    let sources = projected.as_array().expect("a projected volume of Secrets");
+    assert_eq!(sources.len(), 5, "one Secret per node");
+    let fake = tempfile::tempdir().expect("tempdir");
+    let relocate = |p: &str| -> PathBuf {
+        for (mount, to) in [(all_path.as_str(), "all"), (init_out.as_str(), "tls")] {
+            if let Some(rest) = p.strip_prefix(mount) {
+                return fake.path().join(to).join(rest.trim_start_matches('/'));
+            }
+        }
+        panic!("{p} is under no mount of the init container")
+    };
+    for (i, src) in sources.iter().enumerate() {
+        let n = i + 1;
+        let name = src["secret"]["name"].as_str().expect("secret source");
+        assert_eq!(name, format!("billdb-tls-{n}"));
+        let secret = one(&objs, "Secret", name);
+        let data = secret["stringData"].as_object().expect("secret data");
+        let want: BTreeSet<String> = ["ca.pem", "tokens.toml"]
+            .iter()
+            .map(|f| f.to_string())
+            .chain([format!("node{n}.pem"), format!("node{n}.key")])
+            .collect();
+        assert_eq!(
+            data.keys().cloned().collect::<BTreeSet<_>>(),
+            want,
+            "Secret {name} holds node {n}'s files and no other node's key"
+        );
+        for item in src["secret"]["items"].as_array().expect("items") {
+            let key = item["key"].as_str().expect("key");
+            let path = item["path"].as_str().expect("path");
+            assert_eq!(path, format!("{n}/{key}"), "node {n}'s files under {n}/");
+            let to = fake.path().join("all").join(path);
+            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&to, data[key].as_str().expect("text")).expect("write");
+        }
+    }
+    let cmd: Vec<String> = strs(&init["command"])
+        .into_iter()
+        .map(|a| a.replace("$(BILLDB_NODE_ID)", "3"))
         .collect();
+    assert_eq!(cmd[..3], ["/usr/bin/billdb", "cert", "install"]);
+    let mut install = Command::new(cli_bin());
+    install.args(["cert", "install"]).env("BILLDB_NODE_ID", "3");
+    let mut args = cmd[3..].iter();
+    while let Some(a) = args.next() {
+        install.arg(a);
+        if a == "--from" || a == "--out" {
+            install.arg(relocate(args.next().expect("a path")));
+        }
+    }
+    run(&mut install);
     let mut named = vec![
         tls.ca_file.clone(),
+        tls.cert_file.clone(),
+        tls.key_file.clone(),
         cfg.auth.tokens_file.clone().expect("tokens_file"),
     ];
-    for i in 1..=5 {
-        named.push(PathBuf::from(format!("/etc/billdb/tls/node{i}.pem")));
-        named.push(PathBuf::from(format!("/etc/billdb/tls/node{i}.key")));
-    }
-    for f in named {
-        let rel = f
-            .strip_prefix("/etc/billdb/tls")
-            .unwrap_or_else(|_| panic!("{} is not under the Secret's mount", f.display()));
-        assert!(
-            keys.contains(rel.to_str().expect("utf-8")),
-            "the Secret {tls_secret} lacks {}",
-            rel.display()
-        );
+    named.sort();
+    let mut got: Vec<PathBuf> = std::fs::read_dir(fake.path().join("tls"))
+        .expect("the init container's output")
+        .map(|e| Path::new("/etc/billdb/tls").join(e.expect("entry").file_name()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got, named,
+        "node 3's tls volume holds exactly the files its config names"
+    );
+    assert_eq!(
+        std::fs::read_to_string(fake.path().join("tls/node3.key")).expect("key"),
+        "REPLACE: secrets/node/3/node3.key"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(fake.path().join("tls/node3.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the key copy is private: {mode:o}");
     }
     let client_secret = one(&objs, "Secret", tref["name"].as_str().expect("secret name"));
     let ckeys = client_secret["stringData"]
@@ -420,4 +513,75 @@ fn refused_without_node_id(p: &Path) -> bool {
     // Only meaningful when the environment does not give the id either.
     std::env::var_os("BILLDB_NODE_ID").is_none()
         && billdb_node::config::Config::load(&args).is_err()
+}
+
+/// The Kubernetes version the manifests are written for (OPERATIONS.md:
+/// "Kubernetes 1.31 or later": `ordinals.start` and the pod-index label).
+const KUBERNETES_VERSION: &str = "1.31.0";
+
+/// `kubernetes-validate --strict` (the Kubernetes OpenAPI schemas, bundled:
+/// no API server, no network) on `files`: (passed, output).
+fn schema_check(files: &[PathBuf]) -> (bool, String) {
+    let env = std::env::var_os("BILLDB_PYENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/billdb-pyenv"));
+    let tool = env.join("bin/kubernetes-validate");
+    assert!(
+        tool.exists(),
+        "{} is missing: run deploy/setup.sh (deploy/python-requirements.txt)",
+        tool.display()
+    );
+    let out = output(
+        Command::new(tool)
+            .args(["--strict", "--no-warn", "-k", KUBERNETES_VERSION])
+            .args(files),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn kubernetes_manifests_pass_the_kubernetes_schemas_strictly() {
+    let _ = all_objects(); // every manifest listed and parsed
+    let files: Vec<PathBuf> = std::fs::read_dir(k8s_dir())
+        .expect("deploy/kubernetes")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml")
+                && p.file_name().is_some_and(|n| n != "kustomization.yaml")
+        })
+        .collect();
+    assert!(files.len() >= 7, "{files:?}");
+    let (ok, text) = schema_check(&files);
+    assert!(
+        ok,
+        "the manifests fail the Kubernetes {KUBERNETES_VERSION} schemas:\n{text}"
+    );
+    // Every object was checked against a schema (none skipped for an
+    // unknown kind).
+    let objects = all_objects().len();
+    let passed = text.matches(" passed for resource ").count();
+    assert_eq!(passed, objects, "{text}");
+
+    // The check can fail: a field Kubernetes does not know, and a wrong type.
+    let sts = std::fs::read_to_string(k8s_dir().join("statefulset.yaml")).expect("statefulset");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (what, bad) in [
+        (
+            "an unknown field",
+            sts.replace("  podManagementPolicy:", "  podManagmentPolicy:"),
+        ),
+        ("a wrong type", sts.replace("replicas: 5", "replicas: five")),
+    ] {
+        assert_ne!(bad, sts, "{what}: the manifest changed");
+        let p = dir.path().join("statefulset.yaml");
+        std::fs::write(&p, bad).expect("write");
+        let (ok, text) = schema_check(&[p]);
+        assert!(!ok, "{what} was not caught:\n{text}");
+    }
 }
