@@ -9,8 +9,10 @@
 # comes vendored through cargo. The deployment tests need systemd
 # (`systemd-analyze verify` of the package's unit), adduser (the package's
 # postinst), docker.io and docker-compose (the image and the compose
-# cluster; the Docker daemon is started below when it is not running) and
-# python3-yaml (the Kubernetes manifests are parsed offline). The chaos
+# cluster; the Docker daemon is started below when it is not running),
+# debootstrap (a Debian 12 server image with systemd as PID 1, where the
+# package's unit runs for real) and python3-yaml (the Kubernetes manifests
+# are parsed offline). The chaos
 # suite's power-loss test mounts a lossy FUSE filesystem: it needs
 # /dev/fuse (the fuse kernel module, loaded below when missing) and, when
 # not root, fusermount3 (fuse3). The drill test (client/tests/drill.rs)
@@ -20,7 +22,7 @@ set -euo pipefail
 
 need=()
 for pkg in clang libclang-dev build-essential pkg-config iproute2 iptables procps curl ca-certificates etcd-server postgresql prometheus \
-  systemd adduser binutils docker.io docker-compose python3-yaml python3-venv fuse3 chromium; do
+  systemd adduser binutils debootstrap docker.io docker-compose python3-yaml python3-venv fuse3 chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 
