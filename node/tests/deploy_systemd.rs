@@ -265,11 +265,11 @@ fn the_package_runs_under_systemd_hardened_restarts_and_hands_over_on_stop() {
         let opts = |at: &str| -> String {
             mounts
                 .lines()
-                .filter_map(|l| {
+                .rev()
+                .find_map(|l| {
                     let f: Vec<&str> = l.split_whitespace().collect();
                     (f.len() > 5 && f[4] == at).then(|| f[5].to_string())
                 })
-                .last()
                 .unwrap_or_else(|| panic!("node {n}: no mount at {at}:\n{mounts}"))
         };
         assert!(
