@@ -87,6 +87,9 @@ pub enum ErrorCode {
     SeasonExists,
     /// The page token is not one this server issued for this query.
     InvalidPageToken,
+    /// The operation needs a newer cluster op level: some member still
+    /// runs an older build (upgrade every member; the level rises by itself).
+    FeatureNotEnabled,
     /// A bug or a storage failure on the server.
     Internal,
 }
@@ -139,6 +142,7 @@ impl ErrorCode {
             ErrorCode::InvalidState => "INVALID_STATE",
             ErrorCode::SeasonExists => "SEASON_EXISTS",
             ErrorCode::InvalidPageToken => "INVALID_PAGE_TOKEN",
+            ErrorCode::FeatureNotEnabled => "FEATURE_NOT_ENABLED",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -189,6 +193,7 @@ impl ErrorCode {
         ErrorCode::InvalidState,
         ErrorCode::SeasonExists,
         ErrorCode::InvalidPageToken,
+        ErrorCode::FeatureNotEnabled,
         ErrorCode::Internal,
     ];
 
@@ -210,7 +215,8 @@ impl ErrorCode {
             AccountExists | AccountClosed | IdempotencyConflict | DuplicatePayment
             | AlreadyInitialized | DuplicateNode | AccountSuspended | CardReplaced | CardExists
             | CardAlreadyIssued | CreditNotLoaded | PossibleDuplicate | AlreadyReversed
-            | NotReversible | NothingToReissue | InvalidState | SeasonExists => 409,
+            | NotReversible | NothingToReissue | InvalidState | SeasonExists
+            | FeatureNotEnabled => 409,
             PayloadTooLarge => 413,
             NotInitialized | NoQuorum | TariffBreakdownNegative => 422,
             Internal | ArithmeticOverflow => 500,
@@ -246,6 +252,7 @@ impl ErrorCode {
             | NotReversible
             | NothingToReissue
             | InvalidState
+            | FeatureNotEnabled
             | TariffBreakdownNegative => tonic::Code::FailedPrecondition,
             PayloadTooLarge => tonic::Code::ResourceExhausted,
             Internal | ArithmeticOverflow => tonic::Code::Internal,

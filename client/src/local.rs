@@ -1009,6 +1009,11 @@ impl LocalCluster {
         env.push((key.to_string(), value.to_string()));
     }
 
+    /// Stop setting `key` for the nodes this handle starts from now on.
+    pub fn remove_node_env(&self, key: &str) {
+        lock(&self.inner.node_env).retain(|(k, _)| k != key);
+    }
+
     /// Turn the nodes' test fault points on for every node started from
     /// now on (`billdb_api::failpoints`).
     pub fn enable_failpoints(&self) {

@@ -47,6 +47,10 @@ pub enum Forward {
     },
     ReadIndex,
     Admin(AdminOp),
+    /// Which op level the answering node's build applies (any node
+    /// answers; `cluster_level`). A build from before the op levels cannot
+    /// decode this and answers an error: level 1.
+    OpLevel,
 }
 
 /// Who a write comes from, taken from the caller's credentials (never the
@@ -63,6 +67,7 @@ pub enum ForwardReply {
     Write { outcome: Outcome, log_index: u64 },
     ReadIndex(u64),
     Admin(AdminReply),
+    OpLevel(u32),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +121,9 @@ pub struct Trust {
     pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
+/// How long `initialize` waits for the new cluster's op level to be set.
+const INIT_LEVEL_WAIT: Duration = Duration::from_secs(8);
+
 #[derive(Clone)]
 pub struct App {
     pub id: NodeId,
@@ -131,6 +139,9 @@ pub struct App {
     /// Where the scheduled backups stand, as this node sees them
     /// (`backup::schedule`; empty when `[backup]` is not configured).
     pub backup: crate::backup::schedule::Shared,
+    /// Each member's build op level as the leader last asked
+    /// (`cluster_level`).
+    pub op_levels: crate::cluster_level::Shared,
     /// Batches this node's proposals (group commit) and stamps their time.
     proposer: Proposer,
     /// What the state machine has applied: lease reads on the leader.
@@ -164,6 +175,7 @@ impl App {
             tls,
             storage: Arc::default(),
             backup: Arc::default(),
+            op_levels: Arc::default(),
             leader_contact_ms: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         }
@@ -376,6 +388,9 @@ impl App {
 
     /// Handle a request forwarded by another node: only the leader serves.
     pub async fn serve_forwarded(&self, req: Forward) -> Result<ForwardReply, ApiError> {
+        if let Forward::OpLevel = req {
+            return Ok(ForwardReply::OpLevel(self.config.build_op_level()));
+        }
         self.refuse_if_fenced()?;
         let deadline = self.deadline();
         match req {
@@ -410,6 +425,7 @@ impl App {
                 Ok(ForwardReply::ReadIndex(index))
             }
             Forward::Admin(op) => Ok(ForwardReply::Admin(self.admin_local(op, deadline).await?)),
+            Forward::OpLevel => Ok(ForwardReply::OpLevel(self.config.build_op_level())),
         }
     }
 
@@ -493,6 +509,45 @@ impl App {
     /// `domain::replayed`). A resumed bulk load or a bank's retry storm
     /// then costs one point read per request instead of a log entry on
     /// five replicas. A request not applied here yet goes through the log.
+    /// The cluster's op level in this node's applied state.
+    pub fn cluster_level(&self) -> Result<u32, ApiError> {
+        let view = crate::store::state_machine::RocksTxn::new(&self.db);
+        crate::domain::levels::cluster_level(&view).map_err(internal)
+    }
+
+    /// The op level node `id` (at `info`) applies, asked over the Raft
+    /// port; an error from a build before the op levels means level 1.
+    pub async fn member_op_level(&self, id: NodeId, info: &NodeInfo) -> Result<u32, String> {
+        if id == self.id {
+            return Ok(self.config.build_op_level());
+        }
+        let mut client = self
+            .channels
+            .get(id, &info.raft_addr)
+            .map_err(|e| format!("unreachable: {e}"))?;
+        let data = encode(&Forward::OpLevel).map_err(|e| e.to_string())?;
+        let resp =
+            match tokio::time::timeout(Duration::from_secs(2), client.forward(RaftMsg { data }))
+                .await
+                .map_err(|_| "no answer within 2 s".to_string())?
+            {
+                Ok(r) => r,
+                // It could not decode the question: a build from before the
+                // op levels.
+                Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                    return Ok(crate::domain::levels::BASE_OP_LEVEL);
+                }
+                Err(s) => return Err(s.message().to_string()),
+            };
+        match decode::<Result<ForwardReply, ApiError>>(&resp.into_inner().data) {
+            Ok(Ok(ForwardReply::OpLevel(n))) => Ok(n),
+            // It answered but does not know the question: a build from
+            // before the op levels.
+            Ok(Err(_)) | Err(_) => Ok(crate::domain::levels::BASE_OP_LEVEL),
+            Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
     fn replayed_here(&self, request_id: &str, op: &Op) -> Result<Option<(Outcome, u64)>, ApiError> {
         // One point read of committed state: no RocksDB snapshot needed.
         let view = crate::store::state_machine::RocksTxn::new(&self.db);
@@ -722,13 +777,33 @@ impl App {
             ));
         }
         match self.raft.initialize(nodes.clone()).await {
-            Ok(()) => Ok(AdminReply {
-                message: format!(
-                    "initialised with voters {:?}",
-                    nodes.keys().collect::<Vec<_>>()
-                ),
-                log_index: 0,
-            }),
+            Ok(()) => {
+                // The new cluster's op level: the leader raises it as soon
+                // as every member answers (`cluster_level`). Wait for that
+                // (bounded), so that the first requests after init find
+                // the level the members' builds allow.
+                let want = self.config.build_op_level();
+                let deadline = Instant::now() + INIT_LEVEL_WAIT;
+                let mut level = self.cluster_level().unwrap_or(0);
+                while level < want && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    level = self.cluster_level().unwrap_or(0);
+                }
+                Ok(AdminReply {
+                    message: format!(
+                        "initialised with voters {:?}; cluster op level {level}{}",
+                        nodes.keys().collect::<Vec<_>>(),
+                        if level < want {
+                            format!(
+                                " (this build applies {want}: the level rises once every member answers)"
+                            )
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    log_index: 0,
+                })
+            }
             Err(RaftError::APIError(InitializeError::NotAllowed(e))) => Err(ApiError::new(
                 ErrorCode::AlreadyInitialized,
                 format!("cluster is already initialised: {e}"),

@@ -205,6 +205,10 @@ pub struct Config {
     /// Scheduled backups by the cluster itself (`backup::schedule`).
     #[serde(default)]
     pub backup: Option<BackupConfig>,
+    /// `--op-level-max` (command line only): act as a build that applies
+    /// at most this op level (`domain::levels`), for upgrade drills.
+    #[serde(skip)]
+    pub op_level_max: Option<u32>,
 }
 
 /// `[backup]`: one backup per `interval_s`, taken by one follower into
@@ -346,6 +350,10 @@ pub struct Args {
     /// `storage.scrub_interval_s`.
     #[arg(long, env = "BILLDB_SCRUB_INTERVAL_S")]
     pub scrub_interval_s: Option<u64>,
+    /// Act as an older build: report and apply at most this op level
+    /// (rolling-upgrade drills and tests; see docs/OPERATIONS.md).
+    #[arg(long, env = "BILLDB_OP_LEVEL_MAX", hide = true)]
+    pub op_level_max: Option<u32>,
 }
 
 impl Config {
@@ -394,6 +402,7 @@ impl Config {
             .try_into()
             .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         cfg.expand_node_id();
+        cfg.op_level_max = args.op_level_max;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -412,6 +421,12 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// The op level this node reports and applies (`domain::levels`).
+    pub fn build_op_level(&self) -> u32 {
+        let build = crate::domain::levels::BUILD_OP_LEVEL;
+        self.op_level_max.map_or(build, |m| m.clamp(1, build))
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -528,6 +543,7 @@ mod tests {
             grpc_addr: None,
             http_addr: None,
             scrub_interval_s: None,
+            op_level_max: None,
         }
     }
 

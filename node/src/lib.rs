@@ -5,6 +5,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod backup;
+pub mod cluster_level;
 pub mod codec;
 pub mod config;
 pub mod domain;

@@ -282,7 +282,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let log_appended_bytes = log_store.appended_bytes();
     let sm = StateMachine::open(db.clone(), config.data_dir.join("snapshots"))
-        .context("opening state machine")?;
+        .context("opening state machine")?
+        .with_build_op_level(config.build_op_level());
+    // Data of a cluster whose op level this build cannot apply: refuse to
+    // start, rather than stop at the first entry it cannot apply.
+    let data_level =
+        crate::domain::levels::cluster_level(&crate::store::state_machine::RocksTxn::new(&db))
+            .context("reading the cluster op level")?;
+    anyhow::ensure!(
+        data_level <= config.build_op_level(),
+        "the data directory belongs to a cluster at op level {data_level}; this build applies \
+         op level {} at most: run a billdb of op level {data_level} or later (downgrades are \
+         not possible once every member was upgraded)",
+        config.build_op_level()
+    );
     let snapshot_sends = crate::log_purge::SnapshotSends::default();
     let network = Network {
         self_id: config.node_id,
@@ -337,6 +350,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     crate::metrics::spawn_leader_watch(app.clone());
     crate::backup::schedule::spawn(&app, backup_key);
+    crate::cluster_level::spawn(app.clone(), app.op_levels.clone());
     app.storage.set_vote_fence(vote_fence);
     if let Some(t) = &log_truncation {
         app.storage.note_log_truncation(t);

@@ -74,6 +74,11 @@ pub struct Status {
     /// this node has applied it: summary, when and by whom recorded; or
     /// `{"error": …}` when it cannot be read.
     pub drills: serde_json::Value,
+    /// Op levels (`domain::levels`): `cluster` (what the cluster may log),
+    /// `build` (what this node applies) and, on the leader while the level
+    /// can still rise, `members`: each member's build level or why it is
+    /// not known (`cluster_level`).
+    pub op_level: serde_json::Value,
 }
 
 fn security(app: &App) -> serde_json::Value {
@@ -181,6 +186,26 @@ pub fn status(app: &App) -> Status {
                 serde_json::json!({"free_bytes": free, "capacity_bytes": capacity})
             }
             Err(e) => serde_json::json!({ "error": e }),
+        },
+        op_level: {
+            let members: BTreeMap<String, serde_json::Value> = match app.op_levels.lock() {
+                Ok(h) => h.members.clone(),
+                Err(p) => p.into_inner().members.clone(),
+            }
+            .into_iter()
+            .map(|(id, r)| {
+                let v = match r {
+                    Ok(level) => serde_json::json!(level),
+                    Err(e) => serde_json::json!({ "error": e }),
+                };
+                (id.to_string(), v)
+            })
+            .collect();
+            serde_json::json!({
+                "cluster": app.cluster_level().ok(),
+                "build": app.config.build_op_level(),
+                "members": members,
+            })
         },
         drills: {
             let view = crate::store::state_machine::RocksRead::new(&app.db);

@@ -110,6 +110,8 @@ pub fn bank_ref(bank_code: &str, bank_ref: &str) -> Vec<u8> {
 
 pub const META_BOUNDARY: &[u8] = b"boundary";
 pub const META_SEASON: &[u8] = b"season";
+/// The cluster's op level (`levels`).
+pub const META_CLUSTER_LEVEL: &[u8] = b"cluster_level";
 /// The last invoice number issued (u64).
 pub const META_INVOICE_SEQ: &[u8] = b"invoice_seq";
 

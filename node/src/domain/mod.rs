@@ -30,6 +30,7 @@ mod import;
 mod invoices;
 mod keys;
 mod ledger;
+pub mod levels;
 mod payments;
 mod purchases;
 mod reports;
@@ -207,6 +208,11 @@ pub enum Op {
     RecordReconciliation {
         reconciliation: Box<bank_recon::Reconciliation>,
     },
+    /// Raise the cluster's op level (`levels`): proposed by the leader once
+    /// every member's build applies that level. Appended last.
+    SetClusterLevel {
+        level: u32,
+    },
 }
 
 /// `DefineTariff::effective_from_ms` meaning "from the command's time"
@@ -238,6 +244,7 @@ impl Op {
             Op::BillSeason { .. } => "bill_season",
             Op::RecordDrill { .. } => "record_drill",
             Op::RecordReconciliation { .. } => "record_reconciliation",
+            Op::SetClusterLevel { .. } => "set_cluster_level",
         }
     }
 
@@ -333,6 +340,11 @@ pub enum Outcome {
         /// Lines or payments someone has to act on.
         differences: u64,
     },
+    /// The cluster's op level, `from` what it was (equal: already there).
+    ClusterLevelSet {
+        from: u32,
+        level: u32,
+    },
 }
 
 fn json_with(result: &str, v: impl Serialize) -> serde_json::Value {
@@ -421,6 +433,9 @@ impl Outcome {
                 differences,
             } => json!({"result":"reconciliation_recorded","bank_code":bank_code,"date":day,
                 "recorded_ms":recorded_ms,"differences":differences}),
+            Outcome::ClusterLevelSet { from, level } => {
+                json!({"result":"cluster_level_set","from":from,"level":level})
+            }
         }
     }
 }
@@ -513,6 +528,7 @@ fn dispatch<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
         Op::BillSeason { .. } => season_bill::bill(txn, ctx),
         Op::RecordDrill { .. } => drills::record(txn, ctx),
         Op::RecordReconciliation { .. } => bank_recon::record(txn, ctx),
+        Op::SetClusterLevel { level } => levels::set(txn, ctx, *level),
     }
 }
 
@@ -522,6 +538,12 @@ fn dispatch<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
 /// entry. Accounts and cards are never deleted, so a command whose
 /// request_id already holds an outcome always passes this check.
 pub fn precheck<G: Get + ?Sized>(view: &G, op: &Op) -> Result<Option<ApiError>, std::io::Error> {
+    // An operation above the cluster's op level is never proposed: some
+    // member's build could not decode it. (The level never goes down, so a
+    // request_id that holds an outcome passes.)
+    if let Some(e) = levels::refusal(op, levels::cluster_level(view)?) {
+        return Ok(Some(e));
+    }
     let account = match op {
         Op::Payment { account_id, .. }
         | Op::UpdateContact { account_id, .. }
@@ -597,7 +619,10 @@ pub fn apply_indexed<T: Txn>(
     let req_key = keys::request(&cmd.request_id);
     let ctx = Ctx { cmd };
     let mut scratch = Scratch::new(&*txn);
-    let result = dispatch(&mut scratch, &ctx);
+    let result = match levels::refusal(&cmd.op, levels::cluster_level(&*txn)?) {
+        Some(e) => Err(Fail::Refused(e)),
+        None => dispatch(&mut scratch, &ctx),
+    };
     let writes = scratch.into_writes();
     let outcome = match result {
         Ok(outcome) => {

@@ -47,7 +47,17 @@ struct World {
 }
 
 impl World {
+    /// A cluster whose members all run this build (its op level set, as
+    /// the leader sets it after init).
     fn new() -> Self {
+        let mut w = Self::at_level(levels::BASE_OP_LEVEL);
+        let level = keys::encode(&levels::BUILD_OP_LEVEL).unwrap();
+        w.t.put(Family::Meta, keys::META_CLUSTER_LEVEL.to_vec(), level);
+        w
+    }
+
+    /// A cluster that never recorded an op level (level 1).
+    fn at_level(_level: u32) -> Self {
         World {
             t: MemTxn::default(),
             index: 0,
@@ -3006,4 +3016,76 @@ fn balance_report_sums_every_account_per_group() {
     let by_utility = balances::balance_report(&w.t, balances::BalanceGroup::Utility).unwrap();
     assert_eq!(by_utility.lines.len(), 1);
     assert_eq!(by_utility.lines[0].balance, rep.total.balance);
+}
+
+// ---- op levels (`levels`) ----
+
+fn area_tariff_op() -> Op {
+    Op::DefineTariff {
+        tariff_id: "H1".into(),
+        tariff: TariffSpec::Area {
+            price_per_m2: d("25.00"),
+            suspended_share: d("0.3"),
+        },
+        effective_from_ms: t0(),
+    }
+}
+
+#[test]
+fn an_op_above_the_cluster_level_is_refused_at_precheck_and_at_apply_alike() {
+    let mut w = World::at_level(levels::BASE_OP_LEVEL);
+    assert_eq!(
+        levels::cluster_level(&w.t).unwrap(),
+        1,
+        "never set: level 1"
+    );
+    assert_eq!(levels::op_level(&area_tariff_op()), 2);
+    assert_eq!(
+        levels::op_level(&Op::SetSegmentBoundary { boundary_ms: 0 }),
+        1
+    );
+    let pre = precheck(&w.t, &area_tariff_op()).unwrap().expect("refused");
+    assert_eq!(pre.code, ErrorCode::FeatureNotEnabled);
+    assert_eq!(pre.details["needs_level"], 2);
+    // Applied anyway (a leader that did not check): the same refusal on
+    // every replica, nothing written but the request entry.
+    assert_eq!(
+        w.code("area-1", t0(), area_tariff_op()),
+        ErrorCode::FeatureNotEnabled
+    );
+    assert!(get_tariff(&w.t, "H1").unwrap().is_none());
+    // A flat tariff is level 1: accepted.
+    w.ok(
+        "flat-1",
+        t0(),
+        Op::DefineTariff {
+            tariff_id: "T1".into(),
+            tariff: TariffSpec::Flat { price: d("0.50") },
+            effective_from_ms: t0(),
+        },
+    );
+
+    // Raised: accepted; the level never goes down; the same level again
+    // changes nothing.
+    match w.ok("lvl-2", t0(), Op::SetClusterLevel { level: 2 }) {
+        Outcome::ClusterLevelSet { from, level } => assert_eq!((from, level), (1, 2)),
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(levels::cluster_level(&w.t).unwrap(), 2);
+    assert!(precheck(&w.t, &area_tariff_op()).unwrap().is_none());
+    w.ok("area-2", t0(), area_tariff_op());
+    assert!(get_tariff(&w.t, "H1").unwrap().is_some());
+    match w.ok("lvl-2-again", t0(), Op::SetClusterLevel { level: 2 }) {
+        Outcome::ClusterLevelSet { from, level } => assert_eq!((from, level), (2, 2)),
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(
+        w.code("lvl-1", t0(), Op::SetClusterLevel { level: 1 }),
+        ErrorCode::InvalidState
+    );
+    assert_eq!(levels::cluster_level(&w.t).unwrap(), 2);
+    // Setting the level is never refused by the gate itself, and needs a
+    // build of the level it sets.
+    assert!(levels::refusal(&Op::SetClusterLevel { level: 2 }, 1).is_none());
+    assert_eq!(levels::op_level(&Op::SetClusterLevel { level: 3 }), 3);
 }

@@ -251,6 +251,10 @@ pub struct StateMachine {
     limits: ApplyLimits,
     /// RocksDB writes made by apply since open (`billdb_apply_writes_total`).
     apply_writes: Arc<AtomicU64>,
+    /// The highest op level this node applies (`domain::levels`): an entry
+    /// above it stops apply rather than be applied by a build that does
+    /// not know it.
+    build_op_level: u32,
 }
 
 fn snap_name(meta: &SnapshotMeta) -> String {
@@ -274,6 +278,7 @@ impl StateMachine {
             fence: Arc::new(ReadFence::default()),
             limits: ApplyLimits::default(),
             apply_writes: Arc::new(AtomicU64::new(0)),
+            build_op_level: domain::levels::BUILD_OP_LEVEL,
         };
         if let Some(raw) = sm
             .db
@@ -330,6 +335,13 @@ impl StateMachine {
     }
 
     /// RocksDB writes apply has made since this state machine was opened.
+    /// Apply at most op level `level` (a node acting as an older build:
+    /// `--op-level-max`). Never above this build's.
+    pub fn with_build_op_level(mut self, level: u32) -> Self {
+        self.build_op_level = level.clamp(1, domain::levels::BUILD_OP_LEVEL);
+        self
+    }
+
     pub fn apply_writes(&self) -> u64 {
         self.apply_writes.load(Ordering::Relaxed)
     }
@@ -589,6 +601,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(batch) => {
                         let mut outcomes = Vec::with_capacity(batch.commands.len());
                         for cmd in &batch.commands {
+                            let needs = domain::levels::op_level(&cmd.op);
+                            if needs > self.build_op_level {
+                                return Err(std::io::Error::other(format!(
+                                    "log entry {} holds {} (op level {needs}), but this build \
+                                     applies op level {} at most: upgrade this node's billdb",
+                                    log_id.index,
+                                    cmd.op.name(),
+                                    self.build_op_level
+                                )));
+                            }
                             let (outcome, decided_at) =
                                 domain::apply_indexed(&mut txn, log_id.index, cmd)?;
                             outcomes.push(CommandReply {
