@@ -695,9 +695,34 @@ pub fn restore(o: &RestoreOpts) -> Result<RestoreReport> {
             ),
         )?;
     }
+    // Room for every node's copy, per filesystem, before anything is written.
+    let mut per_fs: BTreeMap<u64, (PathBuf, u64)> = BTreeMap::new();
+    for d in o.data_dirs.values() {
+        use std::os::unix::fs::MetadataExt;
+        let existing = d.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
+        let dev = std::fs::metadata(existing)
+            .with_context(|| format!("reading {}", existing.display()))?
+            .dev();
+        let e = per_fs.entry(dev).or_insert_with(|| (d.clone(), 0));
+        e.1 = e.1.saturating_add(m.bytes_total);
+    }
+    for (d, need) in per_fs.values() {
+        store::ensure_space(d, *need, "the restore")?;
+    }
     let mut nodes = Vec::new();
     for (id, data_dir) in &o.data_dirs {
-        nodes.push(restore_one(o, &m, *id, data_dir)?);
+        match restore_one(o, &m, *id, data_dir) {
+            Ok(n) => nodes.push(n),
+            Err(e) => {
+                // No half-restored cluster: the nodes this run restored
+                // are taken back (their directories were empty, or
+                // given up with --force).
+                for n in &nodes {
+                    let _ = std::fs::remove_dir_all(n.data_dir.join("db"));
+                }
+                return Err(store::no_space(e, data_dir));
+            }
+        }
     }
     let ok = nodes
         .iter()

@@ -3,7 +3,8 @@
 //! cluster the CLI starts (`billdb local up`): the good path in `--json`
 //! and readable form, and for each command a bad input refused with a
 //! machine-readable error (`{"error": {"code", "message"}}` with `--json`,
-//! `error: CODE: …` on stderr) that changes nothing. Ports 6901–6903,
+//! `error: CODE: …` on stderr) that changes nothing, a full disk (a real
+//! tmpfs: root) among them. Ports 6901–6903,
 //! 7001–7003, 7101–7103.
 
 use std::collections::BTreeMap;
@@ -397,5 +398,54 @@ fn backup_commands_as_an_operator_runs_them() {
     for d in &dirs {
         assert!(d.join("db").is_dir(), "{} restored", d.display());
     }
+
+    // A full disk (a real 8 MiB tmpfs): create and restore are refused
+    // with NO_SPACE before writing anything; nothing is left that a later
+    // run could take for a backup or a restored node.
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the full-disk case mounts a tmpfs: run as root (CI does)"
+    );
+    let small = tmp.path().join("small");
+    std::fs::create_dir_all(&small).expect("dir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "billdb-full-disk"])
+        .arg(&small)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mount a tmpfs at {}", small.display());
+    let _umount = Umount(small.clone());
+    let full_dest = small.join("dest");
+    let (ok, out, err) = run(None, &["backup", "init", &p(&full_dest)]);
+    assert!(ok, "{out}{err}");
+    let before = tree(&full_dest);
+    let args: Vec<String> = create(&full_dest);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let msg = refused(env, &args, true, "NO_SPACE");
+    assert!(
+        msg.contains("bytes free") && msg.contains("nothing was written"),
+        "{msg}"
+    );
+    assert_eq!(tree(&full_dest), before, "nothing written on the full disk");
+    let list = ok_json(None, &["backup", "list", &p(&full_dest)]);
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "no backup: {list}");
+    let full_dirs: Vec<PathBuf> = (1..=3).map(|n| small.join(format!("r{n}"))).collect();
+    let a = restore_args(&full_dirs);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let msg = refused(None, &a, true, "NO_SPACE");
+    assert!(msg.contains("the restore needs"), "{msg}");
+    for d in &full_dirs {
+        assert!(!d.join("db").exists(), "{}: nothing restored", d.display());
+    }
     eprintln!("backup CLI test wall {:?}", t0.elapsed());
+}
+
+/// Unmounts the test's tmpfs.
+struct Umount(PathBuf);
+impl Drop for Umount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }

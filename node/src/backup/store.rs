@@ -82,6 +82,57 @@ pub const E_BUSY: &str = "BUSY";
 pub const E_MANIFEST_UNREADABLE: &str = "MANIFEST_UNREADABLE";
 pub const E_NOT_EMPTY: &str = "NOT_EMPTY";
 pub const E_VERIFY_FAILED: &str = "VERIFY_FAILED";
+pub const E_NO_SPACE: &str = "NO_SPACE";
+
+/// Room kept free beyond what a backup or restore writes (manifests,
+/// directory entries, the filesystem's own needs).
+pub const SPACE_MARGIN_BYTES: u64 = 16 << 20;
+
+/// Refuses with NO_SPACE, before anything is written, when the filesystem
+/// of `dir` (or of its nearest existing ancestor) has less free than
+/// `need_bytes` plus [`SPACE_MARGIN_BYTES`].
+pub fn ensure_space(dir: &Path, need_bytes: u64, what: &str) -> Result<()> {
+    let existing = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    let (free, _) = crate::storage_guard::fs_space(existing)
+        .map_err(|e| anyhow!("free space of {}: {e}", existing.display()))?;
+    let want = need_bytes.saturating_add(SPACE_MARGIN_BYTES);
+    if free < want {
+        return Err(error(
+            E_NO_SPACE,
+            format!(
+                "{what} needs {need_bytes} bytes (and {} MiB to spare) on the filesystem of {}, \
+                 which has {free} bytes free: free some space or choose another place; nothing \
+                 was written",
+                SPACE_MARGIN_BYTES >> 20,
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `e` as NO_SPACE when a write under `dir` found the disk full (the part
+/// written is removed by the caller).
+pub fn no_space(e: anyhow::Error, dir: &Path) -> anyhow::Error {
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+    });
+    if full && code_of(&e).is_none() {
+        error(
+            E_NO_SPACE,
+            format!(
+                "the filesystem of {} filled up: {e:#}; what this run wrote there was removed",
+                dir.display()
+            ),
+        )
+    } else {
+        e
+    }
+}
 
 /// An `anyhow` error carrying a [`BackupError`].
 pub fn error(code: &'static str, message: impl Into<String>) -> anyhow::Error {
@@ -617,6 +668,15 @@ pub fn write_backup(
         .applied
         .context("the node has applied nothing yet: nothing to back up")?;
     open_destination(dir)?;
+    // Room for what is not held yet, before anything is written (the lock
+    // included); a writer running meanwhile can only lower the need.
+    let need: u64 = hold
+        .files
+        .iter()
+        .filter(|f| !held(dir, f))
+        .map(|f| f.size)
+        .sum();
+    ensure_space(dir, need, "the backup")?;
     let _lock = lock_for_writing(dir)?;
     let created_unix_ms = unix_ms();
     let created_at = crate::api::validate::to_rfc3339(created_unix_ms as i64);
@@ -624,7 +684,7 @@ pub fn write_backup(
     let bytes_copied: u64 = missing.iter().map(|f| f.size).sum();
     progress.begin(bytes_copied);
     for f in &missing {
-        store_file(dir, f, files, progress)?;
+        store_file(dir, f, files, progress).map_err(|e| no_space(e, dir))?;
     }
     progress.end();
     fsync_dir(&dir.join(FILES_DIR))?;
@@ -649,7 +709,7 @@ pub fn write_backup(
         fingerprints: hold.summary.fingerprints.clone(),
     };
     before_commit()?;
-    write_manifest(dir, &manifest, key)?;
+    write_manifest(dir, &manifest, key).map_err(|e| no_space(e, dir))?;
     Ok(Written {
         backup_id,
         source_node: src.node,
