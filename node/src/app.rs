@@ -869,6 +869,22 @@ impl App {
                         ),
                     ));
                 }
+                // A build that cannot apply what the cluster logs is
+                // refused (one that cannot be reached yet is let in: it
+                // refuses the data itself when it starts).
+                let level = self.cluster_level()?;
+                if let Ok(has) = self.member_op_level(id, &node).await
+                    && has < level
+                {
+                    return Err(ApiError::new(
+                        ErrorCode::FeatureNotEnabled,
+                        format!(
+                            "node {id} runs a build of op level {has}; the cluster is at op level \
+                             {level}: install a build of op level {level} or later on it first"
+                        ),
+                    )
+                    .with_details(serde_json::json!({"node_level": has, "cluster_level": level})));
+                }
                 let r = tokio::time::timeout(left, self.raft.add_learner(id, node, false))
                     .await
                     .map_err(|_| timed("timeout"))?

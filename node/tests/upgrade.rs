@@ -8,8 +8,9 @@
 //! level stays 1 while any member is old, the leader reports each member's
 //! level, and a few seconds after the last one the leader raises the level
 //! to 2 by itself; the area tariff is then accepted. Every acknowledged
-//! payment is on all five, their digests agree, and an old build started
-//! on the upgraded data refuses to start, naming both levels.
+//! payment is on all five, their digests agree, an old build started on the
+//! upgraded data refuses to start, naming both levels, and an old build is
+//! not let in as a new learner.
 //!
 //! Ports (127.0.0.1, node N on base+N, base+100+N, base+200+N): base 34000.
 
@@ -195,6 +196,28 @@ fn a_rolling_upgrade_raises_the_op_level_only_when_every_member_runs_the_new_bui
         log.contains("cluster at op level 2") && log.contains("applies op level 1 at most"),
         "the refusal names both levels:\n{log}"
     );
+    // An old build is not let in as a new member either.
+    let spec = c.c.add_node(6).expect("add node 6");
+    c.c.start(6).expect("start node 6 as the old build");
+    c.c.wait_healthy(6, Duration::from_secs(30))
+        .expect("node 6 answers");
+    match c.http(c.leader()).add_learner(&spec.addrs()) {
+        Err(AdminError::Api { code, details, .. }) => {
+            assert_eq!(code, "FEATURE_NOT_ENABLED");
+            assert_eq!(details["node_level"], 1);
+            assert_eq!(details["cluster_level"], 2);
+        }
+        other => panic!("an old build added as a learner: {other:?}"),
+    }
+    assert!(
+        !c.status(c.leader())["nodes"]
+            .as_object()
+            .expect("nodes")
+            .contains_key("6"),
+        "node 6 is not a member"
+    );
+    c.c.kill(6).expect("stop node 6");
+
     c.c.remove_node_env(LEVEL_ENV);
     c.c.start(victim).expect("start the new build again");
     wait_for(
