@@ -121,6 +121,15 @@ pub struct Trust {
     pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
+/// Why a call to a peer's Raft port gave no answer (`App::call_peer`).
+enum PeerCall {
+    Unreachable(String),
+    Timeout,
+    Status(tonic::Status),
+    /// The request or the answer could not be (de)coded.
+    Codec(String),
+}
+
 /// How long `initialize` waits for the new cluster's op level to be set.
 const INIT_LEVEL_WAIT: Duration = Duration::from_secs(8);
 
@@ -358,6 +367,27 @@ impl App {
         }
     }
 
+    /// Send `req` to node `id`'s Raft port and wait at most `left`: its
+    /// answer, or why there is none.
+    async fn call_peer(
+        &self,
+        id: NodeId,
+        raft_addr: &str,
+        req: &Forward,
+        left: Duration,
+    ) -> Result<Result<ForwardReply, ApiError>, PeerCall> {
+        let mut client = self
+            .channels
+            .get(id, raft_addr)
+            .map_err(|e| PeerCall::Unreachable(e.to_string()))?;
+        let data = encode(req).map_err(|e| PeerCall::Codec(e.to_string()))?;
+        let resp = tokio::time::timeout(left, client.forward(RaftMsg { data }))
+            .await
+            .map_err(|_| PeerCall::Timeout)?
+            .map_err(PeerCall::Status)?;
+        decode(&resp.into_inner().data).map_err(|e| PeerCall::Codec(e.to_string()))
+    }
+
     /// Send a request to the leader's Raft port and wait (bounded).
     async fn forward(
         &self,
@@ -366,22 +396,20 @@ impl App {
         req: &Forward,
         deadline: Instant,
     ) -> Result<ForwardReply, ApiError> {
-        let mut client = self
-            .channels
-            .get(leader_id, &leader.raft_addr)
-            .map_err(|e| unavailable(format!("leader unreachable: {e}")))?;
-        let data = encode(req).map_err(internal)?;
         let left = deadline.saturating_duration_since(Instant::now());
-        let resp = tokio::time::timeout(left, client.forward(RaftMsg { data }))
+        let reply = self
+            .call_peer(leader_id, &leader.raft_addr, req, left)
             .await
-            .map_err(|_| {
-                unavailable("the leader did not answer in time; retry with the same request_id")
-            })?
-            .map_err(|s| {
-                unavailable(format!("forwarding to the leader failed: {}", s.message()))
+            .map_err(|e| match e {
+                PeerCall::Unreachable(e) => unavailable(format!("leader unreachable: {e}")),
+                PeerCall::Timeout => {
+                    unavailable("the leader did not answer in time; retry with the same request_id")
+                }
+                PeerCall::Status(s) => {
+                    unavailable(format!("forwarding to the leader failed: {}", s.message()))
+                }
+                PeerCall::Codec(e) => internal(e),
             })?;
-        let reply: Result<ForwardReply, ApiError> =
-            decode(&resp.into_inner().data).map_err(internal)?;
         metrics::counter!("billdb_forwarded_requests_total").increment(1);
         reply
     }
@@ -521,29 +549,22 @@ impl App {
         if id == self.id {
             return Ok(self.config.build_op_level());
         }
-        let mut client = self
-            .channels
-            .get(id, &info.raft_addr)
-            .map_err(|e| format!("unreachable: {e}"))?;
-        let data = encode(&Forward::OpLevel).map_err(|e| e.to_string())?;
-        let resp =
-            match tokio::time::timeout(Duration::from_secs(2), client.forward(RaftMsg { data }))
-                .await
-                .map_err(|_| "no answer within 2 s".to_string())?
-            {
-                Ok(r) => r,
-                // It could not decode the question: a build from before the
-                // op levels.
-                Err(s) if s.code() == tonic::Code::InvalidArgument => {
-                    return Ok(crate::domain::levels::BASE_OP_LEVEL);
-                }
-                Err(s) => return Err(s.message().to_string()),
-            };
-        match decode::<Result<ForwardReply, ApiError>>(&resp.into_inner().data) {
+        let left = Duration::from_secs(2);
+        match self
+            .call_peer(id, &info.raft_addr, &Forward::OpLevel, left)
+            .await
+        {
             Ok(Ok(ForwardReply::OpLevel(n))) => Ok(n),
-            // It answered but does not know the question: a build from
-            // before the op levels.
-            Ok(Err(_)) | Err(_) => Ok(crate::domain::levels::BASE_OP_LEVEL),
+            // It could not decode the question: a build from before the
+            // op levels.
+            Err(PeerCall::Status(s)) if s.code() == tonic::Code::InvalidArgument => {
+                Ok(crate::domain::levels::BASE_OP_LEVEL)
+            }
+            Err(PeerCall::Unreachable(e)) => Err(format!("unreachable: {e}")),
+            Err(PeerCall::Timeout) => Err("no answer within 2 s".into()),
+            Err(PeerCall::Status(s)) => Err(s.message().to_string()),
+            Err(PeerCall::Codec(e)) => Err(e),
+            Ok(Err(e)) => Err(e.message),
             Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
         }
     }

@@ -97,6 +97,20 @@ fn all_objects() -> Vec<Value> {
     objs
 }
 
+/// `container` gets BILLDB_NODE_ID from the StatefulSet's pod index.
+fn assert_node_id_from_pod_index(container: &Value, what: &str) {
+    let id = container["env"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: no env"))
+        .iter()
+        .find(|e| e["name"] == "BILLDB_NODE_ID")
+        .unwrap_or_else(|| panic!("{what} gets no BILLDB_NODE_ID"));
+    assert_eq!(
+        id["valueFrom"]["fieldRef"]["fieldPath"], "metadata.labels['apps.kubernetes.io/pod-index']",
+        "{what}"
+    );
+}
+
 fn one<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     let found: Vec<&Value> = objs
         .iter()
@@ -179,14 +193,7 @@ fn kubernetes_manifests_hold_what_a_five_node_cluster_needs() {
         "preStop hands leadership away: {pre}"
     );
     let env = c["env"].as_array().expect("env");
-    let node_id = env
-        .iter()
-        .find(|e| e["name"] == "BILLDB_NODE_ID")
-        .expect("BILLDB_NODE_ID");
-    assert_eq!(
-        node_id["valueFrom"]["fieldRef"]["fieldPath"],
-        "metadata.labels['apps.kubernetes.io/pod-index']"
-    );
+    assert_node_id_from_pod_index(c, "the billdb container");
     let token = env
         .iter()
         .find(|e| e["name"] == "BILLDB_TOKEN")
@@ -337,15 +344,7 @@ fn kubernetes_manifests_hold_what_a_five_node_cluster_needs() {
     // The init container: node N's files out of the five Secrets into the
     // in-memory `tls` volume, by the real `billdb cert install` run here on
     // the files the projected volume would hold.
-    let init_env = init["env"].as_array().expect("init env");
-    let init_id = init_env
-        .iter()
-        .find(|e| e["name"] == "BILLDB_NODE_ID")
-        .expect("the init container gets BILLDB_NODE_ID");
-    assert_eq!(
-        init_id["valueFrom"]["fieldRef"]["fieldPath"],
-        "metadata.labels['apps.kubernetes.io/pod-index']"
-    );
+    assert_node_id_from_pod_index(init, "the init container");
     let mut init_mounts = std::collections::BTreeMap::new();
     for m in init["volumeMounts"].as_array().expect("init mounts") {
         let name = m["name"].as_str().expect("name").to_string();

@@ -20,7 +20,7 @@
 use billdb_api::error::ErrorCode;
 
 use super::txn::{Family, Get, Txn};
-use super::{Ctx, Op, Outcome, Res, TariffSpec, keys, read, refuse, write};
+use super::{Op, Outcome, Res, TariffSpec, keys, read, refuse, write};
 
 /// The highest op level this build applies.
 pub const BUILD_OP_LEVEL: u32 = 2;
@@ -72,9 +72,21 @@ pub fn refusal(op: &Op, level: u32) -> Option<billdb_api::error::ApiError> {
     })
 }
 
+/// The refusal of `op` in `view`'s state: reads the cluster's level only
+/// when `op` needs more than the base level (the hot path reads nothing).
+pub fn check<G: Get + ?Sized>(
+    view: &G,
+    op: &Op,
+) -> Result<Option<billdb_api::error::ApiError>, std::io::Error> {
+    if op_level(op) <= BASE_OP_LEVEL {
+        return Ok(None);
+    }
+    Ok(refusal(op, cluster_level(view)?))
+}
+
 /// `SetClusterLevel`: raise the level (never lower it; the same level
 /// again is a no-op answered with the level).
-pub(crate) fn set<T: Txn>(txn: &mut T, _ctx: &Ctx<'_>, level: u32) -> Res<Outcome> {
+pub(crate) fn set<T: Txn>(txn: &mut T, level: u32) -> Res<Outcome> {
     let now = cluster_level(&*txn)?;
     if level < now {
         return refuse(

@@ -528,7 +528,7 @@ fn dispatch<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
         Op::BillSeason { .. } => season_bill::bill(txn, ctx),
         Op::RecordDrill { .. } => drills::record(txn, ctx),
         Op::RecordReconciliation { .. } => bank_recon::record(txn, ctx),
-        Op::SetClusterLevel { level } => levels::set(txn, ctx, *level),
+        Op::SetClusterLevel { level } => levels::set(txn, *level),
     }
 }
 
@@ -541,7 +541,7 @@ pub fn precheck<G: Get + ?Sized>(view: &G, op: &Op) -> Result<Option<ApiError>, 
     // An operation above the cluster's op level is never proposed: some
     // member's build could not decode it. (The level never goes down, so a
     // request_id that holds an outcome passes.)
-    if let Some(e) = levels::refusal(op, levels::cluster_level(view)?) {
+    if let Some(e) = levels::check(view, op)? {
         return Ok(Some(e));
     }
     let account = match op {
@@ -619,7 +619,7 @@ pub fn apply_indexed<T: Txn>(
     let req_key = keys::request(&cmd.request_id);
     let ctx = Ctx { cmd };
     let mut scratch = Scratch::new(&*txn);
-    let result = match levels::refusal(&cmd.op, levels::cluster_level(&*txn)?) {
+    let result = match levels::check(&*txn, &cmd.op)? {
         Some(e) => Err(Fail::Refused(e)),
         None => dispatch(&mut scratch, &ctx),
     };

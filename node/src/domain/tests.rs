@@ -50,14 +50,14 @@ impl World {
     /// A cluster whose members all run this build (its op level set, as
     /// the leader sets it after init).
     fn new() -> Self {
-        let mut w = Self::at_level(levels::BASE_OP_LEVEL);
+        let mut w = Self::without_level();
         let level = keys::encode(&levels::BUILD_OP_LEVEL).unwrap();
         w.t.put(Family::Meta, keys::META_CLUSTER_LEVEL.to_vec(), level);
         w
     }
 
     /// A cluster that never recorded an op level (level 1).
-    fn at_level(_level: u32) -> Self {
+    fn without_level() -> Self {
         World {
             t: MemTxn::default(),
             index: 0,
@@ -3033,7 +3033,7 @@ fn area_tariff_op() -> Op {
 
 #[test]
 fn an_op_above_the_cluster_level_is_refused_at_precheck_and_at_apply_alike() {
-    let mut w = World::at_level(levels::BASE_OP_LEVEL);
+    let mut w = World::without_level();
     assert_eq!(
         levels::cluster_level(&w.t).unwrap(),
         1,
