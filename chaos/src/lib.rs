@@ -16,7 +16,19 @@ pub mod history;
 pub mod linear;
 pub mod lossy_fs;
 pub mod nemesis;
-pub mod net;
+/// Network partitions: the local cluster's loopback firewall, with the
+/// chaos nodes' addresses (`127.0.1.N`).
+pub mod net {
+    pub use billdb_client::local::firewall::Firewall;
+
+    /// Loopback prefix of chaos nodes: node N is `127.0.1.N`.
+    pub const HOST_PREFIX: &str = "127.0.1.";
+
+    /// The chain of a chaos run on `base_port`.
+    pub fn new_firewall(base_port: u16) -> anyhow::Result<Firewall> {
+        Firewall::new(&format!("BDBCHAOS{base_port}"), HOST_PREFIX)
+    }
+}
 pub mod report;
 pub mod run;
 pub mod small_disk;

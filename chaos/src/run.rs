@@ -681,7 +681,7 @@ pub fn run(cfg: &RunConfig, progress: &mut dyn FnMut(&str)) -> Result<RunReport>
         "base port too high"
     );
     let firewall = if cfg.nemeses.iter().any(|n| n.is_partition()) {
-        let fw = Firewall::new(cfg.base_port)?;
+        let fw = net::new_firewall(cfg.base_port)?;
         fw.self_test(cfg.base_port + 400)
             .context("iptables self-test (DROP must stop loopback TCP between 127.0.1.x)")?;
         progress(&format!(

@@ -3,14 +3,16 @@
 //! A drill runs a workload of real billing operations on accounts of its
 //! own (branch `DRILL`, bank code `DRILL`, tariff `DRILL-FLAT`), does a
 //! scenario's faults through an [`Executor`] (`local`: a `billdb local`
-//! directory; `manual`: an operator told what to do on which server, who
-//! confirms on stdin), measures what it observes (write and read gaps,
+//! directory; `compose`: a Docker Compose project (`compose.rs`); `manual`:
+//! an operator told what to do on which server, who confirms on stdin),
+//! measures what it observes (write and read gaps,
 //! time to every node ready, a per-second timeline), then heals and
 //! verifies: every acknowledged write re-read on every node, none
 //! duplicated, balances equal to their records, state digests equal. The
 //! report (`report.rs`) is signed with the operator's Ed25519 key; its
 //! summary is written into the cluster (`POST /v1/drills`).
 
+pub mod compose;
 pub mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,6 +35,8 @@ use crate::tls::ClientTls;
 pub const SCENARIOS: &[&str] = &[
     "leader-kill",
     "two-down",
+    "leader-isolated",
+    "minority-partition",
     "rolling-restart",
     "full-power-loss",
     "node-replace",
@@ -179,11 +183,48 @@ pub trait Executor {
             self.name()
         )
     }
+    /// Cut the network between `isolated` and `rest`, both ways, as a
+    /// failed switch port or a pulled cable: the processes keep running.
+    fn partition(&mut self, isolated: &[NodeId], rest: &[NodeId]) -> Result<()> {
+        let _ = (isolated, rest);
+        bail!(
+            "partition scenarios: the {} executor cannot cut a network",
+            self.name()
+        )
+    }
+    /// Reconnect everything [`partition`](Self::partition) cut.
+    fn heal_network(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Before anything is done to the cluster: refuse a scenario this
+    /// executor cannot carry out here, and get ready for it.
+    fn prepare(&mut self, scenario: &str) -> Result<()> {
+        let _ = scenario;
+        Ok(())
+    }
 }
 
-/// A `billdb local` directory.
+/// Scenarios that cut the network rather than stop processes.
+pub fn is_partition(scenario: &str) -> bool {
+    matches!(scenario, "leader-isolated" | "minority-partition")
+}
+
+/// A `billdb local` directory. Partitions need a cluster whose nodes have
+/// their own loopback addresses (`billdb local up --host-prefix`) and root:
+/// links are cut with iptables rules in a chain of the drill's own
+/// (`BDBDRILL<base port>`), removed when the drill ends.
 pub struct LocalExecutor {
     pub cluster: LocalCluster,
+    firewall: Option<crate::local::firewall::Firewall>,
+}
+
+impl LocalExecutor {
+    pub fn new(cluster: LocalCluster) -> Self {
+        LocalExecutor {
+            cluster,
+            firewall: None,
+        }
+    }
 }
 
 impl Executor for LocalExecutor {
@@ -208,6 +249,41 @@ impl Executor for LocalExecutor {
         self.cluster.start(new)?;
         self.cluster.wait_healthy(new, Duration::from_secs(60))?;
         Ok(spec.addrs())
+    }
+    fn prepare(&mut self, scenario: &str) -> Result<()> {
+        if is_partition(scenario) {
+            self.firewall()?;
+        }
+        Ok(())
+    }
+    fn partition(&mut self, isolated: &[NodeId], rest: &[NodeId]) -> Result<()> {
+        self.firewall()?.cut_between(isolated, rest)
+    }
+    fn heal_network(&mut self) -> Result<()> {
+        match &self.firewall {
+            Some(fw) => fw.heal(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl LocalExecutor {
+    /// The drill's iptables chain, made (and self-tested) on first use.
+    fn firewall(&mut self) -> Result<&crate::local::firewall::Firewall> {
+        use crate::local::firewall::Firewall;
+        if self.firewall.is_none() {
+            let spec = self.cluster.spec();
+            let prefix = spec.host_prefix.clone().context(
+                "a partition needs nodes on their own loopback addresses: this cluster's \
+                 nodes share 127.0.0.1; make one with `billdb local up --host-prefix \
+                 127.0.2.` (and run the drill as root: links are cut with iptables)",
+            )?;
+            let fw = Firewall::new(&format!("BDBDRILL{}", spec.base_port), &prefix)?;
+            fw.self_test(spec.base_port.saturating_add(400))
+                .context("iptables self-test: a DROP rule must stop loopback TCP")?;
+            self.firewall = Some(fw);
+        }
+        self.firewall.as_ref().context("firewall")
     }
 }
 
@@ -273,6 +349,28 @@ impl Executor for ManualExecutor {
     }
     fn take_prompt_time(&mut self) -> Option<Instant> {
         self.prompted_at.take()
+    }
+    fn partition(&mut self, isolated: &[NodeId], rest: &[NodeId]) -> Result<()> {
+        let names = |ns: &[NodeId]| {
+            ns.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (i, r) = (names(isolated), names(rest));
+        self.ask(format!(
+            "cut server(s) {i} off from server(s) {r} now, both ways, leaving every process \
+             running: unplug their cluster network cable or shut their switch port, or on each \
+             of {i} drop the traffic from and to {r} with a firewall rule (e.g. `iptables -I \
+             INPUT -s <address of each of {r}> -j DROP` and the same in OUTPUT with -d)"
+        ))
+    }
+    fn heal_network(&mut self) -> Result<()> {
+        self.ask(
+            "reconnect every server cut off for this drill now: plug the cable back in, open \
+             the switch port, or delete the firewall rules added for it"
+                .to_string(),
+        )
     }
 }
 
@@ -416,6 +514,9 @@ pub struct Action {
     pub node: NodeId,
     /// A fault whose write gap is measured from `t_ms`.
     pub fault: bool,
+    /// `partition`: the nodes cut off (`node` is the first of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub isolated: Vec<NodeId>,
 }
 
 pub fn run(mut target: Target, exec: &mut dyn Executor, o: &RunOpts) -> Result<report::Report> {
@@ -429,6 +530,8 @@ pub fn run(mut target: Target, exec: &mut dyn Executor, o: &RunOpts) -> Result<r
     if o.scenario == "node-replace" && exec.name() != "local" {
         bail!("node-replace needs the local executor (a fresh node is provisioned)");
     }
+    exec.prepare(&o.scenario)
+        .with_context(|| format!("{} with the {} executor", o.scenario, exec.name()))?;
     let started_ms = unix_ms();
     let drill_id = format!("D{started_ms}");
     let sh = Arc::new(Shared {
@@ -923,6 +1026,66 @@ fn act(
         "stop" => exec.stop(n)?,
         _ => exec.start(n)?,
     }
+    record(exec, sh, actions, what, n, Vec::new(), fault, before);
+    Ok(())
+}
+
+/// Cut `isolated` off from the other members (`Some`), or reconnect every
+/// link cut (`None`).
+fn act_network(
+    exec: &mut dyn Executor,
+    sh: &Shared,
+    actions: &mut Vec<Action>,
+    cut: Option<(&[NodeId], &[NodeId])>,
+) -> Result<()> {
+    let before = Instant::now();
+    match cut {
+        Some((isolated, rest)) => {
+            sh.set_phase(&format!("cut nodes {isolated:?} off from nodes {rest:?}"));
+            exec.partition(isolated, rest)?;
+            let first = isolated.first().copied().unwrap_or(0);
+            record(
+                exec,
+                sh,
+                actions,
+                "partition",
+                first,
+                isolated.to_vec(),
+                true,
+                before,
+            );
+        }
+        None => {
+            sh.set_phase("reconnect the network");
+            exec.heal_network()?;
+            record(
+                exec,
+                sh,
+                actions,
+                "heal-network",
+                0,
+                Vec::new(),
+                false,
+                before,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The action as done at the drill's time `t` (for a manual one, the first
+/// failure seen after its prompt when that is earlier).
+#[allow(clippy::too_many_arguments)]
+fn record(
+    exec: &mut dyn Executor,
+    sh: &Shared,
+    actions: &mut Vec<Action>,
+    what: &str,
+    n: NodeId,
+    isolated: Vec<NodeId>,
+    fault: bool,
+    before: Instant,
+) {
     // A manual action happened between the prompt and the confirmation:
     // the first failed operation after the prompt, when earlier, is when
     // the fault was seen.
@@ -940,8 +1103,8 @@ fn act(
         action: what.into(),
         node: n,
         fault,
+        isolated,
     });
-    Ok(())
 }
 
 /// Wait until a write attempt started after `t_ms` was acknowledged.
@@ -1001,6 +1164,29 @@ fn scenario(
             }
             Ok(())
         }
+        "leader-isolated" | "minority-partition" => {
+            // The leader (and, for a minority, one follower with it) cut
+            // off from the others while every process keeps running: the
+            // majority elects a leader and goes on; the cut-off side
+            // cannot commit, so nothing it accepted may be acknowledged.
+            let isolated: Vec<NodeId> = if o.scenario == "leader-isolated" {
+                vec![leader]
+            } else {
+                vec![leader, followers[0]]
+            };
+            let rest: Vec<NodeId> = followers
+                .iter()
+                .copied()
+                .filter(|n| !isolated.contains(n))
+                .collect();
+            act_network(exec, sh, actions, Some((&isolated, &rest)))?;
+            let fault_ms = actions.last().map_or(0, |a| a.t_ms);
+            sh.set_phase("recovery");
+            wait_writes_after(sh, fault_ms, o.recovery_max);
+            std::thread::sleep(o.down);
+            act_network(exec, sh, actions, None)?;
+            Ok(())
+        }
         "rolling-restart" => {
             // Followers first, the leader last; leadership moved off a node
             // before it stops, as an upgrade would.
@@ -1046,6 +1232,7 @@ fn scenario(
                 action: "remove".into(),
                 node: old,
                 fault: false,
+                isolated: Vec::new(),
             });
             sh.set_phase(&format!("provisioning node {new}"));
             let addrs = exec.provision(old, new)?;
@@ -1054,6 +1241,7 @@ fn scenario(
                 action: "provision".into(),
                 node: new,
                 fault: false,
+                isolated: Vec::new(),
             });
             t.nodes.remove(&old);
             let leader_snapshot = t
@@ -1097,6 +1285,7 @@ fn scenario(
                 action: "promote".into(),
                 node: new,
                 fault: false,
+                isolated: Vec::new(),
             });
             *replaced = json!({"removed": old, "added": new,
                 "leader_snapshot": leader_snapshot,
@@ -1155,20 +1344,28 @@ pub fn step_down(t: &Target, n: NodeId) -> Result<()> {
     }
 }
 
-/// Start whatever the scenario left down (nothing, normally).
+/// Reconnect and start whatever the scenario left cut or down (nothing,
+/// normally: a scenario that failed half-way).
 fn heal_all(exec: &mut dyn Executor, sh: &Shared, actions: &mut Vec<Action>) -> Result<()> {
     sh.set_phase("heal");
     let mut started: BTreeSet<NodeId> = BTreeSet::new();
     let mut down: BTreeMap<NodeId, bool> = BTreeMap::new();
+    let mut cut = false;
     for a in actions.iter() {
         match a.action.as_str() {
             "kill" | "stop" => {
                 down.insert(a.node, true);
             }
-            _ => {
+            "partition" => cut = true,
+            "heal-network" => cut = false,
+            "start" => {
                 down.insert(a.node, false);
             }
+            _ => {}
         }
+    }
+    if cut {
+        act_network(exec, sh, actions, None)?;
     }
     for (n, is_down) in down {
         if is_down && started.insert(n) {

@@ -1811,6 +1811,7 @@ impl Drop for Inner {
     }
 }
 
+pub mod firewall;
 pub mod usage;
 
 #[cfg(test)]

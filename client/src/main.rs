@@ -103,19 +103,27 @@ enum Cmd {
 #[derive(Args)]
 struct DrillRunArgs {
     scenario: String,
-    /// Who does the faults: `local` (a `billdb local` directory, --dir)
-    /// or `manual` (the operator, told what to do, confirms on stdin).
+    /// Who does the faults: `local` (a `billdb local` directory, --dir),
+    /// `compose` (a Docker Compose project, --compose-project) or `manual`
+    /// (the operator, told what to do, confirms on stdin).
     #[arg(long, default_value = "local")]
     executor: String,
     /// The local cluster's directory (executor local).
     #[arg(long, default_value = ".billdb/local")]
     dir: PathBuf,
-    /// Any node's HTTP endpoint (executor manual; the members are read from it).
+    /// The compose project whose containers are the nodes (executor compose).
+    #[arg(long)]
+    compose_project: Option<String>,
+    /// Node N is the container of service PREFIX+N (executor compose).
+    #[arg(long, default_value = "billdb-")]
+    compose_service_prefix: String,
+    /// Any node's HTTP endpoint (executors compose and manual; the members
+    /// are read from it).
     #[arg(long, env = "BILLDB_ENDPOINT")]
     endpoint: Option<String>,
     #[command(flatten)]
     tls: TlsArg,
-    /// An ops token (executor manual; local reads the directory's).
+    /// An ops token (executors compose and manual; local reads the directory's).
     #[arg(long, env = "BILLDB_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Who runs the drill (written into the report). Default: $USER.
@@ -157,8 +165,9 @@ struct DrillRunArgs {
 
 #[derive(Subcommand)]
 enum DrillCmd {
-    /// Run SCENARIO (leader-kill, two-down, rolling-restart,
-    /// full-power-loss; node-replace with the local executor) under a
+    /// Run SCENARIO (leader-kill, two-down, leader-isolated,
+    /// minority-partition, rolling-restart, full-power-loss; node-replace
+    /// with the local executor) under a
     /// workload of billing operations on drill accounts (branch DRILL);
     /// measure, heal, verify; write a signed report (JSON, Markdown, HTML)
     /// and record the summary in the cluster.
@@ -760,6 +769,11 @@ enum LocalCmd {
         /// debugging only; every node logs a warning at start).
         #[arg(long)]
         insecure: bool,
+        /// Place node N of a new cluster on its own loopback address
+        /// `{PREFIX}N` (e.g. `127.0.2.`), so a drill's local executor can cut
+        /// links between nodes (partition scenarios, as root).
+        #[arg(long, value_name = "PREFIX")]
+        host_prefix: Option<String>,
     },
     /// Rotate TLS certificates of the running cluster (no restart): every
     /// node's certificate, or with --ca a new CA trusted beside the old one
@@ -1274,6 +1288,7 @@ fn run_local(cmd: LocalCmd) -> Result<()> {
             base_port,
             timeout_secs,
             insecure,
+            host_prefix,
         } => local_up(
             &dir.dir,
             bin.node_bin.as_deref(),
@@ -1281,6 +1296,7 @@ fn run_local(cmd: LocalCmd) -> Result<()> {
             base_port,
             secs(timeout_secs),
             insecure,
+            host_prefix.as_deref(),
         ),
         LocalCmd::RotateCerts { dir, ca, finish_ca } => {
             let c = LocalCluster::open(&dir.dir)?;
@@ -1465,6 +1481,7 @@ fn local_up(
     base_port: Option<u16>,
     timeout: Duration,
     insecure: bool,
+    host_prefix: Option<&str>,
 ) -> Result<()> {
     let deadline = std::time::Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(std::time::Instant::now());
@@ -1491,6 +1508,16 @@ fn local_up(
                 spec.base_port
             );
         }
+        if let Some(p) = host_prefix
+            && Some(p) != spec.host_prefix.as_deref()
+        {
+            bail!(
+                "cluster at {} was made with host prefix {:?} (asked for {p:?}); use another \
+                 --dir for a second cluster",
+                c.dir().display(),
+                spec.host_prefix.as_deref().unwrap_or("none: 127.0.0.1")
+            );
+        }
         c.ensure_node_bin(node_bin)?;
         c
     } else {
@@ -1501,7 +1528,7 @@ fn local_up(
             base_port.unwrap_or(DEFAULT_BASE_PORT),
             nodes.unwrap_or(DEFAULT_NODES),
             local::RaftTimings::default(),
-            None,
+            host_prefix,
             !insecure,
         )?;
         println!("created cluster in {}", c.dir().display());
@@ -1852,6 +1879,8 @@ fn run_drill(cmd: DrillCmd) -> Result<()> {
                 scenario,
                 executor,
                 dir,
+                compose_project,
+                compose_service_prefix,
                 endpoint,
                 tls,
                 token,
@@ -1886,7 +1915,7 @@ fn run_drill(cmd: DrillCmd) -> Result<()> {
                 "local" => {
                     let c = LocalCluster::open(&dir)?;
                     let t = drill::Target::from_local(&c)?;
-                    (t, Box::new(drill::LocalExecutor { cluster: c }))
+                    (t, Box::new(drill::LocalExecutor::new(c)))
                 }
                 "manual" => {
                     let ep = endpoint.context("--endpoint: any node of the cluster")?;
@@ -1902,7 +1931,21 @@ fn run_drill(cmd: DrillCmd) -> Result<()> {
                         }),
                     )
                 }
-                other => bail!("INVALID_ARGUMENT: --executor {other:?}: local or manual"),
+                "compose" => {
+                    let project =
+                        compose_project.context("--compose-project: the compose project's name")?;
+                    let exec =
+                        drill::compose::ComposeExecutor::new(&project, &compose_service_prefix)?;
+                    let ep = endpoint.context("--endpoint: any node of the cluster")?;
+                    let token = token.context("--token (or BILLDB_TOKEN): an ops token")?;
+                    let t = drill::Target::discover(&ep, tls.load()?, token)?;
+                    for n in t.nodes.keys() {
+                        exec.container(*n)
+                            .with_context(|| format!("member {n} of the cluster"))?;
+                    }
+                    (t, Box::new(exec))
+                }
+                other => bail!("INVALID_ARGUMENT: --executor {other:?}: local, compose or manual"),
             };
             let o = drill::RunOpts {
                 scenario,

@@ -6,7 +6,9 @@
 //! report and refusing a changed number, the summary recorded in the
 //! cluster, and the status page at `/` in headless Chromium (five members,
 //! the leader, a killed node shown down within 5 s, the last drills).
-//! Ports: clusters on base 33000, 33300, 33600 (HTTP B+1..5, gRPC
+//! The partition scenarios run on a cluster whose nodes have their own
+//! loopback addresses (127.0.2.N), cut by iptables (root).
+//! Ports: clusters on base 33000, 33300, 33600, 39300 (HTTP B+1..5, gRPC
 //! B+101..105, Raft B+201..205).
 
 use std::io::{BufRead, BufReader, Write};
@@ -32,9 +34,19 @@ fn cluster(base: u16, failpoints: bool) -> Cluster {
 }
 
 fn cluster_with(base: u16, failpoints: bool, raft: RaftTimings) -> Cluster {
+    cluster_full(base, failpoints, raft, None)
+}
+
+fn cluster_full(
+    base: u16,
+    failpoints: bool,
+    raft: RaftTimings,
+    host_prefix: Option<&str>,
+) -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = find_node_bin(None).expect("billdb-node next to the test binary");
-    let c = LocalCluster::create_with(&dir.path().join("c"), &node, base, 5, raft).expect("create");
+    let c = LocalCluster::create_on_hosts(&dir.path().join("c"), &node, base, 5, raft, host_prefix)
+        .expect("create");
     c.set_kill_on_drop(true);
     if failpoints {
         c.enable_failpoints();
@@ -96,6 +108,7 @@ fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Those needing no network cut (the partitions have their own test).
 const SCENARIOS: [&str; 5] = [
     "leader-kill",
     "two-down",
@@ -674,4 +687,111 @@ fn a_lost_acknowledged_write_fails_the_drill_and_is_named() {
     let drills = c.status(leader)["drills"].clone();
     assert_eq!(drills[0]["summary"]["result"], "FAILED", "{drills}");
     assert_eq!(drills[0]["summary"]["lost"], 1, "{drills}");
+}
+
+/// The partition scenarios with the local executor, on nodes with their own
+/// loopback addresses: the leader cut off alone, then the leader and one
+/// follower (a minority) cut off from the other three. The processes keep
+/// running; the majority elects a leader and writes go on; after the links
+/// return nothing acknowledged is lost and the drill's firewall chain is
+/// gone. A cluster whose nodes share 127.0.0.1 is refused with the way out.
+#[test]
+fn partition_scenarios_cut_links_and_lose_nothing() {
+    let c = cluster_full(39300, false, RaftTimings::default(), Some("127.0.2."));
+    for scenario in ["leader-isolated", "minority-partition"] {
+        let leader_before = c.c.wait_leader(Duration::from_secs(30)).unwrap();
+        let (ok, v, stderr) = drill_local(&c, scenario, "Partition Tester");
+        assert!(ok, "{scenario}: exit status: {v:#}\n{stderr}");
+        assert_clean(scenario, &v, &stderr);
+        let doc: Value =
+            serde_json::from_str(&std::fs::read_to_string(report_json(&v)).unwrap()).unwrap();
+        let d = &doc["data"];
+        let actions = d["actions"].as_array().expect("actions");
+        let cut = actions
+            .iter()
+            .find(|a| a["action"] == "partition")
+            .unwrap_or_else(|| panic!("{scenario}: a partition action: {actions:?}"));
+        let isolated: Vec<u64> = cut["isolated"]
+            .as_array()
+            .expect("isolated")
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect();
+        let want = if scenario == "leader-isolated" { 1 } else { 2 };
+        assert_eq!(isolated.len(), want, "{scenario}: {cut}");
+        assert!(isolated.contains(&leader_before), "{scenario}: {cut}");
+        assert_eq!(cut["fault"], true);
+        let healed = actions
+            .iter()
+            .position(|a| a["action"] == "heal-network")
+            .expect("the network healed");
+        assert!(
+            healed
+                > actions
+                    .iter()
+                    .position(|a| a["action"] == "partition")
+                    .unwrap(),
+            "{actions:?}"
+        );
+        // The cut was real: while it lasted, a node of the majority led in
+        // a later term than the leader before (nothing else ends a term).
+        let term_before = d["cluster"]["term_before"].as_u64().expect("term");
+        let from_s = cut["t_ms"].as_u64().unwrap() / 1000;
+        let new_leader = d["timeline"].as_array().unwrap().iter().any(|sec| {
+            sec["t_s"].as_u64().unwrap() >= from_s
+                && sec["nodes"].as_object().is_some_and(|m| {
+                    m.iter().any(|(id, st)| {
+                        st["role"] == "leader"
+                            && st["term"].as_u64().is_some_and(|t| t > term_before)
+                            && !isolated.contains(&id.parse::<u64>().unwrap())
+                    })
+                })
+        });
+        assert!(
+            new_leader,
+            "{scenario}: no majority leader seen: {:#}",
+            d["timeline"]
+        );
+        eprintln!(
+            "{scenario}: nodes {isolated:?} cut off; write gap {} ms, read gap {} ms, all ready after {} ms, {} writes acknowledged",
+            d["measured"]["write_gap_ms"],
+            d["measured"]["read_gap_ms"],
+            d["measured"]["health_ms"],
+            d["workload"]["acknowledged"]
+        );
+        let chains = Command::new("iptables")
+            .arg("-S")
+            .output()
+            .expect("iptables");
+        let text = String::from_utf8_lossy(&chains.stdout);
+        assert!(!text.contains("BDBDRILL39300"), "chain left behind: {text}");
+    }
+
+    // Nodes sharing 127.0.0.1 cannot be cut apart: refused before anything
+    // is done to the cluster, with the way out.
+    let shared = cluster(39600, false);
+    let (key, _) = shared.keys();
+    let term = shared.status(1)["term"].clone();
+    let (ok, out, err) = run(&[
+        "drill",
+        "run",
+        "leader-isolated",
+        "--dir",
+        shared.c.dir().to_str().unwrap(),
+        "--private-key",
+        key.to_str().unwrap(),
+        "--out",
+        shared.out().to_str().unwrap(),
+    ]);
+    assert!(!ok, "{out}\n{err}");
+    assert!(
+        err.contains("own loopback addresses") && err.contains("--host-prefix"),
+        "{err}"
+    );
+    assert!(!shared.out().exists(), "no report for a refused drill");
+    assert_eq!(
+        shared.status(1)["term"],
+        term,
+        "nothing done to the cluster"
+    );
 }

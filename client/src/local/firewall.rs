@@ -1,14 +1,17 @@
-//! Network partitions with iptables on loopback. Each chaos node listens on
-//! its own loopback address (`127.0.1.N`) and binds its outgoing node-to-node
-//! connections to it, so a directed link a→b is cut by one rule
-//! `-s 127.0.1.a -d 127.0.1.b -j DROP` in a dedicated chain (jumped to from
-//! INPUT). The harness's own client traffic comes from 127.0.0.1 and is never
-//! matched. Packets really stop: TCP sees silence, not resets.
+//! Network partitions with iptables on loopback, for local clusters made
+//! with a host prefix (the chaos suite's, and a drill's `local` executor).
+//! Each node listens on its own loopback address (`{prefix}N`, e.g.
+//! `127.0.1.N`) and binds its outgoing node-to-node connections to it, so a
+//! directed link a→b is cut by one rule `-s {prefix}a -d {prefix}b -j DROP`
+//! in a dedicated chain (jumped to from INPUT). Client traffic comes from
+//! 127.0.0.1 and is never matched. Packets really stop: TCP sees silence,
+//! not resets.
 //!
-//! May touch: only the iptables chain it creates (`BDBCHAOS<base port>`) and
-//! the one jump rule to it in INPUT; runs `iptables` (needs root). The chain is
-//! flushed and removed on [`Firewall::heal`]/drop and a stale one from an
-//! earlier crashed run is removed at creation.
+//! May touch: only the iptables chain it creates (named by its owner, e.g.
+//! `BDBCHAOS<base port>`) and the one jump rule to it in INPUT; runs
+//! `iptables` (needs root). The chain is flushed and removed on
+//! [`Firewall::heal`]/drop and a stale one from an earlier crashed run is
+//! removed at creation.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -18,16 +21,21 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 
-/// Loopback prefix of chaos nodes: node N is `127.0.1.N`.
-pub const HOST_PREFIX: &str = "127.0.1.";
-
-/// Loopback address of node `n`.
-pub fn node_ip(n: u64) -> Result<Ipv4Addr> {
+/// Loopback address of node `n` under `host_prefix` (three octets and a
+/// dot, in 127.0.0.0/8: `127.0.1.` gives `127.0.1.n`).
+pub fn node_ip_on(host_prefix: &str, n: u64) -> Result<Ipv4Addr> {
     let last = u8::try_from(n)
         .ok()
         .filter(|b| (1..=254).contains(b))
-        .with_context(|| format!("node id {n} has no 127.0.1.x address"))?;
-    Ok(Ipv4Addr::new(127, 0, 1, last))
+        .with_context(|| format!("node id {n} has no {host_prefix}x address"))?;
+    let ip: Ipv4Addr = format!("{host_prefix}{last}")
+        .parse()
+        .with_context(|| format!("host prefix {host_prefix:?} is not three octets and a dot"))?;
+    ensure!(
+        ip.is_loopback(),
+        "host prefix {host_prefix:?} is not on loopback (127.0.0.0/8): partitions here are cut on loopback only"
+    );
+    Ok(ip)
 }
 
 fn iptables(args: &[&str]) -> Result<std::process::Output> {
@@ -53,27 +61,39 @@ fn iptables_ok(args: &[&str]) -> Result<()> {
 /// Owner of one iptables chain of directed DROP rules between node addresses.
 pub struct Firewall {
     chain: String,
+    host_prefix: String,
     cut: Mutex<BTreeSet<(u64, u64)>>,
 }
 
 impl Firewall {
-    /// Creates (or recreates) the chain `BDBCHAOS<base_port>` and jumps to it
-    /// from INPUT. Fails clearly when iptables is missing or we are not root.
-    pub fn new(base_port: u16) -> Result<Self> {
+    /// Creates (or recreates) the chain `chain` (at most 28 characters) for
+    /// nodes at `{host_prefix}N` and jumps to it from INPUT. Fails clearly
+    /// when iptables is missing or we are not root.
+    pub fn new(chain: &str, host_prefix: &str) -> Result<Self> {
+        ensure!(
+            !chain.is_empty()
+                && chain.len() <= 28
+                && chain
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "iptables chain name {chain:?}: 1 to 28 letters, digits, '-' or '_'"
+        );
+        node_ip_on(host_prefix, 1)?;
         // SAFETY: geteuid has no preconditions.
         let euid = unsafe { libc::geteuid() };
         ensure!(
             euid == 0,
-            "network partitions need root (iptables on loopback); running as uid {euid}. \
-             Run as root or leave the partition nemeses out (--nemesis)"
+            "network partitions need root (iptables on loopback); running as uid {euid}"
         );
         let fw = Firewall {
-            chain: format!("BDBCHAOS{base_port}"),
+            chain: chain.to_string(),
+            host_prefix: host_prefix.to_string(),
             cut: Mutex::default(),
         };
         fw.remove_chain();
-        iptables_ok(&["-N", &fw.chain])
-            .context("creating the chaos chain (is iptables installed? deploy/setup.sh)")?;
+        iptables_ok(&["-N", &fw.chain]).with_context(|| {
+            format!("creating the iptables chain {chain} (is iptables installed? deploy/setup.sh)")
+        })?;
         iptables_ok(&["-I", "INPUT", "1", "-j", &fw.chain])?;
         Ok(fw)
     }
@@ -108,8 +128,8 @@ impl Firewall {
             script.push_str(&format!(
                 "-A {} -s {} -d {} -j DROP\n",
                 self.chain,
-                node_ip(a)?,
-                node_ip(b)?
+                node_ip_on(&self.host_prefix, a)?,
+                node_ip_on(&self.host_prefix, b)?
             ));
         }
         script.push_str("COMMIT\n");
@@ -172,27 +192,22 @@ impl Firewall {
         Ok(())
     }
 
-    /// Proves that a rule really stops loopback TCP between two chaos
-    /// addresses (and that healing restores it), on a throwaway listener at
-    /// 127.0.1.250:`port` dialled from 127.0.1.251.
+    /// Proves that a rule really stops loopback TCP between two addresses
+    /// of the prefix (and that healing restores it), on a throwaway
+    /// listener at `{prefix}250:port` dialled from `{prefix}251`.
     pub fn self_test(&self, port: u16) -> Result<()> {
-        let server: SocketAddr = (Ipv4Addr::new(127, 0, 1, 250), port).into();
+        let server: SocketAddr = (node_ip_on(&self.host_prefix, 250)?, port).into();
+        let from = node_ip_on(&self.host_prefix, 251)?;
         let listener =
             TcpListener::bind(server).with_context(|| format!("binding {server} for self-test"))?;
-        let dial = || {
-            dial_from(
-                Ipv4Addr::new(127, 0, 1, 251),
-                server,
-                Duration::from_millis(500),
-            )
-        };
+        let dial = || dial_from(from, server, Duration::from_millis(500));
         ensure!(dial(), "self-test: cannot reach {server} before any rule");
         self.cut(251, 250)?;
         let blocked = !dial();
         self.heal()?;
         ensure!(
             blocked,
-            "self-test: a DROP rule in {} did not stop 127.0.1.251 -> {server}",
+            "self-test: a DROP rule in {} did not stop {from} -> {server}",
             self.chain
         );
         ensure!(dial(), "self-test: {server} unreachable after healing");
