@@ -1970,6 +1970,9 @@ fn run_drill(cmd: DrillCmd) -> Result<()> {
                 println!(
                     "{}",
                     serde_json::json!({"result": d["result"], "sha256": r.sha256,
+                        "scenario": d["scenario"], "executor": d["executor"],
+                        "workload": {"acknowledged": d["workload"]["acknowledged"],
+                            "writes": d["workload"]["writes"]},
                         "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
                         "measured": d["measured"], "verification": {
                             "lost": d["verification"]["lost"], "duplicated": d["verification"]["duplicated"],
