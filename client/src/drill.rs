@@ -13,6 +13,7 @@
 //! summary is written into the cluster (`POST /v1/drills`).
 
 pub mod compose;
+pub mod rehearsal;
 pub mod report;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -135,9 +135,11 @@ struct DrillRunArgs {
     /// Where the report files go.
     #[arg(long, default_value = ".")]
     out: PathBuf,
-    /// Recovery time objective: the longest write gap that passes (ms).
-    #[arg(long, default_value_t = 5000)]
-    rto_ms: u64,
+    /// Recovery time objective: the longest write gap that passes (ms)
+    /// [default: 5000; restore-rehearsal: 600000, start to the restored
+    /// cluster's first write].
+    #[arg(long)]
+    rto_ms: Option<u64>,
     /// Recovery point objective: acknowledged writes that may be lost.
     #[arg(long, default_value_t = 0)]
     rpo_writes: u64,
@@ -159,8 +161,41 @@ struct DrillRunArgs {
     /// Do not write the summary into the cluster.
     #[arg(long)]
     no_record: bool,
+    #[command(flatten)]
+    rehearsal: RehearsalArgs,
     #[arg(long)]
     json: bool,
+}
+
+/// restore-rehearsal: the backup restored into a scratch cluster here.
+#[derive(Args)]
+struct RehearsalArgs {
+    /// The backup destination (restore-rehearsal).
+    #[arg(long)]
+    backup_dir: Option<PathBuf>,
+    /// Default: the newest backup there.
+    #[arg(long)]
+    backup_id: Option<String>,
+    /// The backups' public key (`billdb backup keygen`'s .pub).
+    #[arg(long)]
+    backup_public_key: Option<PathBuf>,
+    /// A new or empty directory for the scratch cluster [default: a new
+    /// directory under the system's temporary directory]; removed after
+    /// the rehearsal unless --keep-scratch.
+    #[arg(long)]
+    scratch_dir: Option<PathBuf>,
+    /// The scratch cluster's base port (HTTP B+N, gRPC B+100+N, Raft B+200+N).
+    #[arg(long, default_value_t = 17400)]
+    scratch_base_port: u16,
+    #[arg(long, default_value_t = 3)]
+    scratch_nodes: usize,
+    #[arg(long)]
+    keep_scratch: bool,
+    /// Recovery point objective of a restore: the oldest the backup may be (s).
+    #[arg(long, default_value_t = 93_600)]
+    max_backup_age_s: u64,
+    #[command(flatten)]
+    bin: NodeBinArg,
 }
 
 #[derive(Subcommand)]
@@ -1856,6 +1891,113 @@ fn run_cluster(cmd: ClusterCmd) -> Result<()> {
     }
 }
 
+/// `billdb drill run restore-rehearsal`'s options, as given.
+struct RehearseRun {
+    dir: PathBuf,
+    endpoint: Option<String>,
+    tls: TlsArg,
+    token: Option<String>,
+    operator: String,
+    private_key: PathBuf,
+    out: PathBuf,
+    rto_ms: u64,
+    record: bool,
+    rehearsal: RehearsalArgs,
+    json: bool,
+}
+
+fn rehearse_restore(a: RehearseRun) -> Result<()> {
+    use billdb_client::drill;
+    let r = a.rehearsal;
+    let backup_dir = r
+        .backup_dir
+        .context("INVALID_ARGUMENT: restore-rehearsal needs --backup-dir")?;
+    let backup_public_key = r
+        .backup_public_key
+        .context("INVALID_ARGUMENT: restore-rehearsal needs --backup-public-key")?;
+    // The production cluster, when reachable: its commit index beside the
+    // backup's, and where the summary is recorded.
+    // `--endpoint` (with an ops token) names it; else a local cluster's
+    // directory when one is there; else the rehearsal stands alone.
+    let production = match (a.endpoint, a.token) {
+        (Some(ep), Some(token)) => Some(drill::Target::discover(&ep, a.tls.load()?, token)?),
+        (Some(_), None) => {
+            bail!("INVALID_ARGUMENT: --endpoint needs --token (or BILLDB_TOKEN): an ops token")
+        }
+        (None, _) if LocalCluster::exists(&a.dir) => {
+            Some(drill::Target::from_local(&LocalCluster::open(&a.dir)?)?)
+        }
+        (None, _) => None,
+    };
+    let scratch_dir = r.scratch_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "billdb-rehearsal-{}-{}",
+            std::process::id(),
+            drill::unix_ms()
+        ))
+    });
+    let o = drill::RunOpts {
+        scenario: drill::rehearsal::SCENARIO.into(),
+        operator: a.operator,
+        out_dir: a.out.clone(),
+        private_key: a.private_key,
+        warmup: Duration::ZERO,
+        down: Duration::ZERO,
+        recovery_max: Duration::ZERO,
+        after: Duration::ZERO,
+        write_deadline: Duration::from_secs(30),
+        writers: 1,
+        rto: Duration::from_millis(a.rto_ms),
+        rpo_writes: 0,
+        record: a.record,
+        show_progress: false,
+    };
+    let ro = drill::rehearsal::RehearsalOpts {
+        backup_dir,
+        backup_id: r.backup_id,
+        backup_public_key,
+        scratch_dir,
+        scratch_base_port: r.scratch_base_port,
+        scratch_nodes: r.scratch_nodes,
+        node_bin: find_node_bin(r.bin.node_bin.as_deref())?,
+        keep_scratch: r.keep_scratch,
+        max_backup_age: secs(r.max_backup_age_s),
+    };
+    let rep = drill::rehearsal::rehearse(production.as_ref(), &o, &ro)?;
+    let files = rep.write(&a.out)?;
+    let d = &rep.data;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"result": d["result"], "sha256": rep.sha256,
+                "scenario": d["scenario"], "executor": d["executor"],
+                "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+                "measured": d["measured"], "backup": d["backup"], "scratch": d["scratch"],
+                "verification": d["verification"], "failures": d["failures"]})
+        );
+    } else {
+        println!(
+            "restore rehearsal {}: backup {} ({} s old), restored and serving its first write after {} ms; digests equal {}, fingerprints equal {}",
+            d["result"].as_str().unwrap_or("?"),
+            d["backup"]["backup_id"],
+            d["backup"]["age_s"],
+            d["measured"]["write_gap_ms"],
+            d["verification"]["digests_equal"],
+            d["verification"]["fingerprints_equal"]
+        );
+        for f in d["failures"].as_array().cloned().unwrap_or_default() {
+            println!("  FAILED: {}", f.as_str().unwrap_or("?"));
+        }
+        for f in &files {
+            println!("  report: {}", f.display());
+        }
+    }
+    if !rep.passed() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 fn run_drill(cmd: DrillCmd) -> Result<()> {
     use billdb_client::drill::{self, Executor, report};
     match cmd {
@@ -1895,14 +2037,18 @@ fn run_drill(cmd: DrillCmd) -> Result<()> {
                 recovery_max_s,
                 writers,
                 no_record,
+                rehearsal,
                 json,
             } = *args;
-            if !drill::SCENARIOS.contains(&scenario.as_str()) {
+            let rehearse = scenario == drill::rehearsal::SCENARIO;
+            if !(rehearse || drill::SCENARIOS.contains(&scenario.as_str())) {
                 bail!(
-                    "INVALID_ARGUMENT: unknown scenario {scenario:?}: one of {}",
-                    drill::SCENARIOS.join(", ")
+                    "INVALID_ARGUMENT: unknown scenario {scenario:?}: one of {}, {}",
+                    drill::SCENARIOS.join(", "),
+                    drill::rehearsal::SCENARIO
                 );
             }
+            let rto_ms = rto_ms.unwrap_or(if rehearse { 600_000 } else { 5_000 });
             if !(1..=64).contains(&writers) {
                 bail!("INVALID_ARGUMENT: --writers {writers}: 1..=64");
             }
@@ -1911,6 +2057,21 @@ fn run_drill(cmd: DrillCmd) -> Result<()> {
             let operator = operator
                 .or_else(|| std::env::var("USER").ok())
                 .unwrap_or_else(|| "unknown".into());
+            if rehearse {
+                return rehearse_restore(RehearseRun {
+                    dir,
+                    endpoint,
+                    tls,
+                    token,
+                    operator,
+                    private_key,
+                    out,
+                    rto_ms,
+                    record: !no_record,
+                    rehearsal,
+                    json,
+                });
+            }
             let (target, mut exec): (drill::Target, Box<dyn Executor>) = match executor.as_str() {
                 "local" => {
                     let c = LocalCluster::open(&dir)?;

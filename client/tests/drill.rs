@@ -8,8 +8,10 @@
 //! the leader, a killed node shown down within 5 s, the last drills).
 //! The partition scenarios run on a cluster whose nodes have their own
 //! loopback addresses (127.0.2.N), cut by iptables (root).
-//! Ports: clusters on base 33000, 33300, 33600, 39300 (HTTP B+1..5, gRPC
-//! B+101..105, Raft B+201..205).
+//! The restore rehearsal restores a backup into a scratch cluster.
+//! Ports (all in the range deploy/setup.sh reserves): clusters on base
+//! 32500, 33000, 33300, 33600, 39300, 39600 and the scratch cluster on
+//! 39000 (HTTP B+1..5, gRPC B+101..105, Raft B+201..205).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -793,5 +795,175 @@ fn partition_scenarios_cut_links_and_lose_nothing() {
         shared.status(1)["term"],
         term,
         "nothing done to the cluster"
+    );
+}
+
+/// `billdb drill run restore-rehearsal`: the newest backup of a cluster
+/// under load restored into a scratch cluster of three (its own cluster id
+/// and ports), every scratch node's digest and fingerprints equal to the
+/// backup's, a write taken and read back on every node, the scratch
+/// cluster removed, the report verified and the summary recorded in the
+/// production cluster. A backup with a damaged file, or older than the
+/// objective, is a FAILED rehearsal naming why.
+#[test]
+fn restore_rehearsal_brings_the_newest_backup_up_in_a_scratch_cluster() {
+    let c = cluster(32500, false);
+    let (key, public) = c.keys();
+    let dir = c.c.dir().to_str().unwrap().to_string();
+    // Some business history, then a backup of it.
+    let (ok, v, stderr) = drill_local(&c, "leader-kill", "History Maker");
+    assert!(ok, "{v:#}\n{stderr}");
+    let dest = c.dir.path().join("backups");
+    let (ok, out, err) = run(&["backup", "init", dest.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let endpoint = c.c.http_addr(1).unwrap();
+    let ca = c.c.ca_bundle_path();
+    let create = Command::new(billdb())
+        .args(["backup", "create", "--endpoint", &endpoint, "--json"])
+        .arg("--ca")
+        .arg(&ca)
+        .arg("--to")
+        .arg(&dest)
+        .arg("--private-key")
+        .arg(&key)
+        .env("BILLDB_TOKEN", c.c.token("ops").unwrap())
+        .output()
+        .expect("backup create");
+    assert!(
+        create.status.success(),
+        "{}",
+        String::from_utf8_lossy(&create.stderr)
+    );
+    let b: Value = serde_json::from_slice(&create.stdout).expect("create JSON");
+
+    let scratch = c.dir.path().join("scratch");
+    let reports = c.out();
+    let rehearse = |backup_dir: &Path, extra: &[&str]| -> (bool, Value, String) {
+        let mut args = vec![
+            "drill",
+            "run",
+            "restore-rehearsal",
+            "--dir",
+            &dir,
+            "--backup-dir",
+            backup_dir.to_str().unwrap(),
+            "--backup-public-key",
+            public.to_str().unwrap(),
+            "--private-key",
+            key.to_str().unwrap(),
+            "--scratch-dir",
+            scratch.to_str().unwrap(),
+            "--scratch-base-port",
+            "39000",
+            "--out",
+            reports.to_str().unwrap(),
+            "--operator",
+            "Restore Tester",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = run(&args);
+        let v: Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
+        (ok, v, stderr)
+    };
+    let (ok, v, stderr) = rehearse(&dest, &[]);
+    assert!(ok, "{v:#}\n{stderr}");
+    assert_eq!(v["result"], "PASS", "{v:#}");
+    assert_eq!(
+        v["backup"]["backup_id"], b["backup_id"],
+        "the newest backup"
+    );
+    assert_eq!(v["backup"]["deep_verified"], true, "{v:#}");
+    assert_eq!(v["scratch"]["nodes"], 3);
+    assert!(
+        v["scratch"]["cluster_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("rehearsal-"),
+        "a new cluster id: {v:#}"
+    );
+    assert_eq!(v["verification"]["digests_equal"], true, "{v:#}");
+    assert_eq!(v["verification"]["fingerprints_equal"], true, "{v:#}");
+    let read_back = v["scratch"]["read_back"].as_array().expect("read back");
+    assert_eq!(read_back.len(), 3, "{v:#}");
+    assert!(read_back.iter().all(|r| r["balance"] == "1.00"), "{v:#}");
+    assert!(
+        v["measured"]["write_gap_ms"].as_u64().is_some(),
+        "restore time measured: {v:#}"
+    );
+    assert!(
+        stderr.contains("phase: restore the backup into it"),
+        "progress: {stderr}"
+    );
+    assert!(
+        !scratch.exists(),
+        "the scratch cluster is removed afterwards"
+    );
+    // Nothing of the scratch cluster still listens.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", 39001)).is_err(),
+        "scratch node 1 stopped"
+    );
+    let json = report_json(&v);
+    let (ok, out, err) = run(&[
+        "drill",
+        "verify",
+        json.to_str().unwrap(),
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
+    assert!(ok, "verify: {out} {err}");
+    let md = std::fs::read_to_string(json.with_extension("md")).expect("markdown");
+    assert!(md.contains("# Restore rehearsal — PASS"), "{md}");
+    let drills = c.status(1)["drills"].clone();
+    let rec = drills
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|d| d["summary"]["scenario"] == "restore-rehearsal")
+        })
+        .unwrap_or_else(|| panic!("recorded in the cluster: {drills:#}"))
+        .clone();
+    assert_eq!(rec["summary"]["result"], "PASS", "{rec:#}");
+    assert_eq!(rec["summary"]["report_sha256"], v["sha256"], "{rec:#}");
+
+    // Too old for the objective: FAILED, saying so.
+    let (ok, v, stderr) = rehearse(&dest, &["--max-backup-age-s", "0"]);
+    assert!(!ok, "{v:#}\n{stderr}");
+    assert_eq!(v["result"], "FAILED");
+    assert!(v["failures"].to_string().contains("RPO"), "{v:#}");
+
+    // A damaged copy of the backup: FAILED naming the file, nothing started.
+    let copy = c.dir.path().join("backups-copy");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&dest)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    let files = copy.join("files");
+    let victim = std::fs::read_dir(&files)
+        .expect("files")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a backup file");
+    let mut bytes = std::fs::read(&victim).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&victim, &bytes).expect("write");
+    let (ok, v, stderr) = rehearse(&copy, &[]);
+    assert!(!ok, "{v:#}\n{stderr}");
+    assert_eq!(v["result"], "FAILED");
+    let failures = v["failures"].to_string();
+    let name = victim.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(failures.contains(&name), "names {name}: {failures}");
+    assert_eq!(
+        v["scratch"],
+        Value::Null,
+        "no scratch cluster for a bad backup"
     );
 }

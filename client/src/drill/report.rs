@@ -116,6 +116,9 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let d = &self.data;
+        if d["scenario"] == super::rehearsal::SCENARIO {
+            return self.rehearsal_markdown();
+        }
         let m = &d["measured"];
         let v = &d["verification"];
         let o = &d["objectives"];
@@ -270,6 +273,144 @@ impl Report {
         s
     }
 
+    /// A restore rehearsal: the backup, the scratch cluster, the steps.
+    fn rehearsal_markdown(&self) -> String {
+        let d = &self.data;
+        let b = &d["backup"];
+        let m = &d["measured"];
+        let o = &d["objectives"];
+        let x = &d["scratch"];
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# Restore rehearsal — {}\n",
+            d["result"].as_str().unwrap_or("?")
+        );
+        let _ = writeln!(s, "| | |\n|---|---|");
+        for (k, val) in [
+            ("drill", d["drill_id"].to_string()),
+            ("operator", d["operator"].to_string()),
+            ("started (UTC)", d["started_utc"].to_string()),
+            ("finished (UTC)", d["finished_utc"].to_string()),
+            ("tool version", d["tool_version"].to_string()),
+            ("backup directory", b["dir"].to_string()),
+            ("backup", b["backup_id"].to_string()),
+            ("backup made (UTC)", b["created_at"].to_string()),
+            ("source cluster", b["source_cluster_id"].to_string()),
+            (
+                "applied index in the backup",
+                b["applied_index"].to_string(),
+            ),
+            (
+                "production commit index now",
+                d["cluster"]["committed_index"].to_string(),
+            ),
+            (
+                "entries committed since the backup",
+                b["entries_committed_since"].to_string(),
+            ),
+        ] {
+            let _ = writeln!(s, "| {k} | {} |", val.trim_matches('"'));
+        }
+        let _ = writeln!(
+            s,
+            "\n## Objectives\n\n| objective | target | measured | result |\n|---|---|---|---|"
+        );
+        let _ = writeln!(
+            s,
+            "| RTO (start → the restored cluster's first acknowledged write) | ≤ {} ms | {} ms | {} |",
+            o["rto_write_gap_ms"],
+            m["write_gap_ms"],
+            pass(m["rto_pass"].as_bool())
+        );
+        let _ = writeln!(
+            s,
+            "| RPO (age of the backup restored) | ≤ {} s | {} s | {} |",
+            o["rpo_backup_age_s"],
+            b["age_s"],
+            pass(m["rpo_pass"].as_bool())
+        );
+        let _ = writeln!(s, "\n## Measured\n\n| | |\n|---|---|");
+        let _ = writeln!(
+            s,
+            "| backup verified (deep) after | {} ms |",
+            m["verify_ms"]
+        );
+        let _ = writeln!(
+            s,
+            "| data directories restored after | {} ms |",
+            m["restore_ms"]
+        );
+        let _ = writeln!(
+            s,
+            "| every scratch node ready after | {} ms |",
+            m["health_ms"]
+        );
+        let _ = writeln!(
+            s,
+            "| first write acknowledged after | {} ms |",
+            m["write_gap_ms"]
+        );
+        let _ = writeln!(s, "\n## Verified\n\n| | |\n|---|---|");
+        let _ = writeln!(
+            s,
+            "| files / bytes checked against the manifest | {} / {} |",
+            b["files"], b["bytes"]
+        );
+        let _ = writeln!(s, "| manifest signature | {} |", b["signature_ok"]);
+        let _ = writeln!(
+            s,
+            "| backup opened, digest and fingerprints recomputed | {} |",
+            b["deep_verified"]
+        );
+        let _ = writeln!(
+            s,
+            "| scratch cluster | `{}`, {} nodes, base port {} |",
+            x["cluster_id"].as_str().unwrap_or("-"),
+            x["nodes"],
+            x["base_port"]
+        );
+        let _ = writeln!(
+            s,
+            "| every node's state digest equals the backup's | {} |",
+            x["digests_equal"]
+        );
+        let _ = writeln!(
+            s,
+            "| every node's business fingerprints equal the backup's, to the cent | {} |",
+            x["fingerprints_equal"]
+        );
+        let _ = writeln!(
+            s,
+            "| a write taken and read back on every node | {} |",
+            x["read_back"]
+                .as_array()
+                .map(|a| a.len().to_string() + " nodes")
+                .unwrap_or_else(|| "no".into())
+        );
+        if let Some(f) = d["failures"].as_array().filter(|f| !f.is_empty()) {
+            let _ = writeln!(s, "\n## Failures\n");
+            for x in f {
+                let _ = writeln!(s, "- {}", x.as_str().unwrap_or("?"));
+            }
+        }
+        let _ = writeln!(s, "\n## Steps\n\n| t (ms) | step |\n|---|---|");
+        for a in d["actions"].as_array().cloned().unwrap_or_default() {
+            let _ = writeln!(
+                s,
+                "| {} | {} |",
+                a["t_ms"],
+                a["action"].as_str().unwrap_or("")
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n## Signature\n\nSHA-256 of the canonical data: `{}`  \nEd25519 signature: `{}`  \nsigner's public key: `{}`\n\nCheck: `billdb drill verify <the .json or .html report> --public-key <the operator's .pub>`",
+            self.sha256, self.signature, self.public_key
+        );
+        s
+    }
+
     pub fn html(&self) -> String {
         let d = &self.data;
         let md = self.markdown();
@@ -291,7 +432,9 @@ impl Report {
             esc(d["scenario"].as_str().unwrap_or("")),
             r = esc(d["result"].as_str().unwrap_or(""))
         );
-        s.push_str(&chart(d));
+        if d["scenario"] != super::rehearsal::SCENARIO {
+            s.push_str(&chart(d));
+        }
         // Every number of the report: the Markdown, rendered.
         s.push_str(&markdown_html(&md));
         let _ = writeln!(
