@@ -3,7 +3,8 @@
 //! A drill runs a workload of real billing operations on accounts of its
 //! own (branch `DRILL`, bank code `DRILL`, tariff `DRILL-FLAT`), does a
 //! scenario's faults through an [`Executor`] (`local`: a `billdb local`
-//! directory; `compose`: a Docker Compose project (`compose.rs`); `manual`:
+//! directory; `compose`: a Docker Compose project (`compose.rs`); `ssh`:
+//! servers from an inventory, systemctl and iptables (`ssh.rs`); `manual`:
 //! an operator told what to do on which server, who confirms on stdin),
 //! measures what it observes (write and read gaps,
 //! time to every node ready, a per-second timeline), then heals and
@@ -15,6 +16,7 @@
 pub mod compose;
 pub mod rehearsal;
 pub mod report;
+pub mod ssh;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;

@@ -104,7 +104,8 @@ enum Cmd {
 struct DrillRunArgs {
     scenario: String,
     /// Who does the faults: `local` (a `billdb local` directory, --dir),
-    /// `compose` (a Docker Compose project, --compose-project) or `manual`
+    /// `compose` (a Docker Compose project, --compose-project), `ssh`
+    /// (servers listed in --inventory: systemctl, iptables) or `manual`
     /// (the operator, told what to do, confirms on stdin).
     #[arg(long, default_value = "local")]
     executor: String,
@@ -117,6 +118,10 @@ struct DrillRunArgs {
     /// Node N is the container of service PREFIX+N (executor compose).
     #[arg(long, default_value = "billdb-")]
     compose_service_prefix: String,
+    /// The servers (executor ssh): a TOML file of `[[host]] id, host,
+    /// address` and how to reach them (`remote`, `sudo`, `service`).
+    #[arg(long)]
+    inventory: Option<PathBuf>,
     /// Any node's HTTP endpoint (executors compose and manual; the members
     /// are read from it).
     #[arg(long, env = "BILLDB_ENDPOINT")]
@@ -2023,6 +2028,7 @@ fn run_drill(cmd: DrillCmd) -> Result<()> {
                 dir,
                 compose_project,
                 compose_service_prefix,
+                inventory,
                 endpoint,
                 tls,
                 token,
@@ -2106,7 +2112,19 @@ fn run_drill(cmd: DrillCmd) -> Result<()> {
                     }
                     (t, Box::new(exec))
                 }
-                other => bail!("INVALID_ARGUMENT: --executor {other:?}: local, compose or manual"),
+                "ssh" => {
+                    let path = inventory.context("--inventory: the servers' inventory file")?;
+                    let exec = drill::ssh::SshExecutor::new(drill::ssh::Inventory::load(&path)?);
+                    let ep = endpoint.context("--endpoint: any node of the cluster")?;
+                    let token = token.context("--token (or BILLDB_TOKEN): an ops token")?;
+                    let t = drill::Target::discover(&ep, tls.load()?, token)?;
+                    let members: Vec<_> = t.nodes.keys().copied().collect();
+                    exec.check_members(&members)?;
+                    (t, Box::new(exec))
+                }
+                other => {
+                    bail!("INVALID_ARGUMENT: --executor {other:?}: local, compose, ssh or manual")
+                }
             };
             let o = drill::RunOpts {
                 scenario,
