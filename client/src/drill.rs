@@ -4,7 +4,8 @@
 //! own (branch `DRILL`, bank code `DRILL`, tariff `DRILL-FLAT`), does a
 //! scenario's faults through an [`Executor`] (`local`: a `billdb local`
 //! directory; `compose`: a Docker Compose project (`compose.rs`); `ssh`:
-//! servers from an inventory, systemctl and iptables (`ssh.rs`); `manual`:
+//! servers from an inventory, systemctl and iptables (`ssh.rs`); `kubectl`:
+//! the StatefulSet's pods and a NetworkPolicy (`kubectl.rs`); `manual`:
 //! an operator told what to do on which server, who confirms on stdin),
 //! measures what it observes (write and read gaps,
 //! time to every node ready, a per-second timeline), then heals and
@@ -14,6 +15,7 @@
 //! summary is written into the cluster (`POST /v1/drills`).
 
 pub mod compose;
+pub mod kubectl;
 pub mod rehearsal;
 pub mod report;
 pub mod ssh;

@@ -105,8 +105,9 @@ struct DrillRunArgs {
     scenario: String,
     /// Who does the faults: `local` (a `billdb local` directory, --dir),
     /// `compose` (a Docker Compose project, --compose-project), `ssh`
-    /// (servers listed in --inventory: systemctl, iptables) or `manual`
-    /// (the operator, told what to do, confirms on stdin).
+    /// (servers listed in --inventory: systemctl, iptables), `kubectl`
+    /// (the StatefulSet's pods, a NetworkPolicy) or `manual` (the
+    /// operator, told what to do, confirms on stdin).
     #[arg(long, default_value = "local")]
     executor: String,
     /// The local cluster's directory (executor local).
@@ -122,6 +123,12 @@ struct DrillRunArgs {
     /// address` and how to reach them (`remote`, `sudo`, `service`).
     #[arg(long)]
     inventory: Option<PathBuf>,
+    /// The namespace of the StatefulSet (executor kubectl).
+    #[arg(long, default_value = "billdb")]
+    k8s_namespace: String,
+    /// Node N is its pod of ordinal N (executor kubectl).
+    #[arg(long, default_value = "billdb")]
+    k8s_statefulset: String,
     /// Any node's HTTP endpoint (executors compose and manual; the members
     /// are read from it).
     #[arg(long, env = "BILLDB_ENDPOINT")]
@@ -2029,6 +2036,8 @@ fn run_drill(cmd: DrillCmd) -> Result<()> {
                 compose_project,
                 compose_service_prefix,
                 inventory,
+                k8s_namespace,
+                k8s_statefulset,
                 endpoint,
                 tls,
                 token,
@@ -2122,9 +2131,17 @@ fn run_drill(cmd: DrillCmd) -> Result<()> {
                     exec.check_members(&members)?;
                     (t, Box::new(exec))
                 }
-                other => {
-                    bail!("INVALID_ARGUMENT: --executor {other:?}: local, compose, ssh or manual")
+                "kubectl" => {
+                    let exec =
+                        drill::kubectl::KubectlExecutor::new(&k8s_namespace, &k8s_statefulset)?;
+                    let ep = endpoint.context("--endpoint: any node of the cluster")?;
+                    let token = token.context("--token (or BILLDB_TOKEN): an ops token")?;
+                    let t = drill::Target::discover(&ep, tls.load()?, token)?;
+                    (t, Box::new(exec))
                 }
+                other => bail!(
+                    "INVALID_ARGUMENT: --executor {other:?}: local, compose, ssh, kubectl or manual"
+                ),
             };
             let o = drill::RunOpts {
                 scenario,

@@ -584,3 +584,44 @@ fn kubernetes_manifests_pass_the_kubernetes_schemas_strictly() {
         assert!(!ok, "{what} was not caught:\n{text}");
     }
 }
+
+/// The NetworkPolicy the drill's kubectl executor applies for a partition
+/// passes the Kubernetes schemas strictly and names this StatefulSet's pods
+/// in this namespace (the executor's defaults are the manifests' names), so
+/// `billdb drill run leader-isolated --executor kubectl` cuts the right
+/// pods. Validated, not run: there is no Kubernetes here.
+#[test]
+fn the_drill_partition_policy_passes_the_schemas_and_selects_the_statefulsets_pods() {
+    use billdb_client::drill::kubectl::KubectlExecutor;
+    let objs = all_objects();
+    let sts = objs
+        .iter()
+        .find(|o| o["kind"] == "StatefulSet")
+        .expect("a StatefulSet");
+    let ns = sts["metadata"]["namespace"].as_str().expect("namespace");
+    let name = sts["metadata"]["name"].as_str().expect("name");
+    let k = KubectlExecutor::new(ns, name).expect("executor");
+    assert_eq!((ns, name), ("billdb", "billdb"), "the executor's defaults");
+    let policy = k.policy(&[1, 2]).expect("policy");
+    assert_eq!(policy["metadata"]["namespace"], ns);
+    // Pod names: the StatefulSet's name and the ordinal, which counts
+    // from ordinals.start = 1 and is the node id.
+    let start = sts["spec"]["ordinals"]["start"].as_u64().unwrap_or(0);
+    assert_eq!(start, 1, "node id = ordinal");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchExpressions"][0]["values"],
+        serde_json::json!([format!("{name}-1"), format!("{name}-2")])
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("policy.yaml");
+    std::fs::write(&p, serde_json::to_string_pretty(&policy).unwrap()).expect("write");
+    let (ok, text) = schema_check(std::slice::from_ref(&p));
+    assert!(ok, "{text}");
+    assert!(text.contains(" passed for resource "), "{text}");
+    // The check can fail here too.
+    let mut bad = policy.clone();
+    bad["spec"]["policyTypes"] = serde_json::json!("Ingress");
+    std::fs::write(&p, serde_json::to_string_pretty(&bad).unwrap()).expect("write");
+    let (ok, text) = schema_check(&[p]);
+    assert!(!ok, "a wrong type was not caught:\n{text}");
+}
