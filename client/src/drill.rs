@@ -532,8 +532,8 @@ pub fn run(mut target: Target, exec: &mut dyn Executor, o: &RunOpts) -> Result<r
             SCENARIOS.join(", ")
         );
     }
-    if o.scenario == "node-replace" && exec.name() != "local" {
-        bail!("node-replace needs the local executor (a fresh node is provisioned)");
+    if o.scenario == "node-replace" && !matches!(exec.name(), "local" | "compose") {
+        bail!("node-replace needs the local or compose executor (a fresh node is provisioned)");
     }
     exec.prepare(&o.scenario)
         .with_context(|| format!("{} with the {} executor", o.scenario, exec.name()))?;
@@ -1360,6 +1360,10 @@ fn heal_all(exec: &mut dyn Executor, sh: &Shared, actions: &mut Vec<Action>) -> 
         match a.action.as_str() {
             "kill" | "stop" => {
                 down.insert(a.node, true);
+            }
+            // Gone from the membership (node-replace): nothing to start.
+            "remove" => {
+                down.remove(&a.node);
             }
             "partition" => cut = true,
             "heal-network" => cut = false,

@@ -119,6 +119,11 @@ struct DrillRunArgs {
     /// Node N is the container of service PREFIX+N (executor compose).
     #[arg(long, default_value = "billdb-")]
     compose_service_prefix: String,
+    /// The cluster id its certificates name (executor compose,
+    /// node-replace: a new node's certificate is issued from the
+    /// deployment's CA; deploy/container/compose.yml uses `billdb`).
+    #[arg(long, default_value = "billdb")]
+    compose_cluster_id: String,
     /// The servers (executor ssh): a TOML file of `[[host]] id, host,
     /// address` and how to reach them (`remote`, `sudo`, `service`).
     #[arg(long)]
@@ -2035,6 +2040,7 @@ fn run_drill(cmd: DrillCmd) -> Result<()> {
                 dir,
                 compose_project,
                 compose_service_prefix,
+                compose_cluster_id,
                 inventory,
                 k8s_namespace,
                 k8s_statefulset,
@@ -2110,8 +2116,9 @@ fn run_drill(cmd: DrillCmd) -> Result<()> {
                 "compose" => {
                     let project =
                         compose_project.context("--compose-project: the compose project's name")?;
-                    let exec =
+                    let mut exec =
                         drill::compose::ComposeExecutor::new(&project, &compose_service_prefix)?;
+                    exec.cluster_id = Some(compose_cluster_id);
                     let ep = endpoint.context("--endpoint: any node of the cluster")?;
                     let token = token.context("--token (or BILLDB_TOKEN): an ops token")?;
                     let t = drill::Target::discover(&ep, tls.load()?, token)?;

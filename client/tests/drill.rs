@@ -394,7 +394,10 @@ fn every_scenario_passes_with_evidence_and_the_status_page_shows_it() {
         "--private-key",
         key.to_str().unwrap(),
     ]);
-    assert!(!ok && err.contains("local executor"), "{err}");
+    assert!(
+        !ok && err.contains("the local or compose executor"),
+        "{err}"
+    );
     assert_eq!(
         c.status(leader_before)["term"].as_u64(),
         term_before,
