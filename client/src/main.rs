@@ -2009,10 +2009,11 @@ fn rehearse_restore(a: RehearseRun) -> Result<()> {
             println!("  report: {}", f.display());
         }
     }
-    if !rep.passed() {
-        std::process::exit(1);
+    if rep.passed() {
+        Ok(())
+    } else {
+        bail!("the restore rehearsal FAILED (see the report)")
     }
-    Ok(())
 }
 
 fn run_drill(cmd: DrillCmd) -> Result<()> {

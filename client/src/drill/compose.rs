@@ -326,7 +326,7 @@ impl ComposeExecutor {
             use std::os::unix::fs::MetadataExt;
             let owner =
                 std::fs::metadata(old_tls.join("ca.pem")).context("the old node's files")?;
-            for e in std::fs::read_dir(&dir)?.chain(std::iter::empty()) {
+            for e in std::fs::read_dir(&dir)? {
                 let p = e?.path();
                 std::os::unix::fs::chown(&p, Some(owner.uid()), Some(owner.gid()))
                     .with_context(|| format!("chown {}", p.display()))?;

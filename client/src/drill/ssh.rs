@@ -26,7 +26,7 @@
 //! May touch: the unit and the `BDBDRILL` chain on the inventory's hosts;
 //! runs only the inventory's remote-shell command.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
@@ -111,7 +111,7 @@ impl Inventory {
             !self.hosts.is_empty(),
             "INVALID_ARGUMENT: inventory: no [[host]]"
         );
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = BTreeSet::new();
         for h in &self.hosts {
             ensure!(
                 seen.insert(h.id),
@@ -144,14 +144,14 @@ impl Inventory {
 pub struct SshExecutor {
     pub inventory: Inventory,
     /// Hosts a partition touched (healed even when the cut failed half-way).
-    cut: BTreeMap<NodeId, ()>,
+    cut: BTreeSet<NodeId>,
 }
 
 impl SshExecutor {
     pub fn new(inventory: Inventory) -> Self {
         SshExecutor {
             inventory,
-            cut: BTreeMap::new(),
+            cut: BTreeSet::new(),
         }
     }
 
@@ -247,7 +247,7 @@ impl Executor for SshExecutor {
             ));
         }
         for n in isolated {
-            self.cut.insert(*n, ());
+            self.cut.insert(*n);
             self.on(*n, &script)?;
         }
         Ok(())
@@ -259,7 +259,7 @@ impl Executor for SshExecutor {
              while {ipt} -D OUTPUT -j {CHAIN} 2>/dev/null; do :; done; \
              {ipt} -F {CHAIN} 2>/dev/null; {ipt} -X {CHAIN} 2>/dev/null; true"
         );
-        let hosts: Vec<NodeId> = self.cut.keys().copied().collect();
+        let hosts: Vec<NodeId> = self.cut.iter().copied().collect();
         for n in hosts {
             self.on(n, &script)?;
             self.cut.remove(&n);
