@@ -15,8 +15,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
+use billdb_node::backup::archive::{self, Until};
 use billdb_node::backup::store::{self, HoldSource, check_marker, fsync_dir, store_path};
-use billdb_node::backup::{FileEntry, Fingerprints, Hold, fingerprint_differences};
+use billdb_node::backup::{
+    AccountDifference, FileEntry, Fingerprints, Hold, StateSummary, account_differences,
+    account_fingerprints, fingerprint_differences,
+};
 use billdb_node::types::{NodeId, NodeInfo, Nodes};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -162,7 +166,10 @@ fn client(endpoint: &str, o: &CreateOpts, timeout: Duration) -> AdminClient {
 /// replica compacts on its own, so only the same node's files repeat:
 /// that is what makes the next backup incremental); else the follower
 /// with the highest applied index; else the leader.
-fn pick_source(o: &CreateOpts, prefer: Option<NodeId>) -> Result<(NodeId, String, bool)> {
+pub(crate) fn pick_source(
+    o: &CreateOpts,
+    prefer: Option<NodeId>,
+) -> Result<(NodeId, String, bool)> {
     let entry = client(&o.endpoint, o, o.timeout);
     let status = entry
         .status()
@@ -589,6 +596,56 @@ pub struct RestoreOpts {
     /// Replace what a data directory holds.
     pub force: bool,
     pub progress: bool,
+    /// Point in time: replay the archive on top of the newest backup before
+    /// this point (`None`: the backup as it is).
+    pub until: Option<Until>,
+    /// With `until`: also replay the rest of the archive on a scratch copy
+    /// and itemise, per account, what the entries after the point change.
+    pub diff_after: bool,
+}
+
+/// Most accounts a report itemises (the total is always given).
+pub const ACCOUNTS_LISTED_MAX: usize = 1_000;
+
+/// What a point-in-time restore replayed, and what it left out.
+#[derive(Debug, Clone, Serialize)]
+pub struct PointInTime {
+    pub until: Until,
+    /// The backup's applied index: the replay starts after it.
+    pub backup_applied_index: u64,
+    pub replayed_entries: u64,
+    pub replayed_commands: u64,
+    pub last_replayed_index: u64,
+    /// Latest command time replayed (RFC 3339).
+    pub last_replayed_time: Option<String>,
+    /// The first archived entry NOT replayed, when the archive holds one.
+    pub first_not_replayed: Option<EntrySummary>,
+    /// Archived entries after the point (not replayed), their commands by
+    /// operation, and their time range.
+    pub not_replayed_entries: u64,
+    pub not_replayed_ops: BTreeMap<String, u64>,
+    pub archive_last_index: Option<u64>,
+    /// The state the replay produced: what every node is checked against.
+    pub replayed_digest: String,
+    pub replayed_fingerprints: Fingerprints,
+    /// With `--diff-after`: the accounts the entries after the point change.
+    pub changes_after: Option<AccountChanges>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EntrySummary {
+    pub index: u64,
+    pub first_time: Option<String>,
+    pub commands: u64,
+    pub ops: BTreeMap<String, u64>,
+}
+
+/// Accounts that differ between two states: how many, and the first
+/// [`ACCOUNTS_LISTED_MAX`] itemised.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountChanges {
+    pub accounts_total: u64,
+    pub accounts: Vec<AccountDifference>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -600,6 +657,9 @@ pub struct NodeRestore {
     pub digest_equal: bool,
     /// Every fingerprint difference (empty: equal to the cent).
     pub fingerprint_differences: Vec<String>,
+    /// When the node differs: per account, against the state it was
+    /// restored from (the backup, or the replay).
+    pub account_differences: Option<AccountChanges>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -610,6 +670,7 @@ pub struct RestoreReport {
     pub applied_index: u64,
     pub manifest_digest: String,
     pub fingerprints: Fingerprints,
+    pub point_in_time: Option<PointInTime>,
     pub nodes: Vec<NodeRestore>,
     pub ok: bool,
     pub ms: u64,
@@ -666,9 +727,16 @@ pub fn restore(o: &RestoreOpts) -> Result<RestoreReport> {
             )?;
         }
     }
+    if o.diff_after && o.until.is_none() {
+        bad(invalid, "--diff-after needs --until".into())?;
+    }
+    let backup_id = match (&o.backup_id, o.until) {
+        (None, Some(until)) => Some(backup_before(&o.from, until)?),
+        (id, _) => id.clone(),
+    };
     let (v, m) = verify(&VerifyOpts {
         dir: o.from.clone(),
-        backup_id: o.backup_id.clone(),
+        backup_id,
         public_key: o.public_key.clone(),
         deep: true,
         progress: o.progress,
@@ -695,23 +763,61 @@ pub fn restore(o: &RestoreOpts) -> Result<RestoreReport> {
             ),
         )?;
     }
-    // Room for every node's copy, per filesystem, before anything is written.
+    // Room for every node's copy, per filesystem, before anything is
+    // written (and a replay's working copy).
     let mut per_fs: BTreeMap<u64, (PathBuf, u64)> = BTreeMap::new();
-    for d in o.data_dirs.values() {
+    let extra_copies = match (o.until.is_some(), o.diff_after) {
+        (false, _) => 0,
+        (true, false) => 1,
+        (true, true) => 2,
+    };
+    for (i, d) in o.data_dirs.values().enumerate() {
         use std::os::unix::fs::MetadataExt;
         let existing = d.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
         let dev = std::fs::metadata(existing)
             .with_context(|| format!("reading {}", existing.display()))?
             .dev();
         let e = per_fs.entry(dev).or_insert_with(|| (d.clone(), 0));
-        e.1 = e.1.saturating_add(m.bytes_total);
+        let copies = if i == 0 { 1 + extra_copies } else { 1 };
+        e.1 = e.1.saturating_add(m.bytes_total.saturating_mul(copies));
     }
     for (d, need) in per_fs.values() {
         store::ensure_space(d, *need, "the restore")?;
     }
+    // A point in time: the backup replayed up to it, once, in a working
+    // directory beside the first node's; every node is copied from that.
+    let work_parent = o
+        .data_dirs
+        .values()
+        .next()
+        .ok_or_else(|| anyhow!("no --data-dir given"))?
+        .clone();
+    let mut replayed: Option<(Replay, PointInTime)> = None;
+    if let Some(until) = o.until {
+        let r = replay_to(o, &m, until, &work_parent)?;
+        replayed = Some(r);
+    }
+    let (expected, source) = match &replayed {
+        Some((r, p)) => (
+            StateSummary {
+                applied: None,
+                digest: p.replayed_digest.clone(),
+                fingerprints: p.replayed_fingerprints.clone(),
+            },
+            FilesFrom::Dir(&r.dir),
+        ),
+        None => (
+            StateSummary {
+                applied: None,
+                digest: m.digest.clone(),
+                fingerprints: m.fingerprints.clone(),
+            },
+            FilesFrom::Backup(&m),
+        ),
+    };
     let mut nodes = Vec::new();
     for (id, data_dir) in &o.data_dirs {
-        match restore_one(o, &m, *id, data_dir) {
+        match restore_one(o, &source, &expected, *id, data_dir) {
             Ok(n) => nodes.push(n),
             Err(e) => {
                 // No half-restored cluster: the nodes this run restored
@@ -724,26 +830,316 @@ pub fn restore(o: &RestoreOpts) -> Result<RestoreReport> {
             }
         }
     }
+    // A node that differs: itemised per account against what it was
+    // restored from.
+    if nodes
+        .iter()
+        .any(|n| !(n.digest_equal && n.fingerprint_differences.is_empty()))
+    {
+        let reference = match &replayed {
+            Some((r, _)) => open_and_fingerprint(&r.dir)?,
+            None => {
+                let a = assemble(&o.from, &m)?;
+                open_and_fingerprint(&a.path)?
+            }
+        };
+        for n in nodes.iter_mut() {
+            if n.digest_equal && n.fingerprint_differences.is_empty() {
+                continue;
+            }
+            let found = open_and_fingerprint(&n.data_dir.join("db"))?;
+            let (total, accounts) = account_differences(&reference, &found, ACCOUNTS_LISTED_MAX);
+            n.account_differences = Some(AccountChanges {
+                accounts_total: total,
+                accounts,
+            });
+        }
+    }
     let ok = nodes
         .iter()
         .all(|n| n.digest_equal && n.fingerprint_differences.is_empty());
+    let applied_index = nodes
+        .first()
+        .and_then(|n| n.applied_index)
+        .unwrap_or(m.applied_log_id.index);
     Ok(RestoreReport {
         backup_id: m.backup_id.clone(),
         source_cluster_id: m.cluster_id.clone(),
         cluster_id: o.cluster_id.clone(),
-        applied_index: m.applied_log_id.index,
+        applied_index,
         manifest_digest: m.digest.clone(),
         fingerprints: m.fingerprints.clone(),
+        point_in_time: replayed.map(|(_, p)| p),
         nodes,
         ok,
         ms: started.elapsed().as_millis() as u64,
     })
 }
 
-fn restore_one(o: &RestoreOpts, m: &Manifest, id: NodeId, data_dir: &Path) -> Result<NodeRestore> {
+/// Every account's fingerprint of the database in `dir` (opened read-only).
+fn open_and_fingerprint(
+    dir: &Path,
+) -> Result<BTreeMap<String, billdb_node::backup::AccountFingerprint>> {
+    let db = billdb_node::store::checkpoint::open_read_only(dir)
+        .map_err(|e| anyhow!("opening {}: {e}", dir.display()))?;
+    account_fingerprints(&db).map_err(|e| anyhow!("reading {}: {e}", dir.display()))
+}
+
+/// The newest backup in `dir` a restore to `until` can start from: taken
+/// at or before the point (by index: applied at or before it; by time:
+/// made at or before it).
+fn backup_before(dir: &Path, until: Until) -> Result<String> {
+    for id in list_ids(dir)?.into_iter().rev() {
+        let Ok(m) = store::read_manifest_unverified(dir, &id) else {
+            continue;
+        };
+        let fits = match until {
+            Until::Index(i) => m.applied_log_id.index <= i,
+            Until::Time(t) => (m.created_unix_ms as i64) <= t,
+        };
+        if fits {
+            return Ok(id);
+        }
+    }
+    Err(store::error(
+        store::E_NO_SUCH_BACKUP,
+        format!(
+            "{} holds no backup from before {}: a point-in-time restore starts from a backup taken before the point",
+            dir.display(),
+            render_until(until)
+        ),
+    ))
+}
+
+pub fn render_until(u: Until) -> String {
+    match u {
+        Until::Index(i) => format!("log index {i}"),
+        Until::Time(t) => billdb_node::api::validate::to_rfc3339(t),
+    }
+}
+
+/// A replayed state in a working directory; removed when dropped.
+struct Replay {
+    dir: PathBuf,
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Copies every file of `from` (a database directory) into `to`.
+fn copy_db_files(from: &Path, to: &Path, pb: &ProgressBar) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let e = e?;
+        if !e.file_type()?.is_file() {
+            continue;
+        }
+        let dst = to.join(e.file_name());
+        let n = std::fs::copy(e.path(), &dst)
+            .with_context(|| format!("copying {} to {}", e.path().display(), dst.display()))?;
+        std::fs::File::open(&dst)?.sync_all()?;
+        pb.inc(n);
+    }
+    fsync_dir(to)
+}
+
+fn ops_of(entries: &[billdb_node::types::Entry]) -> (u64, BTreeMap<String, u64>) {
+    let mut ops = BTreeMap::new();
+    let mut n = 0;
+    for e in entries {
+        for c in archive::commands(e) {
+            n += 1;
+            *ops.entry(c.op.name().to_string()).or_insert(0) += 1;
+        }
+    }
+    (n, ops)
+}
+
+/// The backup's files copied to a working directory (never linked: a
+/// database opened for writing must not touch the backup's own files),
+/// the archive replayed on it up to `until`, and what was and was not
+/// replayed.
+fn replay_to(
+    o: &RestoreOpts,
+    m: &Manifest,
+    until: Until,
+    beside: &Path,
+) -> Result<(Replay, PointInTime)> {
+    let key = read_verifying_key(&o.public_key)?;
+    let check = archive::verify(&o.from, &key)?;
+    if check.segments == 0 {
+        return Err(store::error(
+            archive::E_ARCHIVE_GAP,
+            format!(
+                "{} has no log archive: a point-in-time restore replays archived entries (billdb backup archive)",
+                o.from.display()
+            ),
+        ));
+    }
+    if !check.problems.is_empty() {
+        return Err(store::error(
+            store::E_VERIFY_FAILED,
+            format!(
+                "the log archive does not verify; nothing restored:\n{}",
+                check.problems.join("\n")
+            ),
+        ));
+    }
+    let records = archive::read_records(&o.from)?;
+    if let Some(r) = records.iter().find(|r| r.record.cluster_id != m.cluster_id) {
+        return Err(store::error(
+            store::E_VERIFY_FAILED,
+            format!(
+                "archive segment {} is of cluster {:?}, the backup of cluster {:?}",
+                r.name, r.record.cluster_id, m.cluster_id
+            ),
+        ));
+    }
+    let applied = m.applied_log_id.index;
+    let (entries, first_not) = archive::entries_until(&o.from, applied, until)?;
+    std::fs::create_dir_all(beside).with_context(|| format!("creating {}", beside.display()))?;
+    let replay = Replay {
+        dir: beside.join(format!("db.replay-{}", store::nonce())),
+    };
+    let pb = bytes_bar(m.bytes_total, "copy", o.progress);
+    let a = assemble(&o.from, m)?;
+    copy_db_files(&a.path, &replay.dir, &pb)?;
+    drop(a);
+    pb.finish_and_clear();
+    let (commands, _) = ops_of(&entries);
+    let last_time = entries
+        .iter()
+        .filter_map(archive::entry_times)
+        .map(|t| t.1)
+        .max();
+    let replay_bar = if o.progress {
+        let pb = ProgressBar::new(entries.len() as u64);
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} entries ETA {eta}")
+        {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb.set_message("replay");
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let n_entries = entries.len() as u64;
+    let summary = {
+        let db = billdb_node::store::open_db(&replay.dir)
+            .map_err(|e| anyhow!("opening the backup's copy to replay on: {e}"))?;
+        // In steps, so the bar moves.
+        let mut it = entries.into_iter().peekable();
+        while it.peek().is_some() {
+            let step: Vec<_> = it.by_ref().take(4096).collect();
+            let n = step.len() as u64;
+            billdb_node::store::state_machine::replay(
+                &db,
+                step,
+                billdb_node::domain::levels::BUILD_OP_LEVEL,
+                Default::default(),
+            )
+            .map_err(|e| anyhow!("replaying the archive: {e}"))?;
+            replay_bar.inc(n);
+        }
+        db.flush_wal(true).map_err(|e| anyhow!("{e}"))?;
+        billdb_node::backup::summarize(&db).map_err(|e| anyhow!("{e}"))?
+    };
+    replay_bar.finish_and_clear();
+    let last_replayed_index = summary.applied.map_or(applied, |l| l.index);
+    // What the archive holds after the point.
+    let archive_last_index = records.last().map(|r| r.record.last_index);
+    let mut after = Vec::new();
+    if let Some(end) = archive_last_index
+        && end > last_replayed_index
+    {
+        after = archive::entries_until(&o.from, last_replayed_index, Until::Index(end))?.0;
+    }
+    let (_, not_replayed_ops) = ops_of(&after);
+    let first_not_replayed = first_not.map(|e| {
+        let (commands, ops) = ops_of(std::slice::from_ref(&e));
+        EntrySummary {
+            index: archive::entry_index(&e),
+            first_time: archive::entry_times(&e)
+                .map(|t| billdb_node::api::validate::to_rfc3339(t.0)),
+            commands,
+            ops,
+        }
+    });
+    let changes_after = if o.diff_after && !after.is_empty() {
+        let scratch = Replay {
+            dir: beside.join(format!("db.after-{}", store::nonce())),
+        };
+        let pb = bytes_bar(m.bytes_total, "copy", o.progress);
+        copy_db_files(&replay.dir, &scratch.dir, &pb)?;
+        pb.finish_and_clear();
+        {
+            let db = billdb_node::store::open_db(&scratch.dir)
+                .map_err(|e| anyhow!("opening the scratch copy: {e}"))?;
+            billdb_node::store::state_machine::replay(
+                &db,
+                after.clone(),
+                billdb_node::domain::levels::BUILD_OP_LEVEL,
+                Default::default(),
+            )
+            .map_err(|e| anyhow!("replaying the rest of the archive: {e}"))?;
+            db.flush_wal(true).map_err(|e| anyhow!("{e}"))?;
+        }
+        let before = open_and_fingerprint(&replay.dir)?;
+        let later = open_and_fingerprint(&scratch.dir)?;
+        let (total, accounts) = account_differences(&before, &later, ACCOUNTS_LISTED_MAX);
+        Some(AccountChanges {
+            accounts_total: total,
+            accounts,
+        })
+    } else {
+        None
+    };
+    let point = PointInTime {
+        until,
+        backup_applied_index: applied,
+        replayed_entries: n_entries,
+        replayed_commands: commands,
+        last_replayed_index,
+        last_replayed_time: last_time.map(billdb_node::api::validate::to_rfc3339),
+        first_not_replayed,
+        not_replayed_entries: after.len() as u64,
+        not_replayed_ops,
+        archive_last_index,
+        replayed_digest: summary.digest,
+        replayed_fingerprints: summary.fingerprints,
+        changes_after,
+    };
+    Ok((replay, point))
+}
+
+/// Where a node's database files come from.
+enum FilesFrom<'a> {
+    /// The backup's files (by the manifest, each re-hashed as copied).
+    Backup(&'a Manifest),
+    /// A replayed state's directory.
+    Dir(&'a Path),
+}
+
+fn restore_one(
+    o: &RestoreOpts,
+    source: &FilesFrom<'_>,
+    expected: &StateSummary,
+    id: NodeId,
+    data_dir: &Path,
+) -> Result<NodeRestore> {
     if o.force && data_dir.exists() {
         for e in std::fs::read_dir(data_dir)? {
             let p = e?.path();
+            if p.file_name().is_some_and(|n| {
+                n.to_string_lossy().starts_with("db.replay-")
+                    || n.to_string_lossy().starts_with("db.after-")
+            }) {
+                continue; // this run's own working copy
+            }
             if p.is_dir() {
                 std::fs::remove_dir_all(&p)
             } else {
@@ -757,33 +1153,42 @@ fn restore_one(o: &RestoreOpts, m: &Manifest, id: NodeId, data_dir: &Path) -> Re
     let work = data_dir.join("db.restoring");
     let done = (|| -> Result<NodeRestore> {
         std::fs::create_dir_all(&work)?;
-        let pb = bytes_bar(m.bytes_total, &format!("node {id}"), o.progress);
-        for f in &m.files {
-            let src = store_path(&o.from, &f.sha256);
-            let dst = work.join(&f.name);
-            let mut input =
-                std::fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
-            let out = std::fs::File::create(&dst)
-                .with_context(|| format!("creating {}", dst.display()))?;
-            let mut w = store::Hashing::new(out);
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                use std::io::Read;
-                let n = input.read(&mut buf)?;
-                if n == 0 {
-                    break;
+        match source {
+            FilesFrom::Backup(m) => {
+                let pb = bytes_bar(m.bytes_total, &format!("node {id}"), o.progress);
+                for f in &m.files {
+                    let src = store_path(&o.from, &f.sha256);
+                    let dst = work.join(&f.name);
+                    let mut input = std::fs::File::open(&src)
+                        .with_context(|| format!("opening {}", src.display()))?;
+                    let out = std::fs::File::create(&dst)
+                        .with_context(|| format!("creating {}", dst.display()))?;
+                    let mut w = store::Hashing::new(out);
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        use std::io::Read;
+                        let n = input.read(&mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        w.write_all(&buf[..n])?;
+                        pb.inc(n as u64);
+                    }
+                    ensure!(
+                        w.hex() == f.sha256 && w.n == f.size,
+                        "{} changed while it was being restored",
+                        f.name
+                    );
+                    w.inner.sync_all()?;
                 }
-                w.write_all(&buf[..n])?;
-                pb.inc(n as u64);
+                pb.finish_and_clear();
             }
-            ensure!(
-                w.hex() == f.sha256 && w.n == f.size,
-                "{} changed while it was being restored",
-                f.name
-            );
-            w.inner.sync_all()?;
+            FilesFrom::Dir(dir) => {
+                let pb = bytes_bar(0, &format!("node {id}"), o.progress);
+                copy_db_files(dir, &work, &pb)?;
+                pb.finish_and_clear();
+            }
         }
-        pb.finish_and_clear();
         fsync_dir(&work)?;
         let s = billdb_node::backup::rewrite_for_new_cluster(&work, id, &o.members, &o.cluster_id)
             .map_err(|e| anyhow!("preparing node {id}'s database: {e}"))?;
@@ -803,15 +1208,57 @@ fn restore_one(o: &RestoreOpts, m: &Manifest, id: NodeId, data_dir: &Path) -> Re
             node: id,
             data_dir: data_dir.to_path_buf(),
             applied_index: check.applied.map(|l| l.index),
-            digest_equal: check.digest == m.digest,
+            digest_equal: check.digest == expected.digest,
             digest: check.digest,
-            fingerprint_differences: fingerprint_differences(&m.fingerprints, &check.fingerprints),
+            fingerprint_differences: fingerprint_differences(
+                &expected.fingerprints,
+                &check.fingerprints,
+            ),
+            account_differences: None,
         })
     })();
     if done.is_err() {
         let _ = std::fs::remove_dir_all(&work);
     }
     done
+}
+
+fn render_account(s: &mut String, d: &AccountDifference) {
+    let show = |f: &Option<billdb_node::backup::AccountFingerprint>| match f {
+        None => "absent".to_string(),
+        Some(f) => {
+            let kinds: Vec<String> = f
+                .amounts_by_kind
+                .iter()
+                .map(|(k, a)| format!("{k} {a}"))
+                .collect();
+            format!(
+                "balance {}, {} records ({})",
+                f.balance,
+                f.records,
+                kinds.join(", ")
+            )
+        }
+    };
+    *s += &format!(
+        "      {}: {} -> {}\n",
+        d.account_id,
+        show(&d.expected),
+        show(&d.found)
+    );
+}
+
+fn render_changes(s: &mut String, c: &AccountChanges) {
+    for d in &c.accounts {
+        render_account(s, d);
+    }
+    if c.accounts_total > c.accounts.len() as u64 {
+        *s += &format!(
+            "      … and {} more accounts (--json lists the first {})\n",
+            c.accounts_total - c.accounts.len() as u64,
+            c.accounts.len()
+        );
+    }
 }
 
 /// The text form of a restore report.
@@ -825,9 +1272,51 @@ pub fn render_restore(r: &RestoreReport) -> String {
         if r.ok { "VERIFIED" } else { "MISMATCH" }
     );
     s += &format!("  manifest digest {}\n", r.manifest_digest);
+    if let Some(p) = &r.point_in_time {
+        s += &format!(
+            "  point in time {}: backup at index {} + {} archived entries replayed ({} commands), through index {} (last command at {})\n",
+            render_until(p.until),
+            p.backup_applied_index,
+            p.replayed_entries,
+            p.replayed_commands,
+            p.last_replayed_index,
+            p.last_replayed_time.as_deref().unwrap_or("-")
+        );
+        s += &format!("  replayed digest {}\n", p.replayed_digest);
+        match &p.first_not_replayed {
+            Some(e) => {
+                let ops: Vec<String> = e.ops.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+                s += &format!(
+                    "  NOT replayed: entry {} on (first at {}: {}); {} archived entries after the point, commands: {}\n",
+                    e.index,
+                    e.first_time.as_deref().unwrap_or("-"),
+                    ops.join(", "),
+                    p.not_replayed_entries,
+                    p.not_replayed_ops
+                        .iter()
+                        .map(|(k, n)| format!("{k} ×{n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            None => s += "  the archive holds nothing after the point\n",
+        }
+        if let Some(c) = &p.changes_after {
+            s += &format!(
+                "  the entries after the point change {} accounts:\n",
+                c.accounts_total
+            );
+            render_changes(&mut s, c);
+        }
+    }
+    let against = if r.point_in_time.is_some() {
+        "the replay"
+    } else {
+        "the manifest"
+    };
     for n in &r.nodes {
         s += &format!(
-            "  node {} ({}): digest {}, fingerprints {}\n",
+            "  node {} ({}): digest {} to {against}'s, fingerprints {}\n",
             n.node,
             n.data_dir.display(),
             if n.digest_equal { "equal" } else { "DIFFERENT" },
@@ -837,9 +1326,17 @@ pub fn render_restore(r: &RestoreReport) -> String {
                 n.fingerprint_differences.join("; ")
             }
         );
+        if let Some(c) = &n.account_differences {
+            s += &format!("    {} accounts differ:\n", c.accounts_total);
+            render_changes(&mut s, c);
+        }
     }
+    let fps = match &r.point_in_time {
+        Some(p) => &p.replayed_fingerprints,
+        None => &r.fingerprints,
+    };
     s += "  branch/utility: accounts, records, Σ balances, Σ amounts by kind\n";
-    for (k, f) in &r.fingerprints {
+    for (k, f) in fps {
         let kinds: Vec<String> = f
             .amounts_by_kind
             .iter()

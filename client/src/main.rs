@@ -518,6 +518,41 @@ enum BackupCmd {
         #[arg(long)]
         from_leader: bool,
     },
+    /// Copy the entries the cluster committed since the archive's end into
+    /// DIR/archive (signed segments in a hash chain), for `billdb restore
+    /// --until`. Starts at a backup's applied index; run it with --follow
+    /// beside the backups (like pg_receivewal), or once before a restore.
+    Archive {
+        #[command(flatten)]
+        ep: EndpointArg,
+        /// Backup destination (its backups and archive).
+        #[arg(long)]
+        to: PathBuf,
+        /// The Ed25519 private key (`billdb backup keygen`).
+        #[arg(long)]
+        private_key: PathBuf,
+        /// Read the leader's log instead of a follower's.
+        #[arg(long)]
+        from_leader: bool,
+        /// Keep archiving until stopped.
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: how often to look for new entries (s).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval_s: u64,
+        /// With --follow: stop after this long (s).
+        #[arg(long)]
+        follow_for_s: Option<u64>,
+    },
+    /// Check the log archive in DIR: every segment's signature, size,
+    /// SHA-256 and entries, the hash chain; list what it holds and its gaps.
+    ArchiveVerify {
+        dir: PathBuf,
+        #[arg(long)]
+        public_key: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a backup: signature, every file's size and SHA-256, then the
     /// database opened read-only: digest and fingerprints against the manifest.
     Verify {
@@ -569,8 +604,9 @@ impl BackupCmd {
     fn json(&self) -> bool {
         match self {
             BackupCmd::Keygen { .. } | BackupCmd::Init { .. } => false,
-            BackupCmd::Create { ep, .. } => ep.json,
-            BackupCmd::Verify { json, .. }
+            BackupCmd::Create { ep, .. } | BackupCmd::Archive { ep, .. } => ep.json,
+            BackupCmd::ArchiveVerify { json, .. }
+            | BackupCmd::Verify { json, .. }
             | BackupCmd::List { json, .. }
             | BackupCmd::Prune { json, .. } => *json,
         }
@@ -600,6 +636,15 @@ struct RestoreArgs {
     /// Replace what a data directory holds.
     #[arg(long)]
     force: bool,
+    /// Point in time: an RFC 3339 time or a log index. The archive
+    /// (`billdb backup archive`) is replayed on the newest backup before it,
+    /// up to the last entry before that time (through that index).
+    #[arg(long)]
+    until: Option<String>,
+    /// With --until: also itemise, per account, what the archived entries
+    /// after the point change (replayed on a scratch copy).
+    #[arg(long, requires = "until")]
+    diff_after: bool,
     #[arg(long)]
     json: bool,
 }
@@ -1170,6 +1215,79 @@ fn run_backup(cmd: BackupCmd) -> Result<()> {
             }
             Ok(())
         }
+        BackupCmd::Archive {
+            ep,
+            to,
+            private_key,
+            from_leader,
+            follow,
+            interval_s,
+            follow_for_s,
+        } => {
+            let r = billdb_client::archive::run(&billdb_client::archive::ArchiveOpts {
+                conn: backup::CreateOpts {
+                    endpoint: ep.endpoint.clone(),
+                    tls: ep.tls.load()?,
+                    token: ep.token.clone(),
+                    to,
+                    private_key,
+                    from_leader,
+                    progress: !ep.json && is_terminal(),
+                    timeout: secs(ep.timeout_secs),
+                },
+                follow,
+                interval: secs(interval_s),
+                follow_for: follow_for_s.map(secs),
+            })?;
+            if ep.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "archive {}: {} segments, {} entries, {} bytes written from node {}; archived through entry {}{}, in {} ms",
+                    r.dir.display(),
+                    r.segments_written,
+                    r.entries_written,
+                    r.bytes_written,
+                    r.source_node.map_or("-".to_string(), |n| n.to_string()),
+                    r.last_index.map_or("-".to_string(), |n| n.to_string()),
+                    if r.gaps.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (GAPS: {:?})", r.gaps)
+                    },
+                    r.ms
+                );
+            }
+            Ok(())
+        }
+        BackupCmd::ArchiveVerify {
+            dir,
+            public_key,
+            json,
+        } => {
+            let c = billdb_client::archive::verify(&dir, &public_key)?;
+            let failed = (!c.problems.is_empty()).then(|| {
+                billdb_node::backup::store::error(
+                    billdb_node::backup::store::E_VERIFY_FAILED,
+                    format!("the log archive in {} does not verify", dir.display()),
+                )
+            });
+            if json {
+                let mut v = serde_json::to_value(&c)?;
+                if let Some(e) = &failed {
+                    v["error"] =
+                        serde_json::json!({"code": "VERIFY_FAILED", "message": format!("{e:#}")});
+                    JSON_PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", billdb_client::archive::render_check(&c));
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            Ok(())
+        }
         BackupCmd::Verify {
             dir,
             backup: id,
@@ -1301,6 +1419,25 @@ fn run_restore(a: RestoreArgs) -> Result<()> {
             "--data-dir: node {id} twice"
         );
     }
+    let until = match a.until.as_deref() {
+        None => None,
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => Some(
+            billdb_node::backup::archive::Until::Index(v.parse().map_err(|_| {
+                billdb_node::backup::store::error(
+                    billdb_node::backup::store::E_INVALID_ARGUMENT,
+                    format!("--until {v}: not a log index"),
+                )
+            })?),
+        ),
+        Some(v) => Some(billdb_node::backup::archive::Until::Time(
+            billdb_node::api::validate::rfc3339("--until", v).map_err(|e| {
+                billdb_node::backup::store::error(
+                    billdb_node::backup::store::E_INVALID_ARGUMENT,
+                    format!("--until {v:?}: give an RFC 3339 time (2026-12-07T08:00:00Z) or a log index ({})", e.message),
+                )
+            })?,
+        )),
+    };
     let r = backup::restore(&backup::RestoreOpts {
         from: a.from,
         backup_id: a.backup,
@@ -1310,6 +1447,8 @@ fn run_restore(a: RestoreArgs) -> Result<()> {
         data_dirs,
         force: a.force,
         progress: !a.json && is_terminal(),
+        until,
+        diff_after: a.diff_after,
     })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -151,6 +151,9 @@ pub struct App {
     /// Each member's build op level as the leader last asked
     /// (`cluster_level`).
     pub op_levels: crate::cluster_level::Shared,
+    /// Where `billdb backup archive` last read this node's log from: the
+    /// purger keeps the log from there (`log_purge::ArchiveReads`).
+    pub archive_reads: crate::log_purge::ArchiveReads,
     /// Batches this node's proposals (group commit) and stamps their time.
     proposer: Proposer,
     /// What the state machine has applied: lease reads on the leader.
@@ -185,6 +188,7 @@ impl App {
             storage: Arc::default(),
             backup: Arc::default(),
             op_levels: Arc::default(),
+            archive_reads: Default::default(),
             leader_contact_ms: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         }

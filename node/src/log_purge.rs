@@ -16,6 +16,13 @@
 //! the send ended, so a follower that died mid-transfer does not hold the
 //! log forever).
 //!
+//! An archiver of committed entries (`billdb backup archive`, reading this
+//! node's log over `GET /v1/backup/log`) holds the log too, like a
+//! PostgreSQL replication slot, but bounded: from the index it last read,
+//! for [`ARCHIVE_HOLD_MS`] after that read, and never more than
+//! [`ARCHIVE_HOLD_ENTRIES_MAX`] entries behind the policy's purge point,
+//! so an archiver that stopped cannot fill the disk ([`ArchiveReads`]).
+//!
 //! [`SnapshotSends`] is written by the Raft client (`raft_net`), read here.
 
 use std::collections::BTreeMap;
@@ -33,6 +40,11 @@ pub const HOLD_AFTER_SEND_MS: u64 = 30_000;
 /// Longest a send in flight holds the log (a transfer at full scale takes
 /// minutes; one that has not ended by then no longer holds it).
 pub const HOLD_IN_FLIGHT_MS_MAX: u64 = 30 * 60_000;
+/// How long an archiver's last read holds the log (it reads every few
+/// seconds when it runs).
+pub const ARCHIVE_HOLD_MS: u64 = 15 * 60_000;
+/// Most entries an archiver's hold keeps beyond what the policy keeps.
+pub const ARCHIVE_HOLD_ENTRIES_MAX: u64 = 2_000_000;
 /// How often the purger looks at the log.
 const PURGE_CHECK_MS: u64 = 500;
 
@@ -109,6 +121,35 @@ impl SnapshotSends {
     }
 }
 
+/// The log index an archiver reads from next on this node, and when it
+/// last read (`GET /v1/backup/log`).
+#[derive(Clone, Default)]
+pub struct ArchiveReads {
+    last: Arc<Mutex<Option<(u64, Instant)>>>,
+}
+
+impl ArchiveReads {
+    /// An archiver read the log from `from`: keep `from` and after.
+    pub fn read_from(&self, from: u64) {
+        let mut l = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        *l = Some((from, Instant::now()));
+    }
+
+    /// The index to keep the log after (a [`purge_upto`] hold), given the
+    /// policy's purge point, if an archiver read recently.
+    fn hold(&self, by_policy: u64, now: Instant) -> Option<u64> {
+        let l = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let (from, at) = (*l)?;
+        if now.saturating_duration_since(at) >= Duration::from_millis(ARCHIVE_HOLD_MS) {
+            return None;
+        }
+        Some(
+            from.saturating_sub(1)
+                .max(by_policy.saturating_sub(ARCHIVE_HOLD_ENTRIES_MAX)),
+        )
+    }
+}
+
 /// `matched`: the follower's matched index, `None` when it is not a
 /// replication target (removed, or this node no longer leads).
 fn still_holds(s: &Send, matched: Option<Option<u64>>, now: Instant) -> bool {
@@ -151,7 +192,7 @@ pub fn purge_upto(
 
 /// Purge the log by [`purge_upto`] every [`PURGE_CHECK_MS`], on every node
 /// (holds apply only while this node leads: only a leader sends snapshots).
-pub fn spawn_purger(raft: Raft, sends: SnapshotSends, keep: u64) {
+pub fn spawn_purger(raft: Raft, sends: SnapshotSends, archive: ArchiveReads, keep: u64) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(PURGE_CHECK_MS)).await;
@@ -171,17 +212,21 @@ pub fn spawn_purger(raft: Raft, sends: SnapshotSends, keep: u64) {
                         .collect()
                 })
                 .unwrap_or_default();
-            let holds = if m.state == openraft::ServerState::Leader {
+            let mut holds = if m.state == openraft::ServerState::Leader {
                 sends.holds(&matched, Instant::now())
             } else {
                 Vec::new()
             };
+            let archive_hold = archive.hold(snapshot_index.saturating_sub(keep), Instant::now());
+            holds.extend(archive_hold);
             let purged = m.purged.as_ref().map(|l| l.index);
             tracing::debug!(snapshot_index, ?purged, ?holds, ?matched, "purge check");
             let Some(upto) = purge_upto(snapshot_index, keep, purged, &holds) else {
                 continue;
             };
-            if !holds.is_empty() && upto < snapshot_index.saturating_sub(keep) {
+            if archive_hold.is_some_and(|h| upto == h && h < snapshot_index.saturating_sub(keep)) {
+                tracing::debug!(upto, "log purge held back for the log archiver");
+            } else if !holds.is_empty() && upto < snapshot_index.saturating_sub(keep) {
                 tracing::info!(
                     upto,
                     held_for = ?holds,
@@ -240,6 +285,22 @@ mod tests {
         assert_eq!(sends.holds(&four, Instant::now()), vec![900]);
         let much_later = Instant::now() + Duration::from_millis(HOLD_IN_FLIGHT_MS_MAX + 1);
         assert!(sends.holds(&four, much_later).is_empty());
+    }
+
+    #[test]
+    fn an_archiver_holds_the_log_from_its_last_read_for_a_while_and_a_bounded_length() {
+        let a = ArchiveReads::default();
+        let now = Instant::now();
+        assert_eq!(a.hold(900, now), None);
+        a.read_from(500);
+        assert_eq!(a.hold(900, now), Some(499));
+        assert_eq!(purge_upto(1_000, 100, None, &[499]), Some(499));
+        // Far behind: held only ARCHIVE_HOLD_ENTRIES_MAX behind the policy.
+        let far = 5 * ARCHIVE_HOLD_ENTRIES_MAX;
+        assert_eq!(a.hold(far, now), Some(far - ARCHIVE_HOLD_ENTRIES_MAX));
+        // An archiver that stopped reading holds nothing after a while.
+        let later = Instant::now() + Duration::from_millis(ARCHIVE_HOLD_MS + 1);
+        assert_eq!(a.hold(900, later), None);
     }
 
     #[test]

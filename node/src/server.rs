@@ -390,6 +390,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::log_purge::spawn_purger(
         raft.clone(),
         snapshot_sends,
+        app.archive_reads.clone(),
         config.raft.logs_to_keep_after_snapshot,
     );
     spawn_snapshot_by_log_bytes(

@@ -3,7 +3,9 @@
 //! acknowledged up to the backup's applied index and serves; an
 //! incremental second backup; damaged and forged backups detected by
 //! verify and refused by restore; a node of the old cluster refused by the
-//! restored one. Base ports 7300, 7310, 7320, 7330 (each uses P+1..5, P+101..105, P+201..205).
+//! restored one; a point-in-time restore that undoes a wrong bulk import.
+//! Base ports 7300, 7310, 7320, 7330, 7340, 7350, 7360, 7370 (each uses
+//! P+1..5, P+101..105, P+201..205).
 
 mod common;
 
@@ -86,6 +88,8 @@ fn new_cluster(
         data_dirs,
         force: false,
         progress: false,
+        until: None,
+        diff_after: false,
     };
     (c2, opts)
 }
@@ -487,6 +491,8 @@ fn damaged_or_forged_backups_are_refused_and_old_nodes_cannot_talk_to_the_restor
             data_dirs: opts.data_dirs.clone(),
             force: false,
             progress: false,
+            until: None,
+            diff_after: false,
         };
         o.backup_id = Some(r.backup_id.clone());
         let e = backup::restore(&o).expect_err("restore of a bad backup");
@@ -665,5 +671,291 @@ fn damaged_or_forged_backups_are_refused_and_old_nodes_cannot_talk_to_the_restor
         stderr.contains("restored for cluster \"restored-b\""),
         "{stderr}"
     );
+    eprintln!("test took {:?}", t0.elapsed());
+}
+
+fn archive_opts(c: &TestCluster, to: &Path, key: &Path) -> billdb_client::archive::ArchiveOpts {
+    billdb_client::archive::ArchiveOpts {
+        conn: create_opts(c, to, key),
+        follow: false,
+        interval: Duration::from_secs(1),
+        follow_for: None,
+    }
+}
+
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+/// (point in time) A backup, then good writes archived as they come; at
+/// time T a wrong bulk import (50 new accounts in branch BX and charges on
+/// 25 existing accounts), then more writes. `restore --until T-1s` into a
+/// NEW cluster replays the archive on the backup: the restored cluster
+/// holds every write acknowledged before T and none of the import or after
+/// it; its digest and fingerprints equal the replay's on all five nodes;
+/// the report names the first entry not replayed (the import) and, with
+/// --diff-after, itemises the accounts the import changed. A restore by
+/// log index to the same point gives the same state. A damaged archive
+/// segment, a point before every backup and an index past the archive's
+/// end are refused, writing nothing.
+#[test]
+fn point_in_time_restore_replays_the_archive_up_to_a_bad_import_and_not_after() {
+    let t0 = Instant::now();
+    let c = Arc::new(TestCluster::start(7340, 5));
+    import_history(&c, 3);
+    open_buy_accounts(&c);
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (private, public) = backup::keygen(&keys.path().join("backup")).expect("keygen");
+    let dest = tempfile::tempdir().expect("tempdir");
+    let to = dest.path().join("backups");
+
+    // No backup yet: the archive has nowhere to start.
+    let e = billdb_client::archive::run(&archive_opts(&c, &to, &private)).expect_err("no backup");
+    assert_eq!(backup::code_of(&e), Some("NO_SUCH_BACKUP"), "{e:#}");
+    let before_backup_ms = unix_ms_now();
+    std::thread::sleep(Duration::from_millis(20));
+    let r1 = backup::create(&create_opts(&c, &to, &private)).expect("backup");
+
+    let counter = c.http_as(c.leader(), "counter");
+    let buy = |rid: &str, i: usize| {
+        let v = counter
+            .post(
+                "/v1/purchases",
+                &json!({"request_id": rid, "account_id": format!("P-{}", i % BUY_ACCOUNTS),
+                    "amount": "1.25", "confirm_duplicate": true}),
+            )
+            .expect("purchase");
+        assert_eq!(v["result"], "record_posted", "{v}");
+    };
+    for i in 0..60 {
+        buy(&format!("good-{i}"), i);
+    }
+    let a1 = billdb_client::archive::run(&archive_opts(&c, &to, &private)).expect("archive 1");
+    assert_eq!(a1.segments_written, 1, "{a1:?}");
+    assert!(a1.entries_written >= 60, "{a1:?}");
+    for i in 0..40 {
+        buy(&format!("good2-{i}"), i);
+    }
+    let (_, good_fps) = fingerprints_of(&c.c, c.leader());
+    let h_before = c
+        .http_as(c.leader(), "auditor")
+        .get("/v1/accounts/H0-2")
+        .expect("account")["balance"]
+        .clone();
+    std::thread::sleep(Duration::from_millis(2500));
+    let t_ms = unix_ms_now();
+    // The wrong bulk import at T.
+    let bad_accounts: Vec<Value> = (0..50)
+        .map(|i| {
+            json!({"account_id": format!("BAD-{i}"), "name": "Wrong", "address": "",
+                "branch": "BX", "utility": "water", "meter_id": "", "tariff_id": "T1",
+                "area": "0", "status": "active", "balance": "10.00",
+                "opened_ms": 1_000_000_000_000i64, "closed_ms": null, "card_no": null,
+                "card_generation": 0})
+        })
+        .collect();
+    let bad_records: Vec<Value> = (0..25)
+        .map(|i| {
+            json!({"account_id": format!("H0-{}", i * 2), "kind": "charge", "amount": "99.99",
+                "units": "0", "ts_ms": 1_000_000_900_000i64 + i, "operator_id": "wrong",
+                "branch": "B01", "tariff_id": "", "invoice_no": "", "bank_code": "",
+                "bank_ref": "", "card_no": "", "card_seq": 0})
+        })
+        .collect();
+    c.http(c.leader())
+        .post(
+            "/v1/import",
+            &json!({"request_id": "bad-import", "accounts": bad_accounts, "records": bad_records}),
+        )
+        .expect("bad import");
+    for i in 0..20 {
+        buy(&format!("later-{i}"), i);
+    }
+    let a2 = billdb_client::archive::run(&archive_opts(&c, &to, &private)).expect("archive 2");
+    assert!(a2.segments_written >= 1, "{a2:?}");
+    let check = billdb_client::archive::verify(&to, &public).expect("archive verify");
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    assert_eq!(check.spans.len(), 1, "no gap: {:?}", check.spans);
+    assert_eq!(check.spans[0].0, r1.applied_index + 1);
+    eprintln!("{}", billdb_client::archive::render_check(&check));
+
+    // Restore as of one second before the import.
+    let new_dir = tempfile::tempdir().expect("tempdir");
+    let (c2, mut opts) = new_cluster(new_dir.path(), 7350, "undone", &to, &public);
+    opts.until = Some(billdb_node::backup::archive::Until::Time(t_ms - 1000));
+    opts.diff_after = true;
+    let rep = backup::restore(&opts).expect("point-in-time restore");
+    let text = backup::render_restore(&rep);
+    eprintln!("{text}");
+    assert!(rep.ok, "{rep:?}");
+    assert_eq!(rep.backup_id, r1.backup_id);
+    let p = rep.point_in_time.as_ref().expect("point in time");
+    assert_eq!(p.backup_applied_index, r1.applied_index);
+    assert!(p.replayed_commands >= 100, "{p:?}");
+    let first_not = p
+        .first_not_replayed
+        .as_ref()
+        .expect("first entry not replayed");
+    assert_eq!(first_not.ops.get("import"), Some(&1), "{first_not:?}");
+    assert_eq!(p.not_replayed_ops.get("import"), Some(&1), "{p:?}");
+    assert_eq!(p.not_replayed_ops.get("purchase"), Some(&20), "{p:?}");
+    assert!(!p.replayed_fingerprints.contains_key("BX/water"), "{p:?}");
+    assert_eq!(
+        p.replayed_fingerprints, good_fps,
+        "the replay equals the cluster before T, to the cent"
+    );
+    let changes = p.changes_after.as_ref().expect("--diff-after");
+    let changed: std::collections::BTreeSet<&str> = changes
+        .accounts
+        .iter()
+        .map(|d| d.account_id.as_str())
+        .collect();
+    for i in 0..50 {
+        assert!(
+            changed.contains(format!("BAD-{i}").as_str()),
+            "BAD-{i} not itemised"
+        );
+    }
+    for i in 0..25 {
+        assert!(
+            changed.contains(format!("H0-{}", i * 2).as_str()),
+            "H0-{} not itemised",
+            i * 2
+        );
+    }
+    let h0 = changes
+        .accounts
+        .iter()
+        .find(|d| d.account_id == "H0-0")
+        .expect("H0-0");
+    let (before, after) = (
+        h0.expected.as_ref().expect("before"),
+        h0.found.as_ref().expect("after"),
+    );
+    assert_eq!(after.records, before.records + 1);
+    assert!(
+        changes
+            .accounts
+            .iter()
+            .any(|d| d.account_id.starts_with("BAD-") && d.expected.is_none())
+    );
+    assert!(
+        text.contains("NOT replayed") && text.contains("import ×1"),
+        "{text}"
+    );
+    for n in &rep.nodes {
+        assert!(
+            n.digest_equal && n.fingerprint_differences.is_empty(),
+            "{n:?}"
+        );
+        assert_eq!(n.applied_index, Some(p.last_replayed_index));
+    }
+
+    c2.start_all().expect("start restored");
+    c2.wait_all_healthy(Duration::from_secs(30))
+        .expect("healthy");
+    let leader2 = c2.wait_leader(Duration::from_secs(30)).expect("leader");
+    for n in 1..=5 {
+        let (digest, fps) = fingerprints_of(&c2, n);
+        assert_eq!(digest, p.replayed_digest, "node {n}");
+        assert_eq!(fps, good_fps, "node {n}: fingerprints to the cent");
+    }
+    for i in 0..60 {
+        assert!(
+            found(&c2, leader2, &format!("good-{i}")),
+            "good-{i} missing"
+        );
+    }
+    for i in 0..40 {
+        assert!(
+            found(&c2, leader2, &format!("good2-{i}")),
+            "good2-{i} missing"
+        );
+    }
+    assert!(
+        !found(&c2, leader2, "bad-import"),
+        "the import is in the restored cluster"
+    );
+    for i in 0..20 {
+        assert!(
+            !found(&c2, leader2, &format!("later-{i}")),
+            "later-{i} is in it"
+        );
+    }
+    let e = http(&c2, leader2, "auditor")
+        .get("/v1/accounts/BAD-0")
+        .expect_err("BAD-0");
+    assert_eq!(e.code(), Some("ACCOUNT_NOT_FOUND"), "{e}");
+    let h = http(&c2, leader2, "auditor")
+        .get("/v1/accounts/H0-2")
+        .expect("H0-2");
+    assert_eq!(h["balance"], h_before, "{h}");
+    // It serves writes.
+    let v = http(&c2, leader2, "counter")
+        .post(
+            "/v1/purchases",
+            &json!({"request_id": "after-undo", "account_id": "P-1", "amount": "1.00",
+                "confirm_duplicate": true}),
+        )
+        .expect("purchase on the restored cluster");
+    assert_eq!(v["result"], "record_posted", "{v}");
+    drop(c2);
+
+    // By index, to the same point: the same state.
+    let idx_dir = tempfile::tempdir().expect("tempdir");
+    let (_c3, mut o3) = new_cluster(idx_dir.path(), 7360, "by-index", &to, &public);
+    o3.until = Some(billdb_node::backup::archive::Until::Index(
+        p.last_replayed_index,
+    ));
+    let r3 = backup::restore(&o3).expect("restore by index");
+    assert!(r3.ok, "{r3:?}");
+    let p3 = r3.point_in_time.as_ref().expect("pit");
+    assert_eq!(p3.replayed_digest, p.replayed_digest);
+    assert_eq!(
+        p3.first_not_replayed.as_ref().map(|e| e.index),
+        Some(first_not.index)
+    );
+
+    // Refusals, nothing written.
+    let bad_dir = tempfile::tempdir().expect("tempdir");
+    let (_c4, mut o4) = new_cluster(bad_dir.path(), 7370, "refused", &to, &public);
+    o4.until = Some(billdb_node::backup::archive::Until::Time(before_backup_ms));
+    let e = backup::restore(&o4).expect_err("before every backup");
+    assert_eq!(backup::code_of(&e), Some("NO_SUCH_BACKUP"), "{e:#}");
+    o4.until = Some(billdb_node::backup::archive::Until::Index(
+        check.spans[0].1 + 10,
+    ));
+    let e = backup::restore(&o4).expect_err("past the archive");
+    assert_eq!(backup::code_of(&e), Some("ARCHIVE_GAP"), "{e:#}");
+    nothing_written(&o4);
+    let damaged = dest.path().join("damaged");
+    copy_dir(&to, &damaged);
+    let seg = std::fs::read_dir(damaged.join("archive"))
+        .expect("archive dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&seg, &bytes).expect("write");
+    o4.from = damaged.clone();
+    o4.until = Some(billdb_node::backup::archive::Until::Time(t_ms - 1000));
+    let e = backup::restore(&o4).expect_err("damaged archive");
+    assert_eq!(backup::code_of(&e), Some("VERIFY_FAILED"), "{e:#}");
+    let name = seg
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        format!("{e:#}").contains(&name),
+        "the segment is named: {e:#}"
+    );
+    nothing_written(&o4);
     eprintln!("test took {:?}", t0.elapsed());
 }

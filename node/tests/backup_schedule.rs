@@ -647,6 +647,8 @@ fn prune_keeps_what_its_rules_name_and_every_kept_backup_restores() {
             data_dirs,
             force: false,
             progress: false,
+            until: None,
+            diff_after: false,
         })
         .expect("restore");
         assert!(r.ok, "{id}: {r:?}");

@@ -299,6 +299,8 @@ fn restore_and_check(
         data_dirs,
         force: false,
         progress: false,
+        until: None,
+        diff_after: false,
     })?;
     let restore_ms = Some(steps.ms());
     let mut failures = Vec::new();

@@ -90,6 +90,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/backup/holds", post(backup_hold))
         .route("/v1/backup/holds/{hold_id}", delete(backup_release))
         .route("/v1/backup/holds/{hold_id}/files/{name}", get(backup_file))
+        .route("/v1/backup/log", get(backup_log))
         .route("/v1/accounts", post(open_account))
         .route(
             "/v1/accounts/{account_id}",
@@ -714,6 +715,116 @@ async fn backup_release(
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     ok(serde_json::json!({"released": released}))
+}
+
+/// Most entries one `GET /v1/backup/log` answers, by default and at most.
+const LOG_READ_ENTRIES_DEFAULT: usize = 10_000;
+const LOG_READ_ENTRIES_MAX: usize = 50_000;
+/// About the most entry bytes one answer carries.
+const LOG_READ_BYTES_MAX: usize = 32 << 20;
+
+/// `GET /v1/backup/log`'s query (`billdb backup archive`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogArgs {
+    /// The first log index wanted.
+    pub from: u64,
+    /// At most this many entries (default 10,000, at most 50,000).
+    pub max_entries: Option<u32>,
+}
+
+fn log_args(pairs: Vec<(String, String)>) -> Result<LogArgs, ApiError> {
+    let bad = |m: String| ApiError::new(ErrorCode::InvalidArgument, m);
+    let mut from = None;
+    let mut max_entries = None;
+    for (k, v) in pairs {
+        let n: u64 = v
+            .parse()
+            .map_err(|_| bad(format!("{k}: {v:?} is not a whole number")))?;
+        match k.as_str() {
+            "from" => from = Some(n),
+            "max_entries" if (1..=LOG_READ_ENTRIES_MAX as u64).contains(&n) => {
+                max_entries = Some(n as u32)
+            }
+            "max_entries" => {
+                return Err(bad(format!(
+                    "max_entries: {n} is not within 1..={LOG_READ_ENTRIES_MAX}"
+                )));
+            }
+            other => return Err(bad(format!("unknown query parameter {other}"))),
+        }
+    }
+    Ok(LogArgs {
+        from: from.ok_or_else(|| bad("from: the first log index wanted is required".into()))?,
+        max_entries,
+    })
+}
+
+/// Committed log entries from THIS node, for the log archive (`billdb
+/// backup archive`, `backup::archive`): a JSON header line (node, cluster,
+/// the range answered, the applied index, the first entry still held), then
+/// the entries as archive frames, each verified before it is sent. Only
+/// applied (so committed) entries. A `from` no longer held is NOT_FOUND
+/// with `details.reason` `log_purged` and the first index held. The read
+/// holds this node's log from `from` for a while (`log_purge::ArchiveReads`).
+async fn backup_log(State(s): State<HttpState>, caller: Caller, q: QueryArgs) -> HttpResult {
+    caller.require(&[Role::Ops])?;
+    s.app.refuse_if_fenced()?;
+    let a = log_args(query(q)?)?;
+    let applied = s.app.metrics().last_applied.map_or(0, |l| l.index);
+    let max = a
+        .max_entries
+        .map_or(LOG_READ_ENTRIES_DEFAULT, |m| m as usize);
+    let db = s.app.db.clone();
+    let from = a.from;
+    let read = tokio::task::spawn_blocking(move || {
+        let first = crate::store::log_store::first_held_index(&db)?;
+        let entries =
+            crate::store::log_store::read_stored(&db, from, applied, max, LOG_READ_BYTES_MAX)?;
+        Ok::<_, std::io::Error>((first, entries))
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let (first, entries) = match read {
+        Ok(r) => r,
+        Err(e) => {
+            if s.app.storage.check_corruption(&e.to_string()) {
+                s.app.refuse_if_fenced()?;
+            }
+            return Err(ApiError::new(ErrorCode::Internal, format!("reading the log: {e}")).into());
+        }
+    };
+    let Some(entries) = entries else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!(
+                "log entry {from} is no longer held by node {} (first held: {first:?}); archive from a node that holds it, or take a new backup and archive from its applied index",
+                s.app.id
+            ),
+        )
+        .with_details(serde_json::json!({"reason": "log_purged", "first_held_index": first, "applied_index": applied}))
+        .into());
+    };
+    s.app.archive_reads.read_from(from);
+    let header = serde_json::json!({
+        "node_id": s.app.id,
+        "cluster_id": s.app.config.tls.as_ref().map(|t| t.cluster_id.clone()),
+        "from": from,
+        "entries": entries.len(),
+        "last_index": entries.last().map(|e| e.0),
+        "applied_index": applied,
+        "first_held_index": first,
+    });
+    let mut body = serde_json::to_vec(&header)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    body.push(b'\n');
+    body.extend_from_slice(&crate::backup::archive::encode_frames(&entries));
+    Ok((
+        StatusCode::OK,
+        [("content-type", "application/octet-stream")],
+        body,
+    )
+        .into_response())
 }
 
 /// One file of a backup hold, streamed in 1 MiB pieces with its length.

@@ -1241,6 +1241,15 @@ fn routes() -> Vec<Route> {
             args: Nothing,
             answer: Bytes,
         },
+        Route {
+            method: Get,
+            path: "/v1/backup/log",
+            tag: Tag::Backup,
+            summary: "Committed Raft log entries of this node for the log archive: a JSON header line, then the entries as archive frames (each verified). NOT_FOUND (reason log_purged) when `from` is no longer held.",
+            roles: Some(OPS),
+            args: Query(args_of::<super::http::LogArgs>),
+            answer: Bytes,
+        },
     ]
 }
 

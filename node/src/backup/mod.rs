@@ -22,6 +22,7 @@
 //! May touch: `data_dir/backup-holds/` (and read the live database to
 //! checkpoint it); the database directory it is given to rewrite.
 
+pub mod archive;
 pub mod schedule;
 pub mod store;
 
@@ -148,6 +149,76 @@ pub fn summarize(db: &DB) -> Result<StateSummary, std::io::Error> {
         digest,
         fingerprints: fps,
     })
+}
+
+/// One account's part of the fingerprints: what a per-account difference
+/// names.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AccountFingerprint {
+    /// `branch/utility`.
+    pub group: String,
+    pub balance: Decimal,
+    pub records: u64,
+    pub amounts_by_kind: BTreeMap<String, Decimal>,
+}
+
+/// Every account's fingerprint in `db`, from one RocksDB snapshot.
+pub fn account_fingerprints(
+    db: &DB,
+) -> Result<BTreeMap<String, AccountFingerprint>, std::io::Error> {
+    let snap = db.snapshot();
+    let mut out: BTreeMap<String, AccountFingerprint> = BTreeMap::new();
+    for item in snap.iterator_cf(cf(db, Family::Accounts.name())?, IteratorMode::Start) {
+        let (_, v) = item.map_err(io_err)?;
+        let a: Account = decode(&v)?;
+        let f = out.entry(a.account_id).or_default();
+        f.group = format!("{}/{}", a.branch, a.utility);
+        f.balance = a.balance;
+    }
+    for item in snap.iterator_cf(cf(db, Family::Records.name())?, IteratorMode::Start) {
+        let (_, v) = item.map_err(io_err)?;
+        let r: Record = decode(&v)?;
+        let f = out.entry(r.account_id).or_default();
+        f.records += 1;
+        *f.amounts_by_kind.entry(r.kind).or_default() += r.amount;
+    }
+    Ok(out)
+}
+
+/// How one account differs between two states (`None`: the account is
+/// not in that state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountDifference {
+    pub account_id: String,
+    pub expected: Option<AccountFingerprint>,
+    pub found: Option<AccountFingerprint>,
+}
+
+/// The accounts whose fingerprint differs between `expected` and `found`,
+/// in account order: the total count and at most `limit` of them.
+pub fn account_differences(
+    expected: &BTreeMap<String, AccountFingerprint>,
+    found: &BTreeMap<String, AccountFingerprint>,
+    limit: usize,
+) -> (u64, Vec<AccountDifference>) {
+    let ids: BTreeSet<&String> = expected.keys().chain(found.keys()).collect();
+    let mut total = 0u64;
+    let mut listed = Vec::new();
+    for id in ids {
+        let (e, f) = (expected.get(id), found.get(id));
+        if e == f {
+            continue;
+        }
+        total += 1;
+        if listed.len() < limit {
+            listed.push(AccountDifference {
+                account_id: id.clone(),
+                expected: e.cloned(),
+                found: f.cloned(),
+            });
+        }
+    }
+    (total, listed)
 }
 
 /// A file name a hold may serve: a plain name, no path.

@@ -504,6 +504,33 @@ fn live_locks(dir: &Path, prefix: &str, mine: Option<&Path>) -> Vec<String> {
 const WRITE_LOCK_PREFIX: &str = "write-";
 const PRUNE_LOCK: &str = "prune";
 
+const ARCHIVE_LOCK: &str = "archive";
+
+/// The one archiver of `dir` (`archive`): refused with BUSY while another
+/// one's lock is live; a lock its holder stopped renewing is taken over.
+pub fn lock_archive(dir: &Path) -> Result<Lock> {
+    let locks = dir.join(LOCKS_DIR);
+    std::fs::create_dir_all(&locks).with_context(|| format!("creating {}", locks.display()))?;
+    let path = locks.join(ARCHIVE_LOCK);
+    if path.exists() && live_locks(dir, ARCHIVE_LOCK, None).is_empty() {
+        // Its holder died: void.
+        let _ = std::fs::remove_file(&path);
+    }
+    Lock::make(path, true).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            error(
+                E_BUSY,
+                format!(
+                    "another billdb backup archive is writing {} (locks/{ARCHIVE_LOCK}); one archiver per destination",
+                    dir.display()
+                ),
+            )
+        } else {
+            anyhow!("writing a lock in {}: {e}", locks.display())
+        }
+    })
+}
+
 /// Announce a writer in `dir`; refused while a prune runs.
 pub fn lock_for_writing(dir: &Path) -> Result<Lock> {
     let locks = dir.join(LOCKS_DIR);

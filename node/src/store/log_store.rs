@@ -445,6 +445,73 @@ impl LogStore {
     }
 }
 
+/// An entry as an archive of committed entries holds it: its index and its
+/// stored form (CRC-32 ‖ encoding), verified.
+pub type StoredEntry = (u64, Vec<u8>);
+
+/// Up to `max_entries` stored entries (and about `max_bytes`) from `from`
+/// through `upto`, each verified (CRC-32, encoding, index) before it is
+/// answered: the log-archive route (`billdb backup archive`). `Ok(None)`
+/// when `from` is no longer held (purged); a damaged entry is recorded
+/// ([`note_damage`]) and answered as an error, never as data.
+pub fn read_stored(
+    db: &DB,
+    from: u64,
+    upto: u64,
+    max_entries: usize,
+    max_bytes: usize,
+) -> Result<Option<Vec<StoredEntry>>, std::io::Error> {
+    let cf = cf(db, CF_RAFT_LOG)?;
+    let mut out: Vec<StoredEntry> = Vec::new();
+    let mut bytes = 0usize;
+    let it = db.iterator_cf(cf, IteratorMode::From(&index_key(from), Direction::Forward));
+    for item in it {
+        let (k, v) = item.map_err(io_err)?;
+        let idx = key_index(&k).ok_or_else(|| io_err("a Raft log key is not 8 bytes"))?;
+        if idx > upto || out.len() >= max_entries || (bytes >= max_bytes && !out.is_empty()) {
+            break;
+        }
+        let expected = out.last().map_or(from, |(i, _)| i + 1);
+        if idx != expected {
+            if out.is_empty() {
+                return Ok(None); // `from` was purged
+            }
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the Raft log has a hole: entry {expected} is missing before {idx}"),
+            ));
+        }
+        decode_entry(idx, &v).map_err(|why| {
+            if let Err(e) = note_damage(db, idx) {
+                tracing::error!(index = idx, error = %e, "could not record a damaged Raft log entry");
+            }
+            damaged_error(idx, &why)
+        })?;
+        bytes += v.len();
+        out.push((idx, v.to_vec()));
+    }
+    if out.is_empty() && from <= upto {
+        return Ok(None);
+    }
+    Ok(Some(out))
+}
+
+/// Index of the first entry the log holds (`None`: it is empty).
+pub fn first_held_index(db: &DB) -> Result<Option<u64>, std::io::Error> {
+    let cf = cf(db, CF_RAFT_LOG)?;
+    match db.iterator_cf(cf, IteratorMode::Start).next() {
+        Some(Ok((k, _))) => Ok(key_index(&k)),
+        Some(Err(e)) => Err(io_err(e)),
+        None => Ok(None),
+    }
+}
+
+/// The entry in a stored value read back from an archive: CRC-32,
+/// encoding and index checked, or why not.
+pub fn decode_stored(index: u64, raw: &[u8]) -> Result<Entry, String> {
+    decode_entry(index, raw)
+}
+
 /// The vote fence stored in `db` (0: none).
 pub fn vote_fence(db: &DB) -> Result<u64, std::io::Error> {
     match db

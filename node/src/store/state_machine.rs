@@ -487,6 +487,137 @@ impl StateMachine {
 
 /// A digest of the domain state from one consistent view: every family's
 /// keys and values in order. Equal digests mean identical replicas.
+/// What applying one entry's payload gave.
+enum Applied {
+    Blank,
+    Normal(BatchReply),
+    Membership(StoredMembership),
+}
+
+/// Applies one committed entry's payload into `txn`: the one place where
+/// commands meet the domain, for Raft's apply and for [`replay`] alike.
+/// An operation above this build's op level stops apply (nothing of the
+/// entry is written).
+fn apply_payload(
+    txn: &mut RocksTxn<'_>,
+    log_id: LogId,
+    payload: EntryPayload<crate::types::Batch, crate::types::NodeId, crate::types::NodeInfo>,
+    build_op_level: u32,
+) -> Result<Applied, std::io::Error> {
+    Ok(match payload {
+        EntryPayload::Blank => Applied::Blank,
+        EntryPayload::Normal(batch) => {
+            let mut outcomes = Vec::with_capacity(batch.commands.len());
+            for cmd in &batch.commands {
+                let needs = domain::levels::op_level(&cmd.op);
+                if needs > build_op_level {
+                    return Err(std::io::Error::other(format!(
+                        "log entry {} holds {} (op level {needs}), but this build \
+                         applies op level {build_op_level} at most: upgrade this node's billdb",
+                        log_id.index,
+                        cmd.op.name(),
+                    )));
+                }
+                let (outcome, decided_at) = domain::apply_indexed(txn, log_id.index, cmd)?;
+                outcomes.push(CommandReply {
+                    outcome,
+                    decided_at,
+                });
+            }
+            Applied::Normal(BatchReply { replies: outcomes })
+        }
+        EntryPayload::Membership(m) => Applied::Membership(StoredMembership::new(Some(log_id), m)),
+    })
+}
+
+/// Writes `txn`, `applied` and (when it changed) the membership as one
+/// RocksDB write batch.
+fn write_applied(
+    db: &DB,
+    txn: RocksTxn<'_>,
+    last_applied: &Option<LogId>,
+    membership: Option<StoredMembership>,
+) -> Result<(), std::io::Error> {
+    let meta_cf = cf(db, CF_SM_META)?;
+    let mut batch = WriteBatch::default();
+    txn.into_batch(&mut batch)?;
+    batch.put_cf(meta_cf, KEY_APPLIED, encode(last_applied)?);
+    if let Some(m) = membership {
+        batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode(&m)?);
+    }
+    db.write(batch).map_err(io_err)
+}
+
+/// Entries replayed by [`replay`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    pub entries: u64,
+    pub commands: u64,
+    pub last: Option<LogId>,
+}
+
+/// Applies `entries` to `db` outside Raft, exactly as the state machine
+/// applies committed entries (the same [`apply_payload`], the same write
+/// batches with `applied`): a point-in-time restore replays an archive of
+/// committed entries on top of a backup with it. The entries must follow
+/// the database's applied index without a gap.
+pub fn replay(
+    db: &DB,
+    entries: impl IntoIterator<Item = crate::types::Entry>,
+    build_op_level: u32,
+    limits: ApplyLimits,
+) -> Result<Replayed, std::io::Error> {
+    let mut done = Replayed {
+        last: RocksRead::new(db).applied()?,
+        ..Replayed::default()
+    };
+    let mut txn = RocksTxn::new(db);
+    let mut pending = 0usize;
+    let mut commands = 0u64;
+    let mut last_applied = done.last;
+    let mut membership = None;
+    for entry in entries {
+        let log_id = entry.log_id();
+        let expected = last_applied.map_or(0, |l| l.index + 1);
+        if log_id.index != expected {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "replay: entry {} does not follow the applied index (expected {expected})",
+                    log_id.index
+                ),
+            ));
+        }
+        match apply_payload(&mut txn, log_id, entry.payload, build_op_level)? {
+            Applied::Blank => {}
+            Applied::Normal(r) => commands += r.replies.len() as u64,
+            Applied::Membership(m) => membership = Some(m),
+        }
+        last_applied = Some(log_id);
+        pending += 1;
+        if limits.full(pending, commands, txn.written_bytes) {
+            write_applied(
+                db,
+                std::mem::replace(&mut txn, RocksTxn::new(db)),
+                &last_applied,
+                membership.take(),
+            )?;
+            done.entries += pending as u64;
+            done.commands += commands;
+            done.last = last_applied;
+            pending = 0;
+            commands = 0;
+        }
+    }
+    if pending > 0 {
+        write_applied(db, txn, &last_applied, membership)?;
+        done.entries += pending as u64;
+        done.commands += commands;
+        done.last = last_applied;
+    }
+    Ok(done)
+}
+
 pub fn state_digest(db: &DB) -> Result<(Option<LogId>, String), std::io::Error> {
     let snap = db.snapshot();
     Ok((applied_in(db, &snap)?, digest_in(db, &snap)?))
@@ -579,7 +710,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             + OptionalSend,
     {
         let db = self.db.clone();
-        let meta_cf = cf(&db, CF_SM_META)?;
         let cache = self.cache.clone();
         let mut txn = RocksTxn::cached(&db, &cache);
         let mut replies = Vec::new();
@@ -593,55 +723,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Some(item) = next {
                 let (entry, responder) = item?;
                 let log_id = entry.log_id();
-                let reply = match entry.payload {
-                    EntryPayload::Blank => {
-                        blank_term = Some(log_id.leader_id.term);
-                        BatchReply::default()
-                    }
-                    EntryPayload::Normal(batch) => {
-                        let mut outcomes = Vec::with_capacity(batch.commands.len());
-                        for cmd in &batch.commands {
-                            let needs = domain::levels::op_level(&cmd.op);
-                            if needs > self.build_op_level {
-                                return Err(std::io::Error::other(format!(
-                                    "log entry {} holds {} (op level {needs}), but this build \
-                                     applies op level {} at most: upgrade this node's billdb",
-                                    log_id.index,
-                                    cmd.op.name(),
-                                    self.build_op_level
-                                )));
-                            }
-                            let (outcome, decided_at) =
-                                domain::apply_indexed(&mut txn, log_id.index, cmd)?;
-                            outcomes.push(CommandReply {
-                                outcome,
-                                decided_at,
-                            });
+                let reply =
+                    match apply_payload(&mut txn, log_id, entry.payload, self.build_op_level)? {
+                        Applied::Blank => {
+                            blank_term = Some(log_id.leader_id.term);
+                            BatchReply::default()
                         }
-                        commands += outcomes.len() as u64;
-                        BatchReply { replies: outcomes }
-                    }
-                    EntryPayload::Membership(m) => {
-                        membership = Some(StoredMembership::new(Some(log_id), m));
-                        BatchReply::default()
-                    }
-                };
+                        Applied::Normal(reply) => {
+                            commands += reply.replies.len() as u64;
+                            reply
+                        }
+                        Applied::Membership(m) => {
+                            membership = Some(m);
+                            BatchReply::default()
+                        }
+                    };
                 last_applied = Some(log_id);
                 replies.push((responder, reply));
             }
             if (done && !replies.is_empty())
                 || self.limits.full(replies.len(), commands, txn.written_bytes)
             {
-                let mut batch = WriteBatch::default();
-                let written = std::mem::replace(&mut txn, RocksTxn::cached(&db, &cache))
-                    .into_batch(&mut batch)
-                    .and_then(|()| {
-                        batch.put_cf(meta_cf, KEY_APPLIED, encode(&last_applied)?);
-                        if let Some(m) = membership.take() {
-                            batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode(&m)?);
-                        }
-                        db.write(batch).map_err(io_err)
-                    });
+                let written = write_applied(
+                    &db,
+                    std::mem::replace(&mut txn, RocksTxn::cached(&db, &cache)),
+                    &last_applied,
+                    membership.take(),
+                );
                 let mut c = cache.lock().map_err(io_err)?;
                 if let Err(e) = written {
                     c.clear();
