@@ -1,5 +1,5 @@
-//! `billdb backup keygen | init | create | verify | list | prune` and `billdb
-//! restore` driven as an operator would, against a real three-node local
+//! `billdb backup keygen | init | create | verify | list | prune | archive |
+//! archive-verify` and `billdb restore [--until]` driven as an operator would, against a real three-node local
 //! cluster the CLI starts (`billdb local up`): the good path in `--json`
 //! and readable form, and for each command a bad input refused with a
 //! machine-readable error (`{"error": {"code", "message"}}` with `--json`,
@@ -398,6 +398,132 @@ fn backup_commands_as_an_operator_runs_them() {
     for d in &dirs {
         assert!(d.join("db").is_dir(), "{} restored", d.display());
     }
+
+    // Point in time: two tariffs after the backup, archived; restore
+    // --until a time between them holds the first and not the second.
+    // Bad --until values are refused, nothing written.
+    let tariff = |id: &str| {
+        let t = ok_json(
+            env,
+            &[
+                "ops",
+                "tariff",
+                id,
+                "--price",
+                "0.60",
+                "--effective-from",
+                "2020-01-01T00:00:00Z",
+            ],
+        );
+        assert!(t.is_object(), "{t}");
+    };
+    tariff("T-PIT-1");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let between = {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i64;
+        billdb_node::api::validate::to_rfc3339(ms)
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    tariff("T-PIT-2");
+    let archive_args: Vec<String> = vec![
+        "backup".into(),
+        "archive".into(),
+        "--endpoint".into(),
+        endpoint.clone(),
+        "--to".into(),
+        p(&dest),
+        "--private-key".into(),
+        p(&private),
+    ];
+    let archive_args: Vec<&str> = archive_args.iter().map(String::as_str).collect();
+    let a = ok_json(env, &archive_args);
+    assert!(a["entries_written"].as_u64().unwrap_or(0) >= 2, "{a}");
+    assert_eq!(a["gaps"].as_array().map(Vec::len), Some(0), "{a}");
+    let v = ok_json(
+        None,
+        &[
+            "backup",
+            "archive-verify",
+            &p(&dest),
+            "--public-key",
+            &p(&public),
+        ],
+    );
+    assert_eq!(v["problems"].as_array().map(Vec::len), Some(0), "{v}");
+    let (ok, text, err) = run(
+        None,
+        &[
+            "backup",
+            "archive-verify",
+            &p(&dest),
+            "--public-key",
+            &p(&public),
+        ],
+    );
+    assert!(ok && text.starts_with("archive: OK"), "{text}{err}");
+    // Another key: refused, naming the segment.
+    let other_pub = p(&keys.join("other.pub"));
+    let msg = refused(
+        None,
+        &[
+            "backup",
+            "archive-verify",
+            &p(&dest),
+            "--public-key",
+            &other_pub,
+        ],
+        true,
+        "VERIFY_FAILED",
+    );
+    assert!(msg.contains("does not verify"), "{msg}");
+    let pit_target = tmp.path().join("pit");
+    let pit_dirs: Vec<PathBuf> = (1..=3).map(|n| pit_target.join(format!("n{n}"))).collect();
+    let mut a = restore_args(&pit_dirs);
+    a.push("--until".into());
+    a.push("yesterday".into());
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    let msg = refused(None, &args, true, "INVALID_ARGUMENT");
+    assert!(msg.contains("RFC 3339"), "{msg}");
+    let n = a.len();
+    a[n - 1] = "2001-01-01T00:00:00Z".into();
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    refused(None, &args, true, "NO_SUCH_BACKUP");
+    assert!(
+        !pit_target.exists() || tree(&pit_target).values().all(|(n, _)| *n == 0),
+        "nothing written"
+    );
+    a[n - 1] = between.clone();
+    a.push("--diff-after".into());
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    let r = ok_json(None, &args);
+    assert_eq!(r["ok"], true, "{r}");
+    let pit = &r["point_in_time"];
+    assert_eq!(pit["first_not_replayed"]["ops"]["define_tariff"], 1, "{r}");
+    assert!(pit["replayed_commands"].as_u64().unwrap_or(0) >= 1, "{r}");
+    for d in &pit_dirs {
+        assert!(d.join("db").is_dir(), "{} restored", d.display());
+        let leftovers: Vec<_> = std::fs::read_dir(d)
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "db")
+            .collect();
+        assert!(leftovers.is_empty(), "working copies left: {leftovers:?}");
+    }
+    // The restored state holds T-PIT-1 and not T-PIT-2.
+    let db = billdb_node::store::checkpoint::open_read_only(&pit_dirs[0].join("db")).expect("open");
+    let has = |id: &str| {
+        let cf = db.cf_handle("tariffs").expect("tariffs family");
+        db.prefix_iterator_cf(cf, id.as_bytes())
+            .flatten()
+            .any(|(k, _)| k.starts_with(id.as_bytes()))
+    };
+    assert!(has("T-PIT-1"), "T-PIT-1, before the point, is restored");
+    assert!(!has("T-PIT-2"), "T-PIT-2, after the point, is not");
+    drop(db);
 
     // A full disk (a real 8 MiB tmpfs): create and restore are refused
     // with NO_SPACE before writing anything; nothing is left that a later
