@@ -25,7 +25,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::admin::AdminError;
-use crate::backup::{CreateOpts, pick_source, read_signing_key, read_verifying_key};
+use crate::backup::{CreateOpts, pick_source_via, read_signing_key, read_verifying_key};
 
 /// Entries asked for per request.
 pub const READ_ENTRIES_MAX: u32 = 10_000;
@@ -128,19 +128,6 @@ fn entries_bar(show: bool) -> ProgressBar {
     pb
 }
 
-/// Applied index + 1 of every backup in `dir`, oldest first: where an
-/// archive may start (a restore replays from a backup's applied index).
-fn backup_starts(dir: &Path) -> Result<Vec<(u64, Option<String>)>> {
-    let mut out = Vec::new();
-    for id in store::list_ids(dir)? {
-        if let Ok(m) = store::read_manifest_unverified(dir, &id) {
-            out.push((m.applied_log_id.index + 1, m.cluster_id));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Archive what the cluster committed since the archive's end (and, with
 /// `follow`, keep doing it).
 pub fn run(o: &ArchiveOpts) -> Result<ArchiveReport> {
@@ -151,7 +138,7 @@ pub fn run(o: &ArchiveOpts) -> Result<ArchiveReport> {
     let _lock = store::lock_archive(dir)?;
     let records = archive::read_records(dir)?;
     let last: Option<SegmentRecord> = records.last().map(|r| r.record.clone());
-    let starts = backup_starts(dir)?;
+    let starts = archive::backup_starts_with_cluster(dir)?;
     let mut next = match &last {
         Some(r) => r.last_index + 1,
         None => starts.first().map(|s| s.0).ok_or_else(|| {
@@ -181,14 +168,29 @@ pub fn run(o: &ArchiveOpts) -> Result<ArchiveReport> {
     let pb = entries_bar(o.conn.progress);
     let mut source: Option<(NodeId, String)> = None;
     let prefer = last.as_ref().map(|r| r.source_node);
+    // Every member's HTTP address, to ask another when the entry endpoint
+    // is down (a --follow run outlives any one node).
+    let mut known: Vec<String> = vec![o.conn.endpoint.clone()];
     loop {
         let (node, addr) = match &source {
             Some(s) => s.clone(),
-            None => {
-                let (id, addr, _) = pick_source(&o.conn, prefer)?;
-                source = Some((id, addr.clone()));
-                (id, addr)
-            }
+            None => match pick_any(o, &known, prefer) {
+                Ok((id, addr, members)) => {
+                    for m in members {
+                        if !known.contains(&m) {
+                            known.push(m);
+                        }
+                    }
+                    source = Some((id, addr.clone()));
+                    (id, addr)
+                }
+                Err(e) if o.follow => {
+                    eprintln!("billdb backup archive: {e:#}; trying again");
+                    std::thread::sleep(o.interval);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
         };
         report.source_node = Some(node);
         match read_log(o, &addr, node, next) {
@@ -242,10 +244,7 @@ pub fn run(o: &ArchiveOpts) -> Result<ArchiveReport> {
                     source = Some(found);
                     continue;
                 }
-                let resume = starts
-                    .iter()
-                    .map(|s| s.0)
-                    .find(|s| *s > next && first.is_none_or(|f| *s >= f));
+                let resume = archive::resume_after(dir, next, first)?;
                 let Some(resume) = resume else {
                     return Err(store::error(
                         archive::E_ARCHIVE_GAP,
@@ -275,6 +274,39 @@ pub fn run(o: &ArchiveOpts) -> Result<ArchiveReport> {
     pb.finish_and_clear();
     report.ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// A node to read from, asking each of `entries` in turn for the cluster's
+/// status, and every member's HTTP address.
+fn pick_any(
+    o: &ArchiveOpts,
+    entries: &[String],
+    prefer: Option<NodeId>,
+) -> Result<(NodeId, String, Vec<String>)> {
+    let mut last_error = None;
+    for entry in entries {
+        match pick_source_via(&o.conn, entry, prefer) {
+            Ok((id, addr, _)) => {
+                let c =
+                    crate::admin::AdminClient::with_tls(entry, o.conn.timeout, o.conn.tls.as_ref())
+                        .with_token(o.conn.token.clone());
+                let members: Vec<String> = c
+                    .status()
+                    .ok()
+                    .and_then(|s| {
+                        serde_json::from_value::<
+                            std::collections::BTreeMap<NodeId, billdb_node::types::NodeInfo>,
+                        >(s["nodes"].clone())
+                        .ok()
+                    })
+                    .map(|n| n.into_values().map(|i| i.http_addr).collect())
+                    .unwrap_or_default();
+                return Ok((id, addr, members));
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow!("no endpoint to ask")))
 }
 
 /// Another member that still holds entry `from`, if any.

@@ -166,11 +166,17 @@ fn client(endpoint: &str, o: &CreateOpts, timeout: Duration) -> AdminClient {
 /// replica compacts on its own, so only the same node's files repeat:
 /// that is what makes the next backup incremental); else the follower
 /// with the highest applied index; else the leader.
-pub(crate) fn pick_source(
+fn pick_source(o: &CreateOpts, prefer: Option<NodeId>) -> Result<(NodeId, String, bool)> {
+    pick_source_via(o, &o.endpoint, prefer)
+}
+
+/// [`pick_source`], asking the node at `entry` for the cluster's status.
+pub(crate) fn pick_source_via(
     o: &CreateOpts,
+    entry: &str,
     prefer: Option<NodeId>,
 ) -> Result<(NodeId, String, bool)> {
-    let entry = client(&o.endpoint, o, o.timeout);
+    let entry = client(entry, o, o.timeout);
     let status = entry
         .status()
         .with_context(|| format!("asking {} for the cluster status", entry.endpoint()))?;

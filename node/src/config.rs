@@ -239,6 +239,11 @@ pub struct BackupConfig {
     /// Attempts one node makes at one slot before leaving it to others.
     #[serde(default = "d_attempts")]
     pub attempts_per_node_max: u32,
+    /// Archive committed log entries into the destination's `archive/`
+    /// every this many seconds (`backup::archiver`), for point-in-time
+    /// restore; absent: off (run `billdb backup archive --follow` instead).
+    #[serde(default)]
+    pub archive_interval_s: Option<u64>,
 }
 
 fn d_claim_stale() -> u64 {
@@ -504,6 +509,10 @@ impl Config {
             anyhow::ensure!(
                 (1..=100).contains(&b.attempts_per_node_max),
                 "backup.attempts_per_node_max in 1..=100"
+            );
+            anyhow::ensure!(
+                b.archive_interval_s.is_none_or(|s| (1..=3600).contains(&s)),
+                "backup.archive_interval_s in 1..=3600"
             );
             anyhow::ensure!(
                 !b.dir.as_os_str().is_empty(),

@@ -50,7 +50,10 @@ fn initialise() {
     // 0 without [backup]; the scheduler sets them when configured.
     metrics::gauge!("billdb_backup_interval_seconds").set(0.0);
     metrics::gauge!("billdb_backup_last_success_timestamp_seconds").set(0.0);
+    // 0 without backup.archive_interval_s; the archiver sets it when on.
+    metrics::gauge!("billdb_archive_interval_seconds").set(0.0);
     for name in [
+        "billdb_archive_gaps_total",
         "billdb_raft_leader_changes_total",
         "billdb_corruption_reports_total",
         "billdb_raft_log_damaged_reports_total",
@@ -403,6 +406,38 @@ fn describe() {
         "billdb_backup_prune_freed_bytes_total",
         Unit::Bytes,
         "Bytes the prunes after this node's scheduled backups freed."
+    );
+    // --- the log archive (`backup::archiver`; only with backup.archive_interval_s) ---
+    describe_gauge!(
+        "billdb_archive_interval_seconds",
+        Unit::Seconds,
+        "Configured interval of the log archive (backup.archive_interval_s)."
+    );
+    describe_gauge!(
+        "billdb_archive_last_index",
+        "Last log index this node wrote to the log archive."
+    );
+    describe_gauge!(
+        "billdb_archive_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time this node last wrote a log archive segment."
+    );
+    describe_counter!(
+        "billdb_archive_entries_total",
+        "Log entries this node wrote to the log archive."
+    );
+    describe_counter!(
+        "billdb_archive_bytes_total",
+        Unit::Bytes,
+        "Bytes of log archive segments this node wrote."
+    );
+    describe_counter!(
+        "billdb_archive_failures_total",
+        "Log archive passes of this node that failed (the next pass tries again)."
+    );
+    describe_counter!(
+        "billdb_archive_gaps_total",
+        "Gaps this node left in the log archive: entries no longer held when it came to archive them."
     );
     describe_counter!(
         "billdb_backup_prune_failures_total",

@@ -349,6 +349,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sm.fence(),
     );
     crate::metrics::spawn_leader_watch(app.clone());
+    crate::backup::archiver::spawn(&app, backup_key.clone().map(Arc::new));
     crate::backup::schedule::spawn(&app, backup_key);
     crate::cluster_level::spawn(app.clone(), app.op_levels.clone());
     app.storage.set_vote_fence(vote_fence);

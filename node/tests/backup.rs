@@ -4,8 +4,8 @@
 //! incremental second backup; damaged and forged backups detected by
 //! verify and refused by restore; a node of the old cluster refused by the
 //! restored one; a point-in-time restore that undoes a wrong bulk import.
-//! Base ports 7300, 7310, 7320, 7330, 7340, 7350, 7360, 7370 (each uses
-//! P+1..5, P+101..105, P+201..205).
+//! Base ports 7300, 7310, …, 7390 (each uses P+1..5, P+101..105,
+//! P+201..205).
 
 mod common;
 
@@ -957,5 +957,166 @@ fn point_in_time_restore_replays_the_archive_up_to_a_bad_import_and_not_after() 
         "the segment is named: {e:#}"
     );
     nothing_written(&o4);
+    eprintln!("test took {:?}", t0.elapsed());
+}
+
+/// (point in time, continuity) `billdb backup archive --follow` keeps the
+/// archive going while the follower it reads from is killed under a
+/// purchase load: it moves to another node, leaves no gap, and the archive
+/// ends at the leader's applied index; replaying it on the backup gives
+/// the cluster's own digest. Then, with no archiver running and every
+/// node restarted (so none holds its log for one), 1,000 more entries
+/// purge the log everywhere: the next run names the gap, continues from
+/// the backup taken after it, and a restore inside the gap is refused
+/// while one after it works. Small log retention (snapshot every 100
+/// entries, 300 kept) so purges happen at test scale.
+#[test]
+fn the_archive_follows_through_a_killed_source_and_names_a_gap_no_node_could_fill() {
+    let t0 = Instant::now();
+    let timings = RaftTimings {
+        snapshot_logs_since_last: Some(100),
+        logs_to_keep_after_snapshot: Some(300),
+        ..RaftTimings::default()
+    };
+    let c = Arc::new(TestCluster::start_with(7380, 5, timings));
+    open_buy_accounts(&c);
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (private, public) = backup::keygen(&keys.path().join("backup")).expect("keygen");
+    let dest = tempfile::tempdir().expect("tempdir");
+    let to = dest.path().join("backups");
+    let r1 = backup::create(&create_opts(&c, &to, &private)).expect("backup");
+
+    let mut ao = archive_opts(&c, &to, &private);
+    ao.follow = true;
+    ao.interval = Duration::from_millis(200);
+    ao.follow_for = Some(Duration::from_secs(14));
+    ao.conn.endpoint = c.c.http_url(c.leader()).expect("url");
+    let follower = std::thread::spawn(move || billdb_client::archive::run(&ao));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = purchase_load(&c, stop.clone());
+    let leader = c.leader();
+    let src = wait_for("a first archive segment", Duration::from_secs(10), || {
+        billdb_node::backup::archive::read_records(&to)
+            .ok()?
+            .last()
+            .map(|r| r.record.source_node)
+    });
+    assert_ne!(src, leader, "the archive reads a follower");
+    c.c.kill(src).expect("kill the archive's source");
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    let sent = load.join().expect("load");
+    assert!(
+        sent.iter().all(|s| s.acked.is_some()),
+        "every purchase acknowledged"
+    );
+    let report = follower
+        .join()
+        .expect("archiver thread")
+        .expect("archive --follow");
+    eprintln!("archive --follow: {report:?}");
+    assert!(report.gaps.is_empty(), "{report:?}");
+    let records = billdb_node::backup::archive::read_records(&to).expect("records");
+    let sources: std::collections::BTreeSet<u64> =
+        records.iter().map(|r| r.record.source_node).collect();
+    assert!(
+        sources.contains(&src) && sources.len() >= 2,
+        "read from {src}, then another node: {sources:?}"
+    );
+    let check = billdb_client::archive::verify(&to, &public).expect("verify");
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    assert_eq!(check.spans, vec![(r1.applied_index + 1, check.spans[0].1)]);
+    let (applied, digest) = c.digest(leader);
+    assert_eq!(
+        Some(check.spans[0].1),
+        applied,
+        "archived through the leader's applied index"
+    );
+    let d1 = tempfile::tempdir().expect("tempdir");
+    let (_n1, mut o1) = new_cluster(d1.path(), 7390, "follow-check", &to, &public);
+    o1.until = Some(billdb_node::backup::archive::Until::Index(check.spans[0].1));
+    let rep = backup::restore(&o1).expect("restore to the archive's end");
+    assert!(rep.ok, "{rep:?}");
+    let p = rep.point_in_time.as_ref().expect("pit");
+    assert_eq!(p.replayed_digest, digest, "the replay equals the cluster");
+    assert!(p.replayed_commands >= sent.len() as u64, "{p:?}");
+
+    // No archiver; every node restarted (no read holds the log any more).
+    c.c.start(src).expect("start");
+    c.c.wait_healthy(src, Duration::from_secs(30))
+        .expect("healthy");
+    for n in 1..=5 {
+        c.c.stop(n).expect("stop");
+        c.c.start(n).expect("start");
+        c.c.wait_healthy(n, Duration::from_secs(30))
+            .expect("healthy");
+    }
+    let archived_end = check.spans[0].1;
+    let counter = c.http_as(c.leader(), "counter");
+    for i in 0..1000 {
+        let r = counter.post(
+            "/v1/purchases",
+            &json!({"request_id": format!("gap-{i}"), "account_id": format!("P-{}", i % BUY_ACCOUNTS),
+                "amount": "0.10", "confirm_duplicate": true}),
+        );
+        assert!(r.is_ok(), "{r:?}");
+    }
+    // Purged past the archive's end on every node.
+    wait_for("the log purged everywhere", Duration::from_secs(20), || {
+        (1..=5u64)
+            .all(|n| {
+                c.status(n)["purged_index"]
+                    .as_u64()
+                    .is_some_and(|p| p > archived_end)
+            })
+            .then_some(())
+    });
+    let r2 = backup::create(&create_opts(&c, &to, &private)).expect("backup 2");
+    for i in 0..10 {
+        let r = counter.post(
+            "/v1/purchases",
+            &json!({"request_id": format!("after-gap-{i}"), "account_id": "P-0",
+                "amount": "0.20", "confirm_duplicate": true}),
+        );
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let a = billdb_client::archive::run(&archive_opts(&c, &to, &private))
+        .expect("archive after the gap");
+    eprintln!("archive after the gap: {a:?}");
+    assert_eq!(a.gaps, vec![(archived_end + 1, r2.applied_index)], "{a:?}");
+    let check2 = billdb_client::archive::verify(&to, &public).expect("verify");
+    assert!(check2.problems.is_empty(), "{:?}", check2.problems);
+    assert_eq!(check2.spans.len(), 2, "{:?}", check2.spans);
+    assert_eq!(check2.spans[1].0, r2.applied_index + 1);
+    let text = billdb_client::archive::render_check(&check2);
+    assert!(
+        text.contains(&format!(
+            "GAP: entries {}..{}",
+            archived_end + 1,
+            r2.applied_index
+        )),
+        "{text}"
+    );
+    let d2 = tempfile::tempdir().expect("tempdir");
+    let (_n2, mut o2) = new_cluster(d2.path(), 7390, "gap-check", &to, &public);
+    o2.backup_id = Some(r1.backup_id.clone());
+    o2.until = Some(billdb_node::backup::archive::Until::Index(archived_end + 5));
+    let e = backup::restore(&o2).expect_err("inside the gap");
+    assert_eq!(backup::code_of(&e), Some("ARCHIVE_GAP"), "{e:#}");
+    nothing_written(&o2);
+    o2.backup_id = None;
+    let (applied2, digest2) = c.digest(c.leader());
+    assert_eq!(
+        applied2,
+        Some(check2.spans[1].1),
+        "archived through the applied index"
+    );
+    o2.until = Some(billdb_node::backup::archive::Until::Index(
+        check2.spans[1].1,
+    ));
+    let rep2 = backup::restore(&o2).expect("restore after the gap");
+    assert!(rep2.ok, "{rep2:?}");
+    assert_eq!(rep2.backup_id, r2.backup_id);
+    assert_eq!(rep2.point_in_time.expect("pit").replayed_digest, digest2);
     eprintln!("test took {:?}", t0.elapsed());
 }

@@ -5,8 +5,10 @@
 //! failure and the recovery; (b) prune keeps exactly the backups its rules
 //! name, deletes every file only the others referenced and the leftovers of
 //! interrupted runs, refuses while a backup is being written, and every
-//! kept backup still verifies and restores. Base ports 6000 and 6300 (each
-//! uses P+1..5, P+101..105, P+201..205).
+//! kept backup still verifies and restores; (c) the cluster archives its
+//! own log for point-in-time restore, gapless across the death of the node
+//! writing it. Base ports 6000, 6300 and 38000 (each uses P+1..5,
+//! P+101..105, P+201..205).
 
 mod common;
 
@@ -656,4 +658,141 @@ fn prune_keeps_what_its_rules_name_and_every_kept_backup_restores() {
         assert_eq!(r.nodes.len(), 3);
     }
     eprintln!("prune test wall {:?}", t0.elapsed());
+}
+
+/// The cluster archives its own log (`backup.archive_interval_s`): once a
+/// backup exists, a follower writes segments of the committed entries into
+/// the shared destination while purchases go on; killed, it is replaced by
+/// another follower within a few seconds (its archive lock goes stale after
+/// `claim_stale_s`) with no gap, because every node holds its log from the
+/// archive's end. The archive then ends at the leader's applied index, and
+/// replaying it on the backup gives the cluster's digest. Base port 38000.
+#[test]
+fn the_cluster_archives_its_log_and_another_node_takes_over_when_the_writer_dies() {
+    let t0 = Instant::now();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (private, public) = backup::keygen(&keys.path().join("arch")).expect("keygen");
+    let shared = tempfile::tempdir().expect("tempdir");
+    let dest = shared.path().join("backups");
+    billdb_node::backup::store::open_destination(&dest).expect("destination");
+    // Scheduled backups rarely (a day), the archive every second.
+    let extra = format!(
+        "[backup]\ndir = {:?}\ninterval_s = 86400\nsigning_key_file = {:?}\nclaim_stale_s = 3\narchive_interval_s = 1\n[backup.retention]\nkeep_last = 1000\n",
+        dest.display().to_string(),
+        private.display().to_string()
+    );
+    let timings = RaftTimings {
+        snapshot_logs_since_last: Some(200),
+        logs_to_keep_after_snapshot: Some(100),
+        ..RaftTimings::default()
+    };
+    let c = TestCluster::start_configured(38000, 5, timings, &[], &extra, &|_| {});
+    let text = c.metrics_text(1);
+    assert!(
+        text.contains("# HELP billdb_archive_interval_seconds "),
+        "archive metrics have HELP"
+    );
+    open_load_accounts(&c);
+    // The day's scheduled backup is taken at once (its slot is open); the
+    // archive starts at its applied index.
+    let first_backup = wait_for("the scheduled backup", Duration::from_secs(30), || {
+        backup::list_ids(&dest).ok()?.first().cloned()
+    });
+    let r1_applied = billdb_node::backup::store::read_manifest_unverified(&dest, &first_backup)
+        .expect("manifest")
+        .applied_log_id
+        .index;
+    let c = std::sync::Arc::new(c);
+    let live = std::sync::Arc::new(std::sync::Mutex::new((1..=5).collect::<Vec<NodeId>>()));
+    // As fast as one client goes: far more entries during the takeover
+    // than the nodes keep behind a snapshot, so only their holds at the
+    // archive's end keep the archive gapless.
+    let load = Load::start_paced(&c, live.clone(), "arch", Duration::ZERO);
+    let writer = wait_for("a first archive segment", Duration::from_secs(15), || {
+        billdb_node::backup::archive::read_records(&dest)
+            .ok()?
+            .last()
+            .map(|r| r.record.source_node)
+    });
+    let leader = c.leader();
+    assert_ne!(writer, leader, "a follower writes the archive");
+    std::thread::sleep(Duration::from_secs(2));
+    live.lock().expect("live").retain(|n| *n != writer);
+    c.c.kill(writer).expect("kill the archive's writer");
+    let killed_at = billdb_node::backup::store::unix_ms();
+    let taken_over = wait_for(
+        "another node writing the archive",
+        Duration::from_secs(30),
+        || {
+            billdb_node::backup::archive::read_records(&dest)
+                .ok()?
+                .last()
+                .filter(|r| r.record.source_node != writer)
+                .map(|r| (r.record.source_node, r.record.written_unix_ms))
+        },
+    );
+    eprintln!(
+        "archive writer {writer} killed; node {} wrote {} ms later",
+        taken_over.0,
+        taken_over.1.saturating_sub(killed_at)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (acked, failures, _) = load.finish();
+    assert!(
+        acked > 0 && failures.is_empty(),
+        "{acked} acked, {failures:?}"
+    );
+    let leader = c.leader();
+    let (applied, digest) = c.digest(leader);
+    let end = wait_for(
+        "the archive at the applied index",
+        Duration::from_secs(15),
+        || {
+            let last = billdb_node::backup::archive::read_records(&dest)
+                .ok()?
+                .last()?
+                .record
+                .last_index;
+            (Some(last) == applied).then_some(last)
+        },
+    );
+    let check = billdb_client::archive::verify(&dest, &public).expect("verify");
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    assert_eq!(check.spans, vec![(r1_applied + 1, end)], "no gap");
+    assert!(c.metric(taken_over.0, "billdb_archive_last_index") >= 1.0);
+    let new_dirs = tempfile::tempdir().expect("tempdir");
+    let members: BTreeMap<NodeId, NodeInfo> = (1..=3u64)
+        .map(|n| {
+            (
+                n,
+                NodeInfo {
+                    raft_addr: format!("127.0.0.1:{}", 38400 + 200 + n),
+                    grpc_addr: format!("127.0.0.1:{}", 38400 + 100 + n),
+                    http_addr: format!("127.0.0.1:{}", 38400 + n),
+                },
+            )
+        })
+        .collect();
+    let r = backup::restore(&RestoreOpts {
+        from: dest.clone(),
+        backup_id: Some(first_backup.clone()),
+        public_key: public.clone(),
+        cluster_id: "archived".into(),
+        members,
+        data_dirs: (1..=3u64)
+            .map(|n| (n, new_dirs.path().join(format!("n{n}"))))
+            .collect(),
+        force: false,
+        progress: false,
+        until: Some(billdb_node::backup::archive::Until::Index(end)),
+        diff_after: false,
+    })
+    .expect("restore to the archive's end");
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        r.point_in_time.expect("pit").replayed_digest,
+        digest,
+        "the replay equals the cluster"
+    );
+    eprintln!("archive test wall {:?}", t0.elapsed());
 }

@@ -298,8 +298,10 @@ pub struct ArchiveCheck {
 
 /// Checks every record's signature, every segment's size and SHA-256, that
 /// every entry in it decodes (CRC-32, index) and the chain of `prev`
-/// hashes. Gaps are reported as spans, not problems (entries purged before
-/// they were archived; a restore across one is refused).
+/// hashes from the first record present (older segments are removed by
+/// `backup prune` once no kept backup needs them). Gaps are reported as
+/// spans, not problems (entries purged before they were archived; a
+/// restore across one is refused).
 pub fn verify(dir: &Path, public: &VerifyingKey) -> Result<ArchiveCheck> {
     let records = read_records(dir)?;
     let mut c = ArchiveCheck::default();
@@ -311,8 +313,11 @@ pub fn verify(dir: &Path, public: &VerifyingKey) -> Result<ArchiveCheck> {
             Ok(()) => {}
             Err(e) => c.problems.push(format!("{name}: {e}")),
         }
+        // The first record present may follow segments a prune removed
+        // (their entries are older than every kept backup): its `prev`
+        // names a record no longer here. Every later one must chain.
         let want_prev = prev.map(ReadRecord::sha256);
-        if r.record.prev != want_prev {
+        if prev.is_some() && r.record.prev != want_prev {
             c.problems.push(format!(
                 "{name}: the chain is broken: it does not follow {} (a segment was removed, replaced or reordered)",
                 prev.map_or("nothing".to_string(), |p| format!("{ARCHIVE_DIR}/{}.json", p.name))
@@ -392,6 +397,103 @@ pub fn read_segment(dir: &Path, r: &ReadRecord) -> Result<Vec<(StoredEntry, Entr
         ));
     }
     Ok(entries)
+}
+
+/// Applied index + 1 of every backup in `dir` with its cluster id, in
+/// index order: where an archive may start (a restore replays from a
+/// backup's applied index).
+pub fn backup_starts_with_cluster(dir: &Path) -> Result<Vec<(u64, Option<String>)>> {
+    let mut out = Vec::new();
+    for id in store::list_ids(dir)? {
+        if let Ok(m) = store::read_manifest_unverified(dir, &id) {
+            out.push((m.applied_log_id.index + 1, m.cluster_id));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// [`backup_starts_with_cluster`] without the cluster ids.
+pub fn backup_starts(dir: &Path) -> Result<Vec<u64>> {
+    Ok(backup_starts_with_cluster(dir)?
+        .into_iter()
+        .map(|s| s.0)
+        .collect())
+}
+
+/// Where the archive continues when entry `next` is no longer held (the
+/// holder's first entry is `first_held`): the first backup start after
+/// `next` that is still held, if any. The entries between are a gap.
+pub fn resume_after(dir: &Path, next: u64, first_held: Option<u64>) -> Result<Option<u64>> {
+    Ok(backup_starts(dir)?
+        .into_iter()
+        .find(|s| *s > next && first_held.is_none_or(|f| *s >= f)))
+}
+
+/// What [`prune_before`] removed (or would).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ArchivePrune {
+    /// Segments (by their file stem) whose entries all lie at or before
+    /// the oldest kept backup's applied index.
+    pub segments: Vec<String>,
+    pub leftovers: Vec<String>,
+    pub bytes: u64,
+}
+
+/// Removes the segments no restore can use any more: every entry at or
+/// before `applied` (the oldest kept backup's applied index), oldest
+/// first, each record before its segment (an interrupted prune leaves a
+/// file without a record, removed next time, never a record without its
+/// segment). With `archiver_live`, temporary files are left alone.
+pub fn prune_before(
+    dir: &Path,
+    applied: u64,
+    dry_run: bool,
+    archiver_live: bool,
+) -> Result<ArchivePrune> {
+    let mut out = ArchivePrune::default();
+    let a = dir.join(ARCHIVE_DIR);
+    if !a.exists() {
+        return Ok(out);
+    }
+    let records = read_records(dir)?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    for r in records.iter().filter(|r| r.record.last_index <= applied) {
+        for ext in ["json", "json.sig", "seg"] {
+            let p = a.join(format!("{}.{ext}", r.name));
+            out.bytes += size(&p);
+            if !dry_run {
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
+        out.segments.push(r.name.clone());
+    }
+    // Files with no record: a segment or signature whose record an
+    // interrupted prune removed, or a writer's temporary file.
+    let recorded: std::collections::BTreeSet<&str> =
+        records.iter().map(|r| r.name.as_str()).collect();
+    let newest = records.last().map(|r| r.name.clone()).unwrap_or_default();
+    for e in std::fs::read_dir(&a).with_context(|| format!("reading {}", a.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let orphan = name.split_once('.').is_some_and(|(stem, _)| {
+            stem.len() == 20 && !recorded.contains(stem) && *stem < *newest.as_str()
+        });
+        let tmp = name.starts_with('.') && name.ends_with(".tmp") && !archiver_live;
+        if orphan || tmp {
+            out.bytes += size(&e.path());
+            out.leftovers.push(format!("{ARCHIVE_DIR}/{name}"));
+            if !dry_run {
+                std::fs::remove_file(e.path())
+                    .with_context(|| format!("removing {}", e.path().display()))?;
+            }
+        }
+    }
+    let changed = !(out.segments.is_empty() && out.leftovers.is_empty());
+    if changed && !dry_run {
+        fsync_dir(&a)?;
+    }
+    Ok(out)
 }
 
 /// Where a replay stops.
@@ -541,6 +643,45 @@ mod tests {
         let (got, stop) = entries_until(d.path(), 10, Until::Time(99_000)).unwrap();
         assert_eq!(got.len(), 20);
         assert!(stop.is_none());
+    }
+
+    #[test]
+    fn prune_removes_segments_no_backup_needs_and_the_rest_still_verifies() {
+        let d = tempfile::tempdir().unwrap();
+        let (k, v) = keys();
+        for first in [1u64, 11, 21] {
+            let s: Vec<_> = (first..first + 10)
+                .map(|i| entry(i, Some(i as i64)))
+                .collect();
+            write_segment(d.path(), &k, None, 1, &s).unwrap();
+        }
+        // The oldest kept backup applied 15: segment 1..10 goes, 11..20 stays.
+        let dry = prune_before(d.path(), 15, true, false).unwrap();
+        assert_eq!(dry.segments, vec![segment_name(1)]);
+        assert_eq!(
+            read_records(d.path()).unwrap().len(),
+            3,
+            "a dry run changes nothing"
+        );
+        let p = prune_before(d.path(), 15, false, false).unwrap();
+        assert_eq!(p.segments, vec![segment_name(1)]);
+        assert!(p.bytes > 0);
+        let c = verify(d.path(), &v).unwrap();
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        assert_eq!(c.spans, vec![(11, 30)]);
+        let (got, _) = entries_until(d.path(), 15, Until::Index(30)).unwrap();
+        assert_eq!(got.len(), 15);
+        // A leftover of an interrupted prune (a segment without its record).
+        std::fs::write(
+            d.path()
+                .join(ARCHIVE_DIR)
+                .join(format!("{}.seg", segment_name(5))),
+            b"x",
+        )
+        .unwrap();
+        let p = prune_before(d.path(), 15, false, false).unwrap();
+        assert!(p.segments.is_empty());
+        assert_eq!(p.leftovers.len(), 1, "{p:?}");
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! checkpoint it); the database directory it is given to rewrite.
 
 pub mod archive;
+pub mod archiver;
 pub mod schedule;
 pub mod store;
 

@@ -431,6 +431,10 @@ pub struct Lock {
 
 impl Lock {
     fn make(path: PathBuf, create_new: bool) -> std::io::Result<Lock> {
+        Self::make_renewed(path, create_new, LOCK_RENEW)
+    }
+
+    fn make_renewed(path: PathBuf, create_new: bool, renew: Duration) -> std::io::Result<Lock> {
         let body = format!(
             "{{\"pid\": {}, \"host_unix_ms\": {}}}\n",
             std::process::id(),
@@ -452,7 +456,7 @@ impl Lock {
                 let mut last = Instant::now();
                 while !s.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(200));
-                    if last.elapsed() >= LOCK_RENEW {
+                    if last.elapsed() >= renew {
                         last = Instant::now();
                         let _ = std::fs::File::options()
                             .write(true)
@@ -482,6 +486,15 @@ impl Drop for Lock {
 /// The live locks in `DIR/locks/` whose name starts with `prefix`
 /// (renewed within [`LOCK_STALE`]), except `mine`.
 fn live_locks(dir: &Path, prefix: &str, mine: Option<&Path>) -> Vec<String> {
+    live_locks_within(dir, prefix, mine, LOCK_STALE)
+}
+
+fn live_locks_within(
+    dir: &Path,
+    prefix: &str,
+    mine: Option<&Path>,
+    stale: Duration,
+) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir.join(LOCKS_DIR)) else {
         return Vec::new();
     };
@@ -495,7 +508,7 @@ fn live_locks(dir: &Path, prefix: &str, mine: Option<&Path>) -> Vec<String> {
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
-                .is_none_or(|age| age < LOCK_STALE);
+                .is_none_or(|age| age < stale);
             (name.starts_with(prefix) && fresh).then_some(name)
         })
         .collect()
@@ -509,14 +522,23 @@ const ARCHIVE_LOCK: &str = "archive";
 /// The one archiver of `dir` (`archive`): refused with BUSY while another
 /// one's lock is live; a lock its holder stopped renewing is taken over.
 pub fn lock_archive(dir: &Path) -> Result<Lock> {
+    lock_archive_stale_after(dir, LOCK_STALE)
+}
+
+/// [`lock_archive`], renewed every second and void after `stale` without
+/// renewal (the nodes' archiver: `backup.claim_stale_s`).
+pub fn lock_archive_stale_after(dir: &Path, stale: Duration) -> Result<Lock> {
     let locks = dir.join(LOCKS_DIR);
     std::fs::create_dir_all(&locks).with_context(|| format!("creating {}", locks.display()))?;
     let path = locks.join(ARCHIVE_LOCK);
-    if path.exists() && live_locks(dir, ARCHIVE_LOCK, None).is_empty() {
+    if path.exists() && live_locks_within(dir, ARCHIVE_LOCK, None, stale).is_empty() {
         // Its holder died: void.
         let _ = std::fs::remove_file(&path);
     }
-    Lock::make(path, true).map_err(|e| {
+    let renew = Duration::from_secs(1)
+        .min(stale / 3)
+        .max(Duration::from_millis(200));
+    Lock::make_renewed(path, true, renew).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             error(
                 E_BUSY,
@@ -917,7 +939,10 @@ pub struct PruneReport {
     pub deleted_files: Vec<String>,
     /// Half-written leftovers of interrupted runs, removed.
     pub leftovers: Vec<String>,
-    /// Bytes freed (files and leftovers).
+    /// Log archive segments no kept backup can replay from (all their
+    /// entries at or before the oldest kept backup's applied index).
+    pub archive_segments: Vec<String>,
+    /// Bytes freed (files, segments and leftovers).
     pub bytes_freed: u64,
     pub ms: u64,
 }
@@ -991,6 +1016,7 @@ pub fn prune(dir: &Path, retention: &Retention, dry_run: bool) -> Result<PruneRe
         deleted_backups: deleted_backups.clone(),
         deleted_files: Vec::new(),
         leftovers: Vec::new(),
+        archive_segments: Vec::new(),
         bytes_freed: 0,
         ms: 0,
     };
@@ -1077,6 +1103,19 @@ pub fn prune(dir: &Path, retention: &Retention, dry_run: bool) -> Result<PruneRe
     if !dry_run {
         fsync_dir(&files)?;
     }
+    // The log archive: what no kept backup can replay from goes.
+    if let Some(oldest) = manifests
+        .iter()
+        .filter(|(id, _)| keep.contains(*id))
+        .map(|(_, m)| m.applied_log_id.index)
+        .min()
+    {
+        let archiver_live = !live_locks(dir, ARCHIVE_LOCK, None).is_empty();
+        let a = super::archive::prune_before(dir, oldest, dry_run, archiver_live)?;
+        report.bytes_freed += a.bytes;
+        report.archive_segments = a.segments;
+        report.leftovers.extend(a.leftovers);
+    }
     report.ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
@@ -1091,15 +1130,19 @@ pub fn render_prune(r: &PruneReport) -> String {
     for f in &r.deleted_files {
         s += &format!("{verb} file {FILES_DIR}/{f}\n");
     }
+    for a in &r.archive_segments {
+        s += &format!("{verb} log archive segment {a}\n");
+    }
     for l in &r.leftovers {
         s += &format!("{verb} leftover {l}\n");
     }
     s += &format!(
-        "{}: kept {} backups, {verb} {} backups, {} files and {} leftovers; {} bytes {}\n",
+        "{}: kept {} backups, {verb} {} backups, {} files, {} archive segments and {} leftovers; {} bytes {}\n",
         r.dir.display(),
         r.kept.len(),
         r.deleted_backups.len(),
         r.deleted_files.len(),
+        r.archive_segments.len(),
         r.leftovers.len(),
         r.bytes_freed,
         if r.dry_run { "would be freed" } else { "freed" }
