@@ -5,11 +5,13 @@
 //! (counter, purchase, payment, history, report), `leader_kill`,
 //! `card_check`, `grpc_writes`, `etcd` (the etcd baseline), `postgres`
 //! (the PostgreSQL reference), `compare` (billdb against both, in rounds),
-//! `stats`, `cluster` (target, RSS, disk), `http`, `progress`, `up` (a
-//! local cluster for benchmarking). Touches clusters over HTTP/gRPC and, for local
+//! `backup` (backups, verify, point-in-time replay and restore on a loaded
+//! cluster), `stats`, `cluster` (target, RSS, disk), `http`, `progress`,
+//! `up` (a local cluster for benchmarking). Touches clusters over HTTP/gRPC and, for local
 //! clusters, their directory, `/proc` and (leader-kill) node processes.
 
 mod ahttp;
+mod backup;
 mod card_check;
 mod cluster;
 mod compare;
@@ -70,6 +72,10 @@ enum Cmd {
     /// and billed as `billdb season bill` does; the billing timed and its
     /// report checked to the cent.
     Season(season::SeasonArgs),
+    /// Backups on a loaded cluster: purchase p99 without and during a full
+    /// backup, full and incremental backup (time, bytes), verify, a
+    /// point-in-time replay and a restore to serving.
+    Backup(backup::BackupArgs),
     /// The legacy migration path: the dataset written as legacy CSV files
     /// and `billdb import` run on them, timed as a whole process; its
     /// reconciliation must find the totals equal and no difference.
@@ -133,6 +139,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::LeaderKill(a) => {
             let json = a.json;
             output(&leader_kill::run(a)?, json, workloads::print_table)?;
+        }
+        Cmd::Backup(a) => {
+            let json = a.json;
+            output(&backup::run(a)?, json, backup::print_table)?;
         }
         Cmd::Season(a) => {
             let json = a.json;

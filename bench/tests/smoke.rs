@@ -1,7 +1,7 @@
 //! Smoke run of `billdb-bench` against a real local five-node cluster at a
 //! tiny scale: load (record count and the last month's report equal the
 //! generated data), every workload for a second or two, the leader kill,
-//! and the card check; each answer's JSON must show work done. Seconds,
+//! the card check and the backup bench; each answer's JSON must show work done. Seconds,
 //! not minutes; asserts no latency targets.
 
 use std::path::Path;
@@ -358,5 +358,52 @@ fn load_and_every_workload_at_tiny_scale() {
             billdb_client::local::ProcState::Stopped,
             "node {n} left paused"
         );
+    }
+
+    // Backups on the loaded cluster: a full backup during purchases, an
+    // incremental one, a deep verify, a point-in-time replay of the log
+    // archive and a restore into a new cluster until it takes a write.
+    // The scratch cluster's ports: 19400 + 1..5, 101..105, 201..205.
+    let dest = tempfile::tempdir().expect("tempdir");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let to = dest.path().join("backups");
+    let mut args = vec![
+        "backup",
+        "--to",
+        to.to_str().expect("utf-8 path"),
+        "--scratch-dir",
+        scratch.path().to_str().expect("utf-8 path"),
+        "--scratch-base-port",
+        "19400",
+        "--clients",
+        "2",
+        "--duration-s",
+        "2",
+        "--incremental-after-s",
+        "1",
+    ];
+    args.extend_from_slice(DATA);
+    let b = bench(dir, &args);
+    assert!(b["full"]["bytes"].as_u64().unwrap_or(0) > 0, "{b}");
+    let copied = b["incremental"]["bytes_copied"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    assert!(
+        copied <= b["incremental"]["bytes_total"].as_u64().unwrap_or(0),
+        "{b}"
+    );
+    assert!(
+        b["point_in_time_restore"]["entries_replayed"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{b}"
+    );
+    assert!(
+        b["restore_to_serving"]["first_write_ms"].as_u64().is_some(),
+        "{b}"
+    );
+    for k in ["without_backup", "during_backup"] {
+        assert!(b["purchase_p99_ms"][k].as_f64().unwrap_or(0.0) > 0.0, "{b}");
     }
 }
