@@ -53,8 +53,40 @@ pub struct CompareArgs {
     rounds: usize,
     #[arg(long, default_value_t = 10)]
     duration_s: u64,
+    /// What billdb's log entries carry (`raft.replicate`), comma separated:
+    /// `results` (the nodes' default) and/or `commands`. With both, each
+    /// round restarts the nodes in each mode in turn (and warms them up
+    /// for `WARM_UP_S` seconds) before measuring it: `billdb` and
+    /// `billdb_commands` in the results.
+    #[arg(long, value_delimiter = ',', default_value = "results")]
+    billdb_replicate: Vec<String>,
     #[arg(long)]
     pub json: bool,
+}
+
+/// Seconds of purchases, not measured, after the nodes restart in another
+/// replication mode.
+const WARM_UP_S: u64 = 5;
+/// How long restarted nodes may take to serve again.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The system name of billdb in replication mode `mode`.
+fn billdb_system(mode: &str) -> String {
+    match mode {
+        "results" => "billdb".into(),
+        other => format!("billdb_{other}"),
+    }
+}
+
+/// Restarts every node with `raft.replicate = mode` and waits until they
+/// serve with a leader.
+fn restart_in_mode(cluster: &LocalCluster, mode: &str) -> anyhow::Result<()> {
+    cluster.set_node_env("BILLDB_REPLICATE", mode);
+    cluster.down().context("stopping the billdb nodes")?;
+    cluster.start_all().context("starting the billdb nodes")?;
+    cluster.wait_all_healthy(RESTART_TIMEOUT)?;
+    cluster.wait_leader(RESTART_TIMEOUT)?;
+    Ok(())
 }
 
 /// Resumes the paused nodes when dropped, so an error in the etcd run
@@ -126,8 +158,9 @@ pub fn median(mut xs: Vec<f64>) -> Option<f64> {
 
 const FIELDS: [&str; 4] = ["ops_per_s", "p50_ms", "p99_ms", "node_cpu_ms_per_op"];
 
-/// The systems billdb is compared with, as named in the runs.
-const BASELINES: [&str; 2] = ["etcd", "postgres"];
+/// The systems billdb is compared with, as named in the runs (billdb
+/// replicating commands, as before op level 3, among them).
+const BASELINES: [&str; 3] = ["etcd", "postgres", "billdb_commands"];
 
 /// Medians of each field over `runs` per system, and each field's ratio
 /// of billdb to each baseline (`billdb_over_etcd`, `billdb_over_postgres`;
@@ -249,6 +282,14 @@ pub fn run(a: CompareArgs) -> anyhow::Result<Value> {
         (1..=CLIENT_COUNTS_MAX).contains(&a.clients.len()),
         "--clients: 1..={CLIENT_COUNTS_MAX} counts"
     );
+    anyhow::ensure!(
+        !a.billdb_replicate.is_empty()
+            && a.billdb_replicate.len() <= 2
+            && a.billdb_replicate
+                .iter()
+                .all(|m| m == "results" || m == "commands"),
+        "--billdb-replicate: results and/or commands"
+    );
     let cluster = LocalCluster::open(&a.dir)
         .with_context(|| format!("opening the billdb cluster in {}", a.dir.display()))?;
     let mut runs = Vec::new();
@@ -278,20 +319,29 @@ pub fn run(a: CompareArgs) -> anyhow::Result<Value> {
                 (etcd, postgres)
             };
             std::thread::sleep(Duration::from_millis(RESUME_SETTLE_MS));
-            if !a.json {
-                eprintln!(
-                    "compare: round {round}/{}, {clients} clients: billdb",
-                    a.rounds
-                );
+            let mut measured = vec![("etcd".to_string(), etcd, "etcd_txn")];
+            if let Some(p) = postgres {
+                measured.push(("postgres".into(), p, "pg_purchase"));
             }
-            let billdb = child(&billdb_args(&a, &a.dir, clients))?;
-            let mut measured = vec![("etcd", &etcd, "etcd_txn")];
-            if let Some(p) = &postgres {
-                measured.push(("postgres", p, "pg_purchase"));
+            for mode in &a.billdb_replicate {
+                if a.billdb_replicate.len() > 1 {
+                    if !a.json {
+                        eprintln!("compare: billdb nodes restarting with raft.replicate = {mode}");
+                    }
+                    restart_in_mode(&cluster, mode)?;
+                    child(&purchase_run_args(&a.dir, &a.data, 16, WARM_UP_S))?;
+                }
+                if !a.json {
+                    eprintln!(
+                        "compare: round {round}/{}, {clients} clients: billdb ({mode})",
+                        a.rounds
+                    );
+                }
+                let billdb = child(&billdb_args(&a, &a.dir, clients))?;
+                measured.push((billdb_system(mode), billdb, "purchase"));
             }
-            measured.push(("billdb", &billdb, "purchase"));
             for (system, v, op) in measured {
-                let mut s = summary(v, op)?;
+                let mut s = summary(&v, op)?;
                 if let Some(o) = s.as_object_mut() {
                     o.insert("system".into(), json!(system));
                     o.insert("round".into(), json!(round));
@@ -310,9 +360,11 @@ pub fn run(a: CompareArgs) -> anyhow::Result<Value> {
         "workload": "compare",
         "rounds": a.rounds,
         "duration_s": a.duration_s,
+        "billdb_replicate": a.billdb_replicate,
         "clients": a.clients,
         "operations": {
-            "billdb": "one durable purchase (POST /v1/purchases) to the leader",
+            "billdb": "one durable purchase (POST /v1/purchases) to the leader; log entries carry the leader's results (raft.replicate = results)",
+            "billdb_commands": "the same, with raft.replicate = commands: every replica executes every purchase",
             "etcd": "one Txn of two puts (200-byte record, 100-byte account summary) to the leader",
             "postgres": "one statement per purchase (update the account, insert a 200-byte record) on a primary whose commits wait for any 2 of 4 standbys",
         },
@@ -328,7 +380,7 @@ pub fn print_table(v: &Value) {
         v["rounds"], v["duration_s"]
     );
     println!(
-        "{:>7}  {:<8} {:>10} {:>9} {:>9} {:>13}",
+        "{:>7}  {:<15} {:>10} {:>9} {:>9} {:>13}",
         "clients", "system", "ops/s", "p50 ms", "p99 ms", "CPU ms/op"
     );
     let Some(m) = v["medians"].as_object() else {
@@ -337,13 +389,13 @@ pub fn print_table(v: &Value) {
     let f = |x: &Value, d: usize| x.as_f64().map_or("-".into(), |x| format!("{x:.d$}"));
     for (clients, row) in m {
         let present = |system: &str| row[system]["ops_per_s"].as_f64().is_some();
-        for system in ["etcd", "postgres", "billdb"] {
+        for system in ["etcd", "postgres", "billdb_commands", "billdb"] {
             if !present(system) {
                 continue;
             }
             let s = &row[system];
             println!(
-                "{clients:>7}  {system:<8} {:>10} {:>9} {:>9} {:>13}",
+                "{clients:>7}  {system:<15} {:>10} {:>9} {:>9} {:>13}",
                 f(&s["ops_per_s"], 1),
                 f(&s["p50_ms"], 2),
                 f(&s["p99_ms"], 2),

@@ -212,6 +212,10 @@ impl Harness {
             Some(net::HOST_PREFIX),
         )?;
         cluster.set_kill_on_drop(true);
+        // Every follower re-executes the leader's results and stops at a
+        // difference (`raft.verify_results`): a divergence shows as a
+        // replica that stops applying, which the checker reports.
+        cluster.set_node_env("BILLDB_VERIFY_RESULTS", "true");
         let mut lossy = std::collections::BTreeMap::new();
         if cfg.nemeses.iter().any(|n| n.is_power_loss()) {
             ensure!(

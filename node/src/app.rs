@@ -177,7 +177,16 @@ impl App {
         let Trust { auth, tls } = trust;
         App {
             id,
-            proposer: Proposer::start(raft.clone(), proposer_limits(&config)),
+            proposer: Proposer::start(
+                crate::leader_exec::LeaderExec::new(
+                    raft.clone(),
+                    db.clone(),
+                    fence.clone(),
+                    config.raft.replicate == crate::config::Replicate::Results,
+                    config.raft.batch_bytes_max,
+                ),
+                proposer_limits(&config),
+            ),
             fence,
             raft,
             db,

@@ -61,6 +61,28 @@ pub struct RaftTuning {
     /// waits.
     #[serde(default = "d_batch_in_flight")]
     pub batch_in_flight_max: usize,
+    /// What log entries carry once the cluster runs op level 3: `results`
+    /// (the default: the leader executes each batch once and followers
+    /// write its write set, `leader_exec`) or `commands` (every replica
+    /// executes every command, as before level 3). Per node: it matters on
+    /// the leader.
+    #[serde(default)]
+    pub replicate: Replicate,
+    /// Re-execute every entry that carries the leader's results on this
+    /// node and compare replies and writes; a difference stops apply here
+    /// with an error naming the entry and the keys (for tests, and for an
+    /// operator who wants the check; it costs the follower CPU results
+    /// replication saves).
+    #[serde(default)]
+    pub verify_results: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Replicate {
+    #[default]
+    Results,
+    Commands,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -100,7 +122,7 @@ fn d_install_timeout() -> u64 {
     60_000
 }
 fn d_payload() -> u64 {
-    128
+    32
 }
 fn d_true() -> bool {
     true
@@ -108,10 +130,12 @@ fn d_true() -> bool {
 fn d_batch_commands() -> usize {
     256
 }
-// 128 entries per AppendEntries (`max_payload_entries`) × 256 KiB stays
-// under half the 64 MiB Raft message bound. 256 KiB: an import of 1,000
-// records (~100 bytes each, encoded) fits one entry; followers receive ~16
-// entries per append under a purchase load, so 128 costs nothing there.
+// 32 entries per AppendEntries (`max_payload_entries`) × 256 KiB × 4 (an
+// entry of one command with the leader's results may be 4× the batch
+// bound, `leader_exec::ALONE_ENTRY_FACTOR`) stays under half the 64 MiB
+// Raft message bound. 256 KiB: an import of 1,000 records (~100 bytes
+// each, encoded) fits one entry; followers receive ~16 entries per append
+// under a purchase load, so 32 costs nothing there.
 fn d_batch_bytes() -> usize {
     256 << 10
 }
@@ -135,6 +159,8 @@ impl Default for RaftTuning {
             batch_commands_max: d_batch_commands(),
             batch_bytes_max: d_batch_bytes(),
             batch_in_flight_max: d_batch_in_flight(),
+            replicate: Replicate::default(),
+            verify_results: false,
         })
     }
 }
@@ -359,6 +385,13 @@ pub struct Args {
     /// (rolling-upgrade drills and tests; see docs/OPERATIONS.md).
     #[arg(long, env = "BILLDB_OP_LEVEL_MAX", hide = true)]
     pub op_level_max: Option<u32>,
+    /// `raft.verify_results` (test suites and chaos runs set it for every
+    /// node they start).
+    #[arg(long, env = "BILLDB_VERIFY_RESULTS")]
+    pub verify_results: Option<bool>,
+    /// `raft.replicate` (`results` or `commands`).
+    #[arg(long, env = "BILLDB_REPLICATE")]
+    pub replicate: Option<String>,
 }
 
 impl Config {
@@ -402,6 +435,23 @@ impl Config {
                 "scrub_interval_s".into(),
                 toml::Value::Integer(i64::try_from(v).unwrap_or(i64::MAX)),
             );
+        }
+        let raft_overrides = [
+            (
+                "verify_results",
+                args.verify_results.map(toml::Value::Boolean),
+            ),
+            ("replicate", args.replicate.clone().map(toml::Value::String)),
+        ];
+        for (key, value) in raft_overrides {
+            let Some(value) = value else { continue };
+            let raft = doc
+                .entry("raft")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(t) = raft.as_table_mut() else {
+                anyhow::bail!("configuration: [raft] must be a table");
+            };
+            t.insert(key.into(), value);
         }
         let mut cfg: Config = toml::Value::Table(doc)
             .try_into()
@@ -466,9 +516,13 @@ impl Config {
             "raft.batch_in_flight_max in 1..=64"
         );
         anyhow::ensure!(
-            r.max_payload_entries as usize * r.batch_bytes_max
+            r.max_payload_entries as usize
+                * r.batch_bytes_max
+                * crate::leader_exec::ALONE_ENTRY_FACTOR
                 <= crate::raft_net::MESSAGE_SIZE_BYTES_MAX / 2,
-            "raft.max_payload_entries × raft.batch_bytes_max must stay under half the {} MiB Raft message bound",
+            "raft.max_payload_entries × raft.batch_bytes_max × {} (an entry with the leader's \
+             results) must stay under half the {} MiB Raft message bound",
+            crate::leader_exec::ALONE_ENTRY_FACTOR,
             crate::raft_net::MESSAGE_SIZE_BYTES_MAX >> 20
         );
         anyhow::ensure!(
@@ -553,7 +607,40 @@ mod tests {
             http_addr: None,
             scrub_interval_s: None,
             op_level_max: None,
+            verify_results: None,
+            replicate: None,
         }
+    }
+
+    /// `raft.replicate` and `raft.verify_results` come from the file or
+    /// from their flags (environment); an unknown mode is refused.
+    #[test]
+    fn replication_mode_from_file_or_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        std::fs::write(
+            &p,
+            "node_id = 1\ndata_dir = \"/tmp/x\"\nraft_addr = \"127.0.0.1:7201\"\n\
+             grpc_addr = \"127.0.0.1:7101\"\nhttp_addr = \"127.0.0.1:7001\"\n\
+             [insecure]\nraft = true\ngrpc = true\nhttp = true\n\
+             [raft]\nreplicate = \"commands\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&args(Some(p.clone()))).unwrap();
+        assert_eq!(c.raft.replicate, Replicate::Commands);
+        assert!(!c.raft.verify_results);
+        let mut a = args(Some(p.clone()));
+        a.replicate = Some("results".into());
+        a.verify_results = Some(true);
+        let c = Config::load(&a).unwrap();
+        assert_eq!(c.raft.replicate, Replicate::Results);
+        assert!(c.raft.verify_results);
+        a.replicate = Some("both".into());
+        let e = Config::load(&a).unwrap_err().to_string();
+        assert!(
+            e.contains("replicate") || e.contains("unknown variant"),
+            "{e}"
+        );
     }
 
     #[test]

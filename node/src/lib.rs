@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod failpoint_ack;
 pub mod handover;
+pub mod leader_exec;
 pub mod listen;
 pub mod log_limit;
 pub mod log_purge;

@@ -216,6 +216,30 @@ fn describe() {
         "billdb_applied_commands_total",
         "Client commands the state machine applied."
     );
+    describe_counter!(
+        "billdb_applied_results_entries_total",
+        "Entries applied by writing the leader's results (op level 3), without executing their commands."
+    );
+    describe_counter!(
+        "billdb_exec_batches_total",
+        "Batches this node executed as leader before proposing them (results replication)."
+    );
+    describe_counter!(
+        "billdb_exec_epochs_total",
+        "Times this node started executing as leader (a new term, or results replication turned on)."
+    );
+    describe_counter!(
+        "billdb_exec_cut_entries_total",
+        "Extra entries the leader made of one batch because the batch's results passed raft.batch_bytes_max."
+    );
+    describe_counter!(
+        "billdb_exec_oversized_total",
+        "Commands proposed without results because one command's results passed the entry bound (every replica executes them)."
+    );
+    describe_counter!(
+        "billdb_exec_divergences_total",
+        "Entries whose re-execution here (raft.verify_results) differed from the leader's results; apply stops at the first."
+    );
     describe_histogram!(
         "billdb_wal_fsync_seconds",
         Unit::Seconds,

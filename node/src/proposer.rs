@@ -19,10 +19,11 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use openraft::errors::{ClientWriteError, RaftError};
+use std::pin::Pin;
+
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::types::{Batch, BatchReply, Command, CommandReply, Raft};
+use crate::types::{Batch, BatchReply, Command, CommandReply};
 
 /// Commands waiting to be batched; proposers beyond this wait for room
 /// (within their own request deadline).
@@ -69,25 +70,15 @@ pub enum ProposeError {
 /// that decided it).
 pub type Proposed = Result<CommandReply, ProposeError>;
 
-/// Where batches go.
-pub trait Submit: Clone + Send + Sync + 'static {
-    /// Propose `batch` as one entry and wait until it is applied: one reply
-    /// per command.
-    fn submit(&self, batch: Batch)
-    -> impl Future<Output = Result<BatchReply, ProposeError>> + Send;
-}
+/// The wait for one proposed entry's replies.
+pub type Pending = Pin<Box<dyn Future<Output = Result<BatchReply, ProposeError>> + Send>>;
 
-impl Submit for Raft {
-    async fn submit(&self, batch: Batch) -> Result<BatchReply, ProposeError> {
-        match self.client_write(batch).await {
-            Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
-            | Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-                Err(ProposeError::NotLeader)
-            }
-            Err(e) => Err(ProposeError::Internal(e.to_string())),
-        }
-    }
+/// Where batches go (`leader_exec::LeaderExec`; a fake in the tests).
+pub trait Submit: Send + 'static {
+    /// Hand `batch` to Raft as one entry and return the wait for its
+    /// replies (one per command, once applied). Called one batch at a
+    /// time, in order: the log holds entries in the order of these calls.
+    fn send(&mut self, batch: Batch) -> impl Future<Output = Result<Pending, ProposeError>> + Send;
 }
 
 struct Waiting {
@@ -149,7 +140,7 @@ fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn run<S: Submit>(submit: S, limits: Limits, mut rx: mpsc::Receiver<Waiting>) {
+async fn run<S: Submit>(mut submit: S, limits: Limits, mut rx: mpsc::Receiver<Waiting>) {
     let slots = Arc::new(Semaphore::new(limits.in_flight_max));
     let mut last_ts_ms = 0i64;
     // A command that did not fit the previous batch opens the next one.
@@ -199,15 +190,26 @@ async fn run<S: Submit>(submit: S, limits: Limits, mut rx: mpsc::Receiver<Waitin
             replies.push(w.reply);
         }
         metrics::histogram!("billdb_propose_batch_commands").record(commands.len() as f64);
-        let submit = submit.clone();
         let timeout = std::time::Duration::from_millis(limits.entry_timeout_ms);
-        tokio::spawn(async move {
-            let r = tokio::time::timeout(timeout, submit.submit(Batch { commands }))
-                .await
-                .unwrap_or(Err(ProposeError::TimedOut));
-            drop(slot);
-            deliver(r, replies);
-        });
+        match tokio::time::timeout(timeout, submit.send(Batch::of(commands))).await {
+            Ok(Ok(pending)) => {
+                tokio::spawn(async move {
+                    let r = tokio::time::timeout(timeout, pending)
+                        .await
+                        .unwrap_or(Err(ProposeError::TimedOut));
+                    drop(slot);
+                    deliver(r, replies);
+                });
+            }
+            Ok(Err(e)) => {
+                drop(slot);
+                deliver(Err(e), replies);
+            }
+            Err(_) => {
+                drop(slot);
+                deliver(Err(ProposeError::TimedOut), replies);
+            }
+        }
     }
 }
 
@@ -263,6 +265,13 @@ mod tests {
     }
 
     impl Submit for Fake {
+        async fn send(&mut self, batch: Batch) -> Result<Pending, ProposeError> {
+            let fake = self.clone();
+            Ok(Box::pin(async move { fake.submit(batch).await }))
+        }
+    }
+
+    impl Fake {
         async fn submit(&self, batch: Batch) -> Result<BatchReply, ProposeError> {
             let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_flight.fetch_max(n, Ordering::SeqCst);

@@ -20,8 +20,12 @@
 //!   lifts the voters' lease, so a transfer started by this node turns the
 //!   rule off for the rest of its term.
 //!
-//! Touches atomics only; the state machine writes them after each applied
-//! write batch, the API reads them.
+//! The fence also says which of the leader executor's entries are applied
+//! (`exec_applied`, `leader_exec`).
+//!
+//! Touches atomics and one small lock only; the state machine writes them
+//! after each applied write batch, the API and the leader executor read
+//! them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -42,6 +46,9 @@ pub struct ReadFence {
     granted_max: AtomicU64,
     /// Term in which this node started a leadership transfer; 0 none.
     transfer_term: AtomicU64,
+    /// (term, leader execution sequence) of the newest applied entry that
+    /// carried the leader's results; read as a pair.
+    exec_applied: std::sync::Mutex<(u64, u64)>,
 }
 
 /// What the lease rule looks at, taken from one Raft metrics snapshot and
@@ -113,6 +120,23 @@ impl ReadFence {
             self.blank_term.store(t, Ordering::Release);
         }
         self.applied_index.store(index, Ordering::Release);
+    }
+
+    /// After a write batch holding an executed entry of `term` with
+    /// execution sequence `seq` (the batch's last) is in the database.
+    pub fn exec_applied(&self, term: u64, seq: u64) {
+        if let Ok(mut l) = self.exec_applied.lock() {
+            *l = (term, seq);
+        }
+    }
+
+    /// The execution sequence of the newest applied entry of `term` (0:
+    /// none applied here).
+    pub fn exec_applied_seq(&self, term: u64) -> u64 {
+        match self.exec_applied.lock() {
+            Ok(l) if l.0 == term => l.1,
+            _ => 0,
+        }
     }
 
     /// A snapshot replaced the state (or the node opened its database).

@@ -283,7 +283,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let log_appended_bytes = log_store.appended_bytes();
     let sm = StateMachine::open(db.clone(), config.data_dir.join("snapshots"))
         .context("opening state machine")?
-        .with_build_op_level(config.build_op_level());
+        .with_build_op_level(config.build_op_level())
+        .with_verify_results(config.raft.verify_results);
     // Data of a cluster whose op level this build cannot apply: refuse to
     // start, rather than stop at the first entry it cannot apply.
     let data_level =

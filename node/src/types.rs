@@ -56,9 +56,128 @@ impl fmt::Display for Command {
 
 /// The payload of one normal log entry: the commands the leader proposed
 /// together (group commit), applied in order. Never empty when proposed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `executed` holds what the leader decided for them (`leader_exec`): each
+/// command's reply and the batch's sorted write set. A replica with it
+/// writes the write set and runs no domain code (`store::apply_results`);
+/// one without it (entries from before op level 3, or a cluster set to
+/// replicate commands) executes the commands itself.
+///
+/// Encoding: a batch without `executed` encodes exactly as data format 7
+/// wrote batches (the command count, then the commands), so old log
+/// entries decode unchanged; one with it starts with
+/// [`EXECUTED_BATCH_MARK`], a count no batch can have. Only a cluster at
+/// op level 3 proposes those, so no older build is ever sent one.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     pub commands: Vec<Command>,
+    pub executed: Option<Box<Executed>>,
+}
+
+impl Batch {
+    /// Commands to be executed by every replica.
+    pub fn of(commands: Vec<Command>) -> Batch {
+        Batch {
+            commands,
+            executed: None,
+        }
+    }
+}
+
+/// What the leader decided for one batch (op level 3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Executed {
+    /// The leader's execution sequence number (per leader process, rising):
+    /// the leader drops this entry's write set from its pending view once
+    /// it is applied (`leader_exec`).
+    pub seq: u64,
+    /// One per command, in order.
+    pub replies: Vec<crate::domain::ExecReply>,
+    /// Every domain write of the batch except the exactly-once table (which
+    /// every replica derives from `replies` and the entry's index), in
+    /// family then key order; `None` deletes.
+    #[allow(clippy::type_complexity)]
+    pub writes: Vec<(crate::domain::Family, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// The first varint of an executed batch's encoding: read as a command
+/// count it is far beyond any entry's bound, so an older decoder refuses it.
+pub const EXECUTED_BATCH_MARK: u64 = u64::MAX;
+
+impl Serialize for Batch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        match &self.executed {
+            None => {
+                let mut t = s.serialize_tuple(1 + self.commands.len())?;
+                t.serialize_element(&(self.commands.len() as u64))?;
+                for c in &self.commands {
+                    t.serialize_element(c)?;
+                }
+                t.end()
+            }
+            Some(e) => {
+                let mut t = s.serialize_tuple(3)?;
+                t.serialize_element(&EXECUTED_BATCH_MARK)?;
+                t.serialize_element(&self.commands)?;
+                t.serialize_element(e)?;
+                t.end()
+            }
+        }
+    }
+}
+
+/// Most commands a decoded batch may claim (far above `batch_commands_max`).
+const BATCH_COMMANDS_DECODE_MAX: u64 = 1 << 20;
+
+impl<'de> Deserialize<'de> for Batch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Batch, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Batch;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a batch of commands")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Batch, A::Error> {
+                use serde::de::Error;
+                let head: u64 = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::custom("an empty batch"))?;
+                if head == EXECUTED_BATCH_MARK {
+                    let commands: Vec<Command> = seq
+                        .next_element()?
+                        .ok_or_else(|| A::Error::custom("an executed batch without commands"))?;
+                    let executed: Executed = seq
+                        .next_element()?
+                        .ok_or_else(|| A::Error::custom("an executed batch without results"))?;
+                    return Ok(Batch {
+                        commands,
+                        executed: Some(Box::new(executed)),
+                    });
+                }
+                if head > BATCH_COMMANDS_DECODE_MAX {
+                    return Err(A::Error::custom(format!("a batch of {head} commands")));
+                }
+                let mut commands = Vec::with_capacity(head as usize);
+                for _ in 0..head {
+                    commands.push(
+                        seq.next_element()?
+                            .ok_or_else(|| A::Error::custom("a batch cut short"))?,
+                    );
+                }
+                Ok(Batch {
+                    commands,
+                    executed: None,
+                })
+            }
+        }
+        // bincode reads a tuple element by element; the visitor stops where
+        // the batch ends (the count says how many commands follow).
+        d.deserialize_tuple(usize::MAX, V)
+    }
 }
 
 impl fmt::Display for Batch {

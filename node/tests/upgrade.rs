@@ -7,7 +7,8 @@
 //! first, the leader last) is stopped and started as the new build: the
 //! level stays 1 while any member is old, the leader reports each member's
 //! level, and a few seconds after the last one the leader raises the level
-//! to 2 by itself; the area tariff is then accepted. Every acknowledged
+//! to 3 by itself; the area tariff is then accepted, and the leader
+//! replicates results (executed entries) from then on, under the load. Every acknowledged
 //! payment is on all five, their digests agree, an old build started on the
 //! upgraded data refuses to start, naming both levels, and an old build is
 //! not let in as a new learner.
@@ -25,6 +26,10 @@ use common::*;
 use serde_json::json;
 
 const LEVEL_ENV: &str = "BILLDB_OP_LEVEL_MAX";
+
+/// The new build's op level (`domain::levels::BUILD_OP_LEVEL`): 3, so the
+/// upgrade also turns results replication on (`leader_exec`) under load.
+const NEW_LEVEL: u64 = 3;
 
 fn op_level(c: &TestCluster, n: u64) -> serde_json::Value {
     c.status(n)["op_level"].clone()
@@ -111,7 +116,11 @@ fn a_rolling_upgrade_raises_the_op_level_only_when_every_member_runs_the_new_bui
             },
         );
         live.lock().unwrap().push(n);
-        assert_eq!(op_level(&c, n)["build"], 2, "node {n} runs the new build");
+        assert_eq!(
+            op_level(&c, n)["build"],
+            NEW_LEVEL,
+            "node {n} runs the new build"
+        );
         if i + 1 == order.len() {
             break;
         }
@@ -131,7 +140,7 @@ fn a_rolling_upgrade_raises_the_op_level_only_when_every_member_runs_the_new_bui
         std::thread::sleep(Duration::from_millis(1500));
         let l = op_level(&c, leader);
         assert_eq!(l["cluster"], 1, "after {} of 5 upgraded: {l}", i + 1);
-        if l["build"] == 2 {
+        if l["build"] == NEW_LEVEL {
             // A new build leads: it asked every member and holds the level.
             let l = wait_for(
                 "the leader's report of every member",
@@ -142,7 +151,7 @@ fn a_rolling_upgrade_raises_the_op_level_only_when_every_member_runs_the_new_bui
                 },
             );
             for m in &all {
-                let want = if old.contains(m) { 1 } else { 2 };
+                let want = if old.contains(m) { 1 } else { NEW_LEVEL };
                 assert_eq!(l["members"][m.to_string()], want, "member {m}: {l}");
             }
             reported = true;
@@ -163,13 +172,23 @@ fn a_rolling_upgrade_raises_the_op_level_only_when_every_member_runs_the_new_bui
     // All five new: the leader raises the level by itself.
     for n in &all {
         wait_for(
-            &format!("node {n} applies cluster op level 2"),
+            &format!("node {n} applies cluster op level {NEW_LEVEL}"),
             Duration::from_secs(20),
-            || (op_level(&c, *n)["cluster"] == 2).then_some(()),
+            || (op_level(&c, *n)["cluster"] == NEW_LEVEL).then_some(()),
         );
     }
-    let v = define_area_tariff(&c, c.leader(), "area-new").expect("an area tariff at level 2");
+    let v =
+        define_area_tariff(&c, c.leader(), "area-new").expect("an area tariff at the new level");
     assert_eq!(v["result"], "tariff_defined", "{v}");
+    // From level 3 on, every member writes the leader's results instead of
+    // executing the commands (the load is still running).
+    for n in &all {
+        wait_for(
+            &format!("node {n} applies executed entries"),
+            Duration::from_secs(20),
+            || (c.metric(*n, "billdb_applied_results_entries_total") > 0.0).then_some(()),
+        );
+    }
 
     let (acked, failed, slowest_ms) = load.finish();
     assert!(
@@ -193,7 +212,8 @@ fn a_rolling_upgrade_raises_the_op_level_only_when_every_member_runs_the_new_bui
     });
     let log = log_since(&c, victim, log_from);
     assert!(
-        log.contains("cluster at op level 2") && log.contains("applies op level 1 at most"),
+        log.contains(&format!("cluster at op level {NEW_LEVEL}"))
+            && log.contains("applies op level 1 at most"),
         "the refusal names both levels:\n{log}"
     );
     // An old build is not let in as a new member either.
@@ -205,7 +225,7 @@ fn a_rolling_upgrade_raises_the_op_level_only_when_every_member_runs_the_new_bui
         Err(AdminError::Api { code, details, .. }) => {
             assert_eq!(code, "FEATURE_NOT_ENABLED");
             assert_eq!(details["node_level"], 1);
-            assert_eq!(details["cluster_level"], 2);
+            assert_eq!(details["cluster_level"], NEW_LEVEL);
         }
         other => panic!("an old build added as a learner: {other:?}"),
     }

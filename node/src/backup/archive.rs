@@ -587,6 +587,7 @@ mod tests {
                         channel: String::new(),
                         op: Op::SetClusterLevel { level: 1 },
                     }],
+                    executed: None,
                 },
             ),
             None => Entry::new_blank(log_id),

@@ -12,8 +12,10 @@
 //! Levels: 1 is every operation up to `PrintInvoice` (and flat and ladder
 //! tariffs), what builds of data format 7 before the gate apply; 2 adds
 //! season billing (`BillSeason`, area tariffs), `RecordDrill`,
-//! `RecordReconciliation` and `SetClusterLevel` itself. A new operation (or
-//! a change to what an existing one writes) takes the next level.
+//! `RecordReconciliation` and `SetClusterLevel` itself; 3 adds log
+//! entries that carry the leader's results (`types::Executed`,
+//! `leader_exec`). A new operation (or a change to what an existing one
+//! writes, or to the entry format) takes the next level.
 //!
 //! Touches the `Meta` family only.
 
@@ -23,7 +25,11 @@ use super::txn::{Family, Get, Txn};
 use super::{Op, Outcome, Res, TariffSpec, keys, read, refuse, write};
 
 /// The highest op level this build applies.
-pub const BUILD_OP_LEVEL: u32 = 2;
+pub const BUILD_OP_LEVEL: u32 = 3;
+
+/// The op level from which the leader replicates results (executed
+/// entries) instead of commands.
+pub const RESULTS_OP_LEVEL: u32 = 3;
 
 /// The level of a cluster whose state never recorded one.
 pub const BASE_OP_LEVEL: u32 = 1;

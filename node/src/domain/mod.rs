@@ -587,6 +587,95 @@ pub fn precheck<G: Get + ?Sized>(view: &G, op: &Op) -> Result<Option<ApiError>, 
     Ok(None)
 }
 
+/// The log index a command is executed at on the leader, before its entry
+/// has one: its request entry is kept only in the leader's pending view;
+/// every replica writes the real one from the entry's [`ExecReply`]
+/// (`record`).
+pub const PENDING_LOG_INDEX: u64 = u64::MAX;
+
+/// What executing one command decided ([`execute`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decided {
+    /// Decided now: its writes and its request entry are in the txn.
+    Recorded(Outcome),
+    /// The request_id already holds this outcome, decided at `log_index`
+    /// ([`PENDING_LOG_INDEX`] when that entry is not applied yet).
+    Replayed { outcome: Outcome, log_index: u64 },
+    /// Answered without a request entry (a request_id reused with another
+    /// payload: IDEMPOTENCY_CONFLICT).
+    Unrecorded(Outcome),
+}
+
+/// How an executed log entry answers one command (`types::Executed`): what
+/// a replica needs, with the entry's writes, to answer and record it
+/// without running the domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ExecReply {
+    /// Decided by this entry: the replica records (request_id, payload
+    /// fingerprint, this entry's index, outcome) in the exactly-once table.
+    Recorded(Outcome),
+    /// The request_id was decided by an earlier entry: the replica answers
+    /// what its exactly-once table holds.
+    Replay,
+    /// Answered, not recorded.
+    Unrecorded(Outcome),
+}
+
+impl Decided {
+    /// The reply an executed entry carries for this decision.
+    pub fn reply(&self) -> ExecReply {
+        match self {
+            Decided::Recorded(o) => ExecReply::Recorded(o.clone()),
+            Decided::Replayed { .. } => ExecReply::Replay,
+            Decided::Unrecorded(o) => ExecReply::Unrecorded(o.clone()),
+        }
+    }
+}
+
+/// Records one command of an executed entry at `log_index` in `txn`, as
+/// [`execute`] would have (the request entry; the entry's domain writes
+/// are written by the caller), and answers it with the index it was
+/// decided at. A `Replay` whose request_id holds no outcome with the same
+/// payload here means this replica's state differs from the leader's: an
+/// error, never an answer.
+pub fn record<T: Txn>(
+    txn: &mut T,
+    log_index: u64,
+    cmd: &Command,
+    reply: &ExecReply,
+) -> Result<(Outcome, u64), std::io::Error> {
+    let answered = match reply {
+        ExecReply::Recorded(outcome) => {
+            let entry = RequestEntry {
+                fingerprint: cmd.op.fingerprint(),
+                log_index,
+                outcome: outcome.clone(),
+            };
+            txn.put(
+                Family::Requests,
+                keys::request(&cmd.request_id),
+                keys::encode(&entry)?,
+            );
+            (entry.outcome, log_index)
+        }
+        ExecReply::Unrecorded(outcome) => (outcome.clone(), log_index),
+        ExecReply::Replay => match replayed(&*txn, &cmd.request_id, &cmd.op)? {
+            Some(Replay::Original { outcome, log_index }) => (outcome, log_index),
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "entry {log_index}: the leader answered request_id {:?} as a replay, \
+                     but this replica holds {other:?} for it: its state differs from the leader's",
+                    cmd.request_id
+                )));
+            }
+        },
+    };
+    if !matches!(reply, ExecReply::Replay) {
+        crate::metrics::count_outcome(&cmd.op, &answered.0);
+    }
+    Ok(answered)
+}
+
 /// Apply one committed command. Deterministic: the same state and command
 /// always give the same writes and outcome. Errors are storage failures
 /// only; a refused command is an `Ok(Outcome::Refused)` that writes nothing
@@ -606,14 +695,31 @@ pub fn apply_indexed<T: Txn>(
     log_index: u64,
     cmd: &Command,
 ) -> Result<(Outcome, u64), std::io::Error> {
+    Ok(match execute(txn, log_index, cmd)? {
+        Decided::Recorded(outcome) | Decided::Unrecorded(outcome) => {
+            crate::metrics::count_outcome(&cmd.op, &outcome);
+            (outcome, log_index)
+        }
+        Decided::Replayed { outcome, log_index } => (outcome, log_index),
+    })
+}
+
+/// Executes one command into `txn` (its writes and its request entry at
+/// `log_index`) and says what was decided; counts nothing. Deterministic:
+/// the same state and command always give the same writes and decision.
+/// The leader executes at [`PENDING_LOG_INDEX`] (`leader_exec`); a replica
+/// re-executing an entry executes at the entry's index.
+pub fn execute<T: Txn>(
+    txn: &mut T,
+    log_index: u64,
+    cmd: &Command,
+) -> Result<Decided, std::io::Error> {
     let fingerprint = cmd.op.fingerprint();
     match replayed_with(&*txn, &cmd.request_id, fingerprint)? {
-        Some(Replay::Original { outcome, log_index }) => return Ok((outcome, log_index)),
-        Some(Replay::Conflict(e)) => {
-            let outcome = Outcome::Refused(e);
-            crate::metrics::count_outcome(&cmd.op, &outcome);
-            return Ok((outcome, log_index));
+        Some(Replay::Original { outcome, log_index }) => {
+            return Ok(Decided::Replayed { outcome, log_index });
         }
+        Some(Replay::Conflict(e)) => return Ok(Decided::Unrecorded(Outcome::Refused(e))),
         None => {}
     }
     let req_key = keys::request(&cmd.request_id);
@@ -632,14 +738,13 @@ pub fn apply_indexed<T: Txn>(
         Err(Fail::Refused(e)) => Outcome::Refused(e),
         Err(Fail::Io(e)) => return Err(e),
     };
-    crate::metrics::count_outcome(&cmd.op, &outcome);
     let entry = RequestEntry {
         fingerprint,
         log_index,
-        outcome: outcome.clone(),
+        outcome,
     };
     txn.put(Family::Requests, req_key, keys::encode(&entry)?);
-    Ok((outcome, log_index))
+    Ok(Decided::Recorded(entry.outcome))
 }
 
 /// What applying a command whose request_id is already in the exactly-once

@@ -8,7 +8,11 @@ use std::collections::{BTreeMap, HashMap};
 
 /// Domain column families. The storage layer maps each to a RocksDB column
 /// family of the same name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Encoded (in executed log entries) as its declaration index: append only.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Family {
     Accounts,
     Records,
@@ -174,6 +178,17 @@ impl WriteSet {
     /// replaces the earlier one.
     pub fn insert(&mut self, family: Family, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.families[family as usize].insert(key, value);
+    }
+
+    /// At least the bytes these writes take encoded in a log entry (keys,
+    /// values, and a bound on each write's framing).
+    pub fn encoded_bytes_bound(&self) -> usize {
+        const FRAMING_BYTES_MAX: usize = 24;
+        self.families
+            .iter()
+            .flat_map(|f| f.iter())
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + FRAMING_BYTES_MAX)
+            .sum()
     }
 
     /// Distinct keys written.

@@ -13,6 +13,7 @@
 //! durable, and a write batch across families is atomic.
 
 pub mod apply_cache;
+pub mod apply_results;
 pub mod checkpoint;
 pub mod log_store;
 pub mod snapshot;

@@ -1,5 +1,7 @@
-//! The replicated state machine on RocksDB: applies committed entries
-//! through [`crate::domain::apply`], builds and installs snapshots.
+//! The replicated state machine on RocksDB: applies committed entries —
+//! an entry carrying the leader's results by writing its write set
+//! (`apply_results`), an older one through [`crate::domain::apply`] — and
+//! builds and installs snapshots.
 //!
 //! Each apply call is one atomic write batch holding the domain writes, the
 //! request (idempotency) entries, `applied` and, when it changed,
@@ -255,6 +257,9 @@ pub struct StateMachine {
     /// above it stops apply rather than be applied by a build that does
     /// not know it.
     build_op_level: u32,
+    /// Re-execute entries that carry the leader's results and refuse them
+    /// when they differ (`apply_results`).
+    verify_results: bool,
 }
 
 fn snap_name(meta: &SnapshotMeta) -> String {
@@ -279,6 +284,7 @@ impl StateMachine {
             limits: ApplyLimits::default(),
             apply_writes: Arc::new(AtomicU64::new(0)),
             build_op_level: domain::levels::BUILD_OP_LEVEL,
+            verify_results: false,
         };
         if let Some(raw) = sm
             .db
@@ -339,6 +345,13 @@ impl StateMachine {
     /// `--op-level-max`). Never above this build's.
     pub fn with_build_op_level(mut self, level: u32) -> Self {
         self.build_op_level = level.clamp(1, domain::levels::BUILD_OP_LEVEL);
+        self
+    }
+
+    /// Re-execute every entry that carries the leader's results and
+    /// compare (`[raft] verify_results`).
+    pub fn with_verify_results(mut self, verify: bool) -> Self {
+        self.verify_results = verify;
         self
     }
 
@@ -490,7 +503,9 @@ impl StateMachine {
 /// What applying one entry's payload gave.
 enum Applied {
     Blank,
-    Normal(BatchReply),
+    /// The replies, and the leader's execution sequence when the entry
+    /// carried its results.
+    Normal(BatchReply, Option<u64>),
     Membership(StoredMembership),
 }
 
@@ -503,10 +518,29 @@ fn apply_payload(
     log_id: LogId,
     payload: EntryPayload<crate::types::Batch, crate::types::NodeId, crate::types::NodeInfo>,
     build_op_level: u32,
+    verify_results: bool,
 ) -> Result<Applied, std::io::Error> {
     Ok(match payload {
         EntryPayload::Blank => Applied::Blank,
         EntryPayload::Normal(batch) => {
+            if let Some(executed) = &batch.executed {
+                if build_op_level < domain::levels::RESULTS_OP_LEVEL {
+                    return Err(std::io::Error::other(format!(
+                        "log entry {} carries the leader's results (op level {}), but this \
+                         node applies op level {build_op_level} at most: upgrade this node's billdb",
+                        log_id.index,
+                        domain::levels::RESULTS_OP_LEVEL
+                    )));
+                }
+                let replies = super::apply_results::apply(
+                    txn,
+                    log_id.index,
+                    &batch.commands,
+                    executed,
+                    verify_results,
+                )?;
+                return Ok(Applied::Normal(BatchReply { replies }, Some(executed.seq)));
+            }
             let mut outcomes = Vec::with_capacity(batch.commands.len());
             for cmd in &batch.commands {
                 let needs = domain::levels::op_level(&cmd.op);
@@ -524,7 +558,7 @@ fn apply_payload(
                     decided_at,
                 });
             }
-            Applied::Normal(BatchReply { replies: outcomes })
+            Applied::Normal(BatchReply { replies: outcomes }, None)
         }
         EntryPayload::Membership(m) => Applied::Membership(StoredMembership::new(Some(log_id), m)),
     })
@@ -588,9 +622,9 @@ pub fn replay(
                 ),
             ));
         }
-        match apply_payload(&mut txn, log_id, entry.payload, build_op_level)? {
+        match apply_payload(&mut txn, log_id, entry.payload, build_op_level, false)? {
             Applied::Blank => {}
-            Applied::Normal(r) => commands += r.replies.len() as u64,
+            Applied::Normal(r, _) => commands += r.replies.len() as u64,
             Applied::Membership(m) => membership = Some(m),
         }
         last_applied = Some(log_id);
@@ -716,6 +750,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut last_applied: Option<LogId> = None;
         let mut membership: Option<StoredMembership> = None;
         let mut blank_term: Option<u64> = None;
+        let mut exec_seq: Option<(u64, u64)> = None;
+        let mut results_entries = 0u64;
         let mut commands = 0u64;
         loop {
             let next = entries.next().await;
@@ -723,21 +759,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Some(item) = next {
                 let (entry, responder) = item?;
                 let log_id = entry.log_id();
-                let reply =
-                    match apply_payload(&mut txn, log_id, entry.payload, self.build_op_level)? {
-                        Applied::Blank => {
-                            blank_term = Some(log_id.leader_id.term);
-                            BatchReply::default()
+                let reply = match apply_payload(
+                    &mut txn,
+                    log_id,
+                    entry.payload,
+                    self.build_op_level,
+                    self.verify_results,
+                )? {
+                    Applied::Blank => {
+                        blank_term = Some(log_id.leader_id.term);
+                        BatchReply::default()
+                    }
+                    Applied::Normal(reply, seq) => {
+                        commands += reply.replies.len() as u64;
+                        if let Some(seq) = seq {
+                            exec_seq = Some((log_id.leader_id.term, seq));
+                            results_entries += 1;
                         }
-                        Applied::Normal(reply) => {
-                            commands += reply.replies.len() as u64;
-                            reply
-                        }
-                        Applied::Membership(m) => {
-                            membership = Some(m);
-                            BatchReply::default()
-                        }
-                    };
+                        reply
+                    }
+                    Applied::Membership(m) => {
+                        membership = Some(m);
+                        BatchReply::default()
+                    }
+                };
                 last_applied = Some(log_id);
                 replies.push((responder, reply));
             }
@@ -762,11 +807,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 if let Some(l) = &last_applied {
                     self.fence.applied(l.index, blank_term.take());
                 }
+                if let Some((term, seq)) = exec_seq.take() {
+                    self.fence.exec_applied(term, seq);
+                }
                 metrics::counter!("billdb_apply_cache_hits_total").increment(hits);
                 metrics::counter!("billdb_apply_cache_misses_total").increment(misses);
                 metrics::counter!("billdb_applied_entries_total").increment(replies.len() as u64);
                 metrics::counter!("billdb_applied_commands_total").increment(commands);
+                metrics::counter!("billdb_applied_results_entries_total")
+                    .increment(results_entries);
                 commands = 0;
+                results_entries = 0;
                 for (responder, reply) in replies.drain(..) {
                     if let Some(r) = responder {
                         r.send(reply);
@@ -938,9 +989,7 @@ mod tests {
             .enumerate()
             .map(|(i, c)| {
                 let id = log_id::<TypeConfig>(1, 1, first_index + i as u64);
-                let batch = crate::types::Batch {
-                    commands: vec![c.clone()],
-                };
+                let batch = crate::types::Batch::of(vec![c.clone()]);
                 Ok((crate::types::Entry::new_normal(id, batch), None))
             })
             .collect();
@@ -949,6 +998,210 @@ mod tests {
             .unwrap();
         rt.block_on(sm.apply(futures::stream::iter(entries)))
             .unwrap();
+    }
+
+    /// Executes `cmds` as one batch the way the leader does (`leader_exec`:
+    /// at the pending index, over `state`), without changing `state`.
+    fn leader_execute(state: &RocksTxn<'_>, cmds: &[Command]) -> crate::types::Executed {
+        let mut scratch = domain::Scratch::new(state);
+        let replies = cmds
+            .iter()
+            .map(|c| {
+                domain::execute(&mut scratch, domain::PENDING_LOG_INDEX, c)
+                    .unwrap()
+                    .reply()
+            })
+            .collect();
+        let writes = scratch
+            .into_writes()
+            .into_sorted()
+            .into_iter()
+            .filter(|w| w.0 != Family::Requests)
+            .collect();
+        crate::types::Executed {
+            seq: 1,
+            replies,
+            writes,
+        }
+    }
+
+    fn open_sm(dir: &Path, verify: bool) -> StateMachine {
+        let db = crate::store::open_db(&dir.join("db")).unwrap();
+        StateMachine::open(db, dir.join("snap"))
+            .unwrap()
+            .with_verify_results(verify)
+    }
+
+    /// Applies one entry as `apply` does (the same `apply_payload` and
+    /// `write_applied`), returning its replies.
+    fn apply_batch(
+        sm: &mut StateMachine,
+        index: u64,
+        batch: crate::types::Batch,
+    ) -> Result<BatchReply, std::io::Error> {
+        let id = openraft::testing::log_id::<TypeConfig>(1, 1, index);
+        let mut txn = RocksTxn::new(&sm.db);
+        match apply_payload(
+            &mut txn,
+            id,
+            EntryPayload::Normal(batch),
+            sm.build_op_level,
+            sm.verify_results,
+        )? {
+            Applied::Normal(reply, _) => {
+                write_applied(&sm.db, txn, &Some(id), None)?;
+                Ok(reply)
+            }
+            _ => panic!("a normal entry"),
+        }
+    }
+
+    /// The batch the next tests send: a new payment, the same request_id
+    /// again in the same batch (a replay), an earlier request_id (a replay
+    /// decided at an earlier index), an earlier one with another payload
+    /// (a conflict), and a payment refused by the domain.
+    fn mixed_batch() -> Vec<Command> {
+        vec![
+            cmd("p2", 20, pay_op("A", 2)),
+            cmd("p2", 20, pay_op("A", 2)),
+            cmd("p1", 20, pay_op("A", 1)),
+            cmd("p1", 20, pay_op("A", 7)),
+            cmd("px", 20, pay_op("NOPE", 3)),
+        ]
+    }
+
+    /// An entry carrying the leader's results leaves exactly the state and
+    /// answers exactly the replies of re-executing its commands: new,
+    /// replayed (in the batch and from an earlier entry, with its original
+    /// index), conflicting and refused commands alike. With verification
+    /// on, the follower re-executes and agrees.
+    #[test]
+    fn an_executed_entry_applies_like_its_commands() {
+        let setup = [cmd("o", 1, open_op("A")), cmd("p1", 2, pay_op("A", 1))];
+        let mut results = Vec::new();
+        for (mode, verify) in [("commands", false), ("results", false), ("verified", true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut sm = open_sm(dir.path(), verify);
+            apply_entries(&mut sm, 1, &setup);
+            let batch = if mode == "commands" {
+                crate::types::Batch::of(mixed_batch())
+            } else {
+                let executed = leader_execute(&RocksTxn::new(&sm.db), &mixed_batch());
+                crate::types::Batch {
+                    commands: mixed_batch(),
+                    executed: Some(Box::new(executed)),
+                }
+            };
+            let reply = apply_batch(&mut sm, 3, batch).unwrap();
+            results.push((mode, reply, state_digest(&sm.db).unwrap()));
+        }
+        let (_, first, state) = &results[0];
+        let decided: Vec<u64> = first.replies.iter().map(|r| r.decided_at).collect();
+        assert_eq!(decided, vec![3, 3, 2, 3, 3], "{first:?}");
+        assert!(
+            matches!(first.replies[3].outcome, domain::Outcome::Refused(ref e) if e.code == billdb_api::error::ErrorCode::IdempotencyConflict)
+        );
+        for (mode, reply, s) in &results[1..] {
+            assert_eq!(reply, first, "{mode}: the same replies");
+            assert_eq!(s, state, "{mode}: the same state");
+        }
+    }
+
+    /// Verification catches a leader whose write set or replies differ
+    /// from what this replica computes, and nothing of the entry is
+    /// written; without verification the replica takes the write set as
+    /// given. A write set naming the exactly-once table is refused always.
+    #[test]
+    fn verification_refuses_an_entry_whose_results_differ() {
+        let setup = [cmd("o", 1, open_op("A")), cmd("p1", 2, pay_op("A", 1))];
+        let tamper_value = |e: &mut crate::types::Executed| {
+            let w = e
+                .writes
+                .iter_mut()
+                .find(|w| w.0 == Family::Accounts)
+                .expect("an account write");
+            w.2 = Some(b"not the account".to_vec());
+        };
+        let tamper_reply = |e: &mut crate::types::Executed| {
+            e.replies[0] = domain::ExecReply::Replay;
+        };
+        let tamper_requests = |e: &mut crate::types::Executed| {
+            e.writes
+                .push((Family::Requests, b"x".to_vec(), Some(b"y".to_vec())));
+        };
+        type Tamper = dyn Fn(&mut crate::types::Executed);
+        let cases: [(&str, &Tamper, bool, bool); 4] = [
+            ("a changed value, verified", &tamper_value, true, false),
+            ("a changed value, not verified", &tamper_value, false, true),
+            ("a changed reply, verified", &tamper_reply, true, false),
+            ("the exactly-once table", &tamper_requests, false, false),
+        ];
+        for (name, tamper, verify, accepted) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let mut sm = open_sm(dir.path(), verify);
+            apply_entries(&mut sm, 1, &setup);
+            let before = state_digest(&sm.db).unwrap();
+            let mut executed = leader_execute(&RocksTxn::new(&sm.db), &mixed_batch()[..1]);
+            tamper(&mut executed);
+            let batch = crate::types::Batch {
+                commands: mixed_batch()[..1].to_vec(),
+                executed: Some(Box::new(executed)),
+            };
+            let r = apply_batch(&mut sm, 3, batch);
+            assert_eq!(r.is_ok(), accepted, "{name}: {r:?}");
+            if !accepted {
+                let e = r.unwrap_err().to_string();
+                assert!(e.contains("entry 3"), "{name}: {e}");
+                assert_eq!(
+                    state_digest(&sm.db).unwrap(),
+                    before,
+                    "{name}: nothing written"
+                );
+            }
+        }
+    }
+
+    /// A batch without results encodes exactly as data format 7 wrote
+    /// batches (a count and the commands), so old log entries decode
+    /// unchanged; an executed batch round-trips, and a decoder of the old
+    /// format refuses it rather than misread it.
+    #[test]
+    fn batches_keep_the_old_encoding_and_executed_ones_are_refused_by_it() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct OldBatch {
+            commands: Vec<Command>,
+        }
+        let cmds = mixed_batch();
+        let old = crate::codec::encode(&OldBatch {
+            commands: cmds.clone(),
+        })
+        .unwrap();
+        let plain = crate::types::Batch::of(cmds.clone());
+        assert_eq!(crate::codec::encode(&plain).unwrap(), old);
+        assert_eq!(
+            crate::codec::decode::<crate::types::Batch>(&old).unwrap(),
+            plain
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_sm(dir.path(), false);
+        apply_entries(&mut sm, 1, &[cmd("o", 1, open_op("A"))]);
+        let executed = crate::types::Batch {
+            commands: cmds,
+            executed: Some(Box::new(leader_execute(
+                &RocksTxn::new(&sm.db),
+                &mixed_batch(),
+            ))),
+        };
+        let raw = crate::codec::encode(&executed).unwrap();
+        assert_eq!(
+            crate::codec::decode::<crate::types::Batch>(&raw).unwrap(),
+            executed
+        );
+        assert!(crate::codec::decode::<OldBatch>(&raw).is_err());
+        let mut cut = raw.clone();
+        cut.truncate(raw.len() - 1);
+        assert!(crate::codec::decode::<crate::types::Batch>(&cut).is_err());
     }
 
     /// Apply cuts its write set at the byte bound, not only at entry and

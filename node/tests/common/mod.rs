@@ -69,6 +69,10 @@ impl TestCluster {
                 std::fs::write(&p, text).expect("node.toml");
             }
         }
+        // Every follower re-executes every entry that carries the leader's
+        // results and stops at a difference: the suites check results
+        // replication on every write they make (a test may override it).
+        c.set_node_env("BILLDB_VERIFY_RESULTS", "true");
         for (k, v) in env {
             c.set_node_env(k, v);
         }
