@@ -26,6 +26,13 @@
 //! - A write that fails (the leader lost its term, or the entry was
 //!   discarded) ends the epoch: pending is cleared and the next batch waits
 //!   for a new barrier.
+//! - openraft may refuse one write (its leader lease lapsed for a moment:
+//!   `ForwardToLeader` with the same leader) and accept the next, before
+//!   this executor hears of the refusal. So each entry names the entry of
+//!   its epoch it was executed after (`Executed::prev`), and replicas apply
+//!   its write set only if that one was the last applied
+//!   (`store::apply_results`); otherwise they execute its commands, the
+//!   same on every replica.
 //!
 //! Entry size: commands execute one at a time into the entry; the next
 //! command goes into a new entry once commands and results would pass
@@ -78,6 +85,10 @@ const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
 /// One leader term in which the pending list is valid.
 struct Epoch {
     leader: CommittedLeaderIdOf<TypeConfig>,
+    /// This executor's epoch number (`Executed::epoch`).
+    number: u64,
+    /// Sequence of the last entry executed in this epoch (0: none yet).
+    last_seq: u64,
     /// (sequence, the entry's whole write set, its request entries
     /// included), oldest first.
     pending: VecDeque<(u64, Arc<WriteSet>)>,
@@ -105,6 +116,8 @@ pub struct LeaderExec {
     /// Raft: still set at the next `send` means the proposer dropped that
     /// call half-way (its deadline), so the epoch is over.
     sending: bool,
+    /// Epochs started by this executor.
+    epochs: u64,
 }
 
 impl LeaderExec {
@@ -126,6 +139,7 @@ impl LeaderExec {
             broken: Arc::new(AtomicBool::new(false)),
             bytes_max,
             sending: false,
+            epochs: 0,
         }
     }
 
@@ -171,8 +185,11 @@ impl LeaderExec {
         self.cache.borrow_mut().clear();
         self.broken.store(false, Ordering::SeqCst);
         self.sending = false;
+        self.epochs += 1;
         self.epoch = Some(Epoch {
             leader,
+            number: self.epochs,
+            last_seq: 0,
             pending: VecDeque::new(),
         });
         metrics::counter!("billdb_exec_epochs_total").increment(1);
@@ -246,6 +263,8 @@ impl LeaderExec {
             taken,
             Executed {
                 seq: 0,
+                epoch: 0,
+                prev: 0,
                 replies,
                 writes,
             },
@@ -317,6 +336,9 @@ impl LeaderExec {
                     self.next_seq += 1;
                     self.sending = true;
                     if let Some(epoch) = self.epoch.as_mut() {
+                        executed.epoch = epoch.number;
+                        executed.prev = epoch.last_seq;
+                        epoch.last_seq = executed.seq;
                         epoch.pending.push_back((executed.seq, Arc::new(kept)));
                     }
                     metrics::counter!("billdb_exec_batches_total").increment(1);

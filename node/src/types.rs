@@ -91,6 +91,13 @@ pub struct Executed {
     /// the leader drops this entry's write set from its pending view once
     /// it is applied (`leader_exec`).
     pub seq: u64,
+    /// The leader's execution epoch (per leader process, rising; a new one
+    /// after every barrier) and the sequence of the entry of the same
+    /// epoch executed just before this one (0: the first of its epoch,
+    /// executed on everything before it applied). The write set is valid
+    /// only on the state that entry left (`store::apply_results`).
+    pub epoch: u64,
+    pub prev: u64,
     /// One per command, in order.
     pub replies: Vec<crate::domain::ExecReply>,
     /// Every domain write of the batch except the exactly-once table (which

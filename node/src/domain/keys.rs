@@ -114,6 +114,9 @@ pub const META_SEASON: &[u8] = b"season";
 pub const META_CLUSTER_LEVEL: &[u8] = b"cluster_level";
 /// The last invoice number issued (u64).
 pub const META_INVOICE_SEQ: &[u8] = b"invoice_seq";
+/// The last entry applied from the leader's results: (term, the leader's
+/// execution epoch, its sequence) (`store::apply_results`).
+pub const META_EXEC_CHAIN: &[u8] = b"exec_chain";
 
 /// The smallest key greater than every key starting with `prefix`
 /// (empty: no upper bound).

@@ -676,6 +676,21 @@ pub fn record<T: Txn>(
     Ok(answered)
 }
 
+/// The last entry applied from the leader's results, as (term, execution
+/// epoch, sequence): replicated state, so every replica decides alike
+/// whether an entry's write set was computed on the state it is applied
+/// to (`store::apply_results`).
+pub fn exec_chain<G: Get + ?Sized>(view: &G) -> Result<Option<(u64, u64, u64)>, std::io::Error> {
+    read(view, Family::Meta, keys::META_EXEC_CHAIN)
+}
+
+pub fn set_exec_chain<T: Txn + ?Sized>(
+    txn: &mut T,
+    chain: (u64, u64, u64),
+) -> Result<(), std::io::Error> {
+    write(txn, Family::Meta, keys::META_EXEC_CHAIN.to_vec(), &chain)
+}
+
 /// Apply one committed command. Deterministic: the same state and command
 /// always give the same writes and outcome. Errors are storage failures
 /// only; a refused command is an `Ok(Outcome::Refused)` that writes nothing

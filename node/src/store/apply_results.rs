@@ -4,6 +4,16 @@
 //! running billing logic. The state machine then tells the leader which of
 //! its pending write sets are applied (`ReadFence::exec_applied`).
 //!
+//! The premise check: an entry's write set is valid only on the state left
+//! by the entry its leader executed just before it (`Executed::prev`, in
+//! the same epoch). openraft may refuse one write and accept the next
+//! (a leader whose lease lapsed for a moment refuses writes without losing
+//! its term), so a replica checks the chain (`domain::exec_chain`,
+//! replicated state): an entry whose predecessor was never applied is
+//! executed here from its commands instead, like an entry without results,
+//! and so is every later entry of that epoch. Every replica decides alike,
+//! from the log and the state.
+//!
 //! With `verify` (`[raft] verify_results`) a replica also re-executes the
 //! commands on its own state and refuses the entry when its writes or
 //! replies differ from the leader's: a divergence stops apply on that
@@ -17,17 +27,32 @@ use crate::types::{Command, CommandReply, Executed};
 /// Most differing writes a divergence error lists.
 const DIVERGENCE_LISTED_MAX: usize = 5;
 
-/// Writes `executed` into `txn` for the entry at `log_index` and answers
-/// its commands. Errors: a malformed entry (reply count), a replica whose
-/// exactly-once table disagrees with the leader's replies, or (with
-/// `verify`) any difference from re-executing here.
+/// Writes `executed` into `txn` for the entry at `log_index` (of `term`)
+/// and answers its commands; `None` when its premise does not hold (the
+/// caller executes the commands instead). Errors: a malformed entry (reply
+/// count), a replica whose exactly-once table disagrees with the leader's
+/// replies, or (with `verify`) any difference from re-executing here.
 pub fn apply<T: Txn>(
     txn: &mut T,
     log_index: u64,
+    term: u64,
     commands: &[Command],
     executed: &Executed,
     verify: bool,
-) -> Result<Vec<CommandReply>, std::io::Error> {
+) -> Result<Option<Vec<CommandReply>>, std::io::Error> {
+    let chain = domain::exec_chain(&*txn)?;
+    if executed.prev != 0 && chain != Some((term, executed.epoch, executed.prev)) {
+        metrics::counter!("billdb_exec_premise_broken_total").increment(1);
+        tracing::warn!(
+            log_index,
+            epoch = executed.epoch,
+            prev = executed.prev,
+            ?chain,
+            "an entry's write set was computed after an entry that was never applied: \
+             executing its commands here instead"
+        );
+        return Ok(None);
+    }
     if executed.replies.len() != commands.len() {
         return Err(std::io::Error::other(format!(
             "entry {log_index}: {} replies for {} commands",
@@ -57,7 +82,8 @@ pub fn apply<T: Txn>(
             decided_at,
         });
     }
-    Ok(replies)
+    domain::set_exec_chain(txn, (term, executed.epoch, executed.seq))?;
+    Ok(Some(replies))
 }
 
 /// Re-executes `commands` on `view` (the state before the entry) and

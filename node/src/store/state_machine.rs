@@ -532,14 +532,18 @@ fn apply_payload(
                         domain::levels::RESULTS_OP_LEVEL
                     )));
                 }
-                let replies = super::apply_results::apply(
+                if let Some(replies) = super::apply_results::apply(
                     txn,
                     log_id.index,
+                    log_id.leader_id.term,
                     &batch.commands,
                     executed,
                     verify_results,
-                )?;
-                return Ok(Applied::Normal(BatchReply { replies }, Some(executed.seq)));
+                )? {
+                    return Ok(Applied::Normal(BatchReply { replies }, Some(executed.seq)));
+                }
+                // The premise failed: executed here, below, like an entry
+                // without results.
             }
             let mut outcomes = Vec::with_capacity(batch.commands.len());
             for cmd in &batch.commands {
@@ -1020,6 +1024,8 @@ mod tests {
             .collect();
         crate::types::Executed {
             seq: 1,
+            epoch: 1,
+            prev: 0,
             replies,
             writes,
         }
@@ -1093,6 +1099,19 @@ mod tests {
                 }
             };
             let reply = apply_batch(&mut sm, 3, batch).unwrap();
+            if mode == "commands" {
+                // The one key an entry with results adds: the chain
+                // (term 1, epoch 1, sequence 1).
+                let mut txn = RocksTxn::new(&sm.db);
+                domain::set_exec_chain(&mut txn, (1, 1, 1)).unwrap();
+                write_applied(
+                    &sm.db,
+                    txn,
+                    &Some(openraft::testing::log_id::<TypeConfig>(1, 1, 3)),
+                    None,
+                )
+                .unwrap();
+            }
             results.push((mode, reply, state_digest(&sm.db).unwrap()));
         }
         let (_, first, state) = &results[0];
@@ -1159,6 +1178,88 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An entry whose predecessor in its leader's epoch was never applied
+    /// (openraft refused that write) is executed from its commands, and so
+    /// is every later entry of the epoch; a new epoch's first entry is
+    /// applied from its results again. The state is the one executing the
+    /// applied commands gives, on every replica.
+    #[test]
+    fn an_entry_after_one_never_applied_is_executed_from_its_commands() {
+        let setup = [cmd("o", 1, open_op("A")), cmd("p1", 2, pay_op("A", 1))];
+        let dir = tempfile::tempdir().unwrap();
+        // The leader's view: E1, then E2 and E3 executed on top of it.
+        let mut leader = open_sm(&dir.path().join("leader"), false);
+        apply_entries(&mut leader, 1, &setup);
+        let mut chain = Vec::new();
+        for (i, rid) in ["p2", "p3", "p4"].iter().enumerate() {
+            let cmds = vec![cmd(rid, 10, pay_op("A", 2 + i as i64))];
+            let mut e = leader_execute(&RocksTxn::new(&leader.db), &cmds);
+            e.seq = 1 + i as u64;
+            e.prev = i as u64;
+            let batch = crate::types::Batch {
+                commands: cmds.clone(),
+                executed: Some(Box::new(e)),
+            };
+            apply_batch(&mut leader, 3 + i as u64, batch.clone()).unwrap();
+            chain.push((cmds, batch));
+        }
+        // A fresh epoch's first entry, executed on the replica's real state.
+        let fresh_cmds = vec![cmd("p5", 11, pay_op("A", 5))];
+
+        // The replicas' log: E1 was refused, E2 and E3 were appended.
+        let replica_dir = dir.path().join("replica");
+        let mut replica = open_sm(&replica_dir, true);
+        apply_entries(&mut replica, 1, &setup);
+        let mut expected = open_sm(&dir.path().join("expected"), false);
+        apply_entries(&mut expected, 1, &setup);
+        for (i, (cmds, batch)) in chain[1..].iter().enumerate() {
+            let index = 3 + i as u64;
+            let got = apply_batch(&mut replica, index, batch.clone()).unwrap();
+            let want =
+                apply_batch(&mut expected, index, crate::types::Batch::of(cmds.clone())).unwrap();
+            assert_eq!(got, want, "entry {index}: the commands' own replies");
+        }
+        let mut e = leader_execute(&RocksTxn::new(&replica.db), &fresh_cmds);
+        e.epoch = 2;
+        e.seq = 4;
+        e.prev = 0;
+        let fresh = crate::types::Batch {
+            commands: fresh_cmds.clone(),
+            executed: Some(Box::new(e)),
+        };
+        let got = apply_batch(&mut replica, 5, fresh).unwrap();
+        let want = apply_batch(&mut expected, 5, crate::types::Batch::of(fresh_cmds)).unwrap();
+        assert_eq!(got, want);
+        let (_, on_replica) = state_digest(&replica.db).unwrap();
+        // The chain key is the only difference: the replica applied the
+        // fresh entry from its results.
+        assert_eq!(
+            domain::exec_chain(&RocksTxn::new(&replica.db)).unwrap(),
+            Some((1, 2, 4))
+        );
+        let mut txn = RocksTxn::new(&expected.db);
+        domain::set_exec_chain(&mut txn, (1, 2, 4)).unwrap();
+        write_applied(
+            &expected.db,
+            txn,
+            &Some(openraft::testing::log_id::<TypeConfig>(1, 1, 5)),
+            None,
+        )
+        .unwrap();
+        assert_eq!(on_replica, state_digest(&expected.db).unwrap().1);
+        // Paid: p1, p3, p4, p5 (1.00 each), never p2.
+        let balance = domain::get_account(&RocksTxn::new(&replica.db), "A")
+            .unwrap()
+            .unwrap()
+            .balance;
+        assert_eq!(balance, rust_decimal::Decimal::new(400, 2));
+        assert!(
+            domain::request_outcome(&RocksTxn::new(&replica.db), "p2")
+                .unwrap()
+                .is_none()
+        );
     }
 
     /// A batch without results encodes exactly as data format 7 wrote
