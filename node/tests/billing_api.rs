@@ -739,6 +739,9 @@ fn bad_input_is_refused_and_changes_nothing() {
         ("/v1/purchases", "{\"request_id\":".into(), &ct, 400, "MALFORMED_REQUEST"),
         ("/v1/purchases", "not json".into(), &ct, 400, "MALFORMED_REQUEST"),
         ("/v1/purchases", "[1,2]".into(), &ct, 400, "INVALID_ARGUMENT"),
+        ("/v1/purchases", " \"bad-0\"".into(), &ct, 400, "INVALID_ARGUMENT"),
+        // A field given twice is refused, not silently the last one.
+        ("/v1/purchases", "{\"request_id\":\"bad-0\",\"card_no\":\"CARD-B1\",\"amount\":\"1.00\",\"amount\":\"900.00\"}".into(), &ct, 400, "INVALID_ARGUMENT"),
         ("/v1/purchases", json!({"request_id": "bad-1", "card_no": "CARD-B1", "amount": 10}).to_string(), &ct, 400, "INVALID_ARGUMENT"),
         ("/v1/purchases", json!({"request_id": "bad-2", "card_no": "CARD-B1", "amount": "10.00", "discount": "1"}).to_string(), &ct, 400, "INVALID_ARGUMENT"),
         ("/v1/purchases", json!({"request_id": "bad-3", "card_no": "CARD-B1", "amount": "-5.00"}).to_string(), &ct, 400, "AMOUNT_TOO_SMALL"),
@@ -1087,8 +1090,11 @@ fn concurrent_writes_share_entries_and_keep_their_own_outcomes() {
             )
         };
         threads.push(std::thread::spawn(move || {
+            // Connected (TLS handshake done) before the start, so the
+            // requests arrive together on a busy machine too.
+            let conn = connect_raw(&addr);
             start.wait();
-            raw_request(&addr, "POST", path, &body.to_string(), &token)
+            raw_request_on(conn, &addr, "POST", path, &body.to_string(), &token)
         }));
     }
     let answers: Vec<(u16, Value)> = threads.into_iter().map(|t| t.join().unwrap()).collect();

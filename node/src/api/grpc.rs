@@ -244,7 +244,7 @@ impl GrpcApi {
             return Err(ApiError::new(ErrorCode::PayloadTooLarge, "request too large").to_status());
         }
         let args = to_args(req.into_inner())?;
-        ops::call(&self.app, &caller, ep, args)
+        ops::call(&self.app, &caller, ep, args.into())
             .await
             .map_err(|e| e.to_status())
     }
@@ -710,8 +710,8 @@ impl pb::billing_server::Billing for GrpcApi {
             v2json::same_wire(req.get_ref())
                 .map_err(|e| ApiError::new(ErrorCode::Internal, e).to_status())?,
         );
-        let (request_id, op) =
-            ops::write_op(&caller, Endpoint::OpenAccount, args).map_err(|e| e.to_status())?;
+        let (request_id, op) = ops::write_op(&caller, Endpoint::OpenAccount, args.into())
+            .map_err(|e| e.to_status())?;
         let origin = ops::origin(&caller, &op);
         self.hint(write_reply(self.app.write(request_id, origin, op).await))
     }
@@ -726,7 +726,7 @@ impl pb::billing_server::Billing for GrpcApi {
                 .map_err(|e| ApiError::new(ErrorCode::Internal, e).to_status())?,
         );
         let (request_id, op) =
-            ops::write_op(&caller, Endpoint::Payment, args).map_err(|e| e.to_status())?;
+            ops::write_op(&caller, Endpoint::Payment, args.into()).map_err(|e| e.to_status())?;
         let origin = ops::origin(&caller, &op);
         self.hint(write_reply(self.app.write(request_id, origin, op).await))
     }

@@ -53,13 +53,12 @@ type HttpResult = Result<Response, HttpError>;
 /// Parse a JSON body strictly (unknown fields refused) into `T`. Its size
 /// was bounded before the handler ran ([`bounded_body`]).
 fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(|e| ApiError::new(ErrorCode::MalformedRequest, e.body_text()))?;
-    serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::new(ErrorCode::InvalidArgument, e.to_string())
-        }
-        _ => ApiError::new(ErrorCode::MalformedRequest, format!("malformed JSON: {e}")),
-    })
+    ops::parse_body(&body_bytes(body)?)
+}
+
+/// The body, read whole within its bound ([`bounded_body`]).
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| ApiError::new(ErrorCode::MalformedRequest, e.body_text()))
 }
 
 fn ok(v: serde_json::Value) -> HttpResult {
@@ -913,10 +912,12 @@ async fn run(
 ) -> HttpResult {
     caller.require(ep.roles())?;
     let args = match body {
-        Some(b) => parse_value(b)?,
-        None => serde_json::json!({}),
+        // The common case (purchases, payments, card checks): the body
+        // is parsed once, into the endpoint's typed arguments.
+        Some(b) if extra.is_empty() => ops::Args::Body(body_bytes(b)?),
+        Some(b) => ops::Args::Json(merge(parse_value(b)?, extra)?),
+        None => ops::Args::Json(merge(serde_json::json!({}), extra)?),
     };
-    let args = merge(args, extra)?;
     ok(ops::call(&s.app, caller, ep, args).await?)
 }
 

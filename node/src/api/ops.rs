@@ -1,7 +1,9 @@
 //! Every billing operation, once, for both client surfaces. HTTP and gRPC
-//! hand an [`Endpoint`] plus its arguments as one JSON object (body fields,
-//! path parameters and query parameters merged) to [`call`]; it checks the
-//! caller's role, parses strictly (unknown fields refused), validates into a
+//! hand an [`Endpoint`] plus its arguments ([`Args`]: the body's bytes, or
+//! one JSON object of body fields, path parameters and query parameters
+//! merged) to [`call`]; it checks the caller's role, parses strictly
+//! (unknown fields refused) straight into the endpoint's typed arguments,
+//! validates into a
 //! domain [`Op`] (writes) or runs a read function over a linearized
 //! [`RocksRead`], and renders the JSON answer. So both surfaces share one
 //! code path and return the same codes.
@@ -82,10 +84,71 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Internal, e.to_string())
 }
 
-/// Strict decode of the merged arguments: wrong types and unknown fields
-/// are INVALID_ARGUMENT.
-fn args<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
-    serde_json::from_value(v).map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))
+/// A request's arguments as they arrived.
+pub enum Args {
+    /// One JSON object: gRPC's request, or an HTTP body merged with path
+    /// and query parameters.
+    Json(Value),
+    /// An HTTP body with nothing to merge (size already bounded): parsed
+    /// once, straight into the endpoint's typed arguments, never through
+    /// an intermediate [`Value`].
+    Body(axum::body::Bytes),
+}
+
+impl From<Value> for Args {
+    fn from(v: Value) -> Self {
+        Args::Json(v)
+    }
+}
+
+impl Args {
+    /// Refuses anything but a JSON object: a JSON syntax error is
+    /// MALFORMED_REQUEST, another JSON value INVALID_ARGUMENT (a typed
+    /// struct would otherwise take an array as its fields in order).
+    fn check_object(self) -> Result<Args, ApiError> {
+        let not_object = || {
+            ApiError::new(
+                ErrorCode::InvalidArgument,
+                "the request must be a JSON object",
+            )
+        };
+        match self {
+            Args::Json(v) if v.is_object() => Ok(Args::Json(v)),
+            Args::Json(_) => Err(not_object()),
+            Args::Body(b) => {
+                if b.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{') {
+                    return Ok(Args::Body(b));
+                }
+                // Not an object: parse it whole only to say which error.
+                match parse_body::<Value>(&b)? {
+                    Value::Object(_) => Ok(Args::Body(b)),
+                    _ => Err(not_object()),
+                }
+            }
+        }
+    }
+}
+
+/// A body's bytes as `T`: JSON syntax errors (and a truncated body) are
+/// MALFORMED_REQUEST, wrong types, unknown or repeated fields
+/// INVALID_ARGUMENT.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::new(ErrorCode::InvalidArgument, e.to_string())
+        }
+        _ => ApiError::new(ErrorCode::MalformedRequest, format!("malformed JSON: {e}")),
+    })
+}
+
+/// Strict decode of the arguments: wrong types and unknown fields are
+/// INVALID_ARGUMENT.
+fn args<T: DeserializeOwned>(a: Args) -> Result<T, ApiError> {
+    match a {
+        Args::Json(v) => serde_json::from_value(v)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string())),
+        Args::Body(b) => parse_body(&b),
+    }
 }
 
 /// The operator, branch and channel a write records, from the token.
@@ -111,14 +174,9 @@ pub fn origin(caller: &Caller, op: &Op) -> Origin {
 }
 
 /// Run one operation for `caller`.
-pub async fn call(app: &App, caller: &Caller, ep: Endpoint, a: Value) -> Result<Value, ApiError> {
+pub async fn call(app: &App, caller: &Caller, ep: Endpoint, a: Args) -> Result<Value, ApiError> {
     caller.require(ep.roles())?;
-    if !a.is_object() {
-        return Err(ApiError::new(
-            ErrorCode::InvalidArgument,
-            "the request must be a JSON object",
-        ));
-    }
+    let a = a.check_object()?;
     let r = match ep {
         Endpoint::GetAccount => read_account(app, a).await,
         Endpoint::GetRequest => read_request(app, a).await,
@@ -430,7 +488,7 @@ fn time_ms(field: &str, rfc: Option<String>, ms: Option<i64>) -> Result<i64, Api
 }
 
 /// Validate a write's arguments into (request_id, Op).
-pub fn write_op(caller: &Caller, ep: Endpoint, a: Value) -> Result<(String, Op), ApiError> {
+pub fn write_op(caller: &Caller, ep: Endpoint, a: Args) -> Result<(String, Op), ApiError> {
     use validate::{amount, id, text};
     let (rid, op) = match ep {
         Endpoint::OpenAccount => {
@@ -758,7 +816,7 @@ pub(crate) struct AccountIdArgs {
     account_id: String,
 }
 
-async fn read_account(app: &App, a: Value) -> Result<Value, ApiError> {
+async fn read_account(app: &App, a: Args) -> Result<Value, ApiError> {
     let r: AccountIdArgs = args(a)?;
     let account_id = validate::id("account_id", &r.account_id)?;
     app.linearize().await?;
@@ -784,7 +842,7 @@ pub(crate) struct RequestIdArgs {
     request_id: String,
 }
 
-async fn read_request(app: &App, a: Value) -> Result<Value, ApiError> {
+async fn read_request(app: &App, a: Args) -> Result<Value, ApiError> {
     let r: RequestIdArgs = args(a)?;
     let request_id = validate::id("request_id", &r.request_id)?;
     app.linearize().await?;
@@ -804,7 +862,7 @@ async fn read_request(app: &App, a: Value) -> Result<Value, ApiError> {
 pub(crate) struct NoArgs {}
 
 /// The last drill of every scenario, linearizable.
-async fn read_drills(app: &App, a: Value) -> Result<Value, ApiError> {
+async fn read_drills(app: &App, a: Args) -> Result<Value, ApiError> {
     let _: NoArgs = args(a)?;
     app.linearize().await?;
     view_here(app, |view| {
@@ -827,7 +885,7 @@ pub(crate) struct StatementArgs {
 
 /// A customer statement (`domain::statements`): opening balance, every
 /// record of [from, to) with the balance after it, closing balance.
-async fn read_statement(app: &App, a: Value) -> Result<Value, ApiError> {
+async fn read_statement(app: &App, a: Args) -> Result<Value, ApiError> {
     let r: StatementArgs = args(a)?;
     let account_id = validate::id("account_id", &r.account_id)?;
     let ms = |field: &str, v: Option<String>| -> Result<Option<i64>, ApiError> {
@@ -871,7 +929,7 @@ pub(crate) struct ListArgs {
 
 pub const LIST_LIMIT_DEFAULT: usize = 100;
 
-async fn read_records(app: &App, a: Value) -> Result<Value, ApiError> {
+async fn read_records(app: &App, a: Args) -> Result<Value, ApiError> {
     let r: ListArgs = args(a)?;
     let account_id = validate::id("account_id", &r.account_id)?;
     let segment = match r.segment.as_deref() {
@@ -963,7 +1021,7 @@ pub(crate) struct VerifyArgs {
     request_id: Option<String>,
 }
 
-async fn read_verify(app: &App, a: Value) -> Result<Value, ApiError> {
+async fn read_verify(app: &App, a: Args) -> Result<Value, ApiError> {
     let r: VerifyArgs = args(a)?;
     // Ignored (a check writes nothing), but held to the same form as
     // every request_id, so a client's bug shows here too.
@@ -1061,7 +1119,7 @@ fn report_json(rep: domain::Report, meta: Value) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-async fn read_monthly(app: &App, a: Value) -> Result<Value, ApiError> {
+async fn read_monthly(app: &App, a: Args) -> Result<Value, ApiError> {
     let r: MonthlyArgs = args(a)?;
     let month = validate::month("month", &r.month)?;
     let group_by = match r.group_by.as_deref() {
@@ -1097,7 +1155,7 @@ pub(crate) struct BalanceArgs {
 }
 
 /// The balance report (`domain::balances`): every account, one snapshot.
-async fn read_balances(app: &App, a: Value) -> Result<Value, ApiError> {
+async fn read_balances(app: &App, a: Args) -> Result<Value, ApiError> {
     use domain::balances::{BalanceGroup, balance_report};
     let r: BalanceArgs = args(a)?;
     let group_by = match r.group_by.as_deref() {
@@ -1124,7 +1182,7 @@ pub(crate) struct BankDailyArgs {
     consistency: Option<String>,
 }
 
-async fn read_bank_daily(app: &App, caller: &Caller, a: Value) -> Result<Value, ApiError> {
+async fn read_bank_daily(app: &App, caller: &Caller, a: Args) -> Result<Value, ApiError> {
     let r: BankDailyArgs = args(a)?;
     validate::date("date", &r.date)?;
     let mut bank = validate::opt_id("bank_code", r.bank_code.as_deref())?;

@@ -290,26 +290,40 @@ pub fn register_raw_tls(c: &LocalCluster) {
 pub trait RawConn: std::io::Read + std::io::Write {}
 impl<T: std::io::Read + std::io::Write> RawConn for T {}
 
+/// Open a socket to `addr`, with the TLS handshake done when `addr`
+/// belongs to a TLS test cluster: what is written next reaches the
+/// server at once.
+pub fn connect_raw(addr: &str) -> Box<dyn RawConn> {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let tls = RAW_TLS.lock().unwrap().get(addr).cloned();
+    match tls {
+        Some(config) => {
+            let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+            let name = rustls::pki_types::ServerName::try_from(host.to_string()).expect("name");
+            let mut client = rustls::ClientConnection::new(config, name).expect("tls client");
+            while client.is_handshaking() {
+                client.complete_io(&mut s).expect("tls handshake");
+            }
+            Box::new(rustls::StreamOwned::new(client, s))
+        }
+        None => Box::new(s),
+    }
+}
+
 /// Open a socket to `addr` and send `request`, a whole HTTP/1.1 request
 /// written by hand (headers a client library would not send, or bytes that
 /// are not JSON); over TLS when `addr` belongs to a TLS test cluster.
 pub fn send_raw(addr: &str, request: &str) -> Box<dyn RawConn> {
+    let mut conn = connect_raw(addr);
+    write_raw(&mut conn, request);
+    conn
+}
+
+fn write_raw(conn: &mut Box<dyn RawConn>, request: &str) {
     use std::io::Write;
-    let s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let tls = RAW_TLS.lock().unwrap().get(addr).cloned();
-    let mut conn: Box<dyn RawConn> = match tls {
-        Some(config) => {
-            let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
-            let name = rustls::pki_types::ServerName::try_from(host.to_string()).expect("name");
-            let client = rustls::ClientConnection::new(config, name).expect("tls client");
-            Box::new(rustls::StreamOwned::new(client, s))
-        }
-        None => Box::new(s),
-    };
     conn.write_all(request.as_bytes()).expect("write");
     conn.flush().expect("flush");
-    conn
 }
 
 /// The status code of an answer's status line.
@@ -323,16 +337,29 @@ pub fn status_code(answer: &str) -> u16 {
 
 /// Any method, raw body (not necessarily JSON); returns (status, JSON body).
 pub fn raw_request(addr: &str, method: &str, path: &str, body: &str, token: &str) -> (u16, Value) {
+    raw_request_on(connect_raw(addr), addr, method, path, body, token)
+}
+
+/// [`raw_request`] on a connection already open to `addr`
+/// ([`connect_raw`]).
+pub fn raw_request_on(
+    mut conn: Box<dyn RawConn>,
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: &str,
+) -> (u16, Value) {
     use std::io::Read;
-    let mut s = send_raw(
-        addr,
+    write_raw(
+        &mut conn,
         &format!(
             "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
     );
     let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
+    let _ = conn.read_to_string(&mut out);
     let status = status_code(&out);
     let json_start = out.find("\r\n\r\n").map(|i| i + 4).unwrap_or(out.len());
     let v = serde_json::from_str(out[json_start..].trim()).unwrap_or(Value::Null);
