@@ -424,7 +424,7 @@ impl App {
                 PeerCall::Codec(e) => internal(e),
             })?;
         metrics::counter!("billdb_forwarded_requests_total").increment(1);
-        reply
+        reply.map_err(|e| leader_failure(leader_id, e))
     }
 
     /// Handle a request forwarded by another node: only the leader serves.
@@ -1136,4 +1136,43 @@ fn validate_nodes(nodes: &BTreeMap<NodeId, NodeInfo>) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// The leader's own failure (INTERNAL: its storage, its Raft core) as this
+/// node passes it on: UNAVAILABLE, naming the leader, so the client retries
+/// (another leader is elected when this one cannot go on) and this node
+/// never takes the leader's storage error for its own (a checksum failure
+/// in the leader's message fences only the leader, `ops::fence_on_corruption`).
+fn leader_failure(leader_id: NodeId, e: ApiError) -> ApiError {
+    if e.code != ErrorCode::Internal {
+        return e;
+    }
+    metrics::counter!("billdb_forwarded_leader_failures_total").increment(1);
+    unavailable(format!(
+        "the leader (node {leader_id}) failed: {}; retry with the same request_id",
+        e.message
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_failure_is_passed_on_as_unavailable_never_as_this_nodes_corruption() {
+        let leader = ApiError::new(
+            ErrorCode::Internal,
+            "the leader's Raft core stopped: Corruption: block checksum mismatch in 000846.sst",
+        );
+        let here = leader_failure(1, leader);
+        assert_eq!(here.code, ErrorCode::Unavailable);
+        assert!(
+            here.message.contains("the leader (node 1) failed"),
+            "{}",
+            here.message
+        );
+        // A refusal is the leader's answer, passed on as it is.
+        let refused = ApiError::new(ErrorCode::AccountClosed, "x");
+        assert_eq!(leader_failure(1, refused).code, ErrorCode::AccountClosed);
+    }
 }

@@ -237,6 +237,10 @@ fn describe() {
         "Commands proposed without results because one command's results passed the entry bound (every replica executes them)."
     );
     describe_counter!(
+        "billdb_forwarded_leader_failures_total",
+        "Forwarded requests the leader failed (its storage or Raft core), passed on to the client as UNAVAILABLE."
+    );
+    describe_counter!(
         "billdb_exec_premise_broken_total",
         "Entries with results whose previous entry of the same leader epoch was never applied (the leader's lease lapsed between two writes); they were executed from their commands here."
     );
