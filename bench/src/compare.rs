@@ -46,6 +46,11 @@ pub struct CompareArgs {
     postgres_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 13_500)]
     postgres_base_port: u16,
+    /// Which PostgreSQL purchases, comma separated: `minimal` (one
+    /// statement: `postgres`) and/or `full` (the PL/pgSQL purchase a
+    /// utility would write: `postgres_full`).
+    #[arg(long, value_delimiter = ',', default_value = "minimal,full")]
+    postgres_purchase: Vec<String>,
     /// Client counts, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     clients: Vec<usize>,
@@ -160,7 +165,7 @@ const FIELDS: [&str; 4] = ["ops_per_s", "p50_ms", "p99_ms", "node_cpu_ms_per_op"
 
 /// The systems billdb is compared with, as named in the runs (billdb
 /// replicating commands, as before op level 3, among them).
-const BASELINES: [&str; 3] = ["etcd", "postgres", "billdb_commands"];
+const BASELINES: [&str; 4] = ["etcd", "postgres", "postgres_full", "billdb_commands"];
 
 /// Medians of each field over `runs` per system, and each field's ratio
 /// of billdb to each baseline (`billdb_over_etcd`, `billdb_over_postgres`;
@@ -231,8 +236,18 @@ fn etcd_args(a: &CompareArgs, clients: usize) -> Vec<String> {
     v
 }
 
-fn postgres_args(a: &CompareArgs, dir: &Path, clients: usize) -> Vec<String> {
-    baseline_args(a, "postgres", dir, a.postgres_base_port, clients)
+fn postgres_args(a: &CompareArgs, dir: &Path, clients: usize, purchase: &str) -> Vec<String> {
+    let mut v = baseline_args(a, "postgres", dir, a.postgres_base_port, clients);
+    v.extend(["--purchase".into(), purchase.into()]);
+    v
+}
+
+/// The system name of PostgreSQL running `purchase`.
+fn postgres_system(purchase: &str) -> String {
+    match purchase {
+        "minimal" => "postgres".into(),
+        other => format!("postgres_{other}"),
+    }
 }
 
 fn billdb_args(a: &CompareArgs, dir: &Path, clients: usize) -> Vec<String> {
@@ -290,6 +305,14 @@ pub fn run(a: CompareArgs) -> anyhow::Result<Value> {
                 .all(|m| m == "results" || m == "commands"),
         "--billdb-replicate: results and/or commands"
     );
+    anyhow::ensure!(
+        !a.postgres_purchase.is_empty()
+            && a.postgres_purchase.len() <= 2
+            && a.postgres_purchase
+                .iter()
+                .all(|m| m == "minimal" || m == "full"),
+        "--postgres-purchase: minimal and/or full"
+    );
     let cluster = LocalCluster::open(&a.dir)
         .with_context(|| format!("opening the billdb cluster in {}", a.dir.display()))?;
     let mut runs = Vec::new();
@@ -304,24 +327,25 @@ pub fn run(a: CompareArgs) -> anyhow::Result<Value> {
             let (etcd, postgres) = {
                 let _paused = Paused::pause(&cluster)?;
                 let etcd = child(&etcd_args(&a, clients))?;
-                let postgres = match &a.postgres_dir {
-                    Some(d) => {
+                let mut postgres = Vec::new();
+                if let Some(d) = &a.postgres_dir {
+                    for purchase in &a.postgres_purchase {
+                        let system = postgres_system(purchase);
                         if !a.json {
                             eprintln!(
-                                "compare: round {round}/{}, {clients} clients: postgres",
+                                "compare: round {round}/{}, {clients} clients: {system}",
                                 a.rounds
                             );
                         }
-                        Some(child(&postgres_args(&a, d, clients))?)
+                        postgres.push((system, child(&postgres_args(&a, d, clients, purchase))?));
                     }
-                    None => None,
-                };
+                }
                 (etcd, postgres)
             };
             std::thread::sleep(Duration::from_millis(RESUME_SETTLE_MS));
             let mut measured = vec![("etcd".to_string(), etcd, "etcd_txn")];
-            if let Some(p) = postgres {
-                measured.push(("postgres".into(), p, "pg_purchase"));
+            for (system, p) in postgres {
+                measured.push((system, p, "pg_purchase"));
             }
             for mode in &a.billdb_replicate {
                 if a.billdb_replicate.len() > 1 {
@@ -367,6 +391,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<Value> {
             "billdb_commands": "the same, with raft.replicate = commands: every replica executes every purchase",
             "etcd": "one Txn of two puts (200-byte record, 100-byte account summary) to the leader",
             "postgres": "one statement per purchase (update the account, insert a 200-byte record) on a primary whose commits wait for any 2 of 4 standbys",
+            "postgres_full": "billdb's purchase as a PL/pgSQL function in one transaction (idempotency key, card and account checks, ladder price, gapless invoice number, the record, four report-row upserts), the same primary and standbys",
         },
         "medians": by_clients,
         "runs": runs,
@@ -389,7 +414,13 @@ pub fn print_table(v: &Value) {
     let f = |x: &Value, d: usize| x.as_f64().map_or("-".into(), |x| format!("{x:.d$}"));
     for (clients, row) in m {
         let present = |system: &str| row[system]["ops_per_s"].as_f64().is_some();
-        for system in ["etcd", "postgres", "billdb_commands", "billdb"] {
+        for system in [
+            "etcd",
+            "postgres",
+            "postgres_full",
+            "billdb_commands",
+            "billdb",
+        ] {
             if !present(system) {
                 continue;
             }

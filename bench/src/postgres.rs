@@ -5,9 +5,15 @@
 //! (`synchronous_standby_names = 'ANY 2 (s1, s2, s3, s4)'`,
 //! `synchronous_commit = on`): three durable copies of five, as a billdb
 //! commit. The load is PostgreSQL's own `pgbench`, one thread, closed-loop
-//! clients each running one statement per purchase (update the account's
-//! balance and sequence, insert a ~200-byte record) and, optionally, card
-//! reads (the account and its 20 newest records). Latencies come from
+//! clients each running one purchase and, optionally, card reads (the
+//! account and its 20 newest records). A purchase is either the minimal
+//! one (`--purchase minimal`: one statement, update the account's balance
+//! and sequence, insert a ~200-byte record) or the one a utility would
+//! write on PostgreSQL (`--purchase full`: the PL/pgSQL function
+//! [`PURCHASE_FUNCTION`] in one transaction, what billdb's purchase does:
+//! the idempotency key, the card and account checks, the price from the
+//! tariff's ladder and the year's units, a gapless invoice number, the
+//! record and the four report rows it adds to). Latencies come from
 //! pgbench's per-transaction log into the same statistics as the billdb
 //! workloads, with the instances' CPU from `/proc` (each postmaster, its
 //! live processes, and the children it reaped).
@@ -73,12 +79,110 @@ pub struct PostgresArgs {
     /// Seconds of card reads by one client after the purchases (0: none).
     #[arg(long, default_value_t = 0)]
     reads_s: u64,
+    /// Which purchase: `minimal` (one statement) or `full` (the PL/pgSQL
+    /// purchase a utility would write).
+    #[arg(long, value_enum, default_value_t = Purchase::Minimal)]
+    purchase: Purchase,
     /// PostgreSQL's programs (default: the newest /usr/lib/postgresql/*/bin).
     #[arg(long)]
     pg_bin_dir: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
+
+/// The purchase pgbench runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Purchase {
+    /// One statement: the account updated, a record inserted.
+    Minimal,
+    /// [`PURCHASE_FUNCTION`]: billdb's purchase written in PL/pgSQL.
+    Full,
+}
+
+/// Tariffs, branches the accounts are spread over (account `a` has tariff
+/// `a % TARIFFS + 1`, branch `a % BRANCHES`, card `C<a>`).
+const TARIFFS: u64 = 4;
+const BRANCHES: u64 = 8;
+
+/// The tables the full purchase needs beside `accounts` and `records`:
+/// cards, the tariffs' ladders (three steps a year, as a residential
+/// electricity tariff), the exactly-once table, one gapless invoice
+/// counter and the report rows (month, dimension, value, kind), as
+/// billdb's `reports` family keeps them.
+fn full_schema(accounts: u64) -> String {
+    format!(
+        "CREATE TABLE cards (card_no text PRIMARY KEY, account_id int NOT NULL, active bool NOT NULL); \
+         INSERT INTO cards SELECT 'C' || g, g, true FROM generate_series(1, {accounts}) g; \
+         CREATE TABLE tariff_steps (tariff_id int NOT NULL, from_units numeric(14,3) NOT NULL, \
+           to_units numeric(14,3) NOT NULL, price numeric(10,4) NOT NULL, PRIMARY KEY (tariff_id, from_units)); \
+         INSERT INTO tariff_steps SELECT t, s.f, s.u, s.p + t / 100.0 FROM generate_series(1, {TARIFFS}) t, \
+           (VALUES (0, 2160, 0.5283), (2160, 4200, 0.5783), (4200, 1000000000, 0.8283)) AS s(f, u, p); \
+         CREATE TABLE requests (request_id text PRIMARY KEY, outcome text NOT NULL); \
+         CREATE TABLE counters (name text PRIMARY KEY, n bigint NOT NULL); \
+         INSERT INTO counters VALUES ('invoice', 0); \
+         CREATE TABLE report_rows (month text NOT NULL, dim char(1) NOT NULL, value text NOT NULL, \
+           kind text NOT NULL, count bigint NOT NULL, amount numeric(16,2) NOT NULL, \
+           units numeric(16,3) NOT NULL, PRIMARY KEY (month, dim, value, kind)); \
+         {PURCHASE_FUNCTION}"
+    )
+}
+
+/// billdb's purchase in PL/pgSQL, one transaction: a request id already
+/// answered returns its stored outcome; the card must be known and
+/// active, the account active; the amount buys units along the tariff's
+/// ladder from the units already bought this year; the invoice number
+/// comes from one counter row (gapless, as billdb's); the record is
+/// inserted and the month's report rows by operator, branch, tariff and
+/// kind are upserted; the outcome is stored under the request id.
+pub const PURCHASE_FUNCTION: &str = r#"
+CREATE FUNCTION purchase(p_request_id text, p_card_no text, p_amount numeric, p_operator text)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  v_outcome text; v_account int; v_status text; v_tariff int; v_branch text;
+  v_year_units numeric; v_units numeric := 0; v_left numeric := p_amount;
+  v_from numeric; v_cap numeric; v_cost numeric; v_seq int; v_invoice bigint;
+  v_month text := to_char(now(), 'YYYY-MM'); step record;
+BEGIN
+  SELECT outcome INTO v_outcome FROM requests WHERE request_id = p_request_id;
+  IF FOUND THEN RETURN v_outcome; END IF;
+  SELECT account_id INTO v_account FROM cards WHERE card_no = p_card_no AND active;
+  IF NOT FOUND THEN RAISE EXCEPTION 'CARD_UNKNOWN: %', p_card_no; END IF;
+  SELECT status, tariff_id, branch, year_units INTO v_status, v_tariff, v_branch, v_year_units
+    FROM accounts WHERE account_id = v_account FOR UPDATE;
+  IF v_status <> 'active' THEN RAISE EXCEPTION 'ACCOUNT_NOT_ACTIVE: %', v_account; END IF;
+  FOR step IN SELECT from_units, to_units, price FROM tariff_steps
+      WHERE tariff_id = v_tariff AND to_units > v_year_units ORDER BY from_units LOOP
+    v_from := greatest(v_year_units + v_units, step.from_units);
+    v_cap := step.to_units - v_from;
+    v_cost := v_cap * step.price;
+    IF v_cost >= v_left THEN
+      v_units := v_units + round(v_left / step.price, 3);
+      v_left := 0;
+      EXIT;
+    END IF;
+    v_units := v_units + v_cap;
+    v_left := v_left - v_cost;
+  END LOOP;
+  IF v_left > 0 THEN RAISE EXCEPTION 'TARIFF_EXHAUSTED: %', v_tariff; END IF;
+  UPDATE accounts SET balance = balance + p_amount, last_seq = last_seq + 1,
+      year_units = year_units + v_units
+    WHERE account_id = v_account RETURNING last_seq INTO v_seq;
+  UPDATE counters SET n = n + 1 WHERE name = 'invoice' RETURNING n INTO v_invoice;
+  INSERT INTO records (account_id, seq, ts, amount, units, invoice_no, request_id, body)
+    VALUES (v_account, v_seq, now(), p_amount, v_units, v_invoice, p_request_id, repeat('r', 200));
+  INSERT INTO report_rows VALUES
+      (v_month, 'o', p_operator, 'purchase', 1, p_amount, v_units),
+      (v_month, 'b', v_branch, 'purchase', 1, p_amount, v_units),
+      (v_month, 't', v_tariff::text, 'purchase', 1, p_amount, v_units),
+      (v_month, 'k', 'purchase', 'purchase', 1, p_amount, v_units)
+    ON CONFLICT (month, dim, value, kind) DO UPDATE SET count = report_rows.count + 1,
+      amount = report_rows.amount + excluded.amount, units = report_rows.units + excluded.units;
+  v_outcome := json_build_object('result', 'record_posted', 'account_id', v_account,
+      'seq', v_seq, 'units', v_units, 'invoice_no', v_invoice)::text;
+  INSERT INTO requests VALUES (p_request_id, v_outcome);
+  RETURN v_outcome;
+END $$;
+"#;
 
 /// The newest Debian PostgreSQL installation's `bin` directory.
 fn find_bin_dir() -> anyhow::Result<PathBuf> {
@@ -294,7 +398,7 @@ fn stop_leftover(data_dir: &Path) {
 
 /// The fresh primary with its schema and accounts, and four streaming
 /// standbys named s1..s4 with the primary's quorum over them.
-fn start(s: &Setup, accounts: u64) -> anyhow::Result<Instances> {
+fn start(s: &Setup, accounts: u64, purchase: Purchase) -> anyhow::Result<Instances> {
     let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
     std::fs::create_dir_all(&s.dir)?;
     // The servers' user writes under it only in its own directories, but
@@ -336,15 +440,22 @@ fn start(s: &Setup, accounts: u64) -> anyhow::Result<Instances> {
         0,
         &format!(
             "CREATE TABLE accounts (account_id int PRIMARY KEY, balance numeric(14,2) NOT NULL, \
-             last_seq int NOT NULL, summary text NOT NULL); \
+             last_seq int NOT NULL, summary text NOT NULL, status text NOT NULL DEFAULT 'active', \
+             tariff_id int NOT NULL, branch text NOT NULL, year_units numeric(14,3) NOT NULL); \
              CREATE TABLE records (account_id int NOT NULL, seq int NOT NULL, ts timestamptz NOT NULL, \
-             amount numeric(14,2) NOT NULL, body text NOT NULL, PRIMARY KEY (account_id, seq)); \
-             INSERT INTO accounts SELECT g, 0, 0, repeat('s', {SUMMARY_BYTES}) FROM generate_series(1, {accounts}) g;"
+             amount numeric(14,2) NOT NULL, units numeric(14,3), invoice_no bigint, request_id text, \
+             body text NOT NULL, PRIMARY KEY (account_id, seq)); \
+             INSERT INTO accounts (account_id, balance, last_seq, summary, tariff_id, branch, year_units) \
+             SELECT g, 0, 0, repeat('s', {SUMMARY_BYTES}), g % {TARIFFS} + 1, 'B' || g % {BRANCHES}, \
+             (g * 37) % 5000 FROM generate_series(1, {accounts}) g;"
         ),
     )?;
+    if purchase == Purchase::Full {
+        s.sql(0, &full_schema(accounts))?;
+    }
     // Each on its own: neither runs inside the transaction block psql
     // makes of several statements.
-    s.sql(0, "VACUUM ANALYZE accounts")?;
+    s.sql(0, "VACUUM ANALYZE")?;
     s.sql(0, "CHECKPOINT")?;
     for i in 1..INSTANCES {
         let out = s
@@ -412,6 +523,16 @@ fn purchase_script() -> String {
          INSERT INTO records (account_id, seq, ts, amount, body) \
          SELECT :aid, a.last_seq, now(), :cents / 100.0, repeat('r', {RECORD_BODY_BYTES}) FROM a;\n"
     )
+}
+
+/// The full purchase: [`PURCHASE_FUNCTION`] with a fresh request id, the
+/// account's card and the client as operator.
+fn full_purchase_script() -> String {
+    "\\set aid random(1, :accounts)\n\
+     \\set cents random(2000, 30000)\n\
+     \\set rid random(1, 9000000000000000000)\n\
+     SELECT purchase('r' || :rid, 'C' || :aid, :cents / 100.0, 'op' || :client_id);\n"
+        .to_string()
 }
 
 /// A card read: the account, then its newest records.
@@ -585,6 +706,41 @@ fn cpu_sample(inst: &Instances) -> CpuSample {
     }
 }
 
+/// What the full purchases left agrees with their count: one stored
+/// outcome and one invoice number each, the invoice numbers gapless, and
+/// each dimension's report rows summing to the records, to the cent.
+fn check_full_purchases(s: &Setup, processed: u64) -> anyhow::Result<()> {
+    let row = s.sql(
+        0,
+        "SELECT (SELECT count(*) FROM requests) || ' ' || (SELECT n FROM counters WHERE name = 'invoice') \
+         || ' ' || (SELECT count(DISTINCT invoice_no) FROM records) || ' ' || (SELECT coalesce(max(invoice_no), 0) FROM records)",
+    )?;
+    let want = format!("{processed} {processed} {processed} {processed}");
+    anyhow::ensure!(
+        row == want,
+        "{processed} full purchases acknowledged, but requests, invoice counter, distinct and last invoice numbers are {row}"
+    );
+    let sums = s.sql(
+        0,
+        "SELECT string_agg(d || '=' || n || '/' || a, ' ' ORDER BY d) FROM \
+         (SELECT dim AS d, sum(count) AS n, sum(amount) AS a FROM report_rows GROUP BY dim) x",
+    )?;
+    let total = s.sql(
+        0,
+        "SELECT count(*) || '/' || coalesce(sum(amount), 0.00) FROM records",
+    )?;
+    let want = ["b", "k", "o", "t"]
+        .iter()
+        .map(|d| format!("{d}={total}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    anyhow::ensure!(
+        sums == want,
+        "report rows {sums}, records {total}: the reports do not equal their records"
+    );
+    Ok(())
+}
+
 /// Waits until every standby has replayed what the primary wrote, then
 /// checks that each holds `records` records: what was acknowledged was
 /// replicated. The number of standbys checked.
@@ -686,7 +842,11 @@ pub fn run(a: PostgresArgs) -> anyhow::Result<Value> {
             a.accounts
         );
     }
-    let inst = start(&s, a.accounts)?;
+    let inst = start(&s, a.accounts, a.purchase)?;
+    let purchase = match a.purchase {
+        Purchase::Minimal => purchase_script(),
+        Purchase::Full => full_purchase_script(),
+    };
     if !a.json {
         eprintln!(
             "postgres: {} pgbench clients for {} s",
@@ -699,7 +859,7 @@ pub fn run(a: PostgresArgs) -> anyhow::Result<Value> {
         Phase {
             name: "pg_purchase",
             per_op: "purchase",
-            script: &purchase_script(),
+            script: &purchase,
             clients: a.clients,
             duration_s: a.duration_s,
             accounts: a.accounts,
@@ -716,6 +876,9 @@ pub fn run(a: PostgresArgs) -> anyhow::Result<Value> {
         records == processed && seq_sum == processed,
         "{processed} purchases acknowledged, but {records} records and {seq_sum} sequence steps stored"
     );
+    if a.purchase == Purchase::Full {
+        check_full_purchases(&s, processed)?;
+    }
     let standbys_checked = check_standbys(&s, records)?;
     let mut reads = Value::Null;
     let mut table = purchases.stats.table(purchases.secs);
@@ -754,7 +917,9 @@ pub fn run(a: PostgresArgs) -> anyhow::Result<Value> {
         "synchronous_standbys": SYNC_STANDBYS,
         "primary_flags": s.flags(0),
         "synchronous_standby_names": sync_standby_names(),
-        "purchase_statement": purchase_script(),
+        "purchase": format!("{:?}", a.purchase).to_lowercase(),
+        "purchase_statement": purchase,
+        "purchase_function": (a.purchase == Purchase::Full).then_some(PURCHASE_FUNCTION),
         "card_read": card_read_script(),
         "driver": format!("pgbench -n -j 1 -M prepared -c {} -T {}", a.clients, a.duration_s),
         "rss": "each instance's postmaster process",
@@ -828,6 +993,15 @@ mod tests {
         assert!(primary.contains(&"fsync=on".to_string()));
         assert!(primary.contains(&"port=13501".to_string()));
         assert!(s.flags(3).contains(&"port=13507".to_string()));
+    }
+
+    #[test]
+    fn the_full_purchase_calls_the_function_with_a_fresh_request_id() {
+        let script = full_purchase_script();
+        assert!(script.contains("SELECT purchase('r' || :rid, 'C' || :aid"));
+        assert!(PURCHASE_FUNCTION.contains(&format!("repeat('r', {RECORD_BODY_BYTES})")));
+        assert!(PURCHASE_FUNCTION.contains("UPDATE counters SET n = n + 1"));
+        assert!(full_schema(10).contains("generate_series(1, 10)"));
     }
 
     #[test]
