@@ -1,6 +1,6 @@
 //! Results replication (op level 3, `leader_exec`, `store::apply_results`)
 //! against real processes: five nodes with a small entry bound
-//! (`raft.batch_bytes_max = 4096`) so that the leader cuts concurrent
+//! (`raft.batch_bytes_max = 1024`, the least allowed) so that the leader cuts concurrent
 //! commands into several entries by the size of their results, every node
 //! re-executing every entry and comparing (`raft.verify_results`, on in
 //! every test cluster). Under six concurrent payment loads and imports,
@@ -64,7 +64,7 @@ fn executed_entries_survive_leader_changes_and_mixed_modes_with_every_replica_ch
                 let p = lc.config_path(id);
                 let text = std::fs::read_to_string(&p).expect("node.toml");
                 assert!(text.contains("[raft]\n"), "{text}");
-                let text = text.replacen("[raft]\n", "[raft]\nbatch_bytes_max = 4096\n", 1);
+                let text = text.replacen("[raft]\n", "[raft]\nbatch_bytes_max = 1024\n", 1);
                 std::fs::write(&p, text).expect("node.toml");
             }
         },
@@ -200,6 +200,6 @@ fn executed_entries_survive_leader_changes_and_mixed_modes_with_every_replica_ch
     let cut = sum("billdb_exec_cut_entries_total");
     assert!(
         cut > 0.0,
-        "with a 4 KiB entry bound and six loads, some batches were cut by size"
+        "with a 1 KiB entry bound and six loads, some batches were cut by size"
     );
 }
