@@ -73,23 +73,37 @@ enum ReadError {
     Other(anyhow::Error),
 }
 
-fn read_log(o: &ArchiveOpts, addr: &str, node: NodeId, from: u64) -> Result<Read, ReadError> {
-    let c = crate::admin::AdminClient::with_tls(addr, READ_TIMEOUT, o.conn.tls.as_ref())
+/// The body of node `node`'s answer to `GET /v1/backup/log` from `from`
+/// (at most `max_entries`): the one way both the archiver's reads and the
+/// holder probe ask. A purged `from` is [`ReadError::Purged`].
+fn fetch_log(
+    o: &ArchiveOpts,
+    addr: &str,
+    node: NodeId,
+    from: u64,
+    max_entries: u32,
+    timeout: Duration,
+) -> Result<Vec<u8>, ReadError> {
+    let c = crate::admin::AdminClient::with_tls(addr, timeout, o.conn.tls.as_ref())
         .with_token(o.conn.token.clone());
     let mut body = Vec::new();
     match c.download(
-        &format!("/v1/backup/log?from={from}&max_entries={READ_ENTRIES_MAX}"),
+        &format!("/v1/backup/log?from={from}&max_entries={max_entries}"),
         &mut body,
         &mut |_| {},
     ) {
-        Ok(_) => {}
+        Ok(_) => Ok(body),
         Err(AdminError::Api { code, details, .. })
             if code == "NOT_FOUND" && details["reason"] == "log_purged" =>
         {
-            return Err(ReadError::Purged(details["first_held_index"].as_u64()));
+            Err(ReadError::Purged(details["first_held_index"].as_u64()))
         }
-        Err(e) => return Err(ReadError::Other(anyhow!("reading node {node}'s log: {e}"))),
+        Err(e) => Err(ReadError::Other(anyhow!("reading node {node}'s log: {e}"))),
     }
+}
+
+fn read_log(o: &ArchiveOpts, addr: &str, node: NodeId, from: u64) -> Result<Read, ReadError> {
+    let body = fetch_log(o, addr, node, from, READ_ENTRIES_MAX, READ_TIMEOUT)?;
     let other = |e: anyhow::Error| ReadError::Other(e);
     let nl = body
         .iter()
@@ -136,8 +150,7 @@ pub fn run(o: &ArchiveOpts) -> Result<ArchiveReport> {
     let key = read_signing_key(&o.conn.private_key)?;
     store::open_destination(dir)?;
     let _lock = store::lock_archive(dir)?;
-    let records = archive::read_records(dir)?;
-    let last: Option<SegmentRecord> = records.last().map(|r| r.record.clone());
+    let last: Option<SegmentRecord> = archive::last_record(dir)?.map(|r| r.record);
     let starts = archive::backup_starts_with_cluster(dir)?;
     let mut next = match &last {
         Some(r) => r.last_index + 1,
@@ -333,18 +346,12 @@ fn other_holder(o: &ArchiveOpts, not: NodeId, from: u64) -> Result<Option<(NodeI
     Ok(None)
 }
 
+/// Whether node `node` still holds entry `from`.
 fn read_log_probe(o: &ArchiveOpts, addr: &str, node: NodeId, from: u64) -> Result<bool> {
-    let c = crate::admin::AdminClient::with_tls(addr, o.conn.timeout, o.conn.tls.as_ref())
-        .with_token(o.conn.token.clone());
-    let mut body = Vec::new();
-    match c.download(
-        &format!("/v1/backup/log?from={from}&max_entries=1"),
-        &mut body,
-        &mut |_| {},
-    ) {
+    match fetch_log(o, addr, node, from, 1, o.conn.timeout) {
         Ok(_) => Ok(true),
-        Err(AdminError::Api { code, .. }) if code == "NOT_FOUND" => Ok(false),
-        Err(e) => Err(anyhow!("node {node}: {e}")),
+        Err(ReadError::Purged(_)) => Ok(false),
+        Err(ReadError::Other(e)) => Err(e),
     }
 }
 

@@ -810,14 +810,16 @@ async fn backup_log(State(s): State<HttpState>, caller: Caller, q: QueryArgs) ->
         "cluster_id": s.app.config.tls.as_ref().map(|t| t.cluster_id.clone()),
         "from": from,
         "entries": entries.len(),
-        "last_index": entries.last().map(|e| e.0),
+        "last_index": entries.last().map(|((i, _), _)| *i),
         "applied_index": applied,
         "first_held_index": first,
     });
     let mut body = serde_json::to_vec(&header)
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     body.push(b'\n');
-    body.extend_from_slice(&crate::backup::archive::encode_frames(&entries));
+    body.extend_from_slice(&crate::backup::archive::encode_frames(
+        entries.iter().map(|((i, raw), _)| (*i, raw.as_slice())),
+    ));
     Ok((
         StatusCode::OK,
         [("content-type", "application/octet-stream")],

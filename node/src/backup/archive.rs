@@ -70,10 +70,10 @@ pub struct SegmentRecord {
 }
 
 /// The frames of `entries`, as a segment file holds them.
-pub fn encode_frames(entries: &[StoredEntry]) -> Vec<u8> {
+pub fn encode_frames<'a>(entries: impl Iterator<Item = (u64, &'a [u8])> + Clone) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         entries
-            .iter()
+            .clone()
             .map(|(_, v)| v.len() + FRAME_HEADER_BYTES)
             .sum(),
     );
@@ -168,15 +168,14 @@ impl ReadRecord {
     }
 }
 
-/// Every record in `dir`'s archive, in index order, WITHOUT checking
-/// signatures (see [`verify`]). An unreadable record is an error naming it.
-pub fn read_records(dir: &Path) -> Result<Vec<ReadRecord>> {
+/// The names (first index, 20 digits) of every record in `dir`'s archive,
+/// in index order: a directory listing, no record is read.
+fn record_names(dir: &Path) -> Result<Vec<String>> {
     let a = dir.join(ARCHIVE_DIR);
-    let mut out = Vec::new();
-    if !a.exists() {
-        return Ok(out);
-    }
     let mut names = Vec::new();
+    if !a.exists() {
+        return Ok(names);
+    }
     for e in std::fs::read_dir(&a).with_context(|| format!("reading {}", a.display()))? {
         let name = e?.file_name().to_string_lossy().into_owned();
         if let Some(stem) = name.strip_suffix(".json")
@@ -187,37 +186,59 @@ pub fn read_records(dir: &Path) -> Result<Vec<ReadRecord>> {
         }
     }
     names.sort();
-    for name in names {
-        let p = a.join(format!("{name}.json"));
-        let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-        let record: SegmentRecord = serde_json::from_slice(&bytes).map_err(|e| {
-            error(
-                E_ARCHIVE_DAMAGED,
-                format!("{} is not a billdb archive record: {e}", p.display()),
-            )
-        })?;
-        if record.format > ARCHIVE_FORMAT {
-            return Err(error(
-                store::E_NEWER_FORMAT,
-                format!(
-                    "{} has archive format {}; this build reads {ARCHIVE_FORMAT}: use a newer billdb",
-                    p.display(),
-                    record.format
-                ),
-            ));
-        }
-        out.push(ReadRecord {
-            name,
-            record,
-            bytes,
-        });
+    Ok(names)
+}
+
+/// The record named `name` (see [`record_names`]), format checked.
+fn read_record(dir: &Path, name: String) -> Result<ReadRecord> {
+    let p = dir.join(ARCHIVE_DIR).join(format!("{name}.json"));
+    let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+    let record: SegmentRecord = serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            E_ARCHIVE_DAMAGED,
+            format!("{} is not a billdb archive record: {e}", p.display()),
+        )
+    })?;
+    if record.format > ARCHIVE_FORMAT {
+        return Err(error(
+            store::E_NEWER_FORMAT,
+            format!(
+                "{} has archive format {}; this build reads {ARCHIVE_FORMAT}: use a newer billdb",
+                p.display(),
+                record.format
+            ),
+        ));
     }
-    Ok(out)
+    Ok(ReadRecord {
+        name,
+        record,
+        bytes,
+    })
+}
+
+/// Every record in `dir`'s archive, in index order, WITHOUT checking
+/// signatures (see [`verify`]). An unreadable record is an error naming it.
+/// Reads them all: for the archive's end, [`last_record`] reads one.
+pub fn read_records(dir: &Path) -> Result<Vec<ReadRecord>> {
+    record_names(dir)?
+        .into_iter()
+        .map(|name| read_record(dir, name))
+        .collect()
+}
+
+/// The newest record of `dir`'s archive (signature not checked), reading
+/// that record only: what every segment write and every archiver pass
+/// needs, so their cost does not grow with the archive.
+pub fn last_record(dir: &Path) -> Result<Option<ReadRecord>> {
+    match record_names(dir)?.pop() {
+        Some(name) => read_record(dir, name).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// The index the archive continues at (its last entry + 1), if it holds any.
 pub fn next_index(dir: &Path) -> Result<Option<u64>> {
-    Ok(read_records(dir)?.last().map(|r| r.record.last_index + 1))
+    Ok(last_record(dir)?.map(|r| r.record.last_index + 1))
 }
 
 /// Writes `entries` (consecutive, verified) as the next segment of
@@ -233,8 +254,8 @@ pub fn write_segment(
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
         return Err(anyhow!("an empty segment is not written"));
     };
-    let records = read_records(dir)?;
-    if let Some(prev) = records.last()
+    let prev_record = last_record(dir)?;
+    if let Some(prev) = &prev_record
         && first.0.0 <= prev.record.last_index
     {
         return Err(anyhow!(
@@ -245,8 +266,7 @@ pub fn write_segment(
     }
     let a = dir.join(ARCHIVE_DIR);
     std::fs::create_dir_all(&a).with_context(|| format!("creating {}", a.display()))?;
-    let stored: Vec<StoredEntry> = entries.iter().map(|(s, _)| s.clone()).collect();
-    let frames = encode_frames(&stored);
+    let frames = encode_frames(entries.iter().map(|((i, raw), _)| (*i, raw.as_slice())));
     let times: Vec<(i64, i64)> = entries.iter().filter_map(|(_, e)| entry_times(e)).collect();
     let record = SegmentRecord {
         format: ARCHIVE_FORMAT,
@@ -260,7 +280,7 @@ pub fn write_segment(
         last_ts_ms: times.iter().map(|t| t.1).max(),
         bytes: frames.len() as u64,
         sha256: hex::encode(Sha256::digest(&frames)),
-        prev: records.last().map(ReadRecord::sha256),
+        prev: prev_record.as_ref().map(ReadRecord::sha256),
         written_unix_ms: store::unix_ms(),
     };
     let name = segment_name(record.first_index);
@@ -624,6 +644,13 @@ mod tests {
         assert!(c.problems.is_empty(), "{:?}", c.problems);
         assert_eq!(c.spans, vec![(11, 30)]);
         assert_eq!(next_index(d.path()).unwrap(), Some(31));
+        // The newest record, read alone, is the chain's last; a record's
+        // `prev` is the hash of the one before it.
+        let all = read_records(d.path()).unwrap();
+        let last = last_record(d.path()).unwrap().unwrap();
+        assert_eq!(last.record, r2);
+        assert_eq!(last.bytes, all[1].bytes);
+        assert_eq!(r2.prev, Some(all[0].sha256()));
         // An overlapping segment is refused.
         assert!(write_segment(d.path(), &k, None, 2, &s2).is_err());
 

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use ed25519_dalek::SigningKey;
 
 use super::archive;
@@ -96,13 +96,9 @@ fn write_pass(app: &App, dir: &Path, key: &SigningKey) -> Result<u64> {
             next = resume;
             continue;
         };
-        let n = stored.len();
-        let mut entries = Vec::with_capacity(n);
-        for (index, raw) in stored {
-            let e = crate::store::log_store::decode_stored(index, &raw)
-                .map_err(|why| anyhow!("entry {index}: {why}"))?;
-            entries.push(((index, raw), e));
-        }
+        // Each entry was verified and decoded by `read_stored`.
+        let entries = stored;
+        let n = entries.len();
         if entries.is_empty() {
             return Ok(written);
         }

@@ -453,16 +453,17 @@ pub type StoredEntry = (u64, Vec<u8>);
 /// through `upto`, each verified (CRC-32, encoding, index) before it is
 /// answered: the log-archive route (`billdb backup archive`). `Ok(None)`
 /// when `from` is no longer held (purged); a damaged entry is recorded
-/// ([`note_damage`]) and answered as an error, never as data.
+/// ([`note_damage`]) and answered as an error, never as data. Each comes
+/// with the entry it decodes to (the check decodes it; callers reuse it).
 pub fn read_stored(
     db: &DB,
     from: u64,
     upto: u64,
     max_entries: usize,
     max_bytes: usize,
-) -> Result<Option<Vec<StoredEntry>>, std::io::Error> {
+) -> Result<Option<Vec<(StoredEntry, Entry)>>, std::io::Error> {
     let cf = cf(db, CF_RAFT_LOG)?;
-    let mut out: Vec<StoredEntry> = Vec::new();
+    let mut out: Vec<(StoredEntry, Entry)> = Vec::new();
     let mut bytes = 0usize;
     let it = db.iterator_cf(cf, IteratorMode::From(&index_key(from), Direction::Forward));
     for item in it {
@@ -471,7 +472,7 @@ pub fn read_stored(
         if idx > upto || out.len() >= max_entries || (bytes >= max_bytes && !out.is_empty()) {
             break;
         }
-        let expected = out.last().map_or(from, |(i, _)| i + 1);
+        let expected = out.last().map_or(from, |((i, _), _)| i + 1);
         if idx != expected {
             if out.is_empty() {
                 return Ok(None); // `from` was purged
@@ -481,14 +482,14 @@ pub fn read_stored(
                 format!("the Raft log has a hole: entry {expected} is missing before {idx}"),
             ));
         }
-        decode_entry(idx, &v).map_err(|why| {
+        let entry = decode_entry(idx, &v).map_err(|why| {
             if let Err(e) = note_damage(db, idx) {
                 tracing::error!(index = idx, error = %e, "could not record a damaged Raft log entry");
             }
             damaged_error(idx, &why)
         })?;
         bytes += v.len();
-        out.push((idx, v.to_vec()));
+        out.push(((idx, v.to_vec()), entry));
     }
     if out.is_empty() && from <= upto {
         return Ok(None);
