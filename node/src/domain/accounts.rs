@@ -1,98 +1,25 @@
 //! Accounts: open, contact data, suspend / resume / close (freeze). May
 //! touch the `accounts` family only (and read the season in `domain_meta`
 //! for the lazy carry-forward, see `seasons`).
+//!
+//! Imports the ground floor and `seasons`. A close takes the account's
+//! active card off it; revoking that card is `cards`' (a layer up).
 
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 
 use billdb_api::error::ErrorCode;
 
-use super::seasons::{self, AccountSeason};
+use super::context::{Ctx, Res, check_id, check_text, read, refuse, write};
+use super::keys;
+use super::model::Account;
+use super::ops::{Op, Outcome};
+use super::seasons;
 use super::txn::{Family, Get, Txn};
-use super::{Ctx, Op, Outcome, Res, check_id, check_text, keys, read, refuse, write};
 
 pub const UTILITIES: &[&str] = &["electricity", "heat", "water", "gas"];
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Account {
-    pub account_id: String,
-    pub name: String,
-    pub address: String,
-    pub phone: String,
-    pub branch: String,
-    pub utility: String,
-    pub meter_id: String,
-    pub tariff_id: String,
-    /// Heated area (heat accounts), m².
-    #[serde(with = "billdb_api::money::decimal_compact")]
-    pub area: Decimal,
-    /// active | suspended | closed
-    pub status: String,
-    /// Receivable balance: payments and credits add, charges subtract.
-    #[serde(with = "billdb_api::money::decimal_compact")]
-    pub balance: Decimal,
-    pub opened_ms: i64,
-    pub closed_ms: Option<i64>,
-    /// Sequence number of the account's newest record (0: none yet).
-    pub last_seq: u64,
-    /// The purchase sequence number last written to the card (0: none).
-    pub last_card_seq: u64,
-    /// The newest purchase, if any, summarised (see [`LastPurchase`]).
-    pub last_purchase: Option<LastPurchase>,
-    /// The active card, if any (one meter, one card).
-    pub active_card: Option<String>,
-    /// Generation of the newest card issued to this account (0: none).
-    pub card_generation: u32,
-    /// The heating season this account was carried forward into (heat).
-    pub season: Option<AccountSeason>,
-}
-
-/// The account's newest purchase, kept beside the account so a sale's
-/// duplicate check and unloaded-credit check read no record: always equal
-/// to that record and its `RecordMeta` (a purchase sets it; confirming the
-/// credit loaded, and reversing the purchase, update it; the domain property
-/// test checks the equality after every step).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct LastPurchase {
-    pub seq: u64,
-    pub card_no: String,
-    #[serde(with = "billdb_api::money::decimal_compact")]
-    pub amount: Decimal,
-    pub ts_ms: i64,
-    pub request_id: String,
-    pub loaded: bool,
-    pub reversed: bool,
-}
-
-impl LastPurchase {
-    pub(crate) fn of(r: &super::ledger::Record, loaded: bool) -> Self {
-        LastPurchase {
-            seq: r.seq,
-            card_no: r.card_no.clone(),
-            amount: r.amount,
-            ts_ms: r.ts_ms,
-            request_id: r.request_id.clone(),
-            loaded,
-            reversed: false,
-        }
-    }
-}
-
+/// The account rules every write checks (the data is `model::Account`).
 impl Account {
-    /// `seq` of the newest purchase record, if any.
-    pub fn last_purchase_seq(&self) -> Option<u64> {
-        self.last_purchase.as_ref().map(|l| l.seq)
-    }
-
-    /// The summary of purchase `seq`, when it is the newest purchase.
-    pub(crate) fn last_purchase_mut(&mut self, seq: u64) -> Option<&mut LastPurchase> {
-        self.last_purchase.as_mut().filter(|l| l.seq == seq)
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.status == "closed"
-    }
-
     /// Refuses writes to a closed account, and (unless `allow_suspended`)
     /// to a suspended one.
     pub(crate) fn check_writable(&self, allow_suspended: bool) -> Res<()> {
@@ -267,8 +194,10 @@ pub(crate) fn update_contact<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome>
 }
 
 /// Suspend (active → suspended), resume (suspended → active), close
-/// (active | suspended → closed: frozen, the active card revoked).
-pub(crate) fn lifecycle<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
+/// (active | suspended → closed: frozen, its active card taken off it).
+/// Saves the account and answers it, with the card a close took off it:
+/// the caller (`cards::lifecycle`, a layer up) revokes that card.
+pub(crate) fn lifecycle<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<(Account, Option<String>)> {
     let (account_id, reason) = match &ctx.cmd.op {
         Op::Suspend { account_id, reason } | Op::Close { account_id, reason } => {
             (account_id, reason.as_str())
@@ -279,6 +208,7 @@ pub(crate) fn lifecycle<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     check_text("reason", reason)?;
     let mut account = load(txn, account_id)?;
     account.check_writable(true)?;
+    let mut revoked = None;
     match &ctx.cmd.op {
         Op::Suspend { .. } => {
             if account.status == "suspended" {
@@ -301,13 +231,9 @@ pub(crate) fn lifecycle<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
         _ => {
             account.status = "closed".into();
             account.closed_ms = Some(ctx.ts());
-            if let Some(card_no) = account.active_card.take() {
-                super::cards::revoke(txn, &card_no, ctx.ts())?;
-            }
+            revoked = account.active_card.take();
         }
     }
     save(txn, &account)?;
-    Ok(Outcome::AccountUpdated {
-        account: Box::new(account),
-    })
+    Ok((account, revoked))
 }

@@ -3,7 +3,7 @@
 //! over every account, from one read view. What a finance clerk asks for
 //! the receivables, and what a migration compares with the legacy files'
 //! totals (`billdb import legacy`). Reads only: touches the `accounts`
-//! family through a [`ReadView`].
+//! family through a [`ReadView`]. Imports the ground floor only.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +11,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::keys;
+use super::model::Account;
 use super::txn::{Family, ReadView, SCAN_LIMIT_MAX};
 
 /// Most accounts one balance report reads (600,000 are expected; the
@@ -95,7 +96,7 @@ pub fn balance_report<V: ReadView + ?Sized>(
         let rows = view.scan(Family::Accounts, &start, &[], false, SCAN_LIMIT_MAX)?;
         let got = rows.len();
         for (k, v) in rows {
-            let a: super::Account = keys::decode(&v)?;
+            let a: Account = keys::decode(&v)?;
             let key = match group_by {
                 BalanceGroup::Branch => &a.branch,
                 BalanceGroup::Utility => &a.utility,

@@ -15,6 +15,11 @@
 //!   stored results, in time order per (bank, day).
 //!
 //! May touch the `reports` family only (writes: the two key families above).
+//!
+//! Imports the ground floor, `reports` and `requests`; `ledger` (above)
+//! indexes each payment it posts and marks its reversal. The stored result
+//! ([`Reconciliation`] and its parts) is data an `Op` carries, so it lives
+//! on the ground floor (`payloads`) and is re-exported here.
 
 use std::collections::BTreeMap;
 
@@ -24,9 +29,13 @@ use serde::{Deserialize, Serialize};
 use billdb_api::error::{ApiError, ErrorCode};
 use billdb_api::statement::StatementLine;
 
-use super::ledger::Record;
+use super::context::{Ctx, Res, check_id, read, refuse, write};
+use super::model::{Record, RecordMeta, record_id};
+use super::ops::{Op, Outcome};
+pub use super::payloads::{Class, Item, Matching, Reconciliation, Sum};
+use super::requests;
 use super::txn::{Family, Get, ReadView, SCAN_LIMIT_MAX, Txn};
-use super::{Ctx, Op, Outcome, Res, calendar, check_id, keys, read, refuse, reports, write};
+use super::{calendar, keys, reports};
 
 /// Most itemised differences one stored reconciliation keeps (counts and
 /// totals always cover every line).
@@ -211,15 +220,22 @@ pub fn posted_elsewhere<G: Get + ?Sized>(
         return Ok(None);
     };
     let request_id: String = keys::decode(&raw)?;
-    let (mut record_id, mut found_day) = (None, None);
+    let (mut found_record, mut found_day) = (None, None);
     if let Some(Outcome::PaymentPosted {
         account_id,
         record_seq,
         ..
-    }) = super::request_outcome(view, &request_id)?
+    }) = requests::request_outcome(view, &request_id)?
     {
-        record_id = Some(super::record_id(&account_id, record_seq));
-        if let Some(m) = super::ledger::meta(view, &account_id, record_seq)? {
+        found_record = Some(record_id(&account_id, record_seq));
+        // The payment record's index entry (`ledger::meta`, read here: the
+        // ledger is a layer up).
+        let meta: Option<RecordMeta> = read(
+            view,
+            Family::RecordIndex,
+            &keys::record_index(&account_id, record_seq),
+        )?;
+        if let Some(m) = meta {
             found_day = Some(calendar::day_str(m.ts_ms));
         }
     }
@@ -240,7 +256,7 @@ pub fn posted_elsewhere<G: Get + ?Sized>(
                 &payment_key(&other, bank_code, bank_ref),
             )?;
             if let Some(p) = found {
-                record_id = Some(super::record_id(&p.account_id, p.seq));
+                found_record = Some(record_id(&p.account_id, p.seq));
                 found_day = Some(other);
                 break;
             }
@@ -248,7 +264,7 @@ pub fn posted_elsewhere<G: Get + ?Sized>(
     }
     Ok(Some(PostedElsewhere {
         request_id,
-        record_id,
+        record_id: found_record,
         day: found_day,
     }))
 }
@@ -263,79 +279,6 @@ fn day_start_ms(day: &str) -> Option<i64> {
     let d: u32 = day.get(8..10)?.parse().ok()?;
     let ts = calendar::days_ms(y, m, d);
     (calendar::day_str(ts) == day).then_some(ts)
-}
-
-/// Σ of one outcome class: lines, the file's amount and billdb's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sum {
-    pub count: u64,
-    #[serde(with = "billdb_api::money::decimal_compact")]
-    pub file_amount: Decimal,
-    #[serde(with = "billdb_api::money::decimal_compact")]
-    pub billdb_amount: Decimal,
-}
-
-/// What a line (or a billdb payment) came out as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Class {
-    /// In the file, not a payment of this bank's day in billdb, and its
-    /// reference was never posted: post it.
-    MissingInBillDb,
-    /// In the file; billdb holds the reference on another day.
-    PostedOtherDay,
-    /// A payment of the day in billdb that the file does not have.
-    MissingInBank,
-    /// Same reference, different amount (the account may differ too).
-    AmountMismatch,
-    /// Same reference and amount, different account.
-    AccountMismatch,
-    /// In the file, but billdb reversed the payment.
-    ReversedInBillDb,
-    /// Same reference, amount and account.
-    Matched,
-    /// Reversed in billdb and not in the file: nothing to do.
-    ReversedNotInFile,
-}
-
-impl Class {
-    pub fn name(self) -> &'static str {
-        match self {
-            Class::MissingInBillDb => "missing_in_billdb",
-            Class::PostedOtherDay => "posted_other_day",
-            Class::MissingInBank => "missing_in_bank",
-            Class::AmountMismatch => "amount_mismatch",
-            Class::AccountMismatch => "account_mismatch",
-            Class::ReversedInBillDb => "reversed_in_billdb",
-            Class::Matched => "matched",
-            Class::ReversedNotInFile => "reversed_not_in_file",
-        }
-    }
-
-    /// A difference someone has to act on.
-    pub fn is_difference(self) -> bool {
-        !matches!(self, Class::Matched | Class::ReversedNotInFile)
-    }
-}
-
-/// One itemised difference.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Item {
-    pub class: Class,
-    pub bank_ref: String,
-    /// The file's side (absent for `MissingInBank`).
-    pub line: Option<u32>,
-    pub file_account_id: Option<String>,
-    pub file_amount: Option<Decimal>,
-    pub file_time: Option<String>,
-    /// billdb's side (absent for `MissingInBillDb`).
-    pub record_id: Option<String>,
-    pub billdb_account_id: Option<String>,
-    pub billdb_amount: Option<Decimal>,
-    pub billdb_ts_ms: Option<i64>,
-    /// The reversal record, or the day it was posted (`PostedOtherDay`).
-    pub reversal_record_id: Option<String>,
-    pub billdb_day: Option<String>,
-    pub request_id: Option<String>,
 }
 
 impl Item {
@@ -366,47 +309,16 @@ impl Item {
     }
 
     fn billdb(mut self, p: &BankPayment) -> Item {
-        self.record_id = Some(super::record_id(&p.account_id, p.seq));
+        self.record_id = Some(record_id(&p.account_id, p.seq));
         self.billdb_account_id = Some(p.account_id.clone());
         self.billdb_amount = Some(p.amount);
         self.billdb_ts_ms = Some(p.ts_ms);
-        self.reversal_record_id = p.reversed_by.map(|s| super::record_id(&p.account_id, s));
+        self.reversal_record_id = p.reversed_by.map(|s| record_id(&p.account_id, s));
         self
     }
 }
 
-/// The outcome of matching one statement against one bank's day.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Matching {
-    /// Every line of the file.
-    pub file: Sum,
-    /// Every payment of the day in billdb that stands (not reversed).
-    pub billdb: Sum,
-    pub matched: Sum,
-    pub missing_in_billdb: Sum,
-    pub posted_other_day: Sum,
-    pub missing_in_bank: Sum,
-    pub amount_mismatch: Sum,
-    pub account_mismatch: Sum,
-    pub reversed_in_billdb: Sum,
-    pub reversed_not_in_file: Sum,
-    /// The differences (and reversed payments not in the file), ordered by
-    /// class then bank_ref, at most [`ITEMS_MAX`].
-    pub items: Vec<Item>,
-    pub items_truncated: bool,
-}
-
 impl Matching {
-    /// Lines or payments in a class someone has to act on.
-    pub fn differences(&self) -> u64 {
-        self.missing_in_billdb.count
-            + self.posted_other_day.count
-            + self.missing_in_bank.count
-            + self.amount_mismatch.count
-            + self.account_mismatch.count
-            + self.reversed_in_billdb.count
-    }
-
     fn sum_mut(&mut self, c: Class) -> &mut Sum {
         match c {
             Class::MissingInBillDb => &mut self.missing_in_billdb,
@@ -513,26 +425,6 @@ pub fn reconcile(
     Ok(m)
 }
 
-/// A stored reconciliation: the matching plus what it was of and who
-/// did it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reconciliation {
-    pub bank_code: String,
-    /// The business day `YYYY-MM-DD` (UTC, as the bank-daily report).
-    pub day: String,
-    /// SHA-256 (hex) of the statement file as sent, and its name if given.
-    pub file_sha256: String,
-    pub file_name: String,
-    /// The applied log index the matching read billdb's state at.
-    pub as_of_index: u64,
-    pub matching: Matching,
-    /// The role of the token that asked (ops, bank).
-    pub role: String,
-    /// Set by apply from the command: its time and operator.
-    pub recorded_ms: i64,
-    pub recorded_by: String,
-}
-
 fn recon_prefix(bank_code: &str, day: Option<&str>) -> Vec<u8> {
     let mut k = vec![TAG_RECON];
     keys::push_id(&mut k, bank_code);
@@ -599,7 +491,7 @@ pub fn get<G: Get + ?Sized>(
         day,
         recorded_ms,
         ..
-    }) = super::request_outcome(view, request_id)?
+    }) = requests::request_outcome(view, request_id)?
     else {
         return Ok(None);
     };

@@ -2,29 +2,21 @@
 //! (on close), and the card check a counter runs before every sale. May
 //! touch the `cards` family and the account's active-card fields; the card
 //! check reads the recent segment of the ledger only.
+//!
+//! Imports the ground floor, `accounts` and `ledger`. Suspend, resume and
+//! close run here ([`lifecycle`]): a close revokes the account's card.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use billdb_api::error::{ApiError, ErrorCode};
 
-use super::accounts::{self, Account};
-use super::ledger::{self, Record, RecordQuery, Segment};
+use super::accounts;
+use super::context::{Ctx, Res, check_id, check_text, read, refuse, write};
+use super::keys;
+use super::ledger::{self, RecordQuery, Segment};
+use super::model::{Account, Card, Record, record_id};
+use super::ops::{Op, Outcome};
 use super::txn::{Family, Get, ReadView, Txn};
-use super::{Ctx, Op, Outcome, Res, check_id, check_text, keys, read, refuse, write};
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Card {
-    pub card_no: String,
-    pub account_id: String,
-    /// 1, 2, … (+1 at each replacement).
-    pub generation: u32,
-    /// active | replaced | revoked
-    pub status: String,
-    pub issued_ms: i64,
-    pub replaced_ms: Option<i64>,
-    pub replaced_by: Option<String>,
-    pub revoked_ms: Option<i64>,
-}
 
 pub fn get_card<G: Get + ?Sized>(view: &G, card_no: &str) -> Result<Option<Card>, std::io::Error> {
     read(view, Family::Cards, &keys::card(card_no))
@@ -185,8 +177,20 @@ pub(crate) fn replace<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     })
 }
 
+/// Suspend, resume, close an account ([`accounts::lifecycle`]); a close
+/// also revokes the active card it took off the account.
+pub(crate) fn lifecycle<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
+    let (account, revoked) = accounts::lifecycle(txn, ctx)?;
+    if let Some(card_no) = revoked {
+        revoke(txn, &card_no, ctx.ts())?;
+    }
+    Ok(Outcome::AccountUpdated {
+        account: Box::new(account),
+    })
+}
+
 /// Revoke a card (account closed).
-pub(crate) fn revoke<T: Txn + ?Sized>(txn: &mut T, card_no: &str, ts_ms: i64) -> Res<()> {
+fn revoke<T: Txn + ?Sized>(txn: &mut T, card_no: &str, ts_ms: i64) -> Res<()> {
     if let Some(mut card) = get_card(txn, card_no)? {
         card.status = "revoked".into();
         card.revoked_ms = Some(ts_ms);
@@ -297,7 +301,7 @@ pub fn verify_card<R: ReadView + ?Sized>(
             "the account is suspended".to_string(),
         )
     } else if let Some(seq) = unloaded_purchase(&account) {
-        check.unloaded_record_id = Some(ledger::record_id(&account.account_id, seq));
+        check.unloaded_record_id = Some(record_id(&account.account_id, seq));
         (
             ErrorCode::CreditNotLoaded,
             format!(

@@ -4,40 +4,23 @@
 //! scenario in `domain_meta` under `drill/` ‖ scenario; a later drill of the
 //! same scenario replaces it. Apply is a plain put of validated fields and
 //! the command's own time and operator: deterministic.
+//!
+//! Imports the ground floor only ([`DrillSummary`], which `RecordDrill`
+//! carries, is `payloads`', re-exported here).
 
 use serde::{Deserialize, Serialize};
 
+use super::context::{Ctx, Res, write};
+use super::keys;
+use super::ops::{Op, Outcome};
+pub use super::payloads::DrillSummary;
 use super::txn::{Family, ReadView, Txn};
-use super::{Ctx, Op, Outcome, Res, keys, write};
 
 /// Prefix of the drill keys in `domain_meta`.
 pub const META_DRILL_PREFIX: &[u8] = b"drill/";
 
 /// Most scenarios one listing returns (the scenarios are a short fixed list).
 pub const DRILLS_MAX: usize = 64;
-
-/// What a drill reported, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct DrillSummary {
-    pub scenario: String,
-    /// `PASS` or `FAILED`.
-    pub result: String,
-    /// The drill's start (Unix ms, the drill tool's clock).
-    pub started_ms: i64,
-    /// Write gap: fault to the first acknowledged write (ms).
-    pub write_gap_ms: u64,
-    pub read_gap_ms: u64,
-    /// Fault to every node ready (ms).
-    pub health_ms: u64,
-    pub acknowledged: u64,
-    pub lost: u64,
-    pub duplicated: u64,
-    pub digests_equal: bool,
-    /// SHA-256 (hex) of the report's canonical data, as signed.
-    pub report_sha256: String,
-    /// Who ran it, as the drill tool was told (`--operator`).
-    pub run_by: String,
-}
 
 /// A stored drill: the summary plus when and by which token it was
 /// recorded (the command's time and operator).

@@ -10,70 +10,30 @@
 //! sequence numbers, so reports and reconciliation cover migrated data
 //! exactly. Imported purchases count as loaded. May touch everything an
 //! account and its records touch.
+//!
+//! An operation: imports the ground floor (the items an import carries,
+//! `ImportAccount` and `ImportRecord`, are `payloads`'), `accounts`,
+//! `cards`, `invoices`, `ledger`, `reports`, `seasons` and `tariffs`.
 
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 
 use billdb_api::error::{ApiError, ErrorCode};
 use billdb_api::money::{AMOUNT_MAX, UNITS_MAX};
 
-use super::accounts::{self, Account};
 use super::calendar::{TS_MAX_MS, TS_MIN_MS};
-use super::cards::{Card, get_card};
+use super::cards::get_card;
+use super::context::{Ctx, Fail, Res, add, check_id, refuse, write};
+use super::model::{Account, Card, LastPurchase, Record, Season};
+use super::ops::{Op, Outcome};
+use super::payloads::{ImportAccount, ImportRecord};
 use super::reports::RowDeltas;
 use super::txn::{Family, Txn};
-use super::{Ctx, Fail, Op, Outcome, Res, add, check_id, keys, refuse, seasons, tariffs, write};
-use super::{invoices, ledger};
+use super::{accounts, calendar, invoices, keys, ledger, seasons, tariffs};
 
 /// Most accounts + records in one import command.
 pub const IMPORT_ITEMS_MAX: usize = 1000;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ImportAccount {
-    pub account_id: String,
-    pub name: String,
-    pub address: String,
-    pub branch: String,
-    pub utility: String,
-    pub meter_id: String,
-    pub tariff_id: String,
-    #[serde(with = "billdb_api::money::decimal_compact")]
-    pub area: Decimal,
-    /// active | suspended | closed
-    pub status: String,
-    #[serde(with = "billdb_api::money::decimal_compact")]
-    pub balance: Decimal,
-    pub opened_ms: i64,
-    pub closed_ms: Option<i64>,
-    /// The legacy active card, if any, with its generation.
-    pub card_no: Option<String>,
-    pub card_generation: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ImportRecord {
-    pub account_id: String,
-    /// purchase | payment | charge | adjustment
-    pub kind: String,
-    /// Signed only for adjustments.
-    #[serde(with = "billdb_api::money::decimal_compact")]
-    pub amount: Decimal,
-    #[serde(with = "billdb_api::money::decimal_compact")]
-    pub units: Decimal,
-    pub ts_ms: i64,
-    pub operator_id: String,
-    pub branch: String,
-    pub tariff_id: String,
-    /// Legacy invoice number (empty: one is assigned for purchases and
-    /// payments).
-    pub invoice_no: String,
-    pub bank_code: String,
-    pub bank_ref: String,
-    pub card_no: String,
-    pub card_seq: u64,
-}
 
 fn at<T>(what: &str, i: usize, r: Res<T>) -> Res<T> {
     r.map_err(|f| match f {
@@ -177,11 +137,7 @@ impl Pending {
     }
 }
 
-fn import_account<T: Txn>(
-    txn: &mut T,
-    a: &ImportAccount,
-    season: Option<&seasons::Season>,
-) -> Res<()> {
+fn import_account<T: Txn>(txn: &mut T, a: &ImportAccount, season: Option<&Season>) -> Res<()> {
     if !["active", "suspended", "closed"].contains(&a.status.as_str()) {
         return refuse(
             ErrorCode::InvalidArgument,
@@ -261,7 +217,7 @@ fn import_record<T: Txn>(
     if r.units.scale() > 3 || r.units < Decimal::ZERO || r.units > UNITS_MAX {
         return refuse(ErrorCode::InvalidUnits, "units out of range");
     }
-    let mut rec = ledger::Record {
+    let mut rec = Record {
         account_id: r.account_id.clone(),
         seq: 0,
         kind: r.kind.clone(),
@@ -294,7 +250,7 @@ fn import_record<T: Txn>(
     };
     match r.kind.as_str() {
         "purchase" => {
-            let year = super::calendar::year(r.ts_ms);
+            let year = calendar::year(r.ts_ms);
             pending.add_year_units(txn, &r.account_id, year, r.units)?;
             account.last_card_seq = account.last_card_seq.max(r.card_seq);
         }
@@ -332,7 +288,7 @@ fn import_record<T: Txn>(
     }
     let rec = ledger::post_with(txn, &mut account, rec, true, Some(&mut pending.reports))?;
     if rec.kind == "purchase" {
-        account.last_purchase = Some(accounts::LastPurchase::of(&rec, true));
+        account.last_purchase = Some(LastPurchase::of(&rec, true));
     }
     pending.put_account(account);
     Ok(())

@@ -5,32 +5,18 @@
 //! Printing is a write because the print count changes: the first print is
 //! the original, every later one a reprint with the same number and its
 //! count. May touch the `invoices` family only.
-
-use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+//!
+//! Imports the ground floor and `accounts` (a print checks the account);
+//! `ledger` (above) issues the invoice of each record it posts.
 
 use billdb_api::error::ErrorCode;
 
-use super::ledger::Record;
+use super::accounts;
+use super::context::{Ctx, Res, read, refuse, write};
+use super::keys;
+use super::model::{Invoice, Record};
+use super::ops::{Op, Outcome};
 use super::txn::{Family, Get, Txn};
-use super::{Ctx, Op, Outcome, Res, accounts, keys, read, refuse, write};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Invoice {
-    pub invoice_no: String,
-    pub account_id: String,
-    pub seq: u64,
-    pub kind: String,
-    #[serde(with = "billdb_api::money::decimal_compact")]
-    pub amount: Decimal,
-    #[serde(with = "billdb_api::money::decimal_compact")]
-    pub units: Decimal,
-    pub issued_ms: i64,
-    /// 0 until first printed.
-    pub print_count: u32,
-    pub first_printed_ms: Option<i64>,
-    pub last_printed_ms: Option<i64>,
-}
 
 pub fn get_invoice<G: Get + ?Sized>(
     view: &G,

@@ -10,6 +10,11 @@
 //! record keys are account ‖ ts ‖ seq, the recent segment of an account is
 //! the range [account ‖ boundary, end of account): its cost does not grow
 //! with the history.
+//!
+//! Imports the ground floor and the modules a posted record updates, all
+//! below it: `accounts`, `reports`, `invoices`, `bank_recon`, `tariffs`.
+//! The records themselves (`Record`, `RecordMeta`, record ids) are
+//! `model`'s.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -17,71 +22,12 @@ use serde::{Deserialize, Serialize};
 use billdb_api::error::{ApiError, ErrorCode};
 use billdb_api::tariff::TierPiece;
 
-use super::accounts::{self, Account};
+use super::accounts;
+use super::context::{Ctx, Res, add, check_text, read, refuse, sub, write};
+use super::model::{self, Account, Record, RecordMeta, parse_record_id};
+use super::ops::{Op, Outcome};
 use super::txn::{Family, Get, ReadView, Txn};
-use super::{Ctx, Op, Outcome, Res, check_text, keys, read, refuse, reports, sub, write};
-
-/// One ledger entry. Never changed once written.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Record {
-    pub account_id: String,
-    /// Per-account record number, 1, 2, …
-    pub seq: u64,
-    /// purchase | payment | charge | reissue | reversal | adjustment
-    pub kind: String,
-    /// Signed money: a reversal carries the negated amount.
-    #[serde(with = "billdb_api::money::decimal_compact")]
-    pub amount: Decimal,
-    /// Signed units (purchases, reissues, their reversals).
-    #[serde(with = "billdb_api::money::decimal_compact")]
-    pub units: Decimal,
-    pub tiers: Vec<TierPiece>,
-    pub tariff_id: String,
-    pub operator_id: String,
-    pub branch: String,
-    /// counter | bank | app | import
-    pub channel: String,
-    pub request_id: String,
-    pub ts_ms: i64,
-    /// Empty when the record has no invoice.
-    pub invoice_no: String,
-    pub bank_code: String,
-    pub bank_ref: String,
-    pub card_no: String,
-    /// The purchase sequence number written to the card (purchases and
-    /// their reissues; a reissue carries its purchase's card_seq).
-    pub card_seq: u64,
-    /// The record this one reverses or reissues.
-    pub refers_to: Option<u64>,
-    pub reason: String,
-    /// The change this record made to the account balance.
-    #[serde(with = "billdb_api::money::decimal_compact")]
-    pub balance_effect: Decimal,
-}
-
-/// The mutable state about a record, kept beside it (the record itself is
-/// immutable): where it is, and whether it was loaded, reissued, reversed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecordMeta {
-    pub ts_ms: i64,
-    pub kind: String,
-    pub loaded: bool,
-    pub reissued_by: Option<u64>,
-    pub reversed_by: Option<u64>,
-}
-
-/// `account_id:seq`.
-pub fn record_id(account_id: &str, seq: u64) -> String {
-    format!("{account_id}:{seq}")
-}
-
-pub fn parse_record_id(record_id: &str) -> Option<(&str, u64)> {
-    let (account, seq) = record_id.rsplit_once(':')?;
-    if account.is_empty() || seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some((account, seq.parse().ok()?))
-}
+use super::{bank_recon, calendar, invoices, keys, reports, tariffs};
 
 pub(crate) fn meta<G: Get + ?Sized>(
     view: &G,
@@ -166,7 +112,7 @@ pub(crate) fn post_with<T: Txn + ?Sized>(
     loaded: bool,
     deltas: Option<&mut reports::RowDeltas>,
 ) -> Res<Record> {
-    account.balance = super::add(account.balance, draft.balance_effect)?;
+    account.balance = add(account.balance, draft.balance_effect)?;
     account.last_seq += 1;
     draft.seq = account.last_seq;
     draft.account_id = account.account_id.clone();
@@ -192,9 +138,9 @@ pub(crate) fn post_with<T: Txn + ?Sized>(
         Some(d) => d.add_record(&draft)?,
         None => reports::add_record(txn, &draft)?,
     }
-    super::bank_recon::index_payment(txn, &draft)?;
+    bank_recon::index_payment(txn, &draft)?;
     if !draft.invoice_no.is_empty() {
-        super::invoices::issue(txn, &draft)?;
+        invoices::issue(txn, &draft)?;
     }
     Ok(draft)
 }
@@ -254,7 +200,7 @@ pub(crate) fn reverse<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
             ErrorCode::AlreadyReversed,
             format!("record {record_id:?} was already reversed"),
         )
-        .with_details(serde_json::json!({"reversed_by": super::record_id(&orig.account_id, by)}))
+        .with_details(serde_json::json!({"reversed_by": model::record_id(&orig.account_id, by)}))
         .into());
     }
     let mut rec = draft(ctx, &account, "reversal");
@@ -278,13 +224,13 @@ pub(crate) fn reverse<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     rec.balance_effect = -orig.balance_effect;
     if orig.kind == "purchase" {
         // The ladder counter of the purchase's year gives the units back.
-        let year = super::calendar::year(orig.ts_ms);
-        let before = super::tariffs::year_units(txn, &orig.account_id, year)?;
+        let year = calendar::year(orig.ts_ms);
+        let before = tariffs::year_units(txn, &orig.account_id, year)?;
         let after = sub(before, orig.units)?.max(Decimal::ZERO);
-        super::tariffs::set_year_units(txn, &orig.account_id, year, after)?;
+        tariffs::set_year_units(txn, &orig.account_id, year, after)?;
     }
     let rec = post(txn, &mut account, rec, true)?;
-    super::bank_recon::mark_reversed(txn, &orig, &rec)?;
+    bank_recon::mark_reversed(txn, &orig, &rec)?;
     orig_meta.reversed_by = Some(rec.seq);
     put_meta(txn, &orig.account_id, orig.seq, &orig_meta)?;
     if let Some(l) = account.last_purchase_mut(orig.seq) {

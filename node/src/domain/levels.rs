@@ -17,12 +17,15 @@
 //! `leader_exec`). A new operation (or a change to what an existing one
 //! writes, or to the entry format) takes the next level.
 //!
-//! Touches the `Meta` family only.
+//! Touches the `Meta` family only. Imports the ground floor only.
 
 use billdb_api::error::ErrorCode;
 
+use super::context::{Res, read, refuse, write};
+use super::keys;
+use super::ops::{Op, Outcome};
+use super::payloads::TariffSpec;
 use super::txn::{Family, Get, Txn};
-use super::{Op, Outcome, Res, TariffSpec, keys, read, refuse, write};
 
 /// The highest op level this build applies.
 pub const BUILD_OP_LEVEL: u32 = 3;

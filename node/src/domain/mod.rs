@@ -7,510 +7,116 @@
 //! The storage layer calls [`apply`] once per log entry inside one write
 //! batch; that call is the only boundary between Raft and billing.
 //!
-//! Module map (each module says what it may touch):
-//! `accounts` (accounts, lifecycle), `cards`, `purchases` (sales, reissue,
+//! Module map (each module says what it may touch and import):
+//! `accounts` (accounts, lifecycle), `cards` (cards; suspend / resume /
+//! close, since a close revokes the card), `purchases` (sales, reissue,
 //! loaded), `payments` (payments, charges, adjustments), `ledger` (records,
 //! reversal, record listing, segment boundary), `invoices`, `tariffs`
 //! (versions, year units), `reports` (incremental report rows), `seasons`
-//! (heating season, lazy carry-forward), `import` (bulk legacy import),
+//! (heating season, lazy carry-forward), `season_bill` (a season's heating
+//! charges), `import` (bulk legacy import), `bank_recon` (the bank payment
+//! index, reconciliations), `statements`, `drills`, `levels` (op levels),
 //! `balances` (accounts and Σ balance per branch/utility/tariff),
-//! `calendar` (UTC civil dates), `keys`, `txn`.
+//! `requests` (the exactly-once table), and the ground floor below.
+//!
+//! Layers: imports run one way, down. A module imports only from floors
+//! below its own; nothing imports from this file (`tests/domain_layers.rs`
+//! keeps it so: ground floor, no cycle, no `super::Item`):
+//!
+//! 0. the ground floor, plain vocabulary with no domain rules: `txn` (the
+//!    storage view), `keys` (key layouts, encoding), `calendar` (UTC civil
+//!    dates), `model` (the stored records: `Account`, `Record`,
+//!    `RecordMeta`, `Card`, `Invoice`, `Season`, record ids), `payloads`
+//!    (what an `Op` carries: `TariffSpec`, import items, `DrillSummary`,
+//!    `Reconciliation`), then `ops` (`Op`, `Buy`, `Outcome`; uses `model`,
+//!    `payloads`), then `context` (`Ctx`, `Fail`, `Res`, `refuse`, `read`,
+//!    `write`, `add`, `sub`, `check_*`; uses `txn`, `keys`, `model`, `ops`);
+//! 1. tables that need only the ground floor: `requests`, `seasons`,
+//!    `tariffs`, `levels`, `drills`, `reports`, `balances`;
+//! 2. `accounts` (uses `seasons`);
+//! 3. `invoices` and `statements` (use `accounts`); `bank_recon` (uses
+//!    `reports`, `requests`);
+//! 4. `ledger`: posting a record updates `accounts`, `reports`, `invoices`,
+//!    `bank_recon` and `tariffs`, all below it;
+//! 5. `cards` (uses `accounts`, `ledger`);
+//! 6. the operations: `payments`, `purchases`, `import`, `season_bill`;
+//! 7. this file: the dispatcher ([`execute`], [`apply`], [`record`],
+//!    [`precheck`], the exec chain) and the re-exports (`pub use`) that code
+//!    outside the domain names.
 //!
 //! Every command runs against a [`Scratch`] overlay: its writes reach the
 //! transaction only if it succeeds, so a refusal writes nothing but its
 //! request entry, by construction.
 
+// The ground floor.
+pub mod calendar;
+mod context;
+mod keys;
+mod model;
+mod ops;
+mod payloads;
+pub mod txn;
+
+// The domain modules, in their layers (see above).
 mod accounts;
 pub mod balances;
 pub mod bank_recon;
-pub mod calendar;
 mod cards;
 pub mod drills;
 mod import;
 mod invoices;
-mod keys;
 mod ledger;
 pub mod levels;
 mod payments;
 mod purchases;
 mod reports;
+mod requests;
 pub mod season_bill;
 mod seasons;
 pub mod statements;
 mod tariffs;
-pub mod txn;
 
 #[cfg(test)]
 mod tests;
 
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use billdb_api::error::{ApiError, ErrorCode};
 
-pub use accounts::{Account, LastPurchase, UTILITIES, get_account};
-pub use cards::{Card, CardCheck, get_card, verify_card};
-pub use import::{IMPORT_ITEMS_MAX, ImportAccount, ImportRecord};
-pub use invoices::{Invoice, get_invoice, is_assigned_form};
+pub use accounts::{UTILITIES, get_account};
+pub use cards::{CardCheck, get_card, verify_card};
+pub use import::IMPORT_ITEMS_MAX;
+pub use invoices::{get_invoice, is_assigned_form};
 pub use ledger::{
-    LIST_LIMIT_MAX, Record, RecordMeta, RecordPage, RecordQuery, Segment, get_record, list_records,
-    parse_record_id, record_id, segment_boundary,
+    LIST_LIMIT_MAX, RecordPage, RecordQuery, Segment, get_record, list_records, segment_boundary,
 };
+pub use model::{
+    Account, Card, Invoice, LastPurchase, Record, RecordMeta, Season, parse_record_id, record_id,
+};
+pub use ops::{Buy, EFFECTIVE_FROM_COMMAND_TIME, Op, Outcome};
+pub use payloads::{ImportAccount, ImportRecord, TariffSpec};
 pub use reports::{
     Drills, GroupBy, Report, ReportLine, bank_daily_report, monthly_report, monthly_report_with,
 };
-pub use seasons::{Season, current_season};
-pub use tariffs::{TariffSpec, get_tariff, year_units};
+pub use requests::{Replay, replayed, request_outcome};
+pub use seasons::current_season;
+pub use tariffs::{get_tariff, year_units};
 pub use txn::{Family, Get, MemTxn, ReadView, Scratch, Txn, WriteSet};
 
 use crate::types::Command;
+use context::{Ctx, Fail, Res, read, write};
+use requests::{RequestEntry, replayed_with};
 
 /// Every domain column family, in a fixed order (snapshots, digests).
 /// Append only: snapshot files store the index into this list.
 /// (The declaration order of [`Family`]; `txn::FAMILY_ORDER`.)
 pub const FAMILIES: &[Family] = &txn::FAMILY_ORDER;
 
-/// How a purchase is asked for: pay exactly this money, or buy exactly
-/// these units (priced by the server with the account's tariff).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum Buy {
-    Money(#[serde(with = "billdb_api::money::decimal_compact")] Decimal),
-    Units(#[serde(with = "billdb_api::money::decimal_compact")] Decimal),
-}
-
-/// What a client asked for, validated at the edge (and checked again here
-/// where stored state depends on it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Op {
-    OpenAccount {
-        account_id: String,
-        name: String,
-        address: String,
-        branch: String,
-        utility: String,
-        meter_id: String,
-        tariff_id: String,
-    },
-    Payment {
-        account_id: String,
-        #[serde(with = "billdb_api::money::decimal_compact")]
-        amount: Decimal,
-        bank_code: String,
-        bank_ref: String,
-    },
-    /// Contact data (and the heated area of a heat account); `None` keeps.
-    UpdateContact {
-        account_id: String,
-        name: Option<String>,
-        address: Option<String>,
-        phone: Option<String>,
-        area: Option<Decimal>,
-    },
-    IssueCard {
-        account_id: String,
-        card_no: String,
-    },
-    /// Replace the active card `card_no` by `new_card_no`; the old card is
-    /// refused (CARD_REPLACED) from then on.
-    ReplaceCard {
-        card_no: String,
-        new_card_no: String,
-        reason: String,
-    },
-    /// A sale by card (preferred) or by account.
-    Purchase {
-        card_no: Option<String>,
-        account_id: Option<String>,
-        buy: Buy,
-        confirm_duplicate: bool,
-    },
-    /// A charge (heating) that the account owes: balance decreases.
-    PostCharge {
-        account_id: String,
-        #[serde(with = "billdb_api::money::decimal_compact")]
-        amount: Decimal,
-        period: String,
-        reason: String,
-    },
-    /// Re-issue the credit of the latest purchase that was not loaded (no
-    /// money, same card seq, once).
-    Reissue {
-        record_id: String,
-    },
-    ConfirmLoaded {
-        record_id: String,
-    },
-    /// A compensating record for `record_id` (once per record).
-    Reverse {
-        record_id: String,
-        reason: String,
-    },
-    /// A signed correction of the balance, with a reason.
-    Adjust {
-        account_id: String,
-        #[serde(with = "billdb_api::money::decimal_compact")]
-        amount: Decimal,
-        reason: String,
-    },
-    Suspend {
-        account_id: String,
-        reason: String,
-    },
-    Resume {
-        account_id: String,
-    },
-    Close {
-        account_id: String,
-        reason: String,
-    },
-    /// Records with `ts_ms >= boundary_ms` are the recent segment.
-    SetSegmentBoundary {
-        boundary_ms: i64,
-    },
-    /// Open a heating season: carry-forward of every heat account (lazy).
-    OpenHeatingSeason {
-        season_id: String,
-    },
-    Import {
-        accounts: Vec<ImportAccount>,
-        records: Vec<ImportRecord>,
-    },
-    /// Add (or replace) the version of `tariff_id` effective from
-    /// `effective_from_ms`, or from the command's own time when it is
-    /// [`EFFECTIVE_FROM_COMMAND_TIME`] (the default "now": a retry with the
-    /// same request_id carries the same op, and every replica resolves it
-    /// to the same `ts_ms`).
-    DefineTariff {
-        tariff_id: String,
-        tariff: TariffSpec,
-        effective_from_ms: i64,
-    },
-    PrintInvoice {
-        invoice_no: String,
-    },
-    /// Raise the open season's heating charge of these accounts
-    /// (`season_bill`; at most `season_bill::BILL_BATCH_MAX`). New ops go
-    /// last: the log's encoding numbers variants in order.
-    BillSeason {
-        season_id: String,
-        account_ids: Vec<String>,
-    },
-    /// The summary of a failover drill (`billdb drill run`), kept as the
-    /// last drill of its scenario (`drills.rs`). Appended last: the variant
-    /// index is the stored encoding.
-    RecordDrill {
-        summary: Box<drills::DrillSummary>,
-    },
-    /// The result of matching a bank's statement against one business
-    /// day of its payments (`bank_recon`), kept with who and when.
-    /// Appended last: the variant index is the stored encoding.
-    RecordReconciliation {
-        reconciliation: Box<bank_recon::Reconciliation>,
-    },
-    /// Raise the cluster's op level (`levels`): proposed by the leader once
-    /// every member's build applies that level. Appended last.
-    SetClusterLevel {
-        level: u32,
-    },
-}
-
-/// `DefineTariff::effective_from_ms` meaning "from the command's time"
-/// (outside the range a client may give, `calendar::TS_MIN_MS..`).
-pub const EFFECTIVE_FROM_COMMAND_TIME: i64 = i64::MIN;
-
-impl Op {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Op::OpenAccount { .. } => "open_account",
-            Op::Payment { .. } => "payment",
-            Op::UpdateContact { .. } => "update_contact",
-            Op::IssueCard { .. } => "issue_card",
-            Op::ReplaceCard { .. } => "replace_card",
-            Op::Purchase { .. } => "purchase",
-            Op::PostCharge { .. } => "post_charge",
-            Op::Reissue { .. } => "reissue",
-            Op::ConfirmLoaded { .. } => "confirm_loaded",
-            Op::Reverse { .. } => "reverse",
-            Op::Adjust { .. } => "adjust",
-            Op::Suspend { .. } => "suspend",
-            Op::Resume { .. } => "resume",
-            Op::Close { .. } => "close",
-            Op::SetSegmentBoundary { .. } => "set_segment_boundary",
-            Op::OpenHeatingSeason { .. } => "open_heating_season",
-            Op::Import { .. } => "import",
-            Op::DefineTariff { .. } => "define_tariff",
-            Op::PrintInvoice { .. } => "print_invoice",
-            Op::BillSeason { .. } => "bill_season",
-            Op::RecordDrill { .. } => "record_drill",
-            Op::RecordReconciliation { .. } => "record_reconciliation",
-            Op::SetClusterLevel { .. } => "set_cluster_level",
-        }
-    }
-
-    /// Fingerprint of the payload for exactly-once: same request_id with a
-    /// different fingerprint is an IDEMPOTENCY_CONFLICT.
-    pub fn fingerprint(&self) -> [u8; 32] {
-        let bytes = crate::codec::encode(self).unwrap_or_default();
-        Sha256::digest(bytes).into()
-    }
-}
-
-/// The result of a command, stored with its request_id and returned to
-/// every retry of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Outcome {
-    AccountOpened {
-        account_id: String,
-        opened_ms: i64,
-    },
-    PaymentPosted {
-        account_id: String,
-        record_seq: u64,
-        #[serde(with = "billdb_api::money::decimal_compact")]
-        amount: Decimal,
-        #[serde(with = "billdb_api::money::decimal_compact")]
-        balance: Decimal,
-        invoice_no: String,
-    },
-    /// Contact update, suspend, resume, close: the account after it.
-    AccountUpdated {
-        account: Box<Account>,
-    },
-    CardIssued {
-        card: Box<Card>,
-    },
-    CardReplaced {
-        old: Box<Card>,
-        new: Box<Card>,
-    },
-    /// Purchase, charge, reissue, reversal, adjustment: the new record.
-    RecordPosted {
-        record: Box<Record>,
-        #[serde(with = "billdb_api::money::decimal_compact")]
-        balance: Decimal,
-        /// e.g. `CREDIT_NOT_LOADED` when the previous sale was never loaded.
-        warnings: Vec<String>,
-    },
-    CreditLoaded {
-        record_id: String,
-        already_loaded: bool,
-    },
-    BoundarySet {
-        boundary_ms: i64,
-    },
-    SeasonOpened {
-        season: Box<Season>,
-    },
-    Imported {
-        accounts: u32,
-        records: u32,
-    },
-    TariffDefined {
-        tariff_id: String,
-        versions: u32,
-    },
-    InvoicePrinted {
-        invoice: Box<Invoice>,
-        reprint: bool,
-    },
-    Refused(ApiError),
-    /// One season bill command (new outcomes go last: stored outcomes are
-    /// encoded with their variant's number).
-    SeasonBilled {
-        season_id: String,
-        billed: u32,
-        skipped: u32,
-        already: u32,
-        #[serde(with = "billdb_api::money::decimal_compact")]
-        amount: Decimal,
-    },
-    /// A drill summary stored (after `Refused`: the variant index is the
-    /// stored encoding).
-    DrillRecorded {
-        scenario: String,
-        recorded_ms: i64,
-    },
-    /// A bank reconciliation stored (appended last: the variant index is
-    /// the stored encoding).
-    ReconciliationRecorded {
-        bank_code: String,
-        day: String,
-        recorded_ms: i64,
-        /// Lines or payments someone has to act on.
-        differences: u64,
-    },
-    /// The cluster's op level, `from` what it was (equal: already there).
-    ClusterLevelSet {
-        from: u32,
-        level: u32,
-    },
-}
-
-fn json_with(result: &str, v: impl Serialize) -> serde_json::Value {
-    let mut v = serde_json::to_value(v).unwrap_or_default();
-    if let serde_json::Value::Object(m) = &mut v {
-        m.insert("result".into(), serde_json::Value::String(result.into()));
-    }
-    v
-}
-
-impl Outcome {
-    /// The HTTP JSON body (decimals as strings).
-    pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::json;
-        match self {
-            Outcome::AccountOpened {
-                account_id,
-                opened_ms,
-            } => {
-                json!({"result":"account_opened","account_id":account_id,"opened_ms":opened_ms})
-            }
-            Outcome::PaymentPosted {
-                account_id,
-                record_seq,
-                amount,
-                balance,
-                invoice_no,
-            } => json!({
-                "result":"payment_posted","account_id":account_id,"seq":record_seq,
-                "record_id": record_id(account_id, *record_seq),
-                "amount":amount.to_string(),"balance":balance.to_string(),"invoice_no":invoice_no}),
-            Outcome::AccountUpdated { account } => {
-                json!({"result":"account_updated","account":account})
-            }
-            Outcome::CardIssued { card } => json!({"result":"card_issued","card":card}),
-            Outcome::CardReplaced { old, new } => {
-                json!({"result":"card_replaced","old_card":old,"card":new})
-            }
-            Outcome::RecordPosted {
-                record,
-                balance,
-                warnings,
-            } => json!({
-                "result":"record_posted",
-                "record_id": record_id(&record.account_id, record.seq),
-                "record":record,"balance":balance.to_string(),"warnings":warnings}),
-            Outcome::CreditLoaded {
-                record_id,
-                already_loaded,
-            } => {
-                json!({"result":"credit_loaded","record_id":record_id,"already_loaded":already_loaded})
-            }
-            Outcome::BoundarySet { boundary_ms } => {
-                json!({"result":"boundary_set","boundary_ms":boundary_ms})
-            }
-            Outcome::SeasonOpened { season } => json_with("season_opened", season),
-            Outcome::Imported { accounts, records } => {
-                json!({"result":"imported","accounts":accounts,"records":records})
-            }
-            Outcome::TariffDefined {
-                tariff_id,
-                versions,
-            } => json!({"result":"tariff_defined","tariff_id":tariff_id,"versions":versions}),
-            Outcome::InvoicePrinted { invoice, reprint } => {
-                json!({"result":"invoice_printed","invoice":invoice,"reprint":reprint,"print_count":invoice.print_count})
-            }
-            Outcome::Refused(e) => serde_json::to_value(e).unwrap_or_default(),
-            Outcome::SeasonBilled {
-                season_id,
-                billed,
-                skipped,
-                already,
-                amount,
-            } => json!({"result":"season_billed","season_id":season_id,"billed":billed,
-                "skipped":skipped,"already":already,"amount":amount.to_string()}),
-            Outcome::DrillRecorded {
-                scenario,
-                recorded_ms,
-            } => {
-                json!({"result":"drill_recorded","scenario":scenario,"recorded_ms":recorded_ms})
-            }
-            Outcome::ReconciliationRecorded {
-                bank_code,
-                day,
-                recorded_ms,
-                differences,
-            } => json!({"result":"reconciliation_recorded","bank_code":bank_code,"date":day,
-                "recorded_ms":recorded_ms,"differences":differences}),
-            Outcome::ClusterLevelSet { from, level } => {
-                json!({"result":"cluster_level_set","from":from,"level":level})
-            }
-        }
-    }
-}
-
-/// Why an operation did not produce an outcome: refused (a client-visible
-/// code, nothing written) or a storage error.
-#[derive(Debug)]
-pub(crate) enum Fail {
-    Io(std::io::Error),
-    Refused(ApiError),
-}
-
-impl From<std::io::Error> for Fail {
-    fn from(e: std::io::Error) -> Self {
-        Fail::Io(e)
-    }
-}
-
-impl From<ApiError> for Fail {
-    fn from(e: ApiError) -> Self {
-        Fail::Refused(e)
-    }
-}
-
-pub(crate) type Res<T> = Result<T, Fail>;
-
-pub(crate) fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> Res<T> {
-    Err(Fail::Refused(ApiError::new(code, message)))
-}
-
-/// What an operation knows about the command it runs for.
-pub(crate) struct Ctx<'a> {
-    pub cmd: &'a Command,
-}
-
-impl Ctx<'_> {
-    pub fn ts(&self) -> i64 {
-        self.cmd.ts_ms
-    }
-    /// The branch of the caller, or the account's branch when the caller
-    /// has none (bank, app, ops).
-    pub fn branch(&self, account: &Account) -> String {
-        if self.cmd.branch.is_empty() {
-            account.branch.clone()
-        } else {
-            self.cmd.branch.clone()
-        }
-    }
-    /// The caller's channel, or the op's natural one.
-    pub fn channel(&self) -> String {
-        if !self.cmd.channel.is_empty() {
-            return self.cmd.channel.clone();
-        }
-        match self.cmd.op {
-            Op::Payment { .. } => "bank",
-            Op::Import { .. } => "import",
-            _ => "counter",
-        }
-        .to_string()
-    }
-}
-
-/// The stored answer to a request_id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct RequestEntry {
-    fingerprint: [u8; 32],
-    log_index: u64,
-    outcome: Outcome,
-}
-
 fn dispatch<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     match &ctx.cmd.op {
         Op::OpenAccount { .. } => accounts::open(txn, ctx),
         Op::UpdateContact { .. } => accounts::update_contact(txn, ctx),
-        Op::Suspend { .. } | Op::Resume { .. } | Op::Close { .. } => accounts::lifecycle(txn, ctx),
+        Op::Suspend { .. } | Op::Resume { .. } | Op::Close { .. } => cards::lifecycle(txn, ctx),
         Op::Payment { .. } => payments::payment(txn, ctx),
         Op::PostCharge { .. } => payments::charge(txn, ctx),
         Op::Adjust { .. } => payments::adjust(txn, ctx),
@@ -760,127 +366,4 @@ pub fn execute<T: Txn>(
     };
     txn.put(Family::Requests, req_key, keys::encode(&entry)?);
     Ok(Decided::Recorded(entry.outcome))
-}
-
-/// What applying a command whose request_id is already in the exactly-once
-/// table gives, without applying it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Replay {
-    /// The same payload: the original outcome and the log index it was
-    /// decided at.
-    Original { outcome: Outcome, log_index: u64 },
-    /// A different payload under the same request_id: IDEMPOTENCY_CONFLICT.
-    Conflict(ApiError),
-}
-
-/// `Some` when `request_id` was already applied: what [`apply_indexed`]
-/// would answer for (`request_id`, `op`) now, and forever after — an entry
-/// of the exactly-once table is written once, when its command is first
-/// applied, and never changed or removed. So any replica that has applied
-/// it may answer a redelivery from its own state, with no Raft round: the
-/// answer is the one a replay through the log would give. `None`: not
-/// applied here (yet); the command must go through the log.
-pub fn replayed<G: Get + ?Sized>(
-    view: &G,
-    request_id: &str,
-    op: &Op,
-) -> Result<Option<Replay>, std::io::Error> {
-    replayed_with(view, request_id, op.fingerprint())
-}
-
-fn replayed_with<G: Get + ?Sized>(
-    view: &G,
-    request_id: &str,
-    fingerprint: [u8; 32],
-) -> Result<Option<Replay>, std::io::Error> {
-    let Some(raw) = view.get(Family::Requests, &keys::request(request_id))? else {
-        return Ok(None);
-    };
-    let prev: RequestEntry = keys::decode(&raw)?;
-    Ok(Some(if prev.fingerprint == fingerprint {
-        Replay::Original {
-            outcome: prev.outcome,
-            log_index: prev.log_index,
-        }
-    } else {
-        Replay::Conflict(ApiError::new(
-            ErrorCode::IdempotencyConflict,
-            format!("request_id {request_id:?} was already used with a different payload"),
-        ))
-    }))
-}
-
-/// Look up the stored outcome of a request_id.
-pub fn request_outcome<G: Get + ?Sized>(
-    view: &G,
-    request_id: &str,
-) -> Result<Option<Outcome>, std::io::Error> {
-    match view.get(Family::Requests, &keys::request(request_id))? {
-        Some(raw) => Ok(Some(keys::decode::<RequestEntry>(&raw)?.outcome)),
-        None => Ok(None),
-    }
-}
-
-/// Read a bincode value, if present.
-pub(crate) fn read<G: Get + ?Sized, V: serde::de::DeserializeOwned>(
-    view: &G,
-    family: Family,
-    key: &[u8],
-) -> Result<Option<V>, std::io::Error> {
-    match view.get(family, key)? {
-        Some(raw) => Ok(Some(keys::decode(&raw)?)),
-        None => Ok(None),
-    }
-}
-
-pub(crate) fn write<T: Txn + ?Sized, V: Serialize>(
-    txn: &mut T,
-    family: Family,
-    key: Vec<u8>,
-    value: &V,
-) -> Result<(), std::io::Error> {
-    txn.put(family, key, keys::encode(value)?);
-    Ok(())
-}
-
-/// Checked money arithmetic: an overflow is a refusal, never a panic.
-pub(crate) fn add(a: Decimal, b: Decimal) -> Res<Decimal> {
-    match a.checked_add(b) {
-        Some(v) => Ok(v),
-        None => refuse(ErrorCode::ArithmeticOverflow, "amount out of range"),
-    }
-}
-
-pub(crate) fn sub(a: Decimal, b: Decimal) -> Res<Decimal> {
-    match a.checked_sub(b) {
-        Some(v) => Ok(v),
-        None => refuse(ErrorCode::ArithmeticOverflow, "amount out of range"),
-    }
-}
-
-/// A short free-text field (reason, name, ...): bounded, no control chars.
-pub(crate) fn check_text(field: &str, v: &str) -> Res<()> {
-    if v.chars().count() > 200 || v.chars().any(char::is_control) {
-        return refuse(
-            ErrorCode::InvalidArgument,
-            format!("{field}: at most 200 characters, no control characters"),
-        );
-    }
-    Ok(())
-}
-
-/// An identifier: 1..=64 bytes, no control characters.
-pub(crate) fn check_id(field: &str, v: &str) -> Res<()> {
-    if v.is_empty() || v.len() > 64 || v.chars().any(char::is_control) {
-        return refuse(
-            ErrorCode::InvalidArgument,
-            format!("{field}: must be 1..=64 bytes without control characters"),
-        );
-    }
-    Ok(())
-}
-
-/// A positive money amount (2 dp, within limits).
-pub(crate) fn check_amount(v: Decimal) -> Res<Decimal> {
-    billdb_api::money::validate_amount(v).map_err(|e| Fail::Refused(e.into()))
 }

@@ -1,14 +1,17 @@
 //! Receivables: bank payments (exactly once per bank_code + bank_ref),
 //! charges (heating) and signed adjustments with a reason. May touch the
 //! account, its records (through `ledger::post`) and `bank_refs`.
+//!
+//! An operation: imports the ground floor, `accounts`, `invoices` and
+//! `ledger`.
 
 use billdb_api::error::{ApiError, ErrorCode};
 use billdb_api::money::AMOUNT_MAX;
 
-use super::accounts;
+use super::context::{Ctx, Res, check_amount, check_id, check_text, refuse, write};
+use super::ops::{Op, Outcome};
 use super::txn::{Family, Txn};
-use super::{Ctx, Op, Outcome, Res, check_amount, check_id, check_text, keys, refuse, write};
-use super::{invoices, ledger};
+use super::{accounts, invoices, keys, ledger};
 
 pub(crate) fn payment<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     let Op::Payment {

@@ -4,18 +4,20 @@
 //! near-duplicate guard, re-issue of lost credit and confirmation that the
 //! credit reached the meter. May touch the account, its records (through
 //! `ledger::post`), `record_index` and `year_units`.
+//!
+//! An operation: imports the ground floor, `accounts`, `cards`, `invoices`,
+//! `ledger` and `tariffs`.
 
 use rust_decimal::Decimal;
 
 use billdb_api::error::{ApiError, ErrorCode};
 use billdb_api::tariff::{self, PurchaseBy, YEAR_UNITS_MAX};
 
-use super::accounts::{self, Account};
-use super::cards;
-use super::tariffs;
+use super::context::{Ctx, Res, add, refuse};
+use super::model::{self, Account, LastPurchase};
+use super::ops::{Buy, Op, Outcome};
 use super::txn::{Get, Txn};
-use super::{Buy, Ctx, Op, Outcome, Res, add, calendar, refuse};
-use super::{invoices, ledger};
+use super::{accounts, calendar, cards, invoices, ledger, tariffs};
 
 /// Two sales on one card for the same amount closer than this are held as
 /// POSSIBLE_DUPLICATE unless confirmed.
@@ -87,7 +89,7 @@ pub(crate) fn purchase<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
                 ),
             )
             .with_details(serde_json::json!({
-                "previous_record_id": ledger::record_id(&account.account_id, prev.seq),
+                "previous_record_id": model::record_id(&account.account_id, prev.seq),
                 "previous_request_id": prev.request_id,
                 "previous_ts_ms": prev.ts_ms,
             }))
@@ -114,7 +116,7 @@ pub(crate) fn purchase<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     rec.card_seq = account.last_card_seq;
     rec.invoice_no = invoices::next_number(txn)?;
     let rec = ledger::post(txn, &mut account, rec, false)?;
-    account.last_purchase = Some(accounts::LastPurchase::of(&rec, false));
+    account.last_purchase = Some(LastPurchase::of(&rec, false));
     accounts::save(txn, &account)?;
     Ok(Outcome::RecordPosted {
         record: Box::new(rec),
@@ -155,7 +157,7 @@ pub(crate) fn reissue<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
             "the purchase was already re-issued (once only)",
         )
         .with_details(
-            serde_json::json!({"reissue_record_id": ledger::record_id(&orig.account_id, by)}),
+            serde_json::json!({"reissue_record_id": model::record_id(&orig.account_id, by)}),
         )
         .into());
     }
@@ -204,7 +206,7 @@ pub(crate) fn confirm_loaded<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome>
         }
     }
     Ok(Outcome::CreditLoaded {
-        record_id: ledger::record_id(&orig.account_id, orig.seq),
+        record_id: model::record_id(&orig.account_id, orig.seq),
         already_loaded,
     })
 }

@@ -17,13 +17,17 @@
 //!
 //! A row is (count, amount, units) summed over the records it covers, with
 //! their signs (a reversal subtracts), by the record's own timestamp.
+//!
+//! Imports the ground floor only; `ledger` (above) adds each record it
+//! posts.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::ledger::Record;
+use super::context::{Res, add, read, write};
+use super::model::Record;
 use super::txn::{Family, Get, ReadView, SCAN_LIMIT_MAX, Txn};
-use super::{Res, add, calendar, keys, read, write};
+use super::{calendar, keys};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReportRow {

@@ -20,6 +20,9 @@
 //!   they list without a scan of every line);
 //! * `S` ‖ season ‖ `s` ‖ branch ‖ tariff → [`Sum`]: accounts billed, Σ;
 //! * `S` ‖ season ‖ `k` ‖ reason → accounts skipped for it (u64).
+//!
+//! An operation: imports the ground floor, `accounts`, `ledger`, `reports`
+//! (key parsing), `seasons` and `tariffs`.
 
 use std::collections::BTreeMap;
 
@@ -29,10 +32,11 @@ use serde::{Deserialize, Serialize};
 use billdb_api::error::ErrorCode;
 use billdb_api::tariff::{Tariff, TariffKind};
 
+use super::context::{self, Ctx, Res, check_id, read, refuse, write};
+use super::model::Account;
+use super::ops::{Op, Outcome};
 use super::txn::{Family, Get, ReadView, SCAN_LIMIT_MAX, Txn};
-use super::{
-    Ctx, Op, Outcome, Res, accounts, check_id, keys, ledger, read, refuse, seasons, write,
-};
+use super::{accounts, keys, ledger, reports, seasons, tariffs};
 
 /// Most accounts one `BillSeason` command bills: its write set stays far
 /// below the batch limits (about six keys per account).
@@ -150,17 +154,14 @@ impl Tariffs {
         if let Some(t) = self.0.get(tariff_id) {
             return Ok(t.clone());
         }
-        let t = super::tariffs::get_tariff(view, tariff_id)?.and_then(|v| v.at(ts_ms).cloned());
+        let t = tariffs::get_tariff(view, tariff_id)?.and_then(|v| v.at(ts_ms).cloned());
         self.0.insert(tariff_id.to_string(), t.clone());
         Ok(t)
     }
 }
 
 /// What one account comes to: a charge, or why not.
-fn assess(
-    account: &super::Account,
-    tariff: Option<&Tariff>,
-) -> Result<Decimal, (SkipReason, String)> {
+fn assess(account: &Account, tariff: Option<&Tariff>) -> Result<Decimal, (SkipReason, String)> {
     if account.utility != "heat" {
         return Err((
             SkipReason::NotHeat,
@@ -303,8 +304,8 @@ pub(crate) fn bill<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
                     .entry((line.branch.clone(), line.tariff_id.clone()))
                     .or_default();
                 s.accounts += 1;
-                s.amount = super::add(s.amount, charge)?;
-                amount = super::add(amount, charge)?;
+                s.amount = context::add(s.amount, charge)?;
+                amount = context::add(amount, charge)?;
                 billed += 1;
                 if let Some(r) = prev_skip {
                     *skips.entry(r).or_default() -= 1;
@@ -330,7 +331,7 @@ pub(crate) fn bill<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
         let k = sum_key(season_id, &branch, &tariff_id);
         let mut s: Sum = read(txn, Family::Reports, &k)?.unwrap_or_default();
         s.accounts += add.accounts;
-        s.amount = super::add(s.amount, add.amount)?;
+        s.amount = context::add(s.amount, add.amount)?;
         write(txn, Family::Reports, k, &s)?;
     }
     for (reason, delta) in skips {
@@ -394,7 +395,7 @@ pub fn next_heat_accounts<R: ReadView + ?Sized>(
         let rows = view.scan(Family::Accounts, &start, &[], false, chunk)?;
         let got = rows.len();
         for (_, v) in rows {
-            let a: super::Account = keys::decode(&v)?;
+            let a: Account = keys::decode(&v)?;
             out.looked_at += 1;
             if a.utility == "heat" {
                 out.heat.push(a.account_id.clone());
@@ -457,7 +458,7 @@ pub fn report<R: ReadView + ?Sized>(view: &R, season_id: &str) -> Result<Report,
     let mut lines = Vec::with_capacity(rows.len());
     let (mut accounts, mut total) = (0u64, Decimal::ZERO);
     for (k, v) in rows {
-        let ids = super::reports::split_tail(&k[p.len()..], 2)
+        let ids = reports::split_tail(&k[p.len()..], 2)
             .ok_or_else(|| std::io::Error::other("a season sum key is malformed"))?;
         let s: Sum = keys::decode(&v)?;
         accounts += s.accounts;
@@ -481,7 +482,7 @@ pub fn report<R: ReadView + ?Sized>(view: &R, season_id: &str) -> Result<Report,
         false,
         SCAN_LIMIT_MAX,
     )? {
-        let code = super::reports::split_tail(&k[p.len()..], 1)
+        let code = reports::split_tail(&k[p.len()..], 1)
             .and_then(|v| v.into_iter().next())
             .ok_or_else(|| std::io::Error::other("a season skip key is malformed"))?;
         let n: u64 = keys::decode(&v)?;

@@ -10,33 +10,16 @@
 //! Closed accounts are frozen and not carried forward.
 //!
 //! May touch `domain_meta` (`season`) only; accounts are changed in memory.
-
-use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+//!
+//! Imports the ground floor only (`Season`, `AccountSeason` are `model`'s).
 
 use billdb_api::error::ErrorCode;
 
+use super::context::{Ctx, Res, check_id, read, refuse, write};
+use super::keys;
+use super::model::{Account, AccountSeason, Season};
+use super::ops::{Op, Outcome};
 use super::txn::{Family, Get, Txn};
-use super::{Ctx, Op, Outcome, Res, check_id, keys, read, refuse, write};
-
-/// The current heating season (global).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Season {
-    /// 1, 2, … in opening order.
-    pub number: u32,
-    pub season_id: String,
-    pub opened_ms: i64,
-}
-
-/// An account's carry-forward into a season.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AccountSeason {
-    pub number: u32,
-    pub season_id: String,
-    /// The balance carried forward (negative: arrears).
-    #[serde(with = "billdb_api::money::decimal_compact")]
-    pub opening_balance: Decimal,
-}
 
 pub fn current_season<G: Get + ?Sized>(view: &G) -> Result<Option<Season>, std::io::Error> {
     read(view, Family::Meta, keys::META_SEASON)
@@ -44,7 +27,7 @@ pub fn current_season<G: Get + ?Sized>(view: &G) -> Result<Option<Season>, std::
 
 /// Brings a heat account into `season` if it is behind. Returns whether it
 /// changed.
-pub fn carry_forward(account: &mut super::Account, season: Option<&Season>) -> bool {
+pub fn carry_forward(account: &mut Account, season: Option<&Season>) -> bool {
     let Some(season) = season else {
         return false;
     };

@@ -5,7 +5,8 @@
 //! balance effect from `from` on (every change of a balance is a record),
 //! and each line adds its own effect.
 //!
-//! May touch: reads only (`accounts`, `records`).
+//! May touch: reads only (`accounts`, `records`). Imports the ground floor
+//! and `accounts`.
 
 use std::collections::BTreeMap;
 
@@ -14,9 +15,10 @@ use serde::Serialize;
 
 use billdb_api::error::{ApiError, ErrorCode};
 
-use super::ledger::{Record, record_id};
+use super::accounts;
+use super::keys;
+use super::model::{Record, record_id};
 use super::txn::{Family, ReadView, SCAN_LIMIT_MAX};
-use super::{accounts, keys};
 
 /// Most lines one statement holds: a longer period is refused (narrow it).
 pub const STATEMENT_LINES_MAX: usize = 10_000;

@@ -3,6 +3,9 @@
 //! incrementally: a purchase reads one counter, never scans records). May
 //! touch `tariffs` and `year_units` only. Pricing itself is
 //! `billdb_api::tariff`.
+//!
+//! Imports the ground floor only (a tariff as an `Op` carries it,
+//! `TariffSpec`, is `payloads`').
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -12,57 +15,12 @@ use rust_decimal::Decimal;
 
 use billdb_api::error::{ApiError, ErrorCode};
 use billdb_api::money::decimal_compact::Compact;
-use billdb_api::tariff::{Tariff, TariffKind, TariffVersion, TariffVersions, Tier};
-use serde::{Deserialize, Serialize};
+use billdb_api::tariff::{Tariff, TariffVersion, TariffVersions};
 
+use super::context::{Ctx, Res, read, refuse, write};
+use super::keys;
+use super::ops::{EFFECTIVE_FROM_COMMAND_TIME, Op, Outcome};
 use super::txn::{Family, Get, Txn};
-use super::{Ctx, Op, Outcome, Res, keys, read, refuse, write};
-
-/// A tariff as carried in the Raft log: a plain (bincode-friendly) form of
-/// `billdb_api::tariff::TariffKind` (whose serde form is internally tagged,
-/// which bincode cannot read back).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum TariffSpec {
-    Flat {
-        price: Decimal,
-    },
-    /// (up_to_units, price) per tier; only the last is unbounded (`None`).
-    Ladder {
-        tiers: Vec<(Option<Decimal>, Decimal)>,
-    },
-    /// Heating per m² of heated area per season (`season_bill`).
-    Area {
-        price_per_m2: Decimal,
-        suspended_share: Decimal,
-    },
-}
-
-impl TariffSpec {
-    pub fn to_tariff(&self, tariff_id: &str) -> Tariff {
-        Tariff {
-            tariff_id: tariff_id.to_string(),
-            kind: match self {
-                TariffSpec::Flat { price } => TariffKind::Flat { price: *price },
-                TariffSpec::Ladder { tiers } => TariffKind::Ladder {
-                    tiers: tiers
-                        .iter()
-                        .map(|(up_to_units, price)| Tier {
-                            up_to_units: *up_to_units,
-                            price: *price,
-                        })
-                        .collect(),
-                },
-                TariffSpec::Area {
-                    price_per_m2,
-                    suspended_share,
-                } => TariffKind::Area {
-                    price_per_m2: *price_per_m2,
-                    suspended_share: *suspended_share,
-                },
-            },
-        }
-    }
-}
 
 /// Most versions one tariff keeps.
 pub const TARIFF_VERSIONS_MAX: usize = 256;
@@ -175,7 +133,7 @@ pub(crate) fn define<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
     };
     let tariff = &tariff.to_tariff(tariff_id);
     tariff.validate().map_err(ApiError::from)?;
-    let effective_from_ms = &if *effective_from_ms == super::EFFECTIVE_FROM_COMMAND_TIME {
+    let effective_from_ms = &if *effective_from_ms == EFFECTIVE_FROM_COMMAND_TIME {
         ctx.cmd.ts_ms
     } else {
         *effective_from_ms
@@ -208,6 +166,7 @@ pub(crate) fn define<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use billdb_api::tariff::TariffKind;
 
     fn stored(id: &str, price: &str) -> Vec<u8> {
         let tariff = Tariff::flat(id, price.parse().unwrap()).unwrap();
