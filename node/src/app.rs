@@ -226,7 +226,7 @@ impl App {
             Some(f) => Err(ApiError::new(
                 ErrorCode::Unavailable,
                 format!(
-                    "this node's storage failed ({}): {}; {}; retry on another node with the \
+                    "{STORAGE_FAILED_PREFIX} ({}): {}; {}; retry on another node with the \
                      same request_id",
                     f.kind.name(),
                     f.error,
@@ -427,8 +427,31 @@ impl App {
         reply.map_err(|e| leader_failure(leader_id, e))
     }
 
+    /// A storage error that is a checksum failure fences this node (the
+    /// guard repairs it from its peers, a leader hands over first) and is
+    /// answered as UNAVAILABLE with the reason, like every later request,
+    /// never as data or as INTERNAL.
+    pub fn fence_on_corruption<T>(&self, r: Result<T, ApiError>) -> Result<T, ApiError> {
+        match r {
+            Err(e)
+                if e.code == ErrorCode::Internal && self.storage.check_corruption(&e.message) =>
+            {
+                self.refuse_if_fenced()?;
+                Err(e)
+            }
+            r => r,
+        }
+    }
+
     /// Handle a request forwarded by another node: only the leader serves.
+    /// A checksum failure met while serving it fences this node as one met
+    /// serving its own clients does (the follower only passes it on).
     pub async fn serve_forwarded(&self, req: Forward) -> Result<ForwardReply, ApiError> {
+        let r = self.serve_forwarded_here(req).await;
+        self.fence_on_corruption(r)
+    }
+
+    async fn serve_forwarded_here(&self, req: Forward) -> Result<ForwardReply, ApiError> {
         if let Forward::OpLevel = req {
             return Ok(ForwardReply::OpLevel(self.config.build_op_level()));
         }
@@ -1138,12 +1161,22 @@ fn validate_nodes(nodes: &BTreeMap<NodeId, NodeInfo>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// How a fenced node's refusal begins (`App::refuse_if_fenced`).
+const STORAGE_FAILED_PREFIX: &str = "this node's storage failed";
+
 /// The leader's own failure (INTERNAL: its storage, its Raft core) as this
 /// node passes it on: UNAVAILABLE, naming the leader, so the client retries
 /// (another leader is elected when this one cannot go on) and this node
 /// never takes the leader's storage error for its own (a checksum failure
 /// in the leader's message fences only the leader, `ops::fence_on_corruption`).
-fn leader_failure(leader_id: NodeId, e: ApiError) -> ApiError {
+fn leader_failure(leader_id: NodeId, mut e: ApiError) -> ApiError {
+    if e.code == ErrorCode::Unavailable
+        && let Some(rest) = e.message.strip_prefix(STORAGE_FAILED_PREFIX)
+    {
+        // The leader fenced itself: its storage, not this node's.
+        e.message = format!("the leader's (node {leader_id}) storage failed{rest}");
+        return e;
+    }
     if e.code != ErrorCode::Internal {
         return e;
     }
@@ -1170,6 +1203,17 @@ mod tests {
             here.message.contains("the leader (node 1) failed"),
             "{}",
             here.message
+        );
+        // A leader that fenced itself: its storage is named, not this node's.
+        let fenced = ApiError::new(
+            ErrorCode::Unavailable,
+            format!("{STORAGE_FAILED_PREFIX} (corruption): block checksum mismatch"),
+        );
+        let here = leader_failure(3, fenced);
+        assert_eq!(here.code, ErrorCode::Unavailable);
+        assert_eq!(
+            here.message,
+            "the leader's (node 3) storage failed (corruption): block checksum mismatch"
         );
         // A refusal is the leader's answer, passed on as it is.
         let refused = ApiError::new(ErrorCode::AccountClosed, "x");

@@ -28,8 +28,12 @@
 //! answers without the node; accepted, the node rebuilds under load and
 //! loses nothing.
 //!
+//! A leader that reads a damaged block while executing a write a follower
+//! forwarded fences only itself: the follower passes UNAVAILABLE on and
+//! stays healthy (chaos seed 20261205 fenced three healthy followers).
+//!
 //! Ports (127.0.0.1, node N on base+N, base+100+N, base+200+N): bases
-//! 9000, 11000, 11500, 12500, 13500, 14500 and 18500.
+//! 9000, 11000, 11500, 12500, 13500, 14500, 18500 and 40000.
 
 mod common;
 
@@ -656,4 +660,149 @@ fn an_operator_rebuilds_a_follower_from_its_peers_only_when_that_is_safe() {
         .map(|(a, b)| a + b)
         .collect();
     assert_balances(&c, &all, &per);
+}
+
+/// Accounts imported and never read afterwards, so the blocks that hold
+/// them are read from disk (checksums checked) by the first write to them.
+const COLD_ACCOUNTS: usize = 4000;
+
+/// Imports `COLD-00000..` (heat accounts with a balance) through the leader.
+fn import_cold_accounts(c: &TestCluster) {
+    let ops = c.http(c.leader());
+    for k in 0..COLD_ACCOUNTS / 1000 {
+        let accounts: Vec<serde_json::Value> = (k * 1000..(k + 1) * 1000)
+            .map(|i| {
+                serde_json::json!({"account_id": format!("COLD-{i:05}"), "name": "Cold",
+                    "address": "", "branch": "B01", "utility": "heat", "meter_id": "",
+                    "tariff_id": "", "area": "0", "status": "active", "balance": "10.00",
+                    "opened_ms": 1_000_000_000_000i64, "closed_ms": null, "card_no": null,
+                    "card_generation": 0})
+            })
+            .collect();
+        let imp = ops
+            .post(
+                "/v1/import",
+                &serde_json::json!({"request_id": format!("cold-{k}"), "accounts": accounts, "records": []}),
+            )
+            .expect("import");
+        assert_eq!(imp["accounts"], 1000, "{imp}");
+    }
+}
+
+/// Chaos seed 20261205: the leader hit a checksum failure and every
+/// follower that forwarded a write to it got the leader's INTERNAL answer,
+/// with RocksDB's "Corruption: block checksum mismatch" in it, took that for
+/// its own storage, and fenced itself: three healthy nodes out, no quorum.
+/// Here the leader reads a damaged block of its own while executing
+/// payments that a follower forwarded. The leader fences itself (it did
+/// not: a checksum failure met serving a forwarded write was answered as
+/// INTERNAL, for as long as it led, and no payment to a damaged block
+/// went through) and hands over; no client ever gets INTERNAL; the
+/// follower and the others stay healthy (no corruption logged, storage
+/// ok, voting); only the leader repairs; every payment, retried with its
+/// request_id, is applied once.
+#[test]
+fn a_follower_forwarding_to_a_leader_that_hits_a_damaged_block_stays_healthy() {
+    let c = start(40000, "0");
+    import_cold_accounts(&c);
+    let all = c.c.node_ids();
+    c.wait_converged(&all, Duration::from_secs(30));
+    // Every node's memtables into SSTs, then a restart of all five: no
+    // block cache and no executor read cache holds a cold account.
+    for n in &all {
+        c.http(*n)
+            .post("/v1/cluster/snapshot", &serde_json::json!({}))
+            .expect("snapshot");
+    }
+    for n in &all {
+        c.c.stop(*n).expect("stop");
+    }
+    for n in &all {
+        c.c.start(*n).expect("start");
+    }
+    // A leader every node follows, and still the same a moment later (a
+    // restarted node may start an election of its own).
+    let agreed = || {
+        let l = c.leader();
+        all.iter()
+            .all(|n| try_status(&c, *n).is_some_and(|s| s["leader_id"] == l))
+            .then_some(l)
+    };
+    let leader = wait_for("an agreed leader", Duration::from_secs(30), || {
+        let l = agreed()?;
+        std::thread::sleep(Duration::from_secs(2));
+        (agreed()? == l).then_some(l)
+    });
+    let (sst, size) = largest_sst(&c.c.data_dir(leader), "accounts");
+    assert!(
+        size >= SST_BYTES_MIN,
+        "{} is only {size} bytes",
+        sst.display()
+    );
+    flip(&sst);
+    let follower = *all.iter().find(|n| **n != leader).expect("a follower");
+    let log_from: Vec<(NodeId, u64)> = all.iter().map(|n| (*n, log_len(&c, *n))).collect();
+    // A payment to every cold account, through the follower, each retried
+    // with its request_id until acknowledged: some land in the damaged
+    // blocks of the leader's.
+    let deadline = Instant::now() + REPAIR_WITHIN;
+    let mut refused = 0usize;
+    for i in 0..COLD_ACCOUNTS {
+        let (rid, account) = (format!("cold-pay-{i}"), format!("COLD-{i:05}"));
+        loop {
+            match pay(&c.http(follower), &rid, &account, "1.00") {
+                Ok(_) => break,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "{rid} not acknowledged: {e}");
+                    assert_ne!(e.code(), Some("INTERNAL"), "{rid}: {e}");
+                    refused += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+    eprintln!("{refused} refusals (retried)");
+
+    // The leader found the damage serving a forwarded payment, fenced
+    // itself, handed over and repaired itself from its peers.
+    let leader_log_from = log_from
+        .iter()
+        .find(|(n, _)| *n == leader)
+        .map_or(0, |(_, f)| *f);
+    assert_repaired(&c, leader, leader_log_from, ".sst");
+    let new_leader = c.leader();
+    assert_ne!(new_leader, leader, "the damaged node still leads");
+    // No other node took the leader's damage for its own.
+    for (n, from) in log_from.iter().filter(|(n, _)| *n != leader) {
+        let log = log_since(&c, *n, *from);
+        assert!(
+            !log.contains("storage corruption"),
+            "node {n} fenced itself over the leader's damage:\n{log}"
+        );
+        let s = c.status(*n);
+        assert_eq!(s["storage"]["state"], "ok", "node {n}: {s}");
+        assert!(s["storage"]["vote_fence_index"].is_null(), "node {n}: {s}");
+    }
+    c.wait_converged(&all, Duration::from_secs(60));
+    // Every payment applied exactly once, on every replica: 4,000 records
+    // and Σ balances = 4,000 × (10.00 + 1.00).
+    for n in &all {
+        let f = c
+            .http(*n)
+            .get("/v1/cluster/fingerprints")
+            .expect("fingerprints");
+        let heat = &f["fingerprints"]["B01/heat"];
+        assert_eq!(heat["records"], COLD_ACCOUNTS as u64, "node {n}: {heat}");
+        let balances: rust_decimal::Decimal = heat["balances"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| heat["balances"].to_string())
+            .parse()
+            .expect("a decimal");
+        assert_eq!(
+            balances,
+            rust_decimal::Decimal::new(1100, 2) * rust_decimal::Decimal::from(COLD_ACCOUNTS as u64),
+            "node {n}: {heat}"
+        );
+    }
 }

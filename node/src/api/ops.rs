@@ -212,13 +212,7 @@ pub async fn call(app: &App, caller: &Caller, ep: Endpoint, a: Args) -> Result<V
 /// repairs it from its peers) and is answered as UNAVAILABLE with the
 /// reason, like every later request, never as data or as INTERNAL.
 pub fn fence_on_corruption<T>(app: &App, r: Result<T, ApiError>) -> Result<T, ApiError> {
-    match r {
-        Err(e) if e.code == ErrorCode::Internal && app.storage.check_corruption(&e.message) => {
-            app.refuse_if_fenced()?;
-            Err(e)
-        }
-        r => r,
-    }
+    app.fence_on_corruption(r)
 }
 
 /// An account opened on a tariff that is not defined (yet) is accepted,
