@@ -70,6 +70,18 @@ pub enum BankCmd {
         #[command(flatten)]
         ep: EndpointArg,
     },
+    /// Index the bank payments that a build without the bank-day index
+    /// posted, so their days can be reconciled (ops; once, after upgrading
+    /// from such a build). Reads every record, in bounded commands, with
+    /// progress on stderr; safe to interrupt and run again (nothing is
+    /// indexed twice). Needs cluster op level 4.
+    IndexBackfill {
+        /// Reuse to resume the same run; a new one is made if absent.
+        #[arg(long)]
+        request_id: Option<String>,
+        #[command(flatten)]
+        ep: EndpointArg,
+    },
 }
 
 pub fn run(cmd: BankCmd) -> Result<ExitCode> {
@@ -81,6 +93,13 @@ pub fn run(cmd: BankCmd) -> Result<ExitCode> {
             request_id,
             ep,
         } => reconcile(&file, &bank, &date, request_id, &ep),
+        BankCmd::IndexBackfill { request_id, ep } => {
+            index_backfill(
+                &ep,
+                &request_id.unwrap_or_else(|| new_request_id("bank-index")),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         BankCmd::Payments { bank, date, ep } => {
             payments(&bank, &date, &ep)?;
             Ok(ExitCode::SUCCESS)
@@ -381,5 +400,55 @@ fn payments(bank: &str, date: &str, ep: &EndpointArg) -> Result<()> {
         last["day_total"]["count"],
         s(&last["day_total"], "amount")
     );
+    Ok(())
+}
+
+/// Calls the node until every record was looked at; progress on stderr,
+/// the totals on stdout (JSON with --json).
+fn index_backfill(ep: &EndpointArg, request_id: &str) -> Result<()> {
+    let c = client(ep)?;
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let (mut looked, mut indexed, mut already, mut calls) = (0u64, 0u64, 0u64, 0u64);
+    let mut after: Option<String> = None;
+    loop {
+        let mut body = json!({"request_id": request_id});
+        if let Some(a) = &after {
+            body["after"] = json!(a);
+        }
+        let v = c.post("/v1/bank-index/backfill", &body)?;
+        calls += 1;
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        looked += n("records_looked_at");
+        indexed += n("indexed");
+        already += n("already_indexed");
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        pb.set_message(format!(
+            "bank index backfill: {looked} records looked at, {indexed} payments indexed \
+             ({:.0} records/s)",
+            looked as f64 / secs
+        ));
+        if v["done"] == true {
+            break;
+        }
+        after = match v["next_after"].as_str() {
+            Some(a) => Some(a.to_string()),
+            None => bail!("the node answered neither done nor where to go on: {v}"),
+        };
+    }
+    pb.finish_and_clear();
+    let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if ep.json {
+        let v = json!({"request_id": request_id, "records_looked_at": looked,
+            "indexed": indexed, "already_indexed": already, "calls": calls, "ms": ms});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "bank index backfill {request_id}: done in {:.1} s: {looked} records looked at, \
+             {indexed} payments indexed, {already} indexed already",
+            ms as f64 / 1000.0
+        );
+    }
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! and one amount mismatch gives exactly those in the summary, with the
 //! totals both ways and exit status 3; the printed `billdb pay` line posts
 //! the missing payment; a clean statement exits 0; a bad line exits 1,
-//! names the line and stores nothing. Ports 36001–36205.
+//! names the line and stores nothing; `billdb bank index-backfill` looks
+//! at every record and finds nothing to index. Ports 36001–36205.
 
 use std::path::Path;
 use std::process::Command;
@@ -368,6 +369,20 @@ fn reconcile_prints_the_differences_and_exits_by_them() {
         1,
         "{out}"
     );
+
+    // The index backfill: every record looked at, nothing to index (this
+    // build indexed every payment as it posted it); an auditor is refused.
+    let (code, out, err) = run(&env, &["bank", "index-backfill", "--json"], Some(&ops));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["indexed"], 0, "{v}");
+    assert!(v["records_looked_at"].as_u64() >= Some(6), "{v}");
+    let (code, out, err) = run(&env, &["bank", "index-backfill"], Some(&ops));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("0 payments indexed"), "{out}");
+    let (code, _, err) = run(&env, &["bank", "index-backfill"], Some(&auditor));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("PERMISSION_DENIED"), "{err}");
 }
 
 fn s(v: &Value) -> String {

@@ -10,7 +10,15 @@
 //! replica's state digest is equal. Bad files and bad callers are refused
 //! with their codes and store nothing; a retry answers the stored result.
 //!
-//! Ports (127.0.0.1, node N on base+N, base+100+N, base+200+N): base 35000.
+//! Payments posted by a build without the bank-day index (their index
+//! entries removed from every replica's RocksDB while the nodes are
+//! stopped) make their day refused with INVALID_STATE; the backfill
+//! (`POST /v1/bank-index/backfill`) indexes them exactly as the posting
+//! apply would have, reversal marks included; the day then reconciles, a
+//! second run indexes nothing, and the digests stay equal.
+//!
+//! Ports (127.0.0.1, node N on base+N, base+100+N, base+200+N): bases
+//! 35000, 35500 and 40400.
 
 mod common;
 
@@ -553,4 +561,155 @@ fn a_day_of_twenty_thousand_payments_is_reconciled_exactly() {
         "{}",
         v["totals"]
     );
+}
+
+/// Removes every bank-day index entry (`P` keys of the `reports` family)
+/// from a stopped node's database: what a build before the index left.
+fn remove_bank_index(data_dir: &std::path::Path) -> usize {
+    let db_dir = data_dir.join("db");
+    let opts = rocksdb::Options::default();
+    let names = rocksdb::DB::list_cf(&opts, &db_dir).expect("list column families");
+    let db = rocksdb::DB::open_cf(&opts, &db_dir, &names).expect("open the stopped node's db");
+    let cf = db.cf_handle("reports").expect("the reports family");
+    let keys: Vec<Box<[u8]>> = db
+        .prefix_iterator_cf(cf, b"P")
+        .map(|kv| kv.expect("read").0)
+        .take_while(|k| k.first() == Some(&b'P'))
+        .collect();
+    for k in &keys {
+        db.delete_cf(cf, k).expect("delete");
+    }
+    db.flush_cf(cf).expect("flush");
+    keys.len()
+}
+
+#[test]
+fn payments_posted_before_the_index_are_backfilled_and_their_day_reconciles() {
+    let c = TestCluster::start(40400, 5);
+    let ops = c.http(c.leader());
+    let accounts: Vec<Value> = (1..=4).map(|a| account(&format!("OB-{a}"))).collect();
+    let mut records: Vec<Value> = (1..=5)
+        .map(|i| {
+            payment(
+                &format!("OB-{}", 1 + i % 4),
+                "OLDB",
+                &format!("OB{i:02}"),
+                &format!("{i}0.50"),
+                DAY_MS + i as i64 * H,
+            )
+        })
+        .collect();
+    records.push(payment("OB-1", "OLDB", "OB00", "7.00", DAY_MS - H)); // the day before
+    ops.post(
+        "/v1/import",
+        &json!({"request_id": "old-imp", "accounts": accounts, "records": records}),
+    )
+    .expect("import");
+    let day_payments = |n: u64| {
+        c.http_as(n, "auditor")
+            .get(&format!("/v1/banks/OLDB/payments?date={DAY}"))
+            .expect("payments")
+    };
+    let indexed = day_payments(c.leader());
+    let rid = indexed["payments"][2]["record_id"]
+        .as_str()
+        .expect("record_id")
+        .to_string();
+    ops.post(
+        &format!("/v1/records/{rid}/reverse"),
+        &json!({"request_id": "old-rev", "reason": "posted in error"}),
+    )
+    .expect("reverse");
+    let indexed = day_payments(c.leader());
+    assert_eq!(
+        indexed["payments"].as_array().map(Vec::len),
+        Some(5),
+        "{indexed}"
+    );
+    assert!(
+        !indexed["payments"][2]["reversed_by"].is_null(),
+        "{indexed}"
+    );
+    let all = c.c.node_ids();
+    c.wait_converged(&all, Duration::from_secs(30));
+
+    // As a build without the index left it, on every replica.
+    for n in &all {
+        c.c.stop(*n).expect("stop");
+    }
+    for n in &all {
+        assert_eq!(remove_bank_index(&c.c.data_dir(*n)), 6, "node {n}");
+    }
+    for n in &all {
+        c.c.start(*n).expect("start");
+    }
+    let leader = c.leader();
+    let ops = c.http(leader);
+    let before = day_payments(leader);
+    assert_eq!(before["payments"], json!([]), "{before}");
+    assert_eq!(before["day_total"]["count"], 5, "{before}");
+    let mut csv = String::from("bank_ref,account_id,amount,time\n");
+    for i in 1..=5 {
+        csv.push_str(&format!("OB{i:02},OB-{},{i}0.50,0{i}:00:00\n", 1 + i % 4));
+    }
+    let body = |rid: &str| json!({"request_id": rid, "date": DAY, "csv": csv});
+    let e = ops
+        .post("/v1/banks/OLDB/reconciliations", &body("old-recon-1"))
+        .expect_err("a day the index does not cover");
+    assert_eq!(e.code(), Some("INVALID_STATE"), "{e}");
+
+    // Refused, nothing done: another role, a cursor that is not one.
+    let e = c
+        .http_as(leader, "auditor")
+        .post("/v1/bank-index/backfill", &json!({"request_id": "bf-x"}))
+        .expect_err("auditor");
+    assert_eq!(e.code(), Some("PERMISSION_DENIED"), "{e}");
+    let e = ops
+        .post(
+            "/v1/bank-index/backfill",
+            &json!({"request_id": "bf-x", "after": "not-hex"}),
+        )
+        .expect_err("bad cursor");
+    assert_eq!(e.code(), Some("INVALID_ARGUMENT"), "{e}");
+
+    // The backfill, through a follower, call after call until done.
+    let follower = *all.iter().find(|n| **n != leader).expect("a follower");
+    let backfill = |rid: &str| {
+        let (mut indexed, mut calls, mut after) = (0u64, 0, None::<String>);
+        loop {
+            let mut b = json!({"request_id": rid});
+            if let Some(a) = &after {
+                b["after"] = json!(a);
+            }
+            let v = c
+                .http(follower)
+                .post("/v1/bank-index/backfill", &b)
+                .expect("backfill");
+            indexed += v["indexed"].as_u64().expect("indexed");
+            calls += 1;
+            assert!(calls < 100, "{v}");
+            if v["done"] == true {
+                assert!(v["next_after"].is_null(), "{v}");
+                return indexed;
+            }
+            after = v["next_after"].as_str().map(str::to_string);
+            assert!(after.is_some(), "{v}");
+        }
+    };
+    assert_eq!(backfill("bf-1"), 6);
+    c.wait_converged(&all, Duration::from_secs(30));
+    for n in &all {
+        assert_eq!(
+            day_payments(*n),
+            indexed,
+            "node {n}: the index as it was written"
+        );
+    }
+    let v = ops
+        .post("/v1/banks/OLDB/reconciliations", &body("old-recon-2"))
+        .expect("the day reconciles");
+    assert_eq!(v["totals"]["file"]["count"], 5, "{v}");
+    // Run again: nothing is indexed twice.
+    assert_eq!(backfill("bf-2"), 0);
+    c.wait_converged(&all, Duration::from_secs(30));
 }

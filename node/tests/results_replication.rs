@@ -19,6 +19,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use billdb_node::domain::levels::RESULTS_OP_LEVEL;
 use common::*;
 use serde_json::{Value, json};
 
@@ -72,9 +73,12 @@ fn executed_entries_survive_leader_changes_and_mixed_modes_with_every_replica_ch
     let all = c.c.node_ids();
     for n in &all {
         wait_for(
-            &format!("node {n} at op level 3"),
+            &format!("node {n} at op level 3 or later"),
             Duration::from_secs(20),
-            || (c.status(*n)["op_level"]["cluster"] == 3).then_some(()),
+            || {
+                (c.status(*n)["op_level"]["cluster"].as_u64()? >= u64::from(RESULTS_OP_LEVEL))
+                    .then_some(())
+            },
         );
     }
     open_load_accounts(&c);

@@ -27,9 +27,10 @@ use serde_json::json;
 
 const LEVEL_ENV: &str = "BILLDB_OP_LEVEL_MAX";
 
-/// The new build's op level (`domain::levels::BUILD_OP_LEVEL`): 3, so the
-/// upgrade also turns results replication on (`leader_exec`) under load.
-const NEW_LEVEL: u64 = 3;
+/// The new build's op level (`domain::levels::BUILD_OP_LEVEL`): 4, so the
+/// upgrade also turns results replication (level 3, `leader_exec`) on under
+/// load.
+const NEW_LEVEL: u64 = billdb_node::domain::levels::BUILD_OP_LEVEL as u64;
 
 fn op_level(c: &TestCluster, n: u64) -> serde_json::Value {
     c.status(n)["op_level"].clone()

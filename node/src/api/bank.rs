@@ -11,6 +11,11 @@
 //! * `GET …/reconciliations?date=D` (the stored ones, without items) and
 //!   `GET …/reconciliations/{request_id}` (one, whole).
 //!
+//! * `POST /v1/bank-index/backfill` with `{"request_id"[,"after"]}` (ops):
+//!   indexes bank payments posted before the bank-day index existed, as
+//!   bounded `IndexBankPayments` commands; one call works for about
+//!   [`BACKFILL_CALL_BUDGET_MS`] and answers where to go on (`next_after`).
+//!
 //! Roles: ops reconciles any bank, a bank token its own; auditors read.
 //! May touch: the App (reads, writes); domain functions only.
 
@@ -461,4 +466,136 @@ mod tests {
         assert!(!is_statement_path("/v1/banks/ICBC/payments"));
         assert!(!is_statement_path("/v1/payments"));
     }
+}
+
+/// How long one backfill call works before it answers where to go on.
+pub const BACKFILL_CALL_BUDGET_MS: u64 = 3_000;
+/// Most records one look of a backfill call reads.
+const BACKFILL_LOOK_MAX: usize = 20_000;
+/// Bytes of a `records` key a backfill cursor may name (hex in the API).
+const BACKFILL_CURSOR_BYTES_MAX: usize = 1_024;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BackfillArgs {
+    request_id: String,
+    /// Go on after this point (the previous answer's `next_after`).
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// One backfill call's answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct BackfillAnswer {
+    request_id: String,
+    /// Every record was looked at: the index is complete.
+    done: bool,
+    /// Give it back as `after` to go on; null when done.
+    next_after: Option<String>,
+    /// Records looked at in this call.
+    records_looked_at: u64,
+    /// Commands proposed.
+    batches: u64,
+    /// Bank payments indexed now.
+    indexed: u64,
+    /// Found indexed when their command applied (another run's work).
+    already_indexed: u64,
+    ms: u64,
+}
+
+/// The request_id of one backfill command: derived from the call's and
+/// the records it names, so a retried call proposes the same commands.
+fn backfill_request_id(request_id: &str, ids: &[String]) -> String {
+    let mut h = Sha256::new();
+    h.update(request_id.as_bytes());
+    h.update([0]);
+    for id in ids {
+        h.update(id.as_bytes());
+        h.update([0]);
+    }
+    format!("bank-index-{}", &hex::encode(h.finalize())[..40])
+}
+
+/// `POST /v1/bank-index/backfill` (ops): index the bank payments that a
+/// build without the bank-day index posted, so their days can be
+/// reconciled. Resumable (`after`) and safe to run twice.
+pub async fn index_backfill(app: &App, caller: &Caller, body: Value) -> Result<Value, ApiError> {
+    caller.require(&[Role::Ops])?;
+    let r: BackfillArgs = serde_json::from_value(body).map_err(|e| invalid(e.to_string()))?;
+    let request_id = validate::id("request_id", &r.request_id)?;
+    let mut after: Option<Vec<u8>> = match r.after {
+        None => None,
+        Some(a) => Some(
+            hex::decode(&a)
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= BACKFILL_CURSOR_BYTES_MAX)
+                .ok_or_else(|| invalid("after: the previous answer's next_after (hex)"))?,
+        ),
+    };
+    app.linearize().await?;
+    let started = std::time::Instant::now();
+    let elapsed_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let (mut looked_at, mut batches, mut indexed, mut already) = (0u64, 0u64, 0u64, 0u64);
+    let mut done = false;
+    while elapsed_ms() < BACKFILL_CALL_BUDGET_MS {
+        let db = app.db.clone();
+        let from = after.clone();
+        let next = tokio::task::spawn_blocking(move || {
+            bank_recon::unindexed_payments(
+                &RocksRead::new(&db),
+                from.as_deref(),
+                bank_recon::BACKFILL_BATCH_MAX,
+                BACKFILL_LOOK_MAX,
+            )
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        looked_at += next.looked_at as u64;
+        if !next.record_ids.is_empty() {
+            let rid = backfill_request_id(&request_id, &next.record_ids);
+            let op = Op::IndexBankPayments {
+                record_ids: next.record_ids,
+            };
+            let (outcome, _) = app.write(rid, origin(caller, &op), op).await?;
+            match outcome {
+                Outcome::BankPaymentsIndexed {
+                    indexed: i,
+                    already: a,
+                    ..
+                } => {
+                    indexed += u64::from(i);
+                    already += u64::from(a);
+                }
+                Outcome::Refused(e) => return Err(e),
+                other => return Err(internal(format!("unexpected outcome {other:?}"))),
+            }
+            batches += 1;
+        }
+        if next.last.is_some() {
+            after = next.last;
+        }
+        if next.end {
+            done = true;
+            break;
+        }
+    }
+    if done {
+        tracing::info!(
+            indexed,
+            already,
+            "bank index backfill: every record looked at"
+        );
+    }
+    serde_json::to_value(BackfillAnswer {
+        request_id,
+        done,
+        next_after: if done { None } else { after.map(hex::encode) },
+        records_looked_at: looked_at,
+        batches,
+        indexed,
+        already_indexed: already,
+        ms: elapsed_ms(),
+    })
+    .map_err(internal)
 }

@@ -137,6 +137,7 @@ pub fn router(state: HttpState) -> Router {
             "/v1/banks/{bank_code}/reconciliations/{request_id}",
             get(bank_reconciliation),
         )
+        .route("/v1/bank-index/backfill", post(bank_index_backfill))
         .fallback(|| async { HttpError(ApiError::new(ErrorCode::NotFound, "no such route")) })
         // Bodies are bounded once, by `bounded_body`, per route: axum's own
         // limit (2 MB by default) would refuse a larger configured import
@@ -1132,6 +1133,16 @@ async fn bank_reconcile(
 ) -> HttpResult {
     let (bank_code, body) = (path(bank_code)?, parse_value(body)?);
     let r = super::bank::reconcile(&s.app, &caller, &bank_code, body).await;
+    ok(ops::fence_on_corruption(&s.app, r)?)
+}
+
+async fn bank_index_backfill(
+    State(s): State<HttpState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResult {
+    let body = parse_value(body)?;
+    let r = super::bank::index_backfill(&s.app, &caller, body).await;
     ok(ops::fence_on_corruption(&s.app, r)?)
 }
 

@@ -1076,6 +1076,15 @@ fn routes() -> Vec<Route> {
             args: Nothing,
             answer: Json(200, named::<ReconciliationView>),
         },
+        Route {
+            method: Post,
+            path: "/v1/bank-index/backfill",
+            tag: Tag::Reports,
+            summary: "Index the bank payments a build without the bank-day index posted, so their days can be reconciled: a few seconds of bounded commands per call; go on with after = next_after until done. Safe to run twice.",
+            roles: Some(OPS),
+            args: Body(args_of::<super::bank::BackfillArgs>),
+            answer: Json(200, named::<super::bank::BackfillAnswer>),
+        },
         // ---- seasons ----
         Route {
             method: Post,

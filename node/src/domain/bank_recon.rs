@@ -123,6 +123,151 @@ pub(crate) fn mark_reversed<T: Txn + ?Sized>(
     Ok(())
 }
 
+// ---- backfill: payments posted before the index existed ----
+
+/// Most records one `IndexBankPayments` command names (its write set: one
+/// index entry each, far below the batch limits).
+pub const BACKFILL_BATCH_MAX: usize = 256;
+
+/// What one look through the records found ([`unindexed_payments`]).
+#[derive(Debug, Default)]
+pub struct Unindexed {
+    /// Bank payments (`account:seq`) with no index entry.
+    pub record_ids: Vec<String>,
+    /// Records looked at.
+    pub looked_at: usize,
+    /// The last records key looked at: where the next look starts.
+    pub last: Option<Vec<u8>>,
+    /// Every record after the start was looked at.
+    pub end: bool,
+}
+
+/// The index key of payment record `r` (`None`: not a bank payment).
+fn index_key_of(r: &Record) -> Option<Vec<u8>> {
+    if r.kind != "payment" || r.bank_code.is_empty() {
+        return None;
+    }
+    let (_, day) = reports::month_day(r.ts_ms);
+    Some(payment_key(day, &r.bank_code, &r.bank_ref))
+}
+
+/// Bank payments without an index entry, in `records` key order after
+/// `after` (a `records` key): at most `max` of them, looking at most at
+/// `look_max` records. Read by the node driving a backfill from its
+/// applied state; the command re-checks each one.
+pub fn unindexed_payments<R: ReadView + ?Sized>(
+    view: &R,
+    after: Option<&[u8]>,
+    max: usize,
+    look_max: usize,
+) -> Result<Unindexed, std::io::Error> {
+    let mut start = after.map_or_else(Vec::new, |a| {
+        let mut k = a.to_vec();
+        k.push(0);
+        k
+    });
+    let mut out = Unindexed::default();
+    while out.looked_at < look_max && out.record_ids.len() < max {
+        let want = (look_max - out.looked_at).min(SCAN_LIMIT_MAX);
+        let chunk = view.scan(Family::Records, &start, &[], false, want)?;
+        let got = chunk.len();
+        for (k, v) in chunk {
+            out.looked_at += 1;
+            let r: Record = keys::decode(&v)?;
+            if let Some(ik) = index_key_of(&r)
+                && view.get(Family::Reports, &ik)?.is_none()
+            {
+                out.record_ids.push(record_id(&r.account_id, r.seq));
+            }
+            start = k.clone();
+            start.push(0);
+            out.last = Some(k);
+            if out.record_ids.len() == max {
+                return Ok(out);
+            }
+        }
+        if got < want {
+            out.end = true;
+            return Ok(out);
+        }
+    }
+    Ok(out)
+}
+
+/// Apply `IndexBankPayments`: an index entry for each named bank payment
+/// that has none, marked reversed when its record was (as
+/// [`index_payment`] and [`mark_reversed`] would have written it). A
+/// payment already indexed is left as it is, so a backfill run twice, or
+/// resumed, writes nothing twice.
+pub(crate) fn index_payments<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
+    let Op::IndexBankPayments { record_ids } = &ctx.cmd.op else {
+        return Err(std::io::Error::other("index_payments called with another op").into());
+    };
+    if record_ids.len() > BACKFILL_BATCH_MAX {
+        return refuse(
+            ErrorCode::PayloadTooLarge,
+            format!("at most {BACKFILL_BATCH_MAX} records per command"),
+        );
+    }
+    let (mut indexed, mut already, mut skipped) = (0u32, 0u32, 0u32);
+    for id in record_ids {
+        let Some((account_id, seq)) = super::model::parse_record_id(id) else {
+            return refuse(
+                ErrorCode::InvalidArgument,
+                format!("record id {id:?}: expected account:seq"),
+            );
+        };
+        let meta: Option<RecordMeta> = read(
+            txn,
+            Family::RecordIndex,
+            &keys::record_index(account_id, seq),
+        )?;
+        let Some(meta) = meta else {
+            skipped += 1;
+            continue;
+        };
+        let rec: Option<Record> = read(
+            txn,
+            Family::Records,
+            &keys::record(account_id, meta.ts_ms, seq),
+        )?;
+        let Some((rec, key)) = rec.and_then(|r| index_key_of(&r).map(|k| (r, k))) else {
+            skipped += 1;
+            continue;
+        };
+        if txn.get(Family::Reports, &key)?.is_some() {
+            already += 1;
+            continue;
+        }
+        let reversed_ms = match meta.reversed_by {
+            None => None,
+            Some(by) => {
+                let m: Option<RecordMeta> = read(
+                    txn,
+                    Family::RecordIndex,
+                    &keys::record_index(account_id, by),
+                )?;
+                m.map(|m| m.ts_ms)
+            }
+        };
+        let entry = BankPayment {
+            account_id: rec.account_id.clone(),
+            seq: rec.seq,
+            amount: rec.amount,
+            ts_ms: rec.ts_ms,
+            reversed_by: meta.reversed_by,
+            reversed_ms,
+        };
+        write(txn, Family::Reports, key, &entry)?;
+        indexed += 1;
+    }
+    Ok(Outcome::BankPaymentsIndexed {
+        indexed,
+        already,
+        skipped,
+    })
+}
+
 fn bad_key() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::InvalidData,

@@ -14,7 +14,8 @@
 //! season billing (`BillSeason`, area tariffs), `RecordDrill`,
 //! `RecordReconciliation` and `SetClusterLevel` itself; 3 adds log
 //! entries that carry the leader's results (`types::Executed`,
-//! `leader_exec`). A new operation (or a change to what an existing one
+//! `leader_exec`); 4 adds `IndexBankPayments` (the bank-day index
+//! backfill). A new operation (or a change to what an existing one
 //! writes, or to the entry format) takes the next level.
 //!
 //! Touches the `Meta` family only. Imports the ground floor only.
@@ -28,7 +29,7 @@ use super::payloads::TariffSpec;
 use super::txn::{Family, Get, Txn};
 
 /// The highest op level this build applies.
-pub const BUILD_OP_LEVEL: u32 = 3;
+pub const BUILD_OP_LEVEL: u32 = 4;
 
 /// The op level from which the leader replicates results (executed
 /// entries) instead of commands.
@@ -49,6 +50,7 @@ pub fn op_level(op: &Op) -> u32 {
             tariff: TariffSpec::Area { .. },
             ..
         } => 2,
+        Op::IndexBankPayments { .. } => 4,
         _ => BASE_OP_LEVEL,
     }
 }

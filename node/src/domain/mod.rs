@@ -135,6 +135,7 @@ fn dispatch<T: Txn>(txn: &mut T, ctx: &Ctx<'_>) -> Res<Outcome> {
         Op::RecordDrill { .. } => drills::record(txn, ctx),
         Op::RecordReconciliation { .. } => bank_recon::record(txn, ctx),
         Op::SetClusterLevel { level } => levels::set(txn, *level),
+        Op::IndexBankPayments { .. } => bank_recon::index_payments(txn, ctx),
     }
 }
 

@@ -159,6 +159,13 @@ pub enum Op {
     SetClusterLevel {
         level: u32,
     },
+    /// Index bank payments posted before the bank-day index existed
+    /// (`bank_recon::index_payments`), at most
+    /// `bank_recon::BACKFILL_BATCH_MAX` records (`account:seq`) per
+    /// command, listed by the node driving the backfill. Appended last.
+    IndexBankPayments {
+        record_ids: Vec<String>,
+    },
 }
 
 /// `DefineTariff::effective_from_ms` meaning "from the command's time"
@@ -191,6 +198,7 @@ impl Op {
             Op::RecordDrill { .. } => "record_drill",
             Op::RecordReconciliation { .. } => "record_reconciliation",
             Op::SetClusterLevel { .. } => "set_cluster_level",
+            Op::IndexBankPayments { .. } => "index_bank_payments",
         }
     }
 
@@ -291,6 +299,13 @@ pub enum Outcome {
         from: u32,
         level: u32,
     },
+    /// One bank index backfill command: payments indexed now, already
+    /// indexed, and records that were not bank payments (or are gone).
+    BankPaymentsIndexed {
+        indexed: u32,
+        already: u32,
+        skipped: u32,
+    },
 }
 
 fn json_with(result: &str, v: impl Serialize) -> serde_json::Value {
@@ -382,6 +397,12 @@ impl Outcome {
             Outcome::ClusterLevelSet { from, level } => {
                 json!({"result":"cluster_level_set","from":from,"level":level})
             }
+            Outcome::BankPaymentsIndexed {
+                indexed,
+                already,
+                skipped,
+            } => json!({"result":"bank_payments_indexed","indexed":indexed,
+                "already":already,"skipped":skipped}),
         }
     }
 }

@@ -2918,6 +2918,106 @@ fn the_bank_day_index_follows_payments_reversals_and_refusals() {
     );
 }
 
+/// Payments posted by a build without the bank-day index have no entries;
+/// the backfill lists them (a page at a time, resumable) and indexes them
+/// exactly as the posting apply would have (reversal marks included); run
+/// again it finds nothing and a replayed command writes nothing twice.
+#[test]
+fn the_bank_index_backfill_writes_what_the_posting_apply_would_have() {
+    let mut w = World::standard();
+    w.ok("o2", t0(), open("A2", "water", "RES"));
+    let day = days_ms(2026, 3, 7);
+    let p1 = w.ok("p1", day, pay("A1", "10.00", "R1"));
+    w.ok("p2", day + DAY - 1, pay("A2", "0.01", "R2"));
+    w.ok("p0", day - 1, pay("A1", "4.00", "R0"));
+    w.ok(
+        "rev",
+        day + 3 * DAY,
+        Op::Reverse {
+            record_id: rid_of(&p1),
+            reason: "wrong account".into(),
+        },
+    );
+    let index_prefix = [b'P'];
+    let index_end = keys::prefix_end(&index_prefix);
+    let index = |w: &World| {
+        w.t.scan(Family::Reports, &index_prefix, &index_end, false, 1000)
+            .unwrap()
+    };
+    let built = index(&w);
+    assert_eq!(built.len(), 3, "{built:?}");
+    // A build without the index posted them.
+    for (k, _) in &built {
+        w.t.delete(Family::Reports, k.clone());
+    }
+    let unindexed = |w: &World| {
+        let (mut ids, mut after, mut pages) = (Vec::new(), None::<Vec<u8>>, 0);
+        loop {
+            let u = bank_recon::unindexed_payments(&w.t, after.as_deref(), 2, 3).unwrap();
+            assert!(u.record_ids.len() <= 2 && u.looked_at <= 3, "{u:?}");
+            ids.extend(u.record_ids);
+            pages += 1;
+            if u.end {
+                return (ids, pages);
+            }
+            after = u.last;
+            assert!(pages < 100, "the look does not move on");
+        }
+    };
+    let (ids, pages) = unindexed(&w);
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(pages >= 2, "bounded looks: {pages}");
+    // More than a command may carry, or a malformed id: refused.
+    let many: Vec<String> = (0..=bank_recon::BACKFILL_BATCH_MAX)
+        .map(|i| format!("A1:{i}"))
+        .collect();
+    let too_many = Op::IndexBankPayments { record_ids: many };
+    assert_eq!(w.code("big", t0(), too_many), ErrorCode::PayloadTooLarge);
+    let bad = Op::IndexBankPayments {
+        record_ids: vec!["no-seq".into()],
+    };
+    assert_eq!(w.code("bad", t0(), bad), ErrorCode::InvalidArgument);
+
+    let mut named = ids.clone();
+    named.push("A1:999".into()); // gone: skipped
+    let o = w.ok(
+        "fill",
+        day + 10 * DAY,
+        Op::IndexBankPayments {
+            record_ids: named.clone(),
+        },
+    );
+    assert_eq!(
+        o,
+        Outcome::BankPaymentsIndexed {
+            indexed: 3,
+            already: 0,
+            skipped: 1
+        }
+    );
+    assert_eq!(
+        index(&w),
+        built,
+        "the same entries, reversal marks included"
+    );
+    assert!(unindexed(&w).0.is_empty());
+    // Another run's command over the same records writes nothing.
+    let o = w.ok(
+        "again",
+        day + 11 * DAY,
+        Op::IndexBankPayments { record_ids: named },
+    );
+    assert_eq!(
+        o,
+        Outcome::BankPaymentsIndexed {
+            indexed: 0,
+            already: 3,
+            skipped: 1
+        }
+    );
+    assert_eq!(index(&w), built);
+}
+
 /// An imported payment with a bank code is indexed like a posted one.
 #[test]
 fn imported_payments_are_indexed_under_their_legacy_day() {
