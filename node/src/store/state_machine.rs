@@ -1004,6 +1004,16 @@ mod tests {
             .unwrap();
     }
 
+    /// Writes the exec chain `chain` and applied index `index` (term 1,
+    /// node 1): what an entry with results adds to the state, for
+    /// comparing a state applied from commands with one applied from them.
+    fn set_chain_at(db: &DB, chain: (u64, u64, u64), index: u64) {
+        let mut txn = RocksTxn::new(db);
+        domain::set_exec_chain(&mut txn, chain).unwrap();
+        let id = openraft::testing::log_id::<TypeConfig>(1, 1, index);
+        write_applied(db, txn, &Some(id), None).unwrap();
+    }
+
     /// Executes `cmds` as one batch the way the leader does (`leader_exec`:
     /// at the pending index, over `state`), without changing `state`.
     fn leader_execute(state: &RocksTxn<'_>, cmds: &[Command]) -> crate::types::Executed {
@@ -1102,15 +1112,7 @@ mod tests {
             if mode == "commands" {
                 // The one key an entry with results adds: the chain
                 // (term 1, epoch 1, sequence 1).
-                let mut txn = RocksTxn::new(&sm.db);
-                domain::set_exec_chain(&mut txn, (1, 1, 1)).unwrap();
-                write_applied(
-                    &sm.db,
-                    txn,
-                    &Some(openraft::testing::log_id::<TypeConfig>(1, 1, 3)),
-                    None,
-                )
-                .unwrap();
+                set_chain_at(&sm.db, (1, 1, 1), 3);
             }
             results.push((mode, reply, state_digest(&sm.db).unwrap()));
         }
@@ -1239,15 +1241,7 @@ mod tests {
             domain::exec_chain(&RocksTxn::new(&replica.db)).unwrap(),
             Some((1, 2, 4))
         );
-        let mut txn = RocksTxn::new(&expected.db);
-        domain::set_exec_chain(&mut txn, (1, 2, 4)).unwrap();
-        write_applied(
-            &expected.db,
-            txn,
-            &Some(openraft::testing::log_id::<TypeConfig>(1, 1, 5)),
-            None,
-        )
-        .unwrap();
+        set_chain_at(&expected.db, (1, 2, 4), 5);
         assert_eq!(on_replica, state_digest(&expected.db).unwrap().1);
         // Paid: p1, p3, p4, p5 (1.00 each), never p2.
         let balance = domain::get_account(&RocksTxn::new(&replica.db), "A")
