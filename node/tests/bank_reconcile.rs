@@ -18,7 +18,7 @@
 //! second run indexes nothing, and the digests stay equal.
 //!
 //! Ports (127.0.0.1, node N on base+N, base+100+N, base+200+N): bases
-//! 35000, 35500 and 40400.
+//! 35000, 35500 and 26500.
 
 mod common;
 
@@ -585,7 +585,7 @@ fn remove_bank_index(data_dir: &std::path::Path) -> usize {
 
 #[test]
 fn payments_posted_before_the_index_are_backfilled_and_their_day_reconciles() {
-    let c = TestCluster::start(40400, 5);
+    let c = TestCluster::start(26500, 5);
     let ops = c.http(c.leader());
     let accounts: Vec<Value> = (1..=4).map(|a| account(&format!("OB-{a}"))).collect();
     let mut records: Vec<Value> = (1..=5)

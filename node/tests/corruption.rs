@@ -33,7 +33,9 @@
 //! stays healthy (chaos seed 20261205 fenced three healthy followers).
 //!
 //! Ports (127.0.0.1, node N on base+N, base+100+N, base+200+N): bases
-//! 9000, 11000, 11500, 12500, 13500, 14500, 18500 and 40000.
+//! 9000, 11000, 11500, 12500, 13500, 14500, 18500 and 23500 (below the
+//! kernel's ephemeral range, 32768 and up, where an outgoing connection
+//! may hold a port first).
 
 mod common;
 
@@ -703,7 +705,7 @@ fn import_cold_accounts(c: &TestCluster) {
 /// request_id, is applied once.
 #[test]
 fn a_follower_forwarding_to_a_leader_that_hits_a_damaged_block_stays_healthy() {
-    let c = start(40000, "0");
+    let c = start(23500, "0");
     import_cold_accounts(&c);
     let all = c.c.node_ids();
     c.wait_converged(&all, Duration::from_secs(30));
