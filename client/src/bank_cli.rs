@@ -12,7 +12,7 @@ use billdb_client::client::new_request_id;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::{EndpointArg, client};
+use crate::{EndpointArg, call_until_done, client};
 
 /// The exit status of `billdb bank reconcile` when the statement and
 /// billdb differ (0: they agree; 1: an error, nothing stored).
@@ -407,37 +407,21 @@ fn payments(bank: &str, date: &str, ep: &EndpointArg) -> Result<()> {
 /// the totals on stdout (JSON with --json).
 fn index_backfill(ep: &EndpointArg, request_id: &str) -> Result<()> {
     let c = client(ep)?;
-    let pb = indicatif::ProgressBar::new_spinner();
-    pb.enable_steady_tick(std::time::Duration::from_millis(200));
     let started = std::time::Instant::now();
     let (mut looked, mut indexed, mut already, mut calls) = (0u64, 0u64, 0u64, 0u64);
-    let mut after: Option<String> = None;
-    loop {
-        let mut body = json!({"request_id": request_id});
-        if let Some(a) = &after {
-            body["after"] = json!(a);
-        }
-        let v = c.post("/v1/bank-index/backfill", &body)?;
-        calls += 1;
+    call_until_done(&c, "/v1/bank-index/backfill", request_id, true, |v| {
         let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        calls += 1;
         looked += n("records_looked_at");
         indexed += n("indexed");
         already += n("already_indexed");
         let secs = started.elapsed().as_secs_f64().max(0.001);
-        pb.set_message(format!(
+        format!(
             "bank index backfill: {looked} records looked at, {indexed} payments indexed \
              ({:.0} records/s)",
             looked as f64 / secs
-        ));
-        if v["done"] == true {
-            break;
-        }
-        after = match v["next_after"].as_str() {
-            Some(a) => Some(a.to_string()),
-            None => bail!("the node answered neither done nor where to go on: {v}"),
-        };
-    }
-    pb.finish_and_clear();
+        )
+    })?;
     let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if ep.json {
         let v = json!({"request_id": request_id, "records_looked_at": looked,

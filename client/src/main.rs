@@ -1794,6 +1794,45 @@ fn local_up(
 // billdb cluster
 // ---------------------------------------------------------------------------
 
+/// Calls `POST path` with `{"request_id"[,"after"]}` until the node
+/// answers `done`, giving each answer's `next_after` back as `after`: how
+/// the CLI drives a node-side run of bounded commands (season bill, bank
+/// index backfill). `progress` takes each answer (to add up its counts)
+/// and returns the spinner's message, shown on stderr when `show`.
+pub(crate) fn call_until_done(
+    c: &AdminClient,
+    path: &str,
+    request_id: &str,
+    show: bool,
+    mut progress: impl FnMut(&Value) -> String,
+) -> Result<()> {
+    let pb = if show {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.enable_steady_tick(Duration::from_millis(200));
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut after: Option<String> = None;
+    loop {
+        let mut body = serde_json::json!({"request_id": request_id});
+        if let Some(a) = &after {
+            body["after"] = serde_json::json!(a);
+        }
+        let v = c.post(path, &body)?;
+        pb.set_message(progress(&v));
+        if v["done"] == true {
+            break;
+        }
+        after = match v["next_after"].as_str() {
+            Some(a) => Some(a.to_string()),
+            None => bail!("the node answered neither done nor where to go on: {v}"),
+        };
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
 pub(crate) fn client(ep: &EndpointArg) -> Result<AdminClient> {
     let tls = ep.tls.load()?;
     let token = match (&ep.token, &ep.token_file) {

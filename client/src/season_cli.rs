@@ -3,14 +3,14 @@
 //! the node drives the bounded billing commands, this command calls it
 //! again from where it stopped until the season is billed, with progress.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use billdb_client::admin::AdminClient;
 use clap::Subcommand;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::{EndpointArg, client};
+use crate::{EndpointArg, call_until_done, client};
 
 #[derive(Subcommand)]
 pub enum SeasonCmd {
@@ -66,41 +66,26 @@ fn count(v: &Value, k: &str) -> u64 {
 
 /// Calls the node until the season is billed; progress on stderr.
 fn bill(c: &AdminClient, season_id: &str, request_id: &str, show: bool) -> Result<()> {
-    let pb = if show {
-        let pb = indicatif::ProgressBar::new_spinner();
-        pb.enable_steady_tick(Duration::from_millis(200));
-        pb
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
     let started = Instant::now();
     let (mut looked, mut billed, mut skipped, mut already) = (0u64, 0u64, 0u64, 0u64);
-    let mut after: Option<String> = None;
-    loop {
-        let mut body = json!({"request_id": request_id});
-        if let Some(a) = &after {
-            body["after"] = json!(a);
-        }
-        let v = c.post(&format!("/v1/seasons/{season_id}/bill"), &body)?;
-        looked += count(&v, "accounts_looked_at");
-        billed += count(&v, "billed");
-        skipped += count(&v, "skipped");
-        already += count(&v, "already_billed");
-        let secs = started.elapsed().as_secs_f64().max(0.001);
-        pb.set_message(format!(
-            "season {season_id}: {looked} accounts looked at, {billed} billed, {skipped} \
-             skipped, {already} billed before ({:.0} accounts/s)",
-            looked as f64 / secs
-        ));
-        if v["done"] == true {
-            break;
-        }
-        after = match v["next_after"].as_str() {
-            Some(a) => Some(a.to_string()),
-            None => bail!("the node answered neither done nor where to go on: {v}"),
-        };
-    }
-    pb.finish_and_clear();
+    call_until_done(
+        c,
+        &format!("/v1/seasons/{season_id}/bill"),
+        request_id,
+        show,
+        |v| {
+            looked += count(v, "accounts_looked_at");
+            billed += count(v, "billed");
+            skipped += count(v, "skipped");
+            already += count(v, "already_billed");
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            format!(
+                "season {season_id}: {looked} accounts looked at, {billed} billed, {skipped} \
+                 skipped, {already} billed before ({:.0} accounts/s)",
+                looked as f64 / secs
+            )
+        },
+    )?;
     if show {
         eprintln!(
             "season {season_id}: billed in {:.1} s ({looked} accounts looked at; {billed} \

@@ -503,19 +503,6 @@ pub(crate) struct BackfillAnswer {
     ms: u64,
 }
 
-/// The request_id of one backfill command: derived from the call's and
-/// the records it names, so a retried call proposes the same commands.
-fn backfill_request_id(request_id: &str, ids: &[String]) -> String {
-    let mut h = Sha256::new();
-    h.update(request_id.as_bytes());
-    h.update([0]);
-    for id in ids {
-        h.update(id.as_bytes());
-        h.update([0]);
-    }
-    format!("bank-index-{}", &hex::encode(h.finalize())[..40])
-}
-
 /// `POST /v1/bank-index/backfill` (ops): index the bank payments that a
 /// build without the bank-day index posted, so their days can be
 /// reconciled. Resumable (`after`) and safe to run twice.
@@ -553,7 +540,7 @@ pub async fn index_backfill(app: &App, caller: &Caller, body: Value) -> Result<V
         .map_err(internal)?;
         looked_at += next.looked_at as u64;
         if !next.record_ids.is_empty() {
-            let rid = backfill_request_id(&request_id, &next.record_ids);
+            let rid = super::ops::batch_request_id("bank-index", &[&request_id], &next.record_ids);
             let op = Op::IndexBankPayments {
                 record_ids: next.record_ids,
             };

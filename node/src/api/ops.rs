@@ -208,6 +208,20 @@ pub async fn call(app: &App, caller: &Caller, ep: Endpoint, a: Args) -> Result<V
     fence_on_corruption(app, r)
 }
 
+/// The request_id of one command of a node-driven run (season bill, bank
+/// index backfill): `prefix-` and a hash of the run's `scope` (its
+/// request_id, …) and the ids the command names, so a retried or resumed
+/// run proposes the same commands and exactly-once answers them.
+pub fn batch_request_id(prefix: &str, scope: &[&str], ids: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in scope.iter().copied().chain(ids.iter().map(String::as_str)) {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    format!("{prefix}-{}", &hex::encode(h.finalize())[..40])
+}
+
 /// A storage error that is a checksum failure fences this node (the guard
 /// repairs it from its peers) and is answered as UNAVAILABLE with the
 /// reason, like every later request, never as data or as INTERNAL.

@@ -17,7 +17,6 @@
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use billdb_api::error::{ApiError, ErrorCode};
 
@@ -84,16 +83,7 @@ fn args<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
 
 /// The request_id of one batch: the same for the same run and accounts.
 fn batch_request_id(request_id: &str, season_id: &str, ids: &[String]) -> String {
-    let mut h = Sha256::new();
-    for part in [request_id, season_id] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    for id in ids {
-        h.update(id.as_bytes());
-        h.update([0]);
-    }
-    format!("season-bill-{}", &hex::encode(h.finalize())[..40])
+    super::ops::batch_request_id("season-bill", &[request_id, season_id], ids)
 }
 
 /// `POST /v1/seasons/{season_id}/bill` (ops).
@@ -304,5 +294,8 @@ mod tests {
         assert_ne!(a, batch_request_id("run-2", "2026-27", &ids));
         assert_ne!(a, batch_request_id("run-1", "2026-27", &ids[..1]));
         assert!(validate::id("request_id", &a).is_ok(), "{a}");
+        // What every earlier build derived (SHA-256 of the NUL-ended parts),
+        // so a run started by one resumes with the same commands.
+        assert_eq!(a, "season-bill-7aac07df5e92e921fbcbfd6a2703bf8f9c20ca92");
     }
 }
