@@ -68,14 +68,31 @@ fn start(base_port: u16, scrub_interval_s: &str) -> Arc<TestCluster> {
     c
 }
 
+/// How often `largest_sst` tries to open a running node's database.
+const READ_ONLY_OPEN_ATTEMPTS: u32 = 20;
+
 /// The largest live SST file of `family` in a node's database, read from
 /// the database's own manifest (opened read-only: the node may be running).
+/// A compaction the running node finishes while the manifest is read can
+/// delete a file it names ("No such file"): the open is tried again.
 fn largest_sst(data_dir: &Path, family: &str) -> (PathBuf, u64) {
     let db_dir = data_dir.join("db");
     let opts = rocksdb::Options::default();
-    let names = rocksdb::DB::list_cf(&opts, &db_dir).expect("list column families");
-    let db =
-        rocksdb::DB::open_cf_for_read_only(&opts, &db_dir, &names, false).expect("open read-only");
+    let mut attempt = 1;
+    let db = loop {
+        let names = rocksdb::DB::list_cf(&opts, &db_dir).expect("list column families");
+        match rocksdb::DB::open_cf_for_read_only(&opts, &db_dir, &names, false) {
+            Ok(db) => break db,
+            Err(e)
+                if attempt < READ_ONLY_OPEN_ATTEMPTS && e.to_string().contains("No such file") =>
+            {
+                eprintln!("open read-only, attempt {attempt}: {e}");
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("open read-only {}: {e}", db_dir.display()),
+        }
+    };
     let files = db.live_files().expect("live files");
     let f = files
         .iter()
