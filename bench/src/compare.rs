@@ -51,6 +51,12 @@ pub struct CompareArgs {
     /// utility would write: `postgres_full`).
     #[arg(long, value_delimiter = ',', default_value = "minimal,full")]
     postgres_purchase: Vec<String>,
+    /// PostgreSQL's connections, comma separated: `tls` (clients and
+    /// replication over TLS with certificates checked both ways, as
+    /// billdb's: `postgres_tls`, `postgres_full_tls`) and/or `plaintext`
+    /// (`postgres`, `postgres_full`).
+    #[arg(long, value_delimiter = ',', default_value = "tls,plaintext")]
+    postgres_transport: Vec<String>,
     /// Client counts, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     clients: Vec<usize>,
@@ -165,7 +171,14 @@ const FIELDS: [&str; 4] = ["ops_per_s", "p50_ms", "p99_ms", "node_cpu_ms_per_op"
 
 /// The systems billdb is compared with, as named in the runs (billdb
 /// replicating commands, as before op level 3, among them).
-const BASELINES: [&str; 4] = ["etcd", "postgres", "postgres_full", "billdb_commands"];
+const BASELINES: [&str; 6] = [
+    "etcd",
+    "postgres_tls",
+    "postgres",
+    "postgres_full_tls",
+    "postgres_full",
+    "billdb_commands",
+];
 
 /// Medians of each field over `runs` per system, and each field's ratio
 /// of billdb to each baseline (`billdb_over_etcd`, `billdb_over_postgres`;
@@ -236,18 +249,31 @@ fn etcd_args(a: &CompareArgs, clients: usize) -> Vec<String> {
     v
 }
 
-fn postgres_args(a: &CompareArgs, dir: &Path, clients: usize, purchase: &str) -> Vec<String> {
+fn postgres_args(
+    a: &CompareArgs,
+    dir: &Path,
+    clients: usize,
+    purchase: &str,
+    transport: &str,
+) -> Vec<String> {
     let mut v = baseline_args(a, "postgres", dir, a.postgres_base_port, clients);
     v.extend(["--purchase".into(), purchase.into()]);
+    if transport == "tls" {
+        v.push("--tls".into());
+    }
     v
 }
 
-/// The system name of PostgreSQL running `purchase`.
-fn postgres_system(purchase: &str) -> String {
-    match purchase {
-        "minimal" => "postgres".into(),
+/// The system name of PostgreSQL running `purchase` over `transport`.
+fn postgres_system(purchase: &str, transport: &str) -> String {
+    let mut name = match purchase {
+        "minimal" => "postgres".to_string(),
         other => format!("postgres_{other}"),
+    };
+    if transport == "tls" {
+        name.push_str("_tls");
     }
+    name
 }
 
 fn billdb_args(a: &CompareArgs, dir: &Path, clients: usize) -> Vec<String> {
@@ -313,6 +339,14 @@ pub fn run(a: CompareArgs) -> anyhow::Result<Value> {
                 .all(|m| m == "minimal" || m == "full"),
         "--postgres-purchase: minimal and/or full"
     );
+    anyhow::ensure!(
+        !a.postgres_transport.is_empty()
+            && a.postgres_transport.len() <= 2
+            && a.postgres_transport
+                .iter()
+                .all(|m| m == "tls" || m == "plaintext"),
+        "--postgres-transport: tls and/or plaintext"
+    );
     let cluster = LocalCluster::open(&a.dir)
         .with_context(|| format!("opening the billdb cluster in {}", a.dir.display()))?;
     let mut runs = Vec::new();
@@ -330,14 +364,17 @@ pub fn run(a: CompareArgs) -> anyhow::Result<Value> {
                 let mut postgres = Vec::new();
                 if let Some(d) = &a.postgres_dir {
                     for purchase in &a.postgres_purchase {
-                        let system = postgres_system(purchase);
-                        if !a.json {
-                            eprintln!(
-                                "compare: round {round}/{}, {clients} clients: {system}",
-                                a.rounds
-                            );
+                        for transport in &a.postgres_transport {
+                            let system = postgres_system(purchase, transport);
+                            if !a.json {
+                                eprintln!(
+                                    "compare: round {round}/{}, {clients} clients: {system}",
+                                    a.rounds
+                                );
+                            }
+                            let args = postgres_args(&a, d, clients, purchase, transport);
+                            postgres.push((system, child(&args)?));
                         }
-                        postgres.push((system, child(&postgres_args(&a, d, clients, purchase))?));
                     }
                 }
                 (etcd, postgres)
@@ -392,6 +429,8 @@ pub fn run(a: CompareArgs) -> anyhow::Result<Value> {
             "etcd": "one Txn of two puts (200-byte record, 100-byte account summary) to the leader",
             "postgres": "one statement per purchase (update the account, insert a 200-byte record) on a primary whose commits wait for any 2 of 4 standbys",
             "postgres_full": "billdb's purchase as a PL/pgSQL function in one transaction (idempotency key, card and account checks, ladder price, gapless invoice number, the record, four report-row upserts), the same primary and standbys",
+            "postgres_tls": "postgres with every connection over TLS, clients' and the standbys' WAL streams, certificates checked both ways (billdb's nodes speak TLS the same way)",
+            "postgres_full_tls": "postgres_full over TLS, as postgres_tls",
         },
         "medians": by_clients,
         "runs": runs,
@@ -405,7 +444,7 @@ pub fn print_table(v: &Value) {
         v["rounds"], v["duration_s"]
     );
     println!(
-        "{:>7}  {:<15} {:>10} {:>9} {:>9} {:>13}",
+        "{:>7}  {:<18} {:>10} {:>9} {:>9} {:>13}",
         "clients", "system", "ops/s", "p50 ms", "p99 ms", "CPU ms/op"
     );
     let Some(m) = v["medians"].as_object() else {
@@ -414,19 +453,13 @@ pub fn print_table(v: &Value) {
     let f = |x: &Value, d: usize| x.as_f64().map_or("-".into(), |x| format!("{x:.d$}"));
     for (clients, row) in m {
         let present = |system: &str| row[system]["ops_per_s"].as_f64().is_some();
-        for system in [
-            "etcd",
-            "postgres",
-            "postgres_full",
-            "billdb_commands",
-            "billdb",
-        ] {
+        for system in BASELINES.iter().copied().chain(["billdb"]) {
             if !present(system) {
                 continue;
             }
             let s = &row[system];
             println!(
-                "{clients:>7}  {system:<15} {:>10} {:>9} {:>9} {:>13}",
+                "{clients:>7}  {system:<18} {:>10} {:>9} {:>9} {:>13}",
                 f(&s["ops_per_s"], 1),
                 f(&s["p50_ms"], 2),
                 f(&s["p99_ms"], 2),
@@ -453,6 +486,23 @@ pub fn print_table(v: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_postgres_run_is_named_as_a_baseline() {
+        let mut names = Vec::new();
+        for purchase in ["minimal", "full"] {
+            for transport in ["tls", "plaintext"] {
+                names.push(postgres_system(purchase, transport));
+            }
+        }
+        assert_eq!(
+            names,
+            ["postgres_tls", "postgres", "postgres_full_tls", "postgres_full"]
+        );
+        for n in &names {
+            assert!(BASELINES.contains(&n.as_str()), "{n}");
+        }
+    }
 
     #[test]
     fn median_takes_the_middle_and_skips_missing_figures() {

@@ -18,6 +18,15 @@
 //! workloads, with the instances' CPU from `/proc` (each postmaster, its
 //! live processes, and the children it reaped).
 //!
+//! With `--tls` every connection is TLS, as billdb's are: the clients'
+//! (pgbench, psql) and each standby's WAL stream, each side checking the
+//! other's certificate (`sslmode=verify-full` against one CA, and a client
+//! certificate the server requires: `hostssl … clientcert=verify-ca`, no
+//! plaintext line in `pg_hba.conf`). Without it, plaintext everywhere
+//! (`ssl=off`). The run checks which it got: the standbys' streams and a
+//! client's connection as seen in `pg_stat_ssl`, and, with TLS, that a
+//! plaintext connection is refused.
+//!
 //! Touches only the directory it is given (one data directory and log per
 //! instance, pgbench's scripts and logs), the server processes it starts
 //! (stopped at the end, also on an error), and loopback ports. Run as
@@ -86,6 +95,10 @@ pub struct PostgresArgs {
     /// PostgreSQL's programs (default: the newest /usr/lib/postgresql/*/bin).
     #[arg(long)]
     pg_bin_dir: Option<PathBuf>,
+    /// TLS for every connection, clients' and replication's, with
+    /// certificates checked both ways (default: plaintext).
+    #[arg(long)]
+    tls: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -227,7 +240,78 @@ struct Setup {
     user: Option<(u32, u32)>,
     dir: PathBuf,
     base_port: u16,
+    /// The certificates, with `--tls`.
+    tls: Option<PgTls>,
 }
+
+/// The names the certificates carry (a CA of their own, not billdb's).
+const TLS_CA_NAME: &str = "pgbench";
+const TLS_CLIENT_NAME: &str = "postgres";
+
+/// `--tls`: one CA, the certificate every instance presents (for
+/// 127.0.0.1) and the one every client presents (pgbench, psql,
+/// pg_basebackup and each standby's WAL receiver), under `<dir>/tls`.
+struct PgTls {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl PgTls {
+    /// libpq's settings for a connection that checks the server's
+    /// certificate and name and presents the client certificate.
+    fn conninfo(&self) -> String {
+        format!(
+            "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+            self.ca.display(),
+            self.client_cert.display(),
+            self.client_key.display()
+        )
+    }
+}
+
+/// Writes the certificates under `dir/tls`. The keys are the servers'
+/// user's to read: owned by root with its group and mode 0640 when run as
+/// root (both PostgreSQL and libpq accept that), else the caller's, 0600.
+fn write_tls(dir: &Path, user: Option<(u32, u32)>) -> anyhow::Result<PgTls> {
+    use billdb_client::certs;
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir_all(&tls_dir)?;
+    std::fs::set_permissions(&tls_dir, std::fs::Permissions::from_mode(0o755))?;
+    let ca = certs::new_ca(TLS_CA_NAME)?;
+    let server = certs::node_cert(&ca, TLS_CA_NAME, 1, &["127.0.0.1".to_string()])?;
+    let client = certs::client_cert(&ca, TLS_CA_NAME, TLS_CLIENT_NAME)?;
+    let key_mode = if user.is_some() { 0o640 } else { 0o600 };
+    let write = |name: &str, pem: &str, key: bool| -> anyhow::Result<PathBuf> {
+        let path = tls_dir.join(name);
+        certs::write_file(&path, pem.as_bytes(), if key { key_mode } else { 0o644 })?;
+        if let (true, Some((_, gid))) = (key, user) {
+            std::os::unix::fs::chown(&path, Some(0), Some(gid))
+                .with_context(|| format!("chown {}", path.display()))?;
+        }
+        Ok(path)
+    };
+    Ok(PgTls {
+        ca: write("ca.pem", &ca.cert_pem, false)?,
+        server_cert: write("server.pem", &server.cert_pem, false)?,
+        server_key: write("server.key", &server.key_pem, true)?,
+        client_cert: write("client.pem", &client.cert_pem, false)?,
+        client_key: write("client.key", &client.key_pem, true)?,
+    })
+}
+
+/// `pg_hba.conf` with `--tls`: TCP only over TLS with a client
+/// certificate the CA signed, for clients and for replication; no
+/// plaintext line, so a plaintext connection matches nothing and is
+/// refused.
+const TLS_HBA: &str = "\
+# billdb-bench postgres --tls: TLS with a client certificate, or nothing.
+local   all          all                        trust
+hostssl all          all   127.0.0.1/32  trust  clientcert=verify-ca
+hostssl replication  all   127.0.0.1/32  trust  clientcert=verify-ca
+";
 
 impl Setup {
     fn port(&self, i: usize) -> u16 {
@@ -238,10 +322,19 @@ impl Setup {
         self.dir.join(format!("pg-{i}"))
     }
 
-    /// A PostgreSQL client program (psql, pgbench), run as this process.
+    /// A PostgreSQL client program (psql, pgbench), run as this process,
+    /// over TLS with `--tls` (libpq's environment), else plaintext.
     fn client_cmd(&self, prog: &str) -> Command {
         let mut c = Command::new(self.bin.join(prog));
         c.env("LC_ALL", "C").stdin(Stdio::null());
+        match &self.tls {
+            Some(t) => c
+                .env("PGSSLMODE", "verify-full")
+                .env("PGSSLROOTCERT", &t.ca)
+                .env("PGSSLCERT", &t.client_cert)
+                .env("PGSSLKEY", &t.client_key),
+            None => c.env("PGSSLMODE", "disable"),
+        };
         c
     }
 
@@ -298,7 +391,7 @@ impl Setup {
     /// The primary gets [`sync_standby_names`] once its standbys stream
     /// (set on the command line, it would hold the setup's own commits).
     fn flags(&self, i: usize) -> Vec<String> {
-        vec![
+        let mut v: Vec<String> = vec![
             format!("port={}", self.port(i)),
             "listen_addresses=127.0.0.1".into(),
             format!("unix_socket_directories={}", self.data_dir(i).display()),
@@ -307,7 +400,17 @@ impl Setup {
             "synchronous_commit=on".into(),
             "logging_collector=off".into(),
             "log_min_messages=warning".into(),
-        ]
+        ];
+        match &self.tls {
+            Some(t) => v.extend([
+                "ssl=on".into(),
+                format!("ssl_cert_file={}", t.server_cert.display()),
+                format!("ssl_key_file={}", t.server_key.display()),
+                format!("ssl_ca_file={}", t.ca.display()),
+            ]),
+            None => v.push("ssl=off".into()),
+        }
+        v
     }
 
     fn start(&self, i: usize) -> anyhow::Result<Child> {
@@ -432,6 +535,12 @@ fn start(s: &Setup, accounts: u64, purchase: Purchase) -> anyhow::Result<Instanc
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
+    if s.tls.is_some() {
+        // Standbys copy it with the rest of the primary's directory.
+        let hba = s.data_dir(0).join("pg_hba.conf");
+        std::fs::write(&hba, TLS_HBA)?;
+        s.give(&hba)?;
+    }
     let mut inst = Instances {
         children: vec![s.start(0)?],
     };
@@ -476,8 +585,12 @@ fn start(s: &Setup, accounts: u64, purchase: Purchase) -> anyhow::Result<Instanc
         s.give(&d.join("standby.signal"))?;
         let auto = d.join("postgresql.auto.conf");
         let mut conf = std::fs::read_to_string(&auto).unwrap_or_default();
+        let ssl = match &s.tls {
+            Some(t) => t.conninfo(),
+            None => "sslmode=disable".into(),
+        };
         conf.push_str(&format!(
-            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=s{i}'\n",
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=s{i} {ssl}'\n",
             s.port(0)
         ));
         std::fs::write(&auto, conf)?;
@@ -771,6 +884,59 @@ fn check_standbys(s: &Setup, records: u64) -> anyhow::Result<usize> {
     Ok(INSTANCES - 1)
 }
 
+/// What the connections ran over, from the primary's `pg_stat_ssl`: the
+/// standbys' WAL streams over TLS (all four with `--tls`, none without),
+/// a client's connection (its protocol and cipher), and, with `--tls`, a
+/// plaintext connection refused. An error when any of it is not what
+/// `--tls` asked for.
+fn check_transport(s: &Setup) -> anyhow::Result<Value> {
+    let streams_tls: usize = s
+        .sql(
+            0,
+            "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl l USING (pid) WHERE l.ssl",
+        )?
+        .parse()
+        .context("counting the standbys' TLS streams")?;
+    let client = s.sql(
+        0,
+        "SELECT CASE WHEN ssl THEN version || ' ' || cipher ELSE 'plaintext' END \
+         FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )?;
+    let want_streams = if s.tls.is_some() { INSTANCES - 1 } else { 0 };
+    anyhow::ensure!(
+        streams_tls == want_streams,
+        "{streams_tls} of the standbys' WAL streams are TLS, {want_streams} should be"
+    );
+    anyhow::ensure!(
+        (client != "plaintext") == s.tls.is_some(),
+        "a client connection ran over {client}"
+    );
+    let plaintext_refused = match &s.tls {
+        Some(_) => {
+            let out = s
+                .client_cmd("psql")
+                .env("PGSSLMODE", "disable")
+                .args(["-X", "-q", "-A", "-t"])
+                .args(s.conn_args(0))
+                .args(["-d", "postgres", "-c", "SELECT 1"])
+                .output()
+                .context("running psql")?;
+            anyhow::ensure!(
+                !out.status.success(),
+                "a plaintext connection was accepted with --tls"
+            );
+            Some(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+        None => None,
+    };
+    Ok(json!({
+        "tls": s.tls.is_some(),
+        "standby_streams_tls": streams_tls,
+        "client_connection": client,
+        "plaintext_refused": plaintext_refused,
+    }))
+}
+
 /// One timed pgbench run: its script, clients and length.
 struct Phase<'a> {
     name: &'a str,
@@ -829,20 +995,28 @@ pub fn run(a: PostgresArgs) -> anyhow::Result<Value> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .with_context(|| format!("cannot run {}", bin.join("postgres").display()))?;
+    let user = server_user()?;
+    let tls = match a.tls {
+        true => Some(write_tls(&a.dir, user)?),
+        false => None,
+    };
     let s = Setup {
         bin,
-        user: server_user()?,
+        user,
         dir: a.dir.clone(),
         base_port: a.base_port,
+        tls,
     };
     if !a.json {
         eprintln!(
-            "postgres: {version}, a primary and {} standbys (quorum of {SYNC_STANDBYS}), {} accounts; starting",
+            "postgres: {version}, a primary and {} standbys (quorum of {SYNC_STANDBYS}), {} accounts, {}; starting",
             INSTANCES - 1,
-            a.accounts
+            a.accounts,
+            if a.tls { "TLS" } else { "plaintext" }
         );
     }
     let inst = start(&s, a.accounts, a.purchase)?;
+    let transport = check_transport(&s)?;
     let purchase = match a.purchase {
         Purchase::Minimal => purchase_script(),
         Purchase::Full => full_purchase_script(),
@@ -923,6 +1097,7 @@ pub fn run(a: PostgresArgs) -> anyhow::Result<Value> {
         "card_read": card_read_script(),
         "driver": format!("pgbench -n -j 1 -M prepared -c {} -T {}", a.clients, a.duration_s),
         "rss": "each instance's postmaster process",
+        "transport": transport,
     });
     let usage = usage_json(
         inst.children
@@ -986,13 +1161,58 @@ mod tests {
             user: None,
             dir: PathBuf::from("/x"),
             base_port: 13_500,
+            tls: None,
         };
         assert_eq!(sync_standby_names(), "ANY 2 (s1, s2, s3, s4)");
         let primary = s.flags(0);
         assert!(primary.contains(&"synchronous_commit=on".to_string()));
         assert!(primary.contains(&"fsync=on".to_string()));
         assert!(primary.contains(&"port=13501".to_string()));
+        assert!(primary.contains(&"ssl=off".to_string()));
         assert!(s.flags(3).contains(&"port=13507".to_string()));
+    }
+
+    #[test]
+    fn with_tls_the_servers_present_and_the_clients_check_certificates() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let tls = write_tls(tmp.path(), None).expect("certificates");
+        let s = Setup {
+            bin: PathBuf::new(),
+            user: None,
+            dir: tmp.path().to_path_buf(),
+            base_port: 13_500,
+            tls: Some(tls),
+        };
+        let flags = s.flags(0);
+        assert!(flags.contains(&"ssl=on".to_string()), "{flags:?}");
+        for (flag, file) in [
+            ("ssl_cert_file", "server.pem"),
+            ("ssl_key_file", "server.key"),
+            ("ssl_ca_file", "ca.pem"),
+        ] {
+            let path = tmp.path().join("tls").join(file);
+            assert!(path.exists(), "{}", path.display());
+            assert!(
+                flags.contains(&format!("{flag}={}", path.display())),
+                "{flags:?}"
+            );
+        }
+        // Keys are their owner's alone (libpq refuses a key others read).
+        for key in ["server.key", "client.key"] {
+            let mode = std::fs::metadata(tmp.path().join("tls").join(key))
+                .expect("key")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{key}: {mode:o}");
+        }
+        let conninfo = s.tls.as_ref().map(|t| t.conninfo()).unwrap_or_default();
+        assert!(conninfo.starts_with("sslmode=verify-full "), "{conninfo}");
+        assert!(conninfo.contains("client.key"), "{conninfo}");
+        // No plaintext line: only `local` and `hostssl` entries.
+        for line in TLS_HBA.lines().filter(|l| !l.starts_with('#')) {
+            let kind = line.split_whitespace().next().unwrap_or("");
+            assert!(kind == "local" || kind == "hostssl", "{line}");
+        }
     }
 
     #[test]

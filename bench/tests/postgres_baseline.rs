@@ -2,7 +2,9 @@
 //! PostgreSQL processes: a primary and four streaming standbys start, the
 //! primary's commits wait for any two of them, pgbench runs purchases for
 //! a second and card reads for a second, everything stops; the same with
-//! the full (PL/pgSQL) purchase. Needs Debian's
+//! the full (PL/pgSQL) purchase, and with every connection over TLS
+//! (clients' and replication's, certificates checked both ways, plaintext
+//! refused). Needs Debian's
 //! postgresql (`deploy/setup.sh` installs it): a missing PostgreSQL fails
 //! this test, it never skips. Asserts work done, the purchases stored on
 //! the primary and replayed on every standby, and the servers gone; no
@@ -57,9 +59,14 @@ fn run_postgres(salt: u32, args: &[&str]) -> Value {
     panic!("billdb-bench postgres failed {START_ATTEMPTS} times:\n{failures:#?}");
 }
 
-/// The purchases pgbench counted, each acknowledged without an error and
-/// stored on the primary and on all four standbys.
-fn purchases_stored_everywhere(v: &Value) -> u64 {
+/// Runs `billdb-bench postgres` with `args` and checks what every run
+/// must show: the purchases pgbench counted, each acknowledged without an
+/// error, stored on the primary and replayed on all four standbys; the
+/// quorum of any two; the transport `--tls` asked for (the standbys' WAL
+/// streams and a client's connection as the primary saw them); five
+/// instances measured, then stopped. The result and the purchase count.
+fn run_checked(salt: u32, args: &[&str]) -> (Value, u64) {
+    let v = run_postgres(salt, args);
     let purchase = &v["ops"]["pg_purchase"];
     let count = purchase["count"].as_u64().unwrap_or(0);
     assert!(count > 0, "{v}");
@@ -79,12 +86,42 @@ fn purchases_stored_everywhere(v: &Value) -> u64 {
         Some("ANY 2 (s1, s2, s3, s4)"),
         "{v}"
     );
-    count
+    let tls = args.contains(&"--tls");
+    let transport = &v["settings"]["transport"];
+    assert_eq!(transport["tls"].as_bool(), Some(tls), "{v}");
+    assert_eq!(
+        transport["standby_streams_tls"].as_u64(),
+        Some(if tls { 4 } else { 0 }),
+        "{v}"
+    );
+    let client = transport["client_connection"].as_str().unwrap_or("");
+    if tls {
+        assert!(client.starts_with("TLSv1."), "{v}");
+        assert!(
+            v["settings"]["primary_flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "ssl=on")),
+            "{v}"
+        );
+    } else {
+        assert_eq!(client, "plaintext", "{v}");
+        assert_eq!(transport["plaintext_refused"], Value::Null, "{v}");
+    }
+    assert!(
+        v["settings"]["version"]
+            .as_str()
+            .unwrap_or("")
+            .contains("PostgreSQL"),
+        "{v}"
+    );
+    // Five instances measured (each postmaster's RSS), and stopped.
+    common::five_measured_then_stopped(&v, count, "postgres");
+    (v, count)
 }
 
 #[test]
 fn postgres_with_four_sync_standbys_takes_purchases_and_replicates_them() {
-    let v = run_postgres(
+    let (v, _) = run_checked(
         0,
         &[
             "--clients",
@@ -98,19 +135,9 @@ fn postgres_with_four_sync_standbys_takes_purchases_and_replicates_them() {
             "--json",
         ],
     );
-    let count = purchases_stored_everywhere(&v);
     assert_eq!(v["settings"]["purchase"].as_str(), Some("minimal"), "{v}");
-    assert!(
-        v["settings"]["version"]
-            .as_str()
-            .unwrap_or("")
-            .contains("PostgreSQL"),
-        "{v}"
-    );
     let reads = &v["extra"]["card_reads"]["ops"]["pg_card_read"];
     assert!(reads["count"].as_u64().unwrap_or(0) > 0, "{v}");
-    // Five instances measured (each postmaster's RSS), and stopped.
-    common::five_measured_then_stopped(&v, count, "postgres");
 }
 
 /// The PL/pgSQL purchase runs on real PostgreSQL: every purchase posts
@@ -120,7 +147,7 @@ fn postgres_with_four_sync_standbys_takes_purchases_and_replicates_them() {
 /// command would have failed.
 #[test]
 fn the_full_purchase_function_posts_every_purchase_with_gapless_invoices() {
-    let v = run_postgres(
+    let (v, _) = run_checked(
         1,
         &[
             "--clients",
@@ -134,7 +161,6 @@ fn the_full_purchase_function_posts_every_purchase_with_gapless_invoices() {
             "--json",
         ],
     );
-    let count = purchases_stored_everywhere(&v);
     assert_eq!(v["settings"]["purchase"].as_str(), Some("full"), "{v}");
     assert!(
         v["settings"]["purchase_function"]
@@ -143,5 +169,30 @@ fn the_full_purchase_function_posts_every_purchase_with_gapless_invoices() {
             .contains("CREATE FUNCTION purchase"),
         "{v}"
     );
-    common::five_measured_then_stopped(&v, count, "postgres");
+}
+
+/// With `--tls` every connection is TLS: pgbench's purchases and the
+/// standbys' WAL streams (all four, seen in the primary's `pg_stat_ssl`)
+/// carry the purchases to every standby, and a plaintext connection finds
+/// no `pg_hba.conf` line and is refused.
+#[test]
+fn with_tls_clients_and_replication_run_over_tls_and_plaintext_is_refused() {
+    let (v, _) = run_checked(
+        2,
+        &[
+            "--clients",
+            "4",
+            "--duration-s",
+            "1",
+            "--accounts",
+            "200",
+            "--tls",
+            "--json",
+        ],
+    );
+    let refused = v["settings"]["transport"]["plaintext_refused"]
+        .as_str()
+        .unwrap_or("");
+    assert!(refused.contains("no pg_hba.conf entry"), "{v}");
+    assert!(refused.contains("no encryption"), "{v}");
 }
