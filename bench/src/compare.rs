@@ -497,7 +497,12 @@ mod tests {
         }
         assert_eq!(
             names,
-            ["postgres_tls", "postgres", "postgres_full_tls", "postgres_full"]
+            [
+                "postgres_tls",
+                "postgres",
+                "postgres_full_tls",
+                "postgres_full"
+            ]
         );
         for n in &names {
             assert!(BASELINES.contains(&n.as_str()), "{n}");

@@ -74,6 +74,9 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 const POLL_HTTP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Timeout of one mutating admin request (init).
 const ADMIN_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Picks of the SST file to damage before giving up (a running node's
+/// compaction can delete the one picked).
+const SST_DAMAGE_ATTEMPTS: u32 = 5;
 const CLUSTER_FILE_VERSION: u32 = 1;
 
 // ---------------------------------------------------------------------------
@@ -1061,27 +1064,43 @@ impl LocalCluster {
 
     /// Damage node `n`'s largest SST file as a failing disk would: 3 × 64
     /// bytes inverted at 10 %, 30 % and 50 % of it (data blocks; the index
-    /// and footer are at the end). The file and its size.
+    /// and footer are at the end). The file and its size. A running node's
+    /// compaction may delete the file picked before it is opened: the pick
+    /// is made again, at most [`SST_DAMAGE_ATTEMPTS`] times.
     pub fn damage_largest_sst(&self, n: NodeId) -> Result<(PathBuf, u64)> {
         use std::io::{Read, Seek, SeekFrom, Write};
         let db = self.data_dir(n).join("db");
-        let mut largest: Option<(u64, PathBuf)> = None;
-        for e in fs::read_dir(&db).with_context(|| format!("listing {}", db.display()))? {
-            let e = e?;
-            let path = e.path();
-            if path.extension().is_some_and(|x| x == "sst") {
-                let len = e.metadata()?.len();
-                if largest.as_ref().is_none_or(|(l, _)| len > *l) {
-                    largest = Some((len, path));
+        let mut attempt = 1;
+        let (mut f, path, len) = loop {
+            let mut largest: Option<(u64, PathBuf)> = None;
+            for e in fs::read_dir(&db).with_context(|| format!("listing {}", db.display()))? {
+                let e = e?;
+                let path = e.path();
+                if path.extension().is_some_and(|x| x == "sst") {
+                    let len = match e.metadata() {
+                        Ok(m) => m.len(),
+                        // Deleted since it was listed.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e).with_context(|| path.display().to_string()),
+                    };
+                    if largest.as_ref().is_none_or(|(l, _)| len > *l) {
+                        largest = Some((len, path));
+                    }
                 }
             }
-        }
-        let (len, path) = largest.with_context(|| format!("no SST file in {}", db.display()))?;
-        let mut f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+            let (len, path) =
+                largest.with_context(|| format!("no SST file in {}", db.display()))?;
+            match fs::OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(f) => break (f, path, len),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && attempt < SST_DAMAGE_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+            }
+        };
         for pct in [10u64, 30, 50] {
             let at = len * pct / 100;
             let mut buf = [0u8; 64];
