@@ -14,19 +14,24 @@
 //! recorded, and the node restarts, cuts its log at the damage and fetches
 //! the rest again from the leader (ARCHITECTURE.md "A damaged Raft log
 //! entry is cut and fetched again").
+//!
+//! Reads of the newest entries (the state machine's apply, replication)
+//! are answered from [`EntryCache`] when it holds the whole range; this
+//! file keeps it equal to the log (see `entry_cache`).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, entry::RaftEntry};
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
+use super::entry_cache::EntryCache;
 use super::{CF_RAFT_LOG, CF_RAFT_META, cf, decode, encode, io_err, sync_opts};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
@@ -284,6 +289,9 @@ pub struct LogStore {
     /// Where every saved vote is mirrored (`super::vote_mirror`), so
     /// a repair keeps it even when this database is damaged.
     vote_mirror: Option<PathBuf>,
+    /// The newest entries as appended, shared by every clone (the readers
+    /// of replication and apply).
+    recent: Arc<Mutex<EntryCache>>,
 }
 
 impl LogStore {
@@ -308,6 +316,7 @@ impl LogStore {
             first_kept_index: Arc::new(AtomicU64::new(0)),
             fsync_started,
             vote_mirror: None,
+            recent: Arc::default(),
         };
         let purged: Option<LogId> = store.get_meta(KEY_PURGED)?;
         if let Some(p) = purged {
@@ -367,15 +376,32 @@ impl LogStore {
         self.appended_bytes.clone()
     }
 
+    /// The entry cache (a panic while it was held leaves it consistent:
+    /// every change to it is a whole push or pop).
+    fn recent(&self) -> MutexGuard<'_, EntryCache> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The entries in `range` from the first held at or after `start`. A
     /// purged beginning is the only absence the log may show: entries after
     /// a hole would be applied or sent as if consecutive, so a hole is an
-    /// error.
+    /// error. A bounded range the entry cache holds whole is answered from
+    /// it.
     fn read_entries(
         &self,
         start: u64,
         range: impl RangeBounds<u64>,
     ) -> Result<Vec<Entry>, std::io::Error> {
+        let end = match range.end_bound() {
+            Bound::Included(x) => x.checked_add(1),
+            Bound::Excluded(x) => Some(*x),
+            Bound::Unbounded => None,
+        };
+        if let Some(end) = end
+            && let Some(hit) = self.recent().get(start, end)
+        {
+            return Ok(hit);
+        }
         let cf = cf(&self.db, CF_RAFT_LOG)?;
         let mut out: Vec<Entry> = Vec::new();
         let it = self.db.iterator_cf(
@@ -699,12 +725,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = cf(&self.db, CF_RAFT_LOG)?;
         let mut batch = WriteBatch::default();
         let mut bytes = 0u64;
+        let mut appended = Vec::new();
         for entry in entries {
             let value = encode_entry(&entry)?;
             bytes += value.len() as u64;
-            batch.put_cf(cf, index_key(entry.log_id().index), value);
+            batch.put_cf(cf, index_key(entry.log_id().index), &value);
+            appended.push((entry, value.len()));
         }
         self.db.write(batch).map_err(io_err)?;
+        // Only once RocksDB holds them (see `entry_cache`).
+        let mut recent = self.recent();
+        for (entry, stored_bytes) in appended {
+            recent.push(entry, stored_bytes);
+        }
+        drop(recent);
         self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.flusher
             .tx
@@ -717,6 +751,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
+        // Before RocksDB: the cache never holds what the log does not.
+        self.recent().truncate_from(from);
         let cf = cf(&self.db, CF_RAFT_LOG)?;
         self.db
             .delete_range_cf(cf, index_key(from), index_key(u64::MAX))
@@ -724,6 +760,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
+        self.recent().purge_upto(log_id.index);
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_RAFT_META)?, KEY_PURGED, encode(&log_id)?);
         batch.delete_range_cf(
@@ -766,6 +803,57 @@ mod tests {
 
     fn indexes(v: &[Entry]) -> Vec<u64> {
         v.iter().map(|e| e.log_id().index).collect()
+    }
+
+    fn blank_in(term: u64, index: u64) -> Entry {
+        use openraft::vote::RaftLeaderIdExt;
+        let leader = openraft::alias::LeaderIdOf::<TypeConfig>::new_committed(term, 1);
+        Entry::new_blank(LogId::new(leader, index))
+    }
+
+    /// (term, index) of each entry.
+    fn ids(v: &[Entry]) -> Vec<(u64, u64)> {
+        v.iter()
+            .map(|e| (e.log_id().committed_leader_id().term, e.log_id().index))
+            .collect()
+    }
+
+    /// What the entry cache answers is what RocksDB holds, through
+    /// appends, a new term's entries after a truncation, and a purge; what
+    /// it does not hold whole is read from RocksDB.
+    #[test]
+    fn cached_reads_equal_the_log_through_truncation_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::open_db(&dir.path().join("db")).unwrap();
+        let mut store = LogStore::new(db.clone(), None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (a, b) = ((1..=10).map(|i| blank_in(1, i)), IOFlushed::noop());
+            store.append(a, b).await.unwrap();
+            let last_kept = blank_in(1, 6).log_id();
+            store.truncate_after(Some(last_kept)).await.unwrap();
+            assert!(store.recent().get(7, 8).is_none(), "truncated");
+            assert_eq!(ids(&store.read_entries(6, 6..=20).unwrap()), [(1, 6)]);
+            let (a, b) = ((7..=9).map(|i| blank_in(2, i)), IOFlushed::noop());
+            store.append(a, b).await.unwrap();
+            store.purge(blank_in(1, 2).log_id()).await.unwrap();
+        });
+        // A second store on the same database starts with an empty cache:
+        // it reads RocksDB.
+        let cold = LogStore::new(db, None).unwrap();
+        let want = [(1, 3), (1, 4), (1, 5), (1, 6), (2, 7), (2, 8), (2, 9)];
+        assert_eq!(ids(&cold.read_entries(0, 0..=20).unwrap()), want);
+        for (start, end) in [(3, 10), (3, 7), (6, 8), (7, 10), (9, 10)] {
+            let hot = store.recent().get(start, end).expect("held");
+            let disk = cold.read_entries(start, start..end).unwrap();
+            assert_eq!(ids(&hot), ids(&disk), "{start}..{end}");
+        }
+        assert!(store.recent().get(2, 4).is_none(), "purged");
+        assert!(store.recent().get(9, 11).is_none(), "truncated");
+        assert_eq!(ids(&store.read_entries(0, 0..=20).unwrap()), want);
+        assert_eq!(ids(&store.read_entries(7, 7..=20).unwrap()), want[4..]);
     }
 
     /// A hole inside a read is an error, never entries that do not follow

@@ -15,6 +15,7 @@
 pub mod apply_cache;
 pub mod apply_results;
 pub mod checkpoint;
+pub mod entry_cache;
 pub mod log_store;
 pub mod snapshot;
 pub mod state_machine;
