@@ -301,7 +301,8 @@ fn load_and_every_workload_at_tiny_scale() {
     // billdb against the etcd baseline and the PostgreSQL reference, one
     // short round (needs Debian's etcd-server and postgresql, which
     // deploy/setup.sh installs): the three systems measured (PostgreSQL with
-    // both purchases, the minimal and the PL/pgSQL one), medians and
+    // both purchases, the minimal and the PL/pgSQL one, each over TLS and
+    // over plaintext), medians and
     // ratios formed, and the billdb nodes running again after being paused
     // for the other two. etcd's ports: an even base in 19700-19879 (it uses
     // base+1..base+19); PostgreSQL's: an even base in 19880-19888 (base+1..base+9).
@@ -336,14 +337,21 @@ fn load_and_every_workload_at_tiny_scale() {
     args.extend_from_slice(DATA);
     let cmp = bench(dir, &args);
     let m = &cmp["medians"]["2"];
-    for system in ["etcd", "postgres", "postgres_full", "billdb"] {
+    // PostgreSQL runs both purchases over TLS and over plaintext.
+    let postgres = [
+        "postgres_tls",
+        "postgres",
+        "postgres_full_tls",
+        "postgres_full",
+    ];
+    for system in ["etcd", "billdb"].iter().chain(&postgres) {
         assert!(
             m[system]["ops_per_s"].as_f64().unwrap_or(0.0) > 0.0,
             "{cmp}"
         );
         assert!(m[system]["p99_ms"].as_f64().unwrap_or(0.0) > 0.0, "{cmp}");
     }
-    for base in ["etcd", "postgres", "postgres_full"] {
+    for base in ["etcd"].iter().chain(&postgres) {
         let ratio = m[format!("billdb_over_{base}")]["ops_per_s"]
             .as_f64()
             .unwrap_or(0.0);
@@ -351,7 +359,7 @@ fn load_and_every_workload_at_tiny_scale() {
             / m[base]["ops_per_s"].as_f64().unwrap_or(1.0);
         assert!((ratio - expected).abs() < 1e-9, "{base}: {cmp}");
     }
-    assert_eq!(cmp["runs"].as_array().map(Vec::len), Some(4), "{cmp}");
+    assert_eq!(cmp["runs"].as_array().map(Vec::len), Some(6), "{cmp}");
     for n in NODE_IDS {
         let pid = c.pid(n).expect("node running");
         assert_ne!(
