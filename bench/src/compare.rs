@@ -314,6 +314,19 @@ pub fn purchase_run_args(
     ]
 }
 
+/// A flag's comma-separated values: one or both of `allowed`.
+fn check_choice(values: &[String], allowed: &[&str; 2], flag: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !values.is_empty()
+            && values.len() <= allowed.len()
+            && values.iter().all(|v| allowed.contains(&v.as_str())),
+        "{flag}: {} and/or {}",
+        allowed[0],
+        allowed[1]
+    );
+    Ok(())
+}
+
 pub fn run(a: CompareArgs) -> anyhow::Result<Value> {
     anyhow::ensure!(
         (1..=ROUNDS_MAX).contains(&a.rounds),
@@ -323,30 +336,21 @@ pub fn run(a: CompareArgs) -> anyhow::Result<Value> {
         (1..=CLIENT_COUNTS_MAX).contains(&a.clients.len()),
         "--clients: 1..={CLIENT_COUNTS_MAX} counts"
     );
-    anyhow::ensure!(
-        !a.billdb_replicate.is_empty()
-            && a.billdb_replicate.len() <= 2
-            && a.billdb_replicate
-                .iter()
-                .all(|m| m == "results" || m == "commands"),
-        "--billdb-replicate: results and/or commands"
-    );
-    anyhow::ensure!(
-        !a.postgres_purchase.is_empty()
-            && a.postgres_purchase.len() <= 2
-            && a.postgres_purchase
-                .iter()
-                .all(|m| m == "minimal" || m == "full"),
-        "--postgres-purchase: minimal and/or full"
-    );
-    anyhow::ensure!(
-        !a.postgres_transport.is_empty()
-            && a.postgres_transport.len() <= 2
-            && a.postgres_transport
-                .iter()
-                .all(|m| m == "tls" || m == "plaintext"),
-        "--postgres-transport: tls and/or plaintext"
-    );
+    check_choice(
+        &a.billdb_replicate,
+        &["results", "commands"],
+        "--billdb-replicate",
+    )?;
+    check_choice(
+        &a.postgres_purchase,
+        &["minimal", "full"],
+        "--postgres-purchase",
+    )?;
+    check_choice(
+        &a.postgres_transport,
+        &["tls", "plaintext"],
+        "--postgres-transport",
+    )?;
     let cluster = LocalCluster::open(&a.dir)
         .with_context(|| format!("opening the billdb cluster in {}", a.dir.display()))?;
     let mut runs = Vec::new();
@@ -486,6 +490,18 @@ pub fn print_table(v: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_choice_flag_takes_one_or_both_of_its_values() {
+        let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let allowed = &["tls", "plaintext"];
+        assert!(check_choice(&v(&["tls"]), allowed, "--t").is_ok());
+        assert!(check_choice(&v(&["plaintext", "tls"]), allowed, "--t").is_ok());
+        for bad in [&[][..], &["tls", "tls", "tls"], &["ssl"]] {
+            let e = check_choice(&v(bad), allowed, "--t").unwrap_err();
+            assert_eq!(e.to_string(), "--t: tls and/or plaintext", "{bad:?}");
+        }
+    }
 
     #[test]
     fn every_postgres_run_is_named_as_a_baseline() {

@@ -124,23 +124,31 @@ impl EntryCache {
     }
 }
 
+/// Entries for the store's tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::types::{LogId, TypeConfig};
+pub(crate) mod test_entries {
+    use crate::types::{Entry, LogId, TypeConfig};
+    use openraft::entry::RaftEntry;
 
-    fn entry(term: u64, index: u64) -> Entry {
+    /// A blank entry of leader 1 in `term` at `index`.
+    pub fn blank_in(term: u64, index: u64) -> Entry {
         use openraft::vote::RaftLeaderIdExt;
         let leader = openraft::alias::LeaderIdOf::<TypeConfig>::new_committed(term, 1);
         Entry::new_blank(LogId::new(leader, index))
     }
 
     /// (term, index) of each entry.
-    fn indexes(v: &[Entry]) -> Vec<(u64, u64)> {
+    pub fn ids(v: &[Entry]) -> Vec<(u64, u64)> {
         v.iter()
             .map(|e| (e.log_id().committed_leader_id().term, e.log_id().index))
             .collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_entries::{blank_in as entry, ids as indexes};
+    use super::*;
 
     #[test]
     fn answers_only_ranges_it_holds_whole() {

@@ -781,10 +781,10 @@ mod tests {
     use crate::types::LogId;
     use openraft::storage::RaftLogStorage;
 
+    use crate::store::entry_cache::test_entries::{blank_in, ids};
+
     fn blank(index: u64) -> Entry {
-        use openraft::vote::RaftLeaderIdExt;
-        let leader = openraft::alias::LeaderIdOf::<TypeConfig>::new_committed(1, 1);
-        Entry::new_blank(LogId::new(leader, index))
+        blank_in(1, index)
     }
 
     /// Entries 1..=10 with 3 and 4 missing (a hole a bug could leave) and
@@ -803,19 +803,6 @@ mod tests {
 
     fn indexes(v: &[Entry]) -> Vec<u64> {
         v.iter().map(|e| e.log_id().index).collect()
-    }
-
-    fn blank_in(term: u64, index: u64) -> Entry {
-        use openraft::vote::RaftLeaderIdExt;
-        let leader = openraft::alias::LeaderIdOf::<TypeConfig>::new_committed(term, 1);
-        Entry::new_blank(LogId::new(leader, index))
-    }
-
-    /// (term, index) of each entry.
-    fn ids(v: &[Entry]) -> Vec<(u64, u64)> {
-        v.iter()
-            .map(|e| (e.log_id().committed_leader_id().term, e.log_id().index))
-            .collect()
     }
 
     /// What the entry cache answers is what RocksDB holds, through
