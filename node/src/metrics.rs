@@ -129,6 +129,10 @@ fn describe() {
         "billdb_raft_stale_stream_resets_total",
         "Raft replication streams reset because the peer answered for an older request."
     );
+    describe_counter!(
+        "billdb_raft_commit_updates_coalesced_total",
+        "Entry-less append requests (commit index updates) not sent because the next request of their replication stream, within 2 ms, carried a newer commit."
+    );
     describe_gauge!(
         "billdb_raft_peer_reachable",
         "1 when this node's last Raft RPC to the peer succeeded, else 0."

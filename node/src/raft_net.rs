@@ -339,6 +339,12 @@ const APPEND_DEADLINE_MS_MIN: u64 = 1_000;
 /// Append requests a replication stream holds ready ahead of the transport.
 const APPEND_REQUESTS_QUEUED_MAX: usize = 16;
 
+/// Longest an entry-less append request (a commit index update) waits for
+/// the next request of its stream before it is sent on its own
+/// ([`coalesce_commit_updates`]): a follower learns a commit at most this
+/// much later than it could, and no later than with the next entry.
+const COMMIT_UPDATE_HOLD_MS: u64 = 2;
+
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::AbortHandle);
 
@@ -376,6 +382,73 @@ fn deadline_for(action: RPCTypes, option: &RPCOption) -> Duration {
         RPCTypes::AppendEntries => ttl.max(Duration::from_millis(APPEND_DEADLINE_MS_MIN)),
         _ => ttl,
     }
+}
+
+/// One replication stream's requests as they go on the wire, with the
+/// entry-less ones (`commit_only`) held back at most `hold`.
+///
+/// openraft sends a request without entries each time the commit index
+/// advances and no new entry is ready to carry it: at one client and at
+/// 64 alike, nearly one for every request with entries, each a round trip
+/// over TLS that costs leader and follower about what an entry's does. A
+/// request that follows within `hold` was built later, so it carries a
+/// commit index at least as new and the same log position or a later one:
+/// the held one is dropped. Nothing else changes: openraft reads progress
+/// from the answers' matching log id, not from a count of answers, and a
+/// held request's send time as openraft recorded it is only earlier than
+/// its real one (its lease stays conservative). The wait starts with the
+/// first request held, so a run of commit updates cannot hold one back
+/// for longer than `hold`; when the input ends, the held request is sent.
+fn coalesce_commit_updates<S, T>(
+    input: S,
+    hold: Duration,
+    commit_only: fn(&T) -> bool,
+) -> impl Stream<Item = T>
+where
+    S: Stream<Item = T> + Unpin,
+{
+    let state = (input, None::<(T, tokio::time::Instant)>, false);
+    futures::stream::unfold(state, move |(mut input, mut held, mut ended)| async move {
+        loop {
+            if ended {
+                let (request, _) = held.take()?;
+                return Some((request, (input, None, true)));
+            }
+            let next = match &held {
+                None => input.next().await,
+                Some((_, deadline)) => {
+                    match tokio::time::timeout_at(*deadline, input.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            let (request, _) = held.take()?;
+                            return Some((request, (input, None, false)));
+                        }
+                    }
+                }
+            };
+            match next {
+                None => ended = true,
+                Some(request) if commit_only(&request) => {
+                    let deadline = match held.take() {
+                        Some((_, deadline)) => {
+                            metrics::counter!("billdb_raft_commit_updates_coalesced_total")
+                                .increment(1);
+                            deadline
+                        }
+                        None => tokio::time::Instant::now() + hold,
+                    };
+                    held = Some((request, deadline));
+                }
+                Some(request) => {
+                    if held.take().is_some() {
+                        metrics::counter!("billdb_raft_commit_updates_coalesced_total")
+                            .increment(1);
+                    }
+                    return Some((request, (input, None, false)));
+                }
+            }
+        }
+    })
 }
 
 impl RaftNetworkV2<TypeConfig> for Conn {
@@ -429,6 +502,11 @@ impl RaftNetworkV2<TypeConfig> for Conn {
             let (stale_count, first_kept) = (stale_run.clone(), self.first_kept_index.clone());
             // Each request is handled at once (a ready future): the closure
             // keeps its handles, nothing is cloned per request.
+            let input = coalesce_commit_updates(
+                input,
+                Duration::from_millis(COMMIT_UPDATE_HOLD_MS),
+                |req: &AppendEntriesRequest<TypeConfig>| req.entries.is_empty(),
+            );
             let outbound = input.filter_map(move |req| {
                 let carries_entries = !req.entries.is_empty();
                 let next_index = req.prev_log_id.as_ref().map_or(0, |p| p.index + 1);
@@ -762,6 +840,93 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request in the coalescing tests: (number, carries entries).
+    type Req = (u32, bool);
+
+    fn commit_only(r: &Req) -> bool {
+        !r.1
+    }
+
+    fn coalesced(
+        hold_ms: u64,
+    ) -> (
+        tokio::sync::mpsc::UnboundedSender<Req>,
+        std::pin::Pin<Box<dyn Stream<Item = Req> + Send>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let input = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        let out = coalesce_commit_updates(input, Duration::from_millis(hold_ms), commit_only);
+        (tx, Box::pin(out))
+    }
+
+    async fn next_within(out: &mut (impl Stream<Item = Req> + Unpin), ms: u64) -> Option<Req> {
+        tokio::time::timeout(Duration::from_millis(ms), out.next())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    #[tokio::test]
+    async fn a_commit_update_followed_by_a_request_is_dropped_for_it() {
+        let (tx, mut out) = coalesced(10_000);
+        for r in [(1, false), (2, true), (3, false), (4, false), (5, true)] {
+            tx.send(r).unwrap();
+        }
+        assert_eq!(next_within(&mut out, 5_000).await, Some((2, true)));
+        assert_eq!(next_within(&mut out, 5_000).await, Some((5, true)));
+        drop(tx);
+        assert_eq!(next_within(&mut out, 5_000).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_lone_commit_update_goes_out_after_the_hold() {
+        let (tx, mut out) = coalesced(100);
+        let started = std::time::Instant::now();
+        tx.send((1, false)).unwrap();
+        tx.send((2, false)).unwrap();
+        assert_eq!(next_within(&mut out, 5_000).await, Some((2, false)));
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        // The stream goes on after it; the input still open.
+        tx.send((3, true)).unwrap();
+        assert_eq!(next_within(&mut out, 5_000).await, Some((3, true)));
+    }
+
+    #[tokio::test]
+    async fn a_held_commit_update_is_sent_when_the_input_ends() {
+        let (tx, mut out) = coalesced(60_000);
+        tx.send((1, true)).unwrap();
+        tx.send((2, false)).unwrap();
+        drop(tx);
+        assert_eq!(next_within(&mut out, 5_000).await, Some((1, true)));
+        assert_eq!(next_within(&mut out, 5_000).await, Some((2, false)));
+        assert_eq!(next_within(&mut out, 5_000).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_run_of_commit_updates_is_held_from_its_first_not_forever() {
+        // Updates every 50 ms for 2 s against a 200 ms hold: the hold
+        // counts from the first held, so about one goes out every 200 ms.
+        // (Restarted by each new one, none would until the input ended.)
+        let (tx, mut out) = coalesced(200);
+        let producer = tokio::spawn(async move {
+            for n in 0..40 {
+                if tx.send((n, false)).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Dropped here: the input ends.
+        });
+        let mut sent = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1_900);
+        while let Ok(Some(r)) = tokio::time::timeout_at(deadline, out.next()).await {
+            sent.push(r);
+        }
+        producer.abort();
+        assert!(sent.len() >= 5, "{sent:?}");
+        assert!(sent.windows(2).all(|w| w[0].0 < w[1].0), "{sent:?}");
+    }
 
     #[test]
     fn outgoing_connections_bind_to_the_raft_ip_unless_unspecified() {
