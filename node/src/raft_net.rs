@@ -407,48 +407,50 @@ fn coalesce_commit_updates<S, T>(
 where
     S: Stream<Item = T> + Unpin,
 {
-    let state = (input, None::<(T, tokio::time::Instant)>, false);
-    futures::stream::unfold(state, move |(mut input, mut held, mut ended)| async move {
-        loop {
-            if ended {
-                let (request, _) = held.take()?;
-                return Some((request, (input, None, true)));
-            }
-            let next = match &held {
-                None => input.next().await,
-                Some((_, deadline)) => {
-                    match tokio::time::timeout_at(*deadline, input.next()).await {
-                        Ok(next) => next,
-                        Err(_) => {
-                            let (request, _) = held.take()?;
-                            return Some((request, (input, None, false)));
+    let dropped = metrics::counter!("billdb_raft_commit_updates_coalesced_total");
+    let state = (input, None::<(T, tokio::time::Instant)>, false, dropped);
+    futures::stream::unfold(
+        state,
+        move |(mut input, mut held, mut ended, dropped)| async move {
+            loop {
+                if ended {
+                    let (request, _) = held.take()?;
+                    return Some((request, (input, None, true, dropped)));
+                }
+                let next = match &held {
+                    None => input.next().await,
+                    Some((_, deadline)) => {
+                        match tokio::time::timeout_at(*deadline, input.next()).await {
+                            Ok(next) => next,
+                            Err(_) => {
+                                let (request, _) = held.take()?;
+                                return Some((request, (input, None, false, dropped)));
+                            }
                         }
                     }
-                }
-            };
-            match next {
-                None => ended = true,
-                Some(request) if commit_only(&request) => {
-                    let deadline = match held.take() {
-                        Some((_, deadline)) => {
-                            metrics::counter!("billdb_raft_commit_updates_coalesced_total")
-                                .increment(1);
-                            deadline
-                        }
-                        None => tokio::time::Instant::now() + hold,
-                    };
-                    held = Some((request, deadline));
-                }
-                Some(request) => {
-                    if held.take().is_some() {
-                        metrics::counter!("billdb_raft_commit_updates_coalesced_total")
-                            .increment(1);
+                };
+                match next {
+                    None => ended = true,
+                    Some(request) if commit_only(&request) => {
+                        let deadline = match held.take() {
+                            Some((_, deadline)) => {
+                                dropped.increment(1);
+                                deadline
+                            }
+                            None => tokio::time::Instant::now() + hold,
+                        };
+                        held = Some((request, deadline));
                     }
-                    return Some((request, (input, None, false)));
+                    Some(request) => {
+                        if held.take().is_some() {
+                            dropped.increment(1);
+                        }
+                        return Some((request, (input, None, false, dropped)));
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 impl RaftNetworkV2<TypeConfig> for Conn {

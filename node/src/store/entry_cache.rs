@@ -150,13 +150,19 @@ mod tests {
     use super::test_entries::{blank_in as entry, ids as indexes};
     use super::*;
 
+    /// A cache holding term-1 entries `indexes`, each counted as `bytes`.
+    fn holding(indexes: std::ops::RangeInclusive<u64>, bytes: usize) -> EntryCache {
+        let mut c = EntryCache::default();
+        for i in indexes {
+            c.push(entry(1, i), bytes);
+        }
+        c
+    }
+
     #[test]
     fn answers_only_ranges_it_holds_whole() {
-        let mut c = EntryCache::default();
-        assert!(c.get(1, 2).is_none());
-        for i in 5..=9 {
-            c.push(entry(1, i), 100);
-        }
+        assert!(EntryCache::default().get(1, 2).is_none());
+        let c = holding(5..=9, 100);
         assert_eq!(
             indexes(&c.get(5, 10).expect("held")),
             [(1, 5), (1, 6), (1, 7), (1, 8), (1, 9)]
@@ -171,10 +177,7 @@ mod tests {
 
     #[test]
     fn truncate_and_purge_drop_what_the_log_drops() {
-        let mut c = EntryCache::default();
-        for i in 1..=6 {
-            c.push(entry(1, i), 10);
-        }
+        let mut c = holding(1..=6, 10);
         c.truncate_from(5);
         assert!(c.get(4, 6).is_none());
         assert_eq!(indexes(&c.get(1, 5).expect("held")).len(), 4);
@@ -186,10 +189,7 @@ mod tests {
 
     #[test]
     fn an_append_overwrites_from_its_index_and_a_gap_starts_anew() {
-        let mut c = EntryCache::default();
-        for i in 1..=5 {
-            c.push(entry(1, i), 10);
-        }
+        let mut c = holding(1..=5, 10);
         // A new leader's entry at 3 replaces 3, 4 and 5.
         c.push(entry(2, 3), 10);
         assert_eq!(
@@ -206,10 +206,7 @@ mod tests {
 
     #[test]
     fn the_oldest_go_first_past_either_bound_but_the_newest_stays() {
-        let mut c = EntryCache::default();
-        for i in 1..=(ENTRY_CACHE_ENTRIES_MAX as u64 + 3) {
-            c.push(entry(1, i), 1);
-        }
+        let c = holding(1..=(ENTRY_CACHE_ENTRIES_MAX as u64 + 3), 1);
         assert_eq!(c.len_and_bytes().0, ENTRY_CACHE_ENTRIES_MAX);
         assert!(c.get(3, 4).is_none());
         assert!(c.get(4, 5).is_some());
