@@ -342,10 +342,7 @@ impl LeaderExec {
                         epoch.pending.push_back((executed.seq, Arc::new(kept)));
                     }
                     metrics::counter!("billdb_exec_batches_total").increment(1);
-                    Batch {
-                        commands: taken,
-                        executed: Some(Box::new(executed)),
-                    }
+                    Batch::executed(taken, executed)
                 }
                 None => {
                     // One command whose results exceed an entry (a large
@@ -410,7 +407,8 @@ impl Submit for LeaderExec {
         if !current {
             self.start_epoch(committed, term).await?;
         }
-        self.send_executed(batch.commands, committed, term).await
+        self.send_executed(batch.into_commands(), committed, term)
+            .await
     }
 }
 

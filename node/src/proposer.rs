@@ -277,7 +277,7 @@ mod tests {
             self.max_in_flight.fetch_max(n, Ordering::SeqCst);
             let index = {
                 let mut b = self.batches.lock().unwrap();
-                b.push(batch.commands.clone());
+                b.push((*batch.commands).clone());
                 b.len() as u64
             };
             if batch

@@ -598,17 +598,14 @@ mod tests {
         let e = match ts_ms {
             Some(ts) => Entry::new_normal(
                 log_id,
-                Batch {
-                    commands: vec![Command {
-                        request_id: format!("r{index}"),
-                        ts_ms: ts,
-                        operator: "t".into(),
-                        branch: String::new(),
-                        channel: String::new(),
-                        op: Op::SetClusterLevel { level: 1 },
-                    }],
-                    executed: None,
-                },
+                Batch::of(vec![Command {
+                    request_id: format!("r{index}"),
+                    ts_ms: ts,
+                    operator: "t".into(),
+                    branch: String::new(),
+                    channel: String::new(),
+                    op: Op::SetClusterLevel { level: 1 },
+                }]),
             ),
             None => Entry::new_blank(log_id),
         };

@@ -546,7 +546,7 @@ fn apply_payload(
                 // without results.
             }
             let mut outcomes = Vec::with_capacity(batch.commands.len());
-            for cmd in &batch.commands {
+            for cmd in batch.commands.iter() {
                 let needs = domain::levels::op_level(&cmd.op);
                 if needs > build_op_level {
                     return Err(std::io::Error::other(format!(
@@ -1103,10 +1103,7 @@ mod tests {
                 crate::types::Batch::of(mixed_batch())
             } else {
                 let executed = leader_execute(&RocksTxn::new(&sm.db), &mixed_batch());
-                crate::types::Batch {
-                    commands: mixed_batch(),
-                    executed: Some(Box::new(executed)),
-                }
+                crate::types::Batch::executed(mixed_batch(), executed)
             };
             let reply = apply_batch(&mut sm, 3, batch).unwrap();
             if mode == "commands" {
@@ -1164,10 +1161,7 @@ mod tests {
             let before = state_digest(&sm.db).unwrap();
             let mut executed = leader_execute(&RocksTxn::new(&sm.db), &mixed_batch()[..1]);
             tamper(&mut executed);
-            let batch = crate::types::Batch {
-                commands: mixed_batch()[..1].to_vec(),
-                executed: Some(Box::new(executed)),
-            };
+            let batch = crate::types::Batch::executed(mixed_batch()[..1].to_vec(), executed);
             let r = apply_batch(&mut sm, 3, batch);
             assert_eq!(r.is_ok(), accepted, "{name}: {r:?}");
             if !accepted {
@@ -1200,10 +1194,7 @@ mod tests {
             let mut e = leader_execute(&RocksTxn::new(&leader.db), &cmds);
             e.seq = 1 + i as u64;
             e.prev = i as u64;
-            let batch = crate::types::Batch {
-                commands: cmds.clone(),
-                executed: Some(Box::new(e)),
-            };
+            let batch = crate::types::Batch::executed(cmds.clone(), e);
             apply_batch(&mut leader, 3 + i as u64, batch.clone()).unwrap();
             chain.push((cmds, batch));
         }
@@ -1227,10 +1218,7 @@ mod tests {
         e.epoch = 2;
         e.seq = 4;
         e.prev = 0;
-        let fresh = crate::types::Batch {
-            commands: fresh_cmds.clone(),
-            executed: Some(Box::new(e)),
-        };
+        let fresh = crate::types::Batch::executed(fresh_cmds.clone(), e);
         let got = apply_batch(&mut replica, 5, fresh).unwrap();
         let want = apply_batch(&mut expected, 5, crate::types::Batch::of(fresh_cmds)).unwrap();
         assert_eq!(got, want);
@@ -1281,13 +1269,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open_sm(dir.path(), false);
         apply_entries(&mut sm, 1, &[cmd("o", 1, open_op("A"))]);
-        let executed = crate::types::Batch {
-            commands: cmds,
-            executed: Some(Box::new(leader_execute(
-                &RocksTxn::new(&sm.db),
-                &mixed_batch(),
-            ))),
-        };
+        let executed = crate::types::Batch::executed(
+            cmds,
+            leader_execute(&RocksTxn::new(&sm.db), &mixed_batch()),
+        );
         let raw = crate::codec::encode(&executed).unwrap();
         assert_eq!(
             crate::codec::decode::<crate::types::Batch>(&raw).unwrap(),
