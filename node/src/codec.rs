@@ -56,6 +56,9 @@ pub mod write_set {
     /// Most triples reserved up front from a length prefix, before any is
     /// read: a corrupt prefix cannot make a decode reserve without bound.
     const RESERVE_TRIPLES_MAX: usize = 4096;
+    /// Most bytes reserved up front for a byte string read element by
+    /// element (a format other than bincode, which reads one whole).
+    const RESERVE_BYTES_MAX: usize = 64 << 10;
 
     /// One write: a family, a key and the new value (`None` deletes).
     pub type Triple<F> = (F, Vec<u8>, Option<Vec<u8>>);
@@ -119,9 +122,8 @@ pub mod write_set {
                     Ok(Buf(v))
                 }
                 fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Buf, A::Error> {
-                    let mut out = Vec::with_capacity(
-                        seq.size_hint().unwrap_or(0).min(super::RESERVE_BYTES_MAX),
-                    );
+                    let mut out =
+                        Vec::with_capacity(seq.size_hint().unwrap_or(0).min(RESERVE_BYTES_MAX));
                     while let Some(b) = seq.next_element::<u8>()? {
                         out.push(b);
                     }
@@ -132,10 +134,6 @@ pub mod write_set {
         }
     }
 }
-
-/// Most bytes reserved up front for a byte string read element by element
-/// (formats other than bincode): see `write_set`.
-const RESERVE_BYTES_MAX: usize = 64 << 10;
 
 #[cfg(test)]
 mod tests {
